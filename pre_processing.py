@@ -1,0 +1,137 @@
+"""Training statistics and the paper's per-patch preprocessing.
+
+Reads   <work-dir>/train/src/*.png                (patches from gen_img_aug.py)
+Writes  <work-dir>/train_mean_std.npy and .json   mean and standard deviation of all pixels
+        <work-dir>/train/prep/*.png               each patch preprocessed on its own
+
+Statistics are streamed: each patch adds its 256-bin histogram to a running total, so
+they are exact (integer counts) and no more than one patch per worker is in memory.
+
+Preprocessing of one patch (seg_common.preprocess_patch, reused by prediction on each
+tile): z = (x - mean) / std; min-max of z within the patch to 0..255; histogram
+equalization; gamma out = 255 * (in / 255) ** (1 / gamma).
+
+Colour: --color-mode grey (the paper: every image read as grey) converts colour images to
+luminance first; --color-mode rgb keeps three channels and treats each channel on its own
+(per-channel statistics, min-max and equalization).
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from seg_common import (COLOR_MODES, DEFAULT_GAMMA, MEAN_STD_NAME, PipelineError,
+                        default_workers, fresh_dir, parallel_map, preprocess_patch,
+                        publish_dir, read_image, run_cli, to_color_mode, write_image,
+                        write_json)
+
+CHUNK = 200
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("folders")
+    g.add_argument("--data-dir", default="data",
+                   help="data folder (not read here; accepted like every script) "
+                        "(default: %(default)s)")
+    g.add_argument("--work-dir", default="augmented_75k",
+                   help="folder written by gen_img_aug.py (default: %(default)s)")
+    g = p.add_argument_group("preprocessing")
+    g.add_argument("--color-mode", choices=COLOR_MODES, default="grey",
+                   help="grey: convert to grey, as the paper; rgb: keep colour, each channel "
+                        "normalized and equalized on its own (default: %(default)s)")
+    g.add_argument("--gamma", type=float, default=DEFAULT_GAMMA,
+                   help="gamma of the final lookup table, as the paper (default: %(default)s)")
+    g.add_argument("--workers", type=int, default=default_workers(),
+                   help="processes (default: all cores, %(default)s)")
+    args = p.parse_args(argv)
+    if args.gamma <= 0 or args.workers < 1:
+        p.error("--gamma and --workers must be positive")
+    return args
+
+
+def channel_histograms(paths, color_mode):
+    """Per-channel 256-bin pixel histograms summed over the given patches (int64)."""
+    channels = 1 if color_mode == "grey" else 3
+    hist = np.zeros((channels, 256), np.int64)
+    for path in paths:
+        img = to_color_mode(read_image(path), color_mode).reshape(-1, channels)
+        for c in range(channels):
+            hist[c] += np.bincount(img[:, c], minlength=256)
+    return hist
+
+
+class HistogramTask:
+    def __init__(self, color_mode):
+        self.color_mode = color_mode
+
+    def __call__(self, paths):
+        return len(paths), channel_histograms(paths, self.color_mode)
+
+
+def stats_from_histogram(hist):
+    """Exact per-channel mean and (population) standard deviation from integer histograms."""
+    levels = np.arange(256, dtype=object)
+    means, stds = [], []
+    for row in hist:
+        counts = row.astype(object)     # Python integers: sums stay exact at any patch count
+        n, s, ss = counts.sum(), (counts * levels).sum(), (counts * levels * levels).sum()
+        means.append(float(s) / float(n))
+        stds.append(float(n * ss - s * s) ** 0.5 / float(n))
+    return means, stds
+
+
+def streamed_mean_std(paths, color_mode, workers):
+    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    hist = sum(parallel_map(HistogramTask(color_mode), chunks, min(workers, len(chunks)),
+                            "statistics", total=len(paths), unit="patch"))
+    return stats_from_histogram(hist)
+
+
+class PreprocessTask:
+    def __init__(self, out_dir, mean, std, gamma, color_mode):
+        self.out_dir, self.mean, self.std = out_dir, mean, std
+        self.gamma, self.color_mode = gamma, color_mode
+
+    def __call__(self, paths):
+        for path in paths:
+            img = to_color_mode(read_image(path), self.color_mode)
+            write_image(self.out_dir / path.name,
+                        preprocess_patch(img, self.mean, self.std, self.gamma))
+        return len(paths), None
+
+
+def save_stats(work, stats):
+    np.save(work / f"{MEAN_STD_NAME}.npy",
+            np.array([stats["mean"], stats["std"]], dtype=np.float64).squeeze())
+    write_json(work / f"{MEAN_STD_NAME}.json", stats)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work = Path(args.work_dir)
+    patch_dir = work / "train" / "src"
+    paths = sorted(patch_dir.glob("*.png")) if patch_dir.is_dir() else []
+    if not paths:
+        raise PipelineError(f"no patches in {patch_dir}: run gen_img_aug.py first")
+
+    mean, std = streamed_mean_std(paths, args.color_mode, args.workers)
+    stats = {"mean": mean, "std": std, "color_mode": args.color_mode, "channels": len(mean),
+             "gamma": args.gamma, "num_patches": len(paths)}
+    save_stats(work, stats)
+    print(f"mean {np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()} over "
+          f"{len(paths)} patches -> {work / (MEAN_STD_NAME + '.json')}")
+
+    staging = fresh_dir(work / "train" / "prep")
+    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    task = PreprocessTask(staging, mean, std, args.gamma, args.color_mode)
+    for _ in parallel_map(task, chunks, min(args.workers, len(chunks)), "preprocess",
+                          total=len(paths), unit="patch"):
+        pass
+    publish_dir(staging, work / "train" / "prep")
+    print(f"wrote {len(paths)} preprocessed patches to {work / 'train' / 'prep'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

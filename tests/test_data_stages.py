@@ -1,0 +1,216 @@
+"""gen_img_aug.py and pre_processing.py: split, patches, statistics, preprocessing."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import gen_img_aug
+import pre_processing
+from seg_common import (dihedral, inverse_dihedral, preprocess_patch, read_image,
+                        read_label)
+
+ROOT = Path(__file__).resolve().parents[1]
+BBBC030 = ROOT.parent / "shared" / "datasets" / "bbbc030"
+NUM_CLASSES = 3
+
+
+def asymmetric_label(h, w):
+    """A label with no rotational or mirror symmetry: an L of class 1, a bar of class 2."""
+    lbl = np.zeros((h, w), np.uint8)
+    lbl[h // 8:h // 2, w // 8:w // 8 + max(2, w // 10)] = 1
+    lbl[h // 2 - max(2, h // 10):h // 2, w // 8:w // 2] = 1
+    lbl[3 * h // 4:3 * h // 4 + max(2, h // 12), w // 3:w - 2] = 2
+    return lbl
+
+
+def make_dataset(root, sizes, color=False, seed=0):
+    """Images whose pixel values encode the label (value // 80 == class) plus noise."""
+    rng = np.random.default_rng(seed)
+    (root / "src").mkdir(parents=True)
+    (root / "label").mkdir()
+    (root / "classes.txt").write_text("background\nbead\ncell\n")
+    for i, (h, w) in enumerate(sizes):
+        lbl = asymmetric_label(h, w)
+        img = (lbl.astype(np.int32) * 80 + rng.integers(0, 60, (h, w))).astype(np.uint8)
+        if color:
+            img = np.dstack([img, img // 2, 255 - img])
+        cv2.imwrite(str(root / "src" / f"im{i:02d}.png"), img)
+        cv2.imwrite(str(root / "label" / f"im{i:02d}.png"), lbl)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    sizes = [(120, 90), (97, 151), (64, 64), (50, 200), (130, 70), (80, 80),
+             (101, 77), (90, 140), (70, 95), (40, 60), (115, 123)]
+    return make_dataset(tmp_path_factory.mktemp("data"), sizes)
+
+
+def run_aug(data, work, *extra):
+    gen_img_aug.main(["--data-dir", str(data), "--work-dir", str(work), "--num-patches", "60",
+                      "--patch-size", "48", "--workers", "1", *extra])
+
+
+def test_dihedral_has_eight_distinct_invertible_transforms():
+    a = np.arange(12).reshape(3, 4)
+    outs = [dihedral(a, k) for k in range(8)]
+    assert len({o.tobytes() + bytes(o.shape) for o in outs}) == 8
+    for k, o in enumerate(outs):
+        np.testing.assert_array_equal(inverse_dihedral(o, k), a)
+
+
+def test_split_is_deterministic_and_follows_the_paper(dataset, tmp_path):
+    run_aug(dataset, tmp_path / "a")
+    run_aug(dataset, tmp_path / "b")
+    a = json.loads((tmp_path / "a" / "split.json").read_text())
+    b = json.loads((tmp_path / "b" / "split.json").read_text())
+    assert a == b
+    from sklearn.model_selection import train_test_split
+    names = sorted(p.stem for p in (dataset / "src").glob("*.png"))
+    _, expected_test = train_test_split(names, test_size=0.1, random_state=2018)
+    assert a["test"] == sorted(expected_test)
+    assert sorted(a["train"] + a["test"]) == names
+    assert sorted(p.stem for p in (tmp_path / "a" / "test" / "src").iterdir()) == a["test"]
+    assert sorted(p.stem for p in (tmp_path / "a" / "test" / "label").iterdir()) == a["test"]
+
+
+def test_fixed_test_list_is_honoured(dataset, tmp_path):
+    data = tmp_path / "data"
+    make_dataset(data, [(60, 60)] * 6)
+    (data / "test.txt").write_text("im01\nim04\n")
+    run_aug(data, tmp_path / "w")
+    split = json.loads((tmp_path / "w" / "split.json").read_text())
+    assert split["test"] == ["im01", "im04"]
+    assert split["train"] == ["im00", "im02", "im03", "im05"]
+    patched = {line.split(",")[1] for line in
+               (tmp_path / "w" / "train" / "patches.csv").read_text().splitlines()[1:]}
+    assert patched <= set(split["train"])
+
+
+def test_patches_have_valid_labels_and_stay_aligned(dataset, tmp_path):
+    run_aug(dataset, tmp_path / "w", "--num-patches", "200")
+    src = sorted((tmp_path / "w" / "train" / "src").glob("*.png"))
+    assert len(src) == 200
+    transforms = set()
+    for line in (tmp_path / "w" / "train" / "patches.csv").read_text().splitlines()[1:]:
+        transforms.add(int(line.split(",")[4]))
+    assert transforms == set(range(8))
+    for path in src:
+        img = read_image(path)
+        lbl = read_label(tmp_path / "w" / "train" / "label" / path.name)
+        assert img.shape == lbl.shape == (48, 48)
+        assert lbl.max() < NUM_CLASSES
+        np.testing.assert_array_equal(img // 80, lbl)
+
+
+def test_patch_matches_its_recorded_crop(dataset, tmp_path):
+    run_aug(dataset, tmp_path / "w")
+    rows = (tmp_path / "w" / "train" / "patches.csv").read_text().splitlines()[1:]
+    for row in rows[:20]:
+        name, image, y, x, k = row.split(",")
+        y, x, k = int(y), int(x), int(k)
+        full = read_label(dataset / "label" / f"{image}.png")
+        full = np.pad(full, [(0, max(0, 48 - full.shape[0])), (0, max(0, 48 - full.shape[1]))],
+                      mode="symmetric")
+        expected = dihedral(full[y:y + 48, x:x + 48], k)
+        np.testing.assert_array_equal(read_label(tmp_path / "w" / "train" / "label" / name),
+                                      expected)
+
+
+def test_same_patches_for_one_and_two_workers(dataset, tmp_path):
+    outs = []
+    for workers in (1, 2):
+        work = tmp_path / f"w{workers}"
+        subprocess.run([sys.executable, str(ROOT / "gen_img_aug.py"), "--data-dir", str(dataset),
+                        "--work-dir", str(work), "--num-patches", "450", "--patch-size", "32",
+                        "--workers", str(workers)], check=True, cwd=ROOT, capture_output=True)
+        files = sorted((work / "train").rglob("*.png"))
+        outs.append({p.relative_to(work): p.read_bytes() for p in files})
+    assert len(outs[0]) == 900
+    assert outs[0] == outs[1]
+
+
+def test_rerun_replaces_old_patches(dataset, tmp_path):
+    run_aug(dataset, tmp_path / "w", "--num-patches", "30")
+    run_aug(dataset, tmp_path / "w", "--num-patches", "10")
+    assert len(list((tmp_path / "w" / "train" / "src").iterdir())) == 10
+    assert not [p for p in tmp_path.joinpath("w").iterdir() if p.name.startswith(".")]
+
+
+def test_missing_label_is_a_clear_error(tmp_path):
+    data = make_dataset(tmp_path / "data", [(40, 40)] * 3)
+    (data / "label" / "im01.png").unlink()
+    proc = subprocess.run([sys.executable, str(ROOT / "gen_img_aug.py"), "--data-dir", str(data),
+                           "--work-dir", str(tmp_path / "w")], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert "im01" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("color_mode", ["grey", "rgb"])
+def test_streamed_statistics_equal_numpy(tmp_path, color_mode):
+    data = make_dataset(tmp_path / "data", [(70, 90), (64, 64), (80, 50), (90, 90)], color=True)
+    run_aug(data, tmp_path / "w", "--num-patches", "250", "--patch-size", "40")
+    pre_processing.main(["--work-dir", str(tmp_path / "w"), "--color-mode", color_mode,
+                         "--workers", "1"])
+    stats = json.loads((tmp_path / "w" / "train_mean_std.json").read_text())
+    patches = [read_image(p) for p in sorted((tmp_path / "w" / "train" / "src").glob("*.png"))]
+    if color_mode == "grey":
+        pixels = np.concatenate([cv2.cvtColor(p, cv2.COLOR_RGB2GRAY).ravel() for p in patches])
+        pixels = pixels[:, None]
+    else:
+        pixels = np.concatenate([p.reshape(-1, 3) for p in patches])
+    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0, dtype=np.float64), atol=1e-6)
+    np.testing.assert_allclose(stats["std"], pixels.std(axis=0, dtype=np.float64), atol=1e-6)
+    saved = np.load(tmp_path / "w" / "train_mean_std.npy")
+    np.testing.assert_allclose(saved.reshape(2, -1), [stats["mean"], stats["std"]])
+    prep = sorted((tmp_path / "w" / "train" / "prep").glob("*.png"))
+    assert len(prep) == 250
+    first = read_image(prep[0])
+    assert first.shape == ((40, 40) if color_mode == "grey" else (40, 40, 3))
+
+
+def test_preprocessing_matches_the_paper_steps():
+    rng = np.random.default_rng(1)
+    patch = rng.integers(30, 200, (64, 64)).astype(np.uint8)
+    mean, std = 100.0, 20.0
+    z = (patch - mean) / std
+    scaled = np.rint((z - z.min()) / (z.max() - z.min()) * 255).astype(np.uint8)
+    eq = cv2.equalizeHist(scaled)
+    expected = np.clip(np.rint(255 * (eq / 255.0) ** (1 / 1.2)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(preprocess_patch(patch, mean, std), expected)
+
+
+def test_preprocessing_of_constant_patch_is_valid():
+    for patch in (np.full((32, 32), 77, np.uint8), np.zeros((16, 16, 3), np.uint8)):
+        out = preprocess_patch(patch, [120.0], [0.0])
+        assert out.dtype == np.uint8 and out.shape == patch.shape
+        assert not np.isnan(out.astype(np.float64)).any()
+
+
+def test_rgb_preprocessing_equalizes_each_channel():
+    rng = np.random.default_rng(2)
+    patch = np.dstack([rng.integers(0, 50, (32, 32)), rng.integers(100, 250, (32, 32)),
+                       rng.integers(0, 255, (32, 32))]).astype(np.uint8)
+    out = preprocess_patch(patch, [25, 175, 127], [14, 43, 73])
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], preprocess_patch(patch[:, :, c], 0, 1))
+
+
+@pytest.mark.skipif(not BBBC030.is_dir(), reason="../shared/datasets/bbbc030 not present")
+def test_bbbc030_split_and_patches(tmp_path):
+    work = tmp_path / "w"
+    gen_img_aug.main(["--data-dir", str(BBBC030), "--work-dir", str(work),
+                      "--num-patches", "2000", "--workers", "2"])
+    listed = sorted((BBBC030 / "test.txt").read_text().split())
+    assert len(listed) == 20
+    assert sorted(p.stem for p in (work / "test" / "src").iterdir()) == listed
+    labels = sorted((work / "train" / "label").glob("*.png"))
+    assert len(labels) == 2000
+    for path in labels[::50]:
+        lbl = read_label(path)
+        assert lbl.shape == (256, 256) and lbl.max() <= 1
