@@ -1,0 +1,388 @@
+"""Turn LabelMe annotations into the pipeline's image and class-index label pairs.
+
+Reads   <input>/*.json                   LabelMe files; each finds its image through
+                                         embedded base64 imageData (preferred: it is exactly
+                                         what was annotated) or imagePath, relative to the JSON
+        <data-dir>/classes.txt           class names, background first; a shape's label
+                                         is its class's line number (0-based)
+Writes  <data-dir>/src/<name>.png        the image, grey or colour as stored; not rewritten
+                                         when imagePath already is <data-dir>/src/<name>.*
+        <data-dir>/label/<name>.png      uint8 class index per pixel, 0 = background
+where <name> is the JSON file's name without .json.
+
+Shapes: polygon, rectangle (two opposite corners), circle (centre and a point on the
+rim), line and linestrip (--line-width wide, round ends), point (a disc of
+--point-radius) and mask (a base64 PNG placed with its top-left corner at the first
+point). Later shapes are drawn over earlier ones.
+
+Pixel convention, LabelMe's canvas coordinates: pixel (column i, row j) is the square
+[i, i+1) x [j, j+1) with its centre at (i + 0.5, j + 0.5); it belongs to a shape when its
+centre lies inside (polygon and rectangle edges are half-open, so a rectangle with integer
+corners covers exactly (x2 - x1) * (y2 - y1) pixels and neighbours sharing an edge do not
+overlap). Mask shapes are pixel arrays: their top-left pixel is (int(x1), int(y1)), as
+in LabelMe's own export.
+"""
+import argparse
+import base64
+import binascii
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from seg_common import (IMAGE_EXTS, PipelineError, atomic_write_text, read_classes,
+                        read_image, run_cli, write_image)
+
+# LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
+# radius 5; the same defaults give the same labels from the same annotations.
+DEFAULT_LINE_WIDTH = 10.0
+DEFAULT_POINT_RADIUS = 5.0
+# Points each shape type holds: (fewest, most), None = no limit.
+POINT_COUNTS = {"polygon": (3, None), "rectangle": (2, 2), "circle": (2, 2), "line": (2, 2),
+                "linestrip": (2, None), "point": (1, 1), "mask": (2, 2)}
+
+
+def positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("folders")
+    g.add_argument("--input", default="data/labelme",
+                   help="folder of LabelMe .json files (default: %(default)s)")
+    g.add_argument("--data-dir", default="data",
+                   help="data folder receiving src/ and label/, holding classes.txt "
+                        "(default: %(default)s)")
+    g.add_argument("--work-dir", default="augmented_75k",
+                   help="accepted like every pipeline script; this one writes nothing there "
+                        "(default: %(default)s)")
+    g = p.add_argument_group("drawing")
+    g.add_argument("--line-width", type=positive_float, default=DEFAULT_LINE_WIDTH,
+                   help="width in pixels of line and linestrip shapes: pixels whose centre is "
+                        "within half of it from the line (default: %(default)s, as LabelMe's "
+                        "own export)")
+    g.add_argument("--point-radius", type=positive_float, default=DEFAULT_POINT_RADIUS,
+                   help="radius in pixels of the disc drawn for a point shape (default: "
+                        "%(default)s, as LabelMe's own export)")
+    g = p.add_argument_group("classes")
+    g.add_argument("--add-unknown-classes", action="store_true",
+                   help="append labels missing from classes.txt to it, in order of first "
+                        "appearance, instead of stopping with an error (a missing classes.txt "
+                        "is then started with 'background')")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------- rasterization
+
+def pixel_centres(x0, y0, x1, y1):
+    """Centres of the pixels in columns x0..x1-1 and rows y0..y1-1, as two 2-D arrays."""
+    return np.meshgrid(np.arange(x0, x1) + 0.5, np.arange(y0, y1) + 0.5)
+
+
+def polygon_mask(points, height, width):
+    """Even-odd scanline fill of the pixels whose centre lies inside the polygon."""
+    pts = np.asarray(points, dtype=np.float64)
+    x0, y0 = pts[:, 0], pts[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    rows = np.arange(max(0, int(np.floor(y0.min()))), min(height, int(np.ceil(y0.max())) + 1))
+    yc = rows[:, None] + 0.5
+    # Half-open in y: a row centre on a vertex counts the vertex once; flat edges never cross.
+    crosses = (np.minimum(y0, y1) <= yc) & (yc < np.maximum(y0, y1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xc = x0 + (yc - y0) * (x1 - x0) / (y1 - y0)
+    r, e = np.nonzero(crosses)
+    # Each crossing flips inside/outside from the first column whose centre is at or past it.
+    cols = np.clip(np.ceil(xc[r, e] - 0.5), 0, width).astype(np.int64)
+    flips = np.zeros((len(rows), width + 1), np.int64)
+    np.add.at(flips, (r, cols), 1)
+    mask = np.zeros((height, width), bool)
+    mask[rows] = (np.cumsum(flips, axis=1)[:, :width] % 2) == 1
+    return mask
+
+
+def rectangle_mask(points, height, width):
+    (xa, ya), (xb, yb) = points
+    corners = [(xa, ya), (xb, ya), (xb, yb), (xa, yb)]
+    return polygon_mask(corners, height, width)
+
+
+def disc_mask(centre, radius, height, width):
+    cx, cy = centre
+    x0, y0 = max(0, int(np.floor(cx - radius))), max(0, int(np.floor(cy - radius)))
+    x1 = min(width, int(np.ceil(cx + radius)) + 1)
+    y1 = min(height, int(np.ceil(cy + radius)) + 1)
+    mask = np.zeros((height, width), bool)
+    if x0 < x1 and y0 < y1:
+        xs, ys = pixel_centres(x0, y0, x1, y1)
+        mask[y0:y1, x0:x1] = (xs - cx) ** 2 + (ys - cy) ** 2 <= radius ** 2
+    return mask
+
+
+def circle_mask(points, height, width):
+    (cx, cy), (px, py) = points
+    return disc_mask((cx, cy), np.hypot(px - cx, py - cy), height, width)
+
+
+def polyline_mask(points, height, width, line_width):
+    """Pixels whose centre lies within line_width / 2 of any segment (round ends and joins)."""
+    half = line_width / 2
+    pts = np.asarray(points, dtype=np.float64)
+    mask = np.zeros((height, width), bool)
+    for a, b in zip(pts[:-1], pts[1:]):
+        x0 = max(0, int(np.floor(min(a[0], b[0]) - half)))
+        y0 = max(0, int(np.floor(min(a[1], b[1]) - half)))
+        x1 = min(width, int(np.ceil(max(a[0], b[0]) + half)) + 1)
+        y1 = min(height, int(np.ceil(max(a[1], b[1]) + half)) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        xs, ys = pixel_centres(x0, y0, x1, y1)
+        d = b - a
+        length2 = d @ d
+        t = np.zeros(xs.shape) if length2 == 0 else np.clip(
+            ((xs - a[0]) * d[0] + (ys - a[1]) * d[1]) / length2, 0, 1)
+        near = np.hypot(xs - a[0] - t * d[0], ys - a[1] - t * d[1]) <= half
+        mask[y0:y1, x0:x1] |= near
+    return mask
+
+
+def embedded_mask(shape, points, height, width):
+    """LabelMe 5.x mask shape: a PNG of the box starting at pixel (int(x1), int(y1))."""
+    if not shape.get("mask"):
+        raise PipelineError("mask shape has no 'mask' data")
+    pixels = decode_image(shape["mask"], "the shape's mask") > 0
+    if pixels.ndim == 3:
+        pixels = pixels.any(axis=2)
+    x0, y0 = (int(v) for v in points[0])
+    mask = np.zeros((height, width), bool)
+    h, w = pixels.shape
+    top, left = max(0, y0), max(0, x0)
+    bottom, right = min(height, y0 + h), min(width, x0 + w)
+    if top < bottom and left < right:
+        mask[top:bottom, left:right] = pixels[top - y0:bottom - y0, left - x0:right - x0]
+    return mask
+
+
+def shape_mask(shape, height, width, line_width, point_radius):
+    shape_type = shape.get("shape_type") or "polygon"   # as LabelMe reads a missing type
+    if shape_type not in POINT_COUNTS:
+        raise PipelineError(f"unsupported shape_type {shape_type!r} (label {shape.get('label')!r}); "
+                            f"known: {', '.join(POINT_COUNTS)}")
+    points = check_points(shape, shape_type)
+    if shape_type == "polygon":
+        return polygon_mask(points, height, width)
+    if shape_type == "rectangle":
+        return rectangle_mask(points, height, width)
+    if shape_type == "circle":
+        return circle_mask(points, height, width)
+    if shape_type in ("line", "linestrip"):
+        return polyline_mask(points, height, width, line_width)
+    if shape_type == "point":
+        return disc_mask(points[0], point_radius, height, width)
+    return embedded_mask(shape, points, height, width)
+
+
+def check_points(shape, shape_type):
+    fewest, most = POINT_COUNTS[shape_type]
+    try:
+        points = np.asarray(shape.get("points"), dtype=np.float64)
+    except (TypeError, ValueError):
+        points = np.empty(0)
+    valid = (points.ndim == 2 and points.shape[1] == 2 and np.isfinite(points).all()
+             and fewest <= len(points) <= (most or len(points)))
+    if not valid:
+        wanted = f"exactly {fewest}" if fewest == most else f"at least {fewest}"
+        raise PipelineError(f"{shape_type} shape labelled {shape.get('label')!r} needs {wanted} "
+                            f"[x, y] point(s), got {shape.get('points')!r}")
+    return points
+
+
+def rasterize_shapes(shapes, height, width, class_index, line_width=DEFAULT_LINE_WIDTH,
+                     point_radius=DEFAULT_POINT_RADIUS):
+    """Class-index label (uint8, height x width) of LabelMe shapes, later shapes on top.
+
+    class_index maps each label name to its class number.
+    """
+    label = np.zeros((height, width), np.uint8)
+    for shape in shapes:
+        name = shape.get("label")
+        if not isinstance(name, str) or name not in class_index:
+            raise PipelineError(f"unknown label {name!r}; known classes: "
+                                f"{', '.join(class_index)}")
+        label[shape_mask(shape, height, width, line_width, point_radius)] = class_index[name]
+    return label
+
+
+# ---------------------------------------------------------------- LabelMe files
+
+def decode_image(b64, what):
+    """Pixels of a base64-encoded image file, read as seg_common.read_image reads files."""
+    try:
+        data = base64.b64decode(b64, validate=False)
+    except (binascii.Error, TypeError, ValueError) as err:
+        raise PipelineError(f"{what} is not valid base64 ({err})")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "embedded"
+        path.write_bytes(data)
+        try:
+            return read_image(path)
+        except PipelineError:
+            raise PipelineError(f"{what} is not a readable image") from None
+
+
+def load_annotation(json_path):
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PipelineError(f"{json_path}: not a readable JSON file ({err})")
+    if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
+        raise PipelineError(f"{json_path}: no 'shapes' list; is it a LabelMe file?")
+    if not all(isinstance(s, dict) for s in data["shapes"]):
+        raise PipelineError(f"{json_path}: every entry of 'shapes' must be an object")
+    return data
+
+
+def image_file(json_path, data):
+    """The file imagePath names, if it exists; LabelMe on Windows writes backslashes."""
+    rel = data.get("imagePath")
+    if not rel:
+        return None
+    path = json_path.parent / str(rel).replace("\\", "/")
+    return path if path.is_file() else None
+
+
+def check_image_source(json_path, data):
+    if not data.get("imageData") and image_file(json_path, data) is None:
+        raise PipelineError(f"{json_path}: image not found: no embedded imageData and imagePath "
+                            f"{data.get('imagePath')!r} is not a file next to it")
+
+
+def load_image(json_path, data):
+    if data.get("imageData"):
+        img = decode_image(data["imageData"], f"{json_path}: imageData")
+    else:
+        img = read_image(image_file(json_path, data))
+    stated = (data.get("imageHeight"), data.get("imageWidth"))
+    if None not in stated and tuple(stated) != img.shape[:2]:
+        raise PipelineError(f"{json_path}: imageHeight x imageWidth is {stated[0]} x {stated[1]} "
+                            f"but the image is {img.shape[0]} x {img.shape[1]}")
+    return img
+
+
+def unknown_labels(annotations, classes):
+    """Labels missing from classes, in order of first appearance, with their first file."""
+    missing = {}
+    for json_path, data in annotations.items():
+        for shape in data["shapes"]:
+            name = shape.get("label")
+            if not isinstance(name, str) or not name:
+                raise PipelineError(f"{json_path}: a shape has no label")
+            if name not in classes and name not in missing:
+                missing[name] = json_path
+    return missing
+
+
+def resolve_classes(data_dir, annotations, add_unknown):
+    """Class names after checking every label, appending unknown ones when asked."""
+    classes_path = Path(data_dir) / "classes.txt"
+    classes = read_classes(data_dir) if classes_path.is_file() or not add_unknown \
+        else ["background"]
+    missing = unknown_labels(annotations, classes)
+    if missing and not add_unknown:
+        name, json_path = next(iter(missing.items()))
+        raise PipelineError(f"{json_path}: label {name!r} is not in {classes_path} (known classes: "
+                            f"{', '.join(classes)}); add it there or use --add-unknown-classes")
+    if missing:
+        classes = classes + list(missing)
+        if len(classes) > 256:
+            raise PipelineError(f"{len(classes)} classes do not fit in a uint8 label")
+        atomic_write_text(classes_path, "\n".join(classes) + "\n")
+        print(f"added {len(missing)} class(es) to {classes_path}: {', '.join(missing)}")
+    return classes
+
+
+# ---------------------------------------------------------------- output
+
+def write_image_atomic(path, img):
+    """Write into a hidden folder beside `path`, then rename: readers never see half a file,
+    and the folder's name has no image extension, so image listings skip it meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".writing."))
+    try:
+        write_image(staging / path.name, img)
+        os.replace(staging / path.name, path)
+    finally:
+        staging.rmdir()
+
+
+def already_in_src(json_path, data, src_dir, name):
+    """True when imagePath already is <src_dir>/<name>.<any ext>: the pipeline finds it there,
+    and a second copy as .png would give two images of one name."""
+    path = image_file(json_path, data)
+    return path is not None and path.stem == name and \
+        path.resolve().parent == src_dir.resolve()
+
+
+def write_pair(json_path, data, image, label, data_dir):
+    name = json_path.stem
+    src_dir, target = Path(data_dir) / "src", Path(data_dir) / "src" / f"{name}.png"
+    if not already_in_src(json_path, data, src_dir, name):
+        clash = [p for p in src_dir.glob("*") if p.stem == name and p != target
+                 and p.suffix.lower() in IMAGE_EXTS]
+        if clash:
+            raise PipelineError(f"{json_path}: would write {target} but {clash[0]} already holds "
+                                f"an image named {name!r}")
+        write_image_atomic(target, image)
+    write_image_atomic(Path(data_dir) / "label" / f"{name}.png", label)
+
+
+def convert(json_path, data, class_index, data_dir, line_width, point_radius):
+    image = load_image(json_path, data)
+    try:
+        label = rasterize_shapes(data["shapes"], image.shape[0], image.shape[1], class_index,
+                                 line_width, point_radius)
+    except PipelineError as err:
+        raise PipelineError(f"{json_path}: {err}") from None
+    write_pair(json_path, data, image, label, data_dir)
+    return np.bincount(label.ravel(), minlength=len(class_index))
+
+
+def summary(counts, classes, n_images, label_dir):
+    total = max(int(counts.sum()), 1)
+    parts = ", ".join(f"{c} {int(n)} ({n / total:.1%})" for c, n in zip(classes, counts))
+    return f"{n_images} image(s) -> {label_dir}; pixels per class: {parts}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    input_dir = Path(args.input)
+    if not input_dir.is_dir():
+        raise PipelineError(f"input folder {input_dir} does not exist")
+    json_paths = sorted(input_dir.glob("*.json"))
+    if not json_paths:
+        raise PipelineError(f"no LabelMe .json files in {input_dir}")
+    # Check everything before writing anything, so a bad file leaves no partial output.
+    annotations = {p: load_annotation(p) for p in json_paths}
+    for json_path, data in annotations.items():
+        check_image_source(json_path, data)
+    classes = resolve_classes(args.data_dir, annotations, args.add_unknown_classes)
+    class_index = {name: i for i, name in enumerate(classes)}
+    counts = np.zeros(len(classes), np.int64)
+    for json_path, data in tqdm(annotations.items(), desc="labels", unit="image", disable=None):
+        counts += convert(json_path, data, class_index, args.data_dir, args.line_width,
+                          args.point_radius)
+    print(summary(counts, classes, len(annotations), Path(args.data_dir) / "label"))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,251 @@
+"""labelme_to_label.py (LabelMe JSON -> image + class-index label) and the sample generator."""
+import base64
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import labelme_to_label as l2l
+from seg_common import PipelineError, read_classes
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["background", "bead", "cell"]
+INDEX = {name: i for i, name in enumerate(CLASSES)}
+
+
+def shape(label, points, shape_type, mask=None):
+    return {"label": label, "points": points, "group_id": None, "description": "",
+            "shape_type": shape_type, "flags": {}, "mask": mask}
+
+
+def b64_png(arr):
+    ok, buf = cv2.imencode(".png", arr)
+    assert ok
+    return base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def make_project(root, shapes_by_name, image_shape=(40, 60), embed=False):
+    """<root>/data with classes.txt and <root>/labelme with one JSON (and image) per entry."""
+    data, labelme = root / "data", root / "labelme"
+    data.mkdir(parents=True)
+    labelme.mkdir()
+    (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    rng = np.random.default_rng(0)
+    for name, shapes in shapes_by_name.items():
+        img = rng.integers(0, 256, image_shape, dtype=np.uint8)
+        doc = {"version": "5.5.0", "flags": {}, "shapes": shapes,
+               "imagePath": f"{name}.png", "imageData": None,
+               "imageHeight": image_shape[0], "imageWidth": image_shape[1]}
+        if embed:
+            doc["imageData"] = b64_png(img)
+        else:
+            cv2.imwrite(str(labelme / f"{name}.png"), img)
+        (labelme / f"{name}.json").write_text(json.dumps(doc))
+    return data, labelme
+
+
+def run_main(data, labelme, *extra):
+    l2l.main(["--input", str(labelme), "--data-dir", str(data), *extra])
+
+
+# ---------------------------------------------------------------- rasterization
+
+@pytest.mark.parametrize("corners", [[[3, 5], [13, 25]], [[13, 25], [3, 5]], [[13, 5], [3, 25]]])
+def test_rectangle_covers_exactly_its_integer_area(corners):
+    label = l2l.rasterize_shapes([shape("cell", corners, "rectangle")], 40, 30, INDEX)
+    assert (label == 2).sum() == 10 * 20
+    assert (label[5:25, 3:13] == 2).all()
+
+
+def test_rectangle_with_fractional_corners_takes_pixels_whose_centre_is_inside():
+    label = l2l.rasterize_shapes([shape("bead", [[2.4, 1.6], [6.6, 4.5]], "rectangle")], 10, 10, INDEX)
+    # columns 2..6 have centres 2.5..6.5 in [2.4, 6.6); rows 2..3 have centres 2.5, 3.5 in [1.6, 4.5)
+    assert (label == 1).sum() == 5 * 2
+    assert (label[2:4, 2:7] == 1).all()
+
+
+@pytest.mark.parametrize("radius", [10, 13.7, 25])
+def test_circle_area_within_two_percent(radius):
+    centre = (50.3, 47.8)
+    rim = [centre[0] + radius * math.cos(0.7), centre[1] + radius * math.sin(0.7)]
+    label = l2l.rasterize_shapes([shape("bead", [list(centre), rim], "circle")], 100, 110, INDEX)
+    area = (label == 1).sum()
+    assert abs(area - math.pi * radius ** 2) <= 0.02 * math.pi * radius ** 2
+    assert label[int(centre[1]), int(centre[0])] == 1
+
+
+def test_later_shape_is_drawn_over_earlier_one():
+    cell = shape("cell", [[0, 0], [20, 0], [20, 20], [0, 20]], "polygon")
+    bead = shape("bead", [[20, 10], [28, 10]], "circle")
+    on_top = l2l.rasterize_shapes([cell, bead], 30, 40, INDEX)
+    below = l2l.rasterize_shapes([bead, cell], 30, 40, INDEX)
+    assert on_top[10, 15] == 1 and below[10, 15] == 2       # inside both
+    assert on_top[10, 25] == 1 and below[10, 25] == 1       # bead only
+    assert on_top[2, 2] == 2 and below[2, 2] == 2           # cell only
+
+
+def test_polygon_is_filled_with_its_concavity_left_out():
+    # A U shape: the notch between the arms stays background.
+    u = [[0, 0], [30, 0], [30, 30], [20, 30], [20, 10], [10, 10], [10, 30], [0, 30]]
+    label = l2l.rasterize_shapes([shape("cell", u, "polygon")], 40, 40, INDEX)
+    assert (label == 2).sum() == 30 * 30 - 10 * 20
+    assert label[20, 15] == 0 and label[20, 5] == 2 and label[5, 15] == 2
+
+
+def mask_shape():
+    pixels = np.zeros((6, 8), np.uint8)
+    pixels[1:5, 2:7] = 255
+    return shape("bead", [[10, 12], [17, 17]], "mask", mask=b64_png(pixels))
+
+
+@pytest.mark.parametrize("shp, inside", [
+    (shape("bead", [[5, 5], [30, 5]], "line"), (5, 20)),
+    (shape("bead", [[5, 5], [30, 5], [30, 30]], "linestrip"), (20, 30)),
+    (shape("bead", [[20, 20]], "point"), (20, 20)),
+    (mask_shape(), (14, 15)),
+], ids=["line", "linestrip", "point", "mask"])
+def test_other_shape_types_draw_their_class(shp, inside):
+    label = l2l.rasterize_shapes([shp], 40, 40, INDEX, line_width=4, point_radius=3)
+    assert set(np.unique(label)) == {0, 1}
+    assert label[inside] == 1
+    if shp["shape_type"] == "point":
+        assert abs((label == 1).sum() - math.pi * 9) <= 6
+    if shp["shape_type"] == "mask":
+        assert (label == 1).sum() == 4 * 5 and (label[13:17, 12:17] == 1).all()
+
+
+def test_line_width_sets_thickness():
+    line = [shape("cell", [[5.3, 20.3], [35.3, 20.3]], "line")]
+    thin = l2l.rasterize_shapes(line, 40, 40, INDEX, line_width=2)
+    thick = l2l.rasterize_shapes(line, 40, 40, INDEX, line_width=10)
+    assert (thin[:, 20] == 2).sum() == 2 and (thick[:, 20] == 2).sum() == 10
+
+
+def test_bad_points_are_reported():
+    with pytest.raises(PipelineError, match="circle.*exactly 2"):
+        l2l.rasterize_shapes([shape("bead", [[1, 1]], "circle")], 10, 10, INDEX)
+    with pytest.raises(PipelineError, match="unsupported shape_type 'blob'"):
+        l2l.rasterize_shapes([shape("bead", [[1, 1]], "blob")], 10, 10, INDEX)
+
+
+# ---------------------------------------------------------------- files and classes
+
+def test_unknown_label_names_file_label_and_classes(tmp_path):
+    data, labelme = make_project(tmp_path, {
+        "a": [shape("cell", [[1, 1], [9, 9]], "rectangle")],
+        "b": [shape("dog", [[1, 1], [9, 9]], "rectangle")]})
+    with pytest.raises(PipelineError) as err:
+        run_main(data, labelme)
+    msg = str(err.value)
+    assert "b.json" in msg and "'dog'" in msg and all(c in msg for c in CLASSES)
+    assert not (data / "label").exists()        # checked before anything is written
+
+
+def test_add_unknown_classes_appends_in_order_of_first_appearance(tmp_path):
+    data, labelme = make_project(tmp_path, {
+        "a": [shape("dog", [[0, 0], [10, 10]], "rectangle"),
+              shape("cell", [[10, 0], [20, 10]], "rectangle")],
+        "b": [shape("cat", [[0, 0], [10, 10]], "rectangle"),
+              shape("dog", [[10, 0], [20, 10]], "rectangle")]})
+    run_main(data, labelme, "--add-unknown-classes")
+    assert read_classes(data) == CLASSES + ["dog", "cat"]
+    a = cv2.imread(str(data / "label" / "a.png"), cv2.IMREAD_UNCHANGED)
+    b = cv2.imread(str(data / "label" / "b.png"), cv2.IMREAD_UNCHANGED)
+    assert a[5, 5] == 3 and a[5, 15] == 2 and b[5, 5] == 4 and b[5, 15] == 3
+
+
+def test_embedded_image_data_is_used_without_an_image_file(tmp_path):
+    data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]},
+                                 image_shape=(20, 30), embed=True)
+    assert not list(labelme.glob("*.png"))
+    embedded = json.loads((labelme / "e.json").read_text())["imageData"]
+    expected = cv2.imdecode(np.frombuffer(base64.b64decode(embedded), np.uint8),
+                            cv2.IMREAD_UNCHANGED)
+    run_main(data, labelme)
+    src = cv2.imread(str(data / "src" / "e.png"), cv2.IMREAD_UNCHANGED)
+    label = cv2.imread(str(data / "label" / "e.png"), cv2.IMREAD_UNCHANGED)
+    assert src.ndim == 2 and np.array_equal(src, expected)
+    assert label.shape == (20, 30) and (label == 1).sum() == 50
+
+
+def test_missing_image_is_reported_with_the_json(tmp_path):
+    data, labelme = make_project(tmp_path, {"m": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
+    (labelme / "m.png").unlink()
+    with pytest.raises(PipelineError, match=r"m\.json: image not found"):
+        run_main(data, labelme)
+
+
+def test_colour_stays_colour_and_image_already_in_src_is_not_rewritten(tmp_path):
+    data, labelme = make_project(tmp_path, {"c": [shape("cell", [[0, 0], [5, 5]], "rectangle")]})
+    (data / "src").mkdir()
+    colour = np.dstack([np.full((40, 60), v, np.uint8) for v in (10, 120, 250)])
+    cv2.imwrite(str(data / "src" / "c.jpg"), colour)
+    doc = json.loads((labelme / "c.json").read_text())
+    doc["imagePath"] = "../data/src/c.jpg"
+    (labelme / "c.json").write_text(json.dumps(doc))
+    before = (data / "src" / "c.jpg").stat().st_mtime_ns
+    run_main(data, labelme)
+    assert sorted(p.name for p in (data / "src").iterdir()) == ["c.jpg"]
+    assert (data / "src" / "c.jpg").stat().st_mtime_ns == before
+    assert (data / "label" / "c.png").is_file()
+
+
+# ---------------------------------------------------------------- command line
+
+def run_script(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "labelme_to_label.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_command_line_end_to_end(tmp_path):
+    shapes = {"x": [shape("cell", [[1, 1], [30, 1], [30, 20]], "polygon"),
+                    shape("bead", [[20, 20], [25, 20]], "circle")]}
+    data, labelme = make_project(tmp_path, shapes)
+    done = run_script("--input", str(labelme), "--data-dir", str(data), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "1 image(s)" in done.stdout
+    label = cv2.imread(str(data / "label" / "x.png"), cv2.IMREAD_UNCHANGED)
+    assert label.dtype == np.uint8 and set(np.unique(label)) == {0, 1, 2}
+    src = cv2.imread(str(data / "src" / "x.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(src, cv2.imread(str(labelme / "x.png"), cv2.IMREAD_UNCHANGED))
+    assert not [p for p in data.rglob(".*")]     # no staging left behind
+
+
+def test_command_line_bad_label_exits_2_without_traceback(tmp_path):
+    data, labelme = make_project(tmp_path, {"y": [shape("dog", [[1, 1], [9, 9]], "rectangle")]})
+    done = run_script("--input", str(labelme), "--data-dir", str(data), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "'dog'" in done.stderr and "y.json" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- sample data
+
+def test_sample_generator_reproduces_committed_annotations(tmp_path):
+    committed = sorted((ROOT / "data" / "labelme").glob("*.json"))
+    assert len(committed) == 20
+    done = subprocess.run([sys.executable, str(ROOT / "data" / "make_sample_data.py"),
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "labelme").glob("*.json")) == \
+        [p.name for p in committed]
+    for path in committed:
+        assert (tmp_path / "labelme" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert (tmp_path / "classes.txt").read_text() == (ROOT / "data" / "classes.txt").read_text()
+
+
+def test_committed_labels_match_committed_annotations():
+    label_dir = ROOT / "data" / "label"
+    for path in sorted((ROOT / "data" / "labelme").glob("*.json"))[:3]:
+        doc = json.loads(path.read_text())
+        expected = l2l.rasterize_shapes(doc["shapes"], doc["imageHeight"], doc["imageWidth"],
+                                        INDEX)
+        stored = cv2.imread(str(label_dir / f"{path.stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(stored, expected), path.name
+        assert {1, 2} <= set(np.unique(stored))
