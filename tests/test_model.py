@@ -1,0 +1,298 @@
+import copy
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+import model as M  # noqa: E402
+
+PAPER_PARAMS = 38_431_483
+
+
+@pytest.fixture(scope="module")
+def model256():
+    return M.build_model((256, 256, 3), num_classes=3)
+
+
+@pytest.fixture(scope="module")
+def model64():
+    return M.build_model((64, 64, 3), num_classes=3)
+
+
+@pytest.fixture(scope="module")
+def image64():
+    return np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+
+
+# ---------------------------------------------------------------- network
+
+def test_paper_parameter_count(model256):
+    assert model256.count_params() == PAPER_PARAMS
+    assert model256.name == M.MODEL_NAME
+    assert model256.output_shape == (None, 256, 256, 3)
+
+
+@pytest.mark.parametrize("shape, classes, weights", [
+    ((512, 768, 3), 2, None), ((64, 96, 1), 3, "none")])
+def test_builds_for_multiples_of_32(shape, classes, weights):
+    model = M.build_model(shape, num_classes=classes, weights=weights)
+    assert model.output_shape == (None, shape[0], shape[1], classes)
+
+
+def test_forward_pass_gives_logits(model64, image64):
+    logits = model64.predict(image64, verbose=0)
+    assert logits.shape == (2, 64, 64, 3)
+    assert np.isfinite(logits).all()
+    assert model64.get_layer("logits").activation is keras.activations.linear
+
+
+@pytest.mark.parametrize("shape", [(100, 100, 3), (64, 80, 3)])
+def test_rejects_sides_not_multiple_of_32(shape):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        M.build_model(shape)
+
+
+@pytest.mark.parametrize("fixture, sizes", [
+    ("model256", {"block13_sepconv2_bn": 16, "block4_sepconv2_bn": 32,
+                  "block3_sepconv2_bn": 63, "block2_sepconv2_bn": 125}),
+    ("model64", {"block13_sepconv2_bn": 4, "block4_sepconv2_bn": 8,
+                 "block3_sepconv2_bn": 15, "block2_sepconv2_bn": 29}),
+])
+def test_skips_found_by_name_and_padded_top_left(fixture, sizes, request):
+    model = request.getfixturevalue(fixture)
+    side = model.input_shape[1]
+    for name, scale in M.SKIPS:
+        assert model.get_layer(name).output.shape[1:3] == (sizes[name], sizes[name])
+        missing = side // scale - sizes[name]
+        if missing:
+            pad = model.get_layer(f"{name}_pad")
+            assert pad.padding == ((missing, 0), (missing, 0))
+            assert pad.output.shape[1] == side // scale
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+
+
+def test_non_square_skips_padded_per_axis():
+    model = M.build_model((64, 96, 3), num_classes=2)
+    # block2 gives 29 x 45 here, so 3 rows and 3 columns are missing; block3 15 x 23.
+    assert model.get_layer("block2_sepconv2_bn_pad").padding == ((3, 0), (3, 0))
+    assert model.get_layer("block3_sepconv2_bn_pad").padding == ((1, 0), (1, 0))
+    assert model.get_layer("up1_concat").output.shape[1:3] == (32, 48)
+
+
+@pytest.mark.parametrize("suffix", [".weights.h5", ".h5"])
+def test_encoder_weights_from_local_file(tmp_path, suffix):
+    reference = keras.applications.Xception(include_top=False, weights=None,
+                                            input_tensor=keras.Input((64, 64, 3)))
+    path = str(tmp_path / f"xception{suffix}")
+    if suffix == ".h5":
+        reference.save(path)  # legacy HDF5, the layout of Keras' ImageNet files
+    else:
+        reference.save_weights(path)
+    model = M.build_model((64, 64, 3), num_classes=2, weights=path)
+    # The model keeps Xception up to block13_sepconv2_bn, first in its layer
+    # order. Compare weights in that order: Xception's shortcut layers are
+    # auto-named (conv2d_N), differently in each instance.
+    deepest = model.layers.index(model.get_layer("block13_sepconv2_bn"))
+    got = [w.numpy() for layer in model.layers[:deepest + 1] for w in layer.weights]
+    expected = reference.get_weights()[:len(got)]
+    assert [w.shape for w in got] == [w.shape for w in expected]
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_missing_weights_file_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        M.build_model((64, 64, 3), weights=str(tmp_path / "absent.weights.h5"))
+
+
+def test_imagenet_weights_need_rgb():
+    with pytest.raises(ValueError, match="3 input channels"):
+        M.build_model((64, 64, 1), weights="imagenet")
+
+
+def test_save_and_reload_give_identical_logits(model64, image64, tmp_path):
+    schedule = keras.optimizers.schedules.CosineDecay(0.01, decay_steps=100)
+    model64.compile(M.NormalizedSGD(schedule),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model64.optimizer.build(model64.trainable_variables)  # so its slots are saved too
+    expected = model64.predict(image64, verbose=0)
+    # .keras first: Keras 3.15's legacy .h5 save pops the optimizer out of the
+    # live compile config, so a later .keras save would lose it.
+    keras_path = str(tmp_path / "m.keras")
+    model64.save(keras_path)
+    reloaded = keras.models.load_model(keras_path)
+    assert isinstance(reloaded.optimizer, M.NormalizedSGD)
+    assert isinstance(reloaded.optimizer._learning_rate,
+                      keras.optimizers.schedules.CosineDecay)
+    np.testing.assert_array_equal(reloaded.predict(image64, verbose=0), expected)
+
+    h5_path = str(tmp_path / "m.h5")
+    model64.save(h5_path)
+    reloaded = keras.models.load_model(h5_path, compile=False,
+                                       custom_objects=M.custom_objects())
+    np.testing.assert_array_equal(reloaded.predict(image64, verbose=0), expected)
+
+
+# ---------------------------------------------------------------- optimizer
+
+def _dense_model():
+    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4), keras.layers.Dense(2)])
+
+
+def _known_gradients(model, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=v.shape).astype("float32") * 10.0 ** i
+            for i, v in enumerate(model.trainable_variables)]
+
+
+def test_defaults_are_the_papers():
+    config = M.NormalizedSGD().get_config()
+    assert config["learning_rate"] == pytest.approx(1e-3)
+    assert config["momentum"] == 0.9 and config["nesterov"] is True
+
+
+def test_step_is_learning_rate_times_unit_gradient():
+    model = _dense_model()
+    grads = _known_gradients(model)
+    grads[-1] = np.zeros_like(grads[-1])  # a zero gradient must not give NaN
+    before = [v.numpy() for v in model.trainable_variables]
+    optimizer = M.NormalizedSGD(learning_rate=0.05, momentum=0)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    for g, old, var in zip(grads, before, model.trainable_variables):
+        norm = np.linalg.norm(g)
+        expected = old - 0.05 * g / norm if norm else old
+        np.testing.assert_allclose(var.numpy(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_nesterov_momentum_on_normalised_gradients():
+    model = _dense_model()
+    var = model.trainable_variables[0]
+    lr, mu = 0.1, 0.9
+    optimizer = M.NormalizedSGD(learning_rate=lr, momentum=mu)
+    w, velocity = var.numpy(), np.zeros(var.shape)
+    for seed in (1, 2):
+        g = _known_gradients(model, seed)[0]
+        unit = g / np.linalg.norm(g)
+        optimizer.apply_gradients([(g, var)])
+        velocity = mu * velocity - lr * unit
+        w = w + mu * velocity - lr * unit
+        np.testing.assert_allclose(var.numpy(), w, rtol=1e-5, atol=1e-6)
+
+
+def test_learning_rate_schedule_drives_the_steps():
+    schedule = keras.optimizers.schedules.CosineDecay(0.2, decay_steps=4)
+    optimizer = M.NormalizedSGD(schedule, momentum=0)
+    var = _dense_model().trainable_variables[0]
+    g = np.ones(var.shape, dtype="float32")
+    for step in range(5):
+        old = var.numpy()
+        optimizer.apply_gradients([(g, var)])
+        moved = np.linalg.norm(var.numpy() - old)
+        # g / ||g|| has unit norm, so each step's length is that step's learning rate.
+        np.testing.assert_allclose(moved, float(schedule(step)), rtol=1e-5, atol=1e-7)
+    assert float(schedule(4)) == 0.0
+
+
+@pytest.mark.parametrize("learning_rate", [
+    3e-3, keras.optimizers.schedules.CosineDecay(0.1, decay_steps=50, alpha=0.01)])
+def test_optimizer_config_round_trip(learning_rate):
+    optimizer = M.NormalizedSGD(learning_rate, momentum=0.8, nesterov=False, epsilon=1e-9)
+    config = optimizer.get_config()
+    # Keras' from_config replaces the schedule dict in place, hence the copy.
+    restored = M.NormalizedSGD.from_config(copy.deepcopy(config))
+    assert restored.get_config() == config
+    serialized = keras.saving.serialize_keras_object(optimizer)
+    assert serialized["registered_name"] == "microseg>NormalizedSGD"
+    assert keras.saving.deserialize_keras_object(serialized).get_config() == config
+
+
+# ---------------------------------------------------------------- precise BN
+
+def _spoil_batchnorm(model, rng):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_mean.assign(rng.normal(3.0, 1.0, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(5.0, 20.0, layer.moving_variance.shape))
+
+
+def _relative_gap(model, batches):
+    gaps = []
+    for batch in batches:
+        # Inference first: a training-mode call also nudges the moving statistics.
+        inference = np.asarray(model(batch, training=False))
+        training = np.asarray(model(batch, training=True))
+        gaps.append(np.abs(inference - training).mean() / np.abs(training).mean())
+    return float(np.mean(gaps))
+
+
+@pytest.fixture(scope="module")
+def spoilt_model_and_batches():
+    rng = np.random.default_rng(3)
+    # No dropout, so training-mode output is deterministic and comparable.
+    model = M.build_model((64, 64, 3), num_classes=2, dropout=0.0)
+    _spoil_batchnorm(model, rng)
+    batches = [rng.normal(size=(4, 64, 64, 3)).astype("float32") for _ in range(3)]
+    return model, batches
+
+
+def test_reestimated_stats_are_average_batch_moments(spoilt_model_and_batches):
+    model, batches = spoilt_model_and_batches
+    names = ["block1_conv1_bn", "up2_res1_bn_short"]
+    probe = keras.Model(model.input, [model.get_layer(n).input for n in names])
+    # Training mode: upstream BN layers use batch statistics, as in reestimate_batchnorm.
+    inputs = [[np.asarray(t, np.float64) for t in probe(b, training=True)] for b in batches]
+    gap_before = _relative_gap(model, batches)
+
+    M.reestimate_batchnorm(model, iter(batches), num_batches=3)
+
+    for i, name in enumerate(names):
+        layer = model.get_layer(name)
+        means = np.mean([x[i].mean(axis=(0, 1, 2)) for x in inputs], axis=0)
+        variances = np.mean([x[i].var(axis=(0, 1, 2)) for x in inputs], axis=0)
+        np.testing.assert_allclose(layer.moving_mean.numpy(), means, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), variances,
+                                   rtol=1e-3, atol=1e-5)
+    # What remains is the spread of batch statistics around their average,
+    # large here with 4 noise images and a 2 x 2 bottleneck.
+    gap_after = _relative_gap(model, batches)
+    assert gap_before > 0.5
+    assert gap_after < min(0.2, gap_before / 5)
+
+
+def test_single_batch_makes_inference_match_training(spoilt_model_and_batches):
+    model, batches = spoilt_model_and_batches
+    M.reestimate_batchnorm(model, batches[:1], num_batches=1)
+    assert _relative_gap(model, batches[:1]) < 1e-3
+
+
+def test_reestimation_skips_dropout_and_frozen_layers():
+    inp = keras.Input((5,))
+    x = keras.layers.Dropout(0.5, name="drop")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    frozen = keras.layers.BatchNormalization(name="frozen")
+    model = keras.Model(inp, frozen(x))
+    frozen.trainable = False
+    data = np.random.default_rng(4).normal(2.0, 3.0, size=(2, 64, 5)).astype("float32")
+
+    M.reestimate_batchnorm(model, data, num_batches=2)
+
+    # With dropout active the variance would be inflated by about 1 / (1 - rate).
+    np.testing.assert_allclose(model.get_layer("bn").moving_mean.numpy(),
+                               data.mean(axis=1).mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(model.get_layer("bn").moving_variance.numpy(),
+                               data.var(axis=1).mean(axis=0), rtol=1e-5)
+    np.testing.assert_array_equal(frozen.moving_mean.numpy(), np.zeros(5))
+    np.testing.assert_array_equal(frozen.moving_variance.numpy(), np.ones(5))
+    assert model.get_layer("drop").rate == 0.5
+
+
+def test_reestimation_needs_enough_batches():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+    before = model.layers[0].moving_mean.numpy()
+    with pytest.raises(ValueError, match="gave 1 batches"):
+        M.reestimate_batchnorm(model, [np.ones((4, 3), "float32")], num_batches=2)
+    np.testing.assert_array_equal(model.layers[0].moving_mean.numpy(), before)

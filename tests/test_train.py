@@ -1,0 +1,151 @@
+"""train_unet_xception_resnetblock.py on a tiny synthetic patch set (64x64, a few dozen steps)."""
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+import train_unet_xception_resnetblock as train  # noqa: E402
+from seg_common import confusion_matrix, iou_per_class  # noqa: E402
+
+SIZE = 64
+
+
+def synthetic_patch(rng):
+    """Bright discs are class 1, dark squares class 2, on a noisy uneven background."""
+    img = rng.normal(120, 12, (SIZE, SIZE)) + np.linspace(-15, 15, SIZE)[None, :]
+    lbl = np.zeros((SIZE, SIZE), np.uint8)
+    for _ in range(rng.integers(1, 4)):
+        x, y, r = rng.integers(8, SIZE - 8), rng.integers(8, SIZE - 8), rng.integers(4, 8)
+        cv2.circle(lbl, (int(x), int(y)), int(r), 1, -1)
+    for _ in range(rng.integers(1, 3)):
+        x, y, s = rng.integers(0, SIZE - 12), rng.integers(0, SIZE - 12), rng.integers(6, 12)
+        lbl[y:y + s, x:x + s] = 2
+    img[lbl == 1] += 70
+    img[lbl == 2] -= 70
+    return np.clip(img, 0, 255).astype(np.uint8), lbl
+
+
+def make_patch_set(work, count, seed=0):
+    """A work folder as gen_img_aug.py + pre_processing.py leave it (prep = raw here)."""
+    rng = np.random.default_rng(seed)
+    for sub in ("prep", "label"):
+        (work / "train" / sub).mkdir(parents=True)
+    for i in range(count):
+        img, lbl = synthetic_patch(rng)
+        cv2.imwrite(str(work / "train" / "prep" / f"{i:06d}.png"), img)
+        cv2.imwrite(str(work / "train" / "label" / f"{i:06d}.png"), lbl)
+    (work / "train_mean_std.json").write_text(json.dumps(
+        {"mean": [120.0], "std": [30.0], "color_mode": "grey", "channels": 1, "gamma": 1.2}))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    (root / "data").mkdir()
+    (root / "data" / "classes.txt").write_text("background\nbead\ncell\n")
+    make_patch_set(root / "work", 200)
+    args = ["--data-dir", str(root / "data"), "--work-dir", str(root / "work"),
+            "--weights", "none", "--epochs", "3", "--steps-per-epoch", "15", "--val-steps", "2",
+            "--bn-batches", "8", "--swa-epochs", "2", "--lr", "0.01", "--verbose", "0"]
+    train.main(args)
+    return root, args
+
+
+def read_log(model_dir):
+    with open(model_dir / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_model_folder_is_complete(trained):
+    root, _ = trained
+    model_dir = root / "work" / "weights"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["classes"] == ["background", "bead", "cell"]
+    assert config["input_shape"] == [SIZE, SIZE, 3]
+    assert config["color_mode"] == "grey" and config["image_channels"] == 1
+    assert config["preprocessing"]["mean"] == [120.0]
+    assert config["decision"] == "argmax"
+    assert config["settings"]["loss"] == "lovasz-softmax"
+    assert config["settings"]["optimizer"] == "nsgd"
+    assert config["result"]["epochs_done"] == 3
+    for name in config["weights_files"].values():
+        assert (model_dir / name).is_file()
+    assert len(list((model_dir / "snapshots").glob("epoch_*.h5"))) == 2
+    assert len(read_log(model_dir)) == 3
+    assert (model_dir / "curves.png").is_file()
+    assert (root / "work" / "figures" / "training_curves.png").is_file()
+    split = json.loads((model_dir / "split.json").read_text())
+    assert len(split["train"]) == 160 and len(split["val"]) == 40
+    assert not (model_dir / "backup").exists()
+
+
+def test_cosine_schedule_reaches_the_optimizer(trained):
+    root, _ = trained
+    lrs = [float(r["lr"]) for r in read_log(root / "work" / "weights")]
+    # Logged at each epoch's end: progress 1/3, 2/3 and 3/3 of the planned steps, less one step.
+    assert lrs[0] < 0.01 and lrs[0] > lrs[1] > lrs[2]
+    np.testing.assert_allclose(lrs[1], 0.01 * 0.5 * (1 + np.cos(np.pi * 29 / 45)), rtol=1e-4)
+
+
+def held_out(count=24, seed=99):
+    rng = np.random.default_rng(seed)
+    pairs = [synthetic_patch(rng) for _ in range(count)]
+    x = np.stack([np.repeat(p[0][:, :, None], 3, axis=2) for p in pairs]).astype(np.float32) / 255
+    return x, np.stack([p[1] for p in pairs])
+
+
+def mean_iou(model, x, y, training):
+    pred = np.argmax(np.asarray(model(x, training=training)), axis=-1)
+    return iou_per_class(confusion_matrix(y, pred, 3)).mean()
+
+
+def test_network_learns_and_inference_mode_keeps_up(trained):
+    from lovasz_losses_tf import LovaszSoftmaxLoss
+    from model import build_model
+    root, _ = trained
+    model_dir = root / "work" / "weights"
+    config = json.loads((model_dir / "config.json").read_text())
+    model = keras.saving.load_model(model_dir / config["weights_files"]["best"], compile=False)
+    x, y = held_out()
+    loss = LovaszSoftmaxLoss()
+    keras.utils.set_random_seed(2018)   # the training run's initialisation
+    untrained = float(loss(y, build_model((SIZE, SIZE, 3), 3, weights=None)(x, training=True)))
+    trained_loss = float(loss(y, model(x, training=False)))
+    assert trained_loss <= 0.5 * untrained, (trained_loss, untrained)
+    # Inference mode uses the re-estimated BatchNorm statistics; training mode the batch's own.
+    iou_infer = mean_iou(model, x, y, training=False)
+    iou_batch = mean_iou(model, x, y, training=True)
+    assert iou_infer >= 0.9 * iou_batch, (iou_infer, iou_batch)
+    assert iou_infer > 0.5
+
+
+def test_best_checkpoint_reloads_with_the_same_logits(tmp_path, trained):
+    root, _ = trained
+    model_dir = root / "work" / "weights"
+    model = keras.saving.load_model(
+        model_dir / json.loads((model_dir / "config.json").read_text())["weights_files"]["best"],
+        compile=False)
+    x, _ = held_out(4)
+    before = np.asarray(model(x, training=False))
+    train.save_model(model, tmp_path / "again.h5")
+    after = np.asarray(keras.saving.load_model(tmp_path / "again.h5", compile=False)(x))
+    np.testing.assert_allclose(before, after, atol=1e-5)
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "classes.txt").write_text("background\nbead\ncell\n")
+    with pytest.raises(train.PipelineError, match="pre_processing.py"):
+        train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "w"),
+                    "--weights", "none"])
+    make_patch_set(tmp_path / "w", 4)
+    with pytest.raises(train.PipelineError, match="no such file"):
+        train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "w"),
+                    "--weights", str(tmp_path / "missing.h5")])
+    with pytest.raises(train.PipelineError, match="2 classes"):
+        train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "w"),
+                    "--weights", "none", "--loss", "lovasz-hinge"])
