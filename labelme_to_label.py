@@ -26,7 +26,6 @@ import argparse
 import base64
 import binascii
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -313,18 +312,6 @@ def resolve_classes(data_dir, annotations, add_unknown):
 
 # ---------------------------------------------------------------- output
 
-def write_image_atomic(path, img):
-    """Write into a hidden folder beside `path`, then rename: readers never see half a file,
-    and the folder's name has no image extension, so image listings skip it meanwhile."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".writing."))
-    try:
-        write_image(staging / path.name, img)
-        os.replace(staging / path.name, path)
-    finally:
-        staging.rmdir()
-
-
 def already_in_src(json_path, data, src_dir, name):
     """True when imagePath already is <src_dir>/<name>.<any ext>: the pipeline finds it there,
     and a second copy as .png would give two images of one name."""
@@ -342,8 +329,8 @@ def write_pair(json_path, data, image, label, data_dir):
         if clash:
             raise PipelineError(f"{json_path}: would write {target} but {clash[0]} already holds "
                                 f"an image named {name!r}")
-        write_image_atomic(target, image)
-    write_image_atomic(Path(data_dir) / "label" / f"{name}.png", label)
+        write_image(target, image)
+    write_image(Path(data_dir) / "label" / f"{name}.png", label)
 
 
 def convert(json_path, data, class_index, data_dir, line_width, point_radius):

@@ -123,10 +123,21 @@ def read_label(path):
 
 
 def write_image(path, img):
-    """Write an HxW or HxWx3 (RGB) uint8 image; PNG is lossless."""
+    """Write an HxW or HxWx3 (RGB) uint8 image (PNG is lossless), atomically.
+
+    The file is written in a hidden folder beside `path` and renamed into place, so readers
+    never see half a file and an interrupted write leaves nothing an image listing would take.
+    """
+    path = Path(path)
     arr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
-    if not cv2.imwrite(str(path), arr):
-        raise PipelineError(f"cannot write {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".writing."))
+    try:
+        if not cv2.imwrite(str(staging / path.name), arr):
+            raise PipelineError(f"cannot write {path}")
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path, obj):

@@ -18,9 +18,7 @@ depends only on (--seed, i); its annotation only on the geometry stream, so the 
 files stay the same when the rendering changes.
 """
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -312,17 +310,6 @@ def labelme_json(name, cells, beads, height, width):
             "imageHeight": height, "imageWidth": width}
 
 
-def write_image_atomic(path, img):
-    """Write into a hidden folder beside `path`, then rename: readers never see half a file,
-    and the folder's name has no image extension, so image listings skip it meanwhile."""
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".writing."))
-    try:
-        write_image(staging / path.name, img)
-        os.replace(staging / path.name, path)
-    finally:
-        staging.rmdir()
-
-
 def overlap_report(hist):
     """How badly one global threshold separates bead from cell pixels."""
     p_bead, p_cell = hist[BEAD] / hist[BEAD].sum(), hist[CELL] / hist[CELL].sum()
@@ -344,7 +331,7 @@ def main(argv=None):
         name = f"sample_{index:02d}"
         cells, beads = frame_geometry(args.seed, index, args.height, args.width)
         image, label = render(args.seed, index, cells, beads, args.height, args.width)
-        write_image_atomic(out / "src" / f"{name}.png", image)
+        write_image(out / "src" / f"{name}.png", image)
         write_json(out / "labelme" / f"{name}.json",
                    labelme_json(name, cells, beads, args.height, args.width))
         for cls in range(len(CLASSES)):
