@@ -324,3 +324,18 @@ def save_figure(fig, path, pdf=False):
     if pdf:
         fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
     plt.close(fig)
+
+
+def check_replaceable(final_dir, marker):
+    """Refuse to replace an existing folder that this pipeline did not write.
+
+    publish_dir swaps out the whole folder, so a user's --output pointing at a folder of
+    their own would be lost; a folder holding `marker` (a file the script always writes)
+    or an empty one is safe to replace.
+    """
+    final_dir = Path(final_dir)
+    if final_dir.is_file():
+        raise PipelineError(f"output {final_dir} is a file, not a folder")
+    if final_dir.is_dir() and any(final_dir.iterdir()) and not (final_dir / marker).is_file():
+        raise PipelineError(f"output folder {final_dir} exists and was not written by this "
+                            f"script (no {marker}); it would be replaced, so choose another")

@@ -1,0 +1,374 @@
+"""Outline every predicted object, measure it, and draw the paper's figure panels.
+
+Reads   <pred-dir>/<name>.png            masks from predict_lovasz_loss.py (class per pixel)
+        <pred-dir>/predict.json          class names, input and label folders of the run
+        <image-dir>/<name>.*             the original images
+Writes  <output>/<name>_contour.png      outlines over the image, one colour per class
+                                         (beads green, cells red as the paper), with a
+                                         legend strip added below the image
+        <output>/objects.csv             one row per object, see below
+        <figures-dir>/panel_<name>.png   input | ground truth (if labelled) | prediction |
+                                         contours, for the paper (PDF too with --pdf)
+
+Defaults follow the test set: <pred-dir> <work-dir>/test/predict, <output>
+<work-dir>/test/contours. For another --pred-dir the output is <pred-dir>_contours beside
+it, and the images and labels are found where predict_lovasz_loss.py read them.
+
+Objects are the 8-connected components of each non-background class. objects.csv: image,
+class, object_id (per image and class, from 1, in raster order), area_px (pixel count),
+equivalent_diameter_px (of the disc of that area), perimeter_px (length of the outer
+outline through the boundary pixels' centres), circularity (4 pi area / perimeter^2, 1 for
+a disc; unreliable below a few tens of pixels), centroid_x, centroid_y, bbox_x, bbox_y,
+bbox_w, bbox_h (pixels, origin top-left). With --pixel-size the area, diameter and
+perimeter are also given in micrometres (area_um2, equivalent_diameter_um, perimeter_um).
+
+--from-probs rebuilds the masks as the original get_contour did, from the per-class
+probability maps of predict_lovasz_loss.py --save-probs: each map is scaled to 0..127 and
+class c is marked where prob_c * 127 > threshold_c, taking the classes in order so later
+classes overwrite earlier ones; other pixels are background.
+"""
+import argparse
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from seg_common import (PALETTE, PipelineError, check_replaceable, colorize, find_label,
+                        fresh_dir, list_images, publish_dir, read_classes, read_image,
+                        read_label, run_cli, save_figure, to_color_mode, write_image)
+
+ORIGINAL_THRESHOLDS = (69, 80)   # beads, cells, on 0..127 maps
+PROB_SCALE = 127
+MARKER = "objects.csv"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("folders")
+    g.add_argument("--data-dir", default="data", metavar="DIR",
+                   help="data folder; its classes.txt names the classes when <pred-dir> has no "
+                        "predict.json (default: %(default)s)")
+    g.add_argument("--work-dir", default="augmented_75k", metavar="DIR",
+                   help="work folder of the pipeline (default: %(default)s)")
+    g.add_argument("--pred-dir", metavar="DIR", help="masks written by predict_lovasz_loss.py "
+                   "(default: <work-dir>/test/predict)")
+    g.add_argument("--image-dir", metavar="DIR",
+                   help="original images (default: the folder predict read, else "
+                        "<work-dir>/test/src)")
+    g.add_argument("--label-dir", metavar="DIR",
+                   help="labels for the ground-truth panel (default: the folder predict read "
+                        "labels from, if any)")
+    g.add_argument("--output", metavar="DIR", help="output folder, replaced as a whole (default: "
+                   "<work-dir>/test/contours, or <pred-dir>_contours for another --pred-dir)")
+    g.add_argument("--figures-dir", metavar="DIR", help="folder of the panel figures (default: "
+                   "<work-dir>/figures)")
+    g = p.add_argument_group("objects")
+    g.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
+                   help="drop objects smaller than this many pixels, e.g. specks of noise; "
+                        "they are neither drawn nor listed (default: %(default)s, keep all)")
+    g.add_argument("--pixel-size", type=float, metavar="UM",
+                   help="micrometres per pixel; adds area_um2, equivalent_diameter_um and "
+                        "perimeter_um to objects.csv")
+    g = p.add_argument_group("masks from probability maps (the original's thresholds)")
+    g.add_argument("--from-probs", action="store_true",
+                   help="build the masks from <name>_prob_<class>.png (predict --save-probs) "
+                        "instead of <name>.png: class c where prob_c * 127 > its threshold, "
+                        "later classes over earlier")
+    g.add_argument("--thresholds", type=float, nargs="+", default=list(ORIGINAL_THRESHOLDS),
+                   metavar="T",
+                   help="one threshold on 0..127 per non-background class, in class order; the "
+                        "original's are 69 for beads and 80 for cells (default: %(default)s)")
+    g = p.add_argument_group("figures")
+    g.add_argument("--panels", action=argparse.BooleanOptionalAction, default=True,
+                   help="write panel_<name>.png per image (default: on)")
+    g.add_argument("--pdf", action="store_true", help="also write the panels as PDF")
+    args = p.parse_args(argv)
+    if args.min_area < 0:
+        p.error("--min-area must not be negative")
+    if args.pixel_size is not None and args.pixel_size <= 0:
+        p.error("--pixel-size must be positive")
+    return args
+
+
+# ---------------------------------------------------------------- masks
+
+def mask_from_probs(probs, thresholds):
+    """The original's rule: class c where prob_c * 127 > thresholds[c - 1], later c winning.
+
+    probs: [h, w, C] probabilities in 0..1, channel 0 background (not thresholded).
+    """
+    mask = np.zeros(probs.shape[:2], np.uint8)
+    for c, threshold in enumerate(thresholds, start=1):
+        mask[probs[:, :, c] * PROB_SCALE > threshold] = c
+    return mask
+
+
+def read_prob_maps(pred_dir, name, classes):
+    maps = []
+    for cls in classes:
+        path = pred_dir / f"{name}_prob_{cls}.png"
+        if not path.is_file():
+            raise PipelineError(f"{path} not found: --from-probs needs the probability maps of "
+                                "predict_lovasz_loss.py --save-probs")
+        maps.append(read_label(path).astype(np.float64) / 255.0)
+    return np.dstack(maps)
+
+
+def read_mask(pred_dir, name, num_classes):
+    path = pred_dir / f"{name}.png"
+    if not path.is_file():
+        raise PipelineError(f"mask {path} not found")
+    mask = read_label(path)
+    if mask.max() >= num_classes:
+        raise PipelineError(f"mask {path} holds class {mask.max()} but there are only "
+                            f"{num_classes} classes")
+    return mask
+
+
+# ---------------------------------------------------------------- objects
+
+def find_objects(mask, num_classes, min_area=0):
+    """Connected objects of every non-background class.
+
+    Returns (rows, outlines): rows are dicts of the objects.csv columns in pixels (without
+    image name), outlines maps class -> contours of the kept objects, holes included.
+    """
+    rows, outlines = [], {}
+    for c in range(1, num_classes):
+        binary = (mask == c).astype(np.uint8)
+        count, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
+        # RETR_CCOMP: outer boundaries (no parent) and the boundaries of their holes.
+        contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+        by_component = {}
+        for contour, (_, _, _, parent) in zip(contours, hierarchy[0] if contours else ()):
+            x, y = contour[0, 0]
+            entry = by_component.setdefault(labels[y, x], {"outer": None, "all": []})
+            entry["all"].append(contour)
+            if parent < 0:
+                entry["outer"] = contour
+        kept = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+        outlines[c] = [contour for i in kept for contour in by_component[i]["all"]]
+        for object_id, i in enumerate(kept, start=1):
+            rows.append(object_row(c, object_id, stats[i], centroids[i],
+                                   by_component[i]["outer"]))
+    return rows, outlines
+
+
+def object_row(class_index, object_id, stats, centroid, outer):
+    area = int(stats[cv2.CC_STAT_AREA])
+    perimeter = cv2.arcLength(outer, closed=True)
+    return {"class_index": class_index, "object_id": object_id, "area_px": area,
+            "equivalent_diameter_px": math.sqrt(4 * area / math.pi),
+            "perimeter_px": perimeter,
+            "circularity": 4 * math.pi * area / perimeter ** 2 if perimeter > 0 else float("nan"),
+            "centroid_x": float(centroid[0]), "centroid_y": float(centroid[1]),
+            "bbox_x": int(stats[cv2.CC_STAT_LEFT]), "bbox_y": int(stats[cv2.CC_STAT_TOP]),
+            "bbox_w": int(stats[cv2.CC_STAT_WIDTH]), "bbox_h": int(stats[cv2.CC_STAT_HEIGHT])}
+
+
+def csv_columns(pixel_size):
+    um = pixel_size is not None
+    return (["image", "class", "object_id", "area_px"] + (["area_um2"] if um else [])
+            + ["equivalent_diameter_px"] + (["equivalent_diameter_um"] if um else [])
+            + ["perimeter_px"] + (["perimeter_um"] if um else [])
+            + ["circularity", "centroid_x", "centroid_y", "bbox_x", "bbox_y", "bbox_w",
+               "bbox_h"])
+
+
+def csv_record(image, classes, row, pixel_size):
+    record = {"image": image, "class": classes[row["class_index"]], **row}
+    del record["class_index"]
+    if pixel_size is not None:
+        record["area_um2"] = row["area_px"] * pixel_size ** 2
+        record["equivalent_diameter_um"] = row["equivalent_diameter_px"] * pixel_size
+        record["perimeter_um"] = row["perimeter_px"] * pixel_size
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+
+
+def print_summary(records, classes, num_images, pixel_size):
+    print(f"{'class':<14}{'objects':>9}{'per image':>11}{'mean area px':>14}"
+          + (f"{'mean area um2':>15}" if pixel_size else ""))
+    for cls in classes[1:]:
+        areas = [r["area_px"] for r in records if r["class"] == cls]
+        mean = float(np.mean(areas)) if areas else 0.0
+        print(f"{cls:<14}{len(areas):>9}{len(areas) / num_images:>11.1f}{mean:>14.1f}"
+              + (f"{mean * pixel_size ** 2:>15.2f}" if pixel_size else ""))
+
+
+# ---------------------------------------------------------------- drawing
+
+def draw_outlines(image, outlines, thickness=None):
+    """RGB copy of the image with each class's outlines in its palette colour."""
+    canvas = to_color_mode(image, "rgb").copy()
+    thickness = thickness or max(1, round(max(canvas.shape[:2]) / 600))
+    for c, contours in outlines.items():
+        cv2.drawContours(canvas, contours, -1, tuple(int(v) for v in PALETTE[c]), thickness)
+    return canvas
+
+
+def stretch_contrast(image):
+    """0.5..99.5 percentile stretch to 0..255: microscope frames are often dim and flat."""
+    lo, hi = np.percentile(image, (0.5, 99.5))
+    if hi <= lo:
+        return image
+    return np.clip((image.astype(np.float64) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+
+
+def with_legend(canvas, classes):
+    """The picture with a black strip below naming each object class in its colour."""
+    width = canvas.shape[1]
+    scale = max(0.5, width / 1280)
+    thickness = max(1, round(scale * 2))
+    line_h = int(round(28 * scale))
+    items, x, y = [], 8, 0
+    for c, cls in enumerate(classes[1:], start=1):
+        (text_w, _), _ = cv2.getTextSize(cls, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        item_w = int(30 * scale) + text_w + int(20 * scale)
+        if x + item_w > width and x > 8:
+            x, y = 8, y + line_h
+        items.append((c, cls, x, y))
+        x += item_w
+    strip = np.zeros((y + line_h, width, 3), np.uint8)
+    for c, cls, x, y in items:
+        colour = tuple(int(v) for v in PALETTE[c])
+        mid = y + line_h // 2
+        cv2.line(strip, (x, mid), (x + int(22 * scale), mid), colour, thickness + 1)
+        cv2.putText(strip, cls, (x + int(30 * scale), mid + int(7 * scale)),
+                    cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+    return np.vstack([canvas, strip])
+
+
+def plot_panel(name, image, label, mask, outlines, classes, path, pdf):
+    """input | ground truth | prediction | contours, sized for a full-width paper figure.
+
+    The input is contrast-stretched for display, and the outlines are redrawn thick
+    enough to survive shrinking the image to a quarter of the page width.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    shown = stretch_contrast(image)
+    views = [("input", shown)]
+    if label is not None:
+        views.append(("ground truth", colorize(label)))
+    h, w = image.shape[:2]
+    views += [("prediction", colorize(mask)),
+              ("contours", draw_outlines(shown, outlines, max(1, round(max(h, w) / 250))))]
+    panel_w = 7.0 / len(views)
+    fig, axes = plt.subplots(1, len(views), figsize=(7.0, panel_w * h / w + 0.8))
+    for ax, (title, view) in zip(axes, views):
+        ax.imshow(view, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    handles = [Patch(color=PALETTE[c] / 255.0, label=cls) for c, cls in enumerate(classes)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(classes), frameon=False,
+               fontsize=8)
+    fig.suptitle(name, fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    save_figure(fig, path, pdf)
+
+
+# ---------------------------------------------------------------- main
+
+def prediction_info(pred_dir):
+    """What predict_lovasz_loss.py recorded about the run ({} for masks from elsewhere)."""
+    path = pred_dir / "predict.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def mask_names(pred_dir, info):
+    if "images" in info:
+        return info["images"]
+    return sorted(p.stem for p in pred_dir.glob("*.png")
+                  if not p.stem.endswith("_color") and "_prob_" not in p.stem)
+
+
+def prediction_folder(args):
+    pred = Path(args.pred_dir) if args.pred_dir else Path(args.work_dir) / "test" / "predict"
+    if not pred.is_dir():
+        raise PipelineError(f"prediction folder {pred} does not exist: run "
+                            "predict_lovasz_loss.py first")
+    return pred
+
+
+def folders(args, pred, info):
+    """(images, labels or None, output, figures) folders from options and defaults."""
+    work = Path(args.work_dir)
+    images = Path(args.image_dir or info.get("input_dir") or work / "test" / "src")
+    labels = args.label_dir or info.get("label_dir")
+    test_pred = work / "test" / "predict"
+    if args.output:
+        out = Path(args.output)
+    elif pred.resolve() == test_pred.resolve():
+        out = work / "test" / "contours"
+    else:
+        out = pred.parent / f"{pred.name}_contours"
+    figures = Path(args.figures_dir) if args.figures_dir else work / "figures"
+    return images, Path(labels) if labels else None, out, figures
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    pred_dir = prediction_folder(args)
+    info = prediction_info(pred_dir)
+    image_dir, label_dir, out, figures = folders(args, pred_dir, info)
+    classes = info.get("classes") or read_classes(args.data_dir)
+    if args.from_probs and len(args.thresholds) != len(classes) - 1:
+        raise PipelineError(f"--thresholds needs one value per object class "
+                            f"({', '.join(classes[1:])}), got {len(args.thresholds)}")
+    names = mask_names(pred_dir, info)
+    if not names:
+        raise PipelineError(f"no masks in {pred_dir}")
+    images = list_images(image_dir)
+    missing = [n for n in names if n not in images]
+    if missing:
+        raise PipelineError(f"no original image in {image_dir} for {len(missing)} mask(s), e.g. "
+                            f"{missing[0]}; give --image-dir")
+    check_replaceable(out, MARKER)
+
+    from tqdm import tqdm
+    staging = fresh_dir(out)
+    records = []
+    try:
+        for name in tqdm(names, desc="contours", unit="image", dynamic_ncols=True, disable=None):
+            image = read_image(images[name])
+            mask = (mask_from_probs(read_prob_maps(pred_dir, name, classes), args.thresholds)
+                    if args.from_probs else read_mask(pred_dir, name, len(classes)))
+            if mask.shape != image.shape[:2]:
+                raise PipelineError(f"mask of {name} is {mask.shape[1]}x{mask.shape[0]} but "
+                                    f"{images[name]} is {image.shape[1]}x{image.shape[0]}")
+            rows, outlines = find_objects(mask, len(classes), args.min_area)
+            records += [csv_record(name, classes, row, args.pixel_size) for row in rows]
+            write_image(staging / f"{name}_contour.png",
+                        with_legend(draw_outlines(image, outlines), classes))
+            if args.panels:
+                label_path = find_label(label_dir, name) if label_dir else None
+                label = read_label(label_path) if label_path else None
+                if label is not None and label.shape != mask.shape:
+                    raise PipelineError(f"label {label_path} is {label.shape[1]}x"
+                                        f"{label.shape[0]}, its image {image.shape[1]}x"
+                                        f"{image.shape[0]}")
+                plot_panel(name, image, label, mask, outlines, classes,
+                           figures / f"panel_{name}.png", args.pdf)
+        with open(staging / MARKER, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=csv_columns(args.pixel_size))
+            writer.writeheader()
+            writer.writerows(records)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_dir(staging, out)
+
+    print(f"{len(records)} objects in {len(names)} images -> {out / MARKER}, contours in {out}"
+          + (f", panels in {figures}" if args.panels else ""))
+    print_summary(records, classes, len(names), args.pixel_size)
+
+
+if __name__ == "__main__":
+    run_cli(main)

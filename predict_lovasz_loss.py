@@ -1,0 +1,477 @@
+"""Segment full images with the trained model: tiled prediction, masks, IoU.
+
+Reads   <model-dir>/config.json and a model file     (train_unet_xception_resnetblock.py)
+        <work-dir>/test/src/*, <work-dir>/test/label/*.png  (gen_img_aug.py), or --input
+Writes  <output>/<name>.png             class index per pixel (uint8)
+        <output>/<name>_color.png       the mask colour-coded (class colours of the figures)
+        <output>/<name>_prob_<class>.png with --save-probs: the blended probability of each
+                                        class as 8-bit grey, value / 255 = probability
+        <output>/predict.json           classes, decision, settings and the list of images
+        <output>/iou.csv, iou.json, iou.png    where labels exist: per-image and dataset IoU
+        <work-dir>/figures/iou_per_class.png   the IoU bar chart, for the test set
+
+<output> is <work-dir>/test/predict for the test set, or <work-dir>/predict/<folder name>
+for --input <folder>, unless --output says otherwise.
+
+Tiling: each image is reflect-padded at the bottom/right to a grid of tiles of the training
+patch size, with neighbouring tiles overlapping by --overlap of a tile (0 gives the
+original's non-overlapping tiles). Every tile is preprocessed on its own exactly as the
+training patches were (z-score with the training statistics, min-max, histogram
+equalization, gamma), the tiles run through the model --batch-size at a time, and the
+class probabilities of overlapping tiles are averaged, weighted by a window that is
+largest at the tile centre (--blend gaussian) or flat (uniform). The padding is then
+cropped off. --tta also averages the 8 rotations/flips of every tile.
+
+Decision, as recorded in config.json by training:
+  argmax         (default loss, Lovasz on softmax) the class of highest softmax probability.
+  sigmoid>0.51   (trained with --lovasz-input logits, as the original) the original's rule:
+                 a pixel passes class c where sigmoid(logit_c) > 0.51. Where several classes
+                 pass, the one with the highest sigmoid wins; where none passes, the pixel
+                 is background (0). The sigmoids are what is blended and saved.
+
+IoU: per image and class, IoU = TP / (TP + FP + FN). A class absent from both the label
+and the prediction of an image scores 1; absent from the label but predicted, 0. The
+dataset IoU of a class comes from the confusion matrix summed over all images (not the
+mean of per-image IoUs); mean_iou averages the classes, background included. Label
+values of num_classes or more (e.g. 255) are ignored.
+
+Colour: a colour image given to a model trained on grey images is converted to grey, as
+the paper read every image as grey. A grey image given to a model trained on colour is an
+error.
+"""
+import argparse
+import itertools
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from seg_common import (PipelineError, check_replaceable, colorize, confusion_matrix,  # noqa: E402
+                        dihedral, find_label, fresh_dir, inverse_dihedral, iou_per_class,
+                        list_images, preprocess_patch, publish_dir, read_image, read_label,
+                        reflect_pad, run_cli, save_figure, to_color_mode, write_image,
+                        write_json, atomic_write_text)
+
+DECISIONS = ("argmax", "sigmoid>0.51")
+SIGMOID_THRESHOLD = 0.51
+BLENDS = ("gaussian", "uniform")
+WEIGHT_CHOICES = ("best", "swa", "last")
+MARKER = "predict.json"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("folders")
+    g.add_argument("--data-dir", default="data", metavar="DIR",
+                   help="data folder (not read here: the classes come from the model folder; "
+                        "accepted like every script) (default: %(default)s)")
+    g.add_argument("--work-dir", default="augmented_75k", metavar="DIR",
+                   help="work folder of the pipeline (default: %(default)s)")
+    g.add_argument("--input", metavar="DIR",
+                   help="folder of images to segment, any size, grey or colour, labels not "
+                        "needed (default: the test set, <work-dir>/test/src)")
+    g.add_argument("--labels", metavar="DIR",
+                   help="folder of labels <name>.png/.npy for IoU (default: <work-dir>/test/label "
+                        "for the test set; none with --input)")
+    g.add_argument("--output", metavar="DIR",
+                   help="output folder, replaced as a whole (default: <work-dir>/test/predict, "
+                        "or <work-dir>/predict/<input folder name> with --input)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model-dir", metavar="DIR", help="model folder written by training "
+                   "(default: <work-dir>/weights)")
+    g.add_argument("--weights", default="best", metavar="best|swa|last|FILE",
+                   help="best: lowest validation loss; swa: the weight average of the last "
+                        "epochs; last: the newest snapshot; or the path of a model file, "
+                        "e.g. snapshots/epoch_020.h5 (relative to the model folder or the "
+                        "current one) (default: %(default)s)")
+    g = p.add_argument_group("tiling")
+    g.add_argument("--overlap", type=float, default=0.25, metavar="FRACTION",
+                   help="overlap of neighbouring tiles as a fraction of the tile, in [0, 1); "
+                        "0 reproduces the original's tiling (default: %(default)s)")
+    g.add_argument("--blend", choices=BLENDS, default="gaussian",
+                   help="weighting of overlapping tiles' probabilities: gaussian (sigma 1/8 "
+                        "of the tile, favours tile centres) or uniform (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="tiles per model call (default: %(default)s)")
+    g.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the 8 rotations/flips of every tile "
+                        "(8x the compute; needs square tiles)")
+    g = p.add_argument_group("output")
+    g.add_argument("--save-probs", action="store_true",
+                   help="also write <name>_prob_<class>.png per class, 8-bit, value/255 = "
+                        "probability (softmax, or sigmoid for the sigmoid>0.51 decision); "
+                        "get_contour.py --from-probs reads them")
+    g.add_argument("--pdf", action="store_true", help="also write the IoU chart as PDF")
+    args = p.parse_args(argv)
+    if not 0 <= args.overlap < 1:
+        p.error("--overlap must be in [0, 1)")
+    if args.batch_size < 1:
+        p.error("--batch-size must be positive")
+    return args
+
+
+# ---------------------------------------------------------------- tiling
+
+def tile_shape(tile):
+    """(height, width) from a side or a (height, width) pair."""
+    return (tile, tile) if np.isscalar(tile) else tuple(tile)
+
+
+def _axis_starts(length, tile, overlap):
+    stride = max(1, round(tile * (1 - overlap)))
+    count = 1 + max(0, math.ceil((length - tile) / stride))
+    return [i * stride for i in range(count)]
+
+
+def tile_positions(h, w, tile, overlap):
+    """Top-left (y, x) of every tile covering an h x w image, row by row.
+
+    Tiles step by round(tile * (1 - overlap)); the grid may run past the image, which is
+    then reflect-padded. Overlap 0 gives ceil(h / tile) x ceil(w / tile) tiles.
+    """
+    th, tw = tile_shape(tile)
+    return [(y, x) for y in _axis_starts(h, th, overlap) for x in _axis_starts(w, tw, overlap)]
+
+
+def blend_window(tile, blend):
+    """Weight of each tile pixel when overlapping tiles are averaged (float64, max 1).
+
+    The Gaussian (sigma = side / 8) trusts tile centres, where the network saw the most
+    context, over tile borders; it never reaches 0, so every pixel keeps some weight.
+    """
+    th, tw = tile_shape(tile)
+    if blend == "uniform":
+        return np.ones((th, tw))
+    if blend != "gaussian":
+        raise ValueError(f"unknown blend {blend!r}; choose one of {BLENDS}")
+
+    def bump(n):
+        centre = (n - 1) / 2
+        return np.exp(-0.5 * ((np.arange(n) - centre) / (n / 8)) ** 2)
+
+    return np.outer(bump(th), bump(tw))
+
+
+def as_float_tile(tile):
+    """The identity preparation: the tile as float32 with a channel axis."""
+    tile = np.asarray(tile, np.float32)
+    return tile[:, :, None] if tile.ndim == 2 else tile
+
+
+def _model_inputs(padded, positions, tile, transforms, prepare):
+    """((y, x, k), input) for every tile and transform, preparing each tile once."""
+    th, tw = tile
+    for y, x in positions:
+        ready = prepare(padded[y:y + th, x:x + tw])
+        for k in transforms:
+            yield (y, x, k), dihedral(ready, k)
+
+
+def predict_frame(predict_batch_fn, image, tile, overlap=0.25, blend="gaussian", batch_size=8,
+                  tta=False, prepare=as_float_tile):
+    """Per-class probabilities [h, w, C] (float32) of a whole image, by blended tiles.
+
+    predict_batch_fn maps a float batch [N, th, tw, channels] to probabilities
+    [N, th, tw, C]; it is called once per batch of up to batch_size tiles. prepare turns
+    one raw tile (cut from the reflect-padded image) into the model input, so per-tile
+    preprocessing sees exactly the pixels of its tile. With tta every tile also goes
+    through the 8 rotations/flips and their back-transformed outputs are averaged.
+    """
+    th, tw = tile = tile_shape(tile)
+    if tta and th != tw:
+        raise PipelineError(f"--tta needs square tiles, the model's are {tw}x{th}")
+    h, w = image.shape[:2]
+    positions = tile_positions(h, w, tile, overlap)
+    ph, pw = max(y for y, _ in positions) + th, max(x for _, x in positions) + tw
+    padded = reflect_pad(image, ph, pw)
+    window = blend_window(tile, blend)
+    inputs = _model_inputs(padded, positions, tile, range(8) if tta else (0,), prepare)
+
+    total, weight = None, np.zeros((ph, pw))
+    while batch := list(itertools.islice(inputs, batch_size)):
+        where, tiles = zip(*batch)
+        probs = np.asarray(predict_batch_fn(np.stack(tiles)), np.float64)
+        if total is None:
+            total = np.zeros((ph, pw, probs.shape[-1]))
+        for (y, x, k), prob in zip(where, probs):
+            total[y:y + th, x:x + tw] += window[:, :, None] * inverse_dihedral(prob, k)
+            weight[y:y + th, x:x + tw] += window
+    return (total[:h, :w] / weight[:h, :w, None]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- decision
+
+def decide(probs, decision):
+    """Class index per pixel (uint8) from blended probabilities [h, w, C].
+
+    argmax: the most probable class. sigmoid>0.51: the classes whose sigmoid exceeds 0.51
+    pass; the passing class with the highest sigmoid wins; no passing class -> 0.
+    """
+    if decision == "argmax":
+        return probs.argmax(axis=-1).astype(np.uint8)
+    if decision == "sigmoid>0.51":
+        passing = probs > SIGMOID_THRESHOLD
+        mask = np.where(passing, probs, -1.0).argmax(axis=-1)
+        mask[~passing.any(axis=-1)] = 0
+        return mask.astype(np.uint8)
+    raise PipelineError(f"unknown decision {decision!r} in config.json; expected one of "
+                        f"{DECISIONS}")
+
+
+# ---------------------------------------------------------------- model
+
+def read_config(model_dir):
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: train a model first, or point --model-dir at "
+                            "a model folder")
+    config = json.loads(path.read_text())
+    missing = [k for k in ("classes", "patch_size", "color_mode", "preprocessing", "decision",
+                           "weights_files") if k not in config]
+    if missing:
+        raise PipelineError(f"{path} lacks {', '.join(missing)}; was it written by training?")
+    if config["decision"] not in DECISIONS:
+        raise PipelineError(f"{path}: unknown decision {config['decision']!r}; expected one of "
+                            f"{DECISIONS}")
+    return config
+
+
+def model_file(model_dir, config, choice):
+    """Path of the model file that --weights names."""
+    model_dir = Path(model_dir)
+    if choice in ("best", "swa"):
+        path = model_dir / config["weights_files"][choice]
+        if not path.is_file():
+            hint = " (trained with --swa-epochs 0?)" if choice == "swa" else ""
+            raise PipelineError(f"--weights {choice}: {path} not found{hint}")
+        return path
+    if choice == "last":
+        snapshots = sorted((model_dir / "snapshots").glob("epoch_*.*"))
+        if not snapshots:
+            raise PipelineError(f"--weights last: no snapshots in {model_dir / 'snapshots'}")
+        return snapshots[-1]
+    for path in (model_dir / choice, Path(choice)):
+        if path.is_file():
+            return path
+    raise PipelineError(f"--weights {choice}: not best, swa, last or an existing model file "
+                        f"(looked in {model_dir} and the current folder)")
+
+
+def load_model(path):
+    import absl.logging
+    import keras
+    import lovasz_losses_tf  # noqa: F401  (registers the losses a saved model may name)
+    import model  # noqa: F401  (registers NormalizedSGD)
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"cannot load model {path}: {err}") from err
+
+
+def make_predict_batch(net, decision):
+    """A compiled batch -> probabilities function: softmax, or sigmoid for sigmoid>0.51."""
+    import tensorflow as tf
+    activation = tf.nn.softmax if decision == "argmax" else tf.sigmoid
+
+    # A free batch dimension: the last, shorter batch of a frame reuses the same graph.
+    @tf.function(input_signature=[tf.TensorSpec([None, *net.input_shape[1:]], tf.float32)])
+    def probabilities(batch):
+        return activation(tf.cast(net(batch, training=False), tf.float32))
+
+    return lambda batch: probabilities(tf.constant(batch)).numpy()
+
+
+def model_image(path, color_mode):
+    """The image in the model's colour mode, or a clear error if that is impossible."""
+    img = read_image(path)
+    if color_mode == "rgb" and img.ndim == 2:
+        raise PipelineError(f"{path} is a grey image but the model was trained on colour (rgb) "
+                            "images; give colour images, or a model trained with "
+                            "pre_processing.py --color-mode grey")
+    return to_color_mode(img, color_mode)
+
+
+class TilePreparer:
+    """One raw tile -> model input: the training preprocessing, 0..1, 3 channels."""
+
+    def __init__(self, preprocessing):
+        self.mean, self.std = preprocessing["mean"], preprocessing["std"]
+        self.gamma = preprocessing["gamma"]
+
+    def __call__(self, tile):
+        x = preprocess_patch(tile, self.mean, self.std, self.gamma).astype(np.float32) / 255.0
+        return np.repeat(x[:, :, None], 3, axis=2) if x.ndim == 2 else x
+
+
+# ---------------------------------------------------------------- scoring
+
+def score(label, pred, num_classes):
+    """(confusion matrix, per-class IoU) of one image."""
+    cm = confusion_matrix(label, pred, num_classes)
+    return cm, iou_per_class(cm)
+
+
+def iou_rows(per_image, total_cm):
+    """CSV rows: one per image, then the dataset row from the summed confusion matrix."""
+    rows = [[name, *iou, float(np.mean(iou))] for name, iou in per_image.items()]
+    dataset = iou_per_class(total_cm)
+    return rows + [["dataset", *dataset, float(np.mean(dataset))]]
+
+
+def write_iou(out, rows, classes, total_cm):
+    header = ["image", *(f"iou_{c}" for c in classes), "mean_iou"]
+    lines = [",".join(header)]
+    lines += [",".join([row[0], *(f"{v:.6f}" for v in row[1:])]) for row in rows]
+    atomic_write_text(out / "iou.csv", "\n".join(lines) + "\n")
+
+    def per_class(row):
+        return {c: float(v) for c, v in zip(classes, row[1:-1])}
+
+    write_json(out / "iou.json", {
+        "convention": "IoU = TP/(TP+FP+FN) per class; 1 where a class is absent from label and "
+                      "prediction, 0 where absent from the label but predicted; dataset IoU from "
+                      "the confusion matrix summed over images; mean over all classes",
+        "classes": classes,
+        "images": {row[0]: {"iou": per_class(row), "mean_iou": row[-1]} for row in rows[:-1]},
+        "dataset": {"iou": per_class(rows[-1]), "mean_iou": rows[-1][-1]},
+        "confusion_matrix": {"rows": "label", "columns": "prediction",
+                             "counts": total_cm.tolist()},
+    })
+
+
+def print_iou_table(rows, classes):
+    width = max(12, *(len(r[0]) for r in rows))
+    header = f"{'image':<{width}}" + "".join(f"{c[:10]:>11}" for c in classes) + f"{'mean':>11}"
+    print(header)
+    for row in rows:
+        if row[0] == "dataset":
+            print("-" * len(header))
+        print(f"{row[0]:<{width}}" + "".join(f"{v:>11.4f}" for v in row[1:]))
+
+
+def plot_iou(dataset_row, classes, num_images, path, pdf, copies=()):
+    """Bar chart of the dataset IoU per class, saved to path and to each of copies."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ious = dataset_row[1:-1]
+    fig, ax = plt.subplots(figsize=(3.4, 2.6))
+    colours = colorize(np.arange(len(classes))) / 255.0
+    bars = ax.bar(classes, ious, color=colours, edgecolor="black", linewidth=0.6)
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("IoU")
+    ax.set_title(f"IoU per class, {num_images} images (mean {dataset_row[-1]:.3f})",
+                 fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    for copy in copies:
+        Path(copy).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(copy, dpi=150, bbox_inches="tight")
+        if pdf:
+            fig.savefig(Path(copy).with_suffix(".pdf"), bbox_inches="tight")
+    save_figure(fig, path, pdf)
+
+
+# ---------------------------------------------------------------- main
+
+def folders(args):
+    """(input, labels or None, output) folders from the options and their defaults."""
+    work = Path(args.work_dir)
+    if args.input:
+        src = Path(args.input)
+        out = Path(args.output) if args.output else work / "predict" / src.resolve().name
+        return src, Path(args.labels) if args.labels else None, out
+    labels = Path(args.labels) if args.labels else work / "test" / "label"
+    return (work / "test" / "src", labels if labels.is_dir() else None,
+            Path(args.output) if args.output else work / "test" / "predict")
+
+
+def write_outputs(staging, name, mask, probs, classes, save_probs):
+    write_image(staging / f"{name}.png", mask)
+    write_image(staging / f"{name}_color.png", colorize(mask))
+    if save_probs:
+        for c, cls in enumerate(classes):
+            write_image(staging / f"{name}_prob_{cls}.png",
+                        np.rint(probs[:, :, c] * 255).astype(np.uint8))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work = Path(args.work_dir)
+    model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
+    src, label_dir, out = folders(args)
+    if not args.input and not src.is_dir():
+        raise PipelineError(f"no test set in {src}: run gen_img_aug.py first, or give --input")
+    images = list_images(src)
+    if not images:
+        raise PipelineError(f"no images in {src}")
+    check_replaceable(out, MARKER)
+    config = read_config(model_dir)
+    classes, decision = config["classes"], config["decision"]
+    path = model_file(model_dir, config, args.weights)
+    net = load_model(path)
+    tile = tuple(config["patch_size"])
+    if tuple(net.input_shape[1:3]) not in (tile, (None, None)):
+        raise PipelineError(f"{path} takes {net.input_shape[1:3]} inputs but config.json says "
+                            f"the patch size is {tile}")
+    predict_batch = make_predict_batch(net, decision)
+    prepare = TilePreparer(config["preprocessing"])
+    print(f"model {path} ({decision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
+          f"{args.blend} blend{', 8x TTA' if args.tta else ''}; {len(images)} images from {src}")
+
+    from tqdm import tqdm
+    staging = fresh_dir(out)
+    per_image, total_cm = {}, np.zeros((len(classes), len(classes)), np.int64)
+    try:
+        for name, img_path in tqdm(images.items(), desc="predict", unit="image",
+                                   dynamic_ncols=True, disable=None):
+            img = model_image(img_path, config["color_mode"])
+            probs = predict_frame(predict_batch, img, tile, args.overlap, args.blend,
+                                  args.batch_size, args.tta, prepare)
+            mask = decide(probs, decision)
+            write_outputs(staging, name, mask, probs, classes, args.save_probs)
+            label_path = find_label(label_dir, name) if label_dir else None
+            if label_path:
+                label = read_label(label_path)
+                if label.shape != mask.shape:
+                    raise PipelineError(f"label {label_path} is {label.shape[1]}x"
+                                        f"{label.shape[0]} but {img_path.name} is "
+                                        f"{mask.shape[1]}x{mask.shape[0]}")
+                cm, per_image[name] = score(label, mask, len(classes))
+                total_cm += cm
+        write_json(staging / MARKER, {
+            "classes": classes, "decision": decision, "model_file": str(path),
+            "input_dir": str(src.resolve()),
+            "label_dir": str(label_dir.resolve()) if label_dir else None,
+            "tile": list(tile), "overlap": args.overlap, "blend": args.blend, "tta": args.tta,
+            "batch_size": args.batch_size, "probability_maps": args.save_probs,
+            "images": list(images)})
+        if per_image:
+            rows = iou_rows(per_image, total_cm)
+            write_iou(staging, rows, classes, total_cm)
+            # The paper figure is the test set's; a user's folder keeps its chart to itself.
+            copies = [] if args.input else [work / "figures" / "iou_per_class.png"]
+            plot_iou(rows[-1], classes, len(per_image), staging / "iou.png", args.pdf, copies)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_dir(staging, out)
+
+    print(f"wrote {len(images)} masks to {out}")
+    if per_image:
+        print_iou_table(rows, classes)
+        print(f"IoU of {len(per_image)} labelled images: {out / 'iou.csv'}, {out / 'iou.png'}")
+    elif label_dir:
+        print(f"no labels for these images in {label_dir}; IoU skipped")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,175 @@
+"""get_contour.py: object outlines, measurements, the object table, thresholds and figures."""
+import csv
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+import get_contour as G
+from seg_common import PALETTE, PipelineError
+
+CLASSES = ["background", "bead", "cell"]
+DISCS = [(10, (40, 40)), (15, (110, 45)), (25, (220, 60))]            # beads: radius, centre
+SQUARES = [((30, 110), 40), ((120, 120), 25)]                          # cells: top-left, side
+SPECKS = [(5, 180), (290, 185)]                                        # single bead pixels
+
+
+def drawn_mask():
+    mask = np.zeros((200, 300), np.uint8)
+    for r, centre in DISCS:
+        cv2.circle(mask, centre, r, 1, -1)
+    for (x, y), side in SQUARES:
+        mask[y:y + side, x:x + side] = 2
+    for x, y in SPECKS:
+        mask[y, x] = 1
+    return mask
+
+
+@pytest.fixture
+def pred(tmp_path):
+    """A prediction folder as predict_lovasz_loss.py leaves it, plus images and labels."""
+    for sub in ("src", "label", "predict"):
+        (tmp_path / sub).mkdir()
+    mask = drawn_mask()
+    image = np.random.default_rng(0).integers(0, 120, mask.shape, dtype=np.uint8)
+    for name in ("one", "two"):
+        cv2.imwrite(str(tmp_path / "src" / f"{name}.png"), image)
+        cv2.imwrite(str(tmp_path / "predict" / f"{name}.png"), mask)
+    cv2.imwrite(str(tmp_path / "label" / "one.png"), mask)
+    (tmp_path / "predict" / "predict.json").write_text(json.dumps({
+        "classes": CLASSES, "images": ["one", "two"], "input_dir": str(tmp_path / "src"),
+        "label_dir": str(tmp_path / "label")}))
+    return tmp_path
+
+
+def run(pred, *extra):
+    G.main(["--work-dir", str(pred / "work"), "--pred-dir", str(pred / "predict"),
+            "--output", str(pred / "contours"), "--figures-dir", str(pred / "figures"), *extra])
+    with open(pred / "contours" / "objects.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_areas_of_drawn_discs_and_squares():
+    rows, _ = G.find_objects(drawn_mask(), 3)
+    beads = sorted((r for r in rows if r["class_index"] == 1 and r["area_px"] > 1),
+                   key=lambda r: r["area_px"])
+    for (radius, (cx, cy)), row in zip(DISCS, beads):
+        assert row["area_px"] == pytest.approx(math.pi * radius ** 2, rel=0.02)
+        assert row["equivalent_diameter_px"] == pytest.approx(2 * radius, rel=0.01)
+        assert (row["centroid_x"], row["centroid_y"]) == pytest.approx((cx, cy), abs=0.01)
+        assert 0.85 < row["circularity"] < 1.05
+    cells = [r for r in rows if r["class_index"] == 2]
+    for ((x, y), side), row in zip(SQUARES, cells):
+        assert row["area_px"] == side ** 2
+        assert (row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"]) == (x, y, side, side)
+        assert row["perimeter_px"] == pytest.approx(4 * (side - 1))   # through pixel centres
+
+
+def test_counts_ids_and_min_area():
+    rows, _ = G.find_objects(drawn_mask(), 3)
+    assert sum(r["class_index"] == 1 for r in rows) == len(DISCS) + len(SPECKS)
+    assert sum(r["class_index"] == 2 for r in rows) == len(SQUARES)
+    assert [r["object_id"] for r in rows if r["class_index"] == 2] == [1, 2]
+    kept, outlines = G.find_objects(drawn_mask(), 3, min_area=10)
+    assert sum(r["class_index"] == 1 for r in kept) == len(DISCS)
+    assert [r["object_id"] for r in kept if r["class_index"] == 1] == [1, 2, 3]
+    assert len(outlines[1]) == len(DISCS)
+    smallest = min(r["area_px"] for r in kept)        # "smaller than" min-area: equal stays
+    assert len(G.find_objects(drawn_mask(), 3, min_area=smallest)[0]) == len(kept)
+    assert len(G.find_objects(drawn_mask(), 3, min_area=smallest + 1)[0]) == len(kept) - 1
+
+
+def test_a_ring_is_one_object_with_its_hole_outlined():
+    mask = np.zeros((80, 80), np.uint8)
+    cv2.circle(mask, (40, 40), 30, 1, -1)
+    cv2.circle(mask, (40, 40), 12, 0, -1)
+    cv2.circle(mask, (40, 40), 5, 1, -1)       # an object inside the hole
+    rows, outlines = G.find_objects(mask, 2)
+    assert len(rows) == 2 and len(outlines[1]) == 3    # ring outer + hole, inner disc
+    ring, inner = rows                                 # raster order of their first pixels
+    assert ring["area_px"] + inner["area_px"] == np.sum(mask == 1)
+    assert ring["area_px"] == pytest.approx(math.pi * (30 ** 2 - 12 ** 2), rel=0.02)
+    assert ring["perimeter_px"] == pytest.approx(2 * math.pi * 30, rel=0.1)   # outer only
+
+
+def test_object_table_and_contour_images(pred, capsys):
+    rows = run(pred, "--min-area", "10")
+    assert list(rows[0]) == ["image", "class", "object_id", "area_px", "equivalent_diameter_px",
+                             "perimeter_px", "circularity", "centroid_x", "centroid_y",
+                             "bbox_x", "bbox_y", "bbox_w", "bbox_h"]
+    assert len(rows) == 2 * (len(DISCS) + len(SQUARES))
+    assert sum(r["class"] == "bead" and r["image"] == "one" for r in rows) == len(DISCS)
+    summary = capsys.readouterr().out
+    assert "bead" in summary and "cell" in summary
+
+    picture = cv2.cvtColor(cv2.imread(str(pred / "contours" / "one_contour.png")),
+                           cv2.COLOR_BGR2RGB)
+    assert picture.shape[1] == 300 and picture.shape[0] > 200      # image + legend strip
+    (x, y), side = SQUARES[0]
+    np.testing.assert_array_equal(picture[y + side // 2, x], PALETTE[2])      # cell in red
+    np.testing.assert_array_equal(picture[40, 40 - 10], PALETTE[1])           # bead in green
+    assert (pred / "figures" / "panel_one.png").is_file()
+    assert (pred / "figures" / "panel_two.png").is_file()
+
+
+def test_pixel_size_scales_areas(pred):
+    plain = run(pred)
+    scaled = run(pred, "--pixel-size", "0.5")
+    assert {"area_um2", "equivalent_diameter_um", "perimeter_um"} <= set(scaled[0])
+    for a, b in zip(plain, scaled):
+        assert float(b["area_um2"]) == pytest.approx(float(a["area_px"]) * 0.25, abs=1e-3)
+        assert float(b["equivalent_diameter_um"]) == pytest.approx(
+            float(a["equivalent_diameter_px"]) * 0.5, abs=1e-3)
+
+
+def test_from_probs_applies_the_originals_thresholds(pred):
+    """bead where p*127 > 69, cell where p*127 > 80, cell winning where both pass."""
+    probs = np.zeros((200, 300, 3), np.uint8)
+    bead = np.ceil(255 * 70 / 127)       # just over 69 on the 0..127 scale
+    probs[10:30, 10:30, 1] = bead
+    probs[10:30, 50:70, 1] = np.floor(255 * 69 / 127)   # just under: no object
+    probs[100:140, 100:140, 2] = np.ceil(255 * 81 / 127)
+    probs[100:120, 100:140, 1] = bead     # overlaps the cell: the later class wins
+    probs[150:170, 200:240, 2] = np.floor(255 * 80 / 127)  # just under 80
+    for name in ("one", "two"):
+        for c, cls in enumerate(CLASSES):
+            cv2.imwrite(str(pred / "predict" / f"{name}_prob_{cls}.png"), probs[:, :, c])
+    rows = run(pred, "--from-probs", "--thresholds", "69", "80")
+    one = [r for r in rows if r["image"] == "one"]
+    assert [(r["class"], int(r["area_px"])) for r in one] == [("bead", 400), ("cell", 1600)]
+    mask = G.mask_from_probs(probs / 255.0, [69, 80])
+    assert mask[110, 120] == 2 and mask[20, 20] == 1 and mask[20, 60] == 0
+    at_threshold = np.zeros((1, 2, 3))
+    at_threshold[0, 0, 1] = 69 / 127
+    at_threshold[0, 1, 1] = np.nextafter(69 / 127, 1)
+    assert at_threshold[0, 0, 1] * 127 == 69                 # exactly on it: not above
+    np.testing.assert_array_equal(G.mask_from_probs(at_threshold, [69, 80]), [[0, 1]])
+
+
+def test_from_probs_needs_maps_and_thresholds(pred):
+    with pytest.raises(PipelineError, match="--save-probs"):
+        run(pred, "--from-probs")
+    with pytest.raises(PipelineError, match="one value per object class"):
+        run(pred, "--from-probs", "--thresholds", "69")
+
+
+def test_masks_without_predict_json_use_classes_txt(pred):
+    (pred / "predict" / "predict.json").unlink()
+    (pred / "data").mkdir()
+    (pred / "data" / "classes.txt").write_text("background\nbead\ncell\n")
+    rows = run(pred, "--data-dir", str(pred / "data"), "--image-dir", str(pred / "src"),
+               "--no-panels")
+    assert {r["image"] for r in rows} == {"one", "two"}
+    assert not (pred / "figures").exists()
+
+
+def test_bad_masks_are_reported(pred):
+    cv2.imwrite(str(pred / "predict" / "two.png"), np.full((200, 300), 7, np.uint8))
+    with pytest.raises(PipelineError, match="class 7"):
+        run(pred)
+    cv2.imwrite(str(pred / "predict" / "two.png"), np.zeros((20, 30), np.uint8))
+    with pytest.raises(PipelineError, match="30x20"):
+        run(pred)
+    assert not (pred / "contours").exists()

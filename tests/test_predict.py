@@ -1,0 +1,350 @@
+"""predict_lovasz_loss.py: tiling, blending, TTA, decisions, IoU, and a run on a real model."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import get_contour
+import predict_lovasz_loss as P
+from seg_common import PipelineError, confusion_matrix, iou_per_class, reflect_pad
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["background", "bead", "cell"]
+
+
+def one_hot_image(h, w, classes=3, seed=0):
+    """A random class map as one-hot 'probabilities': an identity model must return it."""
+    labels = np.random.default_rng(seed).integers(0, classes, (h, w))
+    return np.eye(classes, dtype=np.float32)[labels]
+
+
+def identity(batch):
+    return batch
+
+
+# ---------------------------------------------------------------- tiling
+
+@pytest.mark.parametrize("h, w, tile", [(65, 129, 64), (77, 91, 64), (20, 37, 64),
+                                        (1032, 1376, 256), (64, 64, 64)])
+@pytest.mark.parametrize("overlap", [0, 0.25, 0.5])
+@pytest.mark.parametrize("blend", P.BLENDS)
+def test_identity_model_is_reassembled_exactly(h, w, tile, overlap, blend):
+    image = one_hot_image(h, w)
+    probs = P.predict_frame(identity, image, tile, overlap, blend, batch_size=5)
+    assert probs.shape == (h, w, 3)
+    np.testing.assert_array_equal(probs, image)
+
+
+@pytest.mark.parametrize("overlap", [0, 0.25])
+def test_continuous_input_survives_blending(overlap):
+    image = np.random.default_rng(1).random((130, 75, 2)).astype(np.float32)
+    probs = P.predict_frame(identity, image, 32, overlap, "gaussian", batch_size=7)
+    np.testing.assert_allclose(probs, image, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("h, w", [(65, 129), (20, 37), (128, 64), (1032, 1376)])
+def test_overlap_zero_is_the_originals_grid(h, w):
+    tile = 64
+    positions = P.tile_positions(h, w, tile, 0)
+    assert len(positions) == math.ceil(h / tile) * math.ceil(w / tile)
+    assert positions[-1] == ((math.ceil(h / tile) - 1) * tile, (math.ceil(w / tile) - 1) * tile)
+
+
+def test_overlapping_tiles_step_by_the_stride_and_cover_the_image():
+    positions = P.tile_positions(100, 300, 64, 0.25)
+    ys, xs = sorted({y for y, _ in positions}), sorted({x for _, x in positions})
+    assert np.all(np.diff(ys) == 48) and np.all(np.diff(xs) == 48)
+    assert ys[-1] + 64 >= 100 and xs[-1] + 64 >= 300
+    assert ys[-1] < 100 - 64 + 48 and xs[-1] < 300 - 64 + 48   # no tile wholly in the padding
+
+
+def test_each_tile_is_prepared_on_its_own_pixels():
+    """Per-tile preprocessing must see exactly its tile of the reflect-padded image."""
+    image = np.random.default_rng(2).integers(0, 255, (70, 90), dtype=np.uint8)
+    seen = []
+
+    def prepare(tile):
+        seen.append(tile.copy())
+        return np.zeros((32, 32, 1), np.float32)
+
+    P.predict_frame(identity, image, 32, 0.25, "uniform", batch_size=4, prepare=prepare)
+    positions = P.tile_positions(70, 90, 32, 0.25)
+    padded = reflect_pad(image, positions[-1][0] + 32, positions[-1][1] + 32)
+    assert len(seen) == len(positions)
+    for (y, x), tile in zip(positions, seen):
+        np.testing.assert_array_equal(tile, padded[y:y + 32, x:x + 32])
+
+
+def test_gaussian_window_favours_the_tile_centre():
+    window = P.blend_window(64, "gaussian")
+    assert window.shape == (64, 64) and window.min() > 0
+    assert window[31, 31] == window.max() and window[0, 0] == window.min()
+    np.testing.assert_allclose(window, window.T)
+    np.testing.assert_array_equal(P.blend_window((32, 64), "uniform"), np.ones((32, 64)))
+
+
+def test_blending_weights_overlapping_tiles_by_the_window():
+    """Two tiles that disagree: uniform gives their mean, Gaussian leans to the nearer centre."""
+    def tile_constant(batch):
+        first = batch[:, 0, 0, 0]
+        return np.broadcast_to(first[:, None, None, None], batch.shape[:3] + (1,)).copy()
+
+    image = np.zeros((32, 56, 1), np.float32)
+    image[:, 24:] = 1.0    # the second tile (x 24..55) starts at 1, the first at 0
+    uniform = P.predict_frame(tile_constant, image, 32, 0.25, "uniform", batch_size=2)
+    gaussian = P.predict_frame(tile_constant, image, 32, 0.25, "gaussian", batch_size=2)
+    assert uniform[0, 24:32, 0] == pytest.approx(0.5)
+    assert np.all(np.diff(gaussian[0, 24:32, 0]) > 0)          # moves towards the second tile
+    assert gaussian[0, 24, 0] < 0.5 < gaussian[0, 31, 0]
+
+
+@pytest.mark.parametrize("overlap", [0, 0.25])
+def test_tta_of_an_identity_model_is_the_identity(overlap):
+    image = one_hot_image(70, 45, seed=3)
+    seen = []
+
+    def recording_identity(batch):
+        seen.extend(batch)
+        return batch
+
+    probs = P.predict_frame(recording_identity, image, 32, overlap, "gaussian", batch_size=6,
+                            tta=True)
+    np.testing.assert_array_equal(probs, image)
+    tiles = len(P.tile_positions(70, 45, 32, overlap))
+    assert len(seen) == 8 * tiles
+    first_tile = {t.tobytes() for t in seen[:8]}
+    assert len(first_tile) == 8     # the model really saw 8 different rotations/flips
+
+
+def test_tta_needs_square_tiles():
+    with pytest.raises(PipelineError, match="square"):
+        P.predict_frame(identity, one_hot_image(40, 40), (32, 64), tta=True)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 100])
+@pytest.mark.parametrize("tta", [False, True])
+def test_one_model_call_per_batch(batch_size, tta):
+    calls = []
+
+    def counting(batch):
+        calls.append(len(batch))
+        return batch
+
+    image = one_hot_image(150, 210)
+    P.predict_frame(counting, image, 64, 0.25, "gaussian", batch_size, tta)
+    inputs = len(P.tile_positions(150, 210, 64, 0.25)) * (8 if tta else 1)
+    assert len(calls) == math.ceil(inputs / batch_size)
+    assert sum(calls) == inputs and max(calls) <= batch_size
+
+
+# ---------------------------------------------------------------- decision
+
+def test_argmax_decision():
+    probs = np.array([[[0.2, 0.5, 0.3], [0.6, 0.1, 0.3], [0.1, 0.2, 0.7]]])
+    np.testing.assert_array_equal(P.decide(probs, "argmax"), [[1, 0, 2]])
+
+
+def test_sigmoid_decision_is_the_originals_rule():
+    probs = np.array([[
+        [0.20, 0.60, 0.70],   # two pass: the higher sigmoid wins -> 2
+        [0.20, 0.60, 0.40],   # one passes -> 1
+        [0.30, 0.50, 0.51],   # none passes (0.51 is not above 0.51) -> background
+        [0.90, 0.52, 0.10],   # background passes highest -> 0
+        [0.52, 0.90, 0.10],   # bead beats a passing background -> 1
+        [0.00, 0.00, 0.00],
+    ]])
+    mask = P.decide(probs, "sigmoid>0.51")
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, [[2, 1, 0, 0, 1, 0]])
+
+
+def test_unknown_decision_is_reported():
+    with pytest.raises(PipelineError, match="decision"):
+        P.decide(np.zeros((1, 1, 2)), "softmax>0.3")
+
+
+# ---------------------------------------------------------------- IoU
+
+def test_iou_hand_cases():
+    # 4 classes: 3 appears nowhere (-> 1); 2 is predicted but not labelled (-> 0).
+    label = np.array([[0, 0, 1, 1],
+                      [0, 0, 1, 1]])
+    pred = np.array([[0, 1, 1, 1],
+                     [0, 0, 2, 1]])
+    cm, iou = P.score(label, pred, 4)
+    np.testing.assert_allclose(iou, [3 / 4, 3 / 5, 0.0, 1.0])
+
+    label2 = np.array([[2, 2], [2, 0]])
+    pred2 = np.array([[2, 2], [0, 0]])
+    cm2, iou2 = P.score(label2, pred2, 4)
+    np.testing.assert_allclose(iou2, [1 / 2, 1.0, 2 / 3, 1.0])   # class 1 absent from both
+
+    rows = P.iou_rows({"a": iou, "b": iou2}, cm + cm2)
+    assert [r[0] for r in rows] == ["a", "b", "dataset"]
+    assert rows[0][-1] == pytest.approx(np.mean([3 / 4, 3 / 5, 0, 1]))
+    # Dataset IoU from the summed confusion matrix, not the mean of the images' IoUs:
+    # class 0: TP 3+1, FP 0+1, FN 1+0 -> 4/6; class 1: 3/5; class 2: TP 2, FP 1, FN 1 -> 2/4.
+    np.testing.assert_allclose(rows[-1][1:-1], [4 / 6, 3 / 5, 2 / 4, 1.0])
+    assert rows[-1][-1] == pytest.approx(np.mean([4 / 6, 3 / 5, 2 / 4, 1.0]))
+
+
+def test_iou_files(tmp_path):
+    label = np.array([[0, 1], [2, 2]])
+    pred = np.array([[0, 1], [2, 0]])
+    cm, iou = P.score(label, pred, 3)
+    rows = P.iou_rows({"x": iou}, cm)
+    P.write_iou(tmp_path, rows, CLASSES, cm)
+    with open(tmp_path / "iou.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["image", "iou_background", "iou_bead", "iou_cell", "mean_iou"]
+    assert [r["image"] for r in table] == ["x", "dataset"]
+    assert float(table[0]["iou_cell"]) == pytest.approx(0.5)
+    data = json.loads((tmp_path / "iou.json").read_text())
+    assert data["dataset"]["iou"]["cell"] == pytest.approx(0.5)
+    assert data["confusion_matrix"]["counts"] == cm.tolist()
+
+
+# ---------------------------------------------------------------- colour and model folder
+
+def test_channel_mismatch_is_a_clear_error(tmp_path):
+    grey, colour = tmp_path / "grey.png", tmp_path / "colour.png"
+    cv2.imwrite(str(grey), np.full((10, 12), 90, np.uint8))
+    cv2.imwrite(str(colour), np.dstack([np.full((10, 12), v, np.uint8) for v in (10, 90, 200)]))
+    with pytest.raises(PipelineError, match=r"grey\.png is a grey image.*colour"):
+        P.model_image(grey, "rgb")
+    assert P.model_image(colour, "grey").shape == (10, 12)   # converted, as the paper
+    assert P.model_image(colour, "rgb").shape == (10, 12, 3)
+
+
+def test_weights_choice(tmp_path):
+    config = {"weights_files": {"best": "m_best.h5", "swa": "m_swa.h5"}}
+    (tmp_path / "m_best.h5").write_text("")
+    (tmp_path / "snapshots").mkdir()
+    for epoch in (3, 12):
+        (tmp_path / "snapshots" / f"epoch_{epoch:03d}.h5").write_text("")
+    assert P.model_file(tmp_path, config, "best") == tmp_path / "m_best.h5"
+    assert P.model_file(tmp_path, config, "last").name == "epoch_012.h5"
+    assert P.model_file(tmp_path, config, "snapshots/epoch_003.h5").name == "epoch_003.h5"
+    with pytest.raises(PipelineError, match="swa"):
+        P.model_file(tmp_path, config, "swa")
+    with pytest.raises(PipelineError, match="not best, swa, last"):
+        P.model_file(tmp_path, config, "nothing.h5")
+
+
+# ---------------------------------------------------------------- a real model
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    from model import build_model
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("weights")
+    net = build_model((64, 64, 3), 3, weights=None)
+    keras.saving.save_model(net, folder / "m_best.h5", include_optimizer=False)
+    write_config(folder, "grey", "argmax")
+    return folder
+
+
+def write_config(folder, color_mode, decision):
+    channels = 1 if color_mode == "grey" else 3
+    (folder / "config.json").write_text(json.dumps({
+        "classes": CLASSES, "num_classes": 3, "input_shape": [64, 64, 3],
+        "patch_size": [64, 64], "color_mode": color_mode, "image_channels": channels,
+        "preprocessing": {"mean": [100.0] * channels, "std": [40.0] * channels, "gamma": 1.2},
+        "decision": decision,
+        "weights_files": {"best": "m_best.h5", "swa": "m_swa.h5"}}))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A test set of a 70x90 grey and a 64x64 colour image with labels."""
+    rng = np.random.default_rng(0)
+    work = tmp_path_factory.mktemp("work")
+    for sub in ("test/src", "test/label", "mine"):
+        (work / sub).mkdir(parents=True)
+    cv2.imwrite(str(work / "test/src/a.png"), rng.integers(0, 255, (70, 90), dtype=np.uint8))
+    cv2.imwrite(str(work / "test/src/b.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    cv2.imwrite(str(work / "test/label/a.png"), rng.integers(0, 3, (70, 90), dtype=np.uint8))
+    cv2.imwrite(str(work / "test/label/b.png"), rng.integers(0, 3, (64, 64), dtype=np.uint8))
+    cv2.imwrite(str(work / "mine/c.tif"), rng.integers(0, 255, (33, 100), dtype=np.uint8))
+    return work
+
+
+def run_predict(*args):
+    return subprocess.run([sys.executable, str(ROOT / "predict_lovasz_loss.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_real_model_on_the_test_set(model_dir, work):
+    result = run_predict("--work-dir", str(work), "--model-dir", str(model_dir),
+                         "--save-probs", "--batch-size", "3")
+    assert result.returncode == 0, result.stderr
+    out = work / "test" / "predict"
+    masks = {}
+    for name, shape in (("a", (70, 90)), ("b", (64, 64))):
+        masks[name] = cv2.imread(str(out / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert masks[name].shape == shape and masks[name].dtype == np.uint8
+        assert masks[name].max() < 3
+        assert cv2.imread(str(out / f"{name}_color.png")).shape == (*shape, 3)
+        probs = np.dstack([cv2.imread(str(out / f"{name}_prob_{c}.png"), cv2.IMREAD_UNCHANGED)
+                           for c in CLASSES]).astype(int)
+        assert np.all(np.abs(probs.sum(axis=2) - 255) <= 2)        # softmax sums to 1
+    with open(out / "iou.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["image"] for r in table] == ["a", "b", "dataset"]
+    total = sum(confusion_matrix(cv2.imread(str(work / f"test/label/{n}.png"), 0), masks[n], 3)
+                for n in ("a", "b"))
+    expected = iou_per_class(total)
+    assert [float(table[-1][f"iou_{c}"]) for c in CLASSES] == pytest.approx(expected, abs=1e-6)
+    assert json.loads((out / "iou.json").read_text())["dataset"]["mean_iou"] == \
+        pytest.approx(expected.mean())
+    assert (out / "iou.png").is_file() and (work / "figures" / "iou_per_class.png").is_file()
+    assert "dataset" in result.stdout
+
+    # The masks go on to get_contour.py, which finds images and labels through predict.json.
+    get_contour.main(["--work-dir", str(work), "--min-area", "2"])
+    assert (work / "test" / "contours" / "a_contour.png").is_file()
+    assert (work / "figures" / "panel_b.png").is_file()
+
+
+def test_real_model_on_a_users_folder(model_dir, work, tmp_path):
+    sigmoid_dir = tmp_path / "sigmoid_model"
+    sigmoid_dir.mkdir()
+    os.symlink(model_dir / "m_best.h5", sigmoid_dir / "m_best.h5")
+    write_config(sigmoid_dir, "grey", "sigmoid>0.51")
+    result = run_predict("--work-dir", str(work), "--model-dir", str(sigmoid_dir),
+                         "--input", str(work / "mine"), "--tta", "--overlap", "0")
+    assert result.returncode == 0, result.stderr
+    out = work / "predict" / "mine"
+    mask = cv2.imread(str(out / "c.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (33, 100) and mask.max() < 3
+    assert not (out / "iou.csv").exists()
+    info = json.loads((out / "predict.json").read_text())
+    assert info["decision"] == "sigmoid>0.51" and info["images"] == ["c"]
+
+
+def test_grey_image_for_a_colour_model_fails_cleanly(model_dir, work, tmp_path):
+    rgb_dir = tmp_path / "rgb_model"
+    rgb_dir.mkdir()
+    os.symlink(model_dir / "m_best.h5", rgb_dir / "m_best.h5")
+    write_config(rgb_dir, "rgb", "argmax")
+    out = tmp_path / "out"
+    with pytest.raises(PipelineError, match="a.png is a grey image"):
+        P.main(["--work-dir", str(work), "--model-dir", str(rgb_dir), "--output", str(out)])
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.partial.*"))     # nothing half-written left behind
+
+
+def test_foreign_output_folder_is_not_replaced(work, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(PipelineError, match="not written by this script"):
+        P.main(["--work-dir", str(work), "--output", str(tmp_path)])
+    assert (tmp_path / "keep.txt").is_file()
