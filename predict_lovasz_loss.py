@@ -47,7 +47,7 @@ import os
 import shutil
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
@@ -356,8 +356,8 @@ def print_iou_table(rows, classes):
         print(f"{row[0]:<{width}}" + "".join(f"{v:>11.4f}" for v in row[1:]))
 
 
-def plot_iou(dataset_row, classes, num_images, path, pdf, copies=()):
-    """Bar chart of the dataset IoU per class, saved to path and to each of copies."""
+def plot_iou(dataset_row, classes, num_images, paths, pdf):
+    """Bar chart of the dataset IoU per class, saved to each of paths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -372,12 +372,7 @@ def plot_iou(dataset_row, classes, num_images, path, pdf, copies=()):
                  fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    for copy in copies:
-        Path(copy).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(copy, dpi=150, bbox_inches="tight")
-        if pdf:
-            fig.savefig(Path(copy).with_suffix(".pdf"), bbox_inches="tight")
-    save_figure(fig, path, pdf)
+    save_figure(fig, paths, pdf)
 
 
 # ---------------------------------------------------------------- main
@@ -459,7 +454,7 @@ def main(argv=None):
             write_iou(staging, rows, classes, total_cm)
             # The paper figure is the test set's; a user's folder keeps its chart to itself.
             copies = [] if args.input else [work / "figures" / "iou_per_class.png"]
-            plot_iou(rows[-1], classes, len(per_image), staging / "iou.png", args.pdf, copies)
+            plot_iou(rows[-1], classes, len(per_image), [staging / "iou.png", *copies], args.pdf)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -315,14 +315,16 @@ def run_cli(main):
         sys.exit(2)
 
 
-def save_figure(fig, path, pdf=False):
-    """Save a matplotlib figure as PNG (and PDF when asked), then close it."""
+def save_figure(fig, paths, pdf=False):
+    """Save a matplotlib figure as PNG (and PDF when asked) to one path or each of several,
+    then close it."""
     import matplotlib.pyplot as plt
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    if pdf:
-        fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        if pdf:
+            fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
     plt.close(fig)
 
 

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
@@ -270,8 +270,8 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
 
     class Curves(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            plot_curves(model_dir / "log.csv", model_dir / "curves.png",
-                        Path(args.work_dir) / "figures" / "training_curves.png", args.pdf)
+            plot_curves(model_dir / "log.csv", [model_dir / "curves.png",
+                        Path(args.work_dir) / "figures" / "training_curves.png"], args.pdf)
 
     return [Progress(), PreciseBNValidation(), Checkpoints(),
             keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resuming), Curves(),
@@ -299,12 +299,11 @@ def save_model(model, path):
     os.replace(tmp, path)
 
 
-def plot_curves(log_path, *paths_and_pdf):
+def plot_curves(log_path, paths, pdf):
     """Loss and mean IoU, train and val, per epoch, from the CSV log."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    *paths, pdf = paths_and_pdf
     with open(log_path) as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -321,12 +320,7 @@ def plot_curves(log_path, *paths_and_pdf):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    for path in paths:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-        if pdf:
-            fig.savefig(Path(path).with_suffix(".pdf"), bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, paths, pdf)
 
 
 # ---------------------------------------------------------------- SWA
