@@ -136,7 +136,8 @@ def build_model(input_shape=(256, 256, 3), num_classes=3, start_neurons=16, weig
     x = layers.Dropout(dropout, name="up0_dropout")(x)
     x = _conv_and_residuals(x, s, "up0")
     x = layers.Dropout(dropout / 2, name="head_dropout")(x)
-    logits = layers.Conv2D(num_classes, 1, padding="same", name="logits")(x)
+    # float32 even under a mixed-precision policy, so losses and softmax see full-precision logits.
+    logits = layers.Conv2D(num_classes, 1, padding="same", dtype="float32", name="logits")(x)
     return keras.Model(inp, logits, name=MODEL_NAME)
 
 
