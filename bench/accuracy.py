@@ -1,0 +1,269 @@
+"""Test-set accuracy of the whole pipeline on a real data set, beside the classical floor.
+
+Runs the pipeline's own scripts one after another as subprocesses, exactly as a user would,
+in a work folder (temporary unless --work-dir):
+  gen_img_aug.py     --data-dir DATASET --work-dir W --num-patches N --patch-size P
+                     (the data set's test.txt fixes the held-out test images)
+  pre_processing.py  --work-dir W --color-mode grey|rgb
+  train_unet_xception_resnetblock.py --data-dir DATASET --work-dir W --weights none
+                     --time-budget MIN --epochs --steps-per-epoch --val-steps --bn-batches ...
+  predict_lovasz_loss.py --data-dir DATASET --work-dir W --weights best [--tta]
+then scores the masks in W/test/predict against DATASET/label, on the test.txt images only:
+the confusion matrix summed over the images gives the per-class IoU, the mean IoU and, for 2
+classes, the foreground IoU (class 1). The classical baseline (bench/baseline.py) is scored
+on the same images with the same code.
+
+Writes bench/results/<dataset>[-<tag>].json (replacing one of the same name): the scores,
+the baseline's, the exact command and stage commands, every setting, wall time per stage,
+the training summary and the machine. Prints a table.
+
+Training stops at --time-budget minutes (--epochs is only an upper bound, and the cosine
+learning-rate schedule anneals over the budget). For a test-IoU-vs-training-time curve, run
+once per budget with its own tag:
+    for m in 15 30 60 120; do python bench/accuracy.py bbbc030 --time-budget $m --tag t$m; done
+
+Reusing a --work-dir: rerunning after an interruption resumes the training (the training
+script keeps a backup while it runs); for a new measurement use a new folder or none.
+"""
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import baseline  # noqa: E402
+from baseline import REPO, RESULTS_DIR, SHARED_DATASETS  # noqa: E402
+from seg_common import (PipelineError, default_workers, find_label, list_images,  # noqa: E402
+                        read_classes, read_image, read_label, run_cli, write_json)
+
+
+# ---------------------------------------------------------------- the pipeline
+
+def stage_commands(args, dataset_dir, work, color_mode):
+    """The four pipeline commands, in order, as {stage: argv}."""
+    def script(name, *options):
+        return [sys.executable, str(REPO / name), *map(str, options)]
+
+    workers = ["--workers", args.workers] if args.workers else []
+    return {
+        "gen_img_aug": script("gen_img_aug.py", "--data-dir", dataset_dir, "--work-dir", work,
+                              "--num-patches", args.num_patches,
+                              "--patch-size", args.patch_size, *workers),
+        "pre_processing": script("pre_processing.py", "--work-dir", work,
+                                 "--color-mode", color_mode, *workers),
+        "train": script("train_unet_xception_resnetblock.py", "--data-dir", dataset_dir,
+                        "--work-dir", work, "--weights", "none",
+                        "--time-budget", args.time_budget, "--epochs", args.epochs,
+                        "--steps-per-epoch", args.steps_per_epoch,
+                        "--val-steps", args.val_steps, "--bn-batches", args.bn_batches,
+                        "--batch-size", args.batch_size, "--verbose", "2",
+                        *shlex.split(args.train_args)),
+        "predict": script("predict_lovasz_loss.py", "--data-dir", dataset_dir,
+                          "--work-dir", work, "--weights", args.predict_weights,
+                          "--overlap", args.overlap, *(["--tta"] if args.tta else [])),
+    }
+
+
+def run_stages(commands):
+    """Run each command, streaming its output; the wall seconds of each stage."""
+    seconds = {}
+    for number, (stage, argv) in enumerate(commands.items(), 1):
+        print(f"\n=== [{number}/{len(commands)}] {stage}: {shlex.join(argv)}", flush=True)
+        start = time.monotonic()
+        status = subprocess.run(argv, cwd=REPO).returncode
+        seconds[stage] = round(time.monotonic() - start, 2)
+        if status:
+            raise PipelineError(f"stage {stage} failed with exit status {status} after "
+                                f"{seconds[stage]:.0f} s; its output is above")
+    return seconds
+
+
+def score_model(dataset_dir, names, work):
+    predict_dir = Path(work) / "test" / "predict"
+
+    def predicted(name):
+        path = predict_dir / f"{name}.png"
+        if not path.is_file():
+            raise PipelineError(f"prediction stage wrote no mask for test image {name} "
+                                f"({path})")
+        return read_label(path)
+
+    return baseline.score_predictions(dataset_dir, names, predicted)
+
+
+def score_baseline(dataset_dir, names):
+    """The baseline's record, or why there is none: a missing floor must not lose the run."""
+    try:
+        return baseline.score(dataset_dir, names)
+    except PipelineError as err:
+        return {"error": str(err)}
+
+
+# ---------------------------------------------------------------- records
+
+def training_summary(work):
+    """What training itself recorded in its model folder's config.json."""
+    path = Path(work) / "weights" / "config.json"
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text())
+    keep = ("num_train_patches", "num_val_patches", "color_mode", "decision", "result")
+    return {k: config[k] for k in keep if k in config}
+
+
+def machine_info():
+    cpu = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")]
+        cpu = models[0] if models else cpu
+    # The GPUs TensorFlow sees are the ones the pipeline could use.
+    import tensorflow as tf
+    gpus = [tf.config.experimental.get_device_details(d).get("device_name", d.name)
+            for d in tf.config.list_physical_devices("GPU")]
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "usable_cores": default_workers(),
+            "gpus": gpus, "python": platform.python_version(), "tensorflow": tf.__version__,
+            "platform": platform.platform()}
+
+
+def check_dataset(dataset_dir):
+    """The test names, after checking everything scoring will need: fail before training."""
+    read_classes(dataset_dir)
+    names = baseline.split_names(dataset_dir, "test")
+    unlabelled = [n for n in names if find_label(Path(dataset_dir) / "label", n) is None]
+    if unlabelled:
+        raise PipelineError(f"test images without a label in {Path(dataset_dir) / 'label'}: "
+                            f"{', '.join(unlabelled[:5])}")
+    return names
+
+
+def resolve_color_mode(requested, dataset_dir, names):
+    if requested != "auto":
+        return requested
+    first = read_image(list_images(Path(dataset_dir) / "src")[names[0]])
+    return "rgb" if first.ndim == 3 else "grey"
+
+
+# ---------------------------------------------------------------- command line
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = parser.add_argument_group("data")
+    g.add_argument("dataset", metavar="DATASET",
+                   help=f"a data set folder (src/, label/, classes.txt, test.txt), or a name "
+                        f"under {SHARED_DATASETS}")
+    g.add_argument("--color-mode", choices=("auto", "grey", "rgb"), default="auto",
+                   help="pre_processing.py --color-mode; auto: grey for grey images, rgb for "
+                        "colour (default: auto)")
+    g = parser.add_argument_group("patches (gen_img_aug.py, pre_processing.py)")
+    g.add_argument("--num-patches", type=int, default=4000,
+                   help="training patches (default: %(default)s)")
+    g.add_argument("--patch-size", type=int, default=128,
+                   help="patch side, a multiple of 32 (default: %(default)s)")
+    g.add_argument("--workers", type=int,
+                   help="processes for the two data stages (default: theirs, all cores)")
+    g = parser.add_argument_group("training (train_unet_xception_resnetblock.py)")
+    g.add_argument("--time-budget", type=float, default=60.0,
+                   help="minutes of training (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=1000,
+                   help="upper bound on epochs; the time budget normally ends training first "
+                        "(default: %(default)s)")
+    g.add_argument("--steps-per-epoch", type=int, default=100,
+                   help="training batches per epoch (default: %(default)s)")
+    g.add_argument("--val-steps", type=int, default=20,
+                   help="validation batches per epoch (default: %(default)s)")
+    g.add_argument("--bn-batches", type=int, default=20,
+                   help="batches re-estimating BatchNorm statistics (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=8, help="batch size (default: %(default)s)")
+    g.add_argument("--train-args", default="",
+                   help="more training options, appended last so they win, e.g. "
+                        "--train-args='--lr 0.01 --swa-epochs 3' (write the = sign)")
+    g = parser.add_argument_group("prediction (predict_lovasz_loss.py)")
+    g.add_argument("--predict-weights", choices=("best", "swa", "last"), default="best",
+                   help="which trained model segments the test images (default: %(default)s)")
+    g.add_argument("--overlap", type=float, default=0.25,
+                   help="tile overlap, fraction of a tile (default: %(default)s)")
+    g.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the 8 rotations/flips (8x slower)")
+    g = parser.add_argument_group("output")
+    g.add_argument("--tag", default="",
+                   help="suffix of the results file, to keep settings apart: "
+                        "<dataset>-<tag>.json")
+    g.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                   help="folder of the results file (default: bench/results)")
+    g.add_argument("--work-dir", type=Path,
+                   help="keep the pipeline's files here (default: a temporary folder, deleted "
+                        "at the end)")
+    args = parser.parse_args(argv)
+    if args.time_budget <= 0:
+        parser.error("--time-budget must be positive")
+    if args.patch_size % 32:
+        parser.error("--patch-size must be a multiple of 32")
+    try:
+        shlex.split(args.train_args)
+    except ValueError as err:
+        parser.error(f"--train-args: {err}")
+    return args
+
+
+def report(record, path):
+    seconds = record["wall_seconds"]
+    columns = {"model": record}
+    if "error" in record["baseline"]:
+        print(f"\nno baseline: {record['baseline']['error']}")
+    else:
+        columns["baseline"] = record["baseline"]
+    print(f"\n{record['dataset']}: {record['num_images']} test images")
+    print(baseline.format_table(columns, record["classes"]))
+    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    print(f"written: {path}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.monotonic()
+    dataset_dir = baseline.resolve_dataset(args.dataset)
+    names = check_dataset(dataset_dir)
+    path = baseline.results_path(args.results_dir, dataset_dir.name, args.tag)
+    color_mode = resolve_color_mode(args.color_mode, dataset_dir, names)
+
+    with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as scratch:
+        work = (args.work_dir or Path(scratch)).resolve()
+        commands = stage_commands(args, dataset_dir, work, color_mode)
+        seconds = run_stages(commands)
+        start = time.monotonic()
+        model = score_model(dataset_dir, names, work)
+        seconds["score"] = round(time.monotonic() - start, 2)
+        training = training_summary(work)
+
+    floor = score_baseline(dataset_dir, names)
+    seconds["total"] = round(time.monotonic() - started, 2)
+    record = {
+        "dataset": dataset_dir.name, "dataset_dir": str(dataset_dir), "date": baseline.utc_now(),
+        **model,
+        "test_images": names,
+        "baseline": floor,
+        "command": baseline.command_line(),
+        "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                     "color_mode": color_mode},
+        "stage_commands": {k: shlex.join(v) for k, v in commands.items()},
+        "wall_seconds": seconds,
+        "training": training,
+        "machine": machine_info(),
+    }
+    write_json(path, record)
+    report(record, path)
+
+
+if __name__ == "__main__":
+    run_cli(main)
