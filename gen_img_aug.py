@@ -114,7 +114,7 @@ def copy_test_set(table, test, work):
     for name in test:
         img_path, lbl_path, _ = table[name]
         shutil.copy2(img_path, staging / "src" / img_path.name)
-        write_image(staging / "label" / f"{name}.png", read_label(lbl_path))
+        write_image(staging / "label" / f"{name}.png", read_label(lbl_path), atomic=False)
     publish_dir(staging, work / "test")
 
 
@@ -166,8 +166,8 @@ class PatchWriter:
             img, lbl = cache.get(image)
             crop = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
             name = f"{index:0{self.digits}d}.png"
-            write_image(self.out_dir / "src" / name, dihedral(img[crop], k))
-            write_image(self.out_dir / "label" / name, dihedral(lbl[crop], k))
+            write_image(self.out_dir / "src" / name, dihedral(img[crop], k), atomic=False)
+            write_image(self.out_dir / "label" / name, dihedral(lbl[crop], k), atomic=False)
             rows.append((name, image, y, x, k))
         return len(rows), rows
 

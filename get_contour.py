@@ -346,7 +346,7 @@ def main(argv=None):
             rows, outlines = find_objects(mask, len(classes), args.min_area)
             records += [csv_record(name, classes, row, args.pixel_size) for row in rows]
             write_image(staging / f"{name}_contour.png",
-                        with_legend(draw_outlines(image, outlines), classes))
+                        with_legend(draw_outlines(image, outlines), classes), atomic=False)
             if args.panels:
                 label_path = find_label(label_dir, name) if label_dir else None
                 label = read_label(label_path) if label_path else None

@@ -98,7 +98,7 @@ class PreprocessTask:
         for path in paths:
             img = to_color_mode(read_image(path), self.color_mode)
             write_image(self.out_dir / path.name,
-                        preprocess_patch(img, self.mean, self.std, self.gamma))
+                        preprocess_patch(img, self.mean, self.std, self.gamma), atomic=False)
         return len(paths), None
 
 

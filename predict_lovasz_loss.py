@@ -390,12 +390,12 @@ def folders(args):
 
 
 def write_outputs(staging, name, mask, probs, classes, save_probs):
-    write_image(staging / f"{name}.png", mask)
-    write_image(staging / f"{name}_color.png", colorize(mask))
+    write_image(staging / f"{name}.png", mask, atomic=False)
+    write_image(staging / f"{name}_color.png", colorize(mask), atomic=False)
     if save_probs:
         for c, cls in enumerate(classes):
             write_image(staging / f"{name}_prob_{cls}.png",
-                        np.rint(probs[:, :, c] * 255).astype(np.uint8))
+                        np.rint(probs[:, :, c] * 255).astype(np.uint8), atomic=False)
 
 
 def main(argv=None):

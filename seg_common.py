@@ -122,14 +122,20 @@ def read_label(path):
     return label.astype(np.uint8)
 
 
-def write_image(path, img):
-    """Write an HxW or HxWx3 (RGB) uint8 image (PNG is lossless), atomically.
+def write_image(path, img, atomic=True):
+    """Write an HxW or HxWx3 (RGB) uint8 image (PNG is lossless).
 
-    The file is written in a hidden folder beside `path` and renamed into place, so readers
-    never see half a file and an interrupted write leaves nothing an image listing would take.
+    Atomic by default: written in a hidden folder beside `path` and renamed into place, so
+    readers never see half a file and an interrupted write leaves nothing an image listing
+    would take. Files inside a staging folder (fresh_dir) are published with the folder and
+    skip this: the per-file folder and rename make parallel writers contend for the directory.
     """
     path = Path(path)
     arr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+    if not atomic:
+        if not cv2.imwrite(str(path), arr):
+            raise PipelineError(f"cannot write {path}")
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".writing."))
     try:
