@@ -50,6 +50,8 @@ def parse_args(argv=None):
     g.add_argument("--workers", type=int, default=default_workers(),
                    help="processes writing patches; the output does not depend on it "
                         "(default: all cores, %(default)s)")
+    p.add_argument("--pdf", action="store_true",
+                   help="also write the samples figure as PDF")
     args = p.parse_args(argv)
     if args.num_patches < 1 or args.patch_size < 1 or args.workers < 1:
         p.error("--num-patches, --patch-size and --workers must be positive")
@@ -194,7 +196,7 @@ def write_patches(table, train, work, num_patches, patch_size, seed, workers):
 
 # ---------------------------------------------------------------- figure
 
-def plot_samples(table, names, classes, path, count=4):
+def plot_samples(table, names, classes, path, pdf=False, count=4):
     """The first few images beside their annotations, as a figure for the paper."""
     import matplotlib
     matplotlib.use("Agg")
@@ -214,7 +216,7 @@ def plot_samples(table, names, classes, path, count=4):
                for i, c in enumerate(classes)]
     fig.legend(handles=handles, loc="lower center", ncol=len(classes), frameon=False)
     fig.suptitle("Sample images (top) and annotations (bottom)")
-    save_figure(fig, path)
+    save_figure(fig, path, pdf)
 
 
 def main(argv=None):
@@ -228,7 +230,7 @@ def main(argv=None):
     write_split(work, train, test, how)
     copy_test_set(table, test, work)
     write_patches(table, train, work, args.num_patches, args.patch_size, args.seed, args.workers)
-    plot_samples(table, train, classes, work / "figures" / "samples.png")
+    plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf)
     print(f"wrote {args.num_patches} patches of {args.patch_size}x{args.patch_size} to "
           f"{work / 'train'} and {len(test)} test images to {work / 'test'}")
 

@@ -149,3 +149,70 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(train.PipelineError, match="2 classes"):
         train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "w"),
                     "--weights", "none", "--loss", "lovasz-hinge"])
+
+
+def short_run(root, *extra, classes="background\nbead\ncell\n"):
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "classes.txt").write_text(classes)
+    if not (root / "work").exists():
+        make_patch_set(root / "work", 40)
+    train.main(["--data-dir", str(root / "data"), "--work-dir", str(root / "work"),
+                "--weights", "none", "--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1",
+                "--bn-batches", "1", "--swa-epochs", "1", "--verbose", "0", *extra])
+    return json.loads((root / "work" / "weights" / "config.json").read_text())
+
+
+@pytest.mark.parametrize("loss, optimizer", [("cross-entropy", "adam"), ("bce-dice", "sgd"),
+                                             ("lovasz-softmax", "nsgd")])
+def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, loss, optimizer):
+    extra = ["--lovasz-input", "logits"] if loss == "lovasz-softmax" else []
+    config = short_run(tmp_path, "--loss", loss, "--optimizer", optimizer, *extra)
+    assert config["settings"]["loss"] == loss and config["settings"]["optimizer"] == optimizer
+    assert config["decision"] == ("sigmoid>0.51" if extra else "argmax")
+    assert np.isfinite(config["result"]["best_val_loss"])
+
+
+def test_lovasz_hinge_on_two_classes(tmp_path):
+    make_patch_set(tmp_path / "work", 40)
+    for path in (tmp_path / "work" / "train" / "label").glob("*.png"):
+        cv2.imwrite(str(path), (cv2.imread(str(path), 0) > 0).astype(np.uint8))
+    config = short_run(tmp_path, "--loss", "lovasz-hinge", classes="background\ncell\n")
+    assert config["num_classes"] == 2 and np.isfinite(config["result"]["best_val_loss"])
+
+
+def test_keras_format_saves_and_reloads(tmp_path):
+    config = short_run(tmp_path, "--save-format", "keras")
+    model_dir = tmp_path / "work" / "weights"
+    for name in config["weights_files"].values():
+        assert name.endswith(".keras")
+        keras.saving.load_model(model_dir / name, compile=False)
+    assert [p.suffix for p in (model_dir / "snapshots").iterdir()] == [".keras"]
+
+
+def test_interrupted_training_resumes(tmp_path):
+    class Interrupt(Exception):
+        pass
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise Interrupt
+
+    original = train.make_callbacks
+
+    def with_interrupt(*args, **kwargs):
+        return original(*args, **kwargs) + [StopAfterFirstEpoch()]
+
+    train.make_callbacks = with_interrupt
+    try:
+        with pytest.raises(Interrupt):
+            short_run(tmp_path, "--epochs", "2")
+    finally:
+        train.make_callbacks = original
+    model_dir = tmp_path / "work" / "weights"
+    assert (model_dir / "backup").is_dir()
+    config = short_run(tmp_path, "--epochs", "2")
+    with open(model_dir / "log.csv") as f:
+        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
+    assert epochs == [0, 1]
+    assert config["result"]["epochs_done"] == 2
+    assert not (model_dir / "backup").exists()
