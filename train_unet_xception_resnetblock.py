@@ -335,7 +335,7 @@ def stochastic_weight_average(model, snapshot_paths, bn_images, bn_batches, out_
         total = weights if total is None else [t + w for t, w in zip(total, weights)]
     model.set_weights([t / len(snapshot_paths) for t in total])
     # Averaged weights need statistics of their own; averaged moving statistics don't fit them.
-    refresh_batchnorm(model, bn_images, max(bn_batches, 1) if bn_batches else 0)
+    refresh_batchnorm(model, bn_images, bn_batches)
     save_model(model, out_path)
     model.set_weights(current)
 
@@ -409,11 +409,13 @@ def main(argv=None):
     model_dir.mkdir(parents=True, exist_ok=True)
     resuming = (model_dir / "backup").is_dir()
     if not resuming:
+        # A fresh run must not leave an earlier run's models looking like its own.
         for stale in [model_dir / "log.csv", model_dir / "state.json",
+                      *(model_dir / weights_name(k, args.save_format) for k in ("best", "swa")),
                       *model_dir.glob("snapshots/epoch_*.*")]:
             stale.unlink(missing_ok=True)
     write_json(model_dir / "split.json", {"train": train_names, "val": val_names})
-    config = write_config(args, model_dir, classes, stats, patch_shape, (train_names, val_names))
+    write_config(args, model_dir, classes, stats, patch_shape, (train_names, val_names))
 
     channels = stats["channels"]
     steps = args.steps_per_epoch or max(1, len(train_names) // args.batch_size)
@@ -455,7 +457,6 @@ def main(argv=None):
     })
     print(f"done in {minutes:.1f} min; best val_loss {state['best_val_loss']:.4f}. Model folder: "
           f"{model_dir} (config.json, {best_path.name}); curves: {model_dir / 'curves.png'}")
-    del config
 
 
 if __name__ == "__main__":
