@@ -26,14 +26,13 @@ import argparse
 import base64
 import binascii
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from seg_common import (IMAGE_EXTS, PipelineError, atomic_write_text, read_classes,
-                        read_image, run_cli, write_image)
+from seg_common import (IMAGE_EXTS, PipelineError, atomic_write_text, decode_image,
+                        read_classes, read_image, run_cli, write_image)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -159,7 +158,7 @@ def embedded_mask(shape, points, height, width):
     """LabelMe 5.x mask shape: a PNG of the box starting at pixel (int(x1), int(y1))."""
     if not shape.get("mask"):
         raise PipelineError("mask shape has no 'mask' data")
-    pixels = decode_image(shape["mask"], "the shape's mask") > 0
+    pixels = decode_embedded(shape["mask"], "the shape's mask") > 0
     if pixels.ndim == 3:
         pixels = pixels.any(axis=2)
     x0, y0 = (int(v) for v in points[0])
@@ -224,19 +223,13 @@ def rasterize_shapes(shapes, height, width, class_index, line_width=DEFAULT_LINE
 
 # ---------------------------------------------------------------- LabelMe files
 
-def decode_image(b64, what):
-    """Pixels of a base64-encoded image file, read as seg_common.read_image reads files."""
+def decode_embedded(b64, what):
+    """Pixels of LabelMe's base64-encoded imageData."""
     try:
         data = base64.b64decode(b64, validate=False)
     except (binascii.Error, TypeError, ValueError) as err:
         raise PipelineError(f"{what} is not valid base64 ({err})")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "embedded"
-        path.write_bytes(data)
-        try:
-            return read_image(path)
-        except PipelineError:
-            raise PipelineError(f"{what} is not a readable image") from None
+    return decode_image(data, what)
 
 
 def load_annotation(json_path):
@@ -268,7 +261,7 @@ def check_image_source(json_path, data):
 
 def load_image(json_path, data):
     if data.get("imageData"):
-        img = decode_image(data["imageData"], f"{json_path}: imageData")
+        img = decode_embedded(data["imageData"], f"{json_path}: imageData")
     else:
         img = read_image(image_file(json_path, data))
     stated = (data.get("imageHeight"), data.get("imageWidth"))

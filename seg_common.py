@@ -75,7 +75,7 @@ def read_name_list(path):
 # ---------------------------------------------------------------- image I/O
 
 def read_image(path):
-    """Read an image as uint8, HxW (grey) or HxWx3 (RGB), whatever is stored on disk.
+    """Read an image file as uint8, HxW (grey) or HxWx3 (RGB), whatever is stored on disk.
 
     16-bit images are stretched from 0..their maximum to 0..255 (microscope cameras
     often store 12 bits in 16); an alpha channel is dropped.
@@ -83,6 +83,19 @@ def read_image(path):
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise PipelineError(f"cannot read image {path}")
+    return _as_pipeline_image(img)
+
+
+def decode_image(data, what):
+    """Decode the bytes of an image file (PNG, JPEG, TIFF...) exactly as read_image reads files."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise PipelineError(f"{what} is not a readable image")
+    return _as_pipeline_image(img)
+
+
+def _as_pipeline_image(img):
+    """OpenCV's decoded array -> uint8, HxW or HxWx3 RGB."""
     if img.dtype != np.uint8:
         img = img.astype(np.float64)
         top = img.max()

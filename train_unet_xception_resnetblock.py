@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from seg_common import (MEAN_STD_NAME, PipelineError, load_mean_std, read_classes,  # noqa: E402
-                        run_cli, save_figure, write_json)
+                        read_image, run_cli, save_figure, write_json)
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
 LOSSES = ("lovasz-softmax", "lovasz-hinge", "cross-entropy", "bce-dice")
@@ -394,9 +394,7 @@ def main(argv=None):
     classes = read_classes(args.data_dir)
     stats = load_mean_std(work / f"{MEAN_STD_NAME}.json")
     train_names, val_names = patch_split(work, args.val_split, args.random_state)
-    import cv2
-    patch_shape = cv2.imread(str(work / "train" / "prep" / train_names[0]),
-                             cv2.IMREAD_UNCHANGED).shape[:2]
+    patch_shape = read_image(work / "train" / "prep" / train_names[0]).shape[:2]
     if patch_shape[0] % 32 or patch_shape[1] % 32:
         raise PipelineError(f"patches are {patch_shape[1]}x{patch_shape[0]}; the network needs "
                             "sides that are multiples of 32 (gen_img_aug.py --patch-size)")
