@@ -9,7 +9,10 @@ Writes  <work-dir>/split.json, train.txt, test.txt      the split, reproducible 
         <work-dir>/figures/samples.png                  sample images with their annotations
 
 Each patch is a random crop of a random training image with one of the 8 rotations/flips.
-Patch i depends only on (--seed, i), so the output is the same for any --workers.
+With --foreground-fraction F, a fraction F of the patches (chosen at random) are instead
+random crops that contain a randomly chosen foreground pixel (any class but 0), which gives
+sparse objects more of the training signal. Patch i depends only on (--seed, i) and the
+images, so the output is the same for any --workers.
 """
 import argparse
 import csv
@@ -45,6 +48,9 @@ def parse_args(argv=None):
                    help="number of random training patches, as the paper (default: %(default)s)")
     g.add_argument("--patch-size", type=int, default=256,
                    help="patch side in pixels, as the paper (default: %(default)s)")
+    g.add_argument("--foreground-fraction", type=float, default=0.0,
+                   help="fraction of patches forced to contain a foreground pixel; 0 is the "
+                        "paper's uniform sampling (default: %(default)s)")
     g.add_argument("--seed", type=int, default=2018,
                    help="seed of crop positions and transforms (default: %(default)s)")
     g.add_argument("--workers", type=int, default=default_workers(),
@@ -55,6 +61,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.num_patches < 1 or args.patch_size < 1 or args.workers < 1:
         p.error("--num-patches, --patch-size and --workers must be positive")
+    if not 0 <= args.foreground_fraction <= 1:
+        p.error("--foreground-fraction must be between 0 and 1")
     if not 0 < args.test_size < 1:
         p.error("--test-size must be between 0 and 1")
     return args
@@ -122,49 +130,77 @@ def copy_test_set(table, test, work):
 
 # ---------------------------------------------------------------- patches
 
-def patch_params(seed, index, shapes, patch_size):
-    """(image index, y, x, transform) of patch `index`, a function of the seed and index only."""
+def patch_params(seed, index, shapes, patch_size, foreground_fraction=0.0, foreground=None):
+    """(image index, y, x, transform) of patch `index`, a function of the seed, the index and
+    the images only. `foreground(image)` gives the flat indices of the image's foreground
+    pixels in its padded frame; it is asked only for patches that must contain one."""
     rng = np.random.default_rng([seed, index])
     image = int(rng.integers(len(shapes)))
     h, w = (max(s, patch_size) for s in shapes[image])
     y = int(rng.integers(h - patch_size + 1))
     x = int(rng.integers(w - patch_size + 1))
-    return image, y, x, int(rng.integers(8))
+    transform = int(rng.integers(8))
+    if rng.random() < foreground_fraction:
+        pixels = foreground(image)
+        if len(pixels):     # an image without foreground keeps its uniform crop
+            cy, cx = divmod(int(pixels[rng.integers(len(pixels))]), w)
+            # A crop with the pixel at a random offset, shifted back inside the frame where
+            # it would leave it.
+            y = int(np.clip(cy - rng.integers(patch_size), 0, h - patch_size))
+            x = int(np.clip(cx - rng.integers(patch_size), 0, w - patch_size))
+    return image, y, x, transform
 
 
 class ImageCache:
-    """Padded image and label pairs kept in memory up to a byte budget (oldest dropped first)."""
+    """Padded image and label pairs, and the label's foreground pixels once asked for, kept
+    in memory up to a byte budget (oldest dropped first)."""
 
     def __init__(self, sources, patch_size):
         self.sources, self.patch_size, self.items = sources, patch_size, {}
 
     def get(self, image):
+        return self._entry(image)[:2]
+
+    def foreground(self, image):
+        """Flat indices of the image's non-background pixels in its padded frame."""
+        entry = self._entry(image)
+        if len(entry) == 2:
+            entry.append(np.flatnonzero(entry[1]).astype(np.int32))
+        return entry[2]
+
+    def _entry(self, image):
         if image not in self.items:
             img_path, lbl_path = self.sources[image]
-            pair = (reflect_pad(read_image(img_path), self.patch_size, self.patch_size),
-                    reflect_pad(read_label(lbl_path), self.patch_size, self.patch_size))
-            while self.items and self._bytes() + pair[0].nbytes + pair[1].nbytes > CACHE_BYTES:
+            entry = [reflect_pad(read_image(img_path), self.patch_size, self.patch_size),
+                     reflect_pad(read_label(lbl_path), self.patch_size, self.patch_size)]
+            while self.items and sum(map(entry_bytes, self.items.values())) + \
+                    entry_bytes(entry) > CACHE_BYTES:
                 self.items.pop(next(iter(self.items)))
-            self.items[image] = pair
+            self.items[image] = entry
         return self.items[image]
 
-    def _bytes(self):
-        return sum(a.nbytes + b.nbytes for a, b in self.items.values())
+
+def entry_bytes(entry):
+    """An entry's size, counting room for its foreground list (at most 4 bytes per pixel)
+    whether or not it has been made yet."""
+    return entry[0].nbytes + 5 * entry[1].nbytes
 
 
 class PatchWriter:
     """Writes one chunk of patches; a picklable callable for the process pool."""
 
-    def __init__(self, sources, shapes, out_dir, patch_size, seed, digits):
+    def __init__(self, sources, shapes, out_dir, patch_size, seed, digits, foreground_fraction):
         self.sources, self.shapes, self.out_dir = sources, shapes, out_dir
         self.patch_size, self.seed, self.digits = patch_size, seed, digits
+        self.foreground_fraction = foreground_fraction
 
     def __call__(self, span):
         key = (tuple(self.sources), self.patch_size)
         cache = _caches.setdefault(key, ImageCache(self.sources, self.patch_size))
         rows = []
         for index in range(*span):
-            image, y, x, k = patch_params(self.seed, index, self.shapes, self.patch_size)
+            image, y, x, k = patch_params(self.seed, index, self.shapes, self.patch_size,
+                                          self.foreground_fraction, cache.foreground)
             img, lbl = cache.get(image)
             crop = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
             name = f"{index:0{self.digits}d}.png"
@@ -174,7 +210,8 @@ class PatchWriter:
         return len(rows), rows
 
 
-def write_patches(table, train, work, num_patches, patch_size, seed, workers):
+def write_patches(table, train, work, num_patches, patch_size, seed, workers,
+                  foreground_fraction=0.0):
     if not train:
         raise PipelineError("no training images left after the split")
     sources = [table[n][:2] for n in train]
@@ -183,7 +220,8 @@ def write_patches(table, train, work, num_patches, patch_size, seed, workers):
     (staging / "src").mkdir()
     (staging / "label").mkdir()
     writer = PatchWriter(sources, shapes, staging, patch_size, seed,
-                         digits=max(6, len(str(num_patches - 1))))
+                         digits=max(6, len(str(num_patches - 1))),
+                         foreground_fraction=foreground_fraction)
     spans = [(s, min(s + CHUNK, num_patches)) for s in range(0, num_patches, CHUNK)]
     with open(staging / "patches.csv", "w", newline="") as f:
         out = csv.writer(f)
@@ -229,7 +267,8 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     write_split(work, train, test, how)
     copy_test_set(table, test, work)
-    write_patches(table, train, work, args.num_patches, args.patch_size, args.seed, args.workers)
+    write_patches(table, train, work, args.num_patches, args.patch_size, args.seed, args.workers,
+                  args.foreground_fraction)
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf)
     print(f"wrote {args.num_patches} patches of {args.patch_size}x{args.patch_size} to "
           f"{work / 'train'} and {len(test)} test images to {work / 'test'}")

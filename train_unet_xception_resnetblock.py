@@ -7,7 +7,9 @@ Writes  <model-dir>/ (default <work-dir>/weights/), a self-describing model fold
           unet_xception_resnet_nsgd32_lovaszsoftmax_best.h5    best val_loss (the original's name)
           unet_xception_resnet_nsgd32_lovaszsoftmax_swa.h5     average of the last epochs
           snapshots/epoch_NNN.h5       the model after each of the last --swa-epochs epochs
-          log.csv, curves.png          every epoch's losses and IoUs; also <work-dir>/figures/
+                                       (after every epoch with --keep-snapshots)
+          log.csv, curves.png          every epoch's losses, IoUs and minutes since the start;
+                                       the curves also in <work-dir>/figures/
           split.json                   which patches trained and which validated
           backup/                      resume state while training runs (BackupAndRestore)
 
@@ -91,6 +93,9 @@ def parse_args(argv=None):
     g.add_argument("--swa-epochs", type=int, default=5,
                    help="average the weights of this many last epochs into the _swa model; "
                         "0 disables (default: %(default)s)")
+    g.add_argument("--keep-snapshots", action="store_true",
+                   help="keep every epoch's snapshot, not only the last --swa-epochs (for "
+                        "accuracy-against-time curves; about 150 MB each)")
     g.add_argument("--seed", type=int, default=2018,
                    help="seed of initialisation and shuffling (default: %(default)s)")
     g = p.add_argument_group("speed and output")
@@ -215,13 +220,20 @@ def make_metrics(classes):
 
 def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, resuming):
     import keras
+    state_path = model_dir / "state.json"
+    # What the interrupted run had done by its last finished epoch.
+    state = (json.loads(state_path.read_text())
+             if resuming and state_path.is_file() else {})
 
     class Progress(keras.callbacks.Callback):
         """Advances the cosine schedule and stops when the time budget is spent."""
 
         def __init__(self):
             super().__init__()
-            self.start, self.steps = time.monotonic(), 0
+            # Minutes count from the first run's start, so the budget and the log's
+            # minutes column cover a resumed run too.
+            self.start = time.monotonic() - 60 * state.get("minutes", 0.0)
+            self.steps = state.get("epochs_done", 0) * total_steps // args.epochs
 
         def on_train_batch_begin(self, batch, logs=None):
             minutes = (time.monotonic() - self.start) / 60
@@ -234,6 +246,9 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
         def on_train_batch_end(self, batch, logs=None):
             if args.time_budget and (time.monotonic() - self.start) / 60 >= args.time_budget:
                 self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs["minutes"] = round((time.monotonic() - self.start) / 60, 3)
 
     class PreciseBNValidation(keras.callbacks.Callback):
         """Re-estimates BatchNorm statistics, then validates in inference mode."""
@@ -250,23 +265,23 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
 
         def __init__(self):
             super().__init__()
-            self.state_path = model_dir / "state.json"
-            self.best = (json.loads(self.state_path.read_text())["best_val_loss"]
-                         if resuming and self.state_path.is_file() else math.inf)
+            self.best = state.get("best_val_loss", math.inf)
 
         def on_epoch_end(self, epoch, logs=None):
             snap_dir = model_dir / "snapshots"
             snap_dir.mkdir(exist_ok=True)
             # A model file without optimizer state: half the size of save_weights' output.
             save_model(self.model, snap_dir / f"epoch_{epoch + 1:03d}.{args.save_format}")
-            for old in sorted(snap_dir.glob("epoch_*.*"))[:-max(1, args.swa_epochs)]:
-                old.unlink()
+            if not args.keep_snapshots:
+                for old in sorted(snap_dir.glob("epoch_*.*"))[:-max(1, args.swa_epochs)]:
+                    old.unlink()
             val_loss = logs.get("val_loss", math.inf)
             if val_loss < self.best:
                 self.best = val_loss
                 save_model(self.model, model_dir / weights_name("best", args.save_format))
                 print(f"\nepoch {epoch + 1}: val_loss {val_loss:.4f} is the best so far, saved")
-            write_json(self.state_path, {"best_val_loss": self.best, "epochs_done": epoch + 1})
+            write_json(state_path, {"best_val_loss": self.best, "epochs_done": epoch + 1,
+                                    "minutes": logs["minutes"]})
 
     class Curves(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

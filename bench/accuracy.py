@@ -3,6 +3,7 @@
 Runs the pipeline's own scripts one after another as subprocesses, exactly as a user would,
 in a work folder (temporary unless --work-dir):
   gen_img_aug.py     --data-dir DATASET --work-dir W --num-patches N --patch-size P
+                     --foreground-fraction F
                      (the data set's test.txt fixes the held-out test images)
   pre_processing.py  --work-dir W --color-mode grey|rgb
   train_unet_xception_resnetblock.py --data-dir DATASET --work-dir W --weights none
@@ -18,15 +19,20 @@ the baseline's, the exact command and stage commands, every setting, wall time p
 the training summary and the machine. Prints a table.
 
 Training stops at --time-budget minutes (--epochs is only an upper bound, and the cosine
-learning-rate schedule anneals over the budget). For a test-IoU-vs-training-time curve, run
-once per budget with its own tag:
-    for m in 15 30 60 120; do python bench/accuracy.py bbbc030 --time-budget $m --tag t$m; done
+learning-rate schedule anneals over the budget). Two ways to see test IoU against training
+time: --curve 15 30 45 scores, from the same run, the snapshot of the last epoch that ended
+within each of those minutes (mid-run models: their learning rate had not yet annealed);
+or one run per budget, each annealed to its end:
+    for m in 15 30 60; do python bench/accuracy.py bbbc030 --time-budget $m --tag t$m; done
+--also swa best+tta scores more ways of predicting with the same trained model.
 
 Reusing a --work-dir: rerunning after an interruption resumes the training (the training
 script keeps a backup while it runs); for a new measurement use a new folder or none.
 """
 import argparse
+import csv
 import json
+import math
 import os
 import platform
 import shlex
@@ -56,7 +62,8 @@ def stage_commands(args, dataset_dir, work, color_mode):
     return {
         "gen_img_aug": script("gen_img_aug.py", "--data-dir", dataset_dir, "--work-dir", work,
                               "--num-patches", args.num_patches,
-                              "--patch-size", args.patch_size, *workers),
+                              "--patch-size", args.patch_size,
+                              "--foreground-fraction", args.foreground_fraction, *workers),
         "pre_processing": script("pre_processing.py", "--work-dir", work,
                                  "--color-mode", color_mode, *workers),
         "train": script("train_unet_xception_resnetblock.py", "--data-dir", dataset_dir,
@@ -65,18 +72,23 @@ def stage_commands(args, dataset_dir, work, color_mode):
                         "--steps-per-epoch", args.steps_per_epoch,
                         "--val-steps", args.val_steps, "--bn-batches", args.bn_batches,
                         "--batch-size", args.batch_size, "--verbose", "2",
+                        *(["--keep-snapshots"] if args.curve else []),
                         *shlex.split(args.train_args)),
-        "predict": script("predict_lovasz_loss.py", "--data-dir", dataset_dir,
-                          "--work-dir", work, "--weights", args.predict_weights,
-                          "--overlap", args.overlap, *(["--tta"] if args.tta else [])),
+        "predict": predict_command(args, dataset_dir, work, args.predict_weights, args.tta),
     }
+
+
+def predict_command(args, dataset_dir, work, weights, tta):
+    return [sys.executable, str(REPO / "predict_lovasz_loss.py"), "--data-dir", str(dataset_dir),
+            "--work-dir", str(work), "--weights", str(weights), "--overlap", str(args.overlap),
+            *(["--tta"] if tta else [])]
 
 
 def run_stages(commands):
     """Run each command, streaming its output; the wall seconds of each stage."""
     seconds = {}
-    for number, (stage, argv) in enumerate(commands.items(), 1):
-        print(f"\n=== [{number}/{len(commands)}] {stage}: {shlex.join(argv)}", flush=True)
+    for stage, argv in commands.items():
+        print(f"\n=== {stage}: {shlex.join(argv)}", flush=True)
         start = time.monotonic()
         status = subprocess.run(argv, cwd=REPO).returncode
         seconds[stage] = round(time.monotonic() - start, 2)
@@ -97,6 +109,64 @@ def score_model(dataset_dir, names, work):
         return read_label(path)
 
     return baseline.score_predictions(dataset_dir, names, predicted)
+
+
+SCORE_KEYS = ("foreground_iou", "per_class_iou", "mean_iou", "confusion_matrix")
+
+
+def predict_and_score(args, dataset_dir, names, work, weights, tta):
+    """Predict the test images with one model file and score them, quietly; a failure is
+    recorded, not raised, so that one bad variant does not lose the run."""
+    argv = predict_command(args, dataset_dir, work, weights, tta)
+    start = time.monotonic()
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    if done.returncode:
+        return {"command": shlex.join(argv), "error": done.stderr[-3000:]}
+    scores = score_model(dataset_dir, names, work)
+    return {"command": shlex.join(argv), "seconds": round(time.monotonic() - start, 2),
+            **{k: scores[k] for k in SCORE_KEYS if k in scores}}
+
+
+def epoch_minutes(work):
+    """(epoch number, minutes since training started) of every epoch in the training log."""
+    with open(Path(work) / "weights" / "log.csv") as f:
+        return [(int(r["epoch"]) + 1, float(r["minutes"])) for r in csv.DictReader(f)]
+
+
+def score_curve(args, dataset_dir, names, work):
+    """Test scores of the snapshot of the last epoch ending within each --curve minute; a
+    mark at or past the budget takes the last epoch, which training ends just past it."""
+    if not args.curve:
+        return []
+    epochs = epoch_minutes(work)
+    snapshots = {int(p.stem.split("_")[1]): p
+                 for p in (Path(work) / "weights" / "snapshots").glob("epoch_*.*")}
+    points = []
+    for target in args.curve:
+        limit = math.inf if target >= args.time_budget else target
+        within = [(e, m) for e, m in epochs if m <= limit]
+        if not within or within[-1][0] not in snapshots:
+            why = "no snapshot of an epoch that ended" if within else "no epoch ended"
+            points.append({"minutes_target": target, "skipped": f"{why} within {target:g} min"})
+            print(f"curve: {points[-1]['skipped']}")
+            continue
+        epoch, minutes = within[-1]
+        print(f"curve: {target:g} min -> epoch {epoch} ({minutes:.1f} min)", flush=True)
+        points.append({"minutes_target": target, "epoch": epoch, "minutes": minutes,
+                       **predict_and_score(args, dataset_dir, names, work, snapshots[epoch],
+                                           tta=False)})
+    return points
+
+
+def score_variants(args, dataset_dir, names, work):
+    """Scores of each --also variant, WEIGHTS or WEIGHTS+tta."""
+    variants = {}
+    for variant in args.also:
+        weights, _, tta = variant.partition("+")
+        print(f"variant: {variant}", flush=True)
+        variants[variant] = predict_and_score(args, dataset_dir, names, work, weights,
+                                              tta=bool(tta))
+    return variants
 
 
 def score_baseline(dataset_dir, names):
@@ -170,6 +240,9 @@ def parse_args(argv=None):
                    help="training patches (default: %(default)s)")
     g.add_argument("--patch-size", type=int, default=128,
                    help="patch side, a multiple of 32 (default: %(default)s)")
+    g.add_argument("--foreground-fraction", type=float, default=0.0,
+                   help="share of patches that must contain foreground; 0 is the paper's "
+                        "uniform sampling (default: %(default)s)")
     g.add_argument("--workers", type=int,
                    help="processes for the two data stages (default: theirs, all cores)")
     g = parser.add_argument_group("training (train_unet_xception_resnetblock.py)")
@@ -195,6 +268,13 @@ def parse_args(argv=None):
                    help="tile overlap, fraction of a tile (default: %(default)s)")
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the 8 rotations/flips (8x slower)")
+    g.add_argument("--also", nargs="+", default=[], metavar="VARIANT",
+                   type=variant_type,
+                   help="also score these predictions of the same model: best, swa or last, "
+                        "optionally +tta, e.g. --also swa best+tta")
+    g.add_argument("--curve", nargs="+", type=float, default=[], metavar="MINUTES",
+                   help="also score the snapshot of the last epoch that ended within each of "
+                        "these training minutes (keeps every snapshot while training)")
     g = parser.add_argument_group("output")
     g.add_argument("--tag", default="",
                    help="suffix of the results file, to keep settings apart: "
@@ -209,11 +289,31 @@ def parse_args(argv=None):
         parser.error("--time-budget must be positive")
     if args.patch_size % 32:
         parser.error("--patch-size must be a multiple of 32")
+    if not 0 <= args.foreground_fraction <= 1:
+        parser.error("--foreground-fraction must be between 0 and 1")
+    if any(not m > 0 for m in args.curve):
+        parser.error("--curve minutes must be positive")
     try:
         shlex.split(args.train_args)
     except ValueError as err:
         parser.error(f"--train-args: {err}")
     return args
+
+
+def variant_type(text):
+    weights, plus, tta = text.partition("+")
+    if weights not in ("best", "swa", "last") or (plus and tta != "tta"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not best, swa or last, optionally "
+                                         f"followed by +tta")
+    return text
+
+
+def summary(scores):
+    """One line of a variant's or curve point's scores, or why it has none."""
+    if "mean_iou" not in scores:
+        return scores.get("skipped") or "failed: " + scores["error"].strip().splitlines()[-1]
+    return f"mean IoU {scores['mean_iou']:.3f}" + (
+        f", foreground IoU {scores['foreground_iou']:.3f}" if "foreground_iou" in scores else "")
 
 
 def report(record, path):
@@ -225,6 +325,12 @@ def report(record, path):
         columns["baseline"] = record["baseline"]
     print(f"\n{record['dataset']}: {record['num_images']} test images")
     print(baseline.format_table(columns, record["classes"]))
+    for variant, scores in record["variants"].items():
+        print(f"{variant:>10}: {summary(scores)}")
+    for point in record["curve"]:
+        at = (f"{point['minutes']:5.1f} min (epoch {point['epoch']})" if "epoch" in point
+              else f"{point['minutes_target']:5.1f} min")
+        print(f"after {at}: {summary(point)}")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     print(f"written: {path}")
 
@@ -240,7 +346,15 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as scratch:
         work = (args.work_dir or Path(scratch)).resolve()
         commands = stage_commands(args, dataset_dir, work, color_mode)
+        predict = commands.pop("predict")
         seconds = run_stages(commands)
+        start = time.monotonic()
+        curve = score_curve(args, dataset_dir, names, work)
+        variants = score_variants(args, dataset_dir, names, work)
+        seconds["curve_and_variants"] = round(time.monotonic() - start, 2)
+        # The headline prediction runs last, so test/predict holds its masks.
+        seconds.update(run_stages({"predict": predict}))
+        commands["predict"] = predict
         start = time.monotonic()
         model = score_model(dataset_dir, names, work)
         seconds["score"] = round(time.monotonic() - start, 2)
@@ -253,6 +367,8 @@ def main(argv=None):
         **model,
         "test_images": names,
         "baseline": floor,
+        "variants": variants,
+        "curve": curve,
         "command": baseline.command_line(),
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                      "color_mode": color_mode},

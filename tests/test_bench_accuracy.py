@@ -5,6 +5,7 @@ The slow test runs the whole pipeline on ../shared/datasets/bbbc030 with a tiny 
     .venv/bin/python -m pytest -q -m slow tests/test_bench_accuracy.py
 or with RUN_SLOW=1 in the environment of any pytest run.
 """
+import argparse
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
+import accuracy  # noqa: E402
 import baseline  # noqa: E402
 from seg_common import confusion_matrix, iou_per_class  # noqa: E402
 
@@ -109,6 +111,38 @@ def test_no_method_for_grey_three_classes():
         baseline.segment(np.zeros((10, 10), np.uint8), 3)
 
 
+def test_curve_takes_the_last_snapshot_within_each_mark(tmp_path, monkeypatch):
+    weights = tmp_path / "weights"
+    (weights / "snapshots").mkdir(parents=True)
+    (weights / "log.csv").write_text("epoch,loss,minutes\n0,0.5,5.0\n1,0.4,10.0\n"
+                                     "2,0.3,14.0\n3,0.2,20.5\n")
+    for epoch in (1, 3, 4):                 # epoch 2's snapshot is gone
+        (weights / "snapshots" / f"epoch_{epoch:03d}.h5").write_bytes(b"")
+    monkeypatch.setattr(accuracy, "predict_and_score",
+                        lambda args, d, n, w, snapshot, tta: {"file": Path(snapshot).name})
+    args = argparse.Namespace(curve=[3, 12, 15, 20, 30], time_budget=20)
+    points = accuracy.score_curve(args, None, [], tmp_path)
+    assert [p.get("file") for p in points] == [None, None, "epoch_003.h5", "epoch_004.h5",
+                                                "epoch_004.h5"]
+    assert "no epoch ended within 3" in points[0]["skipped"]
+    assert "no snapshot" in points[1]["skipped"]
+    assert points[2]["epoch"] == 3 and points[2]["minutes"] == 14.0
+    # Training ends just past its budget: a mark at the budget is the last epoch.
+    assert points[3]["epoch"] == 4
+
+
+def test_curve_is_empty_without_marks(tmp_path):
+    args = argparse.Namespace(curve=[], time_budget=20)
+    assert accuracy.score_curve(args, None, [], tmp_path) == []
+
+
+@pytest.mark.parametrize("bad", ["best+", "+tta", "swa+TTA", "final", "best+tta+tta"])
+def test_bad_variants_are_refused(bad, capsys):
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["bbbc030", "--also", bad])
+    assert "is not best, swa or last" in capsys.readouterr().err
+
+
 def check_iou_record(record, classes):
     assert list(record["per_class_iou"]) == classes
     assert all(0 <= v <= 1 for v in record["per_class_iou"].values())
@@ -131,6 +165,7 @@ def test_accuracy_bench_writes_a_complete_record(tmp_path, request):
                "--num-patches", "200", "--patch-size", "64", "--workers", "1",
                "--time-budget", "0.5", "--epochs", "2", "--steps-per-epoch", "5",
                "--val-steps", "2", "--bn-batches", "2", "--train-args=--swa-epochs 2",
+               "--foreground-fraction", "0.5", "--curve", "30", "--also", "swa",
                "--overlap", "0", "--tag", "tiny", "--results-dir", str(tmp_path)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -145,9 +180,20 @@ def test_accuracy_bench_writes_a_complete_record(tmp_path, request):
     assert record["settings"]["num_patches"] == 200 and record["settings"]["color_mode"] == "grey"
     assert set(record["stage_commands"]) == {"gen_img_aug", "pre_processing", "train", "predict"}
     seconds = record["wall_seconds"]
-    assert set(seconds) == {"gen_img_aug", "pre_processing", "train", "predict", "score", "total"}
+    assert set(seconds) == {"gen_img_aug", "pre_processing", "train", "curve_and_variants",
+                            "predict", "score", "total"}
     assert seconds["total"] >= sum(v for k, v in seconds.items() if k != "total")
-    assert record["training"]["result"]["epochs_done"] >= 1
+    epochs = record["training"]["result"]["epochs_done"]
+    assert epochs >= 1
+    assert "--foreground-fraction 0.5" in record["stage_commands"]["gen_img_aug"]
+    # Within 30 minutes, the curve's one point is the last epoch, scored like the headline.
+    [point] = record["curve"]
+    assert point["epoch"] == epochs and 0 < point["minutes"] <= 30
+    assert f"epoch_{epochs:03d}" in point["command"]
+    check_iou_record(point, classes)
+    assert list(record["variants"]) == ["swa"]
+    assert "--weights swa" in record["variants"]["swa"]["command"]
+    check_iou_record(record["variants"]["swa"], classes)
     assert record["machine"]["cpu"] and record["machine"]["cpu_cores"] >= 1
     assert isinstance(record["machine"]["gpus"], list)
     assert record["date"].endswith("+00:00")

@@ -107,31 +107,94 @@ def test_patches_have_valid_labels_and_stay_aligned(dataset, tmp_path):
         np.testing.assert_array_equal(img // 80, lbl)
 
 
-def test_patch_matches_its_recorded_crop(dataset, tmp_path):
-    run_aug(dataset, tmp_path / "w")
-    rows = (tmp_path / "w" / "train" / "patches.csv").read_text().splitlines()[1:]
-    for row in rows[:20]:
+def check_recorded_crops(data, work, size):
+    """Every patch is the crop patches.csv records, of the reflect-padded frame."""
+    for row in (work / "train" / "patches.csv").read_text().splitlines()[1:]:
         name, image, y, x, k = row.split(",")
         y, x, k = int(y), int(x), int(k)
-        full = read_label(dataset / "label" / f"{image}.png")
-        full = np.pad(full, [(0, max(0, 48 - full.shape[0])), (0, max(0, 48 - full.shape[1]))],
-                      mode="symmetric")
-        expected = dihedral(full[y:y + 48, x:x + 48], k)
-        np.testing.assert_array_equal(read_label(tmp_path / "w" / "train" / "label" / name),
-                                      expected)
+        full = read_label(data / "label" / f"{image}.png")
+        full = np.pad(full, [(0, max(0, size - full.shape[0])),
+                             (0, max(0, size - full.shape[1]))], mode="symmetric")
+        expected = dihedral(full[y:y + size, x:x + size], k)
+        np.testing.assert_array_equal(read_label(work / "train" / "label" / name), expected)
 
 
-def test_same_patches_for_one_and_two_workers(dataset, tmp_path):
+def test_patch_matches_its_recorded_crop(dataset, tmp_path):
+    run_aug(dataset, tmp_path / "w")
+    check_recorded_crops(dataset, tmp_path / "w", 48)
+
+
+@pytest.mark.parametrize("foreground_fraction", ["0", "0.5"])
+def test_same_patches_for_one_and_two_workers(dataset, tmp_path, foreground_fraction):
     outs = []
     for workers in (1, 2):
         work = tmp_path / f"w{workers}"
         subprocess.run([sys.executable, str(ROOT / "gen_img_aug.py"), "--data-dir", str(dataset),
                         "--work-dir", str(work), "--num-patches", "450", "--patch-size", "32",
-                        "--workers", str(workers)], check=True, cwd=ROOT, capture_output=True)
+                        "--workers", str(workers), "--foreground-fraction", foreground_fraction],
+                       check=True, cwd=ROOT, capture_output=True)
         files = sorted((work / "train").rglob("*.png"))
         outs.append({p.relative_to(work): p.read_bytes() for p in files})
     assert len(outs[0]) == 900
     assert outs[0] == outs[1]
+
+
+def sparse_dataset(root):
+    """Frames with one 6x6 object each, which uniform 48 px crops mostly miss; the last is
+    narrower than a patch, so its crops come from a padded frame."""
+    (root / "src").mkdir(parents=True)
+    (root / "label").mkdir()
+    (root / "classes.txt").write_text("background\nbead\ncell\n")
+    for i, (h, w, y, x, c) in enumerate([(200, 200, 20, 150, 1), (200, 200, 170, 30, 2),
+                                         (300, 30, 280, 22, 1)]):
+        lbl = np.zeros((h, w), np.uint8)
+        lbl[y:y + 6, x:x + 6] = c
+        cv2.imwrite(str(root / "src" / f"im{i}.png"), lbl * 80)
+        cv2.imwrite(str(root / "label" / f"im{i}.png"), lbl)
+    (root / "test.txt").write_text("")
+    return root
+
+
+def paper_patch_params(seed, index, shapes, patch_size):
+    """The paper's uniform sampling as first written here, to pin --foreground-fraction 0."""
+    rng = np.random.default_rng([seed, index])
+    image = int(rng.integers(len(shapes)))
+    h, w = (max(s, patch_size) for s in shapes[image])
+    return (image, int(rng.integers(h - patch_size + 1)), int(rng.integers(w - patch_size + 1)),
+            int(rng.integers(8)))
+
+
+def foreground_share(work):
+    labels = [read_label(p) for p in sorted((work / "train" / "label").glob("*.png"))]
+    return np.mean([lbl.any() for lbl in labels]), labels
+
+
+def test_foreground_fraction_puts_objects_in_patches(tmp_path):
+    data = sparse_dataset(tmp_path / "data")
+    run_aug(data, tmp_path / "uniform", "--num-patches", "200")
+    run_aug(data, tmp_path / "zero", "--num-patches", "200", "--foreground-fraction", "0")
+    run_aug(data, tmp_path / "all", "--num-patches", "200", "--foreground-fraction", "1")
+    run_aug(data, tmp_path / "half", "--num-patches", "200", "--foreground-fraction", "0.5")
+    uniform, _ = foreground_share(tmp_path / "uniform")
+    assert uniform < 0.3
+    # 0 is the paper's sampling, patch for patch.
+    assert ((tmp_path / "zero" / "train" / "patches.csv").read_text()
+            == (tmp_path / "uniform" / "train" / "patches.csv").read_text())
+    split = json.loads((tmp_path / "zero" / "split.json").read_text())
+    shapes = [read_label(data / "label" / f"{n}.png").shape for n in split["train"]]
+    rows = (tmp_path / "zero" / "train" / "patches.csv").read_text().splitlines()[1:]
+    for index, row in enumerate(rows):
+        _, image, y, x, k = row.split(",")
+        expected = paper_patch_params(2018, index, shapes, 48)
+        assert (split["train"].index(image), int(y), int(x), int(k)) == expected
+    share, labels = foreground_share(tmp_path / "all")
+    assert share == 1.0
+    check_recorded_crops(data, tmp_path / "all", 48)
+    # The object lands anywhere in the crop, not always at one spot.
+    positions = {tuple(np.argwhere(lbl)[0] // 12) for lbl in labels}
+    assert len(positions) >= 8
+    half, _ = foreground_share(tmp_path / "half")
+    assert 0.45 < half < 0.8
 
 
 def test_rerun_replaces_old_patches(dataset, tmp_path):

@@ -75,7 +75,10 @@ def test_model_folder_is_complete(trained):
     for name in config["weights_files"].values():
         assert (model_dir / name).is_file()
     assert len(list((model_dir / "snapshots").glob("epoch_*.h5"))) == 2
-    assert len(read_log(model_dir)) == 3
+    rows = read_log(model_dir)
+    assert len(rows) == 3
+    minutes = [float(r["minutes"]) for r in rows]
+    assert 0 < minutes[0] < minutes[1] < minutes[2]
     assert (model_dir / "curves.png").is_file()
     assert (root / "work" / "figures" / "training_curves.png").is_file()
     split = json.loads((model_dir / "split.json").read_text())
@@ -205,14 +208,22 @@ def test_interrupted_training_resumes(tmp_path):
     train.make_callbacks = with_interrupt
     try:
         with pytest.raises(Interrupt):
-            short_run(tmp_path, "--epochs", "2")
+            short_run(tmp_path, "--epochs", "2", "--keep-snapshots")
     finally:
         train.make_callbacks = original
     model_dir = tmp_path / "work" / "weights"
     assert (model_dir / "backup").is_dir()
-    config = short_run(tmp_path, "--epochs", "2")
-    with open(model_dir / "log.csv") as f:
-        epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
-    assert epochs == [0, 1]
+    first_minutes = json.loads((model_dir / "state.json").read_text())["minutes"]
+    config = short_run(tmp_path, "--epochs", "2", "--keep-snapshots")
+    rows = read_log(model_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert config["result"]["epochs_done"] == 2
     assert not (model_dir / "backup").exists()
+    # The resumed run goes on where the first stopped: its clock and its schedule.
+    minutes = [float(r["minutes"]) for r in rows]
+    assert 0 < minutes[0] == first_minutes < minutes[1]
+    # 2 epochs of 2 steps at lr 1e-3: the last step began at progress 3/4.
+    np.testing.assert_allclose(float(rows[1]["lr"]), 1e-3 * 0.5 * (1 + np.cos(0.75 * np.pi)),
+                               rtol=1e-4)
+    assert sorted(p.name for p in (model_dir / "snapshots").iterdir()) == [
+        "epoch_001.h5", "epoch_002.h5"]
