@@ -186,6 +186,7 @@ def test_accuracy_bench_writes_a_complete_record(tmp_path, request):
     epochs = record["training"]["result"]["epochs_done"]
     assert epochs >= 1
     assert "--foreground-fraction 0.5" in record["stage_commands"]["gen_img_aug"]
+    assert "--lr 0.01" in record["stage_commands"]["train"]
     # Within 30 minutes, the curve's one point is the last epoch, scored like the headline.
     [point] = record["curve"]
     assert point["epoch"] == epochs and 0 < point["minutes"] <= 30
