@@ -21,10 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from seg_common import (PipelineError, colorize, default_workers, dihedral, find_label,
-                        fresh_dir, list_images, parallel_map, publish_dir, read_classes,
-                        read_image, read_label, read_name_list, reflect_pad, run_cli,
-                        save_figure, write_image, write_json, atomic_write_text)
+from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_label_values,
+                      describe_intensity, find_label, list_images, parse_intensity, read_image,
+                      read_label, write_image)
+from outputs import atomic_write_text, remove_leftovers, staged_output, write_json
+from seg_common import (PipelineError, colorize, default_workers, dihedral, finite_float,
+                        parallel_map, positive_int, read_classes, read_name_list, reflect_pad,
+                        run_cli, save_figure)
 
 CHUNK = 200                 # patches per task: big enough to amortise, small for a smooth bar
 CACHE_BYTES = 1 << 30       # per worker: images stay cached up to this, whatever the patch count
@@ -39,28 +42,30 @@ def parse_args(argv=None):
     g.add_argument("--work-dir", default="augmented_75k",
                    help="output folder for split, test copy and patches (default: %(default)s)")
     g = p.add_argument_group("train/test split (ignored when <data-dir>/test.txt exists)")
-    g.add_argument("--test-size", type=float, default=0.1,
+    g.add_argument("--test-size", type=finite_float, default=0.1,
                    help="fraction of images held out for test, as the paper (default: %(default)s)")
     g.add_argument("--random-state", type=int, default=2018,
                    help="seed of train_test_split, as the paper (default: %(default)s)")
     g = p.add_argument_group("patches")
-    g.add_argument("--num-patches", type=int, default=75000,
+    g.add_argument("--num-patches", type=positive_int, default=75000,
                    help="number of random training patches, as the paper (default: %(default)s)")
-    g.add_argument("--patch-size", type=int, default=256,
+    g.add_argument("--patch-size", type=positive_int, default=256,
                    help="patch side in pixels, as the paper (default: %(default)s)")
-    g.add_argument("--foreground-fraction", type=float, default=0.0,
+    g.add_argument("--foreground-fraction", type=finite_float, default=0.0,
                    help="fraction of patches forced to contain a foreground pixel; 0 is the "
                         "paper's uniform sampling (default: %(default)s)")
     g.add_argument("--seed", type=int, default=2018,
                    help="seed of crop positions and transforms (default: %(default)s)")
-    g.add_argument("--workers", type=int, default=default_workers(),
+    g.add_argument("--workers", type=positive_int, default=default_workers(),
                    help="processes writing patches; the output does not depend on it "
                         "(default: all cores, %(default)s)")
+    g = p.add_argument_group("images")
+    add_intensity_option(g, "default: percentile 0.1 99.9; recorded for training and "
+                            "prediction")
     p.add_argument("--pdf", action="store_true",
                    help="also write the samples figure as PDF")
     args = p.parse_args(argv)
-    if args.num_patches < 1 or args.patch_size < 1 or args.workers < 1:
-        p.error("--num-patches, --patch-size and --workers must be positive")
+    args.intensity = parse_intensity(p, args.intensity, DEFAULT_INTENSITY)
     if not 0 <= args.foreground_fraction <= 1:
         p.error("--foreground-fraction must be between 0 and 1")
     if not 0 < args.test_size < 1:
@@ -70,8 +75,9 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------- split
 
-def labelled_images(data_dir, num_classes):
-    """name -> (image path, label path, (h, w)) for every image, checking its label."""
+def labelled_images(data_dir, classes, intensity):
+    """name -> (image path, label path, (h, w)) for every image, checking every image and label
+    (readable, same size, classes within classes.txt); also the set of label values seen."""
     images = list_images(Path(data_dir) / "src")
     if not images:
         raise PipelineError(f"no images found in {Path(data_dir) / 'src'}")
@@ -79,18 +85,44 @@ def labelled_images(data_dir, num_classes):
     if missing:
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{', '.join(missing[:10])}")
-    table = {}
+    table, values = {}, set()
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
-        img, lbl = read_image(img_path), read_label(lbl_path)
+        img, lbl = read_image(img_path, intensity), read_label(lbl_path)
         if img.shape[:2] != lbl.shape:
             raise PipelineError(f"{img_path.name} is {img.shape[1]}x{img.shape[0]} but its label "
                                 f"{lbl_path.name} is {lbl.shape[1]}x{lbl.shape[0]}")
-        if lbl.max() >= num_classes:
-            raise PipelineError(f"label {lbl_path} holds class {lbl.max()} but classes.txt lists "
-                                f"only {num_classes} classes (0..{num_classes - 1})")
+        check_label_values(lbl, len(classes), lbl_path, Path(data_dir) / "classes.txt")
+        values.update(np.unique(lbl).tolist())
         table[name] = (img_path, lbl_path, img.shape[:2])
-    return table
+    return table, sorted(values)
+
+
+def check_memory(shapes, patch_size, workers):
+    """Refuse a patch size whose padded images would not fit in memory, before writing."""
+    h, w = max(shapes, key=lambda s: max(s[0], patch_size) * max(s[1], patch_size))
+    padded = max(h, patch_size) * max(w, patch_size)
+    # Per worker: a padded RGB image and its label with room for its foreground list
+    # (ImageCache), and the patch being encoded.
+    needed = workers * (padded * (3 + 5) + 4 * patch_size ** 2)
+    available = available_memory()
+    if available is not None and needed > 0.8 * available:
+        raise PipelineError(f"--patch-size {patch_size} needs about {needed / 2 ** 30:.1f} GiB "
+                            f"({workers} worker(s), each holding a {max(w, patch_size)}x"
+                            f"{max(h, patch_size)} padded image) but {available / 2 ** 30:.1f} "
+                            f"GiB is free; use a patch size near the image size (largest "
+                            f"image {w}x{h}) or fewer --workers")
+
+
+def available_memory():
+    """Bytes of memory available to new allocations (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def split_names(names, data_dir, test_size, random_state):
@@ -111,21 +143,23 @@ def split_names(names, data_dir, test_size, random_state):
                                          f"random_state={random_state})")
 
 
-def write_split(work, train, test, how):
-    write_json(work / "split.json", {"method": how, "train": train, "test": test})
+def write_split(work, train, test, how, classes, label_values, intensity):
+    """The split files, written last: their presence marks a complete run."""
+    write_json(work / "split.json", {"method": how, "train": train, "test": test,
+                                     "classes": classes, "label_values": label_values,
+                                     "intensity": intensity})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 
 
 def copy_test_set(table, test, work):
-    staging = fresh_dir(work / "test")
-    (staging / "src").mkdir()
-    (staging / "label").mkdir()
-    for name in test:
-        img_path, lbl_path, _ = table[name]
-        shutil.copy2(img_path, staging / "src" / img_path.name)
-        write_image(staging / "label" / f"{name}.png", read_label(lbl_path), atomic=False)
-    publish_dir(staging, work / "test")
+    with staged_output(work / "test") as staging:
+        (staging / "src").mkdir()
+        (staging / "label").mkdir()
+        for name in test:
+            img_path, lbl_path, _ = table[name]
+            shutil.copy2(img_path, staging / "src" / img_path.name)
+            write_image(staging / "label" / f"{name}.png", read_label(lbl_path), atomic=False)
 
 
 # ---------------------------------------------------------------- patches
@@ -155,8 +189,9 @@ class ImageCache:
     """Padded image and label pairs, and the label's foreground pixels once asked for, kept
     in memory up to a byte budget (oldest dropped first)."""
 
-    def __init__(self, sources, patch_size):
+    def __init__(self, sources, patch_size, intensity):
         self.sources, self.patch_size, self.items = sources, patch_size, {}
+        self.intensity = intensity
 
     def get(self, image):
         return self._entry(image)[:2]
@@ -171,7 +206,8 @@ class ImageCache:
     def _entry(self, image):
         if image not in self.items:
             img_path, lbl_path = self.sources[image]
-            entry = [reflect_pad(read_image(img_path), self.patch_size, self.patch_size),
+            entry = [reflect_pad(read_image(img_path, self.intensity), self.patch_size,
+                                 self.patch_size),
                      reflect_pad(read_label(lbl_path), self.patch_size, self.patch_size)]
             while self.items and sum(map(entry_bytes, self.items.values())) + \
                     entry_bytes(entry) > CACHE_BYTES:
@@ -189,14 +225,15 @@ def entry_bytes(entry):
 class PatchWriter:
     """Writes one chunk of patches; a picklable callable for the process pool."""
 
-    def __init__(self, sources, shapes, out_dir, patch_size, seed, digits, foreground_fraction):
+    def __init__(self, sources, shapes, out_dir, patch_size, seed, digits, foreground_fraction,
+                 intensity):
         self.sources, self.shapes, self.out_dir = sources, shapes, out_dir
         self.patch_size, self.seed, self.digits = patch_size, seed, digits
-        self.foreground_fraction = foreground_fraction
+        self.foreground_fraction, self.intensity = foreground_fraction, intensity
 
     def __call__(self, span):
-        key = (tuple(self.sources), self.patch_size)
-        cache = _caches.setdefault(key, ImageCache(self.sources, self.patch_size))
+        key = (tuple(self.sources), self.patch_size, str(self.intensity))
+        cache = _caches.setdefault(key, ImageCache(self.sources, self.patch_size, self.intensity))
         rows = []
         for index in range(*span):
             image, y, x, k = patch_params(self.seed, index, self.shapes, self.patch_size,
@@ -211,30 +248,27 @@ class PatchWriter:
 
 
 def write_patches(table, train, work, num_patches, patch_size, seed, workers,
-                  foreground_fraction=0.0):
-    if not train:
-        raise PipelineError("no training images left after the split")
+                  foreground_fraction=0.0, intensity=DEFAULT_INTENSITY):
     sources = [table[n][:2] for n in train]
     shapes = [table[n][2] for n in train]
-    staging = fresh_dir(work / "train")
-    (staging / "src").mkdir()
-    (staging / "label").mkdir()
-    writer = PatchWriter(sources, shapes, staging, patch_size, seed,
-                         digits=max(6, len(str(num_patches - 1))),
-                         foreground_fraction=foreground_fraction)
-    spans = [(s, min(s + CHUNK, num_patches)) for s in range(0, num_patches, CHUNK)]
-    with open(staging / "patches.csv", "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["patch", "image", "y", "x", "transform"])
-        for rows in parallel_map(writer, spans, min(workers, len(spans)), "patches",
-                                 total=num_patches, unit="patch"):
-            out.writerows((name, train[i], y, x, k) for name, i, y, x, k in rows)
-    publish_dir(staging, work / "train")
+    with staged_output(work / "train") as staging:
+        (staging / "src").mkdir()
+        (staging / "label").mkdir()
+        writer = PatchWriter(sources, shapes, staging, patch_size, seed,
+                             digits=max(6, len(str(num_patches - 1))),
+                             foreground_fraction=foreground_fraction, intensity=intensity)
+        spans = [(s, min(s + CHUNK, num_patches)) for s in range(0, num_patches, CHUNK)]
+        with open(staging / "patches.csv", "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["patch", "image", "y", "x", "transform"])
+            for rows in parallel_map(writer, spans, min(workers, len(spans)), "patches",
+                                     total=num_patches, unit="patch"):
+                out.writerows((name, train[i], y, x, k) for name, i, y, x, k in rows)
 
 
 # ---------------------------------------------------------------- figure
 
-def plot_samples(table, names, classes, path, pdf=False, count=4):
+def plot_samples(table, names, classes, path, pdf=False, count=4, intensity=DEFAULT_INTENSITY):
     """The first few images beside their annotations, as a figure for the paper."""
     import matplotlib
     matplotlib.use("Agg")
@@ -244,7 +278,7 @@ def plot_samples(table, names, classes, path, pdf=False, count=4):
     fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.2), squeeze=False)
     for col, name in enumerate(names):
         img_path, lbl_path, _ = table[name]
-        img = read_image(img_path)
+        img = read_image(img_path, intensity)
         axes[0, col].imshow(img, cmap="gray" if img.ndim == 2 else None)
         axes[0, col].set_title(name, fontsize=9)
         axes[1, col].imshow(colorize(read_label(lbl_path)), interpolation="nearest")
@@ -260,16 +294,28 @@ def plot_samples(table, names, classes, path, pdf=False, count=4):
 def main(argv=None):
     args = parse_args(argv)
     work = Path(args.work_dir)
+    if work.exists() and not work.is_dir():
+        raise PipelineError(f"--work-dir {work} is a file, not a folder; choose another path")
     classes = read_classes(args.data_dir)
-    table = labelled_images(args.data_dir, len(classes))
+    table, label_values = labelled_images(args.data_dir, classes, args.intensity)
     train, test, how = split_names(sorted(table), args.data_dir, args.test_size, args.random_state)
-    print(f"{len(table)} labelled images: {len(train)} train, {len(test)} test ({how})")
+    if not train:
+        raise PipelineError("no training images left after the split")
+    check_memory([table[n][2] for n in train], args.patch_size, args.workers)
+    print(f"{len(table)} labelled images: {len(train)} train, {len(test)} test ({how}); "
+          f"intensity of non-8-bit images: {describe_intensity(args.intensity)}")
+    # Everything is checked; from here on the work folder changes. The split files go first
+    # and come back last, so a folder without them is an unfinished run.
     work.mkdir(parents=True, exist_ok=True)
-    write_split(work, train, test, how)
+    remove_leftovers(work)
+    for name in ("split.json", "train.txt", "test.txt"):
+        (work / name).unlink(missing_ok=True)
     copy_test_set(table, test, work)
     write_patches(table, train, work, args.num_patches, args.patch_size, args.seed, args.workers,
-                  args.foreground_fraction)
-    plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf)
+                  args.foreground_fraction, args.intensity)
+    write_split(work, train, test, how, classes, label_values, args.intensity)
+    plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
+                 intensity=args.intensity)
     print(f"wrote {args.num_patches} patches of {args.patch_size}x{args.patch_size} to "
           f"{work / 'train'} and {len(test)} test images to {work / 'test'}")
 

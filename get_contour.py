@@ -29,17 +29,18 @@ classes overwrite earlier ones; other pixels are background.
 """
 import argparse
 import csv
-import json
 import math
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from seg_common import (PALETTE, PipelineError, check_replaceable, colorize, find_label,
-                        fresh_dir, list_images, publish_dir, read_classes, read_image,
-                        read_label, run_cli, save_figure, to_color_mode, write_image)
+from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity, find_label,
+                      list_images, parse_intensity, read_image, read_label, to_color_mode,
+                      write_image)
+from outputs import staged_output
+from seg_common import (PALETTE, PipelineError, colorize, finite_float, positive_float,
+                        read_classes, read_json, run_cli, save_figure)
 
 ORIGINAL_THRESHOLDS = (69, 80)   # beads, cells, on 0..127 maps
 PROB_SCALE = 127
@@ -71,7 +72,7 @@ def parse_args(argv=None):
     g.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
                    help="drop objects smaller than this many pixels, e.g. specks of noise; "
                         "they are neither drawn nor listed (default: %(default)s, keep all)")
-    g.add_argument("--pixel-size", type=float, metavar="UM",
+    g.add_argument("--pixel-size", type=positive_float, metavar="UM",
                    help="micrometres per pixel; adds area_um2, equivalent_diameter_um and "
                         "perimeter_um to objects.csv")
     g = p.add_argument_group("masks from probability maps (the original's thresholds)")
@@ -79,10 +80,13 @@ def parse_args(argv=None):
                    help="build the masks from <name>_prob_<class>.png (predict --save-probs) "
                         "instead of <name>.png: class c where prob_c * 127 > its threshold, "
                         "later classes over earlier")
-    g.add_argument("--thresholds", type=float, nargs="+", default=list(ORIGINAL_THRESHOLDS),
+    g.add_argument("--thresholds", type=finite_float, nargs="+",
+                   default=list(ORIGINAL_THRESHOLDS),
                    metavar="T",
                    help="one threshold on 0..127 per non-background class, in class order; the "
                         "original's are 69 for beads and 80 for cells (default: %(default)s)")
+    add_intensity_option(g, "default: the rule prediction used, from predict.json; only "
+                            "changes how the image under the outlines looks")
     g = p.add_argument_group("figures")
     g.add_argument("--panels", action=argparse.BooleanOptionalAction, default=True,
                    help="write panel_<name>.png per image (default: on)")
@@ -90,8 +94,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.min_area < 0:
         p.error("--min-area must not be negative")
-    if args.pixel_size is not None and args.pixel_size <= 0:
-        p.error("--pixel-size must be positive")
+    args.intensity = parse_intensity(p, args.intensity, None)
     return args
 
 
@@ -279,7 +282,17 @@ def plot_panel(name, image, label, mask, outlines, classes, path, pdf):
 def prediction_info(pred_dir):
     """What predict_lovasz_loss.py recorded about the run ({} for masks from elsewhere)."""
     path = pred_dir / "predict.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    info = read_json(path, "prediction record")
+    if not isinstance(info, dict):
+        raise PipelineError(f"{path} is not a record written by predict_lovasz_loss.py")
+    classes, images = info.get("classes", []), info.get("images", [])
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+            and isinstance(images, list) and all(isinstance(n, str) for n in images)):
+        raise PipelineError(f"{path}: 'classes' and 'images' must be lists of names")
+    info["intensity"] = check_intensity(info.get("intensity", DEFAULT_INTENSITY), path)
+    return info
 
 
 def mask_names(pred_dir, info):
@@ -330,14 +343,14 @@ def main(argv=None):
     if missing:
         raise PipelineError(f"no original image in {image_dir} for {len(missing)} mask(s), e.g. "
                             f"{missing[0]}; give --image-dir")
-    check_replaceable(out, MARKER)
+    intensity = args.intensity or info.get("intensity", DEFAULT_INTENSITY)
 
     from tqdm import tqdm
-    staging = fresh_dir(out)
     records = []
-    try:
+    # Panels are staged too and join figures/ only when every image has gone through.
+    with staged_output(out, MARKER) as staging, staged_output(figures, merge=True) as panels:
         for name in tqdm(names, desc="contours", unit="image", dynamic_ncols=True, disable=None):
-            image = read_image(images[name])
+            image = read_image(images[name], intensity)
             mask = (mask_from_probs(read_prob_maps(pred_dir, name, classes), args.thresholds)
                     if args.from_probs else read_mask(pred_dir, name, len(classes)))
             if mask.shape != image.shape[:2]:
@@ -355,15 +368,11 @@ def main(argv=None):
                                         f"{label.shape[0]}, its image {image.shape[1]}x"
                                         f"{image.shape[0]}")
                 plot_panel(name, image, label, mask, outlines, classes,
-                           figures / f"panel_{name}.png", args.pdf)
+                           panels / f"panel_{name}.png", args.pdf)
         with open(staging / MARKER, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=csv_columns(args.pixel_size))
             writer.writeheader()
             writer.writerows(records)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    publish_dir(staging, out)
 
     print(f"{len(records)} objects in {len(names)} images -> {out / MARKER}, contours in {out}"
           + (f", panels in {figures}" if args.panels else ""))

@@ -25,14 +25,15 @@ in LabelMe's own export.
 import argparse
 import base64
 import binascii
-import json
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from seg_common import (IMAGE_EXTS, PipelineError, atomic_write_text, decode_image,
-                        read_classes, read_image, run_cli, write_image)
+from image_io import (IMAGE_EXTS, decode_image, lossless_suffix, read_raw_image,
+                      write_image)
+from outputs import staged_output
+from seg_common import PipelineError, positive_float, read_classes, read_json, run_cli
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -43,22 +44,16 @@ POINT_COUNTS = {"polygon": (3, None), "rectangle": (2, 2), "circle": (2, 2), "li
                 "linestrip": (2, None), "point": (1, 1), "mask": (2, 2)}
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} is not positive")
-    return value
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("folders")
     g.add_argument("--input", default="data/labelme",
                    help="folder of LabelMe .json files (default: %(default)s)")
+    g.add_argument("--allow-outside-paths", action="store_true",
+                   help="read images whose imagePath leads outside the annotation folder and "
+                        "the data folder (refused by default: a shared annotation file could "
+                        "otherwise make this script read any file on the disk)")
     g.add_argument("--data-dir", default="data",
                    help="data folder receiving src/ and label/, holding classes.txt "
                         "(default: %(default)s)")
@@ -229,14 +224,11 @@ def decode_embedded(b64, what):
         data = base64.b64decode(b64, validate=False)
     except (binascii.Error, TypeError, ValueError) as err:
         raise PipelineError(f"{what} is not valid base64 ({err})")
-    return decode_image(data, what)
+    return decode_image(data, what, raw=True)
 
 
 def load_annotation(json_path):
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PipelineError(f"{json_path}: not a readable JSON file ({err})")
+    data = read_json(json_path, "LabelMe file")
     if not isinstance(data, dict) or not isinstance(data.get("shapes"), list):
         raise PipelineError(f"{json_path}: no 'shapes' list; is it a LabelMe file?")
     if not all(isinstance(s, dict) for s in data["shapes"]):
@@ -244,26 +236,38 @@ def load_annotation(json_path):
     return data
 
 
-def image_file(json_path, data):
-    """The file imagePath names, if it exists; LabelMe on Windows writes backslashes."""
+def image_file(json_path, data, allowed_roots=None):
+    """The file imagePath names, if it exists; LabelMe on Windows writes backslashes.
+
+    With allowed_roots, a path that leads outside all of them is refused.
+    """
     rel = data.get("imagePath")
-    if not rel:
+    if not rel or not isinstance(rel, str):
         return None
-    path = json_path.parent / str(rel).replace("\\", "/")
+    path = json_path.parent / rel.replace("\\", "/")
+    if allowed_roots is not None:
+        real = path.resolve()
+        if not any(real.is_relative_to(root.resolve()) for root in allowed_roots):
+            raise PipelineError(f"{json_path}: imagePath {rel!r} leads outside the annotation "
+                                "folder and the data folder; move the image there, or pass "
+                                "--allow-outside-paths if you trust this file")
     return path if path.is_file() else None
 
 
-def check_image_source(json_path, data):
-    if not data.get("imageData") and image_file(json_path, data) is None:
+def check_image_source(json_path, data, allowed_roots):
+    if not data.get("imageData") and image_file(json_path, data, allowed_roots) is None:
         raise PipelineError(f"{json_path}: image not found: no embedded imageData and imagePath "
                             f"{data.get('imagePath')!r} is not a file next to it")
 
 
-def load_image(json_path, data):
+def load_image(json_path, data, allowed_roots=None):
+    """The annotated image's stored pixels (any bit depth, RGB order)."""
     if data.get("imageData"):
+        if not isinstance(data["imageData"], str):
+            raise PipelineError(f"{json_path}: imageData must be a base64 string")
         img = decode_embedded(data["imageData"], f"{json_path}: imageData")
     else:
-        img = read_image(image_file(json_path, data))
+        img = read_raw_image(image_file(json_path, data, allowed_roots))
     stated = (data.get("imageHeight"), data.get("imageWidth"))
     if None not in stated and tuple(stated) != img.shape[:2]:
         raise PipelineError(f"{json_path}: imageHeight x imageWidth is {stated[0]} x {stated[1]} "
@@ -285,7 +289,7 @@ def unknown_labels(annotations, classes):
 
 
 def resolve_classes(data_dir, annotations, add_unknown):
-    """Class names after checking every label, appending unknown ones when asked."""
+    """(class names after checking every label, whether unknown ones were appended)."""
     classes_path = Path(data_dir) / "classes.txt"
     classes = read_classes(data_dir) if classes_path.is_file() or not add_unknown \
         else ["background"]
@@ -294,46 +298,47 @@ def resolve_classes(data_dir, annotations, add_unknown):
         name, json_path = next(iter(missing.items()))
         raise PipelineError(f"{json_path}: label {name!r} is not in {classes_path} (known classes: "
                             f"{', '.join(classes)}); add it there or use --add-unknown-classes")
-    if missing:
-        classes = classes + list(missing)
-        if len(classes) > 256:
-            raise PipelineError(f"{len(classes)} classes do not fit in a uint8 label")
-        atomic_write_text(classes_path, "\n".join(classes) + "\n")
-        print(f"added {len(missing)} class(es) to {classes_path}: {', '.join(missing)}")
-    return classes
+    classes = classes + list(missing)
+    if len(classes) > 256:
+        raise PipelineError(f"{len(classes)} classes do not fit in a uint8 label")
+    return classes, list(missing)
 
 
 # ---------------------------------------------------------------- output
 
 def already_in_src(json_path, data, src_dir, name):
     """True when imagePath already is <src_dir>/<name>.<any ext>: the pipeline finds it there,
-    and a second copy as .png would give two images of one name."""
+    and a second copy would give two images of one name."""
     path = image_file(json_path, data)
     return path is not None and path.stem == name and \
         path.resolve().parent == src_dir.resolve()
 
 
-def write_pair(json_path, data, image, label, data_dir):
+def write_pair(json_path, data, image, label, data_dir, staging):
+    """The image (lossless, its own bit depth) and label into the staging folder, after
+    checking that data/src holds no other image of that name."""
     name = json_path.stem
-    src_dir, target = Path(data_dir) / "src", Path(data_dir) / "src" / f"{name}.png"
+    src_dir = Path(data_dir) / "src"
     if not already_in_src(json_path, data, src_dir, name):
+        target = src_dir / f"{name}{lossless_suffix(image)}"
         clash = [p for p in src_dir.glob("*") if p.stem == name and p != target
-                 and p.suffix.lower() in IMAGE_EXTS]
+                 and p.suffix.lower() in IMAGE_EXTS] if src_dir.is_dir() else []
         if clash:
             raise PipelineError(f"{json_path}: would write {target} but {clash[0]} already holds "
                                 f"an image named {name!r}")
-        write_image(target, image)
-    write_image(Path(data_dir) / "label" / f"{name}.png", label)
+        write_image(staging / "src" / target.name, image, atomic=False)
+    write_image(staging / "label" / f"{name}.png", label, atomic=False)
 
 
-def convert(json_path, data, class_index, data_dir, line_width, point_radius):
-    image = load_image(json_path, data)
+def convert(json_path, data, class_index, data_dir, line_width, point_radius, staging,
+            allowed_roots):
+    image = load_image(json_path, data, allowed_roots)
     try:
         label = rasterize_shapes(data["shapes"], image.shape[0], image.shape[1], class_index,
                                  line_width, point_radius)
     except PipelineError as err:
         raise PipelineError(f"{json_path}: {err}") from None
-    write_pair(json_path, data, image, label, data_dir)
+    write_pair(json_path, data, image, label, data_dir, staging)
     return np.bincount(label.ravel(), minlength=len(class_index))
 
 
@@ -347,21 +352,35 @@ def main(argv=None):
     args = parse_args(argv)
     input_dir = Path(args.input)
     if not input_dir.is_dir():
-        raise PipelineError(f"input folder {input_dir} does not exist")
-    json_paths = sorted(input_dir.glob("*.json"))
+        raise PipelineError(f"input folder {input_dir} does not exist"
+                            + (" (it is a file; give the folder that holds the .json files)"
+                               if input_dir.exists() else ""))
+    data_dir = Path(args.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise PipelineError(f"--data-dir {data_dir} is a file, not a folder")
+    json_paths = sorted(p for p in input_dir.glob("*.json") if not p.name.startswith("."))
     if not json_paths:
         raise PipelineError(f"no LabelMe .json files in {input_dir}")
-    # Check everything before writing anything, so a bad file leaves no partial output.
+    allowed_roots = None if args.allow_outside_paths else [input_dir, data_dir]
     annotations = {p: load_annotation(p) for p in json_paths}
     for json_path, data in annotations.items():
-        check_image_source(json_path, data)
-    classes = resolve_classes(args.data_dir, annotations, args.add_unknown_classes)
+        check_image_source(json_path, data, allowed_roots)
+    classes, added = resolve_classes(data_dir, annotations, args.add_unknown_classes)
     class_index = {name: i for i, name in enumerate(classes)}
     counts = np.zeros(len(classes), np.int64)
-    for json_path, data in tqdm(annotations.items(), desc="labels", unit="image", disable=None):
-        counts += convert(json_path, data, class_index, args.data_dir, args.line_width,
-                          args.point_radius)
-    print(summary(counts, classes, len(annotations), Path(args.data_dir) / "label"))
+    # Every file is converted into a staging folder first: one bad file leaves data/ as it was.
+    with staged_output(data_dir, merge=True) as staging:
+        (staging / "src").mkdir()
+        (staging / "label").mkdir()
+        for json_path, data in tqdm(annotations.items(), desc="labels", unit="image",
+                                    disable=None):
+            counts += convert(json_path, data, class_index, data_dir, args.line_width,
+                              args.point_radius, staging, allowed_roots)
+        if added:
+            (staging / "classes.txt").write_text("\n".join(classes) + "\n")
+    if added:
+        print(f"added {len(added)} class(es) to {data_dir / 'classes.txt'}: {', '.join(added)}")
+    print(summary(counts, classes, len(annotations), data_dir / "label"))
 
 
 if __name__ == "__main__":

@@ -16,14 +16,15 @@ luminance first; --color-mode rgb keeps three channels and treats each channel o
 (per-channel statistics, min-max and equalization).
 """
 import argparse
-from pathlib import Path
+import io
 
 import numpy as np
 
-from seg_common import (COLOR_MODES, DEFAULT_GAMMA, MEAN_STD_NAME, PipelineError,
-                        default_workers, fresh_dir, parallel_map, preprocess_patch,
-                        publish_dir, read_image, run_cli, to_color_mode, write_image,
-                        write_json)
+from image_io import COLOR_MODES, read_image, to_color_mode, write_image
+from outputs import atomic_write_bytes, staged_output, write_json
+from seg_common import (DEFAULT_GAMMA, MEAN_STD_NAME, PipelineError, default_workers,
+                        existing_folder, parallel_map, positive_float, positive_int,
+                        preprocess_patch, run_cli)
 
 CHUNK = 200
 
@@ -41,14 +42,11 @@ def parse_args(argv=None):
     g.add_argument("--color-mode", choices=COLOR_MODES, default="grey",
                    help="grey: convert to grey, as the paper; rgb: keep colour, each channel "
                         "normalized and equalized on its own (default: %(default)s)")
-    g.add_argument("--gamma", type=float, default=DEFAULT_GAMMA,
+    g.add_argument("--gamma", type=positive_float, default=DEFAULT_GAMMA,
                    help="gamma of the final lookup table, as the paper (default: %(default)s)")
-    g.add_argument("--workers", type=int, default=default_workers(),
+    g.add_argument("--workers", type=positive_int, default=default_workers(),
                    help="processes (default: all cores, %(default)s)")
-    args = p.parse_args(argv)
-    if args.gamma <= 0 or args.workers < 1:
-        p.error("--gamma and --workers must be positive")
-    return args
+    return p.parse_args(argv)
 
 
 def channel_histograms(paths, color_mode):
@@ -103,34 +101,41 @@ class PreprocessTask:
 
 
 def save_stats(work, stats):
-    np.save(work / f"{MEAN_STD_NAME}.npy",
-            np.array([stats["mean"], stats["std"]], dtype=np.float64).squeeze())
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([stats["mean"], stats["std"]], dtype=np.float64).squeeze())
+    atomic_write_bytes(work / f"{MEAN_STD_NAME}.npy", buffer.getvalue())
     write_json(work / f"{MEAN_STD_NAME}.json", stats)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    work = Path(args.work_dir)
+    work = existing_folder(args.work_dir, "--work-dir",
+                           "run gen_img_aug.py first")
     patch_dir = work / "train" / "src"
     paths = sorted(patch_dir.glob("*.png")) if patch_dir.is_dir() else []
     if not paths:
         raise PipelineError(f"no patches in {patch_dir}: run gen_img_aug.py first")
 
     mean, std = streamed_mean_std(paths, args.color_mode, args.workers)
+    # Every patch has been read. The old statistics go before train/prep changes and the new
+    # ones come last: without them training refuses to start, so an interrupted run can never
+    # pair new statistics with old preprocessed patches or the reverse.
+    for suffix in (".json", ".npy"):
+        (work / f"{MEAN_STD_NAME}{suffix}").unlink(missing_ok=True)
     stats = {"mean": mean, "std": std, "color_mode": args.color_mode, "channels": len(mean),
              "gamma": args.gamma, "num_patches": len(paths)}
-    save_stats(work, stats)
     print(f"mean {np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()} over "
-          f"{len(paths)} patches -> {work / (MEAN_STD_NAME + '.json')}")
+          f"{len(paths)} patches")
 
-    staging = fresh_dir(work / "train" / "prep")
     chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
-    task = PreprocessTask(staging, mean, std, args.gamma, args.color_mode)
-    for _ in parallel_map(task, chunks, min(args.workers, len(chunks)), "preprocess",
-                          total=len(paths), unit="patch"):
-        pass
-    publish_dir(staging, work / "train" / "prep")
-    print(f"wrote {len(paths)} preprocessed patches to {work / 'train' / 'prep'}")
+    with staged_output(work / "train" / "prep") as staging:
+        task = PreprocessTask(staging, mean, std, args.gamma, args.color_mode)
+        for _ in parallel_map(task, chunks, min(args.workers, len(chunks)), "preprocess",
+                              total=len(paths), unit="patch"):
+            pass
+    save_stats(work, stats)
+    print(f"wrote {len(paths)} preprocessed patches to {work / 'train' / 'prep'} and the "
+          f"statistics to {work / (MEAN_STD_NAME + '.json')}")
 
 
 if __name__ == "__main__":

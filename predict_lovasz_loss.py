@@ -41,21 +41,22 @@ error.
 """
 import argparse
 import itertools
-import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from seg_common import (PipelineError, check_replaceable, colorize, confusion_matrix,  # noqa: E402
-                        dihedral, find_label, fresh_dir, inverse_dihedral, iou_per_class,
-                        list_images, preprocess_patch, publish_dir, read_image, read_label,
-                        reflect_pad, run_cli, save_figure, to_color_mode, write_image,
-                        write_json, atomic_write_text)
+from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,  # noqa: E402
+                      describe_intensity, find_label, list_images, parse_intensity, read_image,
+                      read_label, to_color_mode, write_image)
+from outputs import atomic_write_text, check_replaceable, sha256_of, staged_output, write_json  # noqa: E402
+from seg_common import (PipelineError, check_preprocessing, colorize,  # noqa: E402
+                        confusion_matrix, dihedral, existing_folder, finite_float,
+                        inverse_dihedral, iou_per_class, positive_int, preprocess_patch,
+                        read_json, reflect_pad, run_cli, save_figure)
 
 DECISIONS = ("argmax", "sigmoid>0.51")
 SIGMOID_THRESHOLD = 0.51
@@ -73,15 +74,15 @@ def parse_args(argv=None):
                         "accepted like every script) (default: %(default)s)")
     g.add_argument("--work-dir", default="augmented_75k", metavar="DIR",
                    help="work folder of the pipeline (default: %(default)s)")
-    g.add_argument("--input", metavar="DIR",
-                   help="folder of images to segment, any size, grey or colour, labels not "
-                        "needed (default: the test set, <work-dir>/test/src)")
+    g.add_argument("--input", metavar="PATH",
+                   help="an image file or a folder of images to segment, any size, grey or "
+                        "colour, labels not needed (default: the test set, <work-dir>/test/src)")
     g.add_argument("--labels", metavar="DIR",
                    help="folder of labels <name>.png/.npy for IoU (default: <work-dir>/test/label "
                         "for the test set; none with --input)")
     g.add_argument("--output", metavar="DIR",
                    help="output folder, replaced as a whole (default: <work-dir>/test/predict, "
-                        "or <work-dir>/predict/<input folder name> with --input)")
+                        "or <work-dir>/predict/<input folder or file name> with --input)")
     g = p.add_argument_group("model")
     g.add_argument("--model-dir", metavar="DIR", help="model folder written by training "
                    "(default: <work-dir>/weights)")
@@ -90,14 +91,18 @@ def parse_args(argv=None):
                         "epochs; last: the newest snapshot; or the path of a model file, "
                         "e.g. snapshots/epoch_020.h5 (relative to the model folder or the "
                         "current one) (default: %(default)s)")
+    g.add_argument("--no-verify", action="store_true",
+                   help="load a model file even when its sha256 is not the one config.json "
+                        "recorded (a damaged or replaced file predicts garbage; use with care)")
+    add_intensity_option(g, "default: the rule the model was trained with, from config.json")
     g = p.add_argument_group("tiling")
-    g.add_argument("--overlap", type=float, default=0.25, metavar="FRACTION",
+    g.add_argument("--overlap", type=finite_float, default=0.25, metavar="FRACTION",
                    help="overlap of neighbouring tiles as a fraction of the tile, in [0, 1); "
                         "0 reproduces the original's tiling (default: %(default)s)")
     g.add_argument("--blend", choices=BLENDS, default="gaussian",
                    help="weighting of overlapping tiles' probabilities: gaussian (sigma 1/8 "
                         "of the tile, favours tile centres) or uniform (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=8, metavar="N",
+    g.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="tiles per model call (default: %(default)s)")
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the 8 rotations/flips of every tile "
@@ -111,8 +116,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0 <= args.overlap < 1:
         p.error("--overlap must be in [0, 1)")
-    if args.batch_size < 1:
-        p.error("--batch-size must be positive")
+    args.intensity = parse_intensity(p, args.intensity, None)
     return args
 
 
@@ -227,18 +231,33 @@ def decide(probs, decision):
 # ---------------------------------------------------------------- model
 
 def read_config(model_dir):
+    """The model folder's config.json, checked field by field."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise PipelineError(f"{path} not found: train a model first, or point --model-dir at "
                             "a model folder")
-    config = json.loads(path.read_text())
+    config = read_json(path, "model config")
+    if not isinstance(config, dict):
+        raise PipelineError(f"{path} is not a model config written by training")
     missing = [k for k in ("classes", "patch_size", "color_mode", "preprocessing", "decision",
                            "weights_files") if k not in config]
     if missing:
         raise PipelineError(f"{path} lacks {', '.join(missing)}; was it written by training?")
+    classes, size = config["classes"], config["patch_size"]
+    if not (isinstance(classes, list) and len(classes) >= 2
+            and all(isinstance(c, str) for c in classes)):
+        raise PipelineError(f"{path}: 'classes' must list at least two class names")
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and v > 0 for v in size)):
+        raise PipelineError(f"{path}: 'patch_size' must be [height, width] in pixels")
     if config["decision"] not in DECISIONS:
         raise PipelineError(f"{path}: unknown decision {config['decision']!r}; expected one of "
                             f"{DECISIONS}")
+    if config["color_mode"] not in ("grey", "rgb"):
+        raise PipelineError(f"{path}: unknown color_mode {config['color_mode']!r}")
+    check_preprocessing(config["preprocessing"], f"{path}: preprocessing")
+    # Models trained before the rule was recorded read non-8-bit images by today's default.
+    config["intensity"] = check_intensity(config.get("intensity", DEFAULT_INTENSITY), path)
     return config
 
 
@@ -263,6 +282,24 @@ def model_file(model_dir, config, choice):
                         f"(looked in {model_dir} and the current folder)")
 
 
+def verify_model_file(path, model_dir, config):
+    """Refuse a model file whose sha256 is not the one training recorded in config.json."""
+    try:   # abspath, not resolve: a model file linked into the folder is the folder's file
+        name = Path(os.path.abspath(path)).relative_to(os.path.abspath(model_dir)).as_posix()
+    except ValueError:
+        print(f"note: {path} lies outside the model folder; its integrity is not checked")
+        return
+    expected = config.get("sha256", {}).get(name)
+    if expected is None:
+        raise PipelineError(f"{path}: config.json records no sha256 for {name} (trained by an "
+                            "older version, or not written by training); --no-verify loads it "
+                            "unchecked")
+    if sha256_of(path) != expected:
+        raise PipelineError(f"{path} is not the file training saved (its sha256 differs from "
+                            "config.json's): it is damaged or was replaced; train again, or "
+                            "--no-verify to load it anyway")
+
+
 def load_model(path):
     import absl.logging
     import keras
@@ -271,8 +308,9 @@ def load_model(path):
     absl.logging.set_verbosity(absl.logging.ERROR)
     try:
         return keras.saving.load_model(path, compile=False)
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"cannot load model {path}: {err}") from err
+    except Exception as err:     # h5py, Keras and zipfile each raise their own types
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PipelineError(f"cannot load model {path}: {first_line}") from None
 
 
 def make_predict_batch(net, decision):
@@ -288,9 +326,9 @@ def make_predict_batch(net, decision):
     return lambda batch: probabilities(tf.constant(batch)).numpy()
 
 
-def model_image(path, color_mode):
+def model_image(path, color_mode, intensity=DEFAULT_INTENSITY):
     """The image in the model's colour mode, or a clear error if that is impossible."""
-    img = read_image(path)
+    img = read_image(path, intensity)
     if color_mode == "rgb" and img.ndim == 2:
         raise PipelineError(f"{path} is a grey image but the model was trained on colour (rgb) "
                             "images; give colour images, or a model trained with "
@@ -378,12 +416,16 @@ def plot_iou(dataset_row, classes, num_images, paths, pdf):
 # ---------------------------------------------------------------- main
 
 def folders(args):
-    """(input, labels or None, output) folders from the options and their defaults."""
+    """(input file or folder, labels or None, output) from the options and their defaults."""
     work = Path(args.work_dir)
     if args.input:
         src = Path(args.input)
-        out = Path(args.output) if args.output else work / "predict" / src.resolve().name
-        return src, Path(args.labels) if args.labels else None, out
+        if not src.exists():
+            raise PipelineError(f"--input {src} does not exist")
+        name = src.stem if src.is_file() else src.resolve().name
+        out = Path(args.output) if args.output else work / "predict" / name
+        labels = existing_folder(args.labels, "--labels") if args.labels else None
+        return src, labels, out
     labels = Path(args.labels) if args.labels else work / "test" / "label"
     return (work / "test" / "src", labels if labels.is_dir() else None,
             Path(args.output) if args.output else work / "test" / "predict")
@@ -401,6 +443,8 @@ def write_outputs(staging, name, mask, probs, classes, save_probs):
 def main(argv=None):
     args = parse_args(argv)
     work = Path(args.work_dir)
+    if work.exists() and not work.is_dir():
+        raise PipelineError(f"--work-dir {work} is a file, not a folder")
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
     src, label_dir, out = folders(args)
     if not args.input and not src.is_dir():
@@ -411,7 +455,10 @@ def main(argv=None):
     check_replaceable(out, MARKER)
     config = read_config(model_dir)
     classes, decision = config["classes"], config["decision"]
+    intensity = args.intensity or config["intensity"]
     path = model_file(model_dir, config, args.weights)
+    if not args.no_verify:
+        verify_model_file(path, model_dir, config)
     net = load_model(path)
     tile = tuple(config["patch_size"])
     if tuple(net.input_shape[1:3]) not in (tile, (None, None)):
@@ -420,15 +467,16 @@ def main(argv=None):
     predict_batch = make_predict_batch(net, decision)
     prepare = TilePreparer(config["preprocessing"])
     print(f"model {path} ({decision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
-          f"{args.blend} blend{', 8x TTA' if args.tta else ''}; {len(images)} images from {src}")
+          f"{args.blend} blend{', 8x TTA' if args.tta else ''}; {len(images)} images from {src}; "
+          f"intensity of non-8-bit images: {describe_intensity(intensity)}")
 
     from tqdm import tqdm
-    staging = fresh_dir(out)
     per_image, total_cm = {}, np.zeros((len(classes), len(classes)), np.int64)
-    try:
+    with staged_output(out, MARKER) as staging, \
+            staged_output(work / "figures", merge=True) as figures:
         for name, img_path in tqdm(images.items(), desc="predict", unit="image",
                                    dynamic_ncols=True, disable=None):
-            img = model_image(img_path, config["color_mode"])
+            img = model_image(img_path, config["color_mode"], intensity)
             probs = predict_frame(predict_batch, img, tile, args.overlap, args.blend,
                                   args.batch_size, args.tta, prepare)
             mask = decide(probs, decision)
@@ -444,8 +492,9 @@ def main(argv=None):
                 total_cm += cm
         write_json(staging / MARKER, {
             "classes": classes, "decision": decision, "model_file": str(path),
-            "input_dir": str(src.resolve()),
+            "input_dir": str((src.parent if src.is_file() else src).resolve()),
             "label_dir": str(label_dir.resolve()) if label_dir else None,
+            "intensity": intensity,
             "tile": list(tile), "overlap": args.overlap, "blend": args.blend, "tta": args.tta,
             "batch_size": args.batch_size, "probability_maps": args.save_probs,
             "images": list(images)})
@@ -453,12 +502,8 @@ def main(argv=None):
             rows = iou_rows(per_image, total_cm)
             write_iou(staging, rows, classes, total_cm)
             # The paper figure is the test set's; a user's folder keeps its chart to itself.
-            copies = [] if args.input else [work / "figures" / "iou_per_class.png"]
+            copies = [] if args.input else [figures / "iou_per_class.png"]
             plot_iou(rows[-1], classes, len(per_image), [staging / "iou.png", *copies], args.pdf)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    publish_dir(staging, out)
 
     print(f"wrote {len(images)} masks to {out}")
     if per_image:

@@ -1,20 +1,18 @@
-"""Helpers shared by the pipeline scripts: data layout, image I/O, transforms,
-the paper's per-patch preprocessing, and IoU scoring.
+"""Helpers shared by the pipeline scripts: reading settings, option types, transforms,
+the paper's per-patch preprocessing, IoU scoring and running.
 
-Kept free of TensorFlow so the data stages start fast.
+Kept free of TensorFlow so the data stages start fast. Image files: image_io.py; outputs:
+outputs.py.
 """
+import argparse
 import json
+import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-LABEL_EXTS = (".png", ".npy")
-COLOR_MODES = ("grey", "rgb")
 DEFAULT_GAMMA = 1.2
 MEAN_STD_NAME = "train_mean_std"
 
@@ -30,166 +28,110 @@ class PipelineError(Exception):
     """A problem with the user's input, reported without a traceback."""
 
 
-# ---------------------------------------------------------------- data layout
+# ---------------------------------------------------------------- reading text and settings
+
+def read_text(path, what="file"):
+    """A text file's content: UTF-8 with or without BOM, or UTF-16 with BOM (Windows editors)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise PipelineError(f"{what} {path} is a folder, not a file") from None
+    except OSError as err:
+        raise PipelineError(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PipelineError(f"{what} {path} is not UTF-8 text; save it as UTF-8") from None
+
+
+def read_json(path, what="file"):
+    """A JSON file's content, or one line saying why it cannot be read."""
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as err:
+        raise PipelineError(f"{what} {path} is not valid JSON (line {err.lineno}: {err.msg}); "
+                            "fix it or write it anew") from None
+
+
+def read_name_list(path, what="name list"):
+    return [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
+
 
 def read_classes(data_dir):
     path = Path(data_dir) / "classes.txt"
     if not path.is_file():
         raise PipelineError(f"{path} not found: it must list the class names, one per line, "
                             "background first")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = read_name_list(path, "class list")
     if len(names) < 2:
         raise PipelineError(f"{path} lists {len(names)} class(es); at least background and one "
                             "object class are needed")
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{path} lists a class name twice; each line must be a new class")
+    if len(names) > 256:
+        raise PipelineError(f"{path} lists {len(names)} classes; a uint8 label holds 256 at most")
     return names
 
 
-def list_images(src_dir):
-    """Map image name (file stem) to path for every image in src_dir, sorted by name."""
-    src_dir = Path(src_dir)
-    if not src_dir.is_dir():
-        raise PipelineError(f"image folder {src_dir} does not exist")
-    found = {}
-    for path in sorted(src_dir.iterdir()):
-        if path.suffix.lower() not in IMAGE_EXTS:
-            continue
-        if path.stem in found:
-            raise PipelineError(f"two images share the name {path.stem!r} in {src_dir}: "
-                                f"{found[path.stem].name} and {path.name}")
-        found[path.stem] = path
-    return found
-
-
-def find_label(label_dir, name):
-    for ext in LABEL_EXTS:
-        path = Path(label_dir) / f"{name}{ext}"
-        if path.is_file():
-            return path
-    return None
-
-
-def read_name_list(path):
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-# ---------------------------------------------------------------- image I/O
-
-def read_image(path):
-    """Read an image file as uint8, HxW (grey) or HxWx3 (RGB), whatever is stored on disk.
-
-    16-bit images are stretched from 0..their maximum to 0..255 (microscope cameras
-    often store 12 bits in 16); an alpha channel is dropped.
-    """
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise PipelineError(f"cannot read image {path}")
-    return _as_pipeline_image(img)
-
-
-def decode_image(data, what):
-    """Decode the bytes of an image file (PNG, JPEG, TIFF...) exactly as read_image reads files."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise PipelineError(f"{what} is not a readable image")
-    return _as_pipeline_image(img)
-
-
-def _as_pipeline_image(img):
-    """OpenCV's decoded array -> uint8, HxW or HxWx3 RGB."""
-    if img.dtype != np.uint8:
-        img = img.astype(np.float64)
-        top = img.max()
-        img = np.zeros(img.shape, np.uint8) if top <= 0 else np.rint(img * (255.0 / top)).astype(np.uint8)
-    if img.ndim == 3:
-        if img.shape[2] == 1:
-            img = img[:, :, 0]
-        elif img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-        else:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return img
-
-
-def to_color_mode(img, color_mode):
-    """Convert an image to the pipeline's colour mode: 'grey' (HxW) or 'rgb' (HxWx3)."""
-    if color_mode == "grey":
-        return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-    if color_mode == "rgb":
-        return img if img.ndim == 3 else np.repeat(img[:, :, None], 3, axis=2)
-    raise ValueError(f"unknown colour mode {color_mode!r}; choose one of {COLOR_MODES}")
-
-
-def read_label(path):
+def existing_folder(path, what, hint=""):
+    """A folder the script reads from; one line when it is missing or a file."""
     path = Path(path)
-    if path.suffix.lower() == ".npy":
-        label = np.load(path)
-    else:
-        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if label is None:
-            raise PipelineError(f"cannot read label {path}")
-    if label.ndim == 3:
-        raise PipelineError(f"label {path} has {label.shape[2]} channels; a label must hold one "
-                            "class index per pixel")
-    if label.min() < 0 or label.max() > 255:
-        raise PipelineError(f"label {path} holds values outside 0..255")
-    return label.astype(np.uint8)
+    if path.exists() and not path.is_dir():
+        raise PipelineError(f"{what} {path} is a file, not a folder")
+    if not path.is_dir():
+        raise PipelineError(f"{what} {path} does not exist" + (f": {hint}" if hint else ""))
+    return path
 
 
-def write_image(path, img, atomic=True):
-    """Write an HxW or HxWx3 (RGB) uint8 image (PNG is lossless).
-
-    Atomic by default: written in a hidden folder beside `path` and renamed into place, so
-    readers never see half a file and an interrupted write leaves nothing an image listing
-    would take. Files inside a staging folder (fresh_dir) are published with the folder and
-    skip this: the per-file folder and rename make parallel writers contend for the directory.
-    """
-    path = Path(path)
-    arr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
-    if not atomic:
-        if not cv2.imwrite(str(path), arr):
-            raise PipelineError(f"cannot write {path}")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".writing."))
+def finite_numbers(values, where, positive=False):
+    """The values as floats, all finite (and > 0 with positive), or one line naming where."""
     try:
-        if not cv2.imwrite(str(staging / path.name), arr):
-            raise PipelineError(f"cannot write {path}")
-        os.replace(staging / path.name, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise PipelineError(f"{where} must be numbers, got {values!r}") from None
+    if not all(math.isfinite(v) and (v > 0 or not positive) for v in numbers):
+        raise PipelineError(f"{where} must be finite{' and positive' if positive else ''} "
+                            f"numbers, got {values!r}; the file is damaged: write it anew")
+    return numbers
 
 
-def write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+# ---------------------------------------------------------------- option types
+
+def finite_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
 
 
-def atomic_write_text(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; give the file ordinary permissions
-    os.replace(tmp, path)
+def positive_float(text):
+    value = finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
 
 
-def fresh_dir(final_dir):
-    """A new empty staging folder beside final_dir; publish it with publish_dir."""
-    final_dir = Path(final_dir)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.partial."))
+def non_negative_float(text):
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
 
 
-def publish_dir(staging, final_dir):
-    """Replace final_dir with the finished staging folder, so no half-written output remains."""
-    final_dir = Path(final_dir)
-    if final_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.old."))
-        os.replace(final_dir, old / final_dir.name)
-        shutil.rmtree(old)
-    os.replace(staging, final_dir)
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
 
 
 # ---------------------------------------------------------------- geometry
@@ -250,11 +192,25 @@ def preprocess_patch(patch, mean, std, gamma=DEFAULT_GAMMA):
 
 
 def load_mean_std(path):
-    """Read the statistics JSON written by pre_processing.py."""
+    """Read and check the statistics JSON written by pre_processing.py."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"{path} not found: run pre_processing.py first")
-    return json.loads(path.read_text())
+    stats = read_json(path, "statistics file")
+    check_preprocessing(stats, path)
+    return stats
+
+
+def check_preprocessing(stats, where):
+    """Mean, std and gamma of the preprocessing: finite, one per channel, std >= 0, gamma > 0."""
+    if not isinstance(stats, dict) or not all(k in stats for k in ("mean", "std", "gamma")):
+        raise PipelineError(f"{where} lacks mean, std or gamma; write it anew "
+                            "(pre_processing.py)")
+    mean = finite_numbers(np.atleast_1d(stats["mean"]).tolist(), f"{where}: mean")
+    std = finite_numbers(np.atleast_1d(stats["std"]).tolist(), f"{where}: std")
+    finite_numbers([stats["gamma"]], f"{where}: gamma", positive=True)
+    if len(mean) != len(std) or len(mean) not in (1, 3) or min(std) < 0:
+        raise PipelineError(f"{where}: mean and std must give 1 or 3 channels, std not negative")
 
 
 # ---------------------------------------------------------------- scoring
@@ -325,13 +281,22 @@ def _advance(results, bar, total):
 
 
 def run_cli(main):
-    """Run a script's main(); report a PipelineError as one line and exit status 2."""
+    """Run a script's main(); report a PipelineError (or running out of memory, or Ctrl-C) as
+    one line, exit status 2 (130 for Ctrl-C)."""
     import sys
     try:
         main()
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except MemoryError:
+        print("error: out of memory; use smaller images, patches or batches, or a machine with "
+              "more memory (nothing of this run was published)", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; nothing of this run was published (training resumes when rerun)",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 def save_figure(fig, paths, pdf=False):
@@ -346,17 +311,3 @@ def save_figure(fig, paths, pdf=False):
             fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
     plt.close(fig)
 
-
-def check_replaceable(final_dir, marker):
-    """Refuse to replace an existing folder that this pipeline did not write.
-
-    publish_dir swaps out the whole folder, so a user's --output pointing at a folder of
-    their own would be lost; a folder holding `marker` (a file the script always writes)
-    or an empty one is safe to replace.
-    """
-    final_dir = Path(final_dir)
-    if final_dir.is_file():
-        raise PipelineError(f"output {final_dir} is a file, not a folder")
-    if final_dir.is_dir() and any(final_dir.iterdir()) and not (final_dir / marker).is_file():
-        raise PipelineError(f"output folder {final_dir} exists and was not written by this "
-                            f"script (no {marker}); it would be replaced, so choose another")

@@ -21,9 +21,11 @@ inference mode. Rerunning the same command after an interruption resumes trainin
 """
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,11 +34,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from seg_common import (MEAN_STD_NAME, PipelineError, load_mean_std, read_classes,  # noqa: E402
-                        read_image, run_cli, save_figure, write_json)
+from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
+from outputs import (atomic_write_text, remove_leftovers, sha256_of, temp_path,  # noqa: E402
+                     write_json)
+from seg_common import (MEAN_STD_NAME, PipelineError, existing_folder, finite_float,  # noqa: E402
+                        load_mean_std, non_negative_float, positive_float, positive_int,
+                        read_classes, read_json, run_cli, save_figure)
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
 LOSSES = ("lovasz-softmax", "lovasz-hinge", "cross-entropy", "bce-dice")
+# Options that change neither the model nor its data: a rerun differing only in these resumes.
+UNHASHED_SETTINGS = ("verbose", "pdf", "restart")
 OPTIMIZERS = ("nsgd", "sgd", "adam")
 
 
@@ -56,7 +64,7 @@ def parse_args(argv=None):
                         "a local Xception weights file, or 'none' (default: %(default)s)")
     g.add_argument("--start-neurons", type=int, default=16,
                    help="decoder width multiplier (default: %(default)s)")
-    g.add_argument("--dropout", type=float, default=0.1, help="dropout rate (default: %(default)s)")
+    g.add_argument("--dropout", type=finite_float, default=0.1, help="dropout rate (default: %(default)s)")
     g = p.add_argument_group("loss and optimizer")
     g.add_argument("--loss", choices=LOSSES, default="lovasz-softmax",
                    help="training loss; lovasz-hinge needs 2 classes (default: %(default)s)")
@@ -66,8 +74,8 @@ def parse_args(argv=None):
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="nsgd",
                    help="nsgd: SGD on per-variable normalized gradients, as the paper "
                         "(default: %(default)s)")
-    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
-    g.add_argument("--momentum", type=float, default=0.9,
+    g.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default: %(default)s)")
+    g.add_argument("--momentum", type=non_negative_float, default=0.9,
                    help="momentum of nsgd/sgd, Nesterov (default: %(default)s)")
     g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="cosine: anneal the learning rate to 0 over the run (planned steps or "
@@ -76,15 +84,15 @@ def parse_args(argv=None):
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=25, help="epochs (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=8, help="batch size (default: %(default)s)")
-    g.add_argument("--val-split", type=float, default=0.2,
+    g.add_argument("--val-split", type=finite_float, default=0.2,
                    help="fraction of patches for validation (default: %(default)s)")
     g.add_argument("--random-state", type=int, default=2018,
                    help="seed of the train/val patch split (default: %(default)s)")
-    g.add_argument("--steps-per-epoch", type=int,
+    g.add_argument("--steps-per-epoch", type=positive_int,
                    help="training batches per epoch (default: one pass over the patches)")
-    g.add_argument("--val-steps", type=int,
+    g.add_argument("--val-steps", type=positive_int,
                    help="validation batches per epoch (default: all validation patches)")
-    g.add_argument("--time-budget", type=float,
+    g.add_argument("--time-budget", type=positive_float,
                    help="stop after this many minutes of training (default: no limit)")
     g.add_argument("--bn-batches", type=int, default=40,
                    help="training batches that re-estimate BatchNorm statistics before each "
@@ -98,6 +106,10 @@ def parse_args(argv=None):
                         "accuracy-against-time curves; about 150 MB each)")
     g.add_argument("--seed", type=int, default=2018,
                    help="seed of initialisation and shuffling (default: %(default)s)")
+    g.add_argument("--restart", action="store_true",
+                   help="train anew in a model folder that holds a model trained with other "
+                        "settings: the old folder is moved to <model-dir>.previous and deleted "
+                        "once the new run has saved its first checkpoint")
     g = p.add_argument_group("speed and output")
     g.add_argument("--mixed-precision", action="store_true",
                    help="compute in float16 (GPUs with tensor cores; slower on most CPUs)")
@@ -115,6 +127,10 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be positive")
     if not 0 < args.val_split < 1:
         p.error("--val-split must be between 0 and 1")
+    if not 0 <= args.dropout < 1:
+        p.error("--dropout must be in [0, 1)")
+    if args.bn_batches < 0 or args.swa_epochs < 0:
+        p.error("--bn-batches and --swa-epochs must not be negative")
     return args
 
 
@@ -134,6 +150,143 @@ def patch_split(work, val_split, random_state):
         raise PipelineError("at least two patches are needed for a train/val split")
     train, val = train_test_split(names, test_size=val_split, random_state=random_state)
     return sorted(train), sorted(val)
+
+
+def check_patch_labels(work, names, classes, data_dir, recorded):
+    """Refuse labels with classes beyond classes.txt, and patches cut for another class list.
+
+    gen_img_aug.py records the class list and every label value it saw in split.json; patches
+    from elsewhere (no record) are read one by one.
+    """
+    classes_file = Path(data_dir) / "classes.txt"
+    if "classes" in recorded:
+        if recorded["classes"] != classes:
+            raise PipelineError(f"the patches in {work} were cut for the classes "
+                                f"{recorded['classes']} ({work / 'split.json'}) but {classes_file} "
+                                f"lists {classes}; give the --data-dir they came from, or rerun "
+                                "gen_img_aug.py")
+        values = recorded.get("label_values") or [0]
+        if max(values) >= len(classes):
+            raise PipelineError(f"the labels of {work} hold class {max(values)} but "
+                                f"{classes_file} lists only {len(classes)} classes; fix "
+                                "classes.txt or the labels and rerun gen_img_aug.py")
+        return
+    import cv2
+    from tqdm import tqdm
+    for name in tqdm(names, desc="check labels", unit="patch", disable=None, leave=False):
+        path = work / "train" / "label" / name
+        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if label is None or label.ndim != 2:
+            raise PipelineError(f"label patch {path} is not a readable one-channel image; rerun "
+                                "gen_img_aug.py")
+        check_label_values(label, len(classes), path, classes_file)
+
+
+def work_record(work):
+    """What gen_img_aug.py recorded in <work>/split.json ({} for patches made elsewhere)."""
+    path = work / "split.json"
+    record = read_json(path, "split file") if path.is_file() else {}
+    if not isinstance(record, dict):
+        raise PipelineError(f"{path} is not a split file written by gen_img_aug.py; rerun it")
+    return record
+
+
+# ---------------------------------------------------------------- the model folder
+
+def settings_fingerprint(args, stats, split):
+    """A hash of everything that decides the trained model: the settings and the data."""
+    settings = {k: v for k, v in vars(args).items() if k not in UNHASHED_SETTINGS}
+    for key in ("data_dir", "work_dir", "model_dir"):
+        settings[key] = str(Path(settings[key]).resolve()) if settings[key] else None
+    data = {"statistics": stats, "train": split[0], "val": split[1]}
+    text = json.dumps({"settings": settings, "data": data}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def holds_checkpoint(model_dir):
+    return (any(model_dir.glob(f"{WEIGHTS_STEM}_*.*"))
+            or any(model_dir.glob("snapshots/epoch_*.*")))
+
+
+def holds_training(model_dir):
+    return model_dir.is_dir() and (holds_checkpoint(model_dir) or (model_dir / "backup").is_dir()
+                                   or (model_dir / "state.json").is_file())
+
+
+def aside_folder(model_dir):
+    return model_dir.with_name(f"{model_dir.name}.previous")
+
+
+def plan_model_folder(model_dir, fingerprint, args):
+    """What to do with the model folder: 'fresh', 'resume', 'finish', 'done' or 'restart';
+    refuses, before anything changes, to overwrite a model trained with other settings."""
+    if not holds_training(model_dir):
+        return "fresh"
+    if args.restart:
+        return "restart"
+    config_path = model_dir / "config.json"
+    try:
+        old = read_json(config_path, "model config") if config_path.is_file() else {}
+    except PipelineError:
+        old = {}
+    if old.get("settings_hash") != fingerprint:
+        raise PipelineError(f"{model_dir} holds a model trained {how_it_differs(old, args)}; "
+                            "rerun that command to resume it, add --restart to move it to "
+                            f"{aside_folder(model_dir)} and train anew, or choose another "
+                            "--work-dir or --model-dir")
+    if "result" in old:
+        return "done"
+    if (model_dir / "backup").is_dir():
+        return "resume"
+    state = model_dir / "state.json"
+    if state.is_file() and read_json(state, "training state").get("finished"):
+        return "finish"
+    return "fresh"
+
+
+def how_it_differs(old, args):
+    if "settings" not in old:
+        return "by another command (its config.json is missing or unreadable)"
+    changed = [k for k, v in vars(args).items() if k not in UNHASHED_SETTINGS
+               and old["settings"].get(k) != v]
+    if changed:
+        return "with other settings (" + ", ".join(
+            f"--{k.replace('_', '-')} {old['settings'].get(k)} -> {getattr(args, k)}"
+            for k in changed[:4]) + ")"
+    return "on other training data (the patches or their statistics changed since)"
+
+
+def prepare_model_folder(model_dir, plan):
+    """Carry out the plan. 'restart' moves the old folder aside (the checkpoints callback
+    deletes it once the new run has a checkpoint); a fresh start clears stale results."""
+    if plan == "restart":
+        aside = aside_folder(model_dir)
+        if aside.exists() and not holds_checkpoint(model_dir):
+            shutil.rmtree(model_dir)      # a restart that never got to a checkpoint
+        else:
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(model_dir, aside)
+            print(f"moved the earlier model folder to {aside}; it is deleted once this run has "
+                  "saved its first checkpoint")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(model_dir)
+    if plan in ("fresh", "restart"):
+        for stale in [model_dir / "log.csv", model_dir / "state.json", model_dir / "config.json",
+                      *model_dir.glob(f"{WEIGHTS_STEM}_*.*"), *model_dir.glob("snapshots/epoch_*.*")]:
+            stale.unlink(missing_ok=True)
+
+
+def record_hashes(model_dir, saved=(), removed=()):
+    """Keep config.json's sha256 of every model file current; prediction verifies them."""
+    path = model_dir / "config.json"
+    config = read_json(path, "model config")
+    hashes = config.setdefault("sha256", {})
+    for file in saved:
+        hashes[file.relative_to(model_dir).as_posix()] = sha256_of(file)
+    for file in removed:
+        hashes.pop(file.relative_to(model_dir).as_posix(), None)
+    write_json(path, config)
 
 
 def patch_dataset(work, names, channels, batch_size, shuffle_seed=None, with_labels=True):
@@ -165,9 +318,7 @@ def make_loss(name, num_classes, lovasz_input):
     from lovasz_losses_tf import BceDiceLoss, LovaszHingeLoss, LovaszSoftmaxLoss
     if name == "lovasz-softmax":
         return LovaszSoftmaxLoss(from_logits=lovasz_input == "softmax")
-    if name == "lovasz-hinge":
-        if num_classes != 2:
-            raise PipelineError(f"--loss lovasz-hinge needs 2 classes, classes.txt has {num_classes}")
+    if name == "lovasz-hinge":   # two classes: checked by check_inputs
         return LovaszHingeLoss()
     if name == "cross-entropy":
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -222,8 +373,7 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
     import keras
     state_path = model_dir / "state.json"
     # What the interrupted run had done by its last finished epoch.
-    state = (json.loads(state_path.read_text())
-             if resuming and state_path.is_file() else {})
+    state = read_json(state_path, "training state") if resuming and state_path.is_file() else {}
 
     class Progress(keras.callbacks.Callback):
         """Advances the cosine schedule and stops when the time budget is spent."""
@@ -271,17 +421,24 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
             snap_dir = model_dir / "snapshots"
             snap_dir.mkdir(exist_ok=True)
             # A model file without optimizer state: half the size of save_weights' output.
-            save_model(self.model, snap_dir / f"epoch_{epoch + 1:03d}.{args.save_format}")
+            snapshot = snap_dir / f"epoch_{epoch + 1:03d}.{args.save_format}"
+            save_model(self.model, snapshot)
+            saved, removed = [snapshot], []
             if not args.keep_snapshots:
-                for old in sorted(snap_dir.glob("epoch_*.*"))[:-max(1, args.swa_epochs)]:
+                removed = sorted(snap_dir.glob("epoch_*.*"))[:-max(1, args.swa_epochs)]
+                for old in removed:
                     old.unlink()
             val_loss = logs.get("val_loss", math.inf)
             if val_loss < self.best:
                 self.best = val_loss
-                save_model(self.model, model_dir / weights_name("best", args.save_format))
+                saved.append(model_dir / weights_name("best", args.save_format))
+                save_model(self.model, saved[-1])
                 print(f"\nepoch {epoch + 1}: val_loss {val_loss:.4f} is the best so far, saved")
+            record_hashes(model_dir, saved, removed)
             write_json(state_path, {"best_val_loss": self.best, "epochs_done": epoch + 1,
                                     "minutes": logs["minutes"]})
+            # The new run has a model of its own now; a folder moved aside by --restart goes.
+            shutil.rmtree(aside_folder(model_dir), ignore_errors=True)
 
     class Curves(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -290,7 +447,48 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
 
     return [Progress(), PreciseBNValidation(), Checkpoints(),
             keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resuming), Curves(),
-            keras.callbacks.BackupAndRestore(str(model_dir / "backup"))]
+            atomic_backup(model_dir / "backup")]
+
+
+def atomic_backup(backup_dir):
+    """Keras' BackupAndRestore, its files replaced atomically: a kill -9 while it saves leaves
+    the previous epoch's backup whole (Keras overwrites in place, and a torn file cannot be
+    resumed)."""
+    import keras
+    from outputs import publish_file
+
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def _save_model(self):
+            weights = Path(self._weights_path)
+            tmp = temp_path(weights, suffix=".weights.h5")   # Keras insists on this suffix
+            try:
+                self.model.save_weights(str(tmp), overwrite=True)
+                publish_file(tmp, weights)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            write_json(Path(self._training_metadata_path),
+                       {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+    return AtomicBackupAndRestore(str(backup_dir))
+
+
+def align_with_backup(model_dir):
+    """A kill between the epoch's log row and its backup leaves the backup an epoch behind:
+    drop the log rows and the progress the backup lacks, so the resumed epoch is logged once."""
+    meta = model_dir / "backup" / "training_metadata.json"
+    epoch = read_json(meta, "backup record").get("epoch", 0) if meta.is_file() else 0
+    log = model_dir / "log.csv"
+    if log.is_file():
+        lines = log.read_text().splitlines(keepends=True)
+        kept = [line for line in lines[1:] if line.endswith("\n")
+                and line.split(",")[0].isdigit() and int(line.split(",")[0]) < epoch]
+        atomic_write_text(log, "".join(lines[:1] + kept))
+    state_path = model_dir / "state.json"
+    if state_path.is_file():
+        state = read_json(state_path, "training state")
+        if state.get("epochs_done", 0) > epoch:
+            write_json(state_path, {**state, "epochs_done": epoch})
 
 
 def refresh_batchnorm(model, bn_images, num_batches):
@@ -306,12 +504,17 @@ def weights_name(kind, save_format):
 def save_model(model, path):
     """Save architecture and weights (not the optimizer) for inference, atomically."""
     import keras
-    tmp = path.with_name(f".tmp.{path.name}")
-    if path.suffix == ".h5":
-        keras.saving.save_model(model, tmp, include_optimizer=False)
-    else:
-        keras.saving.save_model(model, tmp)
-    os.replace(tmp, path)
+    from outputs import publish_file
+    tmp = temp_path(path)
+    try:
+        if path.suffix == ".h5":
+            keras.saving.save_model(model, tmp, include_optimizer=False, overwrite=True)
+        else:
+            keras.saving.save_model(model, tmp, overwrite=True)
+        publish_file(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def plot_curves(log_path, paths, pdf):
@@ -375,19 +578,24 @@ def build(args, patch_shape, num_classes):
     try:
         return build_model((*patch_shape, 3), num_classes, args.start_neurons,
                            weights=resolve_weights(args.weights), dropout=args.dropout)
-    except Exception as err:  # Keras raises several types for a failed weight download
+    except Exception as err:  # Keras and h5py raise several types for a failed weight load
         if args.weights == "imagenet":
             raise PipelineError(f"could not load ImageNet weights for Xception ({err}); without "
-                                "internet use --weights none or a local weights file") from err
-        raise
+                                "internet use --weights none or a local weights file") from None
+        raise PipelineError(f"--weights {args.weights}: not usable Xception weights "
+                            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
-def write_config(args, model_dir, classes, stats, patch_shape, split, extra=None):
+def write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
+                 extra=None):
+    old = model_dir / "config.json"
+    hashes = read_json(old, "model config").get("sha256", {}) if old.is_file() else {}
     config = {
         "model": "unet_xception_resnetblock",
         "classes": classes, "num_classes": len(classes),
         "input_shape": [*patch_shape, 3], "patch_size": list(patch_shape),
         "color_mode": stats["color_mode"], "image_channels": stats["channels"],
+        "intensity": intensity,
         "preprocessing": {"mean": stats["mean"], "std": stats["std"], "gamma": stats["gamma"],
                           "input_scale": "prep / 255, grey repeated to 3 channels"},
         "decision": ("sigmoid>0.51" if args.loss == "lovasz-softmax"
@@ -395,6 +603,8 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, extra=None
         "weights_files": {k: weights_name(k, args.save_format) for k in ("best", "swa")},
         "num_train_patches": len(split[0]), "num_val_patches": len(split[1]),
         "settings": {k: v for k, v in vars(args).items()},
+        "settings_hash": fingerprint,
+        "sha256": hashes,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
     config.update(extra or {})
@@ -402,33 +612,56 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, extra=None
     return config
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    work = Path(args.work_dir)
-    model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
+def check_inputs(args, work):
+    """Everything training needs, checked before the model folder changes:
+    (classes, statistics, (train, val) patch names, patch shape, intensity rule)."""
     classes = read_classes(args.data_dir)
     stats = load_mean_std(work / f"{MEAN_STD_NAME}.json")
     train_names, val_names = patch_split(work, args.val_split, args.random_state)
+    recorded = work_record(work)
+    check_patch_labels(work, train_names + val_names, classes, args.data_dir, recorded)
     patch_shape = read_image(work / "train" / "prep" / train_names[0]).shape[:2]
     if patch_shape[0] % 32 or patch_shape[1] % 32:
         raise PipelineError(f"patches are {patch_shape[1]}x{patch_shape[0]}; the network needs "
                             "sides that are multiples of 32 (gen_img_aug.py --patch-size)")
+    intensity = check_intensity(recorded.get("intensity", DEFAULT_INTENSITY),
+                                work / "split.json")
+    resolve_weights(args.weights)
+    if args.loss == "lovasz-hinge" and len(classes) != 2:
+        raise PipelineError(f"--loss lovasz-hinge needs 2 classes, classes.txt has {len(classes)}")
+    return classes, stats, (train_names, val_names), patch_shape, intensity
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work = existing_folder(args.work_dir, "--work-dir",
+                           "run gen_img_aug.py and pre_processing.py first")
+    model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
+    if model_dir.exists() and not model_dir.is_dir():
+        raise PipelineError(f"model folder {model_dir} is a file, not a folder; choose another "
+                            "--model-dir")
+    classes, stats, split, patch_shape, intensity = check_inputs(args, work)
+    train_names, val_names = split
+    fingerprint = settings_fingerprint(args, stats, split)
+    plan = plan_model_folder(model_dir, fingerprint, args)
+    if plan == "done":
+        print(f"{model_dir} already holds the model this command trains; nothing to do (add "
+              "--restart to train it again)")
+        return
 
     import absl.logging
     import keras
     # Keras warns at every .h5 save that the format is legacy; h5 is the original's format.
     absl.logging.set_verbosity(absl.logging.ERROR)
     keras.utils.set_random_seed(args.seed)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    resuming = (model_dir / "backup").is_dir()
-    if not resuming:
-        # A fresh run must not leave an earlier run's models looking like its own.
-        for stale in [model_dir / "log.csv", model_dir / "state.json",
-                      *(model_dir / weights_name(k, args.save_format) for k in ("best", "swa")),
-                      *model_dir.glob("snapshots/epoch_*.*")]:
-            stale.unlink(missing_ok=True)
+    # The weights are loaded (ImageNet downloaded) before the model folder changes at all.
+    model = build(args, patch_shape, len(classes))
+    prepare_model_folder(model_dir, plan)
+    resuming = plan in ("resume", "finish")
+    if plan == "resume":
+        align_with_backup(model_dir)
     write_json(model_dir / "split.json", {"train": train_names, "val": val_names})
-    write_config(args, model_dir, classes, stats, patch_shape, (train_names, val_names))
+    write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint)
 
     channels = stats["channels"]
     steps = args.steps_per_epoch or max(1, len(train_names) // args.batch_size)
@@ -437,21 +670,26 @@ def main(argv=None):
     bn_images = iter(patch_dataset(work, train_names, channels, args.batch_size,
                                    shuffle_seed=args.seed + 1, with_labels=False))
 
-    model = build(args, patch_shape, len(classes))
     cosine = ProgressCosine(args.lr) if args.schedule == "cosine" else None
     model.compile(optimizer=make_optimizer(args, cosine.schedule if cosine else args.lr),
                   loss=make_loss(args.loss, len(classes), args.lovasz_input),
                   metrics=make_metrics(classes), jit_compile=args.jit_compile == "on")
-    callbacks = make_callbacks(args, model_dir, bn_images, val_ds, steps * args.epochs, cosine,
-                               resuming)
-    print(f"training on {len(train_names)} patches, validating on {len(val_names)}; "
-          f"{args.epochs} epochs x {steps} steps of {args.batch_size}"
-          + (f", budget {args.time_budget} min" if args.time_budget else "")
-          + (" (resuming)" if resuming else ""))
-    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    state_path = model_dir / "state.json"
     start = time.monotonic()
-    history = model.fit(train_ds, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                        verbose=verbose, shuffle=False)
+    if plan == "finish":
+        print("training had finished; writing the final models")
+    else:
+        callbacks = make_callbacks(args, model_dir, bn_images, val_ds, steps * args.epochs,
+                                   cosine, resuming)
+        print(f"training on {len(train_names)} patches, validating on {len(val_names)}; "
+              f"{args.epochs} epochs x {steps} steps of {args.batch_size}"
+              + (f", budget {args.time_budget} min" if args.time_budget else "")
+              + (" (resuming)" if resuming else ""))
+        verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+        model.fit(train_ds, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)
+        if state_path.is_file():
+            write_json(state_path, {**read_json(state_path, "training state"), "finished": True})
     minutes = (time.monotonic() - start) / 60
 
     best_path = model_dir / weights_name("best", args.save_format)
@@ -459,17 +697,26 @@ def main(argv=None):
         raise PipelineError(f"no epoch gave a finite val_loss; nothing saved in {model_dir}")
     snapshots = sorted((model_dir / "snapshots").glob("epoch_*.*"))
     if args.swa_epochs:
+        swa_path = model_dir / weights_name("swa", args.save_format)
         stochastic_weight_average(model, snapshots[-args.swa_epochs:], bn_images,
-                                  args.bn_batches, model_dir / weights_name("swa", args.save_format))
-    state = json.loads((model_dir / "state.json").read_text())
-    write_config(args, model_dir, classes, stats, patch_shape, (train_names, val_names), {
+                                  args.bn_batches, swa_path)
+        record_hashes(model_dir, [swa_path])
+    state = read_json(state_path, "training state")
+    write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint, {
         "result": {"best_val_loss": state["best_val_loss"], "epochs_done": state["epochs_done"],
                    "swa_of_epochs": len(snapshots[-args.swa_epochs:]) if args.swa_epochs else 0,
                    "minutes_this_run": round(minutes, 2),
-                   "last_epoch": {k: float(v[-1]) for k, v in history.history.items()}},
+                   "last_epoch": last_log_row(model_dir / "log.csv")},
     })
     print(f"done in {minutes:.1f} min; best val_loss {state['best_val_loss']:.4f}. Model folder: "
           f"{model_dir} (config.json, {best_path.name}); curves: {model_dir / 'curves.png'}")
+
+
+def last_log_row(log_path):
+    """The last epoch's numbers from the CSV log (also for a run finished by a rerun)."""
+    with open(log_path) as f:
+        rows = list(csv.DictReader(f))
+    return {k: float(v) for k, v in rows[-1].items() if k != "epoch" and v} if rows else {}
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baseline  # noqa: E402
 from baseline import REPO, RESULTS_DIR, SHARED_DATASETS  # noqa: E402
-from seg_common import (PipelineError, default_workers, find_label, list_images,  # noqa: E402
-                        read_classes, read_image, read_label, run_cli, write_json)
+from image_io import find_label, list_images, read_image, read_label  # noqa: E402
+from outputs import write_json  # noqa: E402
+from seg_common import PipelineError, default_workers, read_classes, run_cli  # noqa: E402
 
 
 # ---------------------------------------------------------------- the pipeline

@@ -38,9 +38,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from seg_common import (PipelineError, confusion_matrix, find_label, iou_per_class,  # noqa: E402
-                        list_images, read_classes, read_image, read_label, read_name_list,
-                        run_cli, write_image, write_json)
+from image_io import find_label, list_images, read_image, read_label, write_image  # noqa: E402
+from outputs import write_json  # noqa: E402
+from seg_common import (PipelineError, confusion_matrix, iou_per_class, read_classes,  # noqa: E402
+                        read_name_list, run_cli)
 
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 RESULTS_DIR = REPO / "bench" / "results"

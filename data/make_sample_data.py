@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 # Runs as a plain script from any folder: the shared helpers live one folder up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from seg_common import atomic_write_text, run_cli, write_image, write_json  # noqa: E402
+from image_io import write_image  # noqa: E402
+from outputs import atomic_write_text, write_json  # noqa: E402
+from seg_common import run_cli  # noqa: E402
 
 CLASSES = ("background", "bead", "cell")
 BEAD, CELL = 1, 2

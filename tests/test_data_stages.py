@@ -10,8 +10,8 @@ import pytest
 
 import gen_img_aug
 import pre_processing
-from seg_common import (dihedral, inverse_dihedral, preprocess_patch, read_image,
-                        read_label)
+from image_io import read_image, read_label
+from seg_common import dihedral, inverse_dihedral, preprocess_patch
 
 ROOT = Path(__file__).resolve().parents[1]
 BBBC030 = ROOT.parent / "shared" / "datasets" / "bbbc030"

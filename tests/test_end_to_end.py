@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seg_common import read_label
+from image_io import read_label
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,6 +13,7 @@ import pytest
 
 import get_contour
 import predict_lovasz_loss as P
+from outputs import sha256_of
 from seg_common import PipelineError, confusion_matrix, iou_per_class, reflect_pad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,6 +257,7 @@ def model_dir(tmp_path_factory):
 def write_config(folder, color_mode, decision):
     channels = 1 if color_mode == "grey" else 3
     (folder / "config.json").write_text(json.dumps({
+        "sha256": {"m_best.h5": sha256_of(folder / "m_best.h5")},
         "classes": CLASSES, "num_classes": 3, "input_shape": [64, 64, 3],
         "patch_size": [64, 64], "color_mode": color_mode, "image_channels": channels,
         "preprocessing": {"mean": [100.0] * channels, "std": [40.0] * channels, "gamma": 1.2},
@@ -340,7 +342,7 @@ def test_grey_image_for_a_colour_model_fails_cleanly(model_dir, work, tmp_path):
     with pytest.raises(PipelineError, match="a.png is a grey image"):
         P.main(["--work-dir", str(work), "--model-dir", str(rgb_dir), "--output", str(out)])
     assert not out.exists()
-    assert not list(tmp_path.glob(".out.partial.*"))     # nothing half-written left behind
+    assert not list(tmp_path.glob(".out.tmp-*"))     # nothing half-written left behind
 
 
 def test_foreign_output_folder_is_not_replaced(work, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import train_unet_xception_resnetblock as train  # noqa: E402
+from outputs import sha256_of  # noqa: E402
 from seg_common import confusion_matrix, iou_per_class  # noqa: E402
 
 SIZE = 64
@@ -227,3 +228,60 @@ def test_interrupted_training_resumes(tmp_path):
                                rtol=1e-4)
     assert sorted(p.name for p in (model_dir / "snapshots").iterdir()) == [
         "epoch_001.h5", "epoch_002.h5"]
+
+
+def file_digests(folder):
+    return {p.relative_to(folder): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_trained_model_is_never_destroyed(tmp_path, capsys):
+    short_run(tmp_path)
+    model_dir = tmp_path / "work" / "weights"
+    before = file_digests(model_dir)
+    # A different command, or a mistyped weights file, is refused before anything changes.
+    with pytest.raises(train.PipelineError, match="--restart.*--work-dir"):
+        short_run(tmp_path, "--lr", "0.5")
+    with pytest.raises(train.PipelineError, match="no such file"):
+        short_run(tmp_path, "--weights", str(tmp_path / "typo.h5"))
+    assert file_digests(model_dir) == before
+    # The same command again has nothing to do.
+    short_run(tmp_path)
+    assert "nothing to do" in capsys.readouterr().out
+    assert file_digests(model_dir) == before
+    # --restart trains anew; the old folder, moved aside, goes once the new run has a checkpoint.
+    config = short_run(tmp_path, "--lr", "0.5", "--restart")
+    assert config["settings"]["lr"] == 0.5 and config["result"]["epochs_done"] == 1
+    assert not (tmp_path / "work" / "weights.previous").exists()
+    assert set(config["sha256"]) == {config["weights_files"]["best"],
+                                     config["weights_files"]["swa"], "snapshots/epoch_001.h5"}
+    for name, digest in config["sha256"].items():
+        assert sha256_of(model_dir / name) == digest
+
+
+def test_labels_beyond_the_classes_are_refused_before_training(tmp_path):
+    make_patch_set(tmp_path / "work", 6)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "classes.txt").write_text("background\nbead\n")
+    with pytest.raises(train.PipelineError, match=r"holds class 2 but .*classes.txt lists only 2"):
+        train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
+                    "--weights", "none"])
+    assert not (tmp_path / "work" / "weights").exists()
+    # Patches recorded by gen_img_aug.py for another class list: a forgotten --data-dir.
+    (tmp_path / "work" / "split.json").write_text(json.dumps(
+        {"classes": ["background", "bead", "cell"], "label_values": [0, 1, 2]}))
+    with pytest.raises(train.PipelineError, match="give the --data-dir they came from"):
+        train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
+                    "--weights", "none"])
+
+
+def test_resume_drops_log_rows_the_backup_lacks(tmp_path):
+    # Killed after epoch 3 was logged but before its backup was saved: the backup holds 2.
+    model_dir = tmp_path / "weights"
+    (model_dir / "backup").mkdir(parents=True)
+    (model_dir / "backup" / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    (model_dir / "log.csv").write_text("epoch,loss\n0,0.9\n1,0.8\n2,0.7\n")
+    (model_dir / "state.json").write_text('{"epochs_done": 3, "best_val_loss": 0.5}')
+    train.align_with_backup(model_dir)
+    assert (model_dir / "log.csv").read_text() == "epoch,loss\n0,0.9\n1,0.8\n"
+    assert json.loads((model_dir / "state.json").read_text()) == {"epochs_done": 2,
+                                                                  "best_val_loss": 0.5}

@@ -1,0 +1,208 @@
+"""Outputs that appear complete or not at all: atomic files, staged folders published whole,
+leftovers of killed runs removed by the next run, permissions from the user's umask."""
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from seg_common import PipelineError
+
+# Every temporary file or folder this pipeline makes carries this tag, its host and its process
+# id, so a later run can tell the leftovers of a killed run from the work of a live one.
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_TAG = re.compile(r"\.tmp-([0-9a-f]{8})-(\d+)-")
+_cleaned = set()
+
+
+def _user_umask():
+    """The process's umask, read without changing it (Linux), else by setting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _user_umask()
+
+
+def _temp_prefix(name):
+    return f".{name}.tmp-{_HOST}-{os.getpid()}-"
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(folder):
+    """Delete the temporary files and staging folders that killed runs left in `folder`.
+
+    Only those made on this host by a process that no longer runs; a concurrent run's
+    work in progress is left alone. Done once per folder per process.
+    """
+    folder = Path(folder)
+    key = str(folder.resolve())
+    if key in _cleaned or not folder.is_dir():
+        return
+    _cleaned.add(key)
+    for entry in folder.iterdir():
+        found = _TEMP_TAG.search(entry.name) if entry.name.startswith(".") else None
+        if found and found[1] == _HOST and not _process_alive(int(found[2])):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def temp_path(path, suffix=None):
+    """A fresh, unused temporary file name beside `path` ending in `suffix` (default: the
+    path's own; libraries such as Keras pick the format from it); remove_leftovers knows it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name),
+                               suffix=path.suffix if suffix is None else suffix)
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish_file(tmp, path):
+    """Give a finished temporary file ordinary permissions and move it into place."""
+    os.chmod(tmp, 0o666 & ~UMASK)
+    os.replace(tmp, path)
+
+
+def atomic_write_bytes(path, data):
+    tmp = temp_path(path)
+    try:
+        tmp.write_bytes(data)
+        publish_file(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text):
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj):
+    # allow_nan=False: a NaN statistic is an error to report, never a file to write.
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def check_replaceable(final_dir, marker):
+    """Refuse to replace an existing folder that this pipeline did not write.
+
+    A published folder replaces the old one whole, so a user's --output pointing at a folder
+    of their own would be lost; a folder holding `marker` (a file the script always writes)
+    or an empty one is safe to replace.
+    """
+    final_dir = Path(final_dir)
+    if final_dir.exists() and not final_dir.is_dir():
+        raise PipelineError(f"output {final_dir} is a file, not a folder; choose another")
+    if final_dir.is_dir() and any(final_dir.iterdir()) and not (final_dir / marker).is_file():
+        raise PipelineError(f"output folder {final_dir} exists and was not written by this "
+                            f"script (no {marker}); it would be replaced, so choose another")
+
+
+def _fresh_dir(final_dir):
+    """A new empty staging folder beside final_dir, after removing killed runs' leftovers."""
+    final_dir = Path(final_dir)
+    remove_leftovers(final_dir.parent)
+    return Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=_temp_prefix(final_dir.name)))
+
+
+def _publish_dir(staging, final_dir):
+    """Replace final_dir with the finished staging folder in two renames."""
+    final_dir = Path(final_dir)
+    os.chmod(staging, 0o777 & ~UMASK)      # mkdtemp made it private to its owner
+    if final_dir.exists():
+        old = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=_temp_prefix(final_dir.name)))
+        os.replace(final_dir, old / final_dir.name)
+        os.replace(staging, final_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, final_dir)
+
+
+def _missing_ancestors(path):
+    """The folders above path that do not exist yet, nearest first."""
+    missing = []
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+@contextmanager
+def staged_output(final_dir, marker=None, merge=False):
+    """Yield an empty staging folder; on any error or interruption it is removed, with any
+    parent folder made for it, and final_dir stays as it was. On success it replaces
+    final_dir whole or, with merge, its files are moved into final_dir (same relative paths),
+    leaving final_dir's other files alone. With `marker`, an existing final_dir must be one
+    this script wrote (check_replaceable)."""
+    if marker:
+        check_replaceable(final_dir, marker)
+    made = _missing_ancestors(final_dir)
+    ensure_folder(Path(final_dir).parent)
+    staging = _fresh_dir(final_dir)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:         # no longer empty: something else writes there too
+                break
+        raise
+    if merge:
+        _merge_into(staging, Path(final_dir))
+    else:
+        _publish_dir(staging, final_dir)
+
+
+def _merge_into(staging, final_dir):
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        target = final_dir / path.relative_to(staging)
+        ensure_folder(target.parent)
+        os.chmod(path, 0o666 & ~UMASK)
+        shutil.move(path, target)     # a rename: the file appears whole
+    shutil.rmtree(staging)
+
+
+def ensure_folder(path, what="folder"):
+    """Create a folder the pipeline writes into, or say in one line why it cannot be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PipelineError(f"{what} {path} is a file, not a folder; choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PipelineError(f"cannot create {what} {path}: {err.strerror}") from None
+    return path
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

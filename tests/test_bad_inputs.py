@@ -1,0 +1,877 @@
+"""Bad inputs across the six scripts: each is refused with exit 2 and one readable `error:` line
+naming what is at fault, leaving no partial output and earlier output byte-identical; inputs
+that are merely unusual (16-bit, float, palette, BOM, RGBA, odd sizes) are accepted.
+
+Scripts run in-process through seg_common.run_cli, as their `__main__` does, so the exit code
+and stderr are the ones a user sees. Nothing here trains the network.
+"""
+import csv
+import hashlib
+import json
+import os
+import shutil
+import stat
+import traceback
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import gen_img_aug
+import get_contour
+import labelme_to_label
+import outputs
+import pre_processing
+import predict_lovasz_loss
+import seg_common
+import train_unet_xception_resnetblock as train
+from image_io import DEFAULT_INTENSITY
+from seg_common import inverse_dihedral
+
+CLASSES = ["background", "bead", "cell"]
+BEST = "unet_xception_resnet_nsgd32_lovaszsoftmax_best.h5"
+SWA = "unet_xception_resnet_nsgd32_lovaszsoftmax_swa.h5"
+TILE = 32
+
+
+# ---------------------------------------------------------------- running and checking
+
+def run(module, args, capsys):
+    """(exit code, stdout, stderr) of module.main(args) run as its command line runs it."""
+    capsys.readouterr()
+    code = 0
+    try:
+        seg_common.run_cli(lambda: module.main([str(a) for a in args]))
+    except SystemExit as exit_info:
+        code = exit_info.code if isinstance(exit_info.code, int) else \
+            (0 if exit_info.code is None else 1)
+    except Exception:   # noqa: BLE001  an escaped exception is what Python prints and exits 1 on
+        captured = capsys.readouterr()
+        return 1, captured.out, captured.err + traceback.format_exc()
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def refusal_line(code, err, *names):
+    """The single `error:` line of a refusal, after checking it names every one of names."""
+    assert code == 2, f"exit {code}, expected a refusal (2); stderr:\n{err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for name in names:
+        assert str(name) in line, f"{name!r} missing from: {line}"
+    return line
+
+
+def argparse_refusal(code, err, option):
+    assert code == 2, f"exit {code}, expected 2; stderr:\n{err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("usage:"), err
+    assert ": error:" in lines[-1] and option in lines[-1], lines[-1]
+
+
+def accepted(code, err):
+    assert code == 0, f"exit {code}, expected 0; stderr:\n{err}"
+    assert "Traceback" not in err, err
+
+
+def snapshot(root):
+    """Every path under root: 'dir' for folders, the sha256 of each file's bytes."""
+    state = {}
+    for path in sorted(Path(root).rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            state[rel] = "dir"
+        else:
+            state[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return state
+
+
+def assert_unchanged(root, before):
+    """No file or folder appeared, vanished or changed under root (staging folders included)."""
+    after = snapshot(root)
+    staging = [p for p in after if ".tmp-" in p.rsplit("/", 1)[-1]]
+    assert not staging, f"staging leftovers: {staging}"
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(p for p in set(before) & set(after) if before[p] != after[p])
+    assert not (added or removed or changed), \
+        f"output changed: added {added}, removed {removed}, changed {changed}"
+
+
+def write(path, arr):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), arr), path
+    return path
+
+
+def noise(h, w, seed=0, channels=None):
+    shape = (h, w) if channels is None else (h, w, channels)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def write_bad_image(path, kind):
+    """An image file that no decoder can read: cut in half, empty, or text."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "truncated":
+        ok, buf = cv2.imencode(".png", noise(40, 40, seed=9))
+        assert ok
+        path.write_bytes(buf.tobytes()[:len(buf) // 2])
+    elif kind == "zero-byte":
+        path.write_bytes(b"")
+    else:
+        path.write_text("this is a text file, saved with a .png name\n")
+    return path
+
+
+def multipage_tiff(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwritemulti(str(path), [noise(40, 40, 1), noise(40, 40, 2)])
+    return path
+
+
+def dead_pid():
+    """A process id no process can have: above the kernel's limit."""
+    try:
+        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        pid_max = 2 ** 22
+    pid = max(pid_max, 2 ** 22) + 7
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    return pid
+
+
+def leftover(folder, name, pid):
+    """A staging folder as outputs.py names it, made by process `pid` on this host."""
+    prefix = outputs._temp_prefix(name)
+    assert f"-{outputs._HOST}-{os.getpid()}-" in prefix
+    path = folder / (prefix.replace(f"-{os.getpid()}-", f"-{pid}-") + "killed")
+    (path / "sub").mkdir(parents=True)
+    (path / "sub" / "half.png").write_bytes(b"half a file")
+    return path
+
+
+def assert_published_mode(folder):
+    # mkdtemp makes staging folders 0o700; a published folder must follow the umask.
+    expected = 0o777 & ~outputs.UMASK
+    assert stat.S_IMODE(folder.stat().st_mode) == expected, \
+        f"{folder} mode {oct(stat.S_IMODE(folder.stat().st_mode))}, umask gives {oct(expected)}"
+
+
+# ---------------------------------------------------------------- data for gen_img_aug
+
+def make_data(root, images, labels=None, classes=CLASSES, test=None):
+    """<root>/data with the given images ({file name: array}), zero labels unless given
+    ({file name: array}), classes.txt and, with test, a fixed test list."""
+    data = root / "data"
+    (data / "src").mkdir(parents=True)
+    (data / "label").mkdir()
+    (data / "classes.txt").write_text("\n".join(classes) + "\n")
+    for filename, img in images.items():
+        write(data / "src" / filename, img)
+    labels = labels if labels is not None else {
+        f"{Path(f).stem}.png": np.zeros(img.shape[:2], np.uint8) for f, img in images.items()}
+    for filename, lbl in labels.items():
+        write(data / "label" / filename, lbl)
+    if test:
+        (data / "test.txt").write_text("\n".join(test) + "\n")
+    return data
+
+
+def aug_args(data, work, *extra, patch=32, count=4):
+    return ["--data-dir", data, "--work-dir", work, "--num-patches", count, "--patch-size",
+            patch, "--workers", 1, *extra]
+
+
+def earlier_work(work):
+    """A work folder holding an earlier run's split and patches."""
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "split.json").write_text('{"train": ["old"], "test": []}\n')
+    (work / "train.txt").write_text("old\n")
+    (work / "test.txt").write_text("")
+    write(work / "train" / "src" / "000000.png", noise(32, 32, 5))
+    write(work / "train" / "label" / "000000.png", np.zeros((32, 32), np.uint8))
+    return work
+
+
+def patch_of_train_image(work):
+    """The single whole-image patch, turned back to the image's orientation."""
+    with open(work / "train" / "patches.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    patch = cv2.imread(str(work / "train" / "src" / rows[0]["patch"]), cv2.IMREAD_UNCHANGED)
+    return inverse_dihedral(patch, int(rows[0]["transform"]))
+
+
+# ---------------------------------------------------------------- intensity (image_io)
+
+def test_16bit_image_with_one_hot_pixel_keeps_its_grey_levels(tmp_path, capsys):
+    ramp = np.linspace(1000, 2000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    hot = ramp.copy()
+    hot[10, 20] = 65535          # one hot camera pixel: 0.02 % of the frame
+    data = make_data(tmp_path, {"a.png": hot, "b.png": ramp}, test=["b"])
+    work = tmp_path / "work"
+    code, _, err = run(gen_img_aug, aug_args(data, work, patch=64, count=1), capsys)
+    accepted(code, err)
+    patch = patch_of_train_image(work)
+    # min..max scaling would squeeze the ramp into about 4 levels.
+    assert len(np.unique(patch)) >= 200
+    assert patch.min() == 0 and patch.max() == 255
+
+
+def test_float_tiff_with_negative_values_maps_monotonically(tmp_path, capsys):
+    ramp = np.linspace(-100, 100, 64 * 64, dtype=np.float32).reshape(64, 64)
+    data = make_data(tmp_path, {"a.tif": ramp, "b.tif": ramp}, test=["b"])
+    work = tmp_path / "work"
+    code, _, err = run(gen_img_aug, aug_args(data, work, patch=64, count=1), capsys)
+    accepted(code, err)
+    values = patch_of_train_image(work).ravel().astype(np.int64)
+    # A uint8 cast of negative values wraps around: the raster-order ramp would jump down.
+    assert np.all(np.diff(values) >= 0), "grey levels do not follow the float values"
+    assert values[0] == 0 and values[-1] == 255
+
+
+def test_nan_pixels_are_refused_with_file_and_count(tmp_path, capsys):
+    img = np.linspace(0, 1, 40 * 40, dtype=np.float32).reshape(40, 40)
+    bad = img.copy()
+    bad[1, 1] = bad[5, 7] = bad[30, 2] = np.nan
+    data = make_data(tmp_path, {"a.tif": img, "nanny.tif": bad})
+    earlier_work(tmp_path / "work")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    refusal_line(code, err, "nanny.tif", "3 NaN", "replace them")
+    assert_unchanged(tmp_path, before)
+
+
+@pytest.mark.parametrize("module, words", [
+    (gen_img_aug, ["percentile", "5"]),
+    (gen_img_aug, ["fixed", "10", "2"]),
+    (gen_img_aug, ["bogus"]),
+    (predict_lovasz_loss, ["full", "3"]),
+    (get_contour, ["percentile", "5", "200"]),
+], ids=["aug-percentile-one-number", "aug-fixed-reversed", "aug-bogus", "predict-full-number",
+        "contour-percentile-over-100"])
+def test_bad_intensity_words_are_refused_by_the_option_parser(module, words, tmp_path, capsys):
+    code, _, err = run(module, ["--work-dir", tmp_path / "work", "--data-dir", tmp_path / "data",
+                                "--intensity", *words], capsys)
+    argparse_refusal(code, err, "--intensity")
+    assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- training keeps models
+
+def make_patch_set(work, count=4, size=TILE, seed=0):
+    """A work folder as gen_img_aug.py + pre_processing.py leave it (prep = raw here)."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        img = rng.integers(60, 200, (size, size), dtype=np.uint8)
+        lbl = np.zeros((size, size), np.uint8)
+        lbl[4:12, 4:12] = 1
+        lbl[20:28, 16:30] = 2
+        write(work / "train" / "prep" / f"{i:06d}.png", img)
+        write(work / "train" / "label" / f"{i:06d}.png", lbl)
+    (work / "train_mean_std.json").write_text(json.dumps(
+        {"mean": [120.0], "std": [30.0], "color_mode": "grey", "channels": 1, "gamma": 1.2}))
+    return work
+
+
+def fake_trained_model(model_dir, command):
+    """A model folder that holds a (pretend) model trained by `command`."""
+    (model_dir / "snapshots").mkdir(parents=True)
+    settings = vars(train.parse_args([str(a) for a in command]))
+    (model_dir / "config.json").write_text(json.dumps({
+        "classes": CLASSES, "settings_hash": "0123456789abcdef", "settings": settings}))
+    (model_dir / BEST).write_bytes(np.random.default_rng(1).bytes(4096))
+    (model_dir / "snapshots" / "epoch_025.h5").write_bytes(np.random.default_rng(2).bytes(4096))
+    (model_dir / "state.json").write_text('{"best_val_loss": 0.4, "epochs_done": 25}\n')
+    (model_dir / "log.csv").write_text("epoch,loss,val_loss\n0,0.9,0.8\n")
+    return model_dir
+
+
+def train_setup(root):
+    data = root / "data"
+    data.mkdir()
+    (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    work = make_patch_set(root / "work")
+    return data, work
+
+
+def test_training_with_another_command_never_touches_the_trained_model(tmp_path, capsys):
+    data, work = train_setup(tmp_path)
+    command = ["--data-dir", data, "--work-dir", work, "--weights", "none", "--epochs", "1",
+               "--verbose", "0"]
+    model_dir = fake_trained_model(work / "weights", [*command, "--lr", "0.001"])
+    before = snapshot(tmp_path)
+    code, _, err = run(train, [*command, "--lr", "0.05"], capsys)
+    # Only --lr differs, so --work-dir can only come from the advice on what to do.
+    refusal_line(code, err, model_dir, "--lr", "--restart", "--work-dir")
+    assert_unchanged(tmp_path, before)
+
+
+def test_mistyped_weights_file_leaves_the_model_folder_untouched(tmp_path, capsys):
+    data, work = train_setup(tmp_path)
+    command = ["--data-dir", data, "--work-dir", work, "--epochs", "1", "--verbose", "0"]
+    fake_trained_model(work / "weights", [*command, "--weights", "/data/xception.h5"])
+    before = snapshot(tmp_path)
+    code, _, err = run(train, [*command, "--weights", "/no/such.h5"], capsys)
+    refusal_line(code, err, "--weights /no/such.h5", "none")
+    assert_unchanged(tmp_path, before)
+
+
+def test_training_refuses_patches_cut_for_other_classes(tmp_path, capsys):
+    data, work = train_setup(tmp_path)
+    (work / "split.json").write_text(json.dumps({
+        "train": ["a"], "test": ["b"], "classes": ["background", "cell"], "label_values": [0, 1],
+        "intensity": DEFAULT_INTENSITY}))
+    before = snapshot(tmp_path)
+    code, _, err = run(train, ["--data-dir", data, "--work-dir", work, "--weights", "none",
+                               "--epochs", "1", "--verbose", "0"], capsys)
+    refusal_line(code, err, work / "split.json", data / "classes.txt", "gen_img_aug.py")
+    assert_unchanged(tmp_path, before)
+
+
+def test_infinite_learning_rate_is_refused_by_the_option_parser(tmp_path, capsys):
+    data, work = train_setup(tmp_path)
+    before = snapshot(tmp_path)
+    code, _, err = run(train, ["--data-dir", data, "--work-dir", work, "--weights", "none",
+                               "--lr", "inf"], capsys)
+    argparse_refusal(code, err, "--lr")
+    assert_unchanged(tmp_path, before)
+
+
+# ---------------------------------------------------------------- labels against classes
+
+def test_label_with_a_class_beyond_classes_txt_is_refused(tmp_path, capsys):
+    lbl = np.zeros((40, 40), np.uint8)
+    lbl[5:9, 5:9] = 5
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)},
+                     labels={"a.png": np.zeros((40, 40), np.uint8), "b.png": lbl})
+    earlier_work(tmp_path / "work")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    line = refusal_line(code, err, data / "label" / "b.png", data / "classes.txt",
+                        "add the missing class")
+    assert "class 5" in line
+    assert_unchanged(tmp_path, before)
+
+
+def palette_png(path, indices):
+    img = Image.frombytes("P", indices.shape[::-1], indices.astype(np.uint8).tobytes())
+    # Palette colours unlike the indices: read as colour, the label would be meaningless.
+    img.putpalette([0, 0, 0, 255, 40, 40, 40, 255, 90] + [7] * (256 * 3 - 9))
+    img.save(path)
+
+
+def class_blocks(h, w, shift=0):
+    lbl = np.zeros((h, w), np.uint8)
+    lbl[4 + shift:20, 4:24] = 1
+    lbl[24:36, 10 + shift:30] = 2
+    return lbl
+
+
+@pytest.mark.parametrize("kind", ["palette", "uint16"])
+def test_palette_and_16bit_labels_are_read_as_class_indices(kind, tmp_path, capsys):
+    labels = {"a": class_blocks(40, 40), "b": class_blocks(40, 40, shift=3)}
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)},
+                     labels={}, test=["b"])
+    for name, lbl in labels.items():
+        if kind == "palette":
+            palette_png(data / "label" / f"{name}.png", lbl)
+        else:
+            write(data / "label" / f"{name}.png", lbl.astype(np.uint16))
+    work = tmp_path / "work"
+    code, _, err = run(gen_img_aug, aug_args(data, work), capsys)
+    accepted(code, err)
+    copied = cv2.imread(str(work / "test" / "label" / "b.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(copied, labels["b"])
+    assert json.loads((work / "split.json").read_text())["label_values"] == [0, 1, 2]
+
+
+def test_pickled_npy_label_is_refused_without_loading_it(tmp_path, capsys):
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)},
+                     labels={"a.png": np.zeros((40, 40), np.uint8)})
+    np.save(data / "label" / "b.npy", np.zeros((40, 40), dtype=object), allow_pickle=True)
+    earlier_work(tmp_path / "work")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    refusal_line(code, err, data / "label" / "b.npy", "np.save")
+    assert_unchanged(tmp_path, before)
+
+
+# ---------------------------------------------------------------- labelme_to_label.py
+
+def shape(label, points, shape_type="rectangle"):
+    return {"label": label, "points": points, "group_id": None, "shape_type": shape_type,
+            "flags": {}}
+
+
+def labelme_doc(name, shapes, image_path=None, size=(30, 40)):
+    return {"version": "5.5.0", "flags": {}, "shapes": shapes,
+            "imagePath": image_path or f"{name}.png", "imageData": None,
+            "imageHeight": size[0], "imageWidth": size[1]}
+
+
+def labelme_project(root, docs, classes_bytes=None):
+    """<root>/labelme with an image and JSON per doc, <root>/data with classes.txt and an
+    earlier converted pair (old.png) in src/ and label/."""
+    data, labelme = root / "data", root / "labelme"
+    labelme.mkdir(parents=True)
+    (data / "src").mkdir(parents=True)
+    (data / "label").mkdir()
+    (data / "classes.txt").write_bytes(classes_bytes or "\n".join(CLASSES).encode() + b"\n")
+    write(data / "src" / "old.png", noise(30, 40, 7))
+    write(data / "label" / "old.png", class_blocks(30, 40)[:30])
+    for i, (name, doc) in enumerate(docs.items()):
+        write(labelme / f"{name}.png", noise(30, 40, i))
+        text = doc if isinstance(doc, (str, bytes)) else json.dumps(doc)
+        (labelme / f"{name}.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    return data, labelme
+
+
+GOOD_SHAPES = [shape("cell", [[2, 3], [12, 9]])]
+
+
+@pytest.mark.parametrize("bad_shape, names", [
+    (shape("cell", [[1, 1], [9, 9]], "blob"), ["blob"]),
+    (shape("cell", [[1, 1], [9, 9]], "polygon"), ["polygon", "cell"]),
+    (shape("bead", [[1, 1], ["x", 9]], "rectangle"), ["rectangle", "bead"]),
+], ids=["unknown-shape-type", "polygon-with-two-points", "non-numeric-point"])
+def test_labelme_checks_every_file_before_writing_any(bad_shape, names, tmp_path, capsys):
+    data, labelme = labelme_project(tmp_path, {
+        "a_good": labelme_doc("a_good", GOOD_SHAPES),
+        "b_bad": labelme_doc("b_bad", [*GOOD_SHAPES, bad_shape])})
+    before = snapshot(tmp_path)
+    code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
+    refusal_line(code, err, labelme / "b_bad.json", *names)
+    assert_unchanged(tmp_path, before)    # a_good's image and label were not written either
+
+
+@pytest.mark.parametrize("image_path", ["/etc/hostname", "../../x.png"])
+def test_image_path_outside_the_folders_is_refused(image_path, tmp_path, capsys):
+    data, labelme = labelme_project(tmp_path, {
+        "a": labelme_doc("a", GOOD_SHAPES, image_path=image_path)})
+    before = snapshot(tmp_path)
+    code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
+    refusal_line(code, err, labelme / "a.json", "--allow-outside-paths")
+    assert_unchanged(tmp_path, before)
+
+
+def test_image_path_outside_is_read_with_allow_outside_paths(tmp_path, capsys):
+    picture = write(tmp_path / "elsewhere" / "pic.png", noise(30, 40, 3))
+    data, labelme = labelme_project(tmp_path, {
+        "a": labelme_doc("a", GOOD_SHAPES, image_path="../elsewhere/pic.png")})
+    code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data,
+                                          "--allow-outside-paths"], capsys)
+    accepted(code, err)
+    np.testing.assert_array_equal(cv2.imread(str(data / "src" / "a.png"), cv2.IMREAD_UNCHANGED),
+                                  cv2.imread(str(picture), cv2.IMREAD_UNCHANGED))
+    assert (cv2.imread(str(data / "label" / "a.png"), cv2.IMREAD_UNCHANGED) == 2).sum() == 60
+
+
+def test_malformed_labelme_json_is_refused(tmp_path, capsys):
+    data, labelme = labelme_project(tmp_path, {
+        "a": labelme_doc("a", GOOD_SHAPES), "b": '{"shapes": [ {"label": "cell",'})
+    before = snapshot(tmp_path)
+    code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
+    refusal_line(code, err, labelme / "b.json", "not valid JSON", "write it anew")
+    assert_unchanged(tmp_path, before)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_labelme_json_with_a_byte_order_mark_is_read(encoding, tmp_path, capsys):
+    text = json.dumps(labelme_doc("a", GOOD_SHAPES))
+    data, labelme = labelme_project(tmp_path, {"a": text.encode(encoding)})
+    assert (labelme / "a.json").read_bytes()[:2] in (b"\xef\xbb", b"\xff\xfe", b"\xfe\xff")
+    code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
+    accepted(code, err)
+    assert (cv2.imread(str(data / "label" / "a.png"), cv2.IMREAD_UNCHANGED) == 2).sum() == 60
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_classes_txt_with_a_byte_order_mark_is_read(encoding, tmp_path, capsys):
+    # A shape labelled with the first class only matches if the BOM is not part of its name.
+    shapes = [shape("background", [[0, 0], [40, 30]]), shape("cell", [[2, 3], [12, 9]])]
+    data, labelme = labelme_project(tmp_path, {"a": labelme_doc("a", shapes)},
+                                    classes_bytes="background\nbead\ncell\n".encode(encoding))
+    code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
+    accepted(code, err)
+    label = cv2.imread(str(data / "label" / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert sorted(np.unique(label).tolist()) == [0, 2] and (label == 2).sum() == 60
+
+
+def test_classes_txt_with_invalid_bytes_is_refused(tmp_path, capsys):
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)})
+    (data / "classes.txt").write_bytes(b"background\nbe\xffad\ncell\n")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    refusal_line(code, err, data / "classes.txt", "save it as UTF-8")
+    assert_unchanged(tmp_path, before)
+
+
+def test_empty_labelme_folder_is_refused(tmp_path, capsys):
+    data, labelme = labelme_project(tmp_path, {})
+    before = snapshot(tmp_path)
+    code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
+    refusal_line(code, err, labelme)
+    assert_unchanged(tmp_path, before)
+
+
+def test_labelme_removes_a_killed_runs_staging_folder(tmp_path, capsys):
+    data, labelme = labelme_project(tmp_path, {"a": labelme_doc("a", GOOD_SHAPES)})
+    dead = leftover(tmp_path, "data", dead_pid())
+    live = leftover(tmp_path, "data", 1)     # pid 1 always runs: another run's work in progress
+    code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
+    accepted(code, err)
+    assert not dead.exists()
+    assert live.exists()
+    assert (data / "label" / "a.png").is_file()
+
+
+# ---------------------------------------------------------------- gen_img_aug.py inputs
+
+@pytest.mark.parametrize("kind", ["truncated", "zero-byte", "text"])
+def test_unreadable_image_in_data_src_is_refused(kind, tmp_path, capsys):
+    data = make_data(tmp_path, {"a.png": noise(40, 40)},
+                     labels={"a.png": np.zeros((40, 40), np.uint8),
+                             "b.png": np.zeros((40, 40), np.uint8)})
+    write_bad_image(data / "src" / "b.png", kind)
+    earlier_work(tmp_path / "work")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    refusal_line(code, err, data / "src" / "b.png")
+    assert_unchanged(tmp_path, before)
+
+
+def test_multipage_tiff_in_data_src_is_refused(tmp_path, capsys):
+    data = make_data(tmp_path, {"a.png": noise(40, 40)},
+                     labels={"a.png": np.zeros((40, 40), np.uint8),
+                             "stack.png": np.zeros((40, 40), np.uint8)})
+    multipage_tiff(data / "src" / "stack.tif")
+    earlier_work(tmp_path / "work")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    refusal_line(code, err, data / "src" / "stack.tif", "2 pages", "split the stack")
+    assert_unchanged(tmp_path, before)
+
+
+def test_empty_data_src_is_refused(tmp_path, capsys):
+    data = make_data(tmp_path, {})
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    refusal_line(code, err, data / "src")
+    assert_unchanged(tmp_path, before)
+
+
+def test_absurd_patch_size_is_refused_before_the_work_folder_changes(tmp_path, capsys):
+    if (gen_img_aug.available_memory() or 0) > 2 ** 39:
+        pytest.skip("over 512 GiB free: a 200000 px patch might fit, nothing to refuse")
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)})
+    work = earlier_work(tmp_path / "work")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, work, patch=200000), capsys)
+    refusal_line(code, err, "--patch-size 200000", "GiB", "--workers")
+    assert_unchanged(tmp_path, before)      # not even split.json removed or test/ started
+    assert not (work / "test").exists()
+
+
+def test_grey_and_colour_images_mixed_are_accepted_in_grey_mode(tmp_path, capsys):
+    images = {"g1.png": noise(48, 48, 1), "g2.png": noise(48, 48, 2),
+              "c1.png": noise(48, 48, 3, channels=3), "c2.png": noise(48, 48, 4, channels=3)}
+    data = make_data(tmp_path, images, test=["g2"])
+    work = tmp_path / "work"
+    code, _, err = run(gen_img_aug, aug_args(data, work, count=12), capsys)
+    accepted(code, err)
+    with open(work / "train" / "patches.csv") as f:
+        sources = {row["image"] for row in csv.DictReader(f)}
+    assert "g1" in sources and sources & {"c1", "c2"}, sources
+    code, _, err = run(pre_processing, ["--work-dir", work, "--color-mode", "grey",
+                                        "--workers", 1], capsys)
+    accepted(code, err)
+    prep = sorted((work / "train" / "prep").glob("*.png"))
+    assert len(prep) == 12
+    assert all(cv2.imread(str(p), cv2.IMREAD_UNCHANGED).ndim == 2 for p in prep)
+
+
+# ---------------------------------------------------------------- option values
+
+@pytest.mark.parametrize("module, option, value", [
+    (pre_processing, "--gamma", "nan"),
+    (get_contour, "--pixel-size", "nan"),
+    (predict_lovasz_loss, "--overlap", "nan"),
+    (gen_img_aug, "--foreground-fraction", "nan"),
+], ids=["pre_processing-gamma", "get_contour-pixel-size", "predict-overlap",
+        "gen_img_aug-foreground-fraction"])
+def test_nan_option_values_are_refused_by_the_option_parser(module, option, value, tmp_path,
+                                                            capsys):
+    code, _, err = run(module, ["--work-dir", tmp_path / "work", "--data-dir", tmp_path / "data",
+                                option, value], capsys)
+    argparse_refusal(code, err, option)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("module", [gen_img_aug, pre_processing, train, predict_lovasz_loss],
+                         ids=["gen_img_aug", "pre_processing", "train", "predict"])
+def test_work_folder_that_is_a_file_is_refused(module, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.write_text("not a folder\n")
+    before = snapshot(tmp_path)
+    code, _, err = run(module, ["--work-dir", work, "--data-dir", tmp_path / "data"], capsys)
+    refusal_line(code, err, "--work-dir", work)
+    assert_unchanged(tmp_path, before)
+
+
+# ---------------------------------------------------------------- pre_processing.py
+
+def test_unreadable_patch_keeps_the_earlier_statistics_and_prep(tmp_path, capsys):
+    work = tmp_path / "work"
+    for i in range(3):
+        write(work / "train" / "src" / f"{i:06d}.png", noise(32, 32, i))
+    code, _, err = run(pre_processing, ["--work-dir", work, "--workers", 1], capsys)
+    accepted(code, err)
+    write_bad_image(work / "train" / "src" / "000003.png", "truncated")
+    before = snapshot(tmp_path)
+    code, _, err = run(pre_processing, ["--work-dir", work, "--workers", 1], capsys)
+    refusal_line(code, err, work / "train" / "src" / "000003.png")
+    assert_unchanged(tmp_path, before)
+
+
+# ---------------------------------------------------------------- predict_lovasz_loss.py
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A model folder as training writes it, around a one-layer network (no training)."""
+    keras = pytest.importorskip("keras")
+    folder = tmp_path_factory.mktemp("model")
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((TILE, TILE, 3)),
+                            keras.layers.Conv2D(len(CLASSES), 3, padding="same")])
+    keras.saving.save_model(net, folder / BEST, include_optimizer=False)
+    config = {
+        "model": "unet_xception_resnetblock", "classes": CLASSES, "num_classes": len(CLASSES),
+        "input_shape": [TILE, TILE, 3], "patch_size": [TILE, TILE], "color_mode": "grey",
+        "image_channels": 1, "intensity": dict(DEFAULT_INTENSITY),
+        "preprocessing": {"mean": [120.0], "std": [30.0], "gamma": 1.2,
+                          "input_scale": "prep / 255, grey repeated to 3 channels"},
+        "decision": "argmax", "weights_files": {"best": BEST, "swa": SWA},
+        "settings_hash": "0123456789abcdef", "sha256": {BEST: outputs.sha256_of(folder / BEST)},
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def copy_model(model_dir, root):
+    return Path(shutil.copytree(model_dir, root / "model"))
+
+
+def earlier_prediction(out):
+    """An output folder of an earlier prediction run."""
+    write(out / "old.png", class_blocks(40, 40))
+    write(out / "old_color.png", noise(40, 40, 8, channels=3))
+    (out / "predict.json").write_text(json.dumps({"classes": CLASSES, "images": ["old"]}))
+    return out
+
+
+def predict_args(model, work, *extra):
+    return ["--model-dir", model, "--work-dir", work, "--data-dir", work.parent / "data",
+            "--batch-size", 64, *extra]
+
+
+def input_folder(root, images):
+    folder = root / "inp"
+    folder.mkdir()
+    for filename, img in images.items():
+        write(folder / filename, img)
+    return folder
+
+
+def test_config_with_nan_statistics_is_refused(model_dir, tmp_path, capsys):
+    model = copy_model(model_dir, tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config["preprocessing"]["mean"] = [float("nan")]
+    (model / "config.json").write_text(json.dumps(config))
+    assert '"mean": [NaN]' in (model / "config.json").read_text()
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    earlier_prediction(tmp_path / "work" / "predict" / "inp")
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model, tmp_path / "work", "--input", inp),
+                       capsys)
+    refusal_line(code, err, model / "config.json", "mean", "write it anew")
+    assert_unchanged(tmp_path, before)
+
+
+def test_damaged_model_file_is_refused_by_its_checksum(model_dir, tmp_path, capsys):
+    model = copy_model(model_dir, tmp_path)
+    data = bytearray((model / BEST).read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = np.random.default_rng(3).bytes(64)
+    (model / BEST).write_bytes(bytes(data))
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    earlier_prediction(tmp_path / "work" / "predict" / "inp")
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model, tmp_path / "work", "--input", inp),
+                       capsys)
+    refusal_line(code, err, model / BEST, "sha256", "--no-verify")
+    assert_unchanged(tmp_path, before)
+
+
+def test_malformed_model_config_is_refused(model_dir, tmp_path, capsys):
+    model = copy_model(model_dir, tmp_path)
+    text = (model / "config.json").read_text()
+    (model / "config.json").write_text(text[:len(text) // 2])
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    earlier_prediction(tmp_path / "work" / "predict" / "inp")
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model, tmp_path / "work", "--input", inp),
+                       capsys)
+    refusal_line(code, err, model / "config.json", "not valid JSON", "write it anew")
+    assert_unchanged(tmp_path, before)
+
+
+def test_single_image_file_as_input_is_segmented(model_dir, tmp_path, capsys):
+    picture = write(tmp_path / "pics" / "frame.png", noise(50, 70))
+    work = tmp_path / "work"
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, work, "--input", picture),
+                       capsys)
+    accepted(code, err)
+    mask = cv2.imread(str(work / "predict" / "frame" / "frame.png"), cv2.IMREAD_UNCHANGED)
+    assert mask is not None and mask.shape == (50, 70) and mask.max() < len(CLASSES)
+
+
+@pytest.mark.parametrize("image", [noise(1, 1), noise(64, 5000), noise(40, 50, channels=4)],
+                         ids=["1x1", "64x5000", "rgba"])
+def test_unusual_images_are_segmented(image, model_dir, tmp_path, capsys):
+    picture = write(tmp_path / "pics" / "odd.png", image)
+    out = tmp_path / "out"
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
+                                                         picture, "--output", out), capsys)
+    accepted(code, err)
+    mask = cv2.imread(str(out / "odd.png"), cv2.IMREAD_UNCHANGED)
+    assert mask is not None and mask.shape == image.shape[:2]
+
+
+@pytest.mark.parametrize("kind", ["truncated", "zero-byte", "text"])
+def test_unreadable_image_in_input_folder_is_refused(kind, model_dir, tmp_path, capsys):
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    write_bad_image(inp / "b.png", kind)
+    earlier_prediction(tmp_path / "work" / "predict" / "inp")
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
+                                                         "--input", inp), capsys)
+    refusal_line(code, err, inp / "b.png")
+    assert_unchanged(tmp_path, before)
+
+
+def test_multipage_tiff_in_input_folder_is_refused(model_dir, tmp_path, capsys):
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    multipage_tiff(inp / "stack.tif")
+    earlier_prediction(tmp_path / "work" / "predict" / "inp")
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
+                                                         "--input", inp), capsys)
+    refusal_line(code, err, inp / "stack.tif", "2 pages", "split the stack")
+    assert_unchanged(tmp_path, before)
+
+
+def test_failed_prediction_creates_no_output_folder(model_dir, tmp_path, capsys):
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    write_bad_image(inp / "b.png", "truncated")
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
+                                                         "--input", inp), capsys)
+    refusal_line(code, err, inp / "b.png")
+    assert_unchanged(tmp_path, before)      # neither work/ nor work/predict/ appears
+
+
+def test_empty_input_folder_is_refused(model_dir, tmp_path, capsys):
+    inp = input_folder(tmp_path, {})
+    earlier_prediction(tmp_path / "work" / "predict" / "inp")
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
+                                                         "--input", inp), capsys)
+    refusal_line(code, err, inp)
+    assert_unchanged(tmp_path, before)
+
+
+def test_prediction_removes_a_killed_runs_staging_folder_and_follows_the_umask(
+        model_dir, tmp_path, capsys):
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    out = earlier_prediction(tmp_path / "out")
+    dead = leftover(tmp_path, "out", dead_pid())
+    live = leftover(tmp_path, "out", 1)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
+                                                         inp, "--output", out), capsys)
+    accepted(code, err)
+    assert not dead.exists()
+    assert live.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_color.png", "predict.json"]
+    assert_published_mode(out)
+
+
+# ---------------------------------------------------------------- get_contour.py
+
+def contour_work(root, masks, earlier=True):
+    """work/test/{src,predict} as prediction leaves them for the given {name: mask}, plus an
+    earlier contours output."""
+    work = root / "work"
+    for name, mask in masks.items():
+        write(work / "test" / "src" / f"{name}.png", noise(*mask.shape, seed=len(name)))
+        write(work / "test" / "predict" / f"{name}.png", mask)
+    (work / "test" / "predict" / "predict.json").write_text(json.dumps({
+        "classes": CLASSES, "images": list(masks), "input_dir": str(work / "test" / "src"),
+        "label_dir": None, "intensity": DEFAULT_INTENSITY}))
+    if earlier:
+        contours = work / "test" / "contours"
+        write(contours / "old_contour.png", noise(40, 40, 6, channels=3))
+        (contours / "objects.csv").write_text("image,class,object_id\nold,cell,1\n")
+    return work
+
+
+def test_malformed_predict_json_is_refused(tmp_path, capsys):
+    work = contour_work(tmp_path, {"a": class_blocks(40, 40)})
+    (work / "test" / "predict" / "predict.json").write_text('{"classes": ["background",')
+    before = snapshot(tmp_path)
+    code, _, err = run(get_contour, ["--work-dir", work, "--data-dir", tmp_path / "data"], capsys)
+    refusal_line(code, err, work / "test" / "predict" / "predict.json", "not valid JSON")
+    assert_unchanged(tmp_path, before)
+
+
+def test_mask_with_a_class_beyond_the_classes_is_refused(tmp_path, capsys):
+    mask = class_blocks(40, 40)
+    mask[30:34, 2:6] = 7
+    work = contour_work(tmp_path, {"a": mask})
+    before = snapshot(tmp_path)
+    code, _, err = run(get_contour, ["--work-dir", work, "--data-dir", tmp_path / "data"], capsys)
+    line = refusal_line(code, err, work / "test" / "predict" / "a.png")
+    assert "class 7" in line
+    assert_unchanged(tmp_path, before)
+
+
+def test_failed_contour_run_leaves_no_panel_of_the_images_before(tmp_path, capsys):
+    bad = class_blocks(40, 40)
+    bad[30:34, 2:6] = 7
+    work = contour_work(tmp_path, {"a": class_blocks(40, 40), "b": bad})
+    before = snapshot(tmp_path)
+    code, _, err = run(get_contour, ["--work-dir", work, "--data-dir", tmp_path / "data"], capsys)
+    refusal_line(code, err, work / "test" / "predict" / "b.png")
+    assert_unchanged(tmp_path, before)      # no figures/panel_a.png from the aborted run
+
+
+def test_contours_remove_a_killed_runs_staging_folder_and_follow_the_umask(tmp_path, capsys):
+    work = contour_work(tmp_path, {"a": class_blocks(40, 40)})
+    dead = leftover(work / "test", "contours", dead_pid())
+    live = leftover(work / "test", "contours", 1)
+    code, _, err = run(get_contour, ["--work-dir", work, "--data-dir", tmp_path / "data",
+                                     "--no-panels"], capsys)
+    accepted(code, err)
+    assert not dead.exists()
+    assert live.exists()
+    contours = work / "test" / "contours"
+    assert sorted(p.name for p in contours.iterdir()) == ["a_contour.png", "objects.csv"]
+    assert_published_mode(contours)

@@ -1,0 +1,93 @@
+"""image_io.py: the intensity rule for images that are not 8-bit, and labels as indices."""
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_io import (DEFAULT_INTENSITY, intensity_from_tokens, read_image, read_label,
+                      to_uint8)
+from seg_common import PipelineError
+
+
+def ramp(h=40, w=50, dtype=np.uint16, scale=16):
+    """A grey ramp 0..255 scaled as a 12-bit camera stores it in 16 bits."""
+    base = np.linspace(0, 255, h * w).reshape(h, w)
+    return (base * scale).astype(dtype), np.rint(base).astype(np.uint8)
+
+
+def test_8_bit_images_are_used_as_stored():
+    img = np.random.default_rng(0).integers(0, 256, (9, 7), dtype=np.uint8)
+    for rule in ({"rule": "full"}, {"rule": "fixed", "low": 10.0, "high": 20.0}, DEFAULT_INTENSITY):
+        assert to_uint8(img, rule, "x") is img
+
+
+def test_a_hot_pixel_does_not_flatten_a_16_bit_frame():
+    img, img8 = ramp()
+    img[3, 4] = 65535
+    default = to_uint8(img, DEFAULT_INTENSITY, "x")
+    full = to_uint8(img, {"rule": "full"}, "x")
+    assert len(np.unique(full)) <= 18            # min..max: the frame collapses to 17 + 1
+    assert len(np.unique(default)) >= 200         # 0.1..99.9 percentile: it keeps its levels
+    # Away from the hot pixel the frame is its 8-bit self, stretched by at most the clipping.
+    keep = np.ones(img.shape, bool)
+    keep[3, 4] = False
+    assert np.corrcoef(default[keep].astype(float), img8[keep].astype(float))[0, 1] > 0.999
+
+
+def test_negative_floats_map_monotonically_without_wrapping():
+    values = np.linspace(-0.4, 0.4, 1000, dtype=np.float32).reshape(20, 50)
+    out = to_uint8(values, DEFAULT_INTENSITY, "x").ravel()
+    assert np.all(np.diff(out.astype(int)) >= 0)
+    assert out[0] == 0 and out[-1] == 255
+
+
+def test_fixed_range_clips_and_scales():
+    img = np.array([[0, 1000, 2047.5, 4095, 5000]], np.float64)
+    out = to_uint8(img, {"rule": "fixed", "low": 0.0, "high": 4095.0}, "x")
+    assert out.tolist() == [[0, 62, 128, 255, 255]]
+
+
+def test_nan_and_inf_pixels_are_named_and_counted():
+    img = np.ones((5, 5), np.float32)
+    img[1, 1], img[2, 2] = np.nan, np.inf
+    with pytest.raises(PipelineError, match=r"frame.tif has 2 NaN or infinite"):
+        to_uint8(img, DEFAULT_INTENSITY, "image frame.tif")
+
+
+def test_constant_and_almost_constant_frames():
+    assert not to_uint8(np.full((4, 4), 300, np.uint16), DEFAULT_INTENSITY, "x").any()
+    sparse = np.zeros((100, 100), np.uint16)
+    sparse[0, :5] = 1000        # 0.05 % of the pixels: the percentiles are both 0
+    out = to_uint8(sparse, DEFAULT_INTENSITY, "x")
+    assert out[0, 0] == 255 and out[50, 50] == 0
+
+
+@pytest.mark.parametrize("tokens, message", [
+    (["percentile", "5"], "two numbers"), (["fixed", "10", "2"], "LO < HI"),
+    (["bogus"], "not 'bogus'"), (["full", "1"], "no numbers"),
+    (["percentile", "-1", "50"], "0..100"), (["fixed", "0", "nan"], "finite")])
+def test_bad_rules_are_refused(tokens, message):
+    with pytest.raises(ValueError, match=message):
+        intensity_from_tokens(tokens)
+
+
+def test_tiff_16_bit_and_float_read_through_the_rule(tmp_path):
+    img, _ = ramp()
+    cv2.imwrite(str(tmp_path / "a.tif"), img)
+    cv2.imwrite(str(tmp_path / "b.tif"), img.astype(np.float32) / 4096 - 0.5)
+    a, b = read_image(tmp_path / "a.tif"), read_image(tmp_path / "b.tif")
+    assert a.dtype == np.uint8 and np.array_equal(a, b)
+
+
+def test_palette_label_is_read_as_indices(tmp_path):
+    indices = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    pal = Image.fromarray(indices, mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    pal.save(tmp_path / "l.png")
+    assert np.array_equal(read_label(tmp_path / "l.png"), indices)
+
+
+def test_pickled_npy_label_is_one_clear_error(tmp_path):
+    np.save(tmp_path / "l.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(PipelineError, match="Python objects"):
+        read_label(tmp_path / "l.npy")

@@ -1,0 +1,94 @@
+"""outputs.py: staged folders appear whole or not at all, leftovers of dead runs go, umask."""
+import os
+import stat
+
+import pytest
+
+import outputs
+from seg_common import PipelineError
+
+
+def dead_pid():
+    """A process id no process has: above the kernel's limit."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 7
+
+
+def test_published_folder_replaces_the_old_one_whole(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    (final / "marker").write_text("")
+    with outputs.staged_output(final, "marker") as staging:
+        (staging / "new.txt").write_text("new")
+        (staging / "marker").write_text("")
+        assert not (final / "new.txt").exists()       # invisible until the end
+    assert sorted(p.name for p in final.iterdir()) == ["marker", "new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_an_error_leaves_the_old_folder_and_no_staging(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "marker").write_text("kept")
+    with pytest.raises(RuntimeError):
+        with outputs.staged_output(final, "marker") as staging:
+            (staging / "half.txt").write_text("half")
+            raise RuntimeError
+    assert [p.name for p in final.iterdir()] == ["marker"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_merge_adds_files_and_leaves_the_others(tmp_path):
+    final = tmp_path / "data"
+    (final / "src").mkdir(parents=True)
+    (final / "src" / "mine.png").write_text("mine")
+    with outputs.staged_output(final, merge=True) as staging:
+        (staging / "src").mkdir()
+        (staging / "src" / "new.png").write_text("new")
+    assert sorted(p.name for p in (final / "src").iterdir()) == ["mine.png", "new.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def test_foreign_folder_is_not_replaced(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(PipelineError, match="not written by this script"):
+        with outputs.staged_output(tmp_path, "marker"):
+            pass
+    with pytest.raises(PipelineError, match="is a file"):
+        with outputs.staged_output(tmp_path / "keep.txt", "marker"):
+            pass
+
+
+def test_published_folder_and_files_follow_the_umask(tmp_path, monkeypatch):
+    monkeypatch.setattr(outputs, "UMASK", 0o027)
+    with outputs.staged_output(tmp_path / "out") as staging:
+        (staging / "a.txt").write_text("a")
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750
+    outputs.atomic_write_text(tmp_path / "b.txt", "b")
+    assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o640
+
+
+def test_leftovers_of_dead_runs_go_and_live_ones_stay(tmp_path):
+    name = "out"
+    dead = tmp_path / f".{name}.tmp-{outputs._HOST}-{dead_pid()}-abc"
+    live = tmp_path / f".{name}.tmp-{outputs._HOST}-{os.getpid()}-abc"
+    other_host = tmp_path / f".{name}.tmp-00000000-{dead_pid()}-abc"
+    dead_file = tmp_path / f".x.png.tmp-{outputs._HOST}-{dead_pid()}-abc.png"
+    for folder in (dead, live, other_host):
+        folder.mkdir()
+        (folder / "f").write_text("")
+    dead_file.write_text("")
+    with outputs.staged_output(tmp_path / name):
+        pass
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([name, live.name, other_host.name])
+
+
+def test_atomic_write_leaves_no_temporary_file(tmp_path):
+    outputs.write_json(tmp_path / "a.json", {"x": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    with pytest.raises(ValueError):     # NaN is refused, and the old file stays
+        outputs.write_json(tmp_path / "a.json", {"x": float("nan")})
+    assert (tmp_path / "a.json").read_text().strip() == '{\n  "x": 1\n}'
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
