@@ -100,11 +100,15 @@ def finite_numbers(values, where, positive=False):
 
 # ---------------------------------------------------------------- option types
 
-def finite_float(text):
+def _parsed(text, cast, kind):
     try:
-        value = float(text)
+        return cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+
+
+def finite_float(text):
+    value = _parsed(text, float, "a number")
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text} is not a finite number")
     return value
@@ -125,10 +129,7 @@ def non_negative_float(text):
 
 
 def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _parsed(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} is not positive")
     return value

@@ -247,6 +247,8 @@ def plan_model_folder(model_dir, fingerprint, args):
 def how_it_differs(old, args):
     if "settings" not in old:
         return "by another command (its config.json is missing or unreadable)"
+    if "settings_hash" not in old:
+        return "by an earlier version of this script (its config.json has no settings hash)"
     changed = [k for k, v in vars(args).items() if k not in UNHASHED_SETTINGS
                and old["settings"].get(k) != v]
     if changed:
@@ -277,15 +279,16 @@ def prepare_model_folder(model_dir, plan):
             stale.unlink(missing_ok=True)
 
 
-def record_hashes(model_dir, saved=(), removed=()):
-    """Keep config.json's sha256 of every model file current; prediction verifies them."""
+def record_hashes(model_dir, saved=()):
+    """Keep config.json's sha256 of every model file current (those saved now added, those
+    gone dropped, also after a kill between the two); prediction verifies them."""
     path = model_dir / "config.json"
     config = read_json(path, "model config")
-    hashes = config.setdefault("sha256", {})
+    hashes = {name: digest for name, digest in config.get("sha256", {}).items()
+              if (model_dir / name).is_file()}
     for file in saved:
         hashes[file.relative_to(model_dir).as_posix()] = sha256_of(file)
-    for file in removed:
-        hashes.pop(file.relative_to(model_dir).as_posix(), None)
+    config["sha256"] = hashes
     write_json(path, config)
 
 
@@ -423,10 +426,9 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
             # A model file without optimizer state: half the size of save_weights' output.
             snapshot = snap_dir / f"epoch_{epoch + 1:03d}.{args.save_format}"
             save_model(self.model, snapshot)
-            saved, removed = [snapshot], []
+            saved = [snapshot]
             if not args.keep_snapshots:
-                removed = sorted(snap_dir.glob("epoch_*.*"))[:-max(1, args.swa_epochs)]
-                for old in removed:
+                for old in sorted(snap_dir.glob("epoch_*.*"))[:-max(1, args.swa_epochs)]:
                     old.unlink()
             val_loss = logs.get("val_loss", math.inf)
             if val_loss < self.best:
@@ -434,11 +436,20 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
                 saved.append(model_dir / weights_name("best", args.save_format))
                 save_model(self.model, saved[-1])
                 print(f"\nepoch {epoch + 1}: val_loss {val_loss:.4f} is the best so far, saved")
-            record_hashes(model_dir, saved, removed)
+            record_hashes(model_dir, saved)
             write_json(state_path, {"best_val_loss": self.best, "epochs_done": epoch + 1,
                                     "minutes": logs["minutes"]})
             # The new run has a model of its own now; a folder moved aside by --restart goes.
             shutil.rmtree(aside_folder(model_dir), ignore_errors=True)
+
+    class Finished(keras.callbacks.Callback):
+        """Marks the training loop done before the backup below is deleted, so a kill in
+        between leaves a run that a rerun finishes rather than one it starts over."""
+
+        def on_train_end(self, logs=None):
+            if state_path.is_file():
+                write_json(state_path, {**read_json(state_path, "training state"),
+                                        "finished": True})
 
     class Curves(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -447,7 +458,7 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
 
     return [Progress(), PreciseBNValidation(), Checkpoints(),
             keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resuming), Curves(),
-            atomic_backup(model_dir / "backup")]
+            Finished(), atomic_backup(model_dir / "backup")]
 
 
 def atomic_backup(backup_dir):
@@ -688,8 +699,6 @@ def main(argv=None):
         verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
         model.fit(train_ds, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
                   verbose=verbose, shuffle=False)
-        if state_path.is_file():
-            write_json(state_path, {**read_json(state_path, "training state"), "finished": True})
     minutes = (time.monotonic() - start) / 60
 
     best_path = model_dir / weights_name("best", args.save_format)

@@ -82,7 +82,7 @@ def main():
     assert code == 0, "the 8-bit frames must predict"
     print(f"{len(names)} test frames of {work}; mean IoU of the 8-bit frames against the "
           f"labels: {label_iou(out / 'pred_uint8', label_dir, names, len(classes)):.4f}")
-    print(f"{'stored as':<20}{'rule':<24}{'exit':>5}{'agreement':>11}{'IoU':>8}  message")
+    print(f"{'stored as':<20}{'rule':<31}{'exit':>5}{'agreement':>11}{'IoU':>8}  message")
     rules = {"percentile 0.1 99.9 (default)": [], "full": ["--intensity", "full"]}
     for version in versions(np.zeros((8, 8), np.uint8)):
         for rule, extra in rules.items():
@@ -91,9 +91,9 @@ def main():
             if code == 0:
                 agree = mask_agreement(out / "pred_uint8", pred, names, len(classes))
                 iou = label_iou(pred, label_dir, names, len(classes))
-                print(f"{version:<20}{rule:<24}{code:>5}{agree:>11.4f}{iou:>8.4f}")
+                print(f"{version:<20}{rule:<31}{code:>5}{agree:>11.4f}{iou:>8.4f}")
             else:
-                print(f"{version:<20}{rule:<24}{code:>5}{'-':>11}{'-':>8}  {message[0][:90]}")
+                print(f"{version:<20}{rule:<31}{code:>5}{'-':>11}{'-':>8}  {message[0][:90]}")
 
 
 if __name__ == "__main__":

@@ -28,20 +28,26 @@ It runs the six scripts on tiny synthetic data in a temporary folder:
 Kill times are seeded draws from the reference run's timeline, counted from an event of the
 killed run itself so they land where meant on a busy machine: for training, start-up (from
 the start), inside an epoch (from Keras's "Epoch k/N" line), the end of an epoch (from the
-moment its snapshot file appears: snapshot, best model, state, log row, curves, backup) and
-the final SWA/config phase (from the last epoch's backup); for the other stages mostly after
+moment its snapshot file appears: snapshot, best model, state, log row, curves, backup),
+each epoch in turn, and the final phase (from the last epoch's backup: its first 2 seconds,
+where fit ends, or anywhere up to the exit: SWA, config.json); for the other stages mostly after
 the script's first write (its start is imports), one per stage from anywhere. Faults go to
-stages roughly by their reference durations, at least 3 per stage.
+stages roughly by their reference durations, at least 3 per stage. A killed run that ends
+before its kill (faster than the reference) is tried again from the same inputs with half the
+delay, up to 4 times; the table says which try was killed.
 
     .venv/bin/python bench/faults.py [--faults 28] [--seed 0] [--out DIR] [--keep]
+                                     [--stages STAGE ...]
 
 It prints the date and the CPU, the reference timeline, one row per fault (stage, fault
 number, seconds from the run's start to its kill: both kills for a double fault, '-' for a run
 that ended before its kill; the targeted phase; what the killed run left: temporary entries,
 for training the backup's epoch, log rows, state, snapshots and models; the rerun's exit
 status; the verdict with its reason and, for training, how each rerun went on), and last
-`N faults, R recovered, M lost`; exit status 0 only when nothing was lost. It takes about 25 minutes on 2 CPU cores (training is most of it) and needs about
-2 GB of disk. Logs of every run go to <out>/logs, kept when a fault was lost or with --keep.
+`N faults, R recovered, M lost`; exit status 0 only when nothing was lost. It takes about
+25 minutes on 2 CPU cores (training is most of it) and needs about 2 GB of disk. Logs of
+every run go to <out>/logs, kept when a fault was lost or with --keep. For development,
+`--stages train` (say) faults only the named stages (the reference still runs all six).
 """
 import argparse
 import csv
@@ -454,8 +460,12 @@ def train_windows(ref):
                                max(0.1, tl.snap[k] - tl.begin[k])))
         windows["end"].append((f"epoch {k} end", lambda run, k=k: anchor_snapshot(run, k),
                                tl.backup[k] - tl.snap[k] + 0.3))
-    windows["final"].append(("final SWA/config", lambda run: anchor_backup(run, EPOCHS),
-                             T - tl.backup[EPOCHS]))
+    # The end of fit (backup removed, training marked finished) gets kills of its own: its
+    # first seconds, beside the whole final phase (SWA, config.json, exit).
+    windows["final"] += [("end of fit", lambda run: anchor_backup(run, EPOCHS),
+                          min(2.0, T - tl.backup[EPOCHS])),
+                         ("final SWA/config", lambda run: anchor_backup(run, EPOCHS),
+                          T - tl.backup[EPOCHS])]
     return windows
 
 
@@ -473,11 +483,17 @@ def plan_faults(counts, refs, rng):
             tl = ref["timeline"]
             epoch_seconds = tl.begin[2] - tl.begin[1]
             doubles = set(range(3, n, 6)) or {n - 1}
+            seen = {}
             for j in range(n):
                 kind = TRAIN_KINDS[j % len(TRAIN_KINDS)]
+                choices = windows[kind]
                 if j in doubles:
+                    # Not in the last epoch: the rerun must have an epoch left to be killed in.
                     kind = "end" if j % 2 else "run"
-                label, anchor, longest = rng.choice(windows[kind])
+                    choices = windows[kind][:-1]
+                # Each kind's windows in turn (epoch 1, 2, 3, 1, ...), so all are covered.
+                label, anchor, longest = choices[seen.get(kind, 0) % len(choices)]
+                seen[kind] = seen.get(kind, 0) + 1
                 low = 0.03 * ref["seconds"] if anchor is None else 0.0
                 faults.append({"stage": stage, "n": j + 1, "phase": label, "anchor": anchor,
                                "offset": rng.uniform(low, longest), "double": j in doubles,
@@ -687,15 +703,27 @@ print("models load")
 
 # ---------------------------------------------------------------- one fault
 
+ATTEMPTS = 4
+
+
 def run_fault(fault, refs, out, run, logs):
     stage, ref = fault["stage"], refs[fault["stage"]]
     cmd = commands(run)[stage]
     tag = f"{stage}-{fault['n']}"
-    restore(ref["before"], run)
     limit = 10 * ref["seconds"] + 300
-    anchor = fault["anchor"](run) if fault["anchor"] else None
-    killed = Run(cmd, out, logs / f"{tag}-killed.log", kill=(anchor, fault["offset"])).go()
+    # A run faster than the reference may end before its kill: then the same fault again,
+    # with half the delay (a few times at most), so short stages get killed too.
+    offset = fault["offset"]
+    for attempt in range(1, ATTEMPTS + 1):
+        restore(ref["before"], run)
+        anchor = fault["anchor"](run) if fault["anchor"] else None
+        killed = Run(cmd, out, logs / f"{tag}-killed.log", kill=(anchor, offset)).go()
+        if killed.killed:
+            break
+        offset /= 2
     kills, lefts, reruns = [killed], [left_by(stage, run, ref, killed)], []
+    if attempt > 1:
+        lefts[0] = f"(try {attempt}) " + lefts[0]
     if fault.get("double"):
         left = model_state(run)
         second = Run(cmd, out, logs / f"{tag}-killed2.log",

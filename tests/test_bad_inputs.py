@@ -691,46 +691,38 @@ def input_folder(root, images):
     return folder
 
 
-def test_config_with_nan_statistics_is_refused(model_dir, tmp_path, capsys):
-    model = copy_model(model_dir, tmp_path)
+def nan_statistics(model):
     config = json.loads((model / "config.json").read_text())
     config["preprocessing"]["mean"] = [float("nan")]
     (model / "config.json").write_text(json.dumps(config))
     assert '"mean": [NaN]' in (model / "config.json").read_text()
-    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
-    earlier_prediction(tmp_path / "work" / "predict" / "inp")
-    before = snapshot(tmp_path)
-    code, _, err = run(predict_lovasz_loss, predict_args(model, tmp_path / "work", "--input", inp),
-                       capsys)
-    refusal_line(code, err, model / "config.json", "mean", "write it anew")
-    assert_unchanged(tmp_path, before)
+    return model / "config.json", "mean", "write it anew"
 
 
-def test_damaged_model_file_is_refused_by_its_checksum(model_dir, tmp_path, capsys):
-    model = copy_model(model_dir, tmp_path)
+def random_bytes_in_the_model(model):
     data = bytearray((model / BEST).read_bytes())
     middle = len(data) // 2
     data[middle:middle + 64] = np.random.default_rng(3).bytes(64)
     (model / BEST).write_bytes(bytes(data))
-    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
-    earlier_prediction(tmp_path / "work" / "predict" / "inp")
-    before = snapshot(tmp_path)
-    code, _, err = run(predict_lovasz_loss, predict_args(model, tmp_path / "work", "--input", inp),
-                       capsys)
-    refusal_line(code, err, model / BEST, "sha256", "--no-verify")
-    assert_unchanged(tmp_path, before)
+    return model / BEST, "sha256", "--no-verify"
 
 
-def test_malformed_model_config_is_refused(model_dir, tmp_path, capsys):
-    model = copy_model(model_dir, tmp_path)
+def truncated_config(model):
     text = (model / "config.json").read_text()
     (model / "config.json").write_text(text[:len(text) // 2])
+    return model / "config.json", "not valid JSON", "write it anew"
+
+
+@pytest.mark.parametrize("damage", [nan_statistics, random_bytes_in_the_model, truncated_config])
+def test_a_damaged_model_folder_is_refused(model_dir, tmp_path, capsys, damage):
+    model = copy_model(model_dir, tmp_path)
+    expected_words = damage(model)
     inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
     earlier_prediction(tmp_path / "work" / "predict" / "inp")
     before = snapshot(tmp_path)
     code, _, err = run(predict_lovasz_loss, predict_args(model, tmp_path / "work", "--input", inp),
                        capsys)
-    refusal_line(code, err, model / "config.json", "not valid JSON", "write it anew")
+    refusal_line(code, err, *expected_words)
     assert_unchanged(tmp_path, before)
 
 
