@@ -51,7 +51,6 @@ every run go to <out>/logs, kept when a fault was lost or with --keep. For devel
 """
 import argparse
 import csv
-import hashlib
 import json
 import os
 import platform
@@ -69,6 +68,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from outputs import sha256_of  # noqa: E402
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 PY = str(VENV_PY) if VENV_PY.is_file() else sys.executable
 
@@ -149,16 +149,8 @@ def manifest(root):
         elif kind == "l":
             out[rel] = "link:" + os.readlink(path)
         else:
-            out[rel] = file_sha256(path)
+            out[rel] = sha256_of(path)
     return out
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def temp_entries(root):
@@ -678,7 +670,6 @@ def judge_train(run, ref, reruns, logs, tag):
     if set(hashes) != files:
         return (f"config.json sha256 lists {sorted(hashes)} but the folder holds "
                 f"{sorted(files)}"), note
-    from outputs import sha256_of
     bad = [k for k, v in hashes.items() if sha256_of(model_dir / k) != v]
     if bad:
         return f"sha256 in config.json does not match {bad[0]}", note
