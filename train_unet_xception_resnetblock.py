@@ -673,6 +673,11 @@ def main(argv=None):
         align_with_backup(model_dir)
     write_json(model_dir / "split.json", {"train": train_names, "val": val_names})
     write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint)
+    if resuming:
+        # A kill between publishing a model file and recording its hash leaves a stale entry;
+        # every published file is whole, so hashing them all again is safe.
+        record_hashes(model_dir, [*model_dir.glob(f"{WEIGHTS_STEM}_*.*"),
+                                  *model_dir.glob("snapshots/epoch_*.*")])
 
     channels = stats["channels"]
     steps = args.steps_per_epoch or max(1, len(train_names) // args.batch_size)

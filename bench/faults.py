@@ -68,7 +68,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from outputs import sha256_of  # noqa: E402
+from outputs import sha256_of
+
 VENV_PY = ROOT / ".venv" / "bin" / "python"
 PY = str(VENV_PY) if VENV_PY.is_file() else sys.executable
 
@@ -559,7 +560,8 @@ def describe_model_dir(model_dir):
     backup = model_dir / "backup"
     if backup.is_dir():
         meta = read_json_quiet(backup / "training_metadata.json")
-        files = sorted(p.name for p in backup.iterdir())
+        files = sorted(re.sub(r"\.tmp-[0-9a-f]{8}-\d+-\w*", ".tmp…", p.name)
+                       for p in backup.iterdir())
         if isinstance(meta, dict) and "epoch" in meta:
             bits.append(f"backup e{meta['epoch']}")
         else:
