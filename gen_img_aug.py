@@ -26,7 +26,7 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_label_value
                       read_label, write_image)
 from outputs import atomic_write_text, remove_leftovers, staged_output, write_json
 from seg_common import (PipelineError, colorize, default_workers, dihedral, finite_float,
-                        parallel_map, positive_int, read_classes, read_name_list, reflect_pad,
+                        parallel_map, positive_int, read_classes, refuse_file, read_name_list, reflect_pad,
                         run_cli, save_figure)
 
 CHUNK = 200                 # patches per task: big enough to amortise, small for a smooth bar
@@ -293,9 +293,7 @@ def plot_samples(table, names, classes, path, pdf=False, count=4, intensity=DEFA
 
 def main(argv=None):
     args = parse_args(argv)
-    work = Path(args.work_dir)
-    if work.exists() and not work.is_dir():
-        raise PipelineError(f"--work-dir {work} is a file, not a folder; choose another path")
+    work = refuse_file(args.work_dir, "--work-dir")
     classes = read_classes(args.data_dir)
     table, label_values = labelled_images(args.data_dir, classes, args.intensity)
     train, test, how = split_names(sorted(table), args.data_dir, args.test_size, args.random_state)

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from image_io import (IMAGE_EXTS, decode_image, lossless_suffix, read_raw_image,
                       write_image)
 from outputs import staged_output
-from seg_common import PipelineError, positive_float, read_classes, read_json, run_cli
+from seg_common import (PipelineError, positive_float, read_classes, read_json, refuse_file,
+                        run_cli)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -355,9 +356,7 @@ def main(argv=None):
         raise PipelineError(f"input folder {input_dir} does not exist"
                             + (" (it is a file; give the folder that holds the .json files)"
                                if input_dir.exists() else ""))
-    data_dir = Path(args.data_dir)
-    if data_dir.exists() and not data_dir.is_dir():
-        raise PipelineError(f"--data-dir {data_dir} is a file, not a folder")
+    data_dir = refuse_file(args.data_dir, "--data-dir")
     json_paths = sorted(p for p in input_dir.glob("*.json") if not p.name.startswith("."))
     if not json_paths:
         raise PipelineError(f"no LabelMe .json files in {input_dir}")

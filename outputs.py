@@ -10,7 +10,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from seg_common import PipelineError
+from seg_common import PipelineError, refuse_file
 
 # Every temporary file or folder this pipeline makes carries this tag, its host and its process
 # id, so a later run can tell the leftovers of a killed run from the work of a live one.
@@ -190,9 +190,7 @@ def _merge_into(staging, final_dir):
 
 def ensure_folder(path, what="folder"):
     """Create a folder the pipeline writes into, or say in one line why it cannot be."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise PipelineError(f"{what} {path} is a file, not a folder; choose another path")
+    path = refuse_file(path, what)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

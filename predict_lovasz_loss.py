@@ -49,14 +49,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,  # noqa: E402
+from image_io import (COLOR_MODES, DEFAULT_INTENSITY, add_intensity_option, check_intensity,  # noqa: E402
                       describe_intensity, find_label, list_images, parse_intensity, read_image,
                       read_label, to_color_mode, write_image)
 from outputs import atomic_write_text, check_replaceable, sha256_of, staged_output, write_json  # noqa: E402
 from seg_common import (PipelineError, check_preprocessing, colorize,  # noqa: E402
                         confusion_matrix, dihedral, existing_folder, finite_float,
                         inverse_dihedral, iou_per_class, positive_int, preprocess_patch,
-                        read_json, reflect_pad, run_cli, save_figure)
+                        read_json, reflect_pad, refuse_file, run_cli, save_figure)
 
 DECISIONS = ("argmax", "sigmoid>0.51")
 SIGMOID_THRESHOLD = 0.51
@@ -253,7 +253,7 @@ def read_config(model_dir):
     if config["decision"] not in DECISIONS:
         raise PipelineError(f"{path}: unknown decision {config['decision']!r}; expected one of "
                             f"{DECISIONS}")
-    if config["color_mode"] not in ("grey", "rgb"):
+    if config["color_mode"] not in COLOR_MODES:
         raise PipelineError(f"{path}: unknown color_mode {config['color_mode']!r}")
     check_preprocessing(config["preprocessing"], f"{path}: preprocessing")
     # Models trained before the rule was recorded read non-8-bit images by today's default.
@@ -442,9 +442,7 @@ def write_outputs(staging, name, mask, probs, classes, save_probs):
 
 def main(argv=None):
     args = parse_args(argv)
-    work = Path(args.work_dir)
-    if work.exists() and not work.is_dir():
-        raise PipelineError(f"--work-dir {work} is a file, not a folder")
+    work = refuse_file(args.work_dir, "--work-dir")
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
     src, label_dir, out = folders(args)
     if not args.input and not src.is_dir():

@@ -76,11 +76,17 @@ def read_classes(data_dir):
     return names
 
 
-def existing_folder(path, what, hint=""):
-    """A folder the script reads from; one line when it is missing or a file."""
+def refuse_file(path, what):
+    """One line when a path meant for a folder names a file."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise PipelineError(f"{what} {path} is a file, not a folder")
+        raise PipelineError(f"{what} {path} is a file, not a folder; choose another path")
+    return path
+
+
+def existing_folder(path, what, hint=""):
+    """A folder the script reads from; one line when it is missing or a file."""
+    path = refuse_file(path, what)
     if not path.is_dir():
         raise PipelineError(f"{what} {path} does not exist" + (f": {hint}" if hint else ""))
     return path

@@ -39,7 +39,7 @@ from outputs import (atomic_write_text, remove_leftovers, sha256_of, temp_path, 
                      write_json)
 from seg_common import (MEAN_STD_NAME, PipelineError, existing_folder, finite_float,  # noqa: E402
                         load_mean_std, non_negative_float, positive_float, positive_int,
-                        read_classes, read_json, run_cli, save_figure)
+                        read_classes, read_json, refuse_file, run_cli, save_figure)
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
 LOSSES = ("lovasz-softmax", "lovasz-hinge", "cross-entropy", "bce-dice")
@@ -648,9 +648,7 @@ def main(argv=None):
     work = existing_folder(args.work_dir, "--work-dir",
                            "run gen_img_aug.py and pre_processing.py first")
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
-    if model_dir.exists() and not model_dir.is_dir():
-        raise PipelineError(f"model folder {model_dir} is a file, not a folder; choose another "
-                            "--model-dir")
+    refuse_file(model_dir, "--model-dir")
     classes, stats, split, patch_shape, intensity = check_inputs(args, work)
     train_names, val_names = split
     fingerprint = settings_fingerprint(args, stats, split)
