@@ -175,6 +175,86 @@ class NormalizedSGD(keras.optimizers.SGD):
         return config
 
 
+@keras.saving.register_keras_serializable(package="microseg")
+class ConfusionIoU(keras.metrics.Metric):
+    """IoU from the confusion matrix summed over the epoch's batches, with the pipeline's one
+    convention (seg_common.iou_per_class: a class absent from label and prediction scores
+    1), so training's log and prediction's report give comparable numbers.
+
+    class_index None gives the mean over all classes, background included; an index gives
+    that class's IoU. y_true: class indices; y_pred: per-class scores (argmax decides).
+    """
+
+    def __init__(self, num_classes, class_index=None, name="mean_iou", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.class_index = class_index
+        # float64: float32 counts stop being exact past 2^24 pixels (two 256 px batches).
+        self.confusion = self.add_variable((num_classes, num_classes), "zeros",
+                                           dtype="float64", name="confusion")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        n = self.num_classes
+        label = keras.ops.reshape(keras.ops.cast(y_true, "int32"), (-1,))
+        pred = keras.ops.reshape(keras.ops.argmax(y_pred, axis=-1), (-1,))
+        valid = keras.ops.logical_and(label >= 0, label < n)
+        index = keras.ops.where(valid, label * n + keras.ops.cast(pred, "int32"), n * n)
+        counts = keras.ops.bincount(index, minlength=n * n + 1)[:n * n]
+        self.confusion.assign_add(keras.ops.reshape(keras.ops.cast(counts, "float64"), (n, n)))
+
+    def result(self):
+        from seg_common import iou_per_class
+        iou = iou_per_class(self.confusion, xp=keras.ops)
+        return keras.ops.cast(keras.ops.mean(iou) if self.class_index is None
+                              else iou[self.class_index], "float32")
+
+    def reset_state(self):
+        self.confusion.assign(keras.ops.zeros_like(self.confusion))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "class_index": self.class_index}
+
+
+def forward_flops(net):
+    """FLOPs (2 x multiply-adds) of every convolution of one forward pass of one input, from
+    the layer shapes; BatchNorm and activations are left out, so a floor is a little low."""
+    total = 0
+    for layer in net.layers:
+        if not isinstance(layer, (layers.Conv2D, layers.SeparableConv2D,
+                                  layers.Conv2DTranspose)):
+            continue
+        _, h_in, w_in, c_in = layer.input.shape
+        _, h_out, w_out, c_out = layer.output.shape
+        kh, kw = layer.kernel_size
+        if isinstance(layer, layers.SeparableConv2D):
+            mult = layer.depth_multiplier
+            total += 2 * h_out * w_out * kh * kw * c_in * mult      # depthwise
+            total += 2 * h_out * w_out * c_in * mult * c_out        # pointwise
+        elif isinstance(layer, layers.Conv2DTranspose):
+            total += 2 * h_in * w_in * kh * kw * c_in * c_out       # each input scattered
+        else:
+            total += 2 * h_out * w_out * kh * kw * c_in * c_out
+    return total
+
+
+def with_precision(net, precision):
+    """The same network and weights computing in another precision (fp32, bf16, fp16).
+
+    A saved model keeps the dtype policy it was trained under in every layer; prediction
+    rebuilds it under the one asked for. The logits layer stays float32, as build_model
+    made it, and the input layer keeps its float32 input.
+    """
+    from hardware import POLICIES
+    config = net.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer" and layer["config"].get("name") != "logits":
+            layer["config"]["dtype"] = POLICIES[precision]
+    rebuilt = keras.Model.from_config(config)
+    rebuilt.set_weights(net.get_weights())
+    return rebuilt
+
+
 def custom_objects():
     """Objects to pass to keras.models.load_model for models of this module.
 
@@ -197,7 +277,10 @@ def _batch_moments_model(model, bn_layers):
     """Model giving, per BN layer, the mean and biased variance of its input."""
     outputs = []
     for bn in bn_layers:
-        mean, variance = keras.ops.moments(bn.input, axes=_reduction_axes(bn))
+        # Statistics in float32 under a bfloat16/float16 policy too: Keras' moments would
+        # round them back to the input's 8-bit mantissa.
+        mean, variance = keras.ops.moments(keras.ops.cast(bn.input, "float32"),
+                                           axes=_reduction_axes(bn))
         outputs += [mean, variance]
     # A lone input given as a list makes Keras warn on every call with a tensor.
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs

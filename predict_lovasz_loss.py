@@ -13,9 +13,10 @@ Writes  <output>/<name>.png             class index per pixel (uint8)
 <output> is <work-dir>/test/predict for the test set, or <work-dir>/predict/<folder name>
 for --input <folder>, unless --output says otherwise.
 
-Tiling: each image is reflect-padded at the bottom/right to a grid of tiles of the training
-patch size, with neighbouring tiles overlapping by --overlap of a tile (0 gives the
-original's non-overlapping tiles). Every tile is preprocessed on its own exactly as the
+Tiling: tiles of the training patch size overlap by at least --overlap of a tile and are
+spread evenly so the last one ends flush with the image border (as nnU-Net does); with
+--overlap 0 the tiles do not overlap and the image is reflect-padded at the bottom/right to
+a whole number of tiles (the original's tiling). An image smaller than a tile is padded. Every tile is preprocessed on its own exactly as the
 training patches were (z-score with the training statistics, min-max, histogram
 equalization, gamma), the tiles run through the model --batch-size at a time, and the
 class probabilities of overlapping tiles are averaged, weighted by a window that is
@@ -52,6 +53,7 @@ import numpy as np  # noqa: E402
 from image_io import (COLOR_MODES, DEFAULT_INTENSITY, add_intensity_option, check_intensity,  # noqa: E402
                       describe_intensity, find_label, list_images, parse_intensity, read_image,
                       read_label, to_color_mode, write_image)
+from hardware import add_precision_option, use_precision  # noqa: E402
 from outputs import atomic_write_text, check_replaceable, sha256_of, staged_output, write_json  # noqa: E402
 from seg_common import (PipelineError, check_preprocessing, colorize,  # noqa: E402
                         confusion_matrix, dihedral, existing_folder, finite_float,
@@ -107,6 +109,7 @@ def parse_args(argv=None):
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the 8 rotations/flips of every tile "
                         "(8x the compute; needs square tiles)")
+    add_precision_option(g)
     g = p.add_argument_group("output")
     g.add_argument("--save-probs", action="store_true",
                    help="also write <name>_prob_<class>.png per class, 8-bit, value/255 = "
@@ -130,14 +133,20 @@ def tile_shape(tile):
 def _axis_starts(length, tile, overlap):
     stride = max(1, round(tile * (1 - overlap)))
     count = 1 + max(0, math.ceil((length - tile) / stride))
-    return [i * stride for i in range(count)]
+    if overlap == 0 or count == 1:
+        return [i * stride for i in range(count)]
+    # The same number of tiles as a fixed stride needs, spread so the last ends at the
+    # border: no tile is mostly mirrored padding, and the overlap only grows.
+    return np.round(np.linspace(0, length - tile, count)).astype(int).tolist()
 
 
 def tile_positions(h, w, tile, overlap):
     """Top-left (y, x) of every tile covering an h x w image, row by row.
 
-    Tiles step by round(tile * (1 - overlap)); the grid may run past the image, which is
-    then reflect-padded. Overlap 0 gives ceil(h / tile) x ceil(w / tile) tiles.
+    With overlap > 0, ceil((side - tile) / stride) + 1 tiles per side (stride =
+    round(tile * (1 - overlap))), spread evenly from 0 to side - tile so the last ends flush
+    with the border. Overlap 0 gives the original's ceil(h / tile) x ceil(w / tile) grid,
+    which may run past the image (reflect-padded). A side shorter than the tile gets one.
     """
     th, tw = tile_shape(tile)
     return [(y, x) for y in _axis_starts(h, th, overlap) for x in _axis_starts(w, tw, overlap)]
@@ -457,14 +466,16 @@ def main(argv=None):
     path = model_file(model_dir, config, args.weights)
     if not args.no_verify:
         verify_model_file(path, model_dir, config)
-    net = load_model(path)
+    precision = use_precision(args.precision)
+    from model import with_precision
+    net = with_precision(load_model(path), precision)
     tile = tuple(config["patch_size"])
     if tuple(net.input_shape[1:3]) not in (tile, (None, None)):
         raise PipelineError(f"{path} takes {net.input_shape[1:3]} inputs but config.json says "
                             f"the patch size is {tile}")
     predict_batch = make_predict_batch(net, decision)
     prepare = TilePreparer(config["preprocessing"])
-    print(f"model {path} ({decision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
+    print(f"model {path} ({decision}, {precision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
           f"{args.blend} blend{', 8x TTA' if args.tta else ''}; {len(images)} images from {src}; "
           f"intensity of non-8-bit images: {describe_intensity(intensity)}")
 
@@ -494,6 +505,7 @@ def main(argv=None):
             "label_dir": str(label_dir.resolve()) if label_dir else None,
             "intensity": intensity,
             "tile": list(tile), "overlap": args.overlap, "blend": args.blend, "tta": args.tta,
+            "precision": precision,
             "batch_size": args.batch_size, "probability_maps": args.save_probs,
             "images": list(images)})
         if per_image:

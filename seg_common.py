@@ -231,16 +231,18 @@ def confusion_matrix(label, pred, num_classes):
     return np.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
-def iou_per_class(cm):
-    """IoU of each class from a confusion matrix.
+def iou_per_class(cm, xp=np):
+    """IoU of each class from a confusion matrix: the one IoU convention of the pipeline.
 
     A class absent from both label and prediction scores 1 (nothing to find, nothing
-    wrongly found); absent from the label but predicted scores 0.
+    wrongly found); absent from the label but predicted scores 0. xp is numpy, or
+    keras.ops for a float confusion-matrix tensor (the training log's metrics).
     """
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
-    return np.where(union > 0, tp / np.maximum(union, 1), 1.0)
+    if xp is np:
+        cm = np.asarray(cm, dtype=np.float64)
+    tp = xp.diagonal(cm)
+    union = xp.sum(cm, axis=0) + xp.sum(cm, axis=1) - tp
+    return xp.where(union > 0, tp / xp.maximum(union, 1), 1.0)
 
 
 def colorize(mask):

@@ -10,7 +10,8 @@ Writes  <model-dir>/ (default <work-dir>/weights/), a self-describing model fold
                                        (after every epoch with --keep-snapshots)
           log.csv, curves.png          every epoch's losses, IoUs and minutes since the start;
                                        the curves also in <work-dir>/figures/
-          split.json                   which patches trained and which validated
+          split.json                   which patches trained and which validated, and the
+                                       validation frames
           backup/                      resume state while training runs (BackupAndRestore)
 
 Defaults are the paper's: 80/20 patch split (random_state 2018), batch 8, 25 epochs,
@@ -34,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from hardware import add_precision_option, use_precision  # noqa: E402
 from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
 from outputs import (atomic_write_text, remove_leftovers, sha256_of, temp_path,  # noqa: E402
                      write_json)
@@ -46,6 +48,7 @@ LOSSES = ("lovasz-softmax", "lovasz-hinge", "cross-entropy", "bce-dice")
 # Options that change neither the model nor its data: a rerun differing only in these resumes.
 UNHASHED_SETTINGS = ("verbose", "pdf", "restart")
 OPTIMIZERS = ("nsgd", "sgd", "adam")
+MIN_FRAMES_FOR_IMAGE_SPLIT = 3
 
 
 def parse_args(argv=None):
@@ -86,8 +89,13 @@ def parse_args(argv=None):
     g.add_argument("--batch-size", type=int, default=8, help="batch size (default: %(default)s)")
     g.add_argument("--val-split", type=finite_float, default=0.2,
                    help="fraction of patches for validation (default: %(default)s)")
+    g.add_argument("--val-split-by", choices=("image", "patch"), default="image",
+                   help="image: validate on whole training frames that no training patch "
+                        "comes from (needs 3 frames; else patch); patch: a random patch split "
+                        "as the original, where validation shares pixels with training "
+                        "(default: %(default)s)")
     g.add_argument("--random-state", type=int, default=2018,
-                   help="seed of the train/val patch split (default: %(default)s)")
+                   help="seed of the train/val split (default: %(default)s)")
     g.add_argument("--steps-per-epoch", type=positive_int,
                    help="training batches per epoch (default: one pass over the patches)")
     g.add_argument("--val-steps", type=positive_int,
@@ -111,16 +119,16 @@ def parse_args(argv=None):
                         "settings: the old folder is moved to <model-dir>.previous and deleted "
                         "once the new run has saved its first checkpoint")
     g = p.add_argument_group("speed and output")
-    g.add_argument("--mixed-precision", action="store_true",
-                   help="compute in float16 (GPUs with tensor cores; slower on most CPUs)")
+    add_precision_option(g)
     g.add_argument("--jit-compile", choices=("on", "off"), default="off",
                    help="compile the training step with XLA (default: %(default)s)")
     g.add_argument("--save-format", choices=("h5", "keras"), default="h5",
                    help="h5 as the original, or Keras 3's native .keras (default: %(default)s)")
     g.add_argument("--pdf", action="store_true", help="also write the curves as PDF")
     g.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
-                   help="Keras progress output: 0 silent, 1 bar, 2 one line per epoch "
-                        "(default: bar on a terminal, else one line)")
+                   help="progress output: 0 silent, 1 a bar over the whole run with the time "
+                        "left and a line per epoch, 2 Keras' line per epoch (default: 1 on a "
+                        "terminal, else 2)")
     args = p.parse_args(argv)
     for name in ("epochs", "batch_size", "start_neurons"):
         if getattr(args, name) < 1:
@@ -136,9 +144,8 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------- data
 
-def patch_split(work, val_split, random_state):
-    """(train names, val names) of the preprocessed patches, split as the paper."""
-    from sklearn.model_selection import train_test_split
+def patch_names(work):
+    """Names of the preprocessed patches, each with its label."""
     prep, label = work / "train" / "prep", work / "train" / "label"
     names = sorted(p.name for p in prep.glob("*.png")) if prep.is_dir() else []
     if not names:
@@ -148,8 +155,52 @@ def patch_split(work, val_split, random_state):
         raise PipelineError(f"{len(missing)} patches have no label in {label}, e.g. {missing[0]}")
     if len(names) < 2:
         raise PipelineError("at least two patches are needed for a train/val split")
-    train, val = train_test_split(names, test_size=val_split, random_state=random_state)
-    return sorted(train), sorted(val)
+    return names
+
+
+def patch_sources(work, names):
+    """{patch name: the frame it was cut from}, from gen_img_aug.py's patches.csv ({} if absent)."""
+    path = work / "train" / "patches.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        sources = {row["patch"]: row["image"] for row in csv.DictReader(f)}
+    unknown = [n for n in names if n not in sources]
+    if unknown:
+        raise PipelineError(f"{path} does not list patch {unknown[0]} ({len(unknown)} unlisted); "
+                            "rerun gen_img_aug.py and pre_processing.py")
+    return sources
+
+
+def split_patches(work, val_split, random_state, by="image"):
+    """{"by", "val_frames", "train", "val"}: which patches train and which validate.
+
+    By image (the default), the validation patches are all the patches of round(val_split x
+    frames) whole training frames (at least one) that no training patch comes from, so
+    validation never sees pixels training saw. With fewer than MIN_FRAMES_FOR_IMAGE_SPLIT
+    frames, or by patch, the patches are split at random as in the paper (overlapping crops
+    of the same frames then land on both sides).
+    """
+    names = patch_names(work)
+    sources = patch_sources(work, names) if by == "image" else {}
+    frames = sorted({sources[n] for n in names}) if sources else []
+    if by == "image" and len(frames) < MIN_FRAMES_FOR_IMAGE_SPLIT:
+        print(f"note: {len(frames) or 'no record of the'} training frames; validating on a random "
+              "patch split (--val-split-by patch)")
+        by = "patch"
+    if by == "patch":
+        from sklearn.model_selection import train_test_split
+        train, val = train_test_split(names, test_size=val_split, random_state=random_state)
+        return {"by": "patch", "val_frames": [], "train": sorted(train), "val": sorted(val)}
+    count = min(len(frames) - 1, max(1, round(val_split * len(frames))))
+    val_frames = sorted(np.random.RandomState(random_state).permutation(frames)[:count].tolist())
+    held_out = set(val_frames)
+    val = [n for n in names if sources[n] in held_out]
+    if not val or len(val) == len(names):
+        raise PipelineError(f"the {count} validation frames hold {len(val)} of {len(names)} "
+                            "patches; cut more patches or use --val-split-by patch")
+    return {"by": "image", "val_frames": val_frames,
+            "train": [n for n in names if sources[n] not in held_out], "val": val}
 
 
 def check_patch_labels(work, names, classes, data_dir, recorded):
@@ -198,7 +249,7 @@ def settings_fingerprint(args, stats, split):
     settings = {k: v for k, v in vars(args).items() if k not in UNHASHED_SETTINGS}
     for key in ("data_dir", "work_dir", "model_dir"):
         settings[key] = str(Path(settings[key]).resolve()) if settings[key] else None
-    data = {"statistics": stats, "train": split[0], "val": split[1]}
+    data = {"statistics": stats, "train": split["train"], "val": split["val"]}
     text = json.dumps({"settings": settings, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -363,11 +414,9 @@ def make_optimizer(args, learning_rate):
 
 
 def make_metrics(classes):
-    import keras
-    metrics = [keras.metrics.MeanIoU(len(classes), sparse_y_pred=False, name="mean_iou")]
-    metrics += [keras.metrics.IoU(len(classes), [c], sparse_y_pred=False, name=f"iou_{name}")
-                for c, name in enumerate(classes)]
-    return metrics
+    from model import ConfusionIoU
+    return [ConfusionIoU(len(classes), name="mean_iou")] + [
+        ConfusionIoU(len(classes), c, name=f"iou_{name}") for c, name in enumerate(classes)]
 
 
 # ---------------------------------------------------------------- callbacks
@@ -402,6 +451,7 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
 
         def on_epoch_end(self, epoch, logs=None):
             logs["minutes"] = round((time.monotonic() - self.start) / 60, 3)
+            logs["steps"] = self.steps
 
     class PreciseBNValidation(keras.callbacks.Callback):
         """Re-estimates BatchNorm statistics, then validates in inference mode."""
@@ -435,7 +485,7 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
                 self.best = val_loss
                 saved.append(model_dir / weights_name("best", args.save_format))
                 save_model(self.model, saved[-1])
-                print(f"\nepoch {epoch + 1}: val_loss {val_loss:.4f} is the best so far, saved")
+                say(f"epoch {epoch + 1}: val_loss {val_loss:.4f} is the best so far, saved")
             record_hashes(model_dir, saved)
             write_json(state_path, {"best_val_loss": self.best, "epochs_done": epoch + 1,
                                     "minutes": logs["minutes"]})
@@ -456,9 +506,41 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
             plot_curves(model_dir / "log.csv", [model_dir / "curves.png",
                         Path(args.work_dir) / "figures" / "training_curves.png"], args.pdf)
 
-    return [Progress(), PreciseBNValidation(), Checkpoints(),
+    class ProgressBar(keras.callbacks.Callback):
+        """One bar over the whole run's steps, with the time left, and a line per epoch."""
+
+        def on_train_begin(self, logs=None):
+            from tqdm import tqdm
+            done = state.get("epochs_done", 0) * total_steps // args.epochs
+            self.bar = tqdm(total=total_steps, initial=done, desc="train", unit="step",
+                            dynamic_ncols=True)
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.bar.update(1)
+
+        def on_epoch_end(self, epoch, logs=None):
+            shown = ("loss", "mean_iou", "val_loss", "val_mean_iou")
+            say(f"epoch {epoch + 1}/{args.epochs} ({logs['minutes']:.1f} min): " + ", ".join(
+                f"{k} {logs[k]:.4f}" for k in shown if k in logs))
+
+        def on_train_end(self, logs=None):
+            self.bar.close()
+
+    bar = [ProgressBar()] if verbosity(args) == 1 else []
+    return [Progress(), PreciseBNValidation(), Checkpoints(), *bar,
             keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resuming), Curves(),
             Finished(), atomic_backup(model_dir / "backup")]
+
+
+def verbosity(args):
+    """0 silent, 1 one progress bar for the run, 2 Keras' line per epoch."""
+    return args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+
+
+def say(line):
+    """Print a line without breaking a progress bar."""
+    from tqdm import tqdm
+    tqdm.write(line)
 
 
 def atomic_backup(backup_dir):
@@ -529,7 +611,7 @@ def save_model(model, path):
 
 
 def plot_curves(log_path, paths, pdf):
-    """Loss and mean IoU, train and val, per epoch, from the CSV log."""
+    """Loss, mean IoU (train and val) and each class's validation IoU per epoch, from the log."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -538,16 +620,22 @@ def plot_curves(log_path, paths, pdf):
     if not rows:
         return
     epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "mean_iou", "mean IoU")):
         for prefix, style in (("", "-o"), ("val_", "-s")):
             if prefix + key in rows[0]:
                 ax.plot(epochs, [float(r[prefix + key]) for r in rows], style, ms=3,
                         label="val" if prefix else "train")
-        ax.set_xlabel("epoch")
         ax.set_title(title)
+    for key in (k for k in rows[0] if k.startswith("val_iou_")):
+        axes[2].plot(epochs, [float(r[key]) for r in rows], "-s", ms=3,
+                     label=key[len("val_iou_"):])
+    axes[2].set_title("validation IoU per class")
+    for ax in axes:
+        ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     save_figure(fig, paths, pdf)
 
@@ -582,10 +670,7 @@ def resolve_weights(option):
 
 
 def build(args, patch_shape, num_classes):
-    import keras
     from model import build_model
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         return build_model((*patch_shape, 3), num_classes, args.start_neurons,
                            weights=resolve_weights(args.weights), dropout=args.dropout)
@@ -598,7 +683,7 @@ def build(args, patch_shape, num_classes):
 
 
 def write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
-                 extra=None):
+                 precision, extra=None):
     old = model_dir / "config.json"
     hashes = read_json(old, "model config").get("sha256", {}) if old.is_file() else {}
     config = {
@@ -612,7 +697,9 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, intensity,
         "decision": ("sigmoid>0.51" if args.loss == "lovasz-softmax"
                      and args.lovasz_input == "logits" else "argmax"),
         "weights_files": {k: weights_name(k, args.save_format) for k in ("best", "swa")},
-        "num_train_patches": len(split[0]), "num_val_patches": len(split[1]),
+        "num_train_patches": len(split["train"]), "num_val_patches": len(split["val"]),
+        "val_split_by": split["by"], "val_frames": split["val_frames"],
+        "precision": precision,
         "settings": {k: v for k, v in vars(args).items()},
         "settings_hash": fingerprint,
         "sha256": hashes,
@@ -625,13 +712,13 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, intensity,
 
 def check_inputs(args, work):
     """Everything training needs, checked before the model folder changes:
-    (classes, statistics, (train, val) patch names, patch shape, intensity rule)."""
+    (classes, statistics, split_patches(), patch shape, intensity rule)."""
     classes = read_classes(args.data_dir)
     stats = load_mean_std(work / f"{MEAN_STD_NAME}.json")
-    train_names, val_names = patch_split(work, args.val_split, args.random_state)
+    split = split_patches(work, args.val_split, args.random_state, args.val_split_by)
     recorded = work_record(work)
-    check_patch_labels(work, train_names + val_names, classes, args.data_dir, recorded)
-    patch_shape = read_image(work / "train" / "prep" / train_names[0]).shape[:2]
+    check_patch_labels(work, split["train"] + split["val"], classes, args.data_dir, recorded)
+    patch_shape = read_image(work / "train" / "prep" / split["train"][0]).shape[:2]
     if patch_shape[0] % 32 or patch_shape[1] % 32:
         raise PipelineError(f"patches are {patch_shape[1]}x{patch_shape[0]}; the network needs "
                             "sides that are multiples of 32 (gen_img_aug.py --patch-size)")
@@ -640,7 +727,7 @@ def check_inputs(args, work):
     resolve_weights(args.weights)
     if args.loss == "lovasz-hinge" and len(classes) != 2:
         raise PipelineError(f"--loss lovasz-hinge needs 2 classes, classes.txt has {len(classes)}")
-    return classes, stats, (train_names, val_names), patch_shape, intensity
+    return classes, stats, split, patch_shape, intensity
 
 
 def main(argv=None):
@@ -650,7 +737,7 @@ def main(argv=None):
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
     refuse_file(model_dir, "--model-dir")
     classes, stats, split, patch_shape, intensity = check_inputs(args, work)
-    train_names, val_names = split
+    train_names, val_names = split["train"], split["val"]
     fingerprint = settings_fingerprint(args, stats, split)
     plan = plan_model_folder(model_dir, fingerprint, args)
     if plan == "done":
@@ -664,13 +751,15 @@ def main(argv=None):
     absl.logging.set_verbosity(absl.logging.ERROR)
     keras.utils.set_random_seed(args.seed)
     # The weights are loaded (ImageNet downloaded) before the model folder changes at all.
+    precision = use_precision(args.precision)
     model = build(args, patch_shape, len(classes))
     prepare_model_folder(model_dir, plan)
     resuming = plan in ("resume", "finish")
     if plan == "resume":
         align_with_backup(model_dir)
-    write_json(model_dir / "split.json", {"train": train_names, "val": val_names})
-    write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint)
+    write_json(model_dir / "split.json", split)
+    write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
+                 precision)
     if resuming:
         # A kill between publishing a model file and recording its hash leaves a stale entry;
         # every published file is whole, so hashing them all again is safe.
@@ -699,9 +788,8 @@ def main(argv=None):
               f"{args.epochs} epochs x {steps} steps of {args.batch_size}"
               + (f", budget {args.time_budget} min" if args.time_budget else "")
               + (" (resuming)" if resuming else ""))
-        verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
         model.fit(train_ds, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                  verbose=verbose, shuffle=False)
+                  verbose=0 if verbosity(args) == 1 else verbosity(args), shuffle=False)
     minutes = (time.monotonic() - start) / 60
 
     best_path = model_dir / weights_name("best", args.save_format)
@@ -714,7 +802,8 @@ def main(argv=None):
                                   args.bn_batches, swa_path)
         record_hashes(model_dir, [swa_path])
     state = read_json(state_path, "training state")
-    write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint, {
+    write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
+                 precision, {
         "result": {"best_val_loss": state["best_val_loss"], "epochs_done": state["epochs_done"],
                    "swa_of_epochs": len(snapshots[-args.swa_epochs:]) if args.swa_epochs else 0,
                    "minutes_this_run": round(minutes, 2),

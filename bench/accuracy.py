@@ -49,6 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baseline  # noqa: E402
+import hardware  # noqa: E402
 from baseline import REPO, RESULTS_DIR, SHARED_DATASETS  # noqa: E402
 from image_io import find_label, list_images, read_image, read_label  # noqa: E402
 from outputs import write_json  # noqa: E402
@@ -189,23 +190,16 @@ def training_summary(work):
     if not path.is_file():
         return {}
     config = json.loads(path.read_text())
-    keep = ("num_train_patches", "num_val_patches", "color_mode", "decision", "result")
+    keep = ("num_train_patches", "num_val_patches", "val_split_by", "val_frames", "precision",
+            "color_mode", "decision", "result")
     return {k: config[k] for k in keep if k in config}
 
 
 def machine_info():
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                  if line.startswith("model name")]
-        cpu = models[0] if models else cpu
-    # The GPUs TensorFlow sees are the ones the pipeline could use.
+    """The machine, with its CPU vector flags and matmul rates measured in this run."""
     import tensorflow as tf
-    gpus = [tf.config.experimental.get_device_details(d).get("device_name", d.name)
-            for d in tf.config.list_physical_devices("GPU")]
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "usable_cores": default_workers(),
-            "gpus": gpus, "python": platform.python_version(), "tensorflow": tf.__version__,
+    return {**hardware.machine_summary(), "usable_cores": default_workers(),
+            "python": platform.python_version(), "tensorflow": tf.__version__,
             "platform": platform.platform()}
 
 
@@ -351,6 +345,8 @@ def main(argv=None):
     path = baseline.results_path(args.results_dir, dataset_dir.name, args.tag)
     color_mode = resolve_color_mode(args.color_mode, dataset_dir, names)
 
+    machine = machine_info()    # measured before training, on an idle CPU
+    print(f"machine: {hardware.machine_line(machine)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as scratch:
         work = (args.work_dir or Path(scratch)).resolve()
         commands = stage_commands(args, dataset_dir, work, color_mode)
@@ -381,7 +377,7 @@ def main(argv=None):
         "stage_commands": {k: shlex.join(v) for k, v in commands.items()},
         "wall_seconds": seconds,
         "training": training,
-        "machine": machine_info(),
+        "machine": machine,
     }
     write_json(path, record)
     report(record, path)

@@ -20,48 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+import hardware  # noqa: E402
 import predict_lovasz_loss as P  # noqa: E402
 from seg_common import reflect_pad  # noqa: E402
 
 FRAME = (480, 640)
 TILE = 256
 PREPROCESSING = {"mean": [128.0], "std": [40.0], "gamma": 1.2}
-
-
-def conv_flops(model):
-    """Multiply-adds x 2 of every convolution, from the layer shapes, for one input."""
-    from keras import layers
-    total = 0
-    for layer in model.layers:
-        if not isinstance(layer, (layers.Conv2D, layers.SeparableConv2D,
-                                  layers.Conv2DTranspose)):
-            continue
-        _, h_in, w_in, c_in = layer.input.shape
-        _, h_out, w_out, c_out = layer.output.shape
-        kh, kw = layer.kernel_size
-        if isinstance(layer, layers.SeparableConv2D):
-            mult = layer.depth_multiplier
-            total += 2 * h_out * w_out * kh * kw * c_in * mult      # depthwise
-            total += 2 * h_out * w_out * c_in * mult * c_out        # pointwise
-        elif isinstance(layer, layers.Conv2DTranspose):
-            total += 2 * h_in * w_in * kh * kw * c_in * c_out       # each input scattered
-        else:
-            total += 2 * h_out * w_out * kh * kw * c_in * c_out
-    return total
-
-
-def matmul_rate(n=2048, repeats=8):
-    """FLOP/s of an n x n float32 matmul, the best of several runs."""
-    import tensorflow as tf
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
-    tf.linalg.matmul(a, b).numpy()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        tf.linalg.matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
 
 
 def per_tile_predict(model, prepare, frame):
@@ -93,7 +58,7 @@ def main():
     args = p.parse_args()
 
     import keras
-    from model import build_model
+    from model import build_model, forward_flops
     keras.utils.set_random_seed(0)
     model = build_model((TILE, TILE, 3), 3, weights=None)
     predict_batch = P.make_predict_batch(model, "argmax")
@@ -103,10 +68,10 @@ def main():
     tiles = len(P.tile_positions(*FRAME, TILE, 0))
     tiles_default = len(P.tile_positions(*FRAME, TILE, 0.25))
 
-    rate = matmul_rate()
-    floor = conv_flops(model) * tiles / rate
+    rate = hardware.matmul_gflops("float32") * 1e9
+    floor = forward_flops(model) * tiles / rate
     print(f"{os.cpu_count()} CPUs; matmul {rate / 1e9:.1f} GFLOP/s; model "
-          f"{conv_flops(model) / 1e9:.2f} GFLOP per {TILE}x{TILE} tile; frame "
+          f"{forward_flops(model) / 1e9:.2f} GFLOP per {TILE}x{TILE} tile; frame "
           f"{FRAME[1]}x{FRAME[0]} = {tiles} tiles without overlap, {tiles_default} at 0.25")
 
     def batched(overlap, blend):

@@ -58,12 +58,18 @@ def test_overlap_zero_is_the_originals_grid(h, w):
     assert positions[-1] == ((math.ceil(h / tile) - 1) * tile, (math.ceil(w / tile) - 1) * tile)
 
 
-def test_overlapping_tiles_step_by_the_stride_and_cover_the_image():
-    positions = P.tile_positions(100, 300, 64, 0.25)
+@pytest.mark.parametrize("h, w, overlap", [(100, 300, 0.25), (480, 640, 0.25), (1032, 1376, 0.5),
+                                            (64, 65, 0.25), (20, 300, 0.1)])
+def test_overlapping_tiles_end_flush_with_the_border(h, w, overlap):
+    """As many tiles as the stride needs, spread so the last ends at the border, never past."""
+    tile, stride = 64, round(64 * (1 - overlap))
+    positions = P.tile_positions(h, w, tile, overlap)
     ys, xs = sorted({y for y, _ in positions}), sorted({x for _, x in positions})
-    assert np.all(np.diff(ys) == 48) and np.all(np.diff(xs) == 48)
-    assert ys[-1] + 64 >= 100 and xs[-1] + 64 >= 300
-    assert ys[-1] < 100 - 64 + 48 and xs[-1] < 300 - 64 + 48   # no tile wholly in the padding
+    for starts, side in ((ys, h), (xs, w)):
+        assert starts[0] == 0
+        assert starts[-1] == max(0, side - tile)
+        assert len(starts) == 1 + max(0, math.ceil((side - tile) / stride))
+        assert np.all(np.diff(starts) <= stride)          # the overlap only grows
 
 
 def test_each_tile_is_prepared_on_its_own_pixels():

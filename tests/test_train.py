@@ -285,3 +285,63 @@ def test_resume_drops_log_rows_the_backup_lacks(tmp_path):
     assert (model_dir / "log.csv").read_text() == "epoch,loss\n0,0.9\n1,0.8\n"
     assert json.loads((model_dir / "state.json").read_text()) == {"epochs_done": 2,
                                                                   "best_val_loss": 0.5}
+
+
+def write_patch_sources(work, frames):
+    """patches.csv as gen_img_aug.py writes it: patch i comes from frames[i % len(frames)]."""
+    names = sorted(p.name for p in (work / "train" / "prep").glob("*.png"))
+    rows = [f"{n},{frames[i % len(frames)]},0,0,0" for i, n in enumerate(names)]
+    (work / "train" / "patches.csv").write_text("patch,image,y,x,transform\n" + "\n".join(rows))
+
+
+def test_validation_frames_give_no_training_patch(tmp_path):
+    make_patch_set(tmp_path, 60)
+    frames = [f"frame_{i}" for i in range(10)]
+    write_patch_sources(tmp_path, frames)
+    split = train.split_patches(tmp_path, 0.2, 2018)
+    assert split["by"] == "image" and len(split["val_frames"]) == 2
+    source = {f"{i:06d}.png": frames[i % 10] for i in range(60)}
+    assert {source[n] for n in split["val"]} == set(split["val_frames"])
+    assert not {source[n] for n in split["train"]} & set(split["val_frames"])
+    assert sorted(split["train"] + split["val"]) == sorted(source)
+    assert split == train.split_patches(tmp_path, 0.2, 2018)           # deterministic
+    by_patch = train.split_patches(tmp_path, 0.2, 2018, by="patch")
+    assert by_patch["by"] == "patch" and len(by_patch["val"]) == 12
+
+
+def test_too_few_frames_fall_back_to_a_patch_split(tmp_path, capsys):
+    make_patch_set(tmp_path, 20)
+    write_patch_sources(tmp_path, ["a", "b"])
+    split = train.split_patches(tmp_path, 0.2, 2018)
+    assert split["by"] == "patch" and split["val_frames"] == [] and len(split["val"]) == 4
+    assert "--val-split-by patch" in capsys.readouterr().out
+
+
+def test_patches_missing_from_patches_csv_are_refused(tmp_path):
+    make_patch_set(tmp_path, 6)
+    write_patch_sources(tmp_path, ["a", "b", "c"])
+    (tmp_path / "train" / "prep" / "000099.png").write_bytes(
+        (tmp_path / "train" / "prep" / "000000.png").read_bytes())
+    (tmp_path / "train" / "label" / "000099.png").write_bytes(
+        (tmp_path / "train" / "label" / "000000.png").read_bytes())
+    with pytest.raises(train.PipelineError, match="does not list patch 000099.png"):
+        train.split_patches(tmp_path, 0.2, 2018)
+
+
+def test_logged_validation_iou_is_predictions_convention(trained):
+    """The log's val IoU at the best epoch equals IoU from the summed confusion matrix of the
+    best model's argmax on the validation batches, with absent classes scored 1."""
+    root, args = trained
+    model_dir = root / "work" / "weights"
+    config = json.loads((model_dir / "config.json").read_text())
+    model = keras.saving.load_model(model_dir / config["weights_files"]["best"], compile=False)
+    split = json.loads((model_dir / "split.json").read_text())
+    val = train.patch_dataset(root / "work", split["val"], 1, 8)
+    cm = sum(confusion_matrix(y, np.argmax(np.asarray(model(x, training=False)), -1), 3)
+             for x, y in val.take(2))      # --val-steps 2
+    rows = read_log(model_dir)
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    expected = iou_per_class(cm)
+    assert float(best["val_mean_iou"]) == pytest.approx(expected.mean(), abs=2e-3)
+    for c, name in enumerate(config["classes"]):
+        assert float(best[f"val_iou_{name}"]) == pytest.approx(expected[c], abs=2e-3)
