@@ -14,8 +14,11 @@ Writes  <model-dir>/ (default <work-dir>/weights/), a self-describing model fold
                                        validation frames
           backup/                      resume state while training runs (BackupAndRestore)
 
-Defaults are the paper's: 80/20 patch split (random_state 2018), batch 8, 25 epochs,
-Lovasz-softmax loss, SGD lr 1e-3 momentum 0.9 Nesterov on normalized gradients.
+Defaults are the paper's: batch 8, 25 epochs, Lovasz-softmax loss, SGD lr 1e-3 momentum 0.9
+Nesterov on normalized gradients, 20 % validation (random_state 2018), except that the
+validation patches come from whole training frames held out from training (--val-split-by
+patch: the paper's random patch split) and that CPUs with native bf16 compute in bfloat16
+(--precision fp32: float32 throughout).
 Before every validation and every saved model, BatchNorm statistics are re-estimated on
 training batches ("precise BN"; see README), because validation and prediction run in
 inference mode. Rerunning the same command after an interruption resumes training.

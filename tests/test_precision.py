@@ -1,0 +1,55 @@
+"""--precision: which policy auto picks, and a model moved between precisions."""
+import numpy as np
+import pytest
+
+import hardware
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.mark.parametrize("flags, gpus, expected", [
+    ({"avx2", "avx512f", "avx512_bf16"}, [], "bf16"),
+    ({"avx2", "amx_bf16"}, [], "bf16"),
+    ({"avx2", "avx512f"}, [], "fp32"),
+    (set(), [], "fp32"),
+    ({"avx2"}, ["NVIDIA H100"], "fp16"),
+])
+def test_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch, flags, gpus, expected):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(hardware, "gpu_names", lambda: gpus)
+    assert hardware.resolve_precision("auto") == expected
+    assert hardware.resolve_precision("fp32") == "fp32"
+
+
+def test_a_model_runs_in_the_precision_asked_for_with_the_same_weights():
+    from model import build_model, with_precision
+    keras.utils.set_random_seed(0)
+    net = build_model((64, 64, 3), 3, weights=None)
+    x = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
+    reference = np.asarray(net(x, training=False))
+    bf16 = with_precision(net, "bf16")
+    assert bf16.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert bf16.get_layer("logits").compute_dtype == "float32"
+    assert all(w.dtype == "float32" for w in bf16.weights)
+    out = np.asarray(bf16(x, training=False))
+    assert out.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: close, not equal.
+    assert np.abs(out - reference).max() < 0.05 * np.abs(reference).max() + 1e-3
+    back = with_precision(bf16, "fp32")
+    np.testing.assert_allclose(np.asarray(back(x, training=False)), reference, atol=1e-5)
+
+
+def test_precise_bn_statistics_stay_float32_under_bf16():
+    """Keras' moments round bfloat16 statistics back to bfloat16; precise BN must not."""
+    import model
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(0)
+    net = model.build_model((64, 64, 3), 2, weights=None)
+    bn = net.get_layer("block1_conv1_bn")
+    assert bn.input.dtype == "bfloat16"
+    probe = model._batch_moments_model(net, [bn])
+    mean, variance = probe(np.random.default_rng(0).random((2, 64, 64, 3), np.float32))
+    assert mean.dtype == "float32" and variance.dtype == "float32"
+    model.reestimate_batchnorm(net, iter([np.full((2, 64, 64, 3), 0.5, np.float32)] * 2), 2)
+    assert bn.moving_mean.dtype == "float32"
+    assert np.all(np.isfinite(bn.moving_variance.numpy()))
