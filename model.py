@@ -242,15 +242,24 @@ def with_precision(net, precision):
     """The same network and weights computing in another precision (fp32, bf16, fp16).
 
     A saved model keeps the dtype policy it was trained under in every layer; prediction
-    rebuilds it under the one asked for. The logits layer stays float32, as build_model
-    made it, and the input layer keeps its float32 input.
+    rebuilds it under the one asked for (the model itself when nothing changes). The
+    logits layer stays float32, as build_model made it, and the input layer keeps its
+    float32 input.
     """
     from hardware import POLICIES
+    target = POLICIES[precision]
     config = net.get_config()
+    changed = False
     for layer in config["layers"]:
-        if layer["class_name"] != "InputLayer" and layer["config"].get("name") != "logits":
-            layer["config"]["dtype"] = POLICIES[precision]
-    rebuilt = keras.Model.from_config(config)
+        if layer["class_name"] == "InputLayer" or layer["config"].get("name") == "logits":
+            continue
+        policy = layer["config"].get("dtype")
+        if (policy.get("config", {}).get("name") if isinstance(policy, dict) else policy) != target:
+            layer["config"]["dtype"] = target
+            changed = True
+    if not changed:
+        return net
+    rebuilt = type(net).from_config(config)
     rebuilt.set_weights(net.get_weights())
     return rebuilt
 

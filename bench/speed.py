@@ -8,6 +8,8 @@ All numbers come from this one run:
     fp32 matmul rate. Every time is printed as a ratio to its fp32 floor;
   - a training step (batch 8; 128 and 256 px patches; the training script's model, loss,
     optimizer and metrics, compiled as it compiles them) on batches already in memory;
+  - where a step goes: the forward pass in training mode, the loss and its gradient, the
+    optimizer's update, and the rest (the backward pass through the network);
   - the input pipeline: seconds per batch of train_unet_xception_resnetblock.patch_dataset
     reading the same patches from PNG files alone, and a step fed by it, whose excess over
     the in-memory step is the pipeline's share of a step;
@@ -108,7 +110,41 @@ def measure_training(size, precision, steps, work, names, jit=False):
     in_memory = seconds_per_step(net, memory, steps)
     from_files = seconds_per_step(net, files, steps)
     return {"step_s": in_memory, "step_from_files_s": from_files,
-            "pipeline_alone_s": pipeline_seconds_per_batch(files, 2 * steps)}
+            "pipeline_alone_s": pipeline_seconds_per_batch(files, 2 * steps),
+            **step_parts(net, x, y, steps)}
+
+
+def median_seconds(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def step_parts(net, x, y, repeats):
+    """Where a step's time goes: the forward pass in training mode, the loss with its
+    gradient with respect to the logits, the optimizer's update of every variable; the rest
+    of the step is the backward pass through the network."""
+    import tensorflow as tf
+    forward = tf.function(lambda batch: net(batch, training=True))
+    logits = tf.constant(forward(x))
+
+    @tf.function
+    def loss_and_gradient(labels, scores):
+        with tf.GradientTape() as tape:
+            tape.watch(scores)
+            value = net.loss(labels, scores)
+        return tape.gradient(value, scores)
+
+    gradients = [tf.zeros_like(v) + 1e-3 for v in net.trainable_variables]
+    update = tf.function(lambda: net.optimizer.apply(gradients, net.trainable_variables))
+    return {"forward_s": median_seconds(lambda: forward(x).numpy(), repeats),
+            "loss_s": median_seconds(lambda: loss_and_gradient(y, logits).numpy(), repeats),
+            "update_s": median_seconds(lambda: update() or net.trainable_variables[0].numpy(),
+                                       repeats)}
 
 
 def measure_prediction(precision, frames, jit=False):
@@ -158,6 +194,7 @@ def cpu_report(args, machine, precisions):
           "matmul rate)")
     print(f"{'patch':>6} {'precision':>9} {'floor s':>8} {'step s':>8} {'x floor':>8} "
           f"{'from files s':>13} {'pipeline share':>15} {'pipeline alone s':>17}  target")
+    parts = []
     with tempfile.TemporaryDirectory(prefix="bench-speed-") as scratch:
         for size in args.sizes:
             work = Path(scratch) / str(size)
@@ -171,6 +208,16 @@ def cpu_report(args, machine, precisions):
                       f"{m['step_from_files_s']:>13.3f} {share:>14.1%} "
                       f"{m['pipeline_alone_s']:>17.4f}  {verdict('train', precision, ratio)}; "
                       f"pipeline <= 5 %: {'met' if share <= 0.05 else 'NOT met'}", flush=True)
+                parts.append((size, precision, floor, m))
+    print("\nwhere a step goes (seconds; x floor = against a third of the step floor, the "
+          "forward FLOPs' share)")
+    print(f"{'patch':>6} {'precision':>9} {'forward':>8} {'x floor':>8} {'loss+grad':>10} "
+          f"{'update':>8} {'backward (rest)':>16} {'x 2/3 floor':>12}")
+    for size, precision, floor, m in parts:
+        rest = m["step_s"] - m["forward_s"] - m["loss_s"] - m["update_s"]
+        print(f"{size:>6} {precision:>9} {m['forward_s']:>8.3f} {m['forward_s'] / (floor / 3):>8.2f} "
+              f"{m['loss_s']:>10.3f} {m['update_s']:>8.3f} {rest:>16.3f} "
+              f"{rest / (2 * floor / 3):>12.2f}")
     print(f"\nframe prediction, {PREDICT_TILE} px model, overlap 0.25, gaussian blend, batch 8 "
           "(ratio to the fp32 floor = tiles x forward FLOPs / fp32 matmul rate)")
     print(f"{'frame':>10} {'tiles':>6} {'precision':>9} {'floor s':>8} {'frame s':>8} "

@@ -53,3 +53,14 @@ def test_precise_bn_statistics_stay_float32_under_bf16():
     model.reestimate_batchnorm(net, iter([np.full((2, 64, 64, 3), 0.5, np.float32)] * 2), 2)
     assert bn.moving_mean.dtype == "float32"
     assert np.all(np.isfinite(bn.moving_variance.numpy()))
+
+
+def test_a_sequential_model_changes_precision_too():
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(2, 3, padding="same")])
+    from model import with_precision
+    bf16 = with_precision(net, "bf16")
+    assert bf16.layers[0].compute_dtype == "bfloat16"
+    assert with_precision(bf16, "bf16") is bf16
+    x = np.ones((1, 16, 16, 3), np.float32)
+    np.testing.assert_allclose(np.asarray(bf16(x), np.float32), np.asarray(net(x)), atol=0.05)
