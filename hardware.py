@@ -65,6 +65,9 @@ def use_precision(choice):
     """Set Keras' global dtype policy for a --precision choice; returns fp32, bf16 or fp16."""
     import keras
     precision = resolve_precision(choice)
+    if precision == "bf16" and not cpu_has_native_bf16() and not gpu_names():
+        print("note: this CPU has no native bf16 (AVX-512 BF16 or AMX); --precision bf16 is "
+              "emulated here and slower than fp32")
     keras.mixed_precision.set_global_policy(POLICIES[precision])
     return precision
 

@@ -64,3 +64,12 @@ def test_a_sequential_model_changes_precision_too():
     assert with_precision(bf16, "bf16") is bf16
     x = np.ones((1, 16, 16, 3), np.float32)
     np.testing.assert_allclose(np.asarray(bf16(x), np.float32), np.asarray(net(x)), atol=0.05)
+
+
+def test_forced_bf16_without_native_support_says_it_is_slow(monkeypatch, capsys):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setattr(hardware, "gpu_names", lambda: [])
+    assert hardware.use_precision("bf16") == "bf16"
+    assert "no native bf16" in capsys.readouterr().out
+    assert hardware.use_precision("auto") == "fp32"
+    assert capsys.readouterr().out == ""
