@@ -3,8 +3,8 @@
 --precision picks the Keras dtype policy of training and prediction:
   fp32   float32 everywhere (the original)
   bf16   mixed_bfloat16: bfloat16 convolutions, float32 weights, BatchNorm statistics,
-         logits and loss; about twice the fp32 speed on CPUs with native bf16
-         (AVX-512 BF16 or AMX), slower than fp32 on CPUs without it
+         logits and loss; a training step 0.6-0.75x the fp32 time on CPUs with native
+         bf16 (AVX-512 BF16 or AMX; bench/speed.py), slower than fp32 on CPUs without it
   fp16   mixed_float16, for GPUs with tensor cores (Keras adds loss scaling)
   auto   fp16 where TensorFlow sees a GPU, bf16 on a CPU with native bf16, else fp32
 """
@@ -19,27 +19,25 @@ VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_flags():
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+def _cpuinfo(key):
+    """The first value of a /proc/cpuinfo field (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                return set(value.split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
+            name, _, value = line.partition(":")
+            if name.strip() == key:
                 return value.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_flags():
+    """The CPU's feature flags (empty where /proc/cpuinfo has none)."""
+    return set((_cpuinfo("flags") or "").split())
+
+
+def cpu_name():
+    return _cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def cpu_has_native_bf16():
@@ -75,7 +73,7 @@ def use_precision(choice):
 def add_precision_option(group):
     group.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="numeric precision: fp32; bf16 (bfloat16 compute, float32 weights "
-                            "and loss; about 2x faster on CPUs with AVX-512 BF16 or AMX); fp16 "
+                            "and loss; faster on CPUs with AVX-512 BF16 or AMX); fp16 "
                             "(GPUs); auto = fp16 on a GPU, bf16 where the CPU has native bf16, "
                             "else fp32 (default: %(default)s)")
 
@@ -95,23 +93,29 @@ def matmul_gflops(dtype="float32", size=2048, repeats=8):
     return 2 * size ** 3 / best / 1e9
 
 
-def machine_summary(matmul=True):
-    """CPU, its vector flags, GPUs and (measured now) the fp32 and bf16 matmul rates."""
+def cpu_summary():
+    """The CPU, its cores and vector flags (no TensorFlow needed)."""
     flags = cpu_flags()
-    summary = {"cpu": cpu_name(), "cpu_cores": os.cpu_count(),
-               "cpu_flags": {f: f in flags for f in VECTOR_FLAGS}, "gpus": gpu_names()}
-    if matmul:
-        summary["matmul_gflops"] = {"fp32": round(matmul_gflops("float32"), 1),
-                                    "bf16": round(matmul_gflops("bfloat16"), 1)}
-    return summary
+    return {"cpu": cpu_name(), "cpu_cores": os.cpu_count(),
+            "cpu_flags": {f: f in flags for f in VECTOR_FLAGS}}
+
+
+def machine_summary():
+    """CPU, its vector flags, GPUs and (measured now) the fp32 and bf16 matmul rates."""
+    return {**cpu_summary(), "gpus": gpu_names(),
+            "matmul_gflops": {"fp32": round(matmul_gflops("float32"), 1),
+                              "bf16": round(matmul_gflops("bfloat16"), 1)}}
+
+
+def cpu_line(summary):
+    """The CPU, its cores and vector flags, in one line."""
+    flags = ", ".join(f"{f} {'yes' if v else 'no'}" for f, v in summary["cpu_flags"].items())
+    return f"{summary['cpu']}, {summary['cpu_cores']} cores; {flags}"
 
 
 def machine_line(summary):
-    flags = ", ".join(f"{f} {'yes' if v else 'no'}" for f, v in summary["cpu_flags"].items())
-    line = f"{summary['cpu']}, {summary['cpu_cores']} cores; {flags}"
-    if "matmul_gflops" in summary:
-        rates = summary["matmul_gflops"]
-        line += f"; matmul {rates['fp32']} GFLOP/s fp32, {rates['bf16']} bf16"
+    rates = summary["matmul_gflops"]
+    line = f"{cpu_line(summary)}; matmul {rates['fp32']} GFLOP/s fp32, {rates['bf16']} bf16"
     if summary["gpus"]:
         line += f"; GPUs: {', '.join(summary['gpus'])}"
     return line

@@ -429,6 +429,7 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
     state_path = model_dir / "state.json"
     # What the interrupted run had done by its last finished epoch.
     state = read_json(state_path, "training state") if resuming and state_path.is_file() else {}
+    steps_done = state.get("epochs_done", 0) * total_steps // args.epochs
 
     class Progress(keras.callbacks.Callback):
         """Advances the cosine schedule and stops when the time budget is spent."""
@@ -438,7 +439,7 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
             # Minutes count from the first run's start, so the budget and the log's
             # minutes column cover a resumed run too.
             self.start = time.monotonic() - 60 * state.get("minutes", 0.0)
-            self.steps = state.get("epochs_done", 0) * total_steps // args.epochs
+            self.steps = steps_done
 
         def on_train_batch_begin(self, batch, logs=None):
             minutes = (time.monotonic() - self.start) / 60
@@ -514,8 +515,7 @@ def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, re
 
         def on_train_begin(self, logs=None):
             from tqdm import tqdm
-            done = state.get("epochs_done", 0) * total_steps // args.epochs
-            self.bar = tqdm(total=total_steps, initial=done, desc="train", unit="step",
+            self.bar = tqdm(total=total_steps, initial=steps_done, desc="train", unit="step",
                             dynamic_ncols=True)
 
         def on_train_batch_end(self, batch, logs=None):

@@ -53,7 +53,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import random
 import re
 import shutil
@@ -68,6 +67,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import hardware  # noqa: E402
 from outputs import sha256_of
 
 VENV_PY = ROOT / ".venv" / "bin" / "python"
@@ -89,21 +89,8 @@ EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+)\s*$")
 # ---------------------------------------------------------------- machine
 
 def machine_lines():
-    cpu, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu in ("unknown", platform.processor()):
-                cpu = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    amx = sorted(f for f in flags if f.startswith("amx"))
-    marks = [f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_bf16")]
-    marks.append(f"amx {'yes (' + ' '.join(amx) + ')' if amx else 'no'}")
     return [f"date: {datetime.now(UTC).isoformat(timespec='seconds')}",
-            f"cpu: {cpu}, {os.cpu_count()} cores; flags: {', '.join(marks)}"]
+            f"cpu: {hardware.cpu_line(hardware.cpu_summary())}"]
 
 
 # ---------------------------------------------------------------- folders
