@@ -16,14 +16,13 @@ images, so the output is the same for any --workers.
 """
 import argparse
 import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_label_values,
-                      describe_intensity, find_label, list_images, parse_intensity, read_image,
-                      read_label, write_image)
+from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option, check_label_values,
+                      copy_frame, describe_intensity, find_label, list_images, parse_intensity,
+                      read_image, read_label, write_image)
 from outputs import atomic_write_text, remove_leftovers, staged_output, write_json
 from seg_common import (PipelineError, colorize, default_workers, dihedral, finite_float,
                         parallel_map, positive_int, read_classes, refuse_file, read_name_list, reflect_pad,
@@ -125,8 +124,9 @@ def available_memory():
     return None
 
 
-def split_names(names, data_dir, test_size, random_state):
-    """(train, test, how) from <data-dir>/test.txt if present, else the paper's random split."""
+def split_names(names, data_dir, test_size, random_state, stack_of=None):
+    """(train, test, how) from <data-dir>/test.txt if present, else the paper's random split,
+    which keeps the planes of one TIFF stack (stack_of: frame -> file) on one side."""
     fixed = Path(data_dir) / "test.txt"
     if fixed.is_file():
         test = read_name_list(fixed)
@@ -136,18 +136,29 @@ def split_names(names, data_dir, test_size, random_state):
         test_set = set(test)
         return [n for n in names if n not in test_set], sorted(test_set), f"fixed list {fixed}"
     from sklearn.model_selection import train_test_split
-    if len(names) < 2:
-        raise PipelineError("at least two labelled images are needed to split train and test")
-    train, test = train_test_split(names, test_size=test_size, random_state=random_state)
-    return sorted(train), sorted(test), (f"train_test_split(test_size={test_size}, "
-                                         f"random_state={random_state})")
+    groups = frame_groups(names, stack_of or {})
+    if len(groups) < 2:
+        raise PipelineError("at least two labelled images (or stacks) are needed to split train "
+                            "and test")
+    train, test = train_test_split(list(groups), test_size=test_size, random_state=random_state)
+    return (sorted(n for g in train for n in groups[g]), sorted(n for g in test for n in groups[g]),
+            f"train_test_split(test_size={test_size}, random_state={random_state})"
+            + (", planes of a stack kept together" if stack_of else ""))
 
 
-def write_split(work, train, test, how, classes, label_values, intensity):
+def frame_groups(names, stack_of):
+    """{group: frames} in name order: a stack's planes together, every other frame alone."""
+    groups = {}
+    for name in names:
+        groups.setdefault(stack_of.get(name, name), []).append(name)
+    return groups
+
+
+def write_split(work, train, test, how, classes, label_values, intensity, stack_of):
     """The split files, written last: their presence marks a complete run."""
     write_json(work / "split.json", {"method": how, "train": train, "test": test,
                                      "classes": classes, "label_values": label_values,
-                                     "intensity": intensity})
+                                     "intensity": intensity, "stack_of": stack_of})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 
@@ -158,7 +169,7 @@ def copy_test_set(table, test, work):
         (staging / "label").mkdir()
         for name in test:
             img_path, lbl_path, _ = table[name]
-            shutil.copy2(img_path, staging / "src" / img_path.name)
+            copy_frame(img_path, staging / "src", name)
             write_image(staging / "label" / f"{name}.png", read_label(lbl_path), atomic=False)
 
 
@@ -296,7 +307,10 @@ def main(argv=None):
     work = refuse_file(args.work_dir, "--work-dir")
     classes = read_classes(args.data_dir)
     table, label_values = labelled_images(args.data_dir, classes, args.intensity)
-    train, test, how = split_names(sorted(table), args.data_dir, args.test_size, args.random_state)
+    stack_of = {name: source.path.name for name, (source, _, _) in table.items()
+                if isinstance(source, StackPlane)}
+    train, test, how = split_names(sorted(table), args.data_dir, args.test_size, args.random_state,
+                                   stack_of)
     if not train:
         raise PipelineError("no training images left after the split")
     check_memory([table[n][2] for n in train], args.patch_size, args.workers)
@@ -311,7 +325,7 @@ def main(argv=None):
     copy_test_set(table, test, work)
     write_patches(table, train, work, args.num_patches, args.patch_size, args.seed, args.workers,
                   args.foreground_fraction, args.intensity)
-    write_split(work, train, test, how, classes, label_values, args.intensity)
+    write_split(work, train, test, how, classes, label_values, args.intensity, stack_of)
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
     print(f"wrote {args.num_patches} patches of {args.patch_size}x{args.patch_size} to "

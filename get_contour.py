@@ -19,8 +19,10 @@ class, object_id (per image and class, from 1, in raster order), area_px (pixel 
 equivalent_diameter_px (of the disc of that area), perimeter_px (length of the outer
 outline through the boundary pixels' centres), circularity (4 pi area / perimeter^2, 1 for
 a disc; unreliable below a few tens of pixels), centroid_x, centroid_y, bbox_x, bbox_y,
-bbox_w, bbox_h (pixels, origin top-left). With --pixel-size the area, diameter and
-perimeter are also given in micrometres (area_um2, equivalent_diameter_um, perimeter_um).
+bbox_w, bbox_h (pixels, origin top-left). The area, diameter and perimeter are also given
+in micrometres (area_um2, equivalent_diameter_um, perimeter_um) with --pixel-size, or, by
+default, for each image whose TIFF records its pixel size (OME PhysicalSizeX, or ImageJ's
+resolution and unit); pixel_size_um says which size was used.
 
 --from-probs rebuilds the masks as the original get_contour did, from the per-class
 probability maps of predict_lovasz_loss.py --save-probs: each map is scaled to 0..127 and
@@ -36,8 +38,8 @@ import cv2
 import numpy as np
 
 from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity, find_label,
-                      list_images, parse_intensity, read_image, read_label, to_color_mode,
-                      write_image)
+                      list_images, parse_intensity, pixel_size_um, read_image, read_label,
+                      to_color_mode, write_image)
 from outputs import staged_output
 from seg_common import (PALETTE, PipelineError, colorize, finite_float, positive_float,
                         read_classes, read_json, run_cli, save_figure)
@@ -73,8 +75,9 @@ def parse_args(argv=None):
                    help="drop objects smaller than this many pixels, e.g. specks of noise; "
                         "they are neither drawn nor listed (default: %(default)s, keep all)")
     g.add_argument("--pixel-size", type=positive_float, metavar="UM",
-                   help="micrometres per pixel; adds area_um2, equivalent_diameter_um and "
-                        "perimeter_um to objects.csv")
+                   help="micrometres per pixel, for every image; adds area_um2, "
+                        "equivalent_diameter_um and perimeter_um to objects.csv (default: the "
+                        "pixel size an OME or ImageJ TIFF records, image by image)")
     g = p.add_argument_group("masks from probability maps (the original's thresholds)")
     g.add_argument("--from-probs", action="store_true",
                    help="build the masks from <name>_prob_<class>.png (predict --save-probs) "
@@ -122,8 +125,8 @@ def read_prob_maps(pred_dir, name, classes):
     return np.dstack(maps)
 
 
-def read_mask(pred_dir, name, num_classes):
-    path = pred_dir / f"{name}.png"
+def read_mask(pred_dir, name, num_classes, suffix=".png"):
+    path = pred_dir / f"{name}{suffix}"
     if not path.is_file():
         raise PipelineError(f"mask {path} not found")
     mask = read_label(path)
@@ -174,11 +177,11 @@ def object_row(class_index, object_id, stats, centroid, outer):
             "bbox_w": int(stats[cv2.CC_STAT_WIDTH]), "bbox_h": int(stats[cv2.CC_STAT_HEIGHT])}
 
 
-def csv_columns(pixel_size):
-    um = pixel_size is not None
+def csv_columns(um):
     return (["image", "class", "object_id", "area_px"] + (["area_um2"] if um else [])
             + ["equivalent_diameter_px"] + (["equivalent_diameter_um"] if um else [])
             + ["perimeter_px"] + (["perimeter_um"] if um else [])
+            + (["pixel_size_um"] if um else [])
             + ["circularity", "centroid_x", "centroid_y", "bbox_x", "bbox_y", "bbox_w",
                "bbox_h"])
 
@@ -190,17 +193,21 @@ def csv_record(image, classes, row, pixel_size):
         record["area_um2"] = row["area_px"] * pixel_size ** 2
         record["equivalent_diameter_um"] = row["equivalent_diameter_px"] * pixel_size
         record["perimeter_um"] = row["perimeter_px"] * pixel_size
+        record["pixel_size_um"] = pixel_size
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
 
 
-def print_summary(records, classes, num_images, pixel_size):
+def print_summary(records, classes, num_images, um):
     print(f"{'class':<14}{'objects':>9}{'per image':>11}{'mean area px':>14}"
-          + (f"{'mean area um2':>15}" if pixel_size else ""))
+          + (f"{'mean area um2':>15}" if um else ""))
     for cls in classes[1:]:
-        areas = [r["area_px"] for r in records if r["class"] == cls]
-        mean = float(np.mean(areas)) if areas else 0.0
-        print(f"{cls:<14}{len(areas):>9}{len(areas) / num_images:>11.1f}{mean:>14.1f}"
-              + (f"{mean * pixel_size ** 2:>15.2f}" if pixel_size else ""))
+        rows = [r for r in records if r["class"] == cls]
+        mean = float(np.mean([r["area_px"] for r in rows])) if rows else 0.0
+        line = f"{cls:<14}{len(rows):>9}{len(rows) / num_images:>11.1f}{mean:>14.1f}"
+        if um:
+            areas = [r["area_um2"] for r in rows if "area_um2" in r]
+            line += f"{float(np.mean(areas)):>15.2f}" if areas else f"{'-':>15}"
+        print(line)
 
 
 # ---------------------------------------------------------------- drawing
@@ -292,6 +299,10 @@ def prediction_info(pred_dir):
             and isinstance(images, list) and all(isinstance(n, str) for n in images)):
         raise PipelineError(f"{path}: 'classes' and 'images' must be lists of names")
     info["intensity"] = check_intensity(info.get("intensity", DEFAULT_INTENSITY), path)
+    page, mask_format = info.get("page"), info.setdefault("mask_format", "png")
+    if not (page is None or (type(page) is int and page >= 0)) or mask_format not in ("png", "tif"):
+        raise PipelineError(f"{path}: 'page' must be empty or a plane number and 'mask_format' "
+                            "png or tif")
     return info
 
 
@@ -338,26 +349,29 @@ def main(argv=None):
     names = mask_names(pred_dir, info)
     if not names:
         raise PipelineError(f"no masks in {pred_dir}")
-    images = list_images(image_dir)
+    images = list_images(image_dir, info.get("page"))
     missing = [n for n in names if n not in images]
     if missing:
         raise PipelineError(f"no original image in {image_dir} for {len(missing)} mask(s), e.g. "
                             f"{missing[0]}; give --image-dir")
     intensity = args.intensity or info.get("intensity", DEFAULT_INTENSITY)
+    suffix = "." + info.get("mask_format", "png")    # png for masks made elsewhere
 
     from tqdm import tqdm
-    records = []
+    records, measured_in_um = [], bool(args.pixel_size)
     # Panels are staged too and join figures/ only when every image has gone through.
     with staged_output(out, MARKER) as staging, staged_output(figures, merge=True) as panels:
         for name in tqdm(names, desc="contours", unit="image", dynamic_ncols=True, disable=None):
             image = read_image(images[name], intensity)
             mask = (mask_from_probs(read_prob_maps(pred_dir, name, classes), args.thresholds)
-                    if args.from_probs else read_mask(pred_dir, name, len(classes)))
+                    if args.from_probs else read_mask(pred_dir, name, len(classes), suffix))
             if mask.shape != image.shape[:2]:
                 raise PipelineError(f"mask of {name} is {mask.shape[1]}x{mask.shape[0]} but "
                                     f"{images[name]} is {image.shape[1]}x{image.shape[0]}")
             rows, outlines = find_objects(mask, len(classes), args.min_area)
-            records += [csv_record(name, classes, row, args.pixel_size) for row in rows]
+            pixel_size = args.pixel_size or pixel_size_um(images[name])
+            measured_in_um |= pixel_size is not None
+            records += [csv_record(name, classes, row, pixel_size) for row in rows]
             write_image(staging / f"{name}_contour.png",
                         with_legend(draw_outlines(image, outlines), classes), atomic=False)
             if args.panels:
@@ -370,13 +384,14 @@ def main(argv=None):
                 plot_panel(name, image, label, mask, outlines, classes,
                            panels / f"panel_{name}.png", args.pdf)
         with open(staging / MARKER, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=csv_columns(args.pixel_size))
+            writer = csv.DictWriter(f, fieldnames=csv_columns(measured_in_um),
+                                    restval="")
             writer.writeheader()
             writer.writerows(records)
 
     print(f"{len(records)} objects in {len(names)} images -> {out / MARKER}, contours in {out}"
           + (f", panels in {figures}" if args.panels else ""))
-    print_summary(records, classes, len(names), args.pixel_size)
+    print_summary(records, classes, len(names), measured_in_um)
 
 
 if __name__ == "__main__":

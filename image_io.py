@@ -1,5 +1,7 @@
 """Images and labels as the pipeline reads and writes them: one intensity rule for every image
 that is not 8-bit, palette labels read as their indices, one clear error for a bad file."""
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -108,27 +110,184 @@ def describe_intensity(intensity):
     return f"{intensity['rule']} {intensity['low']:g} {intensity['high']:g}"
 
 
+# ---------------------------------------------------------------- TIFF
+#
+# TIFF goes through tifffile, which reads what microscopes write: 8/16/32-bit integer and
+# float pixels, OME-TIFF and ImageJ hyperstacks, compressed pages (with imagecodecs). Only a
+# file's first series is read (in an OME file of several positions or a pyramid, the first
+# position at full resolution). Every plane of that series (each Z, T or C step) is a frame;
+# a colour plane (3 or 4 samples per pixel, chunky or planar) is one RGB frame.
+
+TIFF_EXTS = (".tif", ".tiff")
+
+# Length units of OME (PhysicalSizeXUnit) and ImageJ ('unit'), in micrometres.
+MICROMETRES = {"um": 1.0, "\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+               "micrometre": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+@dataclass(frozen=True)
+class StackPlane:
+    """One plane of a multi-plane TIFF, a frame of its own."""
+    path: Path
+    index: int
+
+    @property
+    def name(self):
+        return f"{self.path.name} (plane {self.index})"
+
+    def __str__(self):
+        return f"{self.path} (plane {self.index})"
+
+
+def _open_tiff(path):
+    import tifffile
+    try:
+        return tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError) as err:
+        raise PipelineError(f"cannot read TIFF {path}: {err}") from None
+
+
+def _series_layout(series, path):
+    """(number of frames, axes of one frame) of a TIFF series."""
+    axes, shape = series.axes, series.shape
+    if axes.endswith("YXS") and shape[-1] in (3, 4):
+        frame_axes = 3
+    elif axes.endswith("SYX") and shape[-3] in (3, 4):
+        frame_axes = 3
+    elif axes.endswith("YX"):
+        frame_axes = 2
+    else:
+        raise PipelineError(f"{path}: TIFF axes {axes} {shape} are not planes of Y x X pixels")
+    return int(np.prod(shape[:-frame_axes], dtype=np.int64)), axes[-frame_axes:]
+
+
+def tiff_frame_count(path):
+    with _open_tiff(path) as tif:
+        if not tif.series:
+            raise PipelineError(f"cannot read TIFF {path}: it holds no image")
+        return _series_layout(tif.series[0], path)[0]
+
+
+def _read_tiff(path, index):
+    with _open_tiff(path) as tif:
+        if not tif.series:
+            raise PipelineError(f"cannot read TIFF {path}: it holds no image")
+        series = tif.series[0]
+        count, frame_axes = _series_layout(series, path)
+        if index >= count:
+            raise PipelineError(f"{path} holds {count} planes; there is no plane {index}")
+        try:
+            img = series.asarray() if count == 1 else tif.asarray(series=0, key=index)
+        except Exception as err:    # tifffile and its codecs raise many kinds
+            raise PipelineError(f"cannot read TIFF {path}: {type(err).__name__}: {err}") from None
+    img = np.asarray(img)
+    if img.ndim != len(frame_axes):
+        img = img.reshape(img.shape[-len(frame_axes):])
+    if frame_axes == "SYX":
+        img = np.moveaxis(img, 0, -1)
+    if img.ndim == 3:
+        img = img[:, :, :3]
+    if img.dtype == np.bool_:
+        img = img.astype(np.uint8) * 255
+    if img.dtype.kind == "c" or img.size == 0:
+        raise PipelineError(f"cannot read TIFF {path}: {img.dtype} pixels of shape {img.shape}")
+    return np.ascontiguousarray(img)
+
+
+def pixel_size_um(source):
+    """The pixel width in micrometres a TIFF records (OME PhysicalSizeX, or ImageJ's
+    resolution and unit); None where none is recorded or the unit is not a length."""
+    path = source.path if isinstance(source, StackPlane) else Path(source)
+    if path.suffix.lower() not in TIFF_EXTS:
+        return None
+    with _open_tiff(path) as tif:
+        if tif.is_ome:
+            return _ome_pixel_size(tif.ome_metadata)
+        if tif.is_imagej:
+            return _imagej_pixel_size(tif.imagej_metadata or {}, tif.pages[0])
+    return None
+
+
+def _ome_pixel_size(xml):
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None or "PhysicalSizeX" not in pixels.attrib:
+        return None
+    scale = _micrometres(pixels.attrib.get("PhysicalSizeXUnit", "µm"))
+    return _positive(pixels.attrib["PhysicalSizeX"], scale)
+
+
+def _imagej_pixel_size(metadata, page):
+    tag = page.tags.get("XResolution")
+    scale = _micrometres(metadata.get("unit", ""))
+    if tag is None or scale is None:
+        return None
+    numerator, denominator = tag.value
+    return _positive(denominator / numerator if numerator else 0, scale)
+
+
+def _micrometres(unit):
+    """Micrometres per unit; µ may come as the micro sign, the Greek mu or ImageJ's escape."""
+    text = str(unit).strip().lower()
+    for mu in ("\\u00b5", "\u03bc"):
+        text = text.replace(mu, "\u00b5")
+    return MICROMETRES.get(text)
+
+
+def _positive(value, scale):
+    try:
+        size = float(value) * scale
+    except (TypeError, ValueError):
+        return None
+    return size if np.isfinite(size) and size > 0 else None
+
+
 # ---------------------------------------------------------------- reading images
 
-def list_images(src):
-    """Map image name (file stem) to path for every image in a folder, sorted by name; a
-    single image file gives itself. Hidden files are skipped."""
+def list_images(src, page=None):
+    """Map frame name to source for every image in a folder, sorted by name; a single image
+    file gives itself. A source is the file's path, or a StackPlane for each plane of a TIFF
+    stack, named <stem>_p<k> (k from 0, zero-padded), or only plane `page` of every stack,
+    named <stem>. Hidden files are skipped."""
     src = Path(src)
     if src.is_file():
         if src.suffix.lower() not in IMAGE_EXTS:
             raise PipelineError(f"{src} is not an image file ({', '.join(IMAGE_EXTS)})")
-        return {src.stem: src}
-    if not src.is_dir():
+        paths = [src]
+    elif src.is_dir():
+        paths = [p for p in sorted(src.iterdir())
+                 if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS]
+    else:
         raise PipelineError(f"image folder {src} does not exist")
     found = {}
-    for path in sorted(src.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_EXTS:
-            continue
-        if path.stem in found:
-            raise PipelineError(f"two images share the name {path.stem!r} in {src}: "
-                                f"{found[path.stem].name} and {path.name}")
-        found[path.stem] = path
+    for path in paths:
+        for name, source in _frames_of(path, page):
+            if name in found:
+                raise PipelineError(f"two images share the name {name!r} in {src}: "
+                                    f"{found[name].name} and {source.name}")
+            found[name] = source
     return found
+
+
+def _frames_of(path, page):
+    """(name, source) of each frame an image file holds; x.ome.tif is named x."""
+    if path.suffix.lower() not in TIFF_EXTS:
+        return [(path.stem, path)]
+    stem = path.stem[:-4] if path.stem.lower().endswith(".ome") else path.stem
+    count = tiff_frame_count(path)
+    if count == 1:
+        return [(stem, path)]
+    if page is not None:
+        if page >= count:
+            raise PipelineError(f"{path} holds {count} planes (0..{count - 1}); there is no "
+                                f"plane {page} (--page)")
+        return [(stem, StackPlane(path, page))]
+    digits = len(str(count - 1))
+    return [(f"{stem}_p{k:0{digits}d}", StackPlane(path, k)) for k in range(count)]
 
 
 def find_label(label_dir, name):
@@ -139,22 +298,23 @@ def find_label(label_dir, name):
     return None
 
 
-def read_raw_image(path):
-    """The stored pixels of an image file, in their own type: HxW or HxWx3 RGB (alpha dropped)."""
-    path = Path(path)
-    pages = cv2.imcount(str(path)) if path.suffix.lower() in (".tif", ".tiff") else 1
-    if pages > 1:
-        raise PipelineError(f"{path} holds {pages} pages; give one frame per "
-                            "file (split the stack, e.g. in Fiji: Image > Stacks > Stack to Images)")
+def read_raw_image(source):
+    """The stored pixels of an image file or stack plane, in their own type: HxW or HxWx3 RGB
+    (alpha dropped)."""
+    if isinstance(source, StackPlane):
+        return _read_tiff(source.path, source.index)
+    path = Path(source)
+    if path.suffix.lower() in TIFF_EXTS:
+        return _read_tiff(path, 0)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise PipelineError(f"cannot read image {path}: empty, truncated or not an image file")
     return _channels_as_rgb(img, path)
 
 
-def read_image(path, intensity=DEFAULT_INTENSITY):
-    """An image file as the pipeline sees it: uint8, HxW (grey) or HxWx3 (RGB)."""
-    return to_uint8(read_raw_image(path), intensity, f"image {path}")
+def read_image(source, intensity=DEFAULT_INTENSITY):
+    """An image file or stack plane as the pipeline sees it: uint8, HxW (grey) or HxWx3 (RGB)."""
+    return to_uint8(read_raw_image(source), intensity, f"image {source}")
 
 
 def decode_image(data, what, intensity=DEFAULT_INTENSITY, raw=False):
@@ -267,6 +427,29 @@ def write_image(path, img, atomic=True):
         Path(path).write_bytes(data)
     except OSError as err:
         raise PipelineError(f"cannot write {path}: {err.strerror}") from None
+
+
+def write_tiff(path, img, pixel_size=None):
+    """A TIFF through tifffile (zlib-compressed): HxW or HxWx3 RGB, any pixel type, with the
+    pixel size in micrometres as ImageJ records it where given."""
+    import tifffile
+    options = {"compression": "zlib", "photometric": "rgb" if img.ndim == 3 else "minisblack"}
+    if pixel_size and img.dtype in (np.uint8, np.uint16, np.float32):
+        options.update(imagej=True, resolution=(1 / pixel_size, 1 / pixel_size),
+                       metadata={"unit": "um"})
+    try:
+        tifffile.imwrite(path, img, **options)
+    except OSError as err:
+        raise PipelineError(f"cannot write {path}: {err.strerror}") from None
+
+
+def copy_frame(source, folder, name):
+    """Copy a frame into a folder as it is stored: a whole file as a copy (its metadata kept),
+    a stack plane as <name>.tif with the stack's pixel size."""
+    if isinstance(source, StackPlane):
+        write_tiff(Path(folder) / f"{name}.tif", read_raw_image(source), pixel_size_um(source))
+    else:
+        shutil.copy2(source, Path(folder) / Path(source).name)
 
 
 def lossless_suffix(img):

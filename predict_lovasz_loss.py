@@ -2,16 +2,24 @@
 
 Reads   <model-dir>/config.json and a model file     (train_unet_xception_resnetblock.py)
         <work-dir>/test/src/*, <work-dir>/test/label/*.png  (gen_img_aug.py), or --input
-Writes  <output>/<name>.png             class index per pixel (uint8)
+Writes  <output>/<name>.png             class index per pixel (uint8); .tif with
+                                        --mask-format tif
         <output>/<name>_color.png       the mask colour-coded (class colours of the figures)
         <output>/<name>_prob_<class>.png with --save-probs: the blended probability of each
                                         class as 8-bit grey, value / 255 = probability
+        <output>/labelme/<name>.json    with --to-labelme: the mask as LabelMe polygons, to
+                                        correct in LabelMe, then labelme_to_label.py
         <output>/predict.json           classes, decision, settings and the list of images
         <output>/iou.csv, iou.json, iou.png    where labels exist: per-image and dataset IoU
         <work-dir>/figures/iou_per_class.png   the IoU bar chart, for the test set
 
 <output> is <work-dir>/test/predict for the test set, or <work-dir>/predict/<folder name>
 for --input <folder>, unless --output says otherwise.
+
+Images: PNG, JPEG, BMP and TIFF (through tifffile: 8/16/32-bit integer or float, OME-TIFF,
+ImageJ TIFF). Every plane of a multi-plane TIFF (Z, T or C) is a frame <name>_p<k>, k from
+0, unless --page K picks one plane per file. Images that are not 8-bit become 0..255 by the
+intensity rule the model was trained with.
 
 Tiling: tiles of the training patch size overlap by at least --overlap of a tile and are
 spread evenly so the last one ends flush with the image border (as nnU-Net does); with
@@ -50,17 +58,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
-from image_io import (COLOR_MODES, DEFAULT_INTENSITY, add_intensity_option, check_intensity,  # noqa: E402
-                      describe_intensity, find_label, list_images, parse_intensity, read_image,
-                      read_label, to_color_mode, write_image)
+from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,  # noqa: E402
+                      describe_intensity, find_label, list_images, parse_intensity,
+                      pixel_size_um, read_image, read_label, to_color_mode, write_image,
+                      write_tiff)
 from hardware import add_precision_option, use_precision  # noqa: E402
-from outputs import atomic_write_text, check_replaceable, sha256_of, staged_output, write_json  # noqa: E402
-from seg_common import (PipelineError, check_preprocessing, colorize,  # noqa: E402
-                        confusion_matrix, dihedral, existing_folder, finite_float,
-                        inverse_dihedral, iou_per_class, positive_int, preprocess_patch,
-                        read_json, reflect_pad, refuse_file, run_cli, save_figure)
+from labelme_export import DEFAULT_TOLERANCE, annotation  # noqa: E402
+from model_folder import (DECISIONS, load_model, model_file, read_config,  # noqa: E402
+                          verify_model_file)
+from outputs import atomic_write_text, check_replaceable, staged_output, write_json  # noqa: E402
+from seg_common import (PipelineError, colorize, confusion_matrix, dihedral,  # noqa: E402
+                        existing_folder, finite_float, inverse_dihedral, iou_per_class,
+                        non_negative_float, non_negative_int, positive_int, preprocess_patch,
+                        refuse_file, run_cli, save_figure)
 
-DECISIONS = ("argmax", "sigmoid>0.51")
 SIGMOID_THRESHOLD = 0.51
 BLENDS = ("gaussian", "uniform")
 WEIGHT_CHOICES = ("best", "swa", "last")
@@ -79,6 +90,9 @@ def parse_args(argv=None):
     g.add_argument("--input", metavar="PATH",
                    help="an image file or a folder of images to segment, any size, grey or "
                         "colour, labels not needed (default: the test set, <work-dir>/test/src)")
+    g.add_argument("--page", type=non_negative_int, metavar="K",
+                   help="TIFF stacks: segment only plane K (from 0) of each, named like its "
+                        "file (default: every plane, each a frame named <name>_p<k>)")
     g.add_argument("--labels", metavar="DIR",
                    help="folder of labels <name>.png/.npy for IoU (default: <work-dir>/test/label "
                         "for the test set; none with --input)")
@@ -115,6 +129,18 @@ def parse_args(argv=None):
                    help="also write <name>_prob_<class>.png per class, 8-bit, value/255 = "
                         "probability (softmax, or sigmoid for the sigmoid>0.51 decision); "
                         "get_contour.py --from-probs reads them")
+    g.add_argument("--mask-format", choices=("png", "tif"), default="png",
+                   help="file type of the masks <name>.png|.tif; tif carries the pixel size of "
+                        "a TIFF input (OME or ImageJ) for Fiji and get_contour.py "
+                        "(default: %(default)s)")
+    g.add_argument("--to-labelme", action="store_true",
+                   help="also write <output>/labelme/<name>.json, the mask as LabelMe polygons "
+                        "(one per object, holes kept) to correct in LabelMe and turn back into "
+                        "labels with labelme_to_label.py")
+    g.add_argument("--labelme-tolerance", type=non_negative_float, default=DEFAULT_TOLERANCE,
+                   metavar="PIXELS",
+                   help="largest distance a simplified polygon may stray from the traced "
+                        "outline; 0 keeps every vertex (default: %(default)s)")
     g.add_argument("--pdf", action="store_true", help="also write the IoU chart as PDF")
     args = p.parse_args(argv)
     if not 0 <= args.overlap < 1:
@@ -177,45 +203,106 @@ def as_float_tile(tile):
     return tile[:, :, None] if tile.ndim == 2 else tile
 
 
-def _model_inputs(padded, positions, tile, transforms, prepare):
-    """((y, x, k), input) for every tile and transform, preparing each tile once."""
+def mirror_index(index, n):
+    """Where reflect_pad's padding takes each index from: a symmetric mirror, repeated."""
+    m = np.asarray(index) % (2 * n)
+    return np.where(m < n, m, 2 * n - 1 - m)
+
+
+def padded_rows(image, y0, y1, width):
+    """Rows y0..y1-1 of the image reflect-padded to at least `width` columns and as many rows
+    as asked: reflect_pad(image, y1, width)[y0:y1], without padding the whole image."""
+    h, w = image.shape[:2]
+    rows = image[mirror_index(np.arange(y0, y1), h)]
+    return rows if width <= w else rows[:, mirror_index(np.arange(width), w)]
+
+
+class RowAccumulator:
+    """Window-weighted sums of tile probabilities over the rows that tiles still reach: rows
+    join at the bottom as tiles need them and leave at the top once final."""
+
+    def __init__(self, width):
+        self.top, self.width = 0, width
+        self.total, self.weight = None, np.zeros((0, width))
+
+    def add(self, y, x, values, window):
+        th, tw = window.shape
+        if self.total is None:
+            self.total = np.zeros((0, self.width, values.shape[-1]))
+        grow = y + th - self.top - len(self.weight)
+        if grow > 0:
+            self.total = np.concatenate([self.total, np.zeros((grow, *self.total.shape[1:]))])
+            self.weight = np.concatenate([self.weight, np.zeros((grow, self.width))])
+        r = y - self.top
+        self.total[r:r + th, x:x + tw] += window[:, :, None] * values
+        self.weight[r:r + th, x:x + tw] += window
+
+    def pop(self, y):
+        """The blended probabilities of rows top..y-1 (float32), which no tile adds to any more."""
+        n = y - self.top
+        probs = (self.total[:n] / self.weight[:n, :, None]).astype(np.float32)
+        self.total, self.weight, self.top = self.total[n:], self.weight[n:], y
+        return probs
+
+
+def _model_inputs(read_rows, positions, tile, transforms, prepare):
+    """((y, x, k), input) for every tile and transform, preparing each tile once and reading
+    the image one row of tiles at a time."""
     th, tw = tile
+    strip_y, strip = None, None
     for y, x in positions:
-        ready = prepare(padded[y:y + th, x:x + tw])
+        if y != strip_y:
+            strip_y, strip = y, read_rows(y, y + th)
+        ready = prepare(strip[:, x:x + tw])
         for k in transforms:
             yield (y, x, k), dihedral(ready, k)
 
 
-def predict_frame(predict_batch_fn, image, tile, overlap=0.25, blend="gaussian", batch_size=8,
-                  tta=False, prepare=as_float_tile):
-    """Per-class probabilities [h, w, C] (float32) of a whole image, by blended tiles.
+def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="gaussian",
+                  batch_size=8, tta=False, prepare=as_float_tile):
+    """Per-class probabilities of an h x w image by blended tiles, yielded top to bottom as
+    (first row, probabilities [rows, w, C] float32) as soon as no later tile reaches them.
 
+    read_rows(y0, y1) gives rows y0..y1-1 of the image reflect-padded to the tiles' extent
+    (padded_rows), so only a row of tiles and the rows they overlap are ever in memory.
     predict_batch_fn maps a float batch [N, th, tw, channels] to probabilities
     [N, th, tw, C]; it is called once per batch of up to batch_size tiles. prepare turns
-    one raw tile (cut from the reflect-padded image) into the model input, so per-tile
-    preprocessing sees exactly the pixels of its tile. With tta every tile also goes
-    through the 8 rotations/flips and their back-transformed outputs are averaged.
+    one raw tile into the model input, so per-tile preprocessing sees exactly the pixels of
+    its tile. With tta every tile also goes through the 8 rotations/flips and their
+    back-transformed outputs are averaged.
     """
     th, tw = tile = tile_shape(tile)
     if tta and th != tw:
         raise PipelineError(f"--tta needs square tiles, the model's are {tw}x{th}")
-    h, w = image.shape[:2]
     positions = tile_positions(h, w, tile, overlap)
-    ph, pw = max(y for y, _ in positions) + th, max(x for _, x in positions) + tw
-    padded = reflect_pad(image, ph, pw)
+    pw = max(x for _, x in positions) + tw
     window = blend_window(tile, blend)
-    inputs = _model_inputs(padded, positions, tile, range(8) if tta else (0,), prepare)
-
-    total, weight = None, np.zeros((ph, pw))
+    transforms = range(8) if tta else (0,)
+    inputs = _model_inputs(read_rows, positions, tile, transforms, prepare)
+    rows = RowAccumulator(pw)
+    done = 0
     while batch := list(itertools.islice(inputs, batch_size)):
         where, tiles = zip(*batch)
         probs = np.asarray(predict_batch_fn(np.stack(tiles)), np.float64)
-        if total is None:
-            total = np.zeros((ph, pw, probs.shape[-1]))
         for (y, x, k), prob in zip(where, probs):
-            total[y:y + th, x:x + tw] += window[:, :, None] * inverse_dihedral(prob, k)
-            weight[y:y + th, x:x + tw] += window
-    return (total[:h, :w] / weight[:h, :w, None]).astype(np.float32)
+            rows.add(y, x, inverse_dihedral(prob, k), window)
+        done += len(batch)
+        # Tiles come row by row: rows above the next tile's top are final.
+        final = min(h, positions[done // len(transforms)][0]) if done < len(positions) * \
+            len(transforms) else h
+        if final > rows.top:
+            yield rows.top, rows.pop(final)[:, :w]
+
+
+def predict_frame(predict_batch_fn, image, tile, overlap=0.25, blend="gaussian", batch_size=8,
+                  tta=False, prepare=as_float_tile):
+    """Per-class probabilities [h, w, C] (float32) of a whole image in memory, by blended
+    tiles (predict_bands, whose arithmetic it shares to the bit)."""
+    h, w = image.shape[:2]
+    pw = max(x for _, x in tile_positions(h, w, tile, overlap)) + tile_shape(tile)[1]
+    bands = predict_bands(predict_batch_fn, lambda y0, y1: padded_rows(image, y0, y1, pw),
+                          h, w, tile, overlap, blend, batch_size, tta, prepare)
+    return np.concatenate([probs for _, probs in bands])
 
 
 # ---------------------------------------------------------------- decision
@@ -238,89 +325,6 @@ def decide(probs, decision):
 
 
 # ---------------------------------------------------------------- model
-
-def read_config(model_dir):
-    """The model folder's config.json, checked field by field."""
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: train a model first, or point --model-dir at "
-                            "a model folder")
-    config = read_json(path, "model config")
-    if not isinstance(config, dict):
-        raise PipelineError(f"{path} is not a model config written by training")
-    missing = [k for k in ("classes", "patch_size", "color_mode", "preprocessing", "decision",
-                           "weights_files") if k not in config]
-    if missing:
-        raise PipelineError(f"{path} lacks {', '.join(missing)}; was it written by training?")
-    classes, size = config["classes"], config["patch_size"]
-    if not (isinstance(classes, list) and len(classes) >= 2
-            and all(isinstance(c, str) for c in classes)):
-        raise PipelineError(f"{path}: 'classes' must list at least two class names")
-    if not (isinstance(size, list) and len(size) == 2
-            and all(isinstance(v, int) and v > 0 for v in size)):
-        raise PipelineError(f"{path}: 'patch_size' must be [height, width] in pixels")
-    if config["decision"] not in DECISIONS:
-        raise PipelineError(f"{path}: unknown decision {config['decision']!r}; expected one of "
-                            f"{DECISIONS}")
-    if config["color_mode"] not in COLOR_MODES:
-        raise PipelineError(f"{path}: unknown color_mode {config['color_mode']!r}")
-    check_preprocessing(config["preprocessing"], f"{path}: preprocessing")
-    # Models trained before the rule was recorded read non-8-bit images by today's default.
-    config["intensity"] = check_intensity(config.get("intensity", DEFAULT_INTENSITY), path)
-    return config
-
-
-def model_file(model_dir, config, choice):
-    """Path of the model file that --weights names."""
-    model_dir = Path(model_dir)
-    if choice in ("best", "swa"):
-        path = model_dir / config["weights_files"][choice]
-        if not path.is_file():
-            hint = " (trained with --swa-epochs 0?)" if choice == "swa" else ""
-            raise PipelineError(f"--weights {choice}: {path} not found{hint}")
-        return path
-    if choice == "last":
-        snapshots = sorted((model_dir / "snapshots").glob("epoch_*.*"))
-        if not snapshots:
-            raise PipelineError(f"--weights last: no snapshots in {model_dir / 'snapshots'}")
-        return snapshots[-1]
-    for path in (model_dir / choice, Path(choice)):
-        if path.is_file():
-            return path
-    raise PipelineError(f"--weights {choice}: not best, swa, last or an existing model file "
-                        f"(looked in {model_dir} and the current folder)")
-
-
-def verify_model_file(path, model_dir, config):
-    """Refuse a model file whose sha256 is not the one training recorded in config.json."""
-    try:   # abspath, not resolve: a model file linked into the folder is the folder's file
-        name = Path(os.path.abspath(path)).relative_to(os.path.abspath(model_dir)).as_posix()
-    except ValueError:
-        print(f"note: {path} lies outside the model folder; its integrity is not checked")
-        return
-    expected = config.get("sha256", {}).get(name)
-    if expected is None:
-        raise PipelineError(f"{path}: config.json records no sha256 for {name} (trained by an "
-                            "older version, or not written by training); --no-verify loads it "
-                            "unchecked")
-    if sha256_of(path) != expected:
-        raise PipelineError(f"{path} is not the file training saved (its sha256 differs from "
-                            "config.json's): it is damaged or was replaced; train again, or "
-                            "--no-verify to load it anyway")
-
-
-def load_model(path):
-    import absl.logging
-    import keras
-    import lovasz_losses_tf  # noqa: F401  (registers the losses a saved model may name)
-    import model  # noqa: F401  (registers NormalizedSGD)
-    absl.logging.set_verbosity(absl.logging.ERROR)
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:     # h5py, Keras and zipfile each raise their own types
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PipelineError(f"cannot load model {path}: {first_line}") from None
-
 
 def make_predict_batch(net, decision):
     """A compiled batch -> probabilities function: softmax, or sigmoid for sigmoid>0.51."""
@@ -440,13 +444,31 @@ def folders(args):
             Path(args.output) if args.output else work / "test" / "predict")
 
 
-def write_outputs(staging, name, mask, probs, classes, save_probs):
-    write_image(staging / f"{name}.png", mask, atomic=False)
+def write_outputs(staging, out, name, source, img, mask, probs, classes, args):
+    if args.mask_format == "tif":
+        write_tiff(staging / f"{name}.tif", mask, pixel_size_um(source))
+    else:
+        write_image(staging / f"{name}.png", mask, atomic=False)
+    if args.to_labelme:
+        write_labelme(staging / "labelme", out / "labelme", name, source, img, mask, classes,
+                      args.labelme_tolerance)
     write_image(staging / f"{name}_color.png", colorize(mask), atomic=False)
-    if save_probs:
+    if args.save_probs:
         for c, cls in enumerate(classes):
             write_image(staging / f"{name}_prob_{cls}.png",
                         np.rint(probs[:, :, c] * 255).astype(np.uint8), atomic=False)
+
+
+def write_labelme(staging, final, name, source, img, mask, classes, tolerance):
+    """<name>.json for LabelMe, its imagePath relative to where the folder is published. A
+    stack plane, which LabelMe cannot open, is saved beside it as the 8-bit frame the model
+    saw."""
+    staging.mkdir(exist_ok=True)
+    if isinstance(source, StackPlane):
+        write_image(staging / f"{name}.png", img, atomic=False)
+        source = final / f"{name}.png"
+    document = annotation(mask, classes, source, final, tolerance)
+    write_json(staging / f"{name}.json", document)
 
 
 def main(argv=None):
@@ -456,7 +478,7 @@ def main(argv=None):
     src, label_dir, out = folders(args)
     if not args.input and not src.is_dir():
         raise PipelineError(f"no test set in {src}: run gen_img_aug.py first, or give --input")
-    images = list_images(src)
+    images = list_images(src, args.page)
     if not images:
         raise PipelineError(f"no images in {src}")
     check_replaceable(out, MARKER)
@@ -489,7 +511,7 @@ def main(argv=None):
             probs = predict_frame(predict_batch, img, tile, args.overlap, args.blend,
                                   args.batch_size, args.tta, prepare)
             mask = decide(probs, decision)
-            write_outputs(staging, name, mask, probs, classes, args.save_probs)
+            write_outputs(staging, out, name, img_path, img, mask, probs, classes, args)
             label_path = find_label(label_dir, name) if label_dir else None
             if label_path:
                 label = read_label(label_path)
@@ -507,6 +529,8 @@ def main(argv=None):
             "tile": list(tile), "overlap": args.overlap, "blend": args.blend, "tta": args.tta,
             "precision": precision,
             "batch_size": args.batch_size, "probability_maps": args.save_probs,
+            "page": args.page, "mask_format": args.mask_format,
+            "labelme": {"tolerance": args.labelme_tolerance} if args.to_labelme else None,
             "images": list(images)})
         if per_image:
             rows = iou_rows(per_image, total_cm)

@@ -141,6 +141,13 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    value = _parsed(text, int, "a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
 # ---------------------------------------------------------------- geometry
 
 def dihedral(arr, k):

@@ -68,6 +68,13 @@ def parse_args(argv=None):
     g.add_argument("--weights", default="imagenet",
                    help="encoder initialisation: 'imagenet' (downloaded by Keras, as the paper), "
                         "a local Xception weights file, or 'none' (default: %(default)s)")
+    g.add_argument("--init-model", metavar="DIR",
+                   help="start from the best weights of a trained model folder instead of "
+                        "--weights: fine-tuning on corrected or more data; its classes must "
+                        "be classes.txt's, unless --new-head")
+    g.add_argument("--new-head", action="store_true",
+                   help="with --init-model: train for a new class list; the last layer "
+                        "starts afresh, every other one from the model")
     g.add_argument("--start-neurons", type=int, default=16,
                    help="decoder width multiplier (default: %(default)s)")
     g.add_argument("--dropout", type=finite_float, default=0.1, help="dropout rate (default: %(default)s)")
@@ -175,17 +182,21 @@ def patch_sources(work, names):
     return sources
 
 
-def split_patches(work, val_split, random_state, by="image"):
+def split_patches(work, val_split, random_state, by="image", stack_of=None):
     """{"by", "val_frames", "train", "val"}: which patches train and which validate.
 
     By image (the default), the validation patches are all the patches of round(val_split x
     frames) whole training frames (at least one) that no training patch comes from, so
-    validation never sees pixels training saw. With fewer than MIN_FRAMES_FOR_IMAGE_SPLIT
-    frames, or by patch, the patches are split at random as in the paper (overlapping crops
-    of the same frames then land on both sides).
+    validation never sees pixels training saw; the planes of one TIFF stack (stack_of: frame
+    -> file, as gen_img_aug.py records it) count as one frame, as neighbouring planes look
+    alike. With fewer than MIN_FRAMES_FOR_IMAGE_SPLIT frames, or by patch, the patches are
+    split at random as in the paper (overlapping crops of the same frames then land on both
+    sides).
     """
     names = patch_names(work)
     sources = patch_sources(work, names) if by == "image" else {}
+    if sources and stack_of:
+        sources = {n: stack_of.get(frame, frame) for n, frame in sources.items()}
     frames = sorted({sources[n] for n in names}) if sources else []
     if by == "image" and len(frames) < MIN_FRAMES_FOR_IMAGE_SPLIT:
         print(f"note: {len(frames) or 'no record of the'} training frames; validating on a random "
@@ -240,19 +251,24 @@ def work_record(work):
     """What gen_img_aug.py recorded in <work>/split.json ({} for patches made elsewhere)."""
     path = work / "split.json"
     record = read_json(path, "split file") if path.is_file() else {}
-    if not isinstance(record, dict):
+    stack_of = record.get("stack_of", {}) if isinstance(record, dict) else None
+    if not (isinstance(stack_of, dict)
+            and all(isinstance(v, str) for v in stack_of.values())):
         raise PipelineError(f"{path} is not a split file written by gen_img_aug.py; rerun it")
     return record
 
 
 # ---------------------------------------------------------------- the model folder
 
-def settings_fingerprint(args, stats, split):
-    """A hash of everything that decides the trained model: the settings and the data."""
+def settings_fingerprint(args, stats, split, init=None):
+    """A hash of everything that decides the trained model: the settings, the data and the
+    model it starts from."""
     settings = {k: v for k, v in vars(args).items() if k not in UNHASHED_SETTINGS}
     for key in ("data_dir", "work_dir", "model_dir"):
         settings[key] = str(Path(settings[key]).resolve()) if settings[key] else None
     data = {"statistics": stats, "train": split["train"], "val": split["val"]}
+    if init:
+        data["init_model_sha256"] = init["sha256"]
     text = json.dumps({"settings": settings, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -674,15 +690,53 @@ def resolve_weights(option):
 
 def build(args, patch_shape, num_classes):
     from model import build_model
-    try:
+    try:   # --init-model overwrites every weight: no ImageNet download for nothing
         return build_model((*patch_shape, 3), num_classes, args.start_neurons,
-                           weights=resolve_weights(args.weights), dropout=args.dropout)
+                           weights=None if args.init_model else resolve_weights(args.weights),
+                           dropout=args.dropout)
     except Exception as err:  # Keras and h5py raise several types for a failed weight load
         if args.weights == "imagenet":
             raise PipelineError(f"could not load ImageNet weights for Xception ({err}); without "
                                 "internet use --weights none or a local weights file") from None
         raise PipelineError(f"--weights {args.weights}: not usable Xception weights "
                             f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def check_init_model(args, classes):
+    """(best model file, its sha256) of --init-model, after checking that it fits this run."""
+    from model_folder import model_file, read_config, verify_model_file
+    folder = existing_folder(args.init_model, "--init-model")
+    config = read_config(folder)
+    path = model_file(folder, config, "best")
+    verify_model_file(path, folder, config)
+    theirs = config.get("settings", {}).get("start_neurons", args.start_neurons)
+    if theirs != args.start_neurons:
+        raise PipelineError(f"--init-model {folder} was built with --start-neurons {theirs}; "
+                            "give the same")
+    if config["classes"] != classes and not args.new_head:
+        raise PipelineError(f"--init-model {folder} was trained for the classes "
+                            f"{config['classes']}, {args.data_dir}/classes.txt lists {classes}; "
+                            "add --new-head to train a new last layer for these classes")
+    return {"file": str(path.resolve()), "sha256": config["sha256"][path.name]}
+
+
+def init_from_model(model, path, new_head):
+    """Copy every layer's weights from a trained model of the same architecture (layer by
+    layer in build order, as Keras may number unnamed layers differently per process); with
+    new_head the logits layer keeps its fresh initialisation."""
+    from model_folder import load_model
+    source = load_model(path)
+    if len(source.layers) != len(model.layers):
+        raise PipelineError(f"--init-model {path}: not this network ({len(source.layers)} "
+                            f"layers, this one has {len(model.layers)})")
+    for mine, theirs in zip(model.layers, source.layers):
+        if new_head and mine.name == "logits":
+            continue
+        shapes = [tuple(w.shape) for w in theirs.weights]
+        if type(mine) is not type(theirs) or shapes != [tuple(w.shape) for w in mine.weights]:
+            raise PipelineError(f"--init-model {path}: layer {theirs.name} does not fit "
+                                f"{mine.name} of this network (other classes need --new-head)")
+        mine.set_weights(theirs.get_weights())
 
 
 def write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
@@ -715,11 +769,13 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, intensity,
 
 def check_inputs(args, work):
     """Everything training needs, checked before the model folder changes:
-    (classes, statistics, split_patches(), patch shape, intensity rule)."""
+    (classes, statistics, split_patches(), patch shape, intensity rule, the --init-model file
+    and its sha256 or None)."""
     classes = read_classes(args.data_dir)
     stats = load_mean_std(work / f"{MEAN_STD_NAME}.json")
-    split = split_patches(work, args.val_split, args.random_state, args.val_split_by)
     recorded = work_record(work)
+    split = split_patches(work, args.val_split, args.random_state, args.val_split_by,
+                          recorded.get("stack_of"))
     check_patch_labels(work, split["train"] + split["val"], classes, args.data_dir, recorded)
     patch_shape = read_image(work / "train" / "prep" / split["train"][0]).shape[:2]
     if patch_shape[0] % 32 or patch_shape[1] % 32:
@@ -728,9 +784,12 @@ def check_inputs(args, work):
     intensity = check_intensity(recorded.get("intensity", DEFAULT_INTENSITY),
                                 work / "split.json")
     resolve_weights(args.weights)
+    if args.new_head and not args.init_model:
+        raise PipelineError("--new-head needs --init-model")
+    init = check_init_model(args, classes) if args.init_model else None
     if args.loss == "lovasz-hinge" and len(classes) != 2:
         raise PipelineError(f"--loss lovasz-hinge needs 2 classes, classes.txt has {len(classes)}")
-    return classes, stats, split, patch_shape, intensity
+    return classes, stats, split, patch_shape, intensity, init
 
 
 def main(argv=None):
@@ -739,9 +798,9 @@ def main(argv=None):
                            "run gen_img_aug.py and pre_processing.py first")
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
     refuse_file(model_dir, "--model-dir")
-    classes, stats, split, patch_shape, intensity = check_inputs(args, work)
+    classes, stats, split, patch_shape, intensity, init = check_inputs(args, work)
     train_names, val_names = split["train"], split["val"]
-    fingerprint = settings_fingerprint(args, stats, split)
+    fingerprint = settings_fingerprint(args, stats, split, init)
     plan = plan_model_folder(model_dir, fingerprint, args)
     if plan == "done":
         print(f"{model_dir} already holds the model this command trains; nothing to do (add "
@@ -756,13 +815,15 @@ def main(argv=None):
     # The weights are loaded (ImageNet downloaded) before the model folder changes at all.
     precision = use_precision(args.precision)
     model = build(args, patch_shape, len(classes))
+    if init:
+        init_from_model(model, Path(init["file"]), args.new_head)
     prepare_model_folder(model_dir, plan)
     resuming = plan in ("resume", "finish")
     if plan == "resume":
         align_with_backup(model_dir)
     write_json(model_dir / "split.json", split)
     write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
-                 precision)
+                 precision, {"init_model": init})
     if resuming:
         # A kill between publishing a model file and recording its hash leaves a stale entry;
         # every published file is whole, so hashing them all again is safe.
@@ -807,6 +868,7 @@ def main(argv=None):
     state = read_json(state_path, "training state")
     write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
                  precision, {
+        "init_model": init,
         "result": {"best_val_loss": state["best_val_loss"], "epochs_done": state["epochs_done"],
                    "swa_of_epochs": len(snapshots[-args.swa_epochs:]) if args.swa_epochs else 0,
                    "minutes_this_run": round(minutes, 2),

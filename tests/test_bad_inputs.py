@@ -120,7 +120,7 @@ def write_bad_image(path, kind):
     """An image file that no decoder can read: cut in half, empty, or text."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "truncated":
-        ok, buf = cv2.imencode(".png", noise(40, 40, seed=9))
+        ok, buf = cv2.imencode(path.suffix, noise(40, 40, seed=9))
         assert ok
         path.write_bytes(buf.tobytes()[:len(buf) // 2])
     elif kind == "zero-byte":
@@ -536,20 +536,22 @@ def test_labelme_removes_a_killed_runs_staging_folder(tmp_path, capsys):
 
 # ---------------------------------------------------------------- gen_img_aug.py inputs
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
 @pytest.mark.parametrize("kind", ["truncated", "zero-byte", "text"])
-def test_unreadable_image_in_data_src_is_refused(kind, tmp_path, capsys):
+def test_unreadable_image_in_data_src_is_refused(kind, suffix, tmp_path, capsys):
     data = make_data(tmp_path, {"a.png": noise(40, 40)},
                      labels={"a.png": np.zeros((40, 40), np.uint8),
                              "b.png": np.zeros((40, 40), np.uint8)})
-    write_bad_image(data / "src" / "b.png", kind)
+    write_bad_image(data / "src" / f"b{suffix}", kind)
     earlier_work(tmp_path / "work")
     before = snapshot(tmp_path)
     code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
-    refusal_line(code, err, data / "src" / "b.png")
+    refusal_line(code, err, data / "src" / f"b{suffix}")
     assert_unchanged(tmp_path, before)
 
 
-def test_multipage_tiff_in_data_src_is_refused(tmp_path, capsys):
+def test_stack_labelled_as_one_frame_is_refused(tmp_path, capsys):
+    # Each plane of a stack is a frame and needs its own label, stack_p0.png, stack_p1.png.
     data = make_data(tmp_path, {"a.png": noise(40, 40)},
                      labels={"a.png": np.zeros((40, 40), np.uint8),
                              "stack.png": np.zeros((40, 40), np.uint8)})
@@ -557,7 +559,7 @@ def test_multipage_tiff_in_data_src_is_refused(tmp_path, capsys):
     earlier_work(tmp_path / "work")
     before = snapshot(tmp_path)
     code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
-    refusal_line(code, err, data / "src" / "stack.tif", "2 pages", "split the stack")
+    refusal_line(code, err, "2 image(s) have no label", "stack_p0, stack_p1")
     assert_unchanged(tmp_path, before)
 
 
@@ -748,26 +750,27 @@ def test_unusual_images_are_segmented(image, model_dir, tmp_path, capsys):
     assert mask is not None and mask.shape == image.shape[:2]
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
 @pytest.mark.parametrize("kind", ["truncated", "zero-byte", "text"])
-def test_unreadable_image_in_input_folder_is_refused(kind, model_dir, tmp_path, capsys):
+def test_unreadable_image_in_input_folder_is_refused(kind, suffix, model_dir, tmp_path, capsys):
     inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
-    write_bad_image(inp / "b.png", kind)
+    write_bad_image(inp / f"b{suffix}", kind)
     earlier_prediction(tmp_path / "work" / "predict" / "inp")
     before = snapshot(tmp_path)
     code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
                                                          "--input", inp), capsys)
-    refusal_line(code, err, inp / "b.png")
+    refusal_line(code, err, inp / f"b{suffix}")
     assert_unchanged(tmp_path, before)
 
 
-def test_multipage_tiff_in_input_folder_is_refused(model_dir, tmp_path, capsys):
+def test_page_beyond_a_stack_is_refused(model_dir, tmp_path, capsys):
     inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
     multipage_tiff(inp / "stack.tif")
     earlier_prediction(tmp_path / "work" / "predict" / "inp")
     before = snapshot(tmp_path)
     code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
-                                                         "--input", inp), capsys)
-    refusal_line(code, err, inp / "stack.tif", "2 pages", "split the stack")
+                                                         "--input", inp, "--page", 2), capsys)
+    refusal_line(code, err, inp / "stack.tif", "holds 2 planes", "no plane 2")
     assert_unchanged(tmp_path, before)
 
 

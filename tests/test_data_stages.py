@@ -91,6 +91,43 @@ def test_fixed_test_list_is_honoured(dataset, tmp_path):
     assert patched <= set(split["train"])
 
 
+def test_planes_of_a_tiff_stack_are_frames_of_the_data_set(tmp_path):
+    """A 16-bit stack in src/ trains and tests plane by plane: labels stack_p<k>.png, a test
+    plane copied into the test set as a TIFF of its own with its pixels unchanged."""
+    import tifffile
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 2)
+    labels = np.stack([asymmetric_label(60, 60)] * 3)
+    planes = (labels.astype(np.uint16) * 900 + 300 + np.arange(3)[:, None, None] * 40)
+    tifffile.imwrite(data / "src" / "stack.tif", planes, photometric="minisblack")
+    for k in range(3):
+        cv2.imwrite(str(data / "label" / f"stack_p{k}.png"), labels[k])
+    (data / "test.txt").write_text("stack_p1\n")
+    run_aug(data, tmp_path / "w")
+    split = json.loads((tmp_path / "w" / "split.json").read_text())
+    assert split["test"] == ["stack_p1"]
+    assert split["train"] == ["im00", "im01", "stack_p0", "stack_p2"]
+    assert np.array_equal(tifffile.imread(tmp_path / "w" / "test" / "src" / "stack_p1.tif"),
+                          planes[1])
+    patched = {line.split(",")[1] for line in
+               (tmp_path / "w" / "train" / "patches.csv").read_text().splitlines()[1:]}
+    assert {"stack_p0", "stack_p2"} <= patched
+
+
+def test_random_split_keeps_the_planes_of_a_stack_together():
+    names = ["a", "b", "c", "d"] + [f"z_p{k}" for k in range(4)]
+    stack_of = {f"z_p{k}": "z.tif" for k in range(4)}
+    for seed in range(8):
+        train, test, how = gen_img_aug.split_names(names, "/nonexistent", 0.4, seed, stack_of)
+        assert sorted(train + test) == names and "kept together" in how
+        assert all(f"z_p{k}" in test for k in range(4)) or \
+            not any(n.startswith("z_") for n in test), (seed, test)
+    # without stacks, the paper's split of the frames themselves, unchanged
+    from sklearn.model_selection import train_test_split
+    train, test = train_test_split(names, test_size=0.25, random_state=2018)
+    assert gen_img_aug.split_names(names, "/nonexistent", 0.25, 2018)[:2] == \
+        (sorted(train), sorted(test))
+
+
 def test_patches_have_valid_labels_and_stay_aligned(dataset, tmp_path):
     run_aug(dataset, tmp_path / "w", "--num-patches", "200")
     src = sorted((tmp_path / "w" / "train" / "src").glob("*.png"))

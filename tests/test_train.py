@@ -153,6 +153,12 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     with pytest.raises(train.PipelineError, match="2 classes"):
         train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "w"),
                     "--weights", "none", "--loss", "lovasz-hinge"])
+    with pytest.raises(train.PipelineError, match="--new-head needs --init-model"):
+        train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "w"),
+                    "--weights", "none", "--new-head"])
+    with pytest.raises(train.PipelineError, match="config.json not found"):
+        train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "w"),
+                    "--weights", "none", "--init-model", str(tmp_path / "data")])
 
 
 def short_run(root, *extra, classes="background\nbead\ncell\n"):
@@ -294,6 +300,52 @@ def write_patch_sources(work, frames):
     (work / "train" / "patches.csv").write_text("patch,image,y,x,transform\n" + "\n".join(rows))
 
 
+def kernels(model_file):
+    """(layer name, array) of every trainable weight, in build order: Keras numbers unnamed
+    layers per process, so weights are matched by position."""
+    net = keras.saving.load_model(model_file, compile=False)
+    return [(layer.name, np.asarray(w)) for layer in net.layers for w in layer.trainable_weights]
+
+
+def test_fine_tuning_starts_from_the_trained_model(trained, tmp_path):
+    """--init-model: with a learning rate too small to move them, the fine-tuned weights are
+    the trained model's; --new-head keeps all but a new last layer; the sha256 of the model
+    it started from is recorded."""
+    root, args = trained
+    source_dir = root / "work" / "weights"
+    source = json.loads((source_dir / "config.json").read_text())
+    start = kernels(source_dir / source["weights_files"]["best"])
+    frozen = ["--epochs", "1", "--steps-per-epoch", "1", "--lr", "1e-12", "--swa-epochs", "0"]
+
+    train.main(args + frozen + ["--init-model", str(source_dir), "--model-dir",
+                                str(tmp_path / "same")])
+    config = json.loads((tmp_path / "same" / "config.json").read_text())
+    assert config["init_model"]["sha256"] == source["sha256"][source["weights_files"]["best"]]
+    tuned = kernels(tmp_path / "same" / config["weights_files"]["best"])
+    assert len(tuned) == len(start)
+    assert all(np.allclose(a, b, atol=1e-6) for (_, a), (_, b) in zip(tuned, start))
+
+    two = root / "two_classes"
+    two.mkdir()
+    (two / "classes.txt").write_text("background\nparticle\n")
+    (root / "work2").mkdir()
+    make_patch_set(root / "work2", 40)
+    two_args = ["--data-dir", str(two), "--work-dir", str(root / "work2"), "--weights", "none",
+                "--val-steps", "1", "--bn-batches", "2", "--verbose", "0", *frozen,
+                "--init-model", str(source_dir), "--model-dir", str(tmp_path / "new")]
+    for path in (root / "work2" / "train" / "label").glob("*.png"):   # classes 0 and 1 only
+        cv2.imwrite(str(path), (cv2.imread(str(path), 0) > 0).astype(np.uint8))
+    with pytest.raises(train.PipelineError, match="--new-head"):
+        train.main(two_args)
+    train.main(two_args + ["--new-head"])
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    tuned = kernels(tmp_path / "new" / config["weights_files"]["best"])
+    assert len(tuned) == len(start)
+    pairs = list(zip(tuned, start))
+    assert [a.shape[-1] for (name, a), _ in pairs if name == "logits"] == [2, 2]
+    assert all(np.allclose(a, b, atol=1e-6) for (name, a), (_, b) in pairs if name != "logits")
+
+
 def test_validation_frames_give_no_training_patch(tmp_path):
     make_patch_set(tmp_path, 60)
     frames = [f"frame_{i}" for i in range(10)]
@@ -307,6 +359,21 @@ def test_validation_frames_give_no_training_patch(tmp_path):
     assert split == train.split_patches(tmp_path, 0.2, 2018)           # deterministic
     by_patch = train.split_patches(tmp_path, 0.2, 2018, by="patch")
     assert by_patch["by"] == "patch" and len(by_patch["val"]) == 12
+
+
+def test_planes_of_a_stack_validate_together(tmp_path):
+    """Neighbouring planes of a stack look alike: they are held out as one frame."""
+    make_patch_set(tmp_path, 80)
+    frames = [f"z_p{k}" for k in range(6)] + [f"frame_{i}" for i in range(4)]
+    write_patch_sources(tmp_path, frames)
+    stack_of = {f"z_p{k}": "z.tif" for k in range(6)}
+    for seed in range(6):
+        split = train.split_patches(tmp_path, 0.4, seed, stack_of=stack_of)
+        source = {f"{i:06d}.png": frames[i % 10] for i in range(80)}
+        sides = {source[n] in stack_of for n in split["val"]}, \
+            {source[n] in stack_of for n in split["train"]}
+        assert True not in sides[0] or True not in sides[1], seed     # never on both sides
+        assert len(split["val_frames"]) == 2                           # of 5 groups
 
 
 def test_too_few_frames_fall_back_to_a_patch_split(tmp_path, capsys):

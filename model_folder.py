@@ -1,0 +1,93 @@
+"""The trained model folder: config.json checked field by field, a model file chosen by name,
+verified against the sha256 that training recorded, and loaded."""
+import os
+from pathlib import Path
+
+from image_io import COLOR_MODES, DEFAULT_INTENSITY, check_intensity
+from outputs import sha256_of
+from seg_common import PipelineError, check_preprocessing, read_json
+
+DECISIONS = ("argmax", "sigmoid>0.51")
+
+
+def read_config(model_dir):
+    """The model folder's config.json, checked field by field."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: train a model first, or point --model-dir at "
+                            "a model folder")
+    config = read_json(path, "model config")
+    if not isinstance(config, dict):
+        raise PipelineError(f"{path} is not a model config written by training")
+    missing = [k for k in ("classes", "patch_size", "color_mode", "preprocessing", "decision",
+                           "weights_files") if k not in config]
+    if missing:
+        raise PipelineError(f"{path} lacks {', '.join(missing)}; was it written by training?")
+    classes, size = config["classes"], config["patch_size"]
+    if not (isinstance(classes, list) and len(classes) >= 2
+            and all(isinstance(c, str) for c in classes)):
+        raise PipelineError(f"{path}: 'classes' must list at least two class names")
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and v > 0 for v in size)):
+        raise PipelineError(f"{path}: 'patch_size' must be [height, width] in pixels")
+    if config["decision"] not in DECISIONS:
+        raise PipelineError(f"{path}: unknown decision {config['decision']!r}; expected one of "
+                            f"{DECISIONS}")
+    if config["color_mode"] not in COLOR_MODES:
+        raise PipelineError(f"{path}: unknown color_mode {config['color_mode']!r}")
+    check_preprocessing(config["preprocessing"], f"{path}: preprocessing")
+    # Models trained before the rule was recorded read non-8-bit images by today's default.
+    config["intensity"] = check_intensity(config.get("intensity", DEFAULT_INTENSITY), path)
+    return config
+
+
+def model_file(model_dir, config, choice):
+    """Path of the model file that --weights names."""
+    model_dir = Path(model_dir)
+    if choice in ("best", "swa"):
+        path = model_dir / config["weights_files"][choice]
+        if not path.is_file():
+            hint = " (trained with --swa-epochs 0?)" if choice == "swa" else ""
+            raise PipelineError(f"--weights {choice}: {path} not found{hint}")
+        return path
+    if choice == "last":
+        snapshots = sorted((model_dir / "snapshots").glob("epoch_*.*"))
+        if not snapshots:
+            raise PipelineError(f"--weights last: no snapshots in {model_dir / 'snapshots'}")
+        return snapshots[-1]
+    for path in (model_dir / choice, Path(choice)):
+        if path.is_file():
+            return path
+    raise PipelineError(f"--weights {choice}: not best, swa, last or an existing model file "
+                        f"(looked in {model_dir} and the current folder)")
+
+
+def verify_model_file(path, model_dir, config):
+    """Refuse a model file whose sha256 is not the one training recorded in config.json."""
+    try:   # abspath, not resolve: a model file linked into the folder is the folder's file
+        name = Path(os.path.abspath(path)).relative_to(os.path.abspath(model_dir)).as_posix()
+    except ValueError:
+        print(f"note: {path} lies outside the model folder; its integrity is not checked")
+        return
+    expected = config.get("sha256", {}).get(name)
+    if expected is None:
+        raise PipelineError(f"{path}: config.json records no sha256 for {name} (trained by an "
+                            "older version, or not written by training); --no-verify loads it "
+                            "unchecked")
+    if sha256_of(path) != expected:
+        raise PipelineError(f"{path} is not the file training saved (its sha256 differs from "
+                            "config.json's): it is damaged or was replaced; train again, or "
+                            "--no-verify to load it anyway")
+
+
+def load_model(path):
+    import absl.logging
+    import keras
+    import lovasz_losses_tf  # noqa: F401  (registers the losses a saved model may name)
+    import model  # noqa: F401  (registers NormalizedSGD)
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:     # h5py, Keras and zipfile each raise their own types
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PipelineError(f"cannot load model {path}: {first_line}") from None

@@ -1,0 +1,149 @@
+"""Microscope TIFF through tifffile: pixel types, stacks as frames, colour layouts, pixel sizes,
+and a stack carried from prediction to the object table in micrometres."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+import get_contour
+from image_io import (DEFAULT_INTENSITY, StackPlane, copy_frame, list_images, pixel_size_um,
+                      read_image, read_raw_image, to_uint8)
+from seg_common import PipelineError
+
+
+def ramp(h=40, w=50, dtype=np.uint16, scale=37):
+    return ((np.arange(h * w).reshape(h, w) * scale) % 4001 + 100).astype(dtype)
+
+
+def stack(planes, h=40, w=50):
+    return np.stack([ramp(h, w, scale=7 + 3 * k) for k in range(planes)])
+
+
+def test_16_bit_and_float_tiff_read_as_stored_then_through_the_rule(tmp_path):
+    sixteen, floats = ramp(), ramp().astype(np.float32) / 4096 - 0.5
+    tifffile.imwrite(tmp_path / "a.tif", sixteen)
+    tifffile.imwrite(tmp_path / "b.tif", floats, compression="zlib")
+    assert np.array_equal(read_raw_image(tmp_path / "a.tif"), sixteen)
+    assert np.array_equal(read_raw_image(tmp_path / "b.tif"), floats)
+    for name, pixels in (("a.tif", sixteen), ("b.tif", floats)):
+        assert np.array_equal(read_image(tmp_path / name),
+                              to_uint8(pixels, DEFAULT_INTENSITY, name))
+
+
+def test_every_plane_of_a_stack_is_a_frame(tmp_path):
+    planes = stack(12)
+    tifffile.imwrite(tmp_path / "z.tif", planes, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "single.tif", planes[0])
+    frames = list_images(tmp_path)
+    # zero-padded so that the names sort in plane order
+    assert list(frames) == ["single", *(f"z_p{k:02d}" for k in range(12))]
+    assert frames["single"] == tmp_path / "single.tif"
+    assert frames["z_p07"] == StackPlane(tmp_path / "z.tif", 7)
+    for k in (0, 7, 11):
+        assert np.array_equal(read_raw_image(frames[f"z_p{k:02d}"]), planes[k])
+
+
+def test_page_picks_one_plane_per_stack_named_like_the_file(tmp_path):
+    planes = stack(3)
+    tifffile.imwrite(tmp_path / "z.tif", planes, photometric="minisblack")
+    frames = list_images(tmp_path / "z.tif", page=2)
+    assert list(frames) == ["z"]
+    assert np.array_equal(read_raw_image(frames["z"]), planes[2])
+    with pytest.raises(PipelineError, match=r"holds 3 planes \(0..2\); there is no plane 3"):
+        list_images(tmp_path, page=3)
+
+
+def test_ome_hyperstack_planes_in_file_order(tmp_path):
+    data = np.arange(2 * 3 * 2 * 20 * 30, dtype=np.uint16).reshape(2, 3, 2, 20, 30)
+    tifffile.imwrite(tmp_path / "cells.ome.tif", data, ome=True, metadata={"axes": "TZCYX"})
+    frames = list_images(tmp_path)
+    assert list(frames)[0] == "cells_p00" and len(frames) == 12    # .ome is not in the name
+    flat = data.reshape(12, 20, 30)
+    for k in (0, 5, 11):
+        assert np.array_equal(read_raw_image(frames[f"cells_p{k:02d}"]), flat[k])
+
+
+def test_colour_tiff_chunky_and_planar_read_as_rgb(tmp_path):
+    rgb = np.dstack([ramp(dtype=np.uint8, scale=k) for k in (1, 3, 5)])
+    tifffile.imwrite(tmp_path / "chunky.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
+                     planarconfig="separate")
+    tifffile.imwrite(tmp_path / "rgba.tif", np.dstack([rgb, rgb[:, :, :1]]), photometric="rgb",
+                     extrasamples=["unassalpha"])
+    assert list(list_images(tmp_path)) == ["chunky", "planar", "rgba"]
+    for name in ("chunky", "planar", "rgba"):
+        assert np.array_equal(read_raw_image(tmp_path / f"{name}.tif"), rgb), name
+
+
+def test_pixel_size_from_ome_and_imagej_metadata(tmp_path):
+    img = ramp()
+    tifffile.imwrite(tmp_path / "um.ome.tif", img, ome=True,
+                     metadata={"PhysicalSizeX": 0.65, "PhysicalSizeXUnit": "µm"})
+    tifffile.imwrite(tmp_path / "nm.ome.tif", img, ome=True,
+                     metadata={"PhysicalSizeX": 325, "PhysicalSizeXUnit": "nm"})
+    tifffile.imwrite(tmp_path / "ij.tif", img, imagej=True, resolution=(1 / 0.1625, 1 / 0.1625),
+                     metadata={"unit": "micron"})
+    tifffile.imwrite(tmp_path / "ij_escaped.tif", img, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"unit": "\\u00B5m"})
+    tifffile.imwrite(tmp_path / "ij_pixels.tif", img, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"unit": "pixel"})
+    tifffile.imwrite(tmp_path / "plain.tif", img, resolution=(2.0, 2.0))
+    expected = {"um.ome.tif": 0.65, "nm.ome.tif": 0.325, "ij.tif": 0.1625,
+                "ij_escaped.tif": 0.5, "ij_pixels.tif": None, "plain.tif": None}
+    for name, size in expected.items():
+        assert pixel_size_um(tmp_path / name) == pytest.approx(size), name
+
+
+def test_a_copied_plane_keeps_its_pixels_and_pixel_size(tmp_path):
+    planes = stack(2)
+    tifffile.imwrite(tmp_path / "z.ome.tif", planes, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.4})
+    (tmp_path / "out").mkdir()
+    copy_frame(StackPlane(tmp_path / "z.ome.tif", 1), tmp_path / "out", "z_p1")
+    assert np.array_equal(read_raw_image(tmp_path / "out" / "z_p1.tif"), planes[1])
+    assert pixel_size_um(tmp_path / "out" / "z_p1.tif") == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a tiff"])
+def test_a_damaged_tiff_is_one_clear_error(tmp_path, damage):
+    tifffile.imwrite(tmp_path / "good.tif", stack(3), photometric="minisblack")
+    data = (tmp_path / "good.tif").read_bytes()
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(data[:len(data) // 3] if damage == "truncated" else b"II*\0garbage" * 9)
+    with pytest.raises(PipelineError, match="cannot read TIFF .*bad.tif"):
+        read_raw_image(list_images(bad).popitem()[1])
+
+
+def test_stack_masks_as_tiff_and_objects_in_micrometres(tmp_path):
+    """get_contour.py on the TIFF masks of a stack: planes matched by name, the OME pixel
+    size applied to each plane's objects, an explicit --pixel-size winning."""
+    planes = np.zeros((2, 60, 80), np.uint16)
+    masks = np.zeros((2, 60, 80), np.uint8)
+    masks[0, 10:20, 10:30] = 1                  # 200 px
+    masks[1, 30:50, 40:60] = 1                  # 400 px
+    planes[masks == 1] = 3000
+    (tmp_path / "src").mkdir()
+    (tmp_path / "pred").mkdir()
+    tifffile.imwrite(tmp_path / "src" / "s.ome.tif", planes, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.5})
+    for k in range(2):
+        tifffile.imwrite(tmp_path / "pred" / f"s_p{k}.tif", masks[k])
+    (tmp_path / "pred" / "predict.json").write_text(json.dumps({
+        "classes": ["background", "cell"], "images": ["s_p0", "s_p1"],
+        "input_dir": str(tmp_path / "src"), "label_dir": None, "page": None,
+        "mask_format": "tif"}))
+
+    def objects(*extra):
+        get_contour.main(["--work-dir", str(tmp_path / "work"), "--pred-dir",
+                          str(tmp_path / "pred"), "--output", str(tmp_path / "out"),
+                          "--no-panels", *extra])
+        with open(tmp_path / "out" / "objects.csv") as f:
+            return {r["image"]: r for r in csv.DictReader(f)}
+
+    rows = objects()
+    assert {n: float(r["area_px"]) for n, r in rows.items()} == {"s_p0": 200, "s_p1": 400}
+    assert {n: float(r["area_um2"]) for n, r in rows.items()} == {"s_p0": 50, "s_p1": 100}
+    assert {float(r["pixel_size_um"]) for r in rows.values()} == {0.5}
+    assert float(objects("--pixel-size", "2")["s_p1"]["area_um2"]) == 1600
