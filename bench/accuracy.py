@@ -8,7 +8,7 @@ in a work folder (temporary unless --work-dir):
   pre_processing.py  --work-dir W --color-mode grey|rgb
   train_unet_xception_resnetblock.py --data-dir DATASET --work-dir W --weights none
                      --time-budget MIN --lr --epochs --steps-per-epoch --val-steps ...
-  predict_lovasz_loss.py --data-dir DATASET --work-dir W --weights best [--tta]
+  predict_lovasz_loss.py --data-dir DATASET --work-dir W --weights best --tta
 then scores the masks in W/test/predict against DATASET/label, on the test.txt images only:
 the confusion matrix summed over the images gives the per-class IoU, the mean IoU and, for 2
 classes, the foreground IoU (class 1). The classical baseline (bench/baseline.py) is scored
@@ -19,7 +19,8 @@ the baseline's, the exact command and stage commands, every setting, wall time p
 the training summary and the machine. Prints a table.
 
 The defaults are the best 2-core CPU setting measured so far (bench/README.md): 20,000
-patches of 128 px, half of them holding foreground, lr 0.01, 60 minutes of training.
+patches of 128 px, half of them holding foreground, lr 0.01, 60 minutes of training, and
+prediction with 8-fold test-time augmentation (--no-tta for the plain prediction).
 
 Training stops at --time-budget minutes (--epochs is only an upper bound, and the cosine
 learning-rate schedule anneals over the budget). Two ways to see test IoU against training
@@ -267,8 +268,10 @@ def parse_args(argv=None):
                    help="which trained model segments the test images (default: %(default)s)")
     g.add_argument("--overlap", type=float, default=0.25,
                    help="tile overlap, fraction of a tile (default: %(default)s)")
-    g.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average the 8 rotations/flips (8x slower)")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+                   help="test-time augmentation: average the 8 rotations/flips of every tile "
+                        "(8x the prediction time; measured +0.002 foreground IoU on bbbc030, "
+                        "+0.010 mean IoU on wbc300) (default: on)")
     g.add_argument("--also", nargs="+", default=[], metavar="VARIANT",
                    type=variant_type,
                    help="also score these predictions of the same model: best, swa or last, "

@@ -143,6 +143,13 @@ def test_bad_variants_are_refused(bad, capsys):
     assert "is not best, swa or last" in capsys.readouterr().err
 
 
+def test_headline_prediction_uses_tta_unless_told_not_to(tmp_path):
+    for argv, tta in ((["bbbc030"], True), (["bbbc030", "--no-tta"], False)):
+        args = accuracy.parse_args(argv)
+        predict = accuracy.stage_commands(args, tmp_path, tmp_path / "w", "grey")["predict"]
+        assert ("--tta" in predict) is tta
+
+
 def check_iou_record(record, classes):
     assert list(record["per_class_iou"]) == classes
     assert all(0 <= v <= 1 for v in record["per_class_iou"].values())
@@ -166,7 +173,7 @@ def test_accuracy_bench_writes_a_complete_record(tmp_path, request):
                "--time-budget", "0.5", "--epochs", "2", "--steps-per-epoch", "5",
                "--val-steps", "2", "--bn-batches", "2", "--train-args=--swa-epochs 2",
                "--foreground-fraction", "0.5", "--curve", "30", "--also", "swa",
-               "--overlap", "0", "--tag", "tiny", "--results-dir", str(tmp_path)]
+               "--overlap", "0", "--no-tta", "--tag", "tiny", "--results-dir", str(tmp_path)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -179,6 +186,7 @@ def test_accuracy_bench_writes_a_complete_record(tmp_path, request):
     assert "bench/accuracy.py bbbc030" in record["command"]
     assert record["settings"]["num_patches"] == 200 and record["settings"]["color_mode"] == "grey"
     assert set(record["stage_commands"]) == {"gen_img_aug", "pre_processing", "train", "predict"}
+    assert "--tta" not in record["stage_commands"]["predict"]      # --no-tta turns it off
     seconds = record["wall_seconds"]
     assert set(seconds) == {"gen_img_aug", "pre_processing", "train", "curve_and_variants",
                             "predict", "score", "total"}
