@@ -90,6 +90,11 @@ def scores_of(dataset_dir, names, masks_dir):
             if k in scores}
 
 
+def training_record(model_dir):
+    result = json.loads((Path(model_dir) / "config.json").read_text())["result"]
+    return {"optimizer_steps": result["last_epoch"].get("steps"), "epochs": result["epochs_done"]}
+
+
 def main(argv=None):
     args = parse_args(argv)
     dataset_dir = baseline.resolve_dataset(args.dataset)
@@ -116,7 +121,8 @@ def main(argv=None):
             commands[f"first_{stage}"] = stages[stage]
             run(f"first_{stage}", stages[stage], seconds)
         first_model = root / "first" / "weights"
-        results = {"first model": scores_of(dataset_dir, test, root / "first" / "test" / "predict")}
+        results = {"first model": {**scores_of(dataset_dir, test, root / "first" / "test" / "predict"),
+                                   **training_record(first_model)}}
 
         # 2. the first model's masks of the next frames, before correction
         more_data = frame_subset(dataset_dir, more, [], root / "data_more")
@@ -140,10 +146,8 @@ def main(argv=None):
                                               "--output", masks]
             run(f"{variant}_train", commands[f"{variant}_train"], seconds)
             run(f"{variant}_predict", commands[f"{variant}_predict"], seconds)
-            config = json.loads((model_dir / "config.json").read_text())
             results[variant] = {**scores_of(dataset_dir, test, masks),
-                                "optimizer_steps": config["result"]["last_epoch"].get("steps"),
-                                "epochs": config["result"]["epochs_done"]}
+                                **training_record(model_dir)}
 
     record = {"dataset": dataset_dir.name, "date": baseline.utc_now(),
               "command": baseline.command_line(), "first_frames": first, "more_frames": more,
