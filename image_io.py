@@ -161,19 +161,21 @@ def _series_layout(series, path):
     return int(np.prod(shape[:-frame_axes], dtype=np.int64)), axes[-frame_axes:]
 
 
+def _first_series(tif, path):
+    """(the first series, its number of frames, the axes of one frame)."""
+    if not tif.series:
+        raise PipelineError(f"cannot read TIFF {path}: it holds no image")
+    return (tif.series[0], *_series_layout(tif.series[0], path))
+
+
 def tiff_frame_count(path):
     with _open_tiff(path) as tif:
-        if not tif.series:
-            raise PipelineError(f"cannot read TIFF {path}: it holds no image")
-        return _series_layout(tif.series[0], path)[0]
+        return _first_series(tif, path)[1]
 
 
 def _read_tiff(path, index):
     with _open_tiff(path) as tif:
-        if not tif.series:
-            raise PipelineError(f"cannot read TIFF {path}: it holds no image")
-        series = tif.series[0]
-        count, frame_axes = _series_layout(series, path)
+        series, count, frame_axes = _first_series(tif, path)
         if index >= count:
             raise PipelineError(f"{path} holds {count} planes; there is no plane {index}")
         try:

@@ -287,9 +287,9 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
         for (y, x, k), prob in zip(where, probs):
             rows.add(y, x, inverse_dihedral(prob, k), window)
         done += len(batch)
-        # Tiles come row by row: rows above the next tile's top are final.
-        final = min(h, positions[done // len(transforms)][0]) if done < len(positions) * \
-            len(transforms) else h
+        # Tiles come row by row: rows above the top of the next (or unfinished) tile are final.
+        next_tile = done // len(transforms)
+        final = min(h, positions[next_tile][0]) if next_tile < len(positions) else h
         if final > rows.top:
             yield rows.top, rows.pop(final)[:, :w]
 
