@@ -86,21 +86,80 @@ def to_uint8(img, intensity, what):
     """Apply the intensity rule: uint8 stays as it is, anything else maps to 0..255."""
     if img.dtype == np.uint8:
         return img
-    x = img.astype(np.float64)
-    bad = int(np.count_nonzero(~np.isfinite(x)))
-    if bad:
-        raise PipelineError(f"{what} has {bad} NaN or infinite pixel(s); replace them with a "
-                            "number (e.g. 0 or the background level) and run again")
+    check_finite(img, what)
+    return scale_to_uint8(img, *intensity_range(img, intensity))
+
+
+def check_finite(img, what):
+    if img.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(img)))
+        if bad:
+            raise PipelineError(f"{what} has {bad} NaN or infinite pixel(s); replace them with a "
+                                "number (e.g. 0 or the background level) and run again")
+
+
+def intensity_range(img, intensity):
+    """(low, high) of the intensity rule for a whole frame in memory (not uint8)."""
     if intensity["rule"] == "fixed":
-        low, high = intensity["low"], intensity["high"]
-    elif intensity["rule"] == "percentile":
+        return intensity["low"], intensity["high"]
+    if has_histogram(img.dtype):
+        return range_from_histogram(pixel_histogram(img), img.dtype, intensity)
+    x = img.astype(np.float64)
+    if intensity["rule"] == "percentile":
         low, high = np.percentile(x, (intensity["low"], intensity["high"]))
-        if high <= low:    # a frame almost all one value: its few other pixels set the range
-            low, high = x.min(), x.max()
-    else:
-        low, high = x.min(), x.max()
+        if high > low:
+            return low, high
+    # A frame almost all one value: its few other pixels set the range.
+    return x.min(), x.max()
+
+
+def has_histogram(dtype):
+    """Integer pixels of up to 16 bits: their percentiles come exactly from a histogram, so a
+    frame read a band at a time gets the same range as one read whole."""
+    return np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize <= 2
+
+
+def pixel_histogram(pixels):
+    """Counts of every possible value of an integer type of up to 16 bits, from its minimum."""
+    dtype = np.dtype(pixels.dtype)
+    shifted = pixels.ravel().astype(np.int64) - np.iinfo(dtype).min
+    return np.bincount(shifted, minlength=1 << (8 * dtype.itemsize))
+
+
+def range_from_histogram(hist, dtype, intensity):
+    """intensity_range from a pixel_histogram: the same values np.percentile gives (linear
+    interpolation between the two nearest order statistics)."""
+    offset = np.iinfo(dtype).min
+    cumulative = np.cumsum(hist)
+    n = int(cumulative[-1])
+
+    def value_at(rank):    # the rank-th smallest pixel, from 0
+        return float(np.searchsorted(cumulative, rank, side="right") + offset)
+
+    lowest, highest = value_at(0), value_at(n - 1)
+    if intensity["rule"] == "percentile":
+        low, high = (_interpolated_rank(value_at, n, q) for q in (intensity["low"],
+                                                                 intensity["high"]))
+        if high > low:
+            return low, high
+    return lowest, highest
+
+
+def _interpolated_rank(value_at, n, percent):
+    # numpy's 'linear' method, step for step, so both give the same float.
+    virtual = (n - 1) * (np.float64(percent) / 100)
+    below = np.floor(virtual)
+    gamma = virtual - below
+    a, b = value_at(int(below)), value_at(min(int(below) + 1, n - 1))
+    diff = b - a
+    return float(b - diff * (1 - gamma)) if gamma >= 0.5 else float(a + diff * gamma)
+
+
+def scale_to_uint8(img, low, high):
+    """low..high -> 0..255, values outside clipped; an empty range gives 0."""
     if high <= low:
         return np.zeros(img.shape, np.uint8)
+    x = img.astype(np.float64)
     return np.rint(np.clip((x - low) * (255.0 / (high - low)), 0, 255)).astype(np.uint8)
 
 
@@ -139,7 +198,7 @@ class StackPlane:
         return f"{self.path} (plane {self.index})"
 
 
-def _open_tiff(path):
+def open_tiff(path):
     import tifffile
     try:
         return tifffile.TiffFile(path)
@@ -161,7 +220,7 @@ def _series_layout(series, path):
     return int(np.prod(shape[:-frame_axes], dtype=np.int64)), axes[-frame_axes:]
 
 
-def _first_series(tif, path):
+def first_series(tif, path):
     """(the first series, its number of frames, the axes of one frame)."""
     if not tif.series:
         raise PipelineError(f"cannot read TIFF {path}: it holds no image")
@@ -169,13 +228,13 @@ def _first_series(tif, path):
 
 
 def tiff_frame_count(path):
-    with _open_tiff(path) as tif:
-        return _first_series(tif, path)[1]
+    with open_tiff(path) as tif:
+        return first_series(tif, path)[1]
 
 
 def _read_tiff(path, index):
-    with _open_tiff(path) as tif:
-        series, count, frame_axes = _first_series(tif, path)
+    with open_tiff(path) as tif:
+        series, count, frame_axes = first_series(tif, path)
         if index >= count:
             raise PipelineError(f"{path} holds {count} planes; there is no plane {index}")
         try:
@@ -202,7 +261,7 @@ def pixel_size_um(source):
     path = source.path if isinstance(source, StackPlane) else Path(source)
     if path.suffix.lower() not in TIFF_EXTS:
         return None
-    with _open_tiff(path) as tif:
+    with open_tiff(path) as tif:
         if tif.is_ome:
             return _ome_pixel_size(tif.ome_metadata)
         if tif.is_imagej:
@@ -353,10 +412,12 @@ def to_color_mode(img, color_mode):
 
 def read_label(path):
     """A class-index label as uint8: PNG (palette PNGs, as LabelMe exports, give their
-    indices), 8/16-bit grey, or a numeric .npy."""
+    indices), 8/16-bit grey, TIFF (through tifffile), or a numeric .npy."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
         label = _load_npy(path)
+    elif path.suffix.lower() in TIFF_EXTS:
+        label = _read_tiff(path, 0)
     else:
         label = _palette_indices(path)
         if label is None:
