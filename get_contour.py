@@ -40,13 +40,19 @@ import numpy as np
 from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity, find_label,
                       list_images, parse_intensity, pixel_size_um, read_image, read_label,
                       to_color_mode, write_image)
-from outputs import staged_output
+from band_objects import objects_of_class
+from outputs import staged_output, write_json
+from shards import copy_shard_files, merge_object_tables, merged_folder, read_shards
 from seg_common import (PALETTE, PipelineError, colorize, finite_float, positive_float,
-                        read_classes, read_json, run_cli, save_figure)
+                        existing_folder, non_negative_float, read_classes, read_json,
+                        run_cli, save_figure)
+from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
+                         megapixels, open_tiff_rows, plane_shape)
 
 ORIGINAL_THRESHOLDS = (69, 80)   # beads, cells, on 0..127 maps
 PROB_SCALE = 127
 MARKER = "objects.csv"
+SHARD_RECORD = "shard.json"    # beside objects.csv of a prediction shard's contours
 
 
 def parse_args(argv=None):
@@ -74,6 +80,10 @@ def parse_args(argv=None):
     g.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
                    help="drop objects smaller than this many pixels, e.g. specks of noise; "
                         "they are neither drawn nor listed (default: %(default)s, keep all)")
+    g.add_argument("--stream-above", type=non_negative_float, default=STREAM_ABOVE_MP,
+                   metavar="MEGAPIXELS",
+                   help="TIFF masks larger than this are read a band of rows at a time; their "
+                        "contour picture and panel are overviews (default: %(default)s)")
     g.add_argument("--pixel-size", type=positive_float, metavar="UM",
                    help="micrometres per pixel, for every image; adds area_um2, "
                         "equivalent_diameter_um and perimeter_um to objects.csv (default: the "
@@ -90,6 +100,11 @@ def parse_args(argv=None):
                         "original's are 69 for beads and 80 for cells (default: %(default)s)")
     add_intensity_option(g, "default: the rule prediction used, from predict.json; only "
                             "changes how the image under the outlines looks")
+    g = p.add_argument_group("prediction shards (predict_lovasz_loss.py --shard I/N)")
+    g.add_argument("--merge", nargs="+", metavar="DIR",
+                   help="merge the contour folders of all N shards into the folder one run "
+                        "writes (objects.csv in the run's image order, the pictures); the "
+                        "output is their name without _shardIofN, or --output")
     g = p.add_argument_group("figures")
     g.add_argument("--panels", action=argparse.BooleanOptionalAction, default=True,
                    help="write panel_<name>.png per image (default: on)")
@@ -125,15 +140,18 @@ def read_prob_maps(pred_dir, name, classes):
     return np.dstack(maps)
 
 
-def read_mask(pred_dir, name, num_classes, suffix=".png"):
-    path = pred_dir / f"{name}{suffix}"
+def read_mask(path, num_classes):
     if not path.is_file():
         raise PipelineError(f"mask {path} not found")
     mask = read_label(path)
+    check_mask_values(mask, num_classes, path)
+    return mask
+
+
+def check_mask_values(mask, num_classes, path):
     if mask.max() >= num_classes:
         raise PipelineError(f"mask {path} holds class {mask.max()} but there are only "
                             f"{num_classes} classes")
-    return mask
 
 
 # ---------------------------------------------------------------- objects
@@ -157,24 +175,44 @@ def find_objects(mask, num_classes, min_area=0):
             entry["all"].append(contour)
             if parent < 0:
                 entry["outer"] = contour
-        kept = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+        kept = sorted((i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area),
+                      key=lambda i: first_pixel(labels, stats, i))
         outlines[c] = [contour for i in kept for contour in by_component[i]["all"]]
         for object_id, i in enumerate(kept, start=1):
-            rows.append(object_row(c, object_id, stats[i], centroids[i],
-                                   by_component[i]["outer"]))
+            x, y, w, h, area = (int(v) for v in stats[i])
+            perimeter = cv2.arcLength(by_component[i]["outer"], closed=True)
+            rows.append(object_row(c, object_id, area, perimeter, *centroids[i], x, y, w, h))
     return rows, outlines
 
 
-def object_row(class_index, object_id, stats, centroid, outer):
-    area = int(stats[cv2.CC_STAT_AREA])
-    perimeter = cv2.arcLength(outer, closed=True)
+def find_objects_in_bands(read_rows, shape, num_classes, min_area=0):
+    """find_objects' rows for a mask read a band of rows at a time (band_objects.py): the
+    same objects, numbers and order, never the whole mask in memory."""
+    rows = []
+    for c in range(1, num_classes):
+        found = objects_of_class(read_rows, shape, c, BAND_ROWS)
+        kept = [m for m in found if m.area >= min_area]
+        for object_id, m in enumerate(kept, start=1):
+            rows.append(object_row(c, object_id, m.area, m.perimeter, m.sum_x / m.area,
+                                   m.sum_y / m.area, m.left, m.top, m.right - m.left + 1,
+                                   m.bottom - m.top + 1))
+    return rows
+
+
+def first_pixel(labels, stats, i):
+    """(y, x) of component i's first pixel in raster order (OpenCV numbers components in
+    the order of 2x2 blocks, not of pixels)."""
+    top = stats[i, cv2.CC_STAT_TOP]
+    return top, int(np.argmax(labels[top] == i))
+
+
+def object_row(class_index, object_id, area, perimeter, centroid_x, centroid_y, x, y, w, h):
     return {"class_index": class_index, "object_id": object_id, "area_px": area,
             "equivalent_diameter_px": math.sqrt(4 * area / math.pi),
             "perimeter_px": perimeter,
             "circularity": 4 * math.pi * area / perimeter ** 2 if perimeter > 0 else float("nan"),
-            "centroid_x": float(centroid[0]), "centroid_y": float(centroid[1]),
-            "bbox_x": int(stats[cv2.CC_STAT_LEFT]), "bbox_y": int(stats[cv2.CC_STAT_TOP]),
-            "bbox_w": int(stats[cv2.CC_STAT_WIDTH]), "bbox_h": int(stats[cv2.CC_STAT_HEIGHT])}
+            "centroid_x": float(centroid_x), "centroid_y": float(centroid_y),
+            "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h}
 
 
 def csv_columns(um):
@@ -337,8 +375,100 @@ def folders(args, pred, info):
     return images, Path(labels) if labels else None, out, figures
 
 
+class Outliner:
+    """Finds, measures and draws the objects of one mask after another with the same
+    settings: the mask in memory, or band by band where it is a TIFF above --stream-above
+    megapixels (masks of whole slides)."""
+
+    def __init__(self, pred_dir, info, classes, intensity, label_dir, args):
+        self.pred_dir, self.classes, self.intensity = pred_dir, classes, intensity
+        self.label_dir, self.args = label_dir, args
+        self.suffix = "." + info.get("mask_format", "png")    # png for masks made elsewhere
+        self.streamed = set(info.get("streamed", []))          # their masks are .tif
+
+    def mask_path(self, name):
+        return self.pred_dir / f"{name}{'.tif' if name in self.streamed else self.suffix}"
+
+    def __call__(self, name, source, staging, panels):
+        """objects.csv rows of one mask; its contour picture and panel written."""
+        if not (self.args.from_probs or self.mask_path(name).is_file()):
+            raise PipelineError(f"mask {self.mask_path(name)} not found")
+        reader = None if self.args.from_probs else open_tiff_rows(self.mask_path(name))
+        if reader is not None and megapixels(reader.shape) > self.args.stream_above:
+            with reader:
+                return self.in_bands(name, source, reader, staging, panels)
+        if reader is not None:
+            reader.close()
+        return self.in_memory(name, source, staging, panels)
+
+    def in_memory(self, name, source, staging, panels):
+        args, classes = self.args, self.classes
+        image = read_image(source, self.intensity)
+        mask = (mask_from_probs(read_prob_maps(self.pred_dir, name, classes), args.thresholds)
+                if args.from_probs else read_mask(self.mask_path(name), len(classes)))
+        check_same_size(name, mask.shape, source, image.shape)
+        rows, outlines = find_objects(mask, len(classes), args.min_area)
+        write_image(staging / f"{name}_contour.png",
+                    with_legend(draw_outlines(image, outlines), classes), atomic=False)
+        if args.panels:
+            label_path = find_label(self.label_dir, name) if self.label_dir else None
+            label = read_label(label_path) if label_path else None
+            if label is not None and label.shape != mask.shape:
+                raise PipelineError(f"label {label_path} is {label.shape[1]}x"
+                                    f"{label.shape[0]}, its image {image.shape[1]}x"
+                                    f"{image.shape[0]}")
+            plot_panel(name, image, label, mask, outlines, classes,
+                       panels / f"panel_{name}.png", args.pdf)
+        return rows
+
+    def in_bands(self, name, source, reader, staging, panels):
+        """A whole-slide mask: objects found band by band; the contour picture and the panel
+        are overviews at most OVERVIEW_SIDE pixels on a side, without the ground truth."""
+        num_classes, shape = len(self.classes), reader.shape[:2]
+        check_same_size(name, shape, source, plane_shape(source))
+        mask_overview = Overview(shape)
+        for y0, y1 in bands(shape[0]):
+            rows = reader.rows(y0, y1)
+            check_mask_values(rows, num_classes, reader.path)
+            mask_overview.add(y0, rows)
+        found = find_objects_in_bands(reader.rows, shape, num_classes, self.args.min_area)
+        image = image_overview(source, self.intensity, shape)
+        _, outlines = find_objects(mask_overview.image, num_classes)
+        write_image(staging / f"{name}_contour.png",
+                    with_legend(draw_outlines(image, outlines), self.classes), atomic=False)
+        if self.args.panels:
+            plot_panel(f"{name} (1:{mask_overview.step})", image, None, mask_overview.image,
+                       outlines, self.classes, panels / f"panel_{name}.png", self.args.pdf)
+        return found
+
+
+def check_same_size(name, mask_shape, source, image_shape):
+    if tuple(mask_shape[:2]) != tuple(image_shape[:2]):
+        raise PipelineError(f"mask of {name} is {mask_shape[1]}x{mask_shape[0]} but {source} is "
+                            f"{image_shape[1]}x{image_shape[0]}")
+
+
+def image_overview(source, intensity, shape):
+    """The image shrunk like the mask's Overview, read band by band where it is a TIFF."""
+    reader = open_tiff_rows(source)
+    if reader is None:
+        image = read_image(source, intensity)
+        overview = Overview(shape, image.shape[2:])
+        overview.add(0, image)
+        return overview.image
+    with reader:
+        color_mode = "rgb" if len(reader.shape) == 3 else "grey"
+        frame = StreamedFrame(reader, intensity, color_mode, f"image {source}")
+        overview = Overview(shape, (3,) if color_mode == "rgb" else ())
+        for y0, y1 in bands(shape[0]):
+            overview.add(y0, frame.rows(y0, y1))
+    return overview.image
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     pred_dir = prediction_folder(args)
     info = prediction_info(pred_dir)
     image_dir, label_dir, out, figures = folders(args, pred_dir, info)
@@ -355,43 +485,44 @@ def main(argv=None):
         raise PipelineError(f"no original image in {image_dir} for {len(missing)} mask(s), e.g. "
                             f"{missing[0]}; give --image-dir")
     intensity = args.intensity or info.get("intensity", DEFAULT_INTENSITY)
-    suffix = "." + info.get("mask_format", "png")    # png for masks made elsewhere
+    outliner = Outliner(pred_dir, info, classes, intensity, label_dir, args)
 
     from tqdm import tqdm
     records, measured_in_um = [], bool(args.pixel_size)
     # Panels are staged too and join figures/ only when every image has gone through.
     with staged_output(out, MARKER) as staging, staged_output(figures, merge=True) as panels:
         for name in tqdm(names, desc="contours", unit="image", dynamic_ncols=True, disable=None):
-            image = read_image(images[name], intensity)
-            mask = (mask_from_probs(read_prob_maps(pred_dir, name, classes), args.thresholds)
-                    if args.from_probs else read_mask(pred_dir, name, len(classes), suffix))
-            if mask.shape != image.shape[:2]:
-                raise PipelineError(f"mask of {name} is {mask.shape[1]}x{mask.shape[0]} but "
-                                    f"{images[name]} is {image.shape[1]}x{image.shape[0]}")
-            rows, outlines = find_objects(mask, len(classes), args.min_area)
+            rows = outliner(name, images[name], staging, panels)
             pixel_size = args.pixel_size or pixel_size_um(images[name])
             measured_in_um |= pixel_size is not None
             records += [csv_record(name, classes, row, pixel_size) for row in rows]
-            write_image(staging / f"{name}_contour.png",
-                        with_legend(draw_outlines(image, outlines), classes), atomic=False)
-            if args.panels:
-                label_path = find_label(label_dir, name) if label_dir else None
-                label = read_label(label_path) if label_path else None
-                if label is not None and label.shape != mask.shape:
-                    raise PipelineError(f"label {label_path} is {label.shape[1]}x"
-                                        f"{label.shape[0]}, its image {image.shape[1]}x"
-                                        f"{image.shape[0]}")
-                plot_panel(name, image, label, mask, outlines, classes,
-                           panels / f"panel_{name}.png", args.pdf)
         with open(staging / MARKER, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=csv_columns(measured_in_um),
                                     restval="")
             writer.writeheader()
             writer.writerows(records)
+        if "shard" in info:
+            write_json(staging / SHARD_RECORD, {"shard": info["shard"], "images": names,
+                                                "all_images": info["all_images"]})
 
     print(f"{len(records)} objects in {len(names)} images -> {out / MARKER}, contours in {out}"
           + (f", panels in {figures}" if args.panels else ""))
     print_summary(records, classes, len(names), measured_in_um)
+
+
+def merge(args):
+    """--merge: the contour folders of prediction shards as the folder one run writes."""
+    folders = [existing_folder(d, "--merge") for d in args.merge]
+    _, everything = read_shards(folders, SHARD_RECORD)
+    out = Path(args.output) if args.output else merged_folder(folders)
+    if out is None:
+        raise PipelineError("the shard folders' names do not say where the merged folder goes; "
+                            "give --output")
+    with staged_output(out, MARKER) as staging:
+        copy_shard_files(folders, staging, skip={MARKER, SHARD_RECORD})
+        count = merge_object_tables([f / MARKER for f in folders], everything, staging / MARKER)
+    print(f"merged {len(folders)} shards: {count} objects in {len(everything)} images -> "
+          f"{out / MARKER}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,16 @@ dataset IoU of a class comes from the confusion matrix summed over all images (n
 mean of per-image IoUs); mean_iou averages the classes, background included. Label
 values of num_classes or more (e.g. 255) are ignored.
 
+Whole slides: a TIFF frame of more than --stream-above megapixels (default 16) is never
+whole in memory. Its rows are decoded as the tiles reach them, the intensity range comes
+from a first pass over the plane (exact, from a histogram, for integer pixels of up to 16
+bits; from a sample of 16 M pixels for float and 32-bit percentiles), and the mask is
+written a row of tiles at a time as <name>.tif, a tiled, compressed BigTIFF (whatever
+--mask-format says), with the pixel size as OME metadata. <name>_color.png is then an
+overview at most 4096 pixels on its longest side. The mask is the one the in-memory path
+gives, bit for bit. --save-probs and --to-labelme are for frames that fit in memory. A
+label for such a frame is read whole. Frames that are not TIFF are read whole.
+
 Colour: a colour image given to a model trained on grey images is converted to grey, as
 the paper read every image as grey. A grey image given to a model trained on colour is an
 error.
@@ -66,8 +76,12 @@ from hardware import add_precision_option, use_precision  # noqa: E402
 from labelme_export import DEFAULT_TOLERANCE, annotation  # noqa: E402
 from model_folder import (DECISIONS, load_model, model_file, read_config,  # noqa: E402
                           verify_model_file)
+from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
+                         megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import atomic_write_text, check_replaceable, staged_output, write_json  # noqa: E402
-from seg_common import (PipelineError, colorize, confusion_matrix, dihedral,  # noqa: E402
+from shards import (copy_shard_files, merged_folder, merged_record, read_shards,  # noqa: E402
+                    shard_folder, shard_names, shard_option)
+from seg_common import (PipelineError, colorize, confusion_matrix, dihedral, read_json,  # noqa: E402
                         existing_folder, finite_float, inverse_dihedral, iou_per_class,
                         non_negative_float, non_negative_int, positive_int, preprocess_patch,
                         refuse_file, run_cli, save_figure)
@@ -124,6 +138,10 @@ def parse_args(argv=None):
                    help="test-time augmentation: average the 8 rotations/flips of every tile "
                         "(8x the compute; needs square tiles)")
     add_precision_option(g)
+    g.add_argument("--stream-above", type=non_negative_float, default=STREAM_ABOVE_MP,
+                   metavar="MEGAPIXELS",
+                   help="TIFF frames larger than this are read, predicted and written a band "
+                        "of rows at a time (see 'Whole slides' above) (default: %(default)s)")
     g = p.add_argument_group("output")
     g.add_argument("--save-probs", action="store_true",
                    help="also write <name>_prob_<class>.png per class, 8-bit, value/255 = "
@@ -142,7 +160,18 @@ def parse_args(argv=None):
                    help="largest distance a simplified polygon may stray from the traced "
                         "outline; 0 keeps every vertex (default: %(default)s)")
     g.add_argument("--pdf", action="store_true", help="also write the IoU chart as PDF")
+    g = p.add_argument_group("many images over many processes or machines")
+    g.add_argument("--shard", type=shard_option, metavar="I/N",
+                   help="segment only shard I of N (I from 1): every N-th image from the I-th, "
+                        "into <output>_shardIofN unless --output says otherwise; run all N "
+                        "(at once, anywhere that sees the files), then --merge")
+    g.add_argument("--merge", nargs="+", metavar="DIR",
+                   help="merge the N shard folders of one run into the folder a single run "
+                        "writes (masks, predict.json, IoU report), byte for byte; the output "
+                        "is the shards' name without _shardIofN, or --output. No model needed")
     args = p.parse_args(argv)
+    if args.merge and args.shard:
+        p.error("--merge takes the folders of finished shards; leave out --shard")
     if not 0 <= args.overlap < 1:
         p.error("--overlap must be in [0, 1)")
     args.intensity = parse_intensity(p, args.intensity, None)
@@ -203,20 +232,6 @@ def as_float_tile(tile):
     return tile[:, :, None] if tile.ndim == 2 else tile
 
 
-def mirror_index(index, n):
-    """Where reflect_pad's padding takes each index from: a symmetric mirror, repeated."""
-    m = np.asarray(index) % (2 * n)
-    return np.where(m < n, m, 2 * n - 1 - m)
-
-
-def padded_rows(image, y0, y1, width):
-    """Rows y0..y1-1 of the image reflect-padded to at least `width` columns and as many rows
-    as asked: reflect_pad(image, y1, width)[y0:y1], without padding the whole image."""
-    h, w = image.shape[:2]
-    rows = image[mirror_index(np.arange(y0, y1), h)]
-    return rows if width <= w else rows[:, mirror_index(np.arange(width), w)]
-
-
 class RowAccumulator:
     """Window-weighted sums of tile probabilities over the rows that tiles still reach: rows
     join at the bottom as tiles need them and leave at the top once final."""
@@ -263,8 +278,9 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
     """Per-class probabilities of an h x w image by blended tiles, yielded top to bottom as
     (first row, probabilities [rows, w, C] float32) as soon as no later tile reaches them.
 
-    read_rows(y0, y1) gives rows y0..y1-1 of the image reflect-padded to the tiles' extent
-    (padded_rows), so only a row of tiles and the rows they overlap are ever in memory.
+    read_rows(y0, y1) gives rows y0..y1-1 of the image reflect-padded to tiles_width
+    columns (whole_slide.mirrored_rows), so only a row of tiles and the rows they overlap
+    need be in memory.
     predict_batch_fn maps a float batch [N, th, tw, channels] to probabilities
     [N, th, tw, C]; it is called once per batch of up to batch_size tiles. prepare turns
     one raw tile into the model input, so per-tile preprocessing sees exactly the pixels of
@@ -275,7 +291,7 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
     if tta and th != tw:
         raise PipelineError(f"--tta needs square tiles, the model's are {tw}x{th}")
     positions = tile_positions(h, w, tile, overlap)
-    pw = max(x for _, x in positions) + tw
+    pw = tiles_width(h, w, tile, overlap)
     window = blend_window(tile, blend)
     transforms = range(8) if tta else (0,)
     inputs = _model_inputs(read_rows, positions, tile, transforms, prepare)
@@ -294,15 +310,26 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
             yield rows.top, rows.pop(final)[:, :w]
 
 
+def tiles_width(h, w, tile, overlap):
+    """Columns the tiles of an h x w image span (more than w where they are padded)."""
+    return max(x for _, x in tile_positions(h, w, tile, overlap)) + tile_shape(tile)[1]
+
+
 def predict_frame(predict_batch_fn, image, tile, overlap=0.25, blend="gaussian", batch_size=8,
                   tta=False, prepare=as_float_tile):
     """Per-class probabilities [h, w, C] (float32) of a whole image in memory, by blended
     tiles (predict_bands, whose arithmetic it shares to the bit)."""
-    h, w = image.shape[:2]
-    pw = max(x for _, x in tile_positions(h, w, tile, overlap)) + tile_shape(tile)[1]
-    bands = predict_bands(predict_batch_fn, lambda y0, y1: padded_rows(image, y0, y1, pw),
-                          h, w, tile, overlap, blend, batch_size, tta, prepare)
-    return np.concatenate([probs for _, probs in bands])
+    return np.concatenate([probs for _, probs in predict_image_bands(
+        predict_batch_fn, ArrayRows(image), tile, overlap, blend, batch_size, tta, prepare)])
+
+
+def predict_image_bands(predict_batch_fn, frame, tile, overlap, blend, batch_size, tta,
+                        prepare):
+    """predict_bands of a frame with rows(y0, y1): an ArrayRows or a StreamedFrame."""
+    h, w = frame.shape
+    width = tiles_width(h, w, tile, overlap)
+    return predict_bands(predict_batch_fn, lambda y0, y1: mirrored_rows(frame, y0, y1, width),
+                         h, w, tile, overlap, blend, batch_size, tta, prepare)
 
 
 # ---------------------------------------------------------------- decision
@@ -342,11 +369,28 @@ def make_predict_batch(net, decision):
 def model_image(path, color_mode, intensity=DEFAULT_INTENSITY):
     """The image in the model's colour mode, or a clear error if that is impossible."""
     img = read_image(path, intensity)
-    if color_mode == "rgb" and img.ndim == 2:
+    check_color_mode(img.ndim, path, color_mode)
+    return to_color_mode(img, color_mode)
+
+
+def check_color_mode(ndim, path, color_mode):
+    if color_mode == "rgb" and ndim == 2:
         raise PipelineError(f"{path} is a grey image but the model was trained on colour (rgb) "
                             "images; give colour images, or a model trained with "
                             "pre_processing.py --color-mode grey")
-    return to_color_mode(img, color_mode)
+
+
+def streamed_frames(images, stream_above):
+    """Names of the frames predicted band by band: TIFF planes above the size limit that can
+    be read row by row."""
+    names = set()
+    for name, source in images.items():
+        rows = open_tiff_rows(source)
+        if rows is not None:
+            with rows:
+                if megapixels(rows.shape) > stream_above:
+                    names.add(name)
+    return names
 
 
 class TilePreparer:
@@ -363,20 +407,16 @@ class TilePreparer:
 
 # ---------------------------------------------------------------- scoring
 
-def score(label, pred, num_classes):
-    """(confusion matrix, per-class IoU) of one image."""
-    cm = confusion_matrix(label, pred, num_classes)
-    return cm, iou_per_class(cm)
-
-
 def iou_rows(per_image, total_cm):
-    """CSV rows: one per image, then the dataset row from the summed confusion matrix."""
-    rows = [[name, *iou, float(np.mean(iou))] for name, iou in per_image.items()]
+    """CSV rows: one per image (from its confusion matrix), then the dataset row from the
+    summed confusion matrix."""
+    rows = [[name, *iou, float(np.mean(iou))]
+            for name, iou in ((n, iou_per_class(cm)) for n, cm in per_image.items())]
     dataset = iou_per_class(total_cm)
     return rows + [["dataset", *dataset, float(np.mean(dataset))]]
 
 
-def write_iou(out, rows, classes, total_cm):
+def write_iou(out, rows, classes, per_image, total_cm):
     header = ["image", *(f"iou_{c}" for c in classes), "mean_iou"]
     lines = [",".join(header)]
     lines += [",".join([row[0], *(f"{v:.6f}" for v in row[1:])]) for row in rows]
@@ -390,7 +430,9 @@ def write_iou(out, rows, classes, total_cm):
                       "prediction, 0 where absent from the label but predicted; dataset IoU from "
                       "the confusion matrix summed over images; mean over all classes",
         "classes": classes,
-        "images": {row[0]: {"iou": per_class(row), "mean_iou": row[-1]} for row in rows[:-1]},
+        "images": {row[0]: {"iou": per_class(row), "mean_iou": row[-1],
+                            "confusion_matrix": per_image[row[0]].tolist()}
+                   for row in rows[:-1]},
         "dataset": {"iou": per_class(rows[-1]), "mean_iou": rows[-1][-1]},
         "confusion_matrix": {"rows": "label", "columns": "prediction",
                              "counts": total_cm.tolist()},
@@ -405,6 +447,16 @@ def print_iou_table(rows, classes):
         if row[0] == "dataset":
             print("-" * len(header))
         print(f"{row[0]:<{width}}" + "".join(f"{v:>11.4f}" for v in row[1:]))
+
+
+def write_report(staging, figures, per_image, total_cm, classes, pdf):
+    """iou.csv, iou.json and iou.png of the labelled images (and iou_per_class.png in the
+    figures folder where one is given); the rows of the table."""
+    rows = iou_rows(per_image, total_cm)
+    write_iou(staging, rows, classes, per_image, total_cm)
+    copies = [figures / "iou_per_class.png"] if figures else []
+    plot_iou(rows[-1], classes, len(per_image), [staging / "iou.png", *copies], pdf)
+    return rows
 
 
 def plot_iou(dataset_row, classes, num_images, paths, pdf):
@@ -444,6 +496,63 @@ def folders(args):
             Path(args.output) if args.output else work / "test" / "predict")
 
 
+class FrameRun:
+    """Predicts one frame after another with the same model and settings, writing each
+    frame's outputs into the staging folder; returns its confusion matrix where it has a
+    label."""
+
+    def __init__(self, predict_batch, tile, prepare, classes, decision, color_mode, intensity,
+                 args):
+        self.predict_batch, self.tile, self.prepare = predict_batch, tile, prepare
+        self.classes, self.decision = classes, decision
+        self.color_mode, self.intensity, self.args = color_mode, intensity, args
+
+    def bands(self, frame):
+        a = self.args
+        return predict_image_bands(self.predict_batch, frame, self.tile, a.overlap, a.blend,
+                                   a.batch_size, a.tta, self.prepare)
+
+    def in_memory(self, staging, out, name, source, label_path):
+        img = model_image(source, self.color_mode, self.intensity)
+        probs = np.concatenate([p for _, p in self.bands(ArrayRows(img))])
+        mask = decide(probs, self.decision)
+        write_outputs(staging, out, name, source, img, mask, probs, self.classes, self.args)
+        if label_path is None:
+            return None
+        return confusion_matrix(frame_label(label_path, mask.shape, source), mask,
+                                len(self.classes))
+
+    def streamed(self, staging, out, name, source, label_path):
+        """The frame a band of rows at a time: tiled mask TIFF, colour overview."""
+        with open_tiff_rows(source) as reader:
+            check_color_mode(len(reader.shape), source, self.color_mode)
+            frame = StreamedFrame(reader, self.intensity, self.color_mode, f"image {source}")
+            label = frame_label(label_path, frame.shape, source) if label_path else None
+            overview = Overview(frame.shape)
+            cm = np.zeros((len(self.classes),) * 2, np.int64)
+
+            def masks():
+                for y, probs in self.bands(frame):
+                    mask = decide(probs, self.decision)
+                    overview.add(y, mask)
+                    if label is not None:
+                        cm[:] += confusion_matrix(label[y:y + len(mask)], mask, len(cm))
+                    yield y, mask
+
+            write_tiled_mask(staging / f"{name}.tif", frame.shape, masks(),
+                             pixel_size_um(source))
+        write_image(staging / f"{name}_color.png", colorize(overview.image), atomic=False)
+        return cm if label is not None else None
+
+
+def frame_label(label_path, shape, source):
+    label = read_label(label_path)
+    if label.shape != tuple(shape):
+        raise PipelineError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but "
+                            f"{source} is {shape[1]}x{shape[0]}")
+    return label
+
+
 def write_outputs(staging, out, name, source, img, mask, probs, classes, args):
     if args.mask_format == "tif":
         write_tiff(staging / f"{name}.tif", mask, pixel_size_um(source))
@@ -474,6 +583,8 @@ def write_labelme(staging, final, name, source, img, mask, classes, tolerance):
 def main(argv=None):
     args = parse_args(argv)
     work = refuse_file(args.work_dir, "--work-dir")
+    if args.merge:
+        return merge(args, work)
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
     src, label_dir, out = folders(args)
     if not args.input and not src.is_dir():
@@ -481,7 +592,16 @@ def main(argv=None):
     images = list_images(src, args.page)
     if not images:
         raise PipelineError(f"no images in {src}")
+    everything = list(images)
+    if args.shard:
+        images = {name: images[name] for name in shard_names(everything, args.shard)}
+        out = out if args.output else shard_folder(out, args.shard)
     check_replaceable(out, MARKER)
+    streamed = streamed_frames(images, args.stream_above)
+    if streamed and (args.save_probs or args.to_labelme):
+        raise PipelineError(f"{sorted(streamed)[0]} is larger than --stream-above "
+                            f"{args.stream_above:g} megapixels and is predicted band by band; "
+                            "--save-probs and --to-labelme need frames that fit in memory")
     config = read_config(model_dir)
     classes, decision = config["classes"], config["decision"]
     intensity = args.intensity or config["intensity"]
@@ -497,31 +617,28 @@ def main(argv=None):
                             f"the patch size is {tile}")
     predict_batch = make_predict_batch(net, decision)
     prepare = TilePreparer(config["preprocessing"])
+    shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
     print(f"model {path} ({decision}, {precision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
-          f"{args.blend} blend{', 8x TTA' if args.tta else ''}; {len(images)} images from {src}; "
-          f"intensity of non-8-bit images: {describe_intensity(intensity)}")
+          f"{args.blend} blend{', 8x TTA' if args.tta else ''}; {len(images)} images from {src}"
+          f"{shard}; intensity of non-8-bit images: {describe_intensity(intensity)}")
+
+    run = FrameRun(predict_batch, tile, prepare, classes, decision, config["color_mode"],
+                   intensity, args)
+    # The paper figure is the test set's; a user's folder keeps its chart to itself.
+    chart_copy = None if args.input else work / "figures" / "iou_per_class.png"
 
     from tqdm import tqdm
     per_image, total_cm = {}, np.zeros((len(classes), len(classes)), np.int64)
-    with staged_output(out, MARKER) as staging, \
-            staged_output(work / "figures", merge=True) as figures:
+    with staged_output(out, MARKER) as staging:
         for name, img_path in tqdm(images.items(), desc="predict", unit="image",
                                    dynamic_ncols=True, disable=None):
-            img = model_image(img_path, config["color_mode"], intensity)
-            probs = predict_frame(predict_batch, img, tile, args.overlap, args.blend,
-                                  args.batch_size, args.tta, prepare)
-            mask = decide(probs, decision)
-            write_outputs(staging, out, name, img_path, img, mask, probs, classes, args)
             label_path = find_label(label_dir, name) if label_dir else None
-            if label_path:
-                label = read_label(label_path)
-                if label.shape != mask.shape:
-                    raise PipelineError(f"label {label_path} is {label.shape[1]}x"
-                                        f"{label.shape[0]} but {img_path.name} is "
-                                        f"{mask.shape[1]}x{mask.shape[0]}")
-                cm, per_image[name] = score(label, mask, len(classes))
+            predict_one = run.streamed if name in streamed else run.in_memory
+            cm = predict_one(staging, out, name, img_path, label_path)
+            if cm is not None:
                 total_cm += cm
-        write_json(staging / MARKER, {
+                per_image[name] = cm
+        record = {
             "classes": classes, "decision": decision, "model_file": str(path),
             "input_dir": str((src.parent if src.is_file() else src).resolve()),
             "label_dir": str(label_dir.resolve()) if label_dir else None,
@@ -531,16 +648,74 @@ def main(argv=None):
             "batch_size": args.batch_size, "probability_maps": args.save_probs,
             "page": args.page, "mask_format": args.mask_format,
             "labelme": {"tolerance": args.labelme_tolerance} if args.to_labelme else None,
-            "images": list(images)})
-        if per_image:
-            rows = iou_rows(per_image, total_cm)
-            write_iou(staging, rows, classes, total_cm)
-            # The paper figure is the test set's; a user's folder keeps its chart to itself.
-            copies = [] if args.input else [figures / "iou_per_class.png"]
-            plot_iou(rows[-1], classes, len(per_image), [staging / "iou.png", *copies], args.pdf)
+            "stream_above_mp": args.stream_above, "streamed": sorted(streamed),
+            "images": list(images)}
+        if args.shard:
+            # merged later; the chart goes to figures/ then, with every image in it
+            record.update(shard=list(args.shard), all_images=everything,
+                          chart_copy=str(chart_copy) if chart_copy else None)
+        write_json(staging / MARKER, record)
+        rows = publish_report(staging, None if args.shard else chart_copy, per_image, total_cm,
+                              classes, args.pdf)
 
     print(f"wrote {len(images)} masks to {out}")
-    if per_image:
+    report(rows, per_image, classes, out, label_dir)
+
+
+def merge(args, work):
+    """--merge: the shards' folders as the one folder a single run writes."""
+    folders = [existing_folder(d, "--merge") for d in args.merge]
+    records, everything = read_shards(folders, MARKER)
+    out = Path(args.output) if args.output else merged_folder(folders)
+    if out is None:
+        raise PipelineError("the shard folders' names do not say where the merged folder goes; "
+                            "give --output")
+    check_replaceable(out, MARKER)
+    classes = records[0]["classes"]
+    per_image = {}
+    for folder in folders:
+        per_image.update(shard_confusion_matrices(folder, len(classes)))
+    per_image = {name: per_image[name] for name in everything if name in per_image}
+    total_cm = sum(per_image.values(), np.zeros((len(classes),) * 2, np.int64))
+    chart_copy = records[0].get("chart_copy")
+    with staged_output(out, MARKER) as staging:
+        copy_shard_files(folders, staging, skip={MARKER, *REPORT_FILES})
+        write_json(staging / MARKER, merged_record(records, everything))
+        rows = publish_report(staging, Path(chart_copy) if chart_copy else None, per_image,
+                              total_cm, classes, any((f / "iou.pdf").is_file() for f in folders))
+    print(f"merged {len(folders)} shards: {len(everything)} masks in {out}")
+    report(rows, per_image, classes, out, records[0]["label_dir"])
+
+
+REPORT_FILES = ("iou.csv", "iou.json", "iou.png", "iou.pdf")
+
+
+def shard_confusion_matrices(folder, num_classes):
+    """Per-image confusion matrices from a shard's iou.json ({} where it has no labels)."""
+    path = folder / "iou.json"
+    if not path.is_file():
+        return {}
+    images = read_json(path, "IoU report").get("images", {})
+    try:
+        return {name: np.array(entry["confusion_matrix"], np.int64).reshape(
+            num_classes, num_classes) for name, entry in images.items()}
+    except (KeyError, TypeError, ValueError):
+        raise PipelineError(f"{path} lacks per-image confusion matrices; predict the shard "
+                            "again with this version") from None
+
+
+def publish_report(staging, chart_copy, per_image, total_cm, classes, pdf):
+    """The IoU report of the labelled images (none without labels): its rows, or None."""
+    if not per_image:
+        return None
+    if chart_copy is None:
+        return write_report(staging, None, per_image, total_cm, classes, pdf)
+    with staged_output(Path(chart_copy).parent, merge=True) as figures:
+        return write_report(staging, figures, per_image, total_cm, classes, pdf)
+
+
+def report(rows, per_image, classes, out, label_dir):
+    if rows:
         print_iou_table(rows, classes)
         print(f"IoU of {len(per_image)} labelled images: {out / 'iou.csv'}, {out / 'iou.png'}")
     elif label_dir:

@@ -13,6 +13,7 @@ import pytest
 
 import get_contour
 import predict_lovasz_loss as P
+import whole_slide as W
 from outputs import sha256_of
 from seg_common import PipelineError, confusion_matrix, iou_per_class, reflect_pad
 
@@ -33,10 +34,10 @@ def identity(batch):
 # ---------------------------------------------------------------- tiling
 
 @pytest.mark.parametrize("h, w", [(1, 1), (5, 3), (40, 70)])
-def test_padded_rows_are_reflect_pads_rows(h, w):
+def test_mirrored_rows_are_reflect_pads_rows(h, w):
     image = np.arange(h * w * 2).reshape(h, w, 2)
     for y0, y1, width in ((0, h, w), (0, 3 * h + 5, 2 * w + 7), (h // 2, 9 * h + 1, w)):
-        assert np.array_equal(P.padded_rows(image, y0, y1, width),
+        assert np.array_equal(W.mirrored_rows(W.ArrayRows(image), y0, y1, width),
                               reflect_pad(image, y1, width)[y0:y1])
 
 
@@ -48,7 +49,7 @@ def test_bands_come_top_down_from_one_strip_of_tiles_at_a_time():
 
     def read_rows(y0, y1):
         reads.append((y0, y1))
-        return P.padded_rows(image, y0, y1, 120)
+        return W.mirrored_rows(W.ArrayRows(image), y0, y1, 120)
 
     bands = list(P.predict_bands(identity, read_rows, 300, 120, 32, 0.25, "gaussian",
                                  batch_size=4))
@@ -212,15 +213,17 @@ def test_iou_hand_cases():
                       [0, 0, 1, 1]])
     pred = np.array([[0, 1, 1, 1],
                      [0, 0, 2, 1]])
-    cm, iou = P.score(label, pred, 4)
+    cm = confusion_matrix(label, pred, 4)
+    iou = iou_per_class(cm)
     np.testing.assert_allclose(iou, [3 / 4, 3 / 5, 0.0, 1.0])
 
     label2 = np.array([[2, 2], [2, 0]])
     pred2 = np.array([[2, 2], [0, 0]])
-    cm2, iou2 = P.score(label2, pred2, 4)
+    cm2 = confusion_matrix(label2, pred2, 4)
+    iou2 = iou_per_class(cm2)
     np.testing.assert_allclose(iou2, [1 / 2, 1.0, 2 / 3, 1.0])   # class 1 absent from both
 
-    rows = P.iou_rows({"a": iou, "b": iou2}, cm + cm2)
+    rows = P.iou_rows({"a": cm, "b": cm2}, cm + cm2)
     assert [r[0] for r in rows] == ["a", "b", "dataset"]
     assert rows[0][-1] == pytest.approx(np.mean([3 / 4, 3 / 5, 0, 1]))
     # Dataset IoU from the summed confusion matrix, not the mean of the images' IoUs:
@@ -232,15 +235,17 @@ def test_iou_hand_cases():
 def test_iou_files(tmp_path):
     label = np.array([[0, 1], [2, 2]])
     pred = np.array([[0, 1], [2, 0]])
-    cm, iou = P.score(label, pred, 3)
-    rows = P.iou_rows({"x": iou}, cm)
-    P.write_iou(tmp_path, rows, CLASSES, cm)
+    cm = confusion_matrix(label, pred, 3)
+    iou = iou_per_class(cm)
+    rows = P.iou_rows({"x": cm}, cm)
+    P.write_iou(tmp_path, rows, CLASSES, {"x": cm}, cm)
     with open(tmp_path / "iou.csv") as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == ["image", "iou_background", "iou_bead", "iou_cell", "mean_iou"]
     assert [r["image"] for r in table] == ["x", "dataset"]
-    assert float(table[0]["iou_cell"]) == pytest.approx(0.5)
+    assert float(table[0]["iou_cell"]) == pytest.approx(iou[2]) == pytest.approx(0.5)
     data = json.loads((tmp_path / "iou.json").read_text())
+    assert data["images"]["x"]["confusion_matrix"] == cm.tolist()
     assert data["dataset"]["iou"]["cell"] == pytest.approx(0.5)
     assert data["confusion_matrix"]["counts"] == cm.tolist()
 
@@ -402,6 +407,49 @@ def test_a_stack_is_predicted_plane_by_plane(model_dir, work, tmp_path):
     doc = json.loads((tmp_path / "stack_out" / "labelme" / "s_p1.json").read_text())
     assert doc["imagePath"] == "s_p1.png"
     assert cv2.imread(str(tmp_path / "stack_out" / "labelme" / "s_p1.png")).shape[:2] == (50, 70)
+
+
+def test_a_frame_streamed_band_by_band_gets_the_in_memory_mask(model_dir, work, tmp_path):
+    """A 16-bit tiled TIFF above --stream-above: rows decoded as tiles need them, the mask
+    written as a tiled BigTIFF; mask, IoU and objects equal the in-memory run's."""
+    import tifffile
+    from image_io import pixel_size_um
+    rng = np.random.default_rng(11)
+    image = (cv2.GaussianBlur(rng.random((150, 190)), (0, 0), 4) * 60000).astype(np.uint16)
+    for sub in ("slide", "labels"):
+        (tmp_path / sub).mkdir()
+    tifffile.imwrite(tmp_path / "slide" / "s.ome.tif", image, tile=(64, 64), compression="zlib",
+                     ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.3})
+    cv2.imwrite(str(tmp_path / "labels" / "s.png"), rng.integers(0, 3, (150, 190),
+                                                               dtype=np.uint8))
+
+    def predict(out, *extra):
+        return run_predict("--work-dir", str(work), "--model-dir", str(model_dir), "--input",
+                           str(tmp_path / "slide"), "--labels", str(tmp_path / "labels"),
+                           "--output", str(tmp_path / out), "--batch-size", "5", *extra)
+
+    for out, extra in (("whole", ()), ("bands", ("--stream-above", "0.01"))):
+        result = predict(out, *extra)
+        assert result.returncode == 0, result.stderr
+    whole = cv2.imread(str(tmp_path / "whole" / "s.png"), cv2.IMREAD_UNCHANGED)
+    with tifffile.TiffFile(tmp_path / "bands" / "s.tif") as tif:
+        assert tif.is_bigtiff and tif.pages[0].is_tiled
+        assert np.array_equal(tif.asarray(), whole)
+    assert pixel_size_um(tmp_path / "bands" / "s.tif") == pytest.approx(0.3)
+    assert json.loads((tmp_path / "bands" / "predict.json").read_text())["streamed"] == ["s"]
+    assert (tmp_path / "bands" / "iou.csv").read_text() == \
+        (tmp_path / "whole" / "iou.csv").read_text()
+    assert cv2.imread(str(tmp_path / "bands" / "s_color.png")).shape[:2] == (150, 190)
+    tables = []
+    for out, extra in (("whole", ()), ("bands", ("--stream-above", "0.01"))):
+        get_contour.main(["--work-dir", str(work), "--pred-dir", str(tmp_path / out),
+                          "--no-panels", *extra])
+        tables.append((tmp_path / f"{out}_contours" / "objects.csv").read_text())
+    assert tables[0] == tables[1] and "0.3" in tables[0].splitlines()[1]
+
+    refused = predict("probs", "--stream-above", "0.01", "--save-probs")
+    assert refused.returncode == 2 and "need frames that fit in memory" in refused.stderr
+    assert not (tmp_path / "probs").exists()
 
 
 def test_predictions_go_to_labelme_and_back(model_dir, work, tmp_path):

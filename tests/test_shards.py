@@ -1,0 +1,103 @@
+"""Prediction in shards (--shard I/N) merged (--merge) gives the files of one run, byte for
+byte: masks, predict.json, the IoU report and chart, objects.csv and the contour pictures."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import get_contour
+import predict_lovasz_loss as P
+from seg_common import PipelineError
+from shards import shard_names, shard_option
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shards_cover_the_images_once_in_turn():
+    names = [f"f{k}" for k in range(7)]
+    shards = [shard_names(names, (i, 3)) for i in (1, 2, 3)]
+    assert shards == [["f0", "f3", "f6"], ["f1", "f4"], ["f2", "f5"]]
+    assert shard_names(names[:1], (2, 2)) == []
+    assert shard_option("2/8") == (2, 8)
+    for bad in ("0/2", "3/2", "2", "a/b"):
+        with pytest.raises(Exception, match="I/N|from 1 to N"):
+            shard_option(bad)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import json
+
+    import keras
+    from model import build_model
+    from outputs import sha256_of
+    keras.utils.set_random_seed(1)
+    folder = tmp_path_factory.mktemp("weights")
+    keras.saving.save_model(build_model((64, 64, 3), 3, weights=None), folder / "m_best.h5",
+                            include_optimizer=False)
+    (folder / "config.json").write_text(json.dumps({
+        "sha256": {"m_best.h5": sha256_of(folder / "m_best.h5")},
+        "classes": ["background", "bead", "cell"], "num_classes": 3,
+        "input_shape": [64, 64, 3], "patch_size": [64, 64], "color_mode": "grey",
+        "image_channels": 1, "preprocessing": {"mean": [110.0], "std": [30.0], "gamma": 1.2},
+        "decision": "argmax", "weights_files": {"best": "m_best.h5"}}))
+    return folder
+
+
+@pytest.fixture
+def work(tmp_path):
+    """A test set of three crops of the sample frames, with their labels."""
+    frames = sorted((ROOT / "data" / "src").glob("*.png"))[:3]
+    for sub in ("test/src", "test/label"):
+        (tmp_path / "work" / sub).mkdir(parents=True)
+    for frame in frames:
+        image = cv2.imread(str(frame), cv2.IMREAD_GRAYSCALE)[100:260, 150:350]
+        label = cv2.imread(str(ROOT / "data" / "label" / frame.name),
+                           cv2.IMREAD_UNCHANGED)[100:260, 150:350]
+        cv2.imwrite(str(tmp_path / "work" / "test" / "src" / frame.name), image)
+        cv2.imwrite(str(tmp_path / "work" / "test" / "label" / frame.name), label)
+    return tmp_path / "work"
+
+
+def files_of(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_sharded_and_merged_is_a_single_run(model_dir, work, tmp_path):
+    base = ["--work-dir", str(work), "--model-dir", str(model_dir)]
+    P.main([*base, "--output", str(tmp_path / "single")])
+    chart = work / "figures" / "iou_per_class.png"
+    single_chart = chart.read_bytes()
+    chart.unlink()
+    for i in (1, 2):
+        P.main([*base, "--shard", f"{i}/2"])
+    shards = [work / "test" / f"predict_shard{i}of2" for i in (1, 2)]
+    assert not chart.exists()              # the chart of all images comes with the merge
+    P.main(["--work-dir", str(work), "--merge", *map(str, shards)])
+    merged = work / "test" / "predict"
+    assert files_of(merged) == files_of(tmp_path / "single")
+    assert chart.read_bytes() == single_chart
+
+    get_contour.main(["--work-dir", str(work), "--pred-dir", str(tmp_path / "single"),
+                      "--output", str(tmp_path / "single_contours"), "--no-panels"])
+    for shard in shards:
+        get_contour.main(["--work-dir", str(work), "--pred-dir", str(shard), "--no-panels"])
+    get_contour.main(["--merge", *(str(s) + "_contours" for s in shards)])
+    merged_contours = work / "test" / "predict_contours"
+    assert files_of(merged_contours) == files_of(tmp_path / "single_contours")
+    assert (merged_contours / "objects.csv").read_text().count("\n") > 3
+
+    # a missing shard, or shards of two runs, are refused without touching the output
+    with pytest.raises(PipelineError, match="each once"):
+        P.main(["--work-dir", str(work), "--merge", str(shards[0]),
+                "--output", str(tmp_path / "half")])
+    P.main([*base, "--shard", "2/2", "--overlap", "0.5", "--output", str(tmp_path / "other")])
+    with pytest.raises(PipelineError, match="other settings.*overlap"):
+        P.main(["--work-dir", str(work), "--merge", str(shards[0]), str(tmp_path / "other"),
+                "--output", str(tmp_path / "mixed")])
+    assert not (tmp_path / "half").exists() and not (tmp_path / "mixed").exists()
+    mask = cv2.imread(str(merged / sorted(p.name for p in (work / "test/src").iterdir())[0]),
+                      cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (160, 200) and np.all(mask < 3)
