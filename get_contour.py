@@ -1,6 +1,6 @@
 """Outline every predicted object, measure it, and draw the paper's figure panels.
 
-Reads   <pred-dir>/<name>.png            masks from predict_lovasz_loss.py (class per pixel)
+Reads   <pred-dir>/<name>.png|.tif       masks from predict_lovasz_loss.py (class per pixel)
         <pred-dir>/predict.json          class names, input and label folders of the run
         <image-dir>/<name>.*             the original images
 Writes  <output>/<name>_contour.png      outlines over the image, one colour per class
@@ -10,19 +10,23 @@ Writes  <output>/<name>_contour.png      outlines over the image, one colour per
         <figures-dir>/panel_<name>.png   input | ground truth (if labelled) | prediction |
                                          contours, for the paper (PDF too with --pdf)
 
+A TIFF mask of more than --stream-above megapixels (a whole slide) is read a band of rows
+at a time: the same objects.csv rows as in memory, while <name>_contour.png and the panel
+are overviews at most 4096 pixels on a side (no ground-truth panel).
+
 Defaults follow the test set: <pred-dir> <work-dir>/test/predict, <output>
 <work-dir>/test/contours. For another --pred-dir the output is <pred-dir>_contours beside
 it, and the images and labels are found where predict_lovasz_loss.py read them.
 
 Objects are the 8-connected components of each non-background class. objects.csv: image,
-class, object_id (per image and class, from 1, in raster order), area_px (pixel count),
-equivalent_diameter_px (of the disc of that area), perimeter_px (length of the outer
-outline through the boundary pixels' centres), circularity (4 pi area / perimeter^2, 1 for
-a disc; unreliable below a few tens of pixels), centroid_x, centroid_y, bbox_x, bbox_y,
-bbox_w, bbox_h (pixels, origin top-left). The area, diameter and perimeter are also given
-in micrometres (area_um2, equivalent_diameter_um, perimeter_um) with --pixel-size, or, by
-default, for each image whose TIFF records its pixel size (OME PhysicalSizeX, or ImageJ's
-resolution and unit); pixel_size_um says which size was used.
+class, object_id (per image and class, from 1, in raster order of first pixels), area_px
+(pixel count), equivalent_diameter_px (of the disc of that area), perimeter_px (length of
+the outer outline through the boundary pixels' centres), circularity (4 pi area /
+perimeter^2, 1 for a disc; unreliable below a few tens of pixels), centroid_x, centroid_y,
+bbox_x, bbox_y, bbox_w, bbox_h (pixels, origin top-left). The area, diameter and perimeter
+are also given in micrometres (area_um2, equivalent_diameter_um, perimeter_um) with
+--pixel-size, or, by default, for each image whose TIFF records its pixel size (OME
+PhysicalSizeX, or ImageJ's resolution and unit); pixel_size_um says which size was used.
 
 --from-probs rebuilds the masks as the original get_contour did, from the per-class
 probability maps of predict_lovasz_loss.py --save-probs: each map is scaled to 0..127 and

@@ -3,8 +3,9 @@
 Reads   <model-dir>/config.json and a model file     (train_unet_xception_resnetblock.py)
         <work-dir>/test/src/*, <work-dir>/test/label/*.png  (gen_img_aug.py), or --input
 Writes  <output>/<name>.png             class index per pixel (uint8); .tif with
-                                        --mask-format tif
-        <output>/<name>_color.png       the mask colour-coded (class colours of the figures)
+                                        --mask-format tif and for whole slides (below)
+        <output>/<name>_color.png       the mask colour-coded (class colours of the figures;
+                                        an overview for whole slides)
         <output>/<name>_prob_<class>.png with --save-probs: the blended probability of each
                                         class as 8-bit grey, value / 255 = probability
         <output>/labelme/<name>.json    with --to-labelme: the mask as LabelMe polygons, to
