@@ -46,10 +46,9 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity, 
                       to_color_mode, write_image)
 from band_objects import objects_of_class
 from outputs import staged_output, write_json
-from shards import copy_shard_files, merge_object_tables, merged_folder, read_shards
-from seg_common import (PALETTE, PipelineError, colorize, finite_float, positive_float,
-                        existing_folder, non_negative_float, read_classes, read_json,
-                        run_cli, save_figure)
+from shards import copy_shard_files, merge_object_tables, open_shards
+from seg_common import (PALETTE, PipelineError, colorize, finite_float, non_negative_float,
+                        positive_float, read_classes, read_json, run_cli, save_figure)
 from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
                          megapixels, open_tiff_rows, plane_shape)
 
@@ -516,12 +515,7 @@ def main(argv=None):
 
 def merge(args):
     """--merge: the contour folders of prediction shards as the folder one run writes."""
-    folders = [existing_folder(d, "--merge") for d in args.merge]
-    _, everything = read_shards(folders, SHARD_RECORD)
-    out = Path(args.output) if args.output else merged_folder(folders)
-    if out is None:
-        raise PipelineError("the shard folders' names do not say where the merged folder goes; "
-                            "give --output")
+    folders, _, everything, out = open_shards(args.merge, args.output, SHARD_RECORD)
     with staged_output(out, MARKER) as staging:
         copy_shard_files(folders, staging, skip={MARKER, SHARD_RECORD})
         count = merge_object_tables([f / MARKER for f in folders], everything, staging / MARKER)

@@ -80,8 +80,8 @@ from model_folder import (DECISIONS, load_model, model_file, read_config,  # noq
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import atomic_write_text, check_replaceable, staged_output, write_json  # noqa: E402
-from shards import (copy_shard_files, merged_folder, merged_record, read_shards,  # noqa: E402
-                    shard_folder, shard_names, shard_option)
+from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
+                    shard_names, shard_option)
 from seg_common import (PipelineError, colorize, confusion_matrix, dihedral, read_json,  # noqa: E402
                         existing_folder, finite_float, inverse_dihedral, iou_per_class,
                         non_negative_float, non_negative_int, positive_int, preprocess_patch,
@@ -585,7 +585,7 @@ def main(argv=None):
     args = parse_args(argv)
     work = refuse_file(args.work_dir, "--work-dir")
     if args.merge:
-        return merge(args, work)
+        return merge(args)
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
     src, label_dir, out = folders(args)
     if not args.input and not src.is_dir():
@@ -663,14 +663,9 @@ def main(argv=None):
     report(rows, per_image, classes, out, label_dir)
 
 
-def merge(args, work):
+def merge(args):
     """--merge: the shards' folders as the one folder a single run writes."""
-    folders = [existing_folder(d, "--merge") for d in args.merge]
-    records, everything = read_shards(folders, MARKER)
-    out = Path(args.output) if args.output else merged_folder(folders)
-    if out is None:
-        raise PipelineError("the shard folders' names do not say where the merged folder goes; "
-                            "give --output")
+    folders, records, everything, out = open_shards(args.merge, args.output, MARKER)
     check_replaceable(out, MARKER)
     classes = records[0]["classes"]
     per_image = {}

@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from seg_common import PipelineError, read_json
+from seg_common import PipelineError, existing_folder, read_json
 
 # Keys a shard adds to the record of its run; the merged record is the single run's.
 SHARD_KEYS = ("shard", "all_images", "chart_copy")
@@ -65,6 +65,18 @@ def read_shards(folders, marker):
     if sorted(covered) != sorted(everything):
         raise PipelineError("the shards do not cover the run's images exactly once")
     return records, everything
+
+
+def open_shards(dirs, output, marker):
+    """(shard folders, their records, the whole image list, the merged folder) of --merge
+    DIR... [--output]."""
+    folders = [existing_folder(d, "--merge") for d in dirs]
+    records, everything = read_shards(folders, marker)
+    out = Path(output) if output else merged_folder(folders)
+    if out is None:
+        raise PipelineError("the shard folders' names do not say where the merged folder goes; "
+                            "give --output")
+    return folders, records, everything, out
 
 
 def copy_shard_files(folders, staging, skip):

@@ -95,6 +95,7 @@ def write_slide(path, frames, height, width, top=0, left=0):
 
 
 def train_small_model(work):
+    Path(work).mkdir(parents=True, exist_ok=True)
     data = ["--data-dir", "data", "--work-dir", work]
     steps = [["gen_img_aug.py", *data, "--num-patches", "600", "--patch-size", "128"],
              ["pre_processing.py", "--work-dir", work],
