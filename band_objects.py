@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 
-@dataclass
+@dataclass(slots=True)     # a whole slide has hundreds of thousands
 class Measure:
     """One object as get_contour.py lists it: pixels, outer outline, sums for the centroid,
     bounding box (inclusive), and its first pixel in raster order (y, x)."""

@@ -189,17 +189,15 @@ def find_objects(mask, num_classes, min_area=0):
 
 
 def find_objects_in_bands(read_rows, shape, num_classes, min_area=0):
-    """find_objects' rows for a mask read a band of rows at a time (band_objects.py): the
-    same objects, numbers and order, never the whole mask in memory."""
-    rows = []
+    """find_objects' rows, one after another, for a mask read a band of rows at a time
+    (band_objects.py): the same objects, numbers and order, never the whole mask in memory."""
     for c in range(1, num_classes):
         found = objects_of_class(read_rows, shape, c, BAND_ROWS)
-        kept = [m for m in found if m.area >= min_area]
+        kept = (m for m in found if m.area >= min_area)
         for object_id, m in enumerate(kept, start=1):
-            rows.append(object_row(c, object_id, m.area, m.perimeter, m.sum_x / m.area,
-                                   m.sum_y / m.area, m.left, m.top, m.right - m.left + 1,
-                                   m.bottom - m.top + 1))
-    return rows
+            yield object_row(c, object_id, m.area, m.perimeter, m.sum_x / m.area,
+                             m.sum_y / m.area, m.left, m.top, m.right - m.left + 1,
+                             m.bottom - m.top + 1)
 
 
 def first_pixel(labels, stats, i):
@@ -238,17 +236,39 @@ def csv_record(image, classes, row, pixel_size):
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
 
 
-def print_summary(records, classes, num_images, um):
-    print(f"{'class':<14}{'objects':>9}{'per image':>11}{'mean area px':>14}"
-          + (f"{'mean area um2':>15}" if um else ""))
-    for cls in classes[1:]:
-        rows = [r for r in records if r["class"] == cls]
-        mean = float(np.mean([r["area_px"] for r in rows])) if rows else 0.0
-        line = f"{cls:<14}{len(rows):>9}{len(rows) / num_images:>11.1f}{mean:>14.1f}"
-        if um:
-            areas = [r["area_um2"] for r in rows if "area_um2" in r]
-            line += f"{float(np.mean(areas)):>15.2f}" if areas else f"{'-':>15}"
-        print(line)
+class ObjectTally:
+    """Objects per class and their mean area, counted as rows go to objects.csv (a whole
+    slide's rows are never all in memory)."""
+
+    def __init__(self, classes):
+        self.classes = classes
+        self.count = {c: 0 for c in classes[1:]}
+        self.area_px = {c: 0.0 for c in classes[1:]}
+        self.area_um2 = {c: [0.0, 0] for c in classes[1:]}
+
+    @property
+    def total(self):
+        return sum(self.count.values())
+
+    def add(self, record):
+        cls = record["class"]
+        self.count[cls] += 1
+        self.area_px[cls] += record["area_px"]
+        if "area_um2" in record:
+            self.area_um2[cls][0] += record["area_um2"]
+            self.area_um2[cls][1] += 1
+
+    def print(self, num_images, um):
+        print(f"{'class':<14}{'objects':>9}{'per image':>11}{'mean area px':>14}"
+              + (f"{'mean area um2':>15}" if um else ""))
+        for cls in self.classes[1:]:
+            n = self.count[cls]
+            line = (f"{cls:<14}{n:>9}{n / num_images:>11.1f}"
+                    f"{self.area_px[cls] / n if n else 0.0:>14.1f}")
+            if um:
+                total, measured = self.area_um2[cls]
+                line += f"{total / measured:>15.2f}" if measured else f"{'-':>15}"
+            print(line)
 
 
 # ---------------------------------------------------------------- drawing
@@ -392,25 +412,28 @@ class Outliner:
     def mask_path(self, name):
         return self.pred_dir / f"{name}{'.tif' if name in self.streamed else self.suffix}"
 
-    def __call__(self, name, source, staging, panels):
-        """objects.csv rows of one mask; its contour picture and panel written."""
+    def __call__(self, name, source, staging, panels, write_row):
+        """write_row(row) for each object of one mask; its contour picture and panel
+        written."""
         if not (self.args.from_probs or self.mask_path(name).is_file()):
             raise PipelineError(f"mask {self.mask_path(name)} not found")
         reader = None if self.args.from_probs else open_tiff_rows(self.mask_path(name))
         if reader is not None and megapixels(reader.shape) > self.args.stream_above:
             with reader:
-                return self.in_bands(name, source, reader, staging, panels)
+                return self.in_bands(name, source, reader, staging, panels, write_row)
         if reader is not None:
             reader.close()
-        return self.in_memory(name, source, staging, panels)
+        return self.in_memory(name, source, staging, panels, write_row)
 
-    def in_memory(self, name, source, staging, panels):
+    def in_memory(self, name, source, staging, panels, write_row):
         args, classes = self.args, self.classes
         image = read_image(source, self.intensity)
         mask = (mask_from_probs(read_prob_maps(self.pred_dir, name, classes), args.thresholds)
                 if args.from_probs else read_mask(self.mask_path(name), len(classes)))
         check_same_size(name, mask.shape, source, image.shape)
         rows, outlines = find_objects(mask, len(classes), args.min_area)
+        for row in rows:
+            write_row(row)
         write_image(staging / f"{name}_contour.png",
                     with_legend(draw_outlines(image, outlines), classes), atomic=False)
         if args.panels:
@@ -422,9 +445,8 @@ class Outliner:
                                     f"{image.shape[0]}")
             plot_panel(name, image, label, mask, outlines, classes,
                        panels / f"panel_{name}.png", args.pdf)
-        return rows
 
-    def in_bands(self, name, source, reader, staging, panels):
+    def in_bands(self, name, source, reader, staging, panels, write_row):
         """A whole-slide mask: objects found band by band; the contour picture and the panel
         are overviews at most OVERVIEW_SIDE pixels on a side, without the ground truth."""
         num_classes, shape = len(self.classes), reader.shape[:2]
@@ -434,7 +456,8 @@ class Outliner:
             rows = reader.rows(y0, y1)
             check_mask_values(rows, num_classes, reader.path)
             mask_overview.add(y0, rows)
-        found = find_objects_in_bands(reader.rows, shape, num_classes, self.args.min_area)
+        for row in find_objects_in_bands(reader.rows, shape, num_classes, self.args.min_area):
+            write_row(row)
         image = image_overview(source, self.intensity, shape)
         _, outlines = find_objects(mask_overview.image, num_classes)
         write_image(staging / f"{name}_contour.png",
@@ -442,7 +465,6 @@ class Outliner:
         if self.args.panels:
             plot_panel(f"{name} (1:{mask_overview.step})", image, None, mask_overview.image,
                        outlines, self.classes, panels / f"panel_{name}.png", self.args.pdf)
-        return found
 
 
 def check_same_size(name, mask_shape, source, image_shape):
@@ -490,27 +512,31 @@ def main(argv=None):
     intensity = args.intensity or info.get("intensity", DEFAULT_INTENSITY)
     outliner = Outliner(pred_dir, info, classes, intensity, label_dir, args)
 
+    pixel_sizes = {name: args.pixel_size or pixel_size_um(images[name]) for name in names}
+    measured_in_um = any(size is not None for size in pixel_sizes.values())
+    tally = ObjectTally(classes)
+
     from tqdm import tqdm
-    records, measured_in_um = [], bool(args.pixel_size)
     # Panels are staged too and join figures/ only when every image has gone through.
-    with staged_output(out, MARKER) as staging, staged_output(figures, merge=True) as panels:
+    with staged_output(out, MARKER) as staging, staged_output(figures, merge=True) as panels, \
+            open(staging / MARKER, "w", newline="") as table:
+        writer = csv.DictWriter(table, fieldnames=csv_columns(measured_in_um), restval="")
+        writer.writeheader()
         for name in tqdm(names, desc="contours", unit="image", dynamic_ncols=True, disable=None):
-            rows = outliner(name, images[name], staging, panels)
-            pixel_size = args.pixel_size or pixel_size_um(images[name])
-            measured_in_um |= pixel_size is not None
-            records += [csv_record(name, classes, row, pixel_size) for row in rows]
-        with open(staging / MARKER, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=csv_columns(measured_in_um),
-                                    restval="")
-            writer.writeheader()
-            writer.writerows(records)
+
+            def write_row(row, name=name):
+                record = csv_record(name, classes, row, pixel_sizes[name])
+                writer.writerow(record)
+                tally.add(record)
+
+            outliner(name, images[name], staging, panels, write_row)
         if "shard" in info:
             write_json(staging / SHARD_RECORD, {"shard": info["shard"], "images": names,
                                                 "all_images": info["all_images"]})
 
-    print(f"{len(records)} objects in {len(names)} images -> {out / MARKER}, contours in {out}"
+    print(f"{tally.total} objects in {len(names)} images -> {out / MARKER}, contours in {out}"
           + (f", panels in {figures}" if args.panels else ""))
-    print_summary(records, classes, len(names), measured_in_um)
+    tally.print(len(names), measured_in_um)
 
 
 def merge(args):

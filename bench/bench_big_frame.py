@@ -14,6 +14,9 @@ times the tiles of the frame, at the matmul rate of the precision prediction use
 measured in this run.
 
     python bench/bench_big_frame.py [--sizes 5000 10000 20000] [--crop 2000] [--model-dir DIR]
+
+--keep DIR keeps the slides, model and outputs; a later run with --keep DIR --model-dir
+DIR/train/weights --reuse-predictions measures the contours again on the same predictions.
 """
 import argparse
 import json
@@ -120,6 +123,18 @@ def flop_floor_seconds(model_dir, shape, precision, rates):
     return flops * tiles / (rates[precision] * 1e9), tiles
 
 
+def measure_prediction(predict, slide, out, folder, side, model_dir, precision, machine):
+    """predict_lovasz_loss.py on one slide: seconds, peak RSS, against the FLOP floor."""
+    seconds, peak_mib = run_measured([*predict, "--input", slide, "--output", out],
+                                     folder / f"predict_{side}.log")
+    floor_s, tiles = flop_floor_seconds(model_dir, (side, side), precision,
+                                        machine["matmul_gflops"])
+    mp = side * side / 1e6
+    return {"megapixels": mp, "tiles": tiles, "predict_s": round(seconds, 1),
+            "predict_peak_rss_mib": round(peak_mib), "predict_s_per_mp": round(seconds / mp, 3),
+            "predict_vs_flop_floor": round(seconds / floor_s, 2)}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,7 +144,13 @@ def main():
                    help="side of the crop predicted both ways (default: %(default)s)")
     p.add_argument("--model-dir", help="a trained model folder (default: train one here)")
     p.add_argument("--keep", help="keep the frames and outputs in this folder")
+    p.add_argument("--reuse-predictions", action="store_true",
+                   help="with --keep of an earlier run: measure the contours again, and take "
+                        "each slide's prediction and its numbers from that run (the previous "
+                        "bench/results/big-frame.json)")
     args = p.parse_args()
+    if args.reuse_predictions and not (args.keep and args.model_dir):
+        p.error("--reuse-predictions needs the --keep folder and --model-dir of that run")
 
     machine = hardware.machine_summary()
     precision = hardware.resolve_precision("auto")
@@ -140,7 +161,7 @@ def main():
     model_dir = Path(args.model_dir) if args.model_dir else train_small_model(folder / "train")
     predict = ["predict_lovasz_loss.py", "--model-dir", model_dir, "--work-dir", folder]
 
-    # The same crop both ways: in memory (the default below 64 MP) and band by band.
+    # The same crop both ways: in memory (the default up to 16 MP) and band by band.
     crop = folder / "crop" / "crop.tif"
     crop.parent.mkdir(exist_ok=True)
     write_slide(crop, frames, args.crop, args.crop)
@@ -162,27 +183,27 @@ def main():
           f"({np.count_nonzero(in_memory)} object pixels); objects.csv identical: "
           f"{same_objects}")
 
+    out_json = ROOT / "bench" / "results" / "big-frame.json"
+    earlier = ({r["side"]: r for r in json.loads(out_json.read_text())["sizes"]}
+               if args.reuse_predictions and out_json.is_file() else {})
     rows = []
     for side in args.sizes:
         slide = folder / f"slide_{side}" / f"slide_{side}.tif"
-        slide.parent.mkdir(exist_ok=True)
-        write_slide(slide, frames, side, side)
         out = folder / f"pred_{side}"
-        predict_s, predict_mib = run_measured([*predict, "--input", slide, "--output", out],
-                                              folder / f"predict_{side}.log")
+        if side in earlier and slide.is_file() and (out / "predict.json").is_file():
+            measured = {k: v for k, v in earlier[side].items()
+                        if k.startswith("predict") or k in ("megapixels", "tiles")}
+        else:
+            slide.parent.mkdir(exist_ok=True)
+            write_slide(slide, frames, side, side)
+            measured = measure_prediction(predict, slide, out, folder, side, model_dir,
+                                          precision, machine)
         contour_s, contour_mib = run_measured(["get_contour.py", "--pred-dir", out,
                                                "--work-dir", folder],
                                               folder / f"contour_{side}.log")
-        floor_s, tiles = flop_floor_seconds(model_dir, (side, side), precision,
-                                            machine["matmul_gflops"])
         objects = sum(1 for _ in open(folder / f"pred_{side}_contours" / "objects.csv")) - 1
-        mp = side * side / 1e6
-        rows.append({"side": side, "megapixels": mp, "tiles": tiles,
-                     "predict_s": round(predict_s, 1), "predict_peak_rss_mib": round(predict_mib),
-                     "predict_s_per_mp": round(predict_s / mp, 3),
-                     "predict_vs_flop_floor": round(predict_s / floor_s, 2),
-                     "contour_s": round(contour_s, 1), "contour_peak_rss_mib": round(contour_mib),
-                     "objects": objects})
+        rows.append({"side": side, **measured, "contour_s": round(contour_s, 1),
+                     "contour_peak_rss_mib": round(contour_mib), "objects": objects})
         print(json.dumps(rows[-1]))
         for path in (slide, out / f"slide_{side}.tif"):
             if not args.keep:
@@ -206,7 +227,8 @@ def main():
               "machine": machine, "precision": precision, "crop": args.crop,
               "crop_mask_identical": same_mask, "crop_objects_identical": same_objects,
               "sizes": rows}
-    out_json = ROOT / "bench" / "results" / "big-frame.json"
+    if earlier:
+        result["predictions_from"] = json.loads(out_json.read_text())["command"]
     out_json.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out_json}")
     if not (same_mask and same_objects):
