@@ -486,7 +486,10 @@ def image_overview(source, intensity, shape):
         frame = StreamedFrame(reader, intensity, color_mode, f"image {source}")
         overview = Overview(shape, (3,) if color_mode == "rgb" else ())
         for y0, y1 in bands(shape[0]):
-            overview.add(y0, frame.rows(y0, y1))
+            # only the rows and columns the overview keeps are mapped to 0..255
+            first = -y0 % overview.step
+            if y0 + first < y1:
+                overview.add_sampled(y0 + first, frame.rows(y0 + first, y1, overview.step))
     return overview.image
 
 

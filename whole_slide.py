@@ -189,9 +189,10 @@ class StreamedFrame:
         self.shape = reader.shape[:2]
         self.range = streamed_intensity_range(reader, intensity, what)
 
-    def rows(self, y0, y1):
-        """Rows y0..y1-1 within the plane, as uint8 in the model's colour mode."""
-        raw = _without_alpha(self.reader.rows(y0, y1))
+    def rows(self, y0, y1, step=1):
+        """Rows y0..y1-1 within the plane (every step-th row and column from y0), as uint8
+        in the model's colour mode."""
+        raw = _without_alpha(self.reader.rows(y0, y1)[::step, ::step])
         if self.range is not None:
             check_finite(raw, self.what)
             raw = scale_to_uint8(raw, *self.range)
@@ -267,7 +268,12 @@ class Overview:
         self.image = np.zeros((height, width, *channels), np.uint8)
 
     def add(self, y, rows):
+        """Rows of the frame from row y."""
         first = -y % self.step
-        kept = rows[first::self.step, ::self.step]
-        start = (y + first) // self.step
+        self.add_sampled(y + first, rows[first::self.step, ::self.step])
+
+    def add_sampled(self, y, kept):
+        """Rows already thinned to every step-th row and column, the first being row y (a
+        multiple of step)."""
+        start = y // self.step
         self.image[start:start + len(kept)] = kept

@@ -224,3 +224,16 @@ def test_a_large_tiff_mask_is_outlined_band_by_band(pred, monkeypatch):
     assert run(pred, "--stream-above", "0.01") == in_memory
     contour = cv2.imread(str(pred / "contours" / "big_contour.png"))
     assert contour.shape[1] == 300 and (pred / "figures" / "panel_big.png").is_file()
+
+
+def test_image_overview_keeps_every_step_th_pixel_of_the_mapped_image(tmp_path, monkeypatch):
+    import tifffile
+
+    import whole_slide
+    from image_io import DEFAULT_INTENSITY, read_image
+    monkeypatch.setattr(whole_slide, "OVERVIEW_SIDE", 50)
+    monkeypatch.setattr(whole_slide, "BAND_ROWS", 37)
+    image = np.random.default_rng(3).integers(0, 4000, (203, 170), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", image, tile=(32, 32))
+    overview = G.image_overview(tmp_path / "a.tif", DEFAULT_INTENSITY, image.shape)
+    assert np.array_equal(overview, read_image(tmp_path / "a.tif")[::5, ::5])
