@@ -55,7 +55,8 @@ from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, ba
 ORIGINAL_THRESHOLDS = (69, 80)   # beads, cells, on 0..127 maps
 PROB_SCALE = 127
 MARKER = "objects.csv"
-SHARD_RECORD = "shard.json"    # beside objects.csv of a prediction shard's contours
+SHARD_RECORD = "shard.json"
+PANEL_SIDE = 1024            # longest side of the views in a whole slide's panel    # beside objects.csv of a prediction shard's contours
 
 
 def parse_args(argv=None):
@@ -463,8 +464,13 @@ class Outliner:
         write_image(staging / f"{name}_contour.png",
                     with_legend(draw_outlines(image, outlines), self.classes), atomic=False)
         if self.args.panels:
-            plot_panel(f"{name} (1:{mask_overview.step})", image, None, mask_overview.image,
-                       outlines, self.classes, panels / f"panel_{name}.png", self.args.pdf)
+            # A panel shows each view a few hundred pixels wide; matplotlib would hold float
+            # copies of a full overview for nothing.
+            k = math.ceil(max(image.shape[:2]) / PANEL_SIDE)
+            small_mask = mask_overview.image[::k, ::k]
+            plot_panel(f"{name} (1:{mask_overview.step * k})", image[::k, ::k], None,
+                       small_mask, find_objects(small_mask, num_classes)[1], self.classes,
+                       panels / f"panel_{name}.png", self.args.pdf)
 
 
 def check_same_size(name, mask_shape, source, image_shape):
