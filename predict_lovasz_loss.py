@@ -515,7 +515,9 @@ class FrameRun:
 
     def in_memory(self, staging, out, name, source, label_path):
         img = model_image(source, self.color_mode, self.intensity)
-        probs = np.concatenate([p for _, p in self.bands(ArrayRows(img))])
+        a = self.args
+        probs = predict_frame(self.predict_batch, img, self.tile, a.overlap, a.blend,
+                              a.batch_size, a.tta, self.prepare)
         mask = decide(probs, self.decision)
         write_outputs(staging, out, name, source, img, mask, probs, self.classes, self.args)
         if label_path is None:
