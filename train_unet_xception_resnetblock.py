@@ -38,13 +38,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+from distribute import STRATEGIES  # noqa: E402
 from hardware import add_precision_option, use_precision  # noqa: E402
 from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
-from outputs import (atomic_write_text, remove_leftovers, sha256_of, temp_path,  # noqa: E402
-                     write_json)
+from outputs import atomic_write_text, remove_leftovers, sha256_of, write_json  # noqa: E402
 from seg_common import (MEAN_STD_NAME, PipelineError, existing_folder, finite_float,  # noqa: E402
                         load_mean_std, non_negative_float, positive_float, positive_int,
-                        read_classes, read_json, refuse_file, run_cli, save_figure)
+                        read_classes, read_json, refuse_file, run_cli)
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
 LOSSES = ("lovasz-softmax", "lovasz-hinge", "cross-entropy", "bce-dice")
@@ -96,7 +96,9 @@ def parse_args(argv=None):
                         "effectively ran (default: %(default)s)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=25, help="epochs (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=8, help="batch size (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="patches per step on each replica (one without --strategy "
+                        "mirrored) (default: %(default)s)")
     g.add_argument("--val-split", type=finite_float, default=0.2,
                    help="fraction of patches for validation (default: %(default)s)")
     g.add_argument("--val-split-by", choices=("image", "patch"), default="image",
@@ -128,6 +130,23 @@ def parse_args(argv=None):
                    help="train anew in a model folder that holds a model trained with other "
                         "settings: the old folder is moved to <model-dir>.previous and deleted "
                         "once the new run has saved its first checkpoint")
+    g = p.add_argument_group("devices")
+    g.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                   help="one: the default device; mirrored: a replica on every visible GPU "
+                        "(or --cpu-devices), each taking --batch-size patches of a global "
+                        "batch, gradients and BatchNorm statistics all-reduced; multiworker: "
+                        "the same over several processes or machines (--cluster; the chief "
+                        "alone writes the model folder, which every worker must see); auto: "
+                        "mirrored where there are several GPUs, else one (default: "
+                        "%(default)s)")
+    g.add_argument("--cluster", choices=("tf-config", "slurm"), default="tf-config",
+                   help="with --strategy multiworker, where the workers are listed: the "
+                        "TF_CONFIG variable of each process, or the SLURM job step (srun) "
+                        "(default: %(default)s)")
+    g.add_argument("--cpu-devices", type=positive_int, default=1, metavar="N",
+                   help="split the CPU into N logical devices, for a mirrored run without "
+                        "GPUs (tests, and measuring the strategy's overhead; they share the "
+                        "cores) (default: %(default)s)")
     g = p.add_argument_group("speed and output")
     add_precision_option(g)
     g.add_argument("--jit-compile", choices=("on", "off"), default="off",
@@ -379,7 +398,10 @@ def patch_dataset(work, names, channels, batch_size, shuffle_seed=None, with_lab
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle_seed is not None:
-        ds = ds.shuffle(len(names), seed=shuffle_seed, reshuffle_each_iteration=True).repeat()
+        # Shuffled after repeat, and alike for every iterator: Keras opens an iterator to
+        # build the model under a strategy before the one it trains on, and a reshuffled
+        # order there gave replicas other patches than one device takes.
+        ds = ds.repeat().shuffle(len(names), seed=shuffle_seed, reshuffle_each_iteration=False)
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=shuffle_seed is not None).prefetch(tf.data.AUTOTUNE)
 
@@ -396,29 +418,6 @@ def make_loss(name, num_classes, lovasz_input):
     if name == "cross-entropy":
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     return BceDiceLoss()
-
-
-class ProgressCosine:
-    """Cosine annealing over the run's progress, which callbacks advance.
-
-    Progress is the larger of (steps done / planned steps) and (minutes spent / time
-    budget), so a time-limited run still anneals to the end of its budget.
-    """
-
-    def __init__(self, initial_lr):
-        import keras
-        import tensorflow as tf
-        self.progress = tf.Variable(0.0, trainable=False, dtype=tf.float32)
-        outer = self
-
-        class Schedule(keras.optimizers.schedules.LearningRateSchedule):
-            def __call__(self, step):
-                return initial_lr * 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(outer.progress, 1.0)))
-
-            def get_config(self):
-                return {"initial_lr": initial_lr}
-
-        self.schedule = Schedule()
 
 
 def make_optimizer(args, learning_rate):
@@ -440,149 +439,39 @@ def make_metrics(classes):
 
 # ---------------------------------------------------------------- callbacks
 
-def make_callbacks(args, model_dir, bn_images, val_ds, total_steps, schedule, resuming):
+def make_callbacks(args, model_dir, bn_images, val_ds, val_steps, total_steps, schedule,
+                   resuming, chief=True, evaluate=None):
+    """The callbacks of a training run (training_callbacks.py), set from the options and,
+    when resuming, from what the interrupted run had done by its last finished epoch.
+    evaluate replaces model.evaluate where it cannot run (several workers)."""
     import keras
+    import training_callbacks as tc
     state_path = model_dir / "state.json"
-    # What the interrupted run had done by its last finished epoch.
     state = read_json(state_path, "training state") if resuming and state_path.is_file() else {}
-    steps_done = state.get("epochs_done", 0) * total_steps // args.epochs
-
-    class Progress(keras.callbacks.Callback):
-        """Advances the cosine schedule and stops when the time budget is spent."""
-
-        def __init__(self):
-            super().__init__()
-            # Minutes count from the first run's start, so the budget and the log's
-            # minutes column cover a resumed run too.
-            self.start = time.monotonic() - 60 * state.get("minutes", 0.0)
-            self.steps = steps_done
-
-        def on_train_batch_begin(self, batch, logs=None):
-            minutes = (time.monotonic() - self.start) / 60
-            if schedule is not None:
-                done = max(self.steps / total_steps,
-                           minutes / args.time_budget if args.time_budget else 0.0)
-                schedule.progress.assign(done)
-            self.steps += 1
-
-        def on_train_batch_end(self, batch, logs=None):
-            if args.time_budget and (time.monotonic() - self.start) / 60 >= args.time_budget:
-                self.model.stop_training = True
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs["minutes"] = round((time.monotonic() - self.start) / 60, 3)
-            logs["steps"] = self.steps
-
-    class PreciseBNValidation(keras.callbacks.Callback):
-        """Re-estimates BatchNorm statistics, then validates in inference mode."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            refresh_batchnorm(self.model, bn_images, args.bn_batches)
-            results = self.model.evaluate(val_ds, steps=args.val_steps, verbose=0,
-                                          return_dict=True)
-            logs.update({f"val_{k}": float(v) for k, v in results.items()})
-            logs["lr"] = float(self.model.optimizer.learning_rate)
-
-    class Checkpoints(keras.callbacks.Callback):
-        """Best val_loss model in the original's file, plus recent per-epoch snapshots."""
-
-        def __init__(self):
-            super().__init__()
-            self.best = state.get("best_val_loss", math.inf)
-
-        def on_epoch_end(self, epoch, logs=None):
-            snap_dir = model_dir / "snapshots"
-            snap_dir.mkdir(exist_ok=True)
-            # A model file without optimizer state: half the size of save_weights' output.
-            snapshot = snap_dir / f"epoch_{epoch + 1:03d}.{args.save_format}"
-            save_model(self.model, snapshot)
-            saved = [snapshot]
-            if not args.keep_snapshots:
-                for old in sorted(snap_dir.glob("epoch_*.*"))[:-max(1, args.swa_epochs)]:
-                    old.unlink()
-            val_loss = logs.get("val_loss", math.inf)
-            if val_loss < self.best:
-                self.best = val_loss
-                saved.append(model_dir / weights_name("best", args.save_format))
-                save_model(self.model, saved[-1])
-                say(f"epoch {epoch + 1}: val_loss {val_loss:.4f} is the best so far, saved")
-            record_hashes(model_dir, saved)
-            write_json(state_path, {"best_val_loss": self.best, "epochs_done": epoch + 1,
-                                    "minutes": logs["minutes"]})
-            # The new run has a model of its own now; a folder moved aside by --restart goes.
-            shutil.rmtree(aside_folder(model_dir), ignore_errors=True)
-
-    class Finished(keras.callbacks.Callback):
-        """Marks the training loop done before the backup below is deleted, so a kill in
-        between leaves a run that a rerun finishes rather than one it starts over."""
-
-        def on_train_end(self, logs=None):
-            if state_path.is_file():
-                write_json(state_path, {**read_json(state_path, "training state"),
-                                        "finished": True})
-
-    class Curves(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            plot_curves(model_dir / "log.csv", [model_dir / "curves.png",
-                        Path(args.work_dir) / "figures" / "training_curves.png"], args.pdf)
-
-    class ProgressBar(keras.callbacks.Callback):
-        """One bar over the whole run's steps, with the time left, and a line per epoch."""
-
-        def on_train_begin(self, logs=None):
-            from tqdm import tqdm
-            self.bar = tqdm(total=total_steps, initial=steps_done, desc="train", unit="step",
-                            dynamic_ncols=True)
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.bar.update(1)
-
-        def on_epoch_end(self, epoch, logs=None):
-            shown = ("loss", "mean_iou", "val_loss", "val_mean_iou")
-            say(f"epoch {epoch + 1}/{args.epochs} ({logs['minutes']:.1f} min): " + ", ".join(
-                f"{k} {logs[k]:.4f}" for k in shown if k in logs))
-
-        def on_train_end(self, logs=None):
-            self.bar.close()
-
-    bar = [ProgressBar()] if verbosity(args) == 1 else []
-    return [Progress(), PreciseBNValidation(), Checkpoints(), *bar,
-            keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resuming), Curves(),
-            Finished(), atomic_backup(model_dir / "backup")]
+    steps_before = state.get("epochs_done", 0) * total_steps // args.epochs
+    keep = None if args.keep_snapshots else max(1, args.swa_epochs)
+    bar = ([tc.ProgressBar(total_steps, steps_before, args.epochs)]
+           if chief and verbosity(args) == 1 else [])
+    figures = [model_dir / "curves.png", Path(args.work_dir) / "figures" / "training_curves.png"]
+    curves = [tc.Curves(model_dir / "log.csv", figures, args.pdf)] if chief else []
+    return [
+        tc.RunClock(total_steps, args.time_budget, schedule, state.get("minutes", 0.0),
+                    steps_before),
+        tc.PreciseBNValidation(bn_images, args.bn_batches, val_ds, val_steps, evaluate),
+        tc.Checkpoints(model_dir, model_dir / weights_name("best", args.save_format),
+                       args.save_format, keep, lambda saved: record_hashes(model_dir, saved),
+                       state.get("best_val_loss", math.inf), aside_folder(model_dir)),
+        *bar,
+        keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resuming),
+        *curves,
+        tc.Finished(state_path),
+        tc.AtomicBackupAndRestore(str(model_dir / "backup")),
+    ]
 
 
 def verbosity(args):
     """0 silent, 1 one progress bar for the run, 2 Keras' line per epoch."""
     return args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
-
-
-def say(line):
-    """Print a line without breaking a progress bar."""
-    from tqdm import tqdm
-    tqdm.write(line)
-
-
-def atomic_backup(backup_dir):
-    """Keras' BackupAndRestore, its files replaced atomically: a kill -9 while it saves leaves
-    the previous epoch's backup whole (Keras overwrites in place, and a torn file cannot be
-    resumed)."""
-    import keras
-    from outputs import publish_file
-
-    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-        def _save_model(self):
-            weights = Path(self._weights_path)
-            tmp = temp_path(weights, suffix=".weights.h5")   # Keras insists on this suffix
-            try:
-                self.model.save_weights(str(tmp), overwrite=True)
-                publish_file(tmp, weights)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            write_json(Path(self._training_metadata_path),
-                       {"epoch": self._current_epoch, "batch": self._last_batch_seen})
-
-    return AtomicBackupAndRestore(str(backup_dir))
 
 
 def align_with_backup(model_dir):
@@ -603,66 +492,15 @@ def align_with_backup(model_dir):
             write_json(state_path, {**state, "epochs_done": epoch})
 
 
-def refresh_batchnorm(model, bn_images, num_batches):
-    from model import reestimate_batchnorm
-    if num_batches > 0:
-        reestimate_batchnorm(model, bn_images, num_batches)
-
-
 def weights_name(kind, save_format):
     return f"{WEIGHTS_STEM}_{kind}.{save_format}"
-
-
-def save_model(model, path):
-    """Save architecture and weights (not the optimizer) for inference, atomically."""
-    import keras
-    from outputs import publish_file
-    tmp = temp_path(path)
-    try:
-        if path.suffix == ".h5":
-            keras.saving.save_model(model, tmp, include_optimizer=False, overwrite=True)
-        else:
-            keras.saving.save_model(model, tmp, overwrite=True)
-        publish_file(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def plot_curves(log_path, paths, pdf):
-    """Loss, mean IoU (train and val) and each class's validation IoU per epoch, from the log."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    with open(log_path) as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "mean_iou", "mean IoU")):
-        for prefix, style in (("", "-o"), ("val_", "-s")):
-            if prefix + key in rows[0]:
-                ax.plot(epochs, [float(r[prefix + key]) for r in rows], style, ms=3,
-                        label="val" if prefix else "train")
-        ax.set_title(title)
-    for key in (k for k in rows[0] if k.startswith("val_iou_")):
-        axes[2].plot(epochs, [float(r[key]) for r in rows], "-s", ms=3,
-                     label=key[len("val_iou_"):])
-    axes[2].set_title("validation IoU per class")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.tight_layout()
-    save_figure(fig, paths, pdf)
 
 
 # ---------------------------------------------------------------- SWA
 
 def stochastic_weight_average(model, snapshot_paths, bn_images, bn_batches, out_path):
     """Average the given weight snapshots, re-estimate BatchNorm, save; restore the model."""
+    from training_callbacks import refresh_batchnorm, save_model
     current = model.get_weights()
     total = None
     for path in snapshot_paths:
@@ -809,21 +647,36 @@ def main(argv=None):
 
     import absl.logging
     import keras
+    from distribute import describe, synchronize_batchnorm
     # Keras warns at every .h5 save that the format is legacy; h5 is the original's format.
     absl.logging.set_verbosity(absl.logging.ERROR)
+    strategy, chief = open_strategy(args)                  # before TensorFlow runs anything
+    if not chief:
+        if plan == "finish":    # what is left (SWA, config.json) is the chief's alone
+            print("training had finished; the chief writes the final models")
+            return
+        # Every worker computes and saves alike; only the chief's folder stays.
+        model_dir, plan = worker_scratch(model_dir, strategy, fingerprint, args)
+    replicas = strategy.num_replicas_in_sync
+    global_batch = args.batch_size * replicas
+    distribution = {"strategy": describe(strategy), "replicas": replicas,
+                    "global_batch": global_batch}
     keras.utils.set_random_seed(args.seed)
     # The weights are loaded (ImageNet downloaded) before the model folder changes at all.
     precision = use_precision(args.precision)
-    model = build(args, patch_shape, len(classes))
-    if init:
-        init_from_model(model, Path(init["file"]), args.new_head)
+    with strategy.scope():
+        model = build(args, patch_shape, len(classes))
+        if init:
+            init_from_model(model, Path(init["file"]), args.new_head)
+        if replicas > 1:
+            synchronize_batchnorm(model)
     prepare_model_folder(model_dir, plan)
     resuming = plan in ("resume", "finish")
     if plan == "resume":
         align_with_backup(model_dir)
     write_json(model_dir / "split.json", split)
     write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
-                 precision, {"init_model": init})
+                 precision, {"init_model": init, "distribution": distribution})
     if resuming:
         # A kill between publishing a model file and recording its hash leaves a stale entry;
         # every published file is whole, so hashing them all again is safe.
@@ -831,29 +684,43 @@ def main(argv=None):
                                   *model_dir.glob("snapshots/epoch_*.*")])
 
     channels = stats["channels"]
-    steps = args.steps_per_epoch or max(1, len(train_names) // args.batch_size)
-    train_ds = patch_dataset(work, train_names, channels, args.batch_size, shuffle_seed=args.seed)
-    val_ds = patch_dataset(work, val_names, channels, args.batch_size)
+    steps = args.steps_per_epoch or max(1, len(train_names) // global_batch)
+    # Each replica takes its share of a global batch (each worker its shard of them).
+    train_ds = patch_dataset(work, train_names, channels, global_batch, shuffle_seed=args.seed)
+    val_ds = patch_dataset(work, val_names, channels, global_batch)
     bn_images = iter(patch_dataset(work, train_names, channels, args.batch_size,
                                    shuffle_seed=args.seed + 1, with_labels=False))
 
-    cosine = ProgressCosine(args.lr) if args.schedule == "cosine" else None
-    model.compile(optimizer=make_optimizer(args, cosine.schedule if cosine else args.lr),
-                  loss=make_loss(args.loss, len(classes), args.lovasz_input),
-                  metrics=make_metrics(classes), jit_compile=args.jit_compile == "on")
+    from training_callbacks import ProgressCosine
+    with strategy.scope():
+        cosine = ProgressCosine(args.lr) if args.schedule == "cosine" else None
+        model.compile(optimizer=make_optimizer(args, cosine or args.lr),
+                      loss=make_loss(args.loss, len(classes), args.lovasz_input),
+                      metrics=make_metrics(classes), jit_compile=args.jit_compile == "on")
+    loop = None
+    if args.strategy == "multiworker":
+        from worker_loop import WorkerLoop
+        loop = WorkerLoop(model, strategy, global_batch, cosine)
     state_path = model_dir / "state.json"
     start = time.monotonic()
     if plan == "finish":
         print("training had finished; writing the final models")
     else:
-        callbacks = make_callbacks(args, model_dir, bn_images, val_ds, steps * args.epochs,
-                                   cosine, resuming)
+        # Every worker validates on all validation batches it is given: a fixed count.
+        val_steps = args.val_steps or (max(1, len(val_names) // global_batch) if loop else None)
+        callbacks = make_callbacks(args, model_dir, bn_images, val_ds, val_steps,
+                                   steps * args.epochs, cosine, resuming, chief,
+                                   loop.evaluate if loop else None)
         print(f"training on {len(train_names)} patches, validating on {len(val_names)}; "
-              f"{args.epochs} epochs x {steps} steps of {args.batch_size}"
+              f"{args.epochs} epochs x {steps} steps of {global_batch}"
+              + (f" ({distribution['strategy']}, {args.batch_size} each)" if replicas > 1 else "")
               + (f", budget {args.time_budget} min" if args.time_budget else "")
               + (" (resuming)" if resuming else ""))
-        model.fit(train_ds, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                  verbose=0 if verbosity(args) == 1 else verbosity(args), shuffle=False)
+        if loop:
+            loop.fit(train_ds, args.epochs, steps, callbacks)
+        else:
+            model.fit(train_ds, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
+                      verbose=0 if verbosity(args) == 1 else verbosity(args), shuffle=False)
     minutes = (time.monotonic() - start) / 60
 
     best_path = model_dir / weights_name("best", args.save_format)
@@ -868,14 +735,47 @@ def main(argv=None):
     state = read_json(state_path, "training state")
     write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
                  precision, {
-        "init_model": init,
+        "init_model": init, "distribution": distribution,
         "result": {"best_val_loss": state["best_val_loss"], "epochs_done": state["epochs_done"],
                    "swa_of_epochs": len(snapshots[-args.swa_epochs:]) if args.swa_epochs else 0,
                    "minutes_this_run": round(minutes, 2),
                    "last_epoch": last_log_row(model_dir / "log.csv")},
     })
+    if args.strategy == "multiworker":
+        from worker_loop import weights_digest
+        print(f"final weights sha256 {weights_digest(model)}")
+    if not chief:
+        shutil.rmtree(model_dir)
+        print(f"done in {minutes:.1f} min as a worker; the chief wrote the model folder")
+        return
     print(f"done in {minutes:.1f} min; best val_loss {state['best_val_loss']:.4f}. Model folder: "
           f"{model_dir} (config.json, {best_path.name}); curves: {model_dir / 'curves.png'}")
+
+
+def open_strategy(args):
+    """(the tf.distribute strategy of --strategy, whether this process is the chief)."""
+    if args.strategy == "multiworker":
+        from worker_loop import is_chief, make_multiworker_strategy
+        strategy = make_multiworker_strategy(args.cluster)
+        return strategy, is_chief(strategy)
+    from distribute import make_strategy
+    return make_strategy(args.strategy, args.cpu_devices), True
+
+
+def worker_scratch(model_dir, strategy, fingerprint, args):
+    """(folder, plan) of a worker that is not the chief: a scratch folder beside the model
+    folder for the same saves the chief makes (and its own resume backup), removed when the
+    run ends; one left by a run of other settings is cleared."""
+    from worker_loop import worker_name
+    scratch = model_dir.with_name(f".{model_dir.name}.{worker_name(strategy)}")
+    try:
+        plan = plan_model_folder(scratch, fingerprint, args)
+    except PipelineError:
+        plan = "restart"
+    if plan in ("done", "restart"):
+        shutil.rmtree(scratch, ignore_errors=True)
+        plan = "fresh"
+    return scratch, plan
 
 
 def last_log_row(log_path):

@@ -9,39 +9,10 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import train_unet_xception_resnetblock as train  # noqa: E402
+import training_callbacks  # noqa: E402
 from outputs import sha256_of  # noqa: E402
 from seg_common import confusion_matrix, iou_per_class  # noqa: E402
-
-SIZE = 64
-
-
-def synthetic_patch(rng):
-    """Bright discs are class 1, dark squares class 2, on a noisy uneven background."""
-    img = rng.normal(120, 12, (SIZE, SIZE)) + np.linspace(-15, 15, SIZE)[None, :]
-    lbl = np.zeros((SIZE, SIZE), np.uint8)
-    for _ in range(rng.integers(1, 4)):
-        x, y, r = rng.integers(8, SIZE - 8), rng.integers(8, SIZE - 8), rng.integers(4, 8)
-        cv2.circle(lbl, (int(x), int(y)), int(r), 1, -1)
-    for _ in range(rng.integers(1, 3)):
-        x, y, s = rng.integers(0, SIZE - 12), rng.integers(0, SIZE - 12), rng.integers(6, 12)
-        lbl[y:y + s, x:x + s] = 2
-    img[lbl == 1] += 70
-    img[lbl == 2] -= 70
-    return np.clip(img, 0, 255).astype(np.uint8), lbl
-
-
-def make_patch_set(work, count, seed=0):
-    """A work folder as gen_img_aug.py + pre_processing.py leave it (prep = raw here)."""
-    rng = np.random.default_rng(seed)
-    for sub in ("prep", "label"):
-        (work / "train" / sub).mkdir(parents=True)
-    for i in range(count):
-        img, lbl = synthetic_patch(rng)
-        cv2.imwrite(str(work / "train" / "prep" / f"{i:06d}.png"), img)
-        cv2.imwrite(str(work / "train" / "label" / f"{i:06d}.png"), lbl)
-    (work / "train_mean_std.json").write_text(json.dumps(
-        {"mean": [120.0], "std": [30.0], "color_mode": "grey", "channels": 1, "gamma": 1.2}))
-
+from synthetic import SIZE, make_patch_set, synthetic_patch  # noqa: E402
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -135,7 +106,7 @@ def test_best_checkpoint_reloads_with_the_same_logits(tmp_path, trained):
         compile=False)
     x, _ = held_out(4)
     before = np.asarray(model(x, training=False))
-    train.save_model(model, tmp_path / "again.h5")
+    training_callbacks.save_model(model, tmp_path / "again.h5")
     after = np.asarray(keras.saving.load_model(tmp_path / "again.h5", compile=False)(x))
     np.testing.assert_allclose(before, after, atol=1e-5)
 

@@ -1,0 +1,36 @@
+"""Synthetic training patches for the tests that train: bright discs (class 1) and dark
+squares (class 2) on a noisy, unevenly lit background, laid out as gen_img_aug.py and
+pre_processing.py leave a work folder."""
+import json
+
+import cv2
+import numpy as np
+
+SIZE = 64
+
+
+def synthetic_patch(rng):
+    img = rng.normal(120, 12, (SIZE, SIZE)) + np.linspace(-15, 15, SIZE)[None, :]
+    lbl = np.zeros((SIZE, SIZE), np.uint8)
+    for _ in range(rng.integers(1, 4)):
+        x, y, r = rng.integers(8, SIZE - 8), rng.integers(8, SIZE - 8), rng.integers(4, 8)
+        cv2.circle(lbl, (int(x), int(y)), int(r), 1, -1)
+    for _ in range(rng.integers(1, 3)):
+        x, y, s = rng.integers(0, SIZE - 12), rng.integers(0, SIZE - 12), rng.integers(6, 12)
+        lbl[y:y + s, x:x + s] = 2
+    img[lbl == 1] += 70
+    img[lbl == 2] -= 70
+    return np.clip(img, 0, 255).astype(np.uint8), lbl
+
+
+def make_patch_set(work, count, seed=0):
+    """A work folder as gen_img_aug.py + pre_processing.py leave it (prep = raw here)."""
+    rng = np.random.default_rng(seed)
+    for sub in ("prep", "label"):
+        (work / "train" / sub).mkdir(parents=True)
+    for i in range(count):
+        img, lbl = synthetic_patch(rng)
+        cv2.imwrite(str(work / "train" / "prep" / f"{i:06d}.png"), img)
+        cv2.imwrite(str(work / "train" / "label" / f"{i:06d}.png"), lbl)
+    (work / "train_mean_std.json").write_text(json.dumps(
+        {"mean": [120.0], "std": [30.0], "color_mode": "grey", "channels": 1, "gamma": 1.2}))

@@ -1,0 +1,205 @@
+"""Training under tf.distribute: two replicas (two logical CPU devices) take the step one
+device takes on the same global batch."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synthetic import make_patch_set
+
+keras = pytest.importorskip("keras")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def patch_work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distribute")
+    (root / "data").mkdir()
+    (root / "data" / "classes.txt").write_text("background\nbead\ncell\n")
+    make_patch_set(root / "work", 40)
+    return root
+
+
+def train_run(root, name, *extra):
+    """One step of plain arithmetic (cross-entropy: a per-pixel mean, as replicas sum it;
+    plain SGD; no dropout, constant learning rate, float32); the snapshot's weights and
+    config. SGD, not the default NormalizedSGD: a conv bias that feeds BatchNorm has a
+    gradient that is zero but for float noise, which NormalizedSGD scales up to a step of
+    the learning rate, so any change of summation order moves those biases apart
+    (test_normalized_sgd_steps_on_the_summed_gradient checks that optimizer). One step: from
+    a random start, float noise in the BatchNorm sums grows with every further step."""
+    model_dir = root / name
+    args = ["--data-dir", root / "data", "--work-dir", root / "work", "--model-dir", model_dir,
+            "--weights", "none", "--loss", "cross-entropy", "--optimizer", "sgd",
+            "--dropout", "0", "--epochs", "1",
+            "--steps-per-epoch", "1", "--val-steps", "1", "--bn-batches", "0",
+            "--swa-epochs", "0", "--schedule", "constant", "--precision", "fp32",
+            "--verbose", "0", *extra]
+    result = subprocess.run([sys.executable, ROOT / "train_unet_xception_resnetblock.py",
+                             *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    net = keras.saving.load_model(model_dir / "snapshots" / "epoch_001.h5", compile=False)
+    return ([w.numpy() for w in net.trainable_weights],
+            json.loads((model_dir / "config.json").read_text()))
+
+
+def largest_difference(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+
+
+def test_two_replicas_take_the_step_of_one_device_on_the_same_global_batch(patch_work):
+    """BatchNorm statistics summed over the replicas, the loss scaled by the replica count
+    and the gradients summed: the network's weights after a step equal one device's (each
+    replica normalising with its own half batch's statistics missed by about 1e-3)."""
+    one, one_config = train_run(patch_work, "one", "--strategy", "one", "--batch-size", "4")
+    two, two_config = train_run(patch_work, "two", "--strategy", "mirrored",
+                                "--cpu-devices", "2", "--batch-size", "2")
+    assert one_config["distribution"] == {"strategy": "one device", "replicas": 1,
+                                          "global_batch": 4}
+    assert two_config["distribution"]["replicas"] == 2
+    assert two_config["distribution"]["global_batch"] == 4
+    # A different global batch moves the weights measurably apart: the tolerance below
+    # is far inside that.
+    other, _ = train_run(patch_work, "small", "--strategy", "one", "--batch-size", "2")
+    apart, same = largest_difference(one, other), largest_difference(one, two)
+    assert apart > 1e-4 and same < apart / 100, (same, apart)
+
+
+NSGD_STEPS = """
+import sys
+sys.path.insert(0, {root!r})
+from distribute import make_strategy
+mirrored = make_strategy("mirrored", 2)
+import keras, numpy as np, tensorflow as tf
+from model import NormalizedSGD
+
+def trained(strategy, batch):
+    keras.utils.set_random_seed(3)
+    with strategy.scope():
+        net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, activation="tanh"),
+                                keras.layers.Conv2D(3, 1)])
+        net.compile(optimizer=NormalizedSGD(0.05, momentum=0.9),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, (12, 6, 6))
+    net.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch), epochs=1, verbose=0)
+    return net.get_weights()
+
+def largest(a, b):
+    return max(float(np.abs(p - q).max()) for p, q in zip(a, b))
+
+one = trained(tf.distribute.get_strategy(), 4)
+print(largest(one, trained(mirrored, 4)), largest(one, trained(tf.distribute.get_strategy(), 2)))
+"""
+
+
+def test_normalized_sgd_steps_on_the_summed_gradient():
+    """Each replica's gradient normalised on its own, or the global batch's normalised
+    once, give different steps; two replicas must give one device's."""
+    result = subprocess.run([sys.executable, "-c", NSGD_STEPS.format(root=str(ROOT))],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    same, apart = map(float, result.stdout.split())
+    assert apart > 1e-2
+    assert same < 1e-5
+
+
+def free_ports(count):
+    import socket
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(root, name, *extra):
+    """Two training processes on 127.0.0.1 joined by TF_CONFIG (worker 0 is the chief)."""
+    import os
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    args = ["--data-dir", root / "data", "--work-dir", root / "work", "--model-dir", root / name,
+            "--weights", "none", "--loss", "cross-entropy", "--optimizer", "sgd",
+            "--dropout", "0", "--val-steps", "1", "--bn-batches", "0", "--swa-epochs", "0",
+            "--schedule", "constant", "--precision", "fp32", "--verbose", "0",
+            "--strategy", "multiworker", "--batch-size", "2", *extra]
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CONFIG": json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        procs.append(subprocess.Popen(
+            [sys.executable, ROOT / "train_unet_xception_resnetblock.py", *map(str, args)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def finish(procs, timeout=600):
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    return outputs
+
+
+def test_two_workers_train_as_one_process(patch_work):
+    """Both workers end with the same weights, those of a one-process run on the same global
+    batch; the chief alone wrote the model folder, the other worker's scratch is gone."""
+    outputs = finish(start_workers(patch_work, "workers", "--epochs", "1",
+                                   "--steps-per-epoch", "1"))
+    digests = [line.split()[-1] for out in outputs for line in out.splitlines()
+               if line.startswith("final weights sha256")]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    net = keras.saving.load_model(patch_work / "workers" / "snapshots" / "epoch_001.h5",
+                                  compile=False)
+    workers = [w.numpy() for w in net.trainable_weights]
+    one, _ = train_run(patch_work, "one_for_workers", "--strategy", "one", "--batch-size", "4")
+    other, _ = train_run(patch_work, "small_for_workers", "--strategy", "one",
+                         "--batch-size", "2")
+    apart, same = largest_difference(one, other), largest_difference(one, workers)
+    assert apart > 1e-4 and same < apart / 100, (same, apart)
+    config = json.loads((patch_work / "workers" / "config.json").read_text())
+    assert config["distribution"]["replicas"] == 2
+    assert config["distribution"]["global_batch"] == 4
+    assert not list(patch_work.glob(".workers.*"))
+
+
+def test_killed_worker_resumes(patch_work):
+    """kill -9 one worker after the first epoch; the other is stuck at the next all-reduce
+    and is killed too; the same two commands rerun finish the training from the backup."""
+    import time
+    model_dir = patch_work / "resumed"
+    extra = ("--epochs", "3", "--steps-per-epoch", "2")
+    procs = start_workers(patch_work, "resumed", *extra)
+    backups = [model_dir / "backup", patch_work / ".resumed.worker1" / "backup"]
+
+    def epochs_backed_up(folder):
+        meta = folder / "training_metadata.json"
+        try:
+            return json.loads(meta.read_text())["epoch"]
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    deadline = time.monotonic() + 600
+    while min(epochs_backed_up(b) for b in backups) < 1:
+        assert time.monotonic() < deadline and procs[0].poll() is None
+        time.sleep(0.5)
+    procs[1].kill()
+    time.sleep(5)
+    procs[0].kill()
+    for p in procs:
+        p.communicate()
+    assert (model_dir / "backup").is_dir()
+    outputs = finish(start_workers(patch_work, "resumed", *extra))
+    assert "(resuming)" in outputs[0]
+    with open(model_dir / "log.csv") as f:
+        epochs = [int(line.split(",")[0]) for line in f.read().splitlines()[1:]]
+    assert epochs == [0, 1, 2]
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["result"]["epochs_done"] == 3
+    assert not (model_dir / "backup").exists() and not list(patch_work.glob(".resumed.*"))

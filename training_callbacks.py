@@ -1,0 +1,243 @@
+"""What train_unet_xception_resnetblock.py does around each step and epoch, as Keras
+callbacks with explicit arguments: the clock and time budget that drive the cosine
+schedule, precise-BN validation, checkpoints, the run's state, curves and the progress bar."""
+import csv
+import math
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from outputs import publish_file, temp_path, write_json
+from seg_common import read_json, save_figure
+
+
+@keras.saving.register_keras_serializable(package="microseg")
+class ProgressCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine annealing from initial_lr to 0 over the run's progress (0..1), which RunClock
+    sets before every step: a time-limited run still anneals to the end of its budget."""
+
+    def __init__(self, initial_lr):
+        self.initial_lr = initial_lr
+        self.progress = tf.Variable(0.0, trainable=False, dtype=tf.float32)
+
+    def __call__(self, step):
+        return self.initial_lr * 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(self.progress, 1.0)))
+
+    def get_config(self):
+        return {"initial_lr": self.initial_lr}
+
+
+class RunClock(keras.callbacks.Callback):
+    """Minutes since the run first started and steps done (both carried over a resume), in
+    the log every epoch; moves the schedule's progress, the larger of steps / total_steps
+    and minutes / time_budget; stops training once the budget is spent."""
+
+    def __init__(self, total_steps, time_budget=None, schedule=None, minutes_before=0.0,
+                 steps_before=0):
+        super().__init__()
+        self.total_steps, self.time_budget, self.schedule = total_steps, time_budget, schedule
+        self.start = time.monotonic() - 60 * minutes_before
+        self.steps = steps_before
+
+    def minutes(self):
+        return (time.monotonic() - self.start) / 60
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.schedule is not None:
+            budget_part = self.minutes() / self.time_budget if self.time_budget else 0.0
+            self.schedule.progress.assign(max(self.steps / self.total_steps, budget_part))
+        self.steps += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.time_budget and self.minutes() >= self.time_budget:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["minutes"] = round(self.minutes(), 3)
+        logs["steps"] = self.steps
+
+
+def refresh_batchnorm(model, bn_images, num_batches):
+    """Precise BN: every BatchNorm layer's statistics from num_batches training batches."""
+    from model import reestimate_batchnorm
+    if num_batches > 0:
+        reestimate_batchnorm(model, bn_images, num_batches)
+
+
+class PreciseBNValidation(keras.callbacks.Callback):
+    """Re-estimates BatchNorm statistics, then validates in inference mode (val_* in the
+    log, with the learning rate). evaluate(dataset, steps) -> {name: value} stands in for
+    model.evaluate where that cannot run (worker_loop.py)."""
+
+    def __init__(self, bn_images, bn_batches, val_ds, val_steps, evaluate=None):
+        super().__init__()
+        self.bn_images, self.bn_batches = bn_images, bn_batches
+        self.val_ds, self.val_steps, self.evaluate = val_ds, val_steps, evaluate
+
+    def on_epoch_end(self, epoch, logs=None):
+        refresh_batchnorm(self.model, self.bn_images, self.bn_batches)
+        if self.evaluate is None:
+            results = self.model.evaluate(self.val_ds, steps=self.val_steps, verbose=0,
+                                          return_dict=True)
+        else:
+            results = self.evaluate(self.val_ds, self.val_steps)
+        logs.update({f"val_{k}": float(v) for k, v in results.items()})
+        # Under a strategy the rate is a MirroredVariable, which float() does not take.
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+def save_model(model, path):
+    """Save architecture and weights (not the optimizer) for inference, atomically."""
+    tmp = temp_path(path)
+    try:
+        if path.suffix == ".h5":
+            keras.saving.save_model(model, tmp, include_optimizer=False, overwrite=True)
+        else:
+            keras.saving.save_model(model, tmp, overwrite=True)
+        publish_file(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def say(line):
+    """Print a line without breaking a progress bar."""
+    from tqdm import tqdm
+    tqdm.write(line)
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """After every epoch: a snapshot (the newest `keep` stay, or all with keep=None), the
+    best val_loss model, the run's state; record_hashes(saved files) keeps config.json's
+    hashes current. A folder moved aside by --restart goes once the new run has a model."""
+
+    def __init__(self, model_dir, best_path, snapshot_format, keep, record_hashes,
+                 best_val_loss=math.inf, aside=None):
+        super().__init__()
+        self.model_dir, self.best_path = model_dir, best_path
+        self.snapshot_format, self.keep = snapshot_format, keep
+        self.record_hashes, self.best, self.aside = record_hashes, best_val_loss, aside
+
+    def on_epoch_end(self, epoch, logs=None):
+        snap_dir = self.model_dir / "snapshots"
+        snap_dir.mkdir(exist_ok=True)
+        # A model file without optimizer state: half the size of save_weights' output.
+        snapshot = snap_dir / f"epoch_{epoch + 1:03d}.{self.snapshot_format}"
+        save_model(self.model, snapshot)
+        saved = [snapshot]
+        if self.keep is not None:
+            for old in sorted(snap_dir.glob("epoch_*.*"))[:-self.keep]:
+                old.unlink()
+        val_loss = logs.get("val_loss", math.inf)
+        if val_loss < self.best:
+            self.best = val_loss
+            save_model(self.model, self.best_path)
+            saved.append(self.best_path)
+            say(f"epoch {epoch + 1}: val_loss {val_loss:.4f} is the best so far, saved")
+        self.record_hashes(saved)
+        write_json(self.model_dir / "state.json", {"best_val_loss": self.best,
+                                                   "epochs_done": epoch + 1,
+                                                   "minutes": logs["minutes"]})
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+
+
+class Finished(keras.callbacks.Callback):
+    """Marks the training loop done before the backup is deleted, so a kill in between
+    leaves a run that a rerun finishes rather than one it starts over."""
+
+    def __init__(self, state_path):
+        super().__init__()
+        self.state_path = state_path
+
+    def on_train_end(self, logs=None):
+        if self.state_path.is_file():
+            write_json(self.state_path, {**read_json(self.state_path, "training state"),
+                                         "finished": True})
+
+
+def plot_curves(log_path, paths, pdf):
+    """Loss, mean IoU (train and val) and each class's validation IoU per epoch, from the log."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(log_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, key, title in ((axes[0], "loss", "loss"), (axes[1], "mean_iou", "mean IoU")):
+        for prefix, style in (("", "-o"), ("val_", "-s")):
+            if prefix + key in rows[0]:
+                ax.plot(epochs, [float(r[prefix + key]) for r in rows], style, ms=3,
+                        label="val" if prefix else "train")
+        ax.set_title(title)
+    for key in (k for k in rows[0] if k.startswith("val_iou_")):
+        axes[2].plot(epochs, [float(r[key]) for r in rows], "-s", ms=3,
+                     label=key[len("val_iou_"):])
+    axes[2].set_title("validation IoU per class")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    save_figure(fig, paths, pdf)
+
+
+class Curves(keras.callbacks.Callback):
+    """The curves of the log so far, redrawn after every epoch."""
+
+    def __init__(self, log_path, figure_paths, pdf):
+        super().__init__()
+        self.log_path, self.figure_paths, self.pdf = log_path, figure_paths, pdf
+
+    def on_epoch_end(self, epoch, logs=None):
+        plot_curves(self.log_path, self.figure_paths, self.pdf)
+
+
+class ProgressBar(keras.callbacks.Callback):
+    """One bar over the whole run's steps, with the time left, and a line per epoch."""
+
+    SHOWN = ("loss", "mean_iou", "val_loss", "val_mean_iou")
+
+    def __init__(self, total_steps, steps_before, epochs):
+        super().__init__()
+        self.total_steps, self.steps_before, self.epochs = total_steps, steps_before, epochs
+
+    def on_train_begin(self, logs=None):
+        from tqdm import tqdm
+        self.bar = tqdm(total=self.total_steps, initial=self.steps_before, desc="train",
+                        unit="step", dynamic_ncols=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        say(f"epoch {epoch + 1}/{self.epochs} ({logs['minutes']:.1f} min): " + ", ".join(
+            f"{k} {logs[k]:.4f}" for k in self.SHOWN if k in logs))
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, its files replaced atomically: a kill -9 while it saves leaves
+    the previous epoch's backup whole (Keras overwrites in place, and a torn file cannot be
+    resumed)."""
+
+    def _save_model(self):
+        weights = Path(self._weights_path)
+        tmp = temp_path(weights, suffix=".weights.h5")   # Keras insists on this suffix
+        try:
+            self.model.save_weights(str(tmp), overwrite=True)
+            publish_file(tmp, weights)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        write_json(Path(self._training_metadata_path),
+                   {"epoch": self._current_epoch, "batch": self._last_batch_seen})

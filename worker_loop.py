@@ -1,0 +1,155 @@
+"""Training over several machines with tf.distribute.MultiWorkerMirroredStrategy, where
+Keras' model.fit and model.evaluate do not run (keras-team/keras#20585: they reduce scalar
+metrics along an axis they lack, tensorflow#72388). This loop runs the model's own
+train_step and test_step through strategy.run (the same loss, metrics and optimizer as
+fit) and calls the same callbacks at the same moments; the metrics' totals are summed over
+every replica of every worker when read."""
+import numpy as np
+import tensorflow as tf
+
+from seg_common import PipelineError
+
+
+def make_multiworker_strategy(cluster):
+    """MultiWorkerMirroredStrategy over the cluster that TF_CONFIG or SLURM describes."""
+    if cluster == "slurm":
+        try:
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise PipelineError(f"--cluster slurm: not inside a SLURM job step ({err}); start "
+                                "the training with srun") from None
+    else:
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        if not resolver.cluster_spec().as_dict():
+            raise PipelineError("--strategy multiworker needs the cluster in TF_CONFIG (see "
+                                "README, 'Running on several GPUs or a cluster') or "
+                                "--cluster slurm")
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+
+
+def is_chief(strategy):
+    """The worker that writes the model folder: the 'chief' task, else worker 0."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def worker_name(strategy):
+    resolver = strategy.cluster_resolver
+    return f"{resolver.task_type}{resolver.task_id}"
+
+
+def weights_digest(model):
+    """sha256 of every weight of the model as this process holds it: equal digests on all
+    workers show that their copies took the same steps."""
+    import hashlib
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def worker_slices(strategy, dataset, global_batch):
+    """The global batches of `dataset` as one process takes them, each worker feeding its
+    replicas from its own slice of every batch: N workers step through the same data as
+    one process, whatever tf.data's auto-sharding would do."""
+    per_replica = global_batch // strategy.num_replicas_in_sync
+
+    def local(context):
+        size = global_batch // context.num_input_pipelines
+        start = context.input_pipeline_id * size
+
+        def own_slice(x, y):
+            return x[start:start + size], y[start:start + size]
+
+        sliced = dataset.map(own_slice)
+        if size == per_replica:
+            return sliced
+        return sliced.unbatch().batch(per_replica, drop_remainder=True)
+
+    return strategy.distribute_datasets_from_function(local)
+
+
+class WorkerLoop:
+    """model.fit and model.evaluate for a multi-worker strategy."""
+
+    def __init__(self, model, strategy, global_batch, schedule=None):
+        self.model, self.strategy, self.schedule = model, strategy, schedule
+        self.global_batch = global_batch
+        self._train = tf.function(self._train_batch, reduce_retracing=True)
+        self._test = tf.function(self._test_batch, reduce_retracing=True)
+        self._agree_fn = tf.function(self._agree_replicas)
+
+    def _train_batch(self, iterator):
+        self.strategy.run(self.model.train_step, args=(next(iterator),))
+
+    def _test_batch(self, iterator):
+        self.strategy.run(self.model.test_step, args=(next(iterator),))
+
+    def _agree_replicas(self, values):
+        # tf.distribute reduces only by SUM and MEAN: the largest comes from a gather.
+        per_replica = self.strategy.run(lambda: tf.identity(values)[None])
+        return tf.reduce_max(self.strategy.gather(per_replica, axis=0), axis=0)
+
+    def _agree(self):
+        """Every worker takes the largest of the workers' schedule progress and stop flags,
+        so all copies of the weights take the same step and stop at the same step (each
+        worker's clock reads a little differently)."""
+        progress = self.schedule.progress if self.schedule is not None else None
+        local = [float(progress.numpy()) if progress is not None else 0.0,
+                 float(bool(self.model.stop_training))]
+        agreed = self._agree_fn(tf.constant(local, tf.float32)).numpy()
+        if progress is not None:
+            progress.assign(agreed[0])
+        self.model.stop_training = bool(agreed[1])
+
+    def _build(self, dataset):
+        """Model, loss, metrics and optimizer state built before the first step, as fit
+        does (Keras' own symbolic build), so no variable is made inside a replica."""
+        with self.strategy.scope():
+            self.model._symbolic_build(data_batch=next(iter(dataset)))
+            if not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+
+    def results(self):
+        return {k: float(np.asarray(v)) for k, v in self.model.get_metrics_result().items()}
+
+    def fit(self, dataset, epochs, steps_per_epoch, callbacks):
+        """model.fit(dataset, epochs, steps_per_epoch, callbacks) for a dataset of global
+        batches of global_batch."""
+        from keras.callbacks import CallbackList
+        callbacks = CallbackList(callbacks, model=self.model, add_history=False)
+        self._build(dataset)
+        iterator = iter(worker_slices(self.strategy, dataset, self.global_batch))
+        self.model.stop_training = False
+        self.model._initial_epoch = None
+        callbacks.on_train_begin()
+        first = self.model._initial_epoch or 0      # set by BackupAndRestore on a resume
+        for epoch in range(first, epochs):
+            self.model.reset_metrics()
+            callbacks.on_epoch_begin(epoch)
+            for step in range(steps_per_epoch):
+                callbacks.on_train_batch_begin(step)
+                self._agree()
+                self._train(iterator)
+                callbacks.on_train_batch_end(step)
+                self._agree()
+                if self.model.stop_training:
+                    break
+            logs = self.results()
+            callbacks.on_epoch_end(epoch, logs)
+            if self.model.stop_training:
+                break
+        callbacks.on_train_end()
+
+    def evaluate(self, dataset, steps):
+        """model.evaluate(dataset, steps=steps, return_dict=True) on every worker."""
+        self.model.reset_metrics()
+        iterator = iter(worker_slices(self.strategy, dataset, self.global_batch))
+        for _ in range(steps):
+            self._test(iterator)
+        return self.results()
