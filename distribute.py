@@ -96,3 +96,23 @@ def synchronize_batchnorm(model):
                 raise PipelineError("this Keras version's BatchNormalization has no _moments; "
                                     "train with --strategy one")
             layer._moments = types.MethodType(global_moments, layer)
+
+
+def localhost_tf_config(workers, index):
+    """TF_CONFIG for worker `index` of `workers` processes on this machine, on ports free now
+    (the same ports for every index of one call's cluster: pass the cluster on)."""
+    import json
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in workers]},
+                       "task": {"type": "worker", "index": index}})
+
+
+def free_ports(count):
+    """`count` TCP ports on 127.0.0.1 that nothing listens on at the moment."""
+    import socket
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -26,7 +26,7 @@ from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option, check
 from outputs import atomic_write_text, remove_leftovers, staged_output, write_json
 from seg_common import (PipelineError, colorize, default_workers, dihedral, finite_float,
                         parallel_map, positive_int, read_classes, refuse_file, read_name_list, reflect_pad,
-                        run_cli, save_figure)
+                        run_cli, save_figure, WORK_DIR, pyplot)
 
 CHUNK = 200                 # patches per task: big enough to amortise, small for a smooth bar
 CACHE_BYTES = 1 << 30       # per worker: images stay cached up to this, whatever the patch count
@@ -38,7 +38,7 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("folders")
     g.add_argument("--data-dir", default="data", help="data folder (default: %(default)s)")
-    g.add_argument("--work-dir", default="augmented_75k",
+    g.add_argument("--work-dir", default=WORK_DIR,
                    help="output folder for split, test copy and patches (default: %(default)s)")
     g = p.add_argument_group("train/test split (ignored when <data-dir>/test.txt exists)")
     g.add_argument("--test-size", type=finite_float, default=0.1,
@@ -281,9 +281,7 @@ def write_patches(table, train, work, num_patches, patch_size, seed, workers,
 
 def plot_samples(table, names, classes, path, pdf=False, count=4, intensity=DEFAULT_INTENSITY):
     """The first few images beside their annotations, as a figure for the paper."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Patch
     names = names[:count]
     fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.2), squeeze=False)

@@ -48,7 +48,7 @@ from band_objects import objects_of_class
 from outputs import staged_output, write_json
 from shards import copy_shard_files, merge_object_tables, open_shards
 from seg_common import (PALETTE, PipelineError, colorize, finite_float, non_negative_float,
-                        positive_float, read_classes, read_json, run_cli, save_figure)
+                        positive_float, read_classes, read_json, run_cli, save_figure, WORK_DIR, pyplot)
 from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
                          megapixels, open_tiff_rows, plane_shape)
 
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     g.add_argument("--data-dir", default="data", metavar="DIR",
                    help="data folder; its classes.txt names the classes when <pred-dir> has no "
                         "predict.json (default: %(default)s)")
-    g.add_argument("--work-dir", default="augmented_75k", metavar="DIR",
+    g.add_argument("--work-dir", default=WORK_DIR, metavar="DIR",
                    help="work folder of the pipeline (default: %(default)s)")
     g.add_argument("--pred-dir", metavar="DIR", help="masks written by predict_lovasz_loss.py "
                    "(default: <work-dir>/test/predict)")
@@ -321,9 +321,7 @@ def plot_panel(name, image, label, mask, outlines, classes, path, pdf):
     The input is contrast-stretched for display, and the outlines are redrawn thick
     enough to survive shrinking the image to a quarter of the page width.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.patches import Patch
     shown = stretch_contrast(image)
     views = [("input", shown)]

@@ -34,7 +34,7 @@ from image_io import (IMAGE_EXTS, decode_image, lossless_suffix, read_raw_image,
                       write_image)
 from outputs import staged_output
 from seg_common import (PipelineError, positive_float, read_classes, read_json, refuse_file,
-                        run_cli)
+                        run_cli, WORK_DIR)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     g.add_argument("--data-dir", default="data",
                    help="data folder receiving src/ and label/, holding classes.txt "
                         "(default: %(default)s)")
-    g.add_argument("--work-dir", default="augmented_75k",
+    g.add_argument("--work-dir", default=WORK_DIR,
                    help="accepted like every pipeline script; this one writes nothing there "
                         "(default: %(default)s)")
     g = p.add_argument_group("drawing")

@@ -7,7 +7,9 @@ from image_io import COLOR_MODES, DEFAULT_INTENSITY, check_intensity
 from outputs import sha256_of
 from seg_common import PipelineError, check_preprocessing, read_json
 
-DECISIONS = ("argmax", "sigmoid>0.51")
+# How a pixel's class is decided: the most probable class, or the original's rule for a
+# model trained on raw logits (--lovasz-on logits).
+ARGMAX, SIGMOID_RULE = DECISIONS = ("argmax", "sigmoid>0.51")
 
 
 def read_config(model_dir):

@@ -24,7 +24,7 @@ from image_io import COLOR_MODES, read_image, to_color_mode, write_image
 from outputs import atomic_write_bytes, staged_output, write_json
 from seg_common import (DEFAULT_GAMMA, MEAN_STD_NAME, PipelineError, default_workers,
                         existing_folder, parallel_map, positive_float, positive_int,
-                        preprocess_patch, run_cli)
+                        preprocess_patch, run_cli, WORK_DIR)
 
 CHUNK = 200
 
@@ -36,7 +36,7 @@ def parse_args(argv=None):
     g.add_argument("--data-dir", default="data",
                    help="data folder (not read here; accepted like every script) "
                         "(default: %(default)s)")
-    g.add_argument("--work-dir", default="augmented_75k",
+    g.add_argument("--work-dir", default=WORK_DIR,
                    help="folder written by gen_img_aug.py (default: %(default)s)")
     g = p.add_argument_group("preprocessing")
     g.add_argument("--color-mode", choices=COLOR_MODES, default="grey",

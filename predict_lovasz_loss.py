@@ -34,7 +34,7 @@ cropped off. --tta also averages the 8 rotations/flips of every tile.
 
 Decision, as recorded in config.json by training:
   argmax         (default loss, Lovasz on softmax) the class of highest softmax probability.
-  sigmoid>0.51   (trained with --lovasz-input logits, as the original) the original's rule:
+  sigmoid>0.51   (trained with --lovasz-on logits, as the original) the original's rule:
                  a pixel passes class c where sigmoid(logit_c) > 0.51. Where several classes
                  pass, the one with the highest sigmoid wins; where none passes, the pixel
                  is background (0). The sigmoids are what is blended and saved.
@@ -75,7 +75,7 @@ from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,  # no
                       write_tiff)
 from hardware import add_precision_option, use_precision  # noqa: E402
 from labelme_export import DEFAULT_TOLERANCE, annotation  # noqa: E402
-from model_folder import (DECISIONS, load_model, model_file, read_config,  # noqa: E402
+from model_folder import (DECISIONS, SIGMOID_RULE, load_model, model_file, read_config,  # noqa: E402
                           verify_model_file)
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
@@ -85,7 +85,7 @@ from shards import (copy_shard_files, merged_record, open_shards, shard_folder, 
 from seg_common import (PipelineError, colorize, confusion_matrix, dihedral, read_json,  # noqa: E402
                         existing_folder, finite_float, inverse_dihedral, iou_per_class,
                         non_negative_float, non_negative_int, positive_int, preprocess_patch,
-                        refuse_file, run_cli, save_figure)
+                        refuse_file, run_cli, save_figure, WORK_DIR, pyplot)
 
 SIGMOID_THRESHOLD = 0.51
 BLENDS = ("gaussian", "uniform")
@@ -100,7 +100,7 @@ def parse_args(argv=None):
     g.add_argument("--data-dir", default="data", metavar="DIR",
                    help="data folder (not read here: the classes come from the model folder; "
                         "accepted like every script) (default: %(default)s)")
-    g.add_argument("--work-dir", default="augmented_75k", metavar="DIR",
+    g.add_argument("--work-dir", default=WORK_DIR, metavar="DIR",
                    help="work folder of the pipeline (default: %(default)s)")
     g.add_argument("--input", metavar="PATH",
                    help="an image file or a folder of images to segment, any size, grey or "
@@ -343,7 +343,7 @@ def decide(probs, decision):
     """
     if decision == "argmax":
         return probs.argmax(axis=-1).astype(np.uint8)
-    if decision == "sigmoid>0.51":
+    if decision == SIGMOID_RULE:
         passing = probs > SIGMOID_THRESHOLD
         mask = np.where(passing, probs, -1.0).argmax(axis=-1)
         mask[~passing.any(axis=-1)] = 0
@@ -462,9 +462,7 @@ def write_report(staging, figures, per_image, total_cm, classes, pdf):
 
 def plot_iou(dataset_row, classes, num_images, paths, pdf):
     """Bar chart of the dataset IoU per class, saved to each of paths."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     ious = dataset_row[1:-1]
     fig, ax = plt.subplots(figsize=(3.4, 2.6))
     colours = colorize(np.arange(len(classes))) / 255.0

@@ -15,6 +15,7 @@ import numpy as np
 
 DEFAULT_GAMMA = 1.2
 MEAN_STD_NAME = "train_mean_std"
+WORK_DIR = "augmented_75k"     # --work-dir default in every script, the original's name
 
 # One colour per class index for masks and figures (RGB). Index 1 green and 2 red
 # follow the paper's contour colours for beads and cells.
@@ -313,6 +314,15 @@ def run_cli(main):
         print("interrupted; nothing of this run was published (training resumes when rerun)",
               file=sys.stderr)
         sys.exit(130)
+
+
+def pyplot():
+    """matplotlib.pyplot drawing into files only, so the scripts run on machines without a
+    display."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def save_figure(fig, paths, pdf=False):

@@ -4,10 +4,11 @@ Reads   <work-dir>/train/prep/*.png, <work-dir>/train/label/*.png   (pre_process
         <work-dir>/train_mean_std.json, <data-dir>/classes.txt
 Writes  <model-dir>/ (default <work-dir>/weights/), a self-describing model folder:
           config.json                 every setting, class names, preprocessing statistics
-          unet_xception_resnet_nsgd32_lovaszsoftmax_best.h5    best val_loss (the original's name)
+          unet_xception_resnet_nsgd32_lovaszsoftmax_best.h5    best val_loss (the original's name,
+                                       kept whatever --optimizer and --loss; config.json says which)
           unet_xception_resnet_nsgd32_lovaszsoftmax_swa.h5     average of the last epochs
-          snapshots/epoch_NNN.h5       the model after each of the last --swa-epochs epochs
-                                       (after every epoch with --keep-snapshots)
+          snapshots/epoch_NNN.h5       the model after each of the last --swa-epochs epochs, at
+                                       least the last (after every epoch with --keep-snapshots)
           log.csv, curves.png          every epoch's losses, IoUs and minutes since the start;
                                        the curves also in <work-dir>/figures/
           split.json                   which patches trained and which validated, and the
@@ -44,7 +45,7 @@ from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, rea
 from outputs import atomic_write_text, remove_leftovers, sha256_of, write_json  # noqa: E402
 from seg_common import (MEAN_STD_NAME, PipelineError, existing_folder, finite_float,  # noqa: E402
                         load_mean_std, non_negative_float, positive_float, positive_int,
-                        read_classes, read_json, refuse_file, run_cli)
+                        read_classes, read_json, refuse_file, run_cli, WORK_DIR)
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
 LOSSES = ("lovasz-softmax", "lovasz-hinge", "cross-entropy", "bce-dice")
@@ -60,7 +61,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("folders")
     g.add_argument("--data-dir", default="data", help="data folder with classes.txt "
                    "(default: %(default)s)")
-    g.add_argument("--work-dir", default="augmented_75k",
+    g.add_argument("--work-dir", default=WORK_DIR,
                    help="folder written by gen_img_aug.py and pre_processing.py "
                         "(default: %(default)s)")
     g.add_argument("--model-dir", help="output model folder (default: <work-dir>/weights)")
@@ -81,9 +82,12 @@ def parse_args(argv=None):
     g = p.add_argument_group("loss and optimizer")
     g.add_argument("--loss", choices=LOSSES, default="lovasz-softmax",
                    help="training loss; lovasz-hinge needs 2 classes (default: %(default)s)")
-    g.add_argument("--lovasz-input", choices=("softmax", "logits"), default="softmax",
-                   help="what Lovasz-softmax receives: softmax probabilities, or raw logits as "
-                        "the original code did (default: %(default)s)")
+    g.add_argument("--lovasz-on", "--lovasz-input", dest="lovasz_on",
+                   choices=("probabilities", "logits", "softmax"), default="probabilities",
+                   help="what the Lovasz-softmax loss is computed on: the softmax probabilities "
+                        "of the network's logits, or the raw logits as the original code did; "
+                        "--lovasz-input softmax, the old spelling, means probabilities "
+                        "(default: %(default)s)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="nsgd",
                    help="nsgd: SGD on per-variable normalized gradients, as the paper "
                         "(default: %(default)s)")
@@ -159,6 +163,8 @@ def parse_args(argv=None):
                         "left and a line per epoch, 2 Keras' line per epoch (default: 1 on a "
                         "terminal, else 2)")
     args = p.parse_args(argv)
+    if args.lovasz_on == "softmax":
+        args.lovasz_on = "probabilities"
     for name in ("epochs", "batch_size", "start_neurons"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be positive")
@@ -408,11 +414,13 @@ def patch_dataset(work, names, channels, batch_size, shuffle_seed=None, with_lab
 
 # ---------------------------------------------------------------- loss, optimizer, metrics
 
-def make_loss(name, num_classes, lovasz_input):
+def make_loss(name, num_classes, lovasz_on):
     import keras
     from lovasz_losses_tf import BceDiceLoss, LovaszHingeLoss, LovaszSoftmaxLoss
     if name == "lovasz-softmax":
-        return LovaszSoftmaxLoss(from_logits=lovasz_input == "softmax")
+        # The network outputs logits: the loss applies softmax itself unless told to
+        # take the logits as they are.
+        return LovaszSoftmaxLoss(from_logits=lovasz_on == "probabilities")
     if name == "lovasz-hinge":   # two classes: checked by check_inputs
         return LovaszHingeLoss()
     if name == "cross-entropy":
@@ -579,6 +587,7 @@ def init_from_model(model, path, new_head):
 
 def write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
                  precision, extra=None):
+    from model_folder import ARGMAX, SIGMOID_RULE
     old = model_dir / "config.json"
     hashes = read_json(old, "model config").get("sha256", {}) if old.is_file() else {}
     config = {
@@ -589,8 +598,8 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, intensity,
         "intensity": intensity,
         "preprocessing": {"mean": stats["mean"], "std": stats["std"], "gamma": stats["gamma"],
                           "input_scale": "prep / 255, grey repeated to 3 channels"},
-        "decision": ("sigmoid>0.51" if args.loss == "lovasz-softmax"
-                     and args.lovasz_input == "logits" else "argmax"),
+        "decision": (SIGMOID_RULE if args.loss == "lovasz-softmax"
+                     and args.lovasz_on == "logits" else ARGMAX),
         "weights_files": {k: weights_name(k, args.save_format) for k in ("best", "swa")},
         "num_train_patches": len(split["train"]), "num_val_patches": len(split["val"]),
         "val_split_by": split["by"], "val_frames": split["val_frames"],
@@ -695,7 +704,7 @@ def main(argv=None):
     with strategy.scope():
         cosine = ProgressCosine(args.lr) if args.schedule == "cosine" else None
         model.compile(optimizer=make_optimizer(args, cosine or args.lr),
-                      loss=make_loss(args.loss, len(classes), args.lovasz_input),
+                      loss=make_loss(args.loss, len(classes), args.lovasz_on),
                       metrics=make_metrics(classes), jit_compile=args.jit_compile == "on")
     loop = None
     if args.strategy == "multiworker":

@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from outputs import publish_file, temp_path, write_json
-from seg_common import read_json, save_figure
+from seg_common import read_json, save_figure, pyplot
 
 
 @keras.saving.register_keras_serializable(package="microseg")
@@ -161,9 +161,7 @@ class Finished(keras.callbacks.Callback):
 
 def plot_curves(log_path, paths, pdf):
     """Loss, mean IoU (train and val) and each class's validation IoU per epoch, from the log."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     with open(log_path) as f:
         rows = list(csv.DictReader(f))
     if not rows:

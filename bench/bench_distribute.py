@@ -15,7 +15,6 @@ each replica is that of one device with its share of the batch, plus this overhe
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import hardware  # noqa: E402
+from distribute import free_ports, localhost_tf_config  # noqa: E402
 
 
 def run(args, env=None):
@@ -34,16 +34,6 @@ def run(args, env=None):
                           text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"{args[0]} failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def train_seconds(work, model_dir, steps, way, batch_size):
@@ -59,11 +49,10 @@ def train_seconds(work, model_dir, steps, way, batch_size):
         run([*common, "--strategy", "mirrored", "--cpu-devices", "2",
              "--batch-size", batch_size // 2])
     else:
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+        ports = free_ports(2)
         procs = []
         for index in range(2):
-            env = {**os.environ, "TF_CONFIG": json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+            env = {**os.environ, "TF_CONFIG": localhost_tf_config(ports, index)}
             procs.append(subprocess.Popen(
                 [sys.executable, *map(str, common), "--strategy", "multiworker",
                  "--batch-size", str(batch_size // 2)], cwd=ROOT, env=env,

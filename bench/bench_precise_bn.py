@@ -12,12 +12,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "data")]
 
 import keras  # noqa: E402
 
 import train_unet_xception_resnetblock as train  # noqa: E402
-from test_train import held_out, make_patch_set, mean_iou  # noqa: E402
+from synthetic_patches import held_out, make_patch_set, mean_iou  # noqa: E402
 
 
 def train_and_score(root, bn_batches):

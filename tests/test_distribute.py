@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthetic import make_patch_set
+from distribute import free_ports, localhost_tf_config
+from synthetic_patches import make_patch_set
 
 keras = pytest.importorskip("keras")
 
@@ -110,21 +111,10 @@ def test_normalized_sgd_steps_on_the_summed_gradient():
     assert same < 1e-5
 
 
-def free_ports(count):
-    import socket
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def start_workers(root, name, *extra):
     """Two training processes on 127.0.0.1 joined by TF_CONFIG (worker 0 is the chief)."""
     import os
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    ports = free_ports(2)
     args = ["--data-dir", root / "data", "--work-dir", root / "work", "--model-dir", root / name,
             "--weights", "none", "--loss", "cross-entropy", "--optimizer", "sgd",
             "--dropout", "0", "--val-steps", "1", "--bn-batches", "0", "--swa-epochs", "0",
@@ -132,8 +122,7 @@ def start_workers(root, name, *extra):
             "--strategy", "multiworker", "--batch-size", "2", *extra]
     procs = []
     for index in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        env = {**os.environ, "TF_CONFIG": localhost_tf_config(ports, index)}
         procs.append(subprocess.Popen(
             [sys.executable, ROOT / "train_unet_xception_resnetblock.py", *map(str, args)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))

@@ -12,7 +12,7 @@ import train_unet_xception_resnetblock as train  # noqa: E402
 import training_callbacks  # noqa: E402
 from outputs import sha256_of  # noqa: E402
 from seg_common import confusion_matrix, iou_per_class  # noqa: E402
-from synthetic import SIZE, make_patch_set, synthetic_patch  # noqa: E402
+from synthetic_patches import SIZE, held_out, make_patch_set, mean_iou  # noqa: E402
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -64,18 +64,6 @@ def test_cosine_schedule_reaches_the_optimizer(trained):
     # Logged at each epoch's end: progress 1/3, 2/3 and 3/3 of the planned steps, less one step.
     assert lrs[0] < 0.01 and lrs[0] > lrs[1] > lrs[2]
     np.testing.assert_allclose(lrs[1], 0.01 * 0.5 * (1 + np.cos(np.pi * 29 / 45)), rtol=1e-4)
-
-
-def held_out(count=24, seed=99):
-    rng = np.random.default_rng(seed)
-    pairs = [synthetic_patch(rng) for _ in range(count)]
-    x = np.stack([np.repeat(p[0][:, :, None], 3, axis=2) for p in pairs]).astype(np.float32) / 255
-    return x, np.stack([p[1] for p in pairs])
-
-
-def mean_iou(model, x, y, training):
-    pred = np.argmax(np.asarray(model(x, training=training)), axis=-1)
-    return iou_per_class(confusion_matrix(y, pred, 3)).mean()
 
 
 def test_network_learns_and_inference_mode_keeps_up(trained):
@@ -146,7 +134,7 @@ def short_run(root, *extra, classes="background\nbead\ncell\n"):
 @pytest.mark.parametrize("loss, optimizer", [("cross-entropy", "adam"), ("bce-dice", "sgd"),
                                              ("lovasz-softmax", "nsgd")])
 def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, loss, optimizer):
-    extra = ["--lovasz-input", "logits"] if loss == "lovasz-softmax" else []
+    extra = ["--lovasz-on", "logits"] if loss == "lovasz-softmax" else []
     config = short_run(tmp_path, "--loss", loss, "--optimizer", optimizer, *extra)
     assert config["settings"]["loss"] == loss and config["settings"]["optimizer"] == optimizer
     assert config["decision"] == ("sigmoid>0.51" if extra else "argmax")
@@ -383,3 +371,9 @@ def test_logged_validation_iou_is_predictions_convention(trained):
     assert float(best["val_mean_iou"]) == pytest.approx(expected.mean(), abs=2e-3)
     for c, name in enumerate(config["classes"]):
         assert float(best[f"val_iou_{name}"]) == pytest.approx(expected[c], abs=2e-3)
+
+
+def test_old_lovasz_option_spelling_still_works():
+    assert train.parse_args(["--lovasz-input", "softmax"]).lovasz_on == "probabilities"
+    assert train.parse_args(["--lovasz-input", "logits"]).lovasz_on == "logits"
+    assert train.parse_args([]).lovasz_on == "probabilities"

@@ -1,6 +1,6 @@
-"""Synthetic training patches for the tests that train: bright discs (class 1) and dark
-squares (class 2) on a noisy, unevenly lit background, laid out as gen_img_aug.py and
-pre_processing.py leave a work folder."""
+"""Synthetic training patches for the tests and benchmarks that train: bright discs (class 1)
+and dark squares (class 2) on a noisy, unevenly lit background, laid out as gen_img_aug.py and
+pre_processing.py leave a work folder, and held-out patches to score a model on."""
 import json
 
 import cv2
@@ -34,3 +34,18 @@ def make_patch_set(work, count, seed=0):
         cv2.imwrite(str(work / "train" / "label" / f"{i:06d}.png"), lbl)
     (work / "train_mean_std.json").write_text(json.dumps(
         {"mean": [120.0], "std": [30.0], "color_mode": "grey", "channels": 1, "gamma": 1.2}))
+
+
+def held_out(count=24, seed=99):
+    """(images as the network takes them, labels) of `count` patches no training set holds."""
+    rng = np.random.default_rng(seed)
+    pairs = [synthetic_patch(rng) for _ in range(count)]
+    x = np.stack([np.repeat(p[0][:, :, None], 3, axis=2) for p in pairs]).astype(np.float32) / 255
+    return x, np.stack([p[1] for p in pairs])
+
+
+def mean_iou(model, x, y, training):
+    """The model's mean IoU on (x, y), BatchNorm in training or inference mode."""
+    from seg_common import confusion_matrix, iou_per_class
+    pred = np.argmax(np.asarray(model(x, training=training)), axis=-1)
+    return iou_per_class(confusion_matrix(y, pred, 3)).mean()
