@@ -264,16 +264,6 @@ def with_precision(net, precision):
     return rebuilt
 
 
-def custom_objects():
-    """Objects to pass to keras.models.load_model for models of this module.
-
-    NormalizedSGD is also registered ('microseg>NormalizedSGD'), so importing this
-    module is enough for load_model; the dict is for code that passes
-    custom_objects explicitly. The network itself needs none (no custom layers).
-    """
-    return {"NormalizedSGD": NormalizedSGD}
-
-
 # ---------------------------------------------------------------- precise BN
 
 def _reduction_axes(bn):

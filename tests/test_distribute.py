@@ -53,22 +53,32 @@ def largest_difference(a, b):
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
 
 
-def test_two_replicas_take_the_step_of_one_device_on_the_same_global_batch(patch_work):
+@pytest.fixture(scope="module")
+def one_device(patch_work):
+    """(weights after one step of a global batch of 4 on one device, config, and how far a
+    batch of 2 instead moves them): what the distributed runs must reproduce."""
+    one, config = train_run(patch_work, "one", "--strategy", "one", "--batch-size", "4")
+    other, _ = train_run(patch_work, "small", "--strategy", "one", "--batch-size", "2")
+    apart = largest_difference(one, other)
+    assert apart > 1e-4
+    return one, config, apart
+
+
+def test_two_replicas_take_the_step_of_one_device_on_the_same_global_batch(patch_work,
+                                                                          one_device):
     """BatchNorm statistics summed over the replicas, the loss scaled by the replica count
     and the gradients summed: the network's weights after a step equal one device's (each
     replica normalising with its own half batch's statistics missed by about 1e-3)."""
-    one, one_config = train_run(patch_work, "one", "--strategy", "one", "--batch-size", "4")
+    one, one_config, apart = one_device
     two, two_config = train_run(patch_work, "two", "--strategy", "mirrored",
                                 "--cpu-devices", "2", "--batch-size", "2")
     assert one_config["distribution"] == {"strategy": "one device", "replicas": 1,
                                           "global_batch": 4}
     assert two_config["distribution"]["replicas"] == 2
     assert two_config["distribution"]["global_batch"] == 4
-    # A different global batch moves the weights measurably apart: the tolerance below
-    # is far inside that.
-    other, _ = train_run(patch_work, "small", "--strategy", "one", "--batch-size", "2")
-    apart, same = largest_difference(one, other), largest_difference(one, two)
-    assert apart > 1e-4 and same < apart / 100, (same, apart)
+    # The tolerance is a hundredth of what a different global batch changes.
+    same = largest_difference(one, two)
+    assert same < apart / 100, (same, apart)
 
 
 NSGD_STEPS = """
@@ -136,7 +146,7 @@ def finish(procs, timeout=600):
     return outputs
 
 
-def test_two_workers_train_as_one_process(patch_work):
+def test_two_workers_train_as_one_process(patch_work, one_device):
     """Both workers end with the same weights, those of a one-process run on the same global
     batch; the chief alone wrote the model folder, the other worker's scratch is gone."""
     outputs = finish(start_workers(patch_work, "workers", "--epochs", "1",
@@ -147,11 +157,9 @@ def test_two_workers_train_as_one_process(patch_work):
     net = keras.saving.load_model(patch_work / "workers" / "snapshots" / "epoch_001.h5",
                                   compile=False)
     workers = [w.numpy() for w in net.trainable_weights]
-    one, _ = train_run(patch_work, "one_for_workers", "--strategy", "one", "--batch-size", "4")
-    other, _ = train_run(patch_work, "small_for_workers", "--strategy", "one",
-                         "--batch-size", "2")
-    apart, same = largest_difference(one, other), largest_difference(one, workers)
-    assert apart > 1e-4 and same < apart / 100, (same, apart)
+    one, _, apart = one_device
+    same = largest_difference(one, workers)
+    assert same < apart / 100, (same, apart)
     config = json.loads((patch_work / "workers" / "config.json").read_text())
     assert config["distribution"]["replicas"] == 2
     assert config["distribution"]["global_batch"] == 4
