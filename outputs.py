@@ -87,14 +87,22 @@ def publish_file(tmp, path):
     os.replace(tmp, path)
 
 
-def atomic_write_bytes(path, data):
-    tmp = temp_path(path)
+@contextmanager
+def atomic_file(path, suffix=None):
+    """A temporary file beside `path` to write (see temp_path for `suffix`), moved into
+    place when the block ends, removed if it raises: `path` is whole or untouched."""
+    tmp = temp_path(path, suffix)
     try:
-        tmp.write_bytes(data)
+        yield tmp
         publish_file(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path, data):
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path, text):

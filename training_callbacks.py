@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from outputs import publish_file, temp_path, write_json
+from outputs import atomic_file, write_json
 from seg_common import read_json, save_figure, pyplot
 
 
@@ -91,16 +91,11 @@ class PreciseBNValidation(keras.callbacks.Callback):
 
 def save_model(model, path):
     """Save architecture and weights (not the optimizer) for inference, atomically."""
-    tmp = temp_path(path)
-    try:
+    with atomic_file(path) as tmp:
         if path.suffix == ".h5":
             keras.saving.save_model(model, tmp, include_optimizer=False, overwrite=True)
         else:
             keras.saving.save_model(model, tmp, overwrite=True)
-        publish_file(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def say(line):
@@ -229,13 +224,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     resumed)."""
 
     def _save_model(self):
-        weights = Path(self._weights_path)
-        tmp = temp_path(weights, suffix=".weights.h5")   # Keras insists on this suffix
-        try:
+        # Keras insists on the .weights.h5 suffix.
+        with atomic_file(self._weights_path, suffix=".weights.h5") as tmp:
             self.model.save_weights(str(tmp), overwrite=True)
-            publish_file(tmp, weights)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         write_json(Path(self._training_metadata_path),
                    {"epoch": self._current_epoch, "batch": self._last_batch_seen})
