@@ -98,11 +98,21 @@ def synchronize_batchnorm(model):
             layer._moments = types.MethodType(global_moments, layer)
 
 
-def localhost_tf_config(workers, index):
-    """TF_CONFIG for worker `index` of `workers` processes on this machine, on ports free now
-    (the same ports for every index of one call's cluster: pass the cluster on)."""
+def start_localhost_workers(argv, count=2, **popen_options):
+    """`count` processes running argv on this machine, joined into one cluster by TF_CONFIG
+    (worker 0 is the chief): --strategy multiworker without a second machine."""
+    import os
+    import subprocess
+    ports = free_ports(count)
+    return [subprocess.Popen(argv, env={**os.environ, "TF_CONFIG": localhost_tf_config(ports, i)},
+                             **popen_options) for i in range(count)]
+
+
+def localhost_tf_config(ports, index):
+    """TF_CONFIG for worker `index` of a cluster of processes on this machine, one per port
+    (every worker of the cluster gets the same ports)."""
     import json
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in workers]},
+    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
                        "task": {"type": "worker", "index": index}})
 
 

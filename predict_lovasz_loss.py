@@ -75,8 +75,8 @@ from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,  # no
                       write_tiff)
 from hardware import add_precision_option, use_precision  # noqa: E402
 from labelme_export import DEFAULT_TOLERANCE, annotation  # noqa: E402
-from model_folder import (DECISIONS, SIGMOID_RULE, load_model, model_file, read_config,  # noqa: E402
-                          verify_model_file)
+from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, load_model, model_file,  # noqa: E402
+                          read_config, verify_model_file)
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import atomic_write_text, check_replaceable, staged_output, write_json  # noqa: E402
@@ -341,7 +341,7 @@ def decide(probs, decision):
     argmax: the most probable class. sigmoid>0.51: the classes whose sigmoid exceeds 0.51
     pass; the passing class with the highest sigmoid wins; no passing class -> 0.
     """
-    if decision == "argmax":
+    if decision == ARGMAX:
         return probs.argmax(axis=-1).astype(np.uint8)
     if decision == SIGMOID_RULE:
         passing = probs > SIGMOID_THRESHOLD
@@ -357,7 +357,7 @@ def decide(probs, decision):
 def make_predict_batch(net, decision):
     """A compiled batch -> probabilities function: softmax, or sigmoid for sigmoid>0.51."""
     import tensorflow as tf
-    activation = tf.nn.softmax if decision == "argmax" else tf.sigmoid
+    activation = tf.nn.softmax if decision == ARGMAX else tf.sigmoid
 
     # A free batch dimension: the last, shorter batch of a frame reuses the same graph.
     @tf.function(input_signature=[tf.TensorSpec([None, *net.input_shape[1:]], tf.float32)])

@@ -26,12 +26,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import hardware  # noqa: E402
-from distribute import free_ports, localhost_tf_config  # noqa: E402
+from distribute import start_localhost_workers  # noqa: E402
 
 
-def run(args, env=None):
+def run(args):
     done = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, env=env)
+                          text=True)
     if done.returncode != 0:
         sys.exit(f"{args[0]} failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
 
@@ -49,14 +49,10 @@ def train_seconds(work, model_dir, steps, way, batch_size):
         run([*common, "--strategy", "mirrored", "--cpu-devices", "2",
              "--batch-size", batch_size // 2])
     else:
-        ports = free_ports(2)
-        procs = []
-        for index in range(2):
-            env = {**os.environ, "TF_CONFIG": localhost_tf_config(ports, index)}
-            procs.append(subprocess.Popen(
-                [sys.executable, *map(str, common), "--strategy", "multiworker",
-                 "--batch-size", str(batch_size // 2)], cwd=ROOT, env=env,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        procs = start_localhost_workers(
+            [sys.executable, *map(str, common), "--strategy", "multiworker",
+             "--batch-size", str(batch_size // 2)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for p in procs:
             _, err = p.communicate()
             if p.returncode != 0:

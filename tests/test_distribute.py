@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distribute import free_ports, localhost_tf_config
+from distribute import start_localhost_workers
 from synthetic_patches import make_patch_set
 
 keras = pytest.importorskip("keras")
@@ -25,21 +25,25 @@ def patch_work(tmp_path_factory):
     return root
 
 
+def plain_arithmetic(root, name):
+    """Training options for runs whose weights are compared: the model folder root/name,
+    cross-entropy (a per-pixel mean, as replicas sum it), plain SGD, no dropout, a constant
+    learning rate, float32, no precise BN or SWA."""
+    return ["--data-dir", root / "data", "--work-dir", root / "work", "--model-dir", root / name,
+            "--weights", "none", "--loss", "cross-entropy", "--optimizer", "sgd",
+            "--dropout", "0", "--val-steps", "1", "--bn-batches", "0", "--swa-epochs", "0",
+            "--schedule", "constant", "--precision", "fp32", "--verbose", "0"]
+
+
 def train_run(root, name, *extra):
-    """One step of plain arithmetic (cross-entropy: a per-pixel mean, as replicas sum it;
-    plain SGD; no dropout, constant learning rate, float32); the snapshot's weights and
-    config. SGD, not the default NormalizedSGD: a conv bias that feeds BatchNorm has a
-    gradient that is zero but for float noise, which NormalizedSGD scales up to a step of
-    the learning rate, so any change of summation order moves those biases apart
+    """One step with plain_arithmetic's options; the snapshot's weights and config. SGD, not
+    the default NormalizedSGD: a conv bias that feeds BatchNorm has a gradient that is zero
+    but for float noise, which NormalizedSGD scales up to a step of the learning rate, so
+    any change of summation order moves those biases apart
     (test_normalized_sgd_steps_on_the_summed_gradient checks that optimizer). One step: from
     a random start, float noise in the BatchNorm sums grows with every further step."""
     model_dir = root / name
-    args = ["--data-dir", root / "data", "--work-dir", root / "work", "--model-dir", model_dir,
-            "--weights", "none", "--loss", "cross-entropy", "--optimizer", "sgd",
-            "--dropout", "0", "--epochs", "1",
-            "--steps-per-epoch", "1", "--val-steps", "1", "--bn-batches", "0",
-            "--swa-epochs", "0", "--schedule", "constant", "--precision", "fp32",
-            "--verbose", "0", *extra]
+    args = [*plain_arithmetic(root, name), "--epochs", "1", "--steps-per-epoch", "1", *extra]
     result = subprocess.run([sys.executable, ROOT / "train_unet_xception_resnetblock.py",
                              *map(str, args)], capture_output=True, text=True, cwd=ROOT,
                             timeout=600)
@@ -123,20 +127,11 @@ def test_normalized_sgd_steps_on_the_summed_gradient():
 
 def start_workers(root, name, *extra):
     """Two training processes on 127.0.0.1 joined by TF_CONFIG (worker 0 is the chief)."""
-    import os
-    ports = free_ports(2)
-    args = ["--data-dir", root / "data", "--work-dir", root / "work", "--model-dir", root / name,
-            "--weights", "none", "--loss", "cross-entropy", "--optimizer", "sgd",
-            "--dropout", "0", "--val-steps", "1", "--bn-batches", "0", "--swa-epochs", "0",
-            "--schedule", "constant", "--precision", "fp32", "--verbose", "0",
-            "--strategy", "multiworker", "--batch-size", "2", *extra]
-    procs = []
-    for index in range(2):
-        env = {**os.environ, "TF_CONFIG": localhost_tf_config(ports, index)}
-        procs.append(subprocess.Popen(
-            [sys.executable, ROOT / "train_unet_xception_resnetblock.py", *map(str, args)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    return procs
+    args = [*plain_arithmetic(root, name), "--strategy", "multiworker", "--batch-size", "2",
+            *extra]
+    return start_localhost_workers(
+        [sys.executable, ROOT / "train_unet_xception_resnetblock.py", *map(str, args)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(procs, timeout=600):
