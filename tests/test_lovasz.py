@@ -1,4 +1,4 @@
-"""Tests for lovasz_losses_tf against straightforward NumPy versions of the algorithm."""
+"""lovasz_losses_tf against the Lovasz extension of the Jaccard loss evaluated by its definition."""
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -14,31 +14,45 @@ from lovasz_losses_tf import (LovaszHingeLoss, LovaszSoftmaxLoss, lovasz_grad,  
 IGNORE = 255
 
 
-# ---------------------------------------------------------------- NumPy references
-# These drop ignored pixels and absent classes, as the original code does.
+# ---------------------------------------------------------------- the oracle
+# The Lovasz extension evaluated by its definition, not by the implementation's sort-and-
+# cumsum formula: for errors m >= 0, f(m) = integral over t > 0 of J({i : m_i >= t}) dt,
+# where J(M) = |M| / |G u M| is the Jaccard loss of the mispredicted set M against the
+# ground-truth set G. The level sets only change at the distinct error values, so the
+# integral is an exact finite sum over them.
 
-def np_lovasz_grad(gt_sorted):
-    gts = gt_sorted.sum()
-    intersection = gts - np.cumsum(gt_sorted)
-    union = gts + np.cumsum(1.0 - gt_sorted)
-    jaccard = 1.0 - intersection / union
-    jaccard[1:] = jaccard[1:] - jaccard[:-1]
-    return jaccard
+def jaccard_loss_of_set(mispredicted, truth):
+    union = np.count_nonzero(truth | mispredicted)
+    return np.count_nonzero(mispredicted) / union if union else 0.0
 
 
-def np_lovasz_of_errors(errors, fg):
-    order = np.argsort(-errors, kind="stable")
-    return float(errors[order] @ np_lovasz_grad(fg[order]))
+def lovasz_extension(errors, truth):
+    errors = np.maximum(np.asarray(errors, np.float64), 0.0)
+    levels = np.unique(errors[errors > 0])
+    widths = np.diff(levels, prepend=0.0)
+    return float(sum(w * jaccard_loss_of_set(errors >= t, truth)
+                     for w, t in zip(widths, levels)))
+
+
+def test_oracle_is_the_jaccard_loss_on_sets():
+    """On 0/1 errors the extension is the set function itself, and it is linear along a ray."""
+    rng = np.random.default_rng(1)
+    truth = rng.random(30) < 0.4
+    for _ in range(20):
+        mispredicted = rng.random(30) < rng.random()
+        value = jaccard_loss_of_set(mispredicted, truth)
+        assert lovasz_extension(mispredicted.astype(float), truth) == pytest.approx(value)
+        assert lovasz_extension(0.3 * mispredicted, truth) == pytest.approx(0.3 * value)
 
 
 def np_lovasz_softmax_flat(probas, labels, classes):
     class_list = range(probas.shape[1]) if isinstance(classes, str) else classes
     losses = []
     for c in class_list:
-        fg = (labels == c).astype(np.float64)
-        if classes == "present" and fg.sum() == 0:
+        fg = labels == c
+        if classes == "present" and not fg.any():
             continue
-        losses.append(np_lovasz_of_errors(np.abs(fg - probas[:, c]), fg))
+        losses.append(lovasz_extension(np.abs(fg - probas[:, c]), fg))
     return np.mean(losses) if losses else 0.0
 
 
@@ -64,10 +78,8 @@ def np_lovasz_hinge(logits, labels, per_image=True, ignore=None):
         if y.size == 0:
             losses.append(0.0)
             continue
-        fg = (y == 1).astype(np.float64)
-        errors = 1.0 - x[:, 0] * (2.0 * fg - 1.0)
-        order = np.argsort(-errors, kind="stable")
-        losses.append(float(np.maximum(errors[order], 0) @ np_lovasz_grad(fg[order])))
+        fg = y == 1
+        losses.append(lovasz_extension(1.0 - x[:, 0] * (2.0 * fg - 1.0), fg))
     return np.mean(losses)
 
 
@@ -100,10 +112,12 @@ def one_hot(indices, num_classes=4):
 
 # ---------------------------------------------------------------- lovasz_softmax
 
-def test_lovasz_grad_matches_numpy():
-    gt = (np.random.default_rng(0).random((5, 40)) < 0.3).astype(np.float32)
-    expected = np.stack([np_lovasz_grad(g.astype(np.float64)) for g in gt])
-    np.testing.assert_allclose(lovasz_grad(gt).numpy(), expected, atol=1e-6)
+def test_lovasz_grad_is_the_jaccard_loss_gained_by_each_next_pixel():
+    """Pixels sorted by decreasing error: entry i is J(first i+1 pixels) - J(first i)."""
+    gt = np.random.default_rng(0).random((5, 40)) < 0.3
+    expected = [[jaccard_loss_of_set(np.arange(40) <= i, g)
+                 - jaccard_loss_of_set(np.arange(40) < i, g) for i in range(40)] for g in gt]
+    np.testing.assert_allclose(lovasz_grad(gt.astype(np.float32)).numpy(), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("per_image", [False, True])
