@@ -7,6 +7,7 @@ where every stage is transposed conv -> concat skip -> conv -> 2 residual blocks
 """
 import contextlib
 import itertools
+import weakref
 import os
 
 import keras
@@ -286,6 +287,24 @@ def _batch_moments_model(model, bn_layers):
     return keras.Model(inputs, outputs)
 
 
+# One traced probe per model and BN layer list: training re-estimates the statistics
+# every epoch, and tracing the probe anew took as long as running it on 20 batches.
+_moment_functions = weakref.WeakKeyDictionary()
+
+
+def _batch_moments_function(model, bn_layers):
+    cached = _moment_functions.get(model)
+    if cached is None or cached[0] != bn_layers:
+        probe = _batch_moments_model(model, bn_layers)
+        # As a graph the probe runs about twice as fast as eagerly and frees each
+        # activation once used (1.4 instead of 4 GB at 8 x 256 x 256). It is only called,
+        # and so only traced, inside _dropout_off: the trace has no dropout.
+        cached = bn_layers, tf.function(lambda batch: probe(batch, training=True),
+                                        reduce_retracing=True)
+        _moment_functions[model] = cached
+    return cached[1]
+
+
 @contextlib.contextmanager
 def _dropout_off(model):
     # Dropout reads its rate on every call, so a zero rate switches it off in
@@ -323,12 +342,7 @@ def reestimate_batchnorm(model, batches, num_batches):
     if not bn_layers:
         return
     saved = {bn: (bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bn_layers}
-    probe = _batch_moments_model(model, bn_layers)
-    # As a graph the probe runs about twice as fast as eagerly and frees each
-    # activation once used (1.4 instead of 4 GB at 8 x 256 x 256). It is traced
-    # inside _dropout_off, so the trace has no dropout.
-    batch_moments = tf.function(lambda batch: probe(batch, training=True),
-                                reduce_retracing=True)
+    batch_moments = _batch_moments_function(model, bn_layers)
     sums = None
     seen = 0
     try:
