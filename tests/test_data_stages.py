@@ -314,3 +314,29 @@ def test_bbbc030_split_and_patches(tmp_path):
     for path in labels[::50]:
         lbl = read_label(path)
         assert lbl.shape == (256, 256) and lbl.max() <= 1
+
+
+@pytest.mark.parametrize("color_mode", ["grey", "rgb"])
+def test_prediction_prepares_a_tile_as_training_decodes_its_patch(tmp_path, color_mode):
+    """The network gets the same numbers, channels in the same order, for a training patch as
+    tf.data decodes it and for the same crop of the image as prediction prepares it."""
+    import predict_lovasz_loss
+    import train_unet_xception_resnetblock as train
+    data = make_dataset(tmp_path / "data", [(90, 120), (80, 100), (70, 70), (64, 90)],
+                        color=True)
+    work = tmp_path / "w"
+    run_aug(data, work, "--num-patches", "16")
+    pre_processing.main(["--work-dir", str(work), "--workers", "1", "--color-mode", color_mode])
+    prepare = predict_lovasz_loss.TilePreparer(
+        json.loads((work / "train_mean_std.json").read_text()))
+    rows = [row.split(",") for row in (work / "train" / "patches.csv").read_text().split()[1:]]
+    decoded = next(iter(train.patch_dataset(work, [row[0] for row in rows],
+                                            3 if color_mode == "rgb" else 1, len(rows))))[0]
+    for (_, image, y, x, k), patch in zip(rows, np.asarray(decoded)):
+        frame = predict_lovasz_loss.model_image(data / "src" / f"{image}.png", color_mode)
+        frame = np.pad(frame, [(0, max(0, 48 - frame.shape[0])), (0, max(0, 48 - frame.shape[1]))]
+                       + [(0, 0)] * (frame.ndim - 2), mode="symmetric")
+        tile = dihedral(frame[int(y):int(y) + 48, int(x):int(x) + 48], int(k))
+        np.testing.assert_array_equal(prepare(tile), patch)
+        if color_mode == "rgb":    # so that a swap of channels would show
+            assert not np.array_equal(patch[..., 0], patch[..., 2])
