@@ -200,7 +200,9 @@ class ConfusionIoU(keras.metrics.Metric):
         pred = keras.ops.reshape(keras.ops.argmax(y_pred, axis=-1), (-1,))
         valid = keras.ops.logical_and(label >= 0, label < n)
         index = keras.ops.where(valid, label * n + keras.ops.cast(pred, "int32"), n * n)
-        counts = keras.ops.bincount(index, minlength=n * n + 1)[:n * n]
+        # A segment sum, not bincount: its output length is a constant, as XLA needs.
+        counts = keras.ops.segment_sum(keras.ops.ones_like(index), index,
+                                       num_segments=n * n + 1)[:n * n]
         self.confusion.assign_add(keras.ops.reshape(keras.ops.cast(counts, "float64"), (n, n)))
 
     def result(self):

@@ -209,6 +209,27 @@ def test_optimizer_config_round_trip(learning_rate):
     assert keras.saving.deserialize_keras_object(serialized).get_config() == config
 
 
+# ---------------------------------------------------------------- the IoU metric
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_logged_iou_is_the_iou_of_the_summed_confusion_matrix(jit_compile):
+    """Over several batches, under XLA too (--jit-compile on), ConfusionIoU gives what
+    prediction's report computes from the same predictions."""
+    from seg_common import confusion_matrix, iou_per_class
+    rng = np.random.default_rng(5)
+    x = rng.random((6, 8, 8, 2)).astype("float32")
+    y = rng.integers(0, 3, (6, 8, 8))
+    inputs = keras.Input((8, 8, 2))
+    net = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    net.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[M.ConfusionIoU(3), M.ConfusionIoU(3, 1, name="iou_1")],
+                jit_compile=jit_compile)
+    logs = net.evaluate(x, y, batch_size=4, return_dict=True, verbose=0)   # batches of 4 and 2
+    expected = iou_per_class(confusion_matrix(y, np.argmax(net.predict(x, verbose=0), -1), 3))
+    assert logs["mean_iou"] == pytest.approx(expected.mean(), abs=1e-6)
+    assert logs["iou_1"] == pytest.approx(expected[1], abs=1e-6)
+
+
 # ---------------------------------------------------------------- precise BN
 
 def _spoil_batchnorm(model, rng):
