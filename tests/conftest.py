@@ -10,3 +10,22 @@ def float32_policy_after_each_test():
     import sys
     if "keras" in sys.modules:
         sys.modules["keras"].mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory):
+    """One model folder trained on synthetic 64 px patches (3 epochs of 15 steps, precise BN,
+    SWA of 2 snapshots) for every test that needs a trained model: (root, the argv that
+    trained it). Tests may read it and rerun its command, never change it."""
+    pytest.importorskip("keras")
+    import train_unet_xception_resnetblock as train
+    from synthetic_patches import make_patch_set
+    root = tmp_path_factory.mktemp("trained")
+    (root / "data").mkdir()
+    (root / "data" / "classes.txt").write_text("background\nbead\ncell\n")
+    make_patch_set(root / "work", 200)
+    args = ["--data-dir", str(root / "data"), "--work-dir", str(root / "work"),
+            "--weights", "none", "--epochs", "3", "--steps-per-epoch", "15", "--val-steps", "2",
+            "--bn-batches", "8", "--swa-epochs", "2", "--lr", "0.01", "--verbose", "0"]
+    train.main(args)
+    return root, args

@@ -316,3 +316,18 @@ def test_reestimation_needs_enough_batches():
     with pytest.raises(ValueError, match="gave 1 batches"):
         M.reestimate_batchnorm(model, [np.ones((4, 3), "float32")], num_batches=2)
     np.testing.assert_array_equal(model.layers[0].moving_mean.numpy(), before)
+
+
+def test_no_bn_batches_keep_the_statistics_training_left():
+    """--bn-batches 0: the BatchNorm statistics stay the moving averages training kept."""
+    from training_callbacks import refresh_batchnorm
+    rng = np.random.default_rng(4)
+    inputs = keras.Input((8, 8, 3))
+    bn = keras.layers.BatchNormalization()
+    net = keras.Model(inputs, bn(keras.layers.Conv2D(4, 3)(inputs)))
+    batches = [rng.normal(5.0, 2.0, (2, 8, 8, 3)).astype("float32") for _ in range(2)]
+    before = [np.asarray(w).copy() for w in net.weights]
+    refresh_batchnorm(net, iter(batches), 0)
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, net.weights))
+    refresh_batchnorm(net, iter(batches), 2)      # the same call with batches does change them
+    assert not np.allclose(np.asarray(bn.moving_mean), 0.0)

@@ -1,6 +1,7 @@
 """train_unet_xception_resnetblock.py on a tiny synthetic patch set (64x64, a few dozen steps)."""
 import csv
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -14,26 +15,13 @@ from outputs import sha256_of  # noqa: E402
 from seg_common import confusion_matrix, iou_per_class  # noqa: E402
 from synthetic_patches import SIZE, held_out, make_patch_set, mean_iou  # noqa: E402
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    (root / "data").mkdir()
-    (root / "data" / "classes.txt").write_text("background\nbead\ncell\n")
-    make_patch_set(root / "work", 200)
-    args = ["--data-dir", str(root / "data"), "--work-dir", str(root / "work"),
-            "--weights", "none", "--epochs", "3", "--steps-per-epoch", "15", "--val-steps", "2",
-            "--bn-batches", "8", "--swa-epochs", "2", "--lr", "0.01", "--verbose", "0"]
-    train.main(args)
-    return root, args
-
-
 def read_log(model_dir):
     with open(model_dir / "log.csv") as f:
         return list(csv.DictReader(f))
 
 
-def test_model_folder_is_complete(trained):
-    root, _ = trained
+def test_model_folder_is_complete(trained_model):
+    root, _ = trained_model
     model_dir = root / "work" / "weights"
     config = json.loads((model_dir / "config.json").read_text())
     assert config["classes"] == ["background", "bead", "cell"]
@@ -58,18 +46,18 @@ def test_model_folder_is_complete(trained):
     assert not (model_dir / "backup").exists()
 
 
-def test_cosine_schedule_reaches_the_optimizer(trained):
-    root, _ = trained
+def test_cosine_schedule_reaches_the_optimizer(trained_model):
+    root, _ = trained_model
     lrs = [float(r["lr"]) for r in read_log(root / "work" / "weights")]
     # Logged at each epoch's end: progress 1/3, 2/3 and 3/3 of the planned steps, less one step.
     assert lrs[0] < 0.01 and lrs[0] > lrs[1] > lrs[2]
     np.testing.assert_allclose(lrs[1], 0.01 * 0.5 * (1 + np.cos(np.pi * 29 / 45)), rtol=1e-4)
 
 
-def test_network_learns_and_inference_mode_keeps_up(trained):
+def test_network_learns_and_inference_mode_keeps_up(trained_model):
     from lovasz_losses_tf import LovaszSoftmaxLoss
     from model import build_model
-    root, _ = trained
+    root, _ = trained_model
     model_dir = root / "work" / "weights"
     config = json.loads((model_dir / "config.json").read_text())
     model = keras.saving.load_model(model_dir / config["weights_files"]["best"], compile=False)
@@ -86,8 +74,8 @@ def test_network_learns_and_inference_mode_keeps_up(trained):
     assert iou_infer > 0.5
 
 
-def test_best_checkpoint_reloads_with_the_same_logits(tmp_path, trained):
-    root, _ = trained
+def test_best_checkpoint_reloads_with_the_same_logits(tmp_path, trained_model):
+    root, _ = trained_model
     model_dir = root / "work" / "weights"
     model = keras.saving.load_model(
         model_dir / json.loads((model_dir / "config.json").read_text())["weights_files"]["best"],
@@ -121,41 +109,57 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 
 def short_run(root, *extra, classes="background\nbead\ncell\n"):
+    """One epoch of 2 steps on 40 patches; SWA and precise BN off and float32 unless extra
+    says otherwise (a later option wins)."""
     (root / "data").mkdir(parents=True, exist_ok=True)
     (root / "data" / "classes.txt").write_text(classes)
     if not (root / "work").exists():
         make_patch_set(root / "work", 40)
     train.main(["--data-dir", str(root / "data"), "--work-dir", str(root / "work"),
                 "--weights", "none", "--epochs", "1", "--steps-per-epoch", "2", "--val-steps", "1",
-                "--bn-batches", "1", "--swa-epochs", "1", "--verbose", "0", *extra])
+                "--bn-batches", "0", "--swa-epochs", "0", "--precision", "fp32", "--verbose", "0",
+                *extra])
     return json.loads((root / "work" / "weights" / "config.json").read_text())
 
 
-@pytest.mark.parametrize("loss, optimizer", [("cross-entropy", "adam"), ("bce-dice", "sgd"),
-                                             ("lovasz-softmax", "nsgd")])
-def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, loss, optimizer):
-    extra = ["--lovasz-on", "logits"] if loss == "lovasz-softmax" else []
-    config = short_run(tmp_path, "--loss", loss, "--optimizer", optimizer, *extra)
-    assert config["settings"]["loss"] == loss and config["settings"]["optimizer"] == optimizer
-    assert config["decision"] == ("sigmoid>0.51" if extra else "argmax")
+# Each run also takes options nothing else trains with: one training per combination.
+RUNS = {
+    "cross-entropy-adam": ["--loss", "cross-entropy", "--optimizer", "adam",
+                           "--save-format", "keras", "--schedule", "constant", "--lr", "0.002"],
+    "bce-dice-sgd": ["--loss", "bce-dice", "--optimizer", "sgd", "--precision", "bf16"],
+    "lovasz-logits-nsgd": ["--loss", "lovasz-softmax", "--lovasz-on", "logits",
+                           "--optimizer", "nsgd", "--bn-batches", "1", "--swa-epochs", "1"],
+}
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, run):
+    config = short_run(tmp_path, *RUNS[run])
+    settings = config["settings"]
+    loss, optimizer = run.rsplit("-", 1)
+    assert settings["optimizer"] == optimizer
+    assert settings["loss"] == ("lovasz-softmax" if loss == "lovasz-logits" else loss)
+    assert config["decision"] == ("sigmoid>0.51" if loss == "lovasz-logits" else "argmax")
     assert np.isfinite(config["result"]["best_val_loss"])
-
-
-def test_lovasz_hinge_on_two_classes(tmp_path):
-    make_patch_set(tmp_path / "work", 40)
-    for path in (tmp_path / "work" / "train" / "label").glob("*.png"):
-        cv2.imwrite(str(path), (cv2.imread(str(path), 0) > 0).astype(np.uint8))
-    config = short_run(tmp_path, "--loss", "lovasz-hinge", classes="background\ncell\n")
-    assert config["num_classes"] == 2 and np.isfinite(config["result"]["best_val_loss"])
-
-
-def test_keras_format_saves_and_reloads(tmp_path):
-    config = short_run(tmp_path, "--save-format", "keras")
     model_dir = tmp_path / "work" / "weights"
-    for name in config["weights_files"].values():
-        assert name.endswith(".keras")
-        keras.saving.load_model(model_dir / name, compile=False)
-    assert [p.suffix for p in (model_dir / "snapshots").iterdir()] == [".keras"]
+    nets = {role: keras.saving.load_model(model_dir / name, compile=False)
+            for role, name in config["weights_files"].items() if (model_dir / name).is_file()}
+    assert set(nets) == ({"best", "swa"} if settings["swa_epochs"] else {"best"})
+    if run == "cross-entropy-adam":
+        assert all(name.endswith(".keras") for name in config["weights_files"].values())
+        assert [p.suffix for p in (model_dir / "snapshots").iterdir()] == [".keras"]
+        assert [float(r["lr"]) for r in read_log(model_dir)] == [pytest.approx(0.002)]
+    if run == "bce-dice-sgd":
+        # bfloat16 compute, float32 weights: the saved model is float32 whatever the host.
+        assert config["precision"] == "bf16"
+        assert {w.dtype for w in nets["best"].weights} == {"float32"}
+    if run == "lovasz-logits-nsgd":
+        # One snapshot averaged: the SWA model holds the last epoch's weights, its BatchNorm
+        # statistics re-estimated (a different model only there).
+        last = keras.saving.load_model(model_dir / "snapshots" / "epoch_001.h5", compile=False)
+        for a, b in zip(nets["swa"].weights, last.weights):
+            moving = "moving" in a.path
+            assert np.array_equal(np.asarray(a), np.asarray(b)) != moving, a.path
 
 
 def test_interrupted_training_resumes(tmp_path):
@@ -199,28 +203,28 @@ def file_digests(folder):
     return {p.relative_to(folder): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_trained_model_is_never_destroyed(tmp_path, capsys):
-    short_run(tmp_path)
-    model_dir = tmp_path / "work" / "weights"
+def test_a_trained_model_is_never_destroyed(trained_model, tmp_path, capsys):
+    root, args = trained_model
+    model_dir = root / "work" / "weights"
     before = file_digests(model_dir)
     # A different command, or a mistyped weights file, is refused before anything changes.
     with pytest.raises(train.PipelineError, match="--restart.*--work-dir"):
-        short_run(tmp_path, "--lr", "0.5")
+        train.main(args + ["--lr", "0.5"])
     with pytest.raises(train.PipelineError, match="no such file"):
-        short_run(tmp_path, "--weights", str(tmp_path / "typo.h5"))
+        train.main(args + ["--weights", str(tmp_path / "typo.h5")])
     assert file_digests(model_dir) == before
     # The same command again has nothing to do.
-    short_run(tmp_path)
+    train.main(args)
     assert "nothing to do" in capsys.readouterr().out
     assert file_digests(model_dir) == before
     # --restart trains anew; the old folder, moved aside, goes once the new run has a checkpoint.
-    config = short_run(tmp_path, "--lr", "0.5", "--restart")
+    shutil.copytree(root, tmp_path / "copy")
+    config = short_run(tmp_path / "copy", "--lr", "0.5", "--restart")
     assert config["settings"]["lr"] == 0.5 and config["result"]["epochs_done"] == 1
-    assert not (tmp_path / "work" / "weights.previous").exists()
-    assert set(config["sha256"]) == {config["weights_files"]["best"],
-                                     config["weights_files"]["swa"], "snapshots/epoch_001.h5"}
+    assert not (tmp_path / "copy" / "work" / "weights.previous").exists()
+    assert set(config["sha256"]) == {config["weights_files"]["best"], "snapshots/epoch_001.h5"}
     for name, digest in config["sha256"].items():
-        assert sha256_of(model_dir / name) == digest
+        assert sha256_of(tmp_path / "copy" / "work" / "weights" / name) == digest
 
 
 def test_labels_beyond_the_classes_are_refused_before_training(tmp_path):
@@ -266,11 +270,11 @@ def kernels(model_file):
     return [(layer.name, np.asarray(w)) for layer in net.layers for w in layer.trainable_weights]
 
 
-def test_fine_tuning_starts_from_the_trained_model(trained, tmp_path):
+def test_fine_tuning_starts_from_the_trained_model(trained_model, tmp_path):
     """--init-model: with a learning rate too small to move them, the fine-tuned weights are
-    the trained model's; --new-head keeps all but a new last layer; the sha256 of the model
-    it started from is recorded."""
-    root, args = trained
+    the trained model's; --new-head keeps all but a new last layer (here for two classes and
+    the Lovasz hinge loss); the sha256 of the model it started from is recorded."""
+    root, args = trained_model
     source_dir = root / "work" / "weights"
     source = json.loads((source_dir / "config.json").read_text())
     start = kernels(source_dir / source["weights_files"]["best"])
@@ -284,20 +288,22 @@ def test_fine_tuning_starts_from_the_trained_model(trained, tmp_path):
     assert len(tuned) == len(start)
     assert all(np.allclose(a, b, atol=1e-6) for (_, a), (_, b) in zip(tuned, start))
 
-    two = root / "two_classes"
+    two = tmp_path / "two_classes"
     two.mkdir()
     (two / "classes.txt").write_text("background\nparticle\n")
-    (root / "work2").mkdir()
-    make_patch_set(root / "work2", 40)
-    two_args = ["--data-dir", str(two), "--work-dir", str(root / "work2"), "--weights", "none",
-                "--val-steps", "1", "--bn-batches", "2", "--verbose", "0", *frozen,
-                "--init-model", str(source_dir), "--model-dir", str(tmp_path / "new")]
-    for path in (root / "work2" / "train" / "label").glob("*.png"):   # classes 0 and 1 only
+    make_patch_set(tmp_path / "work2", 40)
+    two_args = ["--data-dir", str(two), "--work-dir", str(tmp_path / "work2"), "--weights",
+                "none", "--val-steps", "1", "--bn-batches", "2", "--verbose", "0", *frozen,
+                "--loss", "lovasz-hinge", "--init-model", str(source_dir),
+                "--model-dir", str(tmp_path / "new")]
+    for path in (tmp_path / "work2" / "train" / "label").glob("*.png"):   # classes 0 and 1
         cv2.imwrite(str(path), (cv2.imread(str(path), 0) > 0).astype(np.uint8))
     with pytest.raises(train.PipelineError, match="--new-head"):
         train.main(two_args)
     train.main(two_args + ["--new-head"])
     config = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert config["num_classes"] == 2 and config["settings"]["loss"] == "lovasz-hinge"
+    assert np.isfinite(config["result"]["best_val_loss"])
     tuned = kernels(tmp_path / "new" / config["weights_files"]["best"])
     assert len(tuned) == len(start)
     pairs = list(zip(tuned, start))
@@ -354,10 +360,10 @@ def test_patches_missing_from_patches_csv_are_refused(tmp_path):
         train.split_patches(tmp_path, 0.2, 2018)
 
 
-def test_logged_validation_iou_is_predictions_convention(trained):
+def test_logged_validation_iou_is_predictions_convention(trained_model):
     """The log's val IoU at the best epoch equals IoU from the summed confusion matrix of the
     best model's argmax on the validation batches, with absent classes scored 1."""
-    root, args = trained
+    root, args = trained_model
     model_dir = root / "work" / "weights"
     config = json.loads((model_dir / "config.json").read_text())
     model = keras.saving.load_model(model_dir / config["weights_files"]["best"], compile=False)
