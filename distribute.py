@@ -1,6 +1,6 @@
 """How training spreads over devices: the tf.distribute strategy that --strategy names, and
 BatchNorm statistics synchronised across its replicas."""
-from seg_common import PipelineError
+from cli import PipelineError
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")   # multiworker: worker_loop.py
 

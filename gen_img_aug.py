@@ -24,9 +24,11 @@ from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option, check
                       copy_frame, describe_intensity, find_label, list_images, parse_intensity,
                       read_image, read_label, write_image)
 from outputs import atomic_write_text, remove_leftovers, staged_output, write_json
-from seg_common import (PipelineError, colorize, default_workers, dihedral, finite_float,
-                        parallel_map, positive_int, read_classes, refuse_file, read_name_list, reflect_pad,
-                        run_cli, save_figure, WORK_DIR, pyplot)
+from cli import (PipelineError, finite_float, positive_int, read_classes, refuse_file,
+                 read_name_list, run_cli, WORK_DIR)
+from figures import colorize, save_figure, pyplot
+from geometry import dihedral, reflect_pad
+from parallel import default_workers, parallel_map
 
 CHUNK = 200                 # patches per task: big enough to amortise, small for a smooth bar
 CACHE_BYTES = 1 << 30       # per worker: images stay cached up to this, whatever the patch count

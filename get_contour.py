@@ -47,8 +47,9 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity, 
 from band_objects import objects_of_class
 from outputs import staged_output, write_json
 from shards import copy_shard_files, merge_object_tables, open_shards
-from seg_common import (PALETTE, PipelineError, colorize, finite_float, non_negative_float,
-                        positive_float, read_classes, read_json, run_cli, save_figure, WORK_DIR, pyplot)
+from cli import (PipelineError, finite_float, non_negative_float, positive_float, read_classes,
+                 read_json, run_cli, WORK_DIR)
+from figures import PALETTE, colorize, save_figure, pyplot
 from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
                          megapixels, open_tiff_rows, plane_shape)
 

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from outputs import atomic_write_bytes
-from seg_common import PipelineError
+from cli import PipelineError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABEL_EXTS = (".png", ".npy")

@@ -33,8 +33,8 @@ from tqdm import tqdm
 from image_io import (IMAGE_EXTS, decode_image, lossless_suffix, read_raw_image,
                       write_image)
 from outputs import staged_output
-from seg_common import (PipelineError, positive_float, read_classes, read_json, refuse_file,
-                        run_cli, WORK_DIR)
+from cli import (PipelineError, positive_float, read_classes, read_json, refuse_file, run_cli,
+                 WORK_DIR)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.

@@ -179,7 +179,7 @@ class NormalizedSGD(keras.optimizers.SGD):
 @keras.saving.register_keras_serializable(package="microseg")
 class ConfusionIoU(keras.metrics.Metric):
     """IoU from the confusion matrix summed over the epoch's batches, with the pipeline's one
-    convention (seg_common.iou_per_class: a class absent from label and prediction scores
+    convention (metrics.iou_per_class: a class absent from label and prediction scores
     1), so training's log and prediction's report give comparable numbers.
 
     class_index None gives the mean over all classes, background included; an index gives
@@ -206,7 +206,7 @@ class ConfusionIoU(keras.metrics.Metric):
         self.confusion.assign_add(keras.ops.reshape(keras.ops.cast(counts, "float64"), (n, n)))
 
     def result(self):
-        from seg_common import iou_per_class
+        from metrics import iou_per_class
         iou = iou_per_class(self.confusion, xp=keras.ops)
         return keras.ops.cast(keras.ops.mean(iou) if self.class_index is None
                               else iou[self.class_index], "float32")

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from image_io import COLOR_MODES, DEFAULT_INTENSITY, check_intensity
 from outputs import sha256_of
-from seg_common import PipelineError, check_preprocessing, read_json
+from cli import PipelineError, read_json
+from patch_preprocessing import check_preprocessing
 
 # How a pixel's class is decided: the most probable class, or the original's rule for a
 # model trained on raw logits (--lovasz-on logits).

@@ -10,7 +10,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from seg_common import PipelineError, refuse_file
+from cli import PipelineError, refuse_file
 
 # Every temporary file or folder this pipeline makes carries this tag, its host and its process
 # id, so a later run can tell the leftovers of a killed run from the work of a live one.

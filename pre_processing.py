@@ -7,7 +7,7 @@ Writes  <work-dir>/train_mean_std.npy and .json   mean and standard deviation of
 Statistics are streamed: each patch adds its 256-bin histogram to a running total, so
 they are exact (integer counts) and no more than one patch per worker is in memory.
 
-Preprocessing of one patch (seg_common.preprocess_patch, reused by prediction on each
+Preprocessing of one patch (patch_preprocessing.preprocess_patch, reused by prediction on each
 tile): z = (x - mean) / std; min-max of z within the patch to 0..255; histogram
 equalization; gamma out = 255 * (in / 255) ** (1 / gamma).
 
@@ -22,9 +22,9 @@ import numpy as np
 
 from image_io import COLOR_MODES, read_image, to_color_mode, write_image
 from outputs import atomic_write_bytes, staged_output, write_json
-from seg_common import (DEFAULT_GAMMA, MEAN_STD_NAME, PipelineError, default_workers,
-                        existing_folder, parallel_map, positive_float, positive_int,
-                        preprocess_patch, run_cli, WORK_DIR)
+from cli import PipelineError, existing_folder, positive_float, positive_int, run_cli, WORK_DIR
+from parallel import default_workers, parallel_map
+from patch_preprocessing import DEFAULT_GAMMA, MEAN_STD_NAME, preprocess_patch
 
 CHUNK = 200
 

@@ -82,10 +82,12 @@ from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  #
 from outputs import atomic_write_text, check_replaceable, staged_output, write_json  # noqa: E402
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
-from seg_common import (PipelineError, colorize, confusion_matrix, dihedral, read_json,  # noqa: E402
-                        existing_folder, finite_float, inverse_dihedral, iou_per_class,
-                        non_negative_float, non_negative_int, positive_int, preprocess_patch,
-                        refuse_file, run_cli, save_figure, WORK_DIR, pyplot)
+from cli import (PipelineError, read_json, existing_folder, finite_float,  # noqa: E402
+                 non_negative_float, non_negative_int, positive_int, refuse_file, run_cli, WORK_DIR)
+from figures import colorize, save_figure, pyplot  # noqa: E402
+from geometry import dihedral, inverse_dihedral  # noqa: E402
+from metrics import confusion_matrix, iou_per_class  # noqa: E402
+from patch_preprocessing import preprocess_patch  # noqa: E402
 
 SIGMOID_THRESHOLD = 0.51
 BLENDS = ("gaussian", "uniform")

@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from seg_common import PipelineError, existing_folder, read_json
+from cli import PipelineError, existing_folder, read_json
 
 # Keys a shard adds to the record of its run; the merged record is the single run's.
 SHARD_KEYS = ("shard", "all_images", "chart_copy")

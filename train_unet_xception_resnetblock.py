@@ -43,9 +43,10 @@ from distribute import STRATEGIES  # noqa: E402
 from hardware import add_precision_option, use_precision  # noqa: E402
 from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
 from outputs import atomic_write_text, remove_leftovers, sha256_of, write_json  # noqa: E402
-from seg_common import (MEAN_STD_NAME, PipelineError, existing_folder, finite_float,  # noqa: E402
-                        load_mean_std, non_negative_float, positive_float, positive_int,
-                        read_classes, read_json, refuse_file, run_cli, WORK_DIR)
+from cli import (PipelineError, existing_folder, finite_float, non_negative_float,  # noqa: E402
+                 positive_float, positive_int, read_classes, read_json, refuse_file, run_cli,
+                 WORK_DIR)
+from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
 LOSSES = ("lovasz-softmax", "lovasz-hinge", "cross-entropy", "bce-dice")

@@ -11,7 +11,8 @@ import keras
 import tensorflow as tf
 
 from outputs import atomic_file, write_json
-from seg_common import read_json, save_figure, pyplot
+from cli import read_json
+from figures import save_figure, pyplot
 
 
 @keras.saving.register_keras_serializable(package="microseg")

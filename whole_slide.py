@@ -8,7 +8,7 @@ import numpy as np
 from image_io import (TIFF_EXTS, StackPlane, check_finite, first_series, has_histogram,
                       open_tiff, pixel_histogram, range_from_histogram, read_raw_image,
                       scale_to_uint8, to_color_mode)
-from seg_common import PipelineError
+from cli import PipelineError
 
 # Frames of more megapixels than this are streamed by default (predict_lovasz_loss.py and
 # get_contour.py --stream-above). In memory, prediction holds float copies of the frame and
@@ -182,7 +182,7 @@ def streamed_intensity_range(reader, intensity, what):
 class StreamedFrame:
     """A TIFF plane as the model sees it, row by row: mapped to 0..255 by the intensity rule
     with the range of the whole plane, in the model's colour mode. Rows asked for beyond
-    the border are mirrored as seg_common.reflect_pad mirrors them."""
+    the border are mirrored as geometry.reflect_pad mirrors them."""
 
     def __init__(self, reader, intensity, color_mode, what):
         self.reader, self.color_mode, self.what = reader, color_mode, what

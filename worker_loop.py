@@ -7,7 +7,7 @@ every replica of every worker when read."""
 import numpy as np
 import tensorflow as tf
 
-from seg_common import PipelineError
+from cli import PipelineError
 
 
 def make_multiworker_strategy(cluster):

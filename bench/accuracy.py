@@ -54,7 +54,8 @@ import hardware  # noqa: E402
 from baseline import REPO, RESULTS_DIR, SHARED_DATASETS  # noqa: E402
 from image_io import find_label, list_images, read_image, read_label  # noqa: E402
 from outputs import write_json  # noqa: E402
-from seg_common import PipelineError, default_workers, read_classes, run_cli  # noqa: E402
+from cli import PipelineError, read_classes, run_cli  # noqa: E402
+from parallel import default_workers  # noqa: E402
 
 
 # ---------------------------------------------------------------- the pipeline

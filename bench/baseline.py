@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 
 from image_io import find_label, list_images, read_image, read_label, write_image  # noqa: E402
 from outputs import write_json  # noqa: E402
-from seg_common import (PipelineError, confusion_matrix, iou_per_class, read_classes,  # noqa: E402
-                        read_name_list, run_cli)
+from cli import PipelineError, read_classes, read_name_list, run_cli  # noqa: E402
+from metrics import confusion_matrix, iou_per_class  # noqa: E402
 
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 RESULTS_DIR = REPO / "bench" / "results"

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from image_io import list_images, read_image, read_label  # noqa: E402
-from seg_common import confusion_matrix, iou_per_class  # noqa: E402
+from metrics import confusion_matrix, iou_per_class  # noqa: E402
 
 
 def versions(img8):

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 import hardware  # noqa: E402
 import predict_lovasz_loss as P  # noqa: E402
-from seg_common import reflect_pad  # noqa: E402
+from geometry import reflect_pad  # noqa: E402
 
 FRAME = (480, 640)
 TILE = 256

@@ -36,7 +36,7 @@ import hardware  # noqa: E402
 from baseline import REPO, RESULTS_DIR  # noqa: E402
 from image_io import find_label, list_images, read_label  # noqa: E402
 from outputs import write_json  # noqa: E402
-from seg_common import PipelineError, read_json, run_cli  # noqa: E402
+from cli import PipelineError, read_json, run_cli  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from image_io import read_label  # noqa: E402
-from seg_common import read_json  # noqa: E402
+from cli import read_json  # noqa: E402
 
 
 def anatomy(pred, label, band):

@@ -17,7 +17,8 @@ from baseline import REPO, SHARED_DATASETS  # noqa: E402
 from image_io import read_label  # noqa: E402
 from labelme_export import annotation  # noqa: E402
 from labelme_to_label import rasterize_shapes  # noqa: E402
-from seg_common import confusion_matrix, iou_per_class, read_classes  # noqa: E402
+from cli import read_classes  # noqa: E402
+from metrics import confusion_matrix, iou_per_class  # noqa: E402
 
 
 def label_sets():

@@ -30,7 +30,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from image_io import write_image  # noqa: E402
 from outputs import atomic_write_text, write_json  # noqa: E402
-from seg_common import run_cli  # noqa: E402
+from cli import run_cli  # noqa: E402
 
 CLASSES = ("background", "bead", "cell")
 BEAD, CELL = 1, 2

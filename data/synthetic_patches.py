@@ -46,6 +46,6 @@ def held_out(count=24, seed=99):
 
 def mean_iou(model, x, y, training):
     """The model's mean IoU on (x, y), BatchNorm in training or inference mode."""
-    from seg_common import confusion_matrix, iou_per_class
+    from metrics import confusion_matrix, iou_per_class
     pred = np.argmax(np.asarray(model(x, training=training)), axis=-1)
     return iou_per_class(confusion_matrix(y, pred, 3)).mean()

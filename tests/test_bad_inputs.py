@@ -2,7 +2,7 @@
 naming what is at fault, leaving no partial output and earlier output byte-identical; inputs
 that are merely unusual (16-bit, float, palette, BOM, RGBA, odd sizes) are accepted.
 
-Scripts run in-process through seg_common.run_cli, as their `__main__` does, so the exit code
+Scripts run in-process through cli.run_cli, as their `__main__` does, so the exit code
 and stderr are the ones a user sees. Nothing here trains the network.
 """
 import csv
@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cli
 import gen_img_aug
 import get_contour
 import labelme_to_label
 import outputs
 import pre_processing
 import predict_lovasz_loss
-import seg_common
 import train_unet_xception_resnetblock as train
 from image_io import DEFAULT_INTENSITY
-from seg_common import inverse_dihedral
+from geometry import inverse_dihedral
 
 CLASSES = ["background", "bead", "cell"]
 BEST = "unet_xception_resnet_nsgd32_lovaszsoftmax_best.h5"
@@ -43,7 +43,7 @@ def run(module, args, capsys):
     capsys.readouterr()
     code = 0
     try:
-        seg_common.run_cli(lambda: module.main([str(a) for a in args]))
+        cli.run_cli(lambda: module.main([str(a) for a in args]))
     except SystemExit as exit_info:
         code = exit_info.code if isinstance(exit_info.code, int) else \
             (0 if exit_info.code is None else 1)

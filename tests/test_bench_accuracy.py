@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import accuracy  # noqa: E402
 import baseline  # noqa: E402
-from seg_common import confusion_matrix, iou_per_class  # noqa: E402
+from metrics import confusion_matrix, iou_per_class  # noqa: E402
 
 BBBC030 = baseline.SHARED_DATASETS / "bbbc030"
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import get_contour as G
-from seg_common import PALETTE, PipelineError
+from cli import PipelineError
+from figures import PALETTE
 
 CLASSES = ["background", "bead", "cell"]
 DISCS = [(10, (40, 40)), (15, (110, 45)), (25, (220, 60))]            # beads: radius, centre

@@ -11,7 +11,8 @@ import pytest
 import gen_img_aug
 import pre_processing
 from image_io import read_image, read_label
-from seg_common import dihedral, inverse_dihedral, preprocess_patch
+from geometry import dihedral, inverse_dihedral
+from patch_preprocessing import preprocess_patch
 
 ROOT = Path(__file__).resolve().parents[1]
 BBBC030 = ROOT.parent / "shared" / "datasets" / "bbbc030"

@@ -6,7 +6,7 @@ from PIL import Image
 
 from image_io import (DEFAULT_INTENSITY, intensity_from_tokens, read_image, read_label,
                       to_uint8)
-from seg_common import PipelineError
+from cli import PipelineError
 
 
 def ramp(h=40, w=50, dtype=np.uint16, scale=16):

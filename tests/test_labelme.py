@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import labelme_to_label as l2l
-from seg_common import PipelineError, read_classes
+from cli import PipelineError, read_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["background", "bead", "cell"]

@@ -8,7 +8,7 @@ import pytest
 from image_io import read_label
 from labelme_export import DEFAULT_TOLERANCE, annotation
 from labelme_to_label import rasterize_shapes
-from seg_common import confusion_matrix, iou_per_class
+from metrics import confusion_matrix, iou_per_class
 
 ROOT = Path(__file__).resolve().parents[1]
 BBBC030 = ROOT.parent / "shared" / "datasets" / "bbbc030"

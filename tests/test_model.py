@@ -215,7 +215,7 @@ def test_optimizer_config_round_trip(learning_rate):
 def test_logged_iou_is_the_iou_of_the_summed_confusion_matrix(jit_compile):
     """Over several batches, under XLA too (--jit-compile on), ConfusionIoU gives what
     prediction's report computes from the same predictions."""
-    from seg_common import confusion_matrix, iou_per_class
+    from metrics import confusion_matrix, iou_per_class
     rng = np.random.default_rng(5)
     x = rng.random((6, 8, 8, 2)).astype("float32")
     y = rng.integers(0, 3, (6, 8, 8))

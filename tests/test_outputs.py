@@ -5,7 +5,7 @@ import stat
 import pytest
 
 import outputs
-from seg_common import PipelineError
+from cli import PipelineError
 
 
 def dead_pid():

@@ -15,7 +15,9 @@ import get_contour
 import predict_lovasz_loss as P
 import whole_slide as W
 from outputs import sha256_of
-from seg_common import PipelineError, confusion_matrix, iou_per_class, reflect_pad
+from cli import PipelineError
+from geometry import reflect_pad
+from metrics import confusion_matrix, iou_per_class
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["background", "bead", "cell"]

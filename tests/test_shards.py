@@ -8,7 +8,7 @@ import pytest
 
 import get_contour
 import predict_lovasz_loss as P
-from seg_common import PipelineError
+from cli import PipelineError
 from shards import shard_names, shard_option
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import tifffile
 import get_contour
 from image_io import (DEFAULT_INTENSITY, StackPlane, copy_frame, list_images, pixel_size_um,
                       read_image, read_raw_image, to_uint8)
-from seg_common import PipelineError
+from cli import PipelineError
 
 
 def ramp(h=40, w=50, dtype=np.uint16, scale=37):

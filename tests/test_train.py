@@ -12,7 +12,7 @@ keras = pytest.importorskip("keras")
 import train_unet_xception_resnetblock as train  # noqa: E402
 import training_callbacks  # noqa: E402
 from outputs import sha256_of  # noqa: E402
-from seg_common import confusion_matrix, iou_per_class  # noqa: E402
+from metrics import confusion_matrix, iou_per_class  # noqa: E402
 from synthetic_patches import SIZE, held_out, make_patch_set, mean_iou  # noqa: E402
 
 def read_log(model_dir):

@@ -6,7 +6,8 @@ import tifffile
 import whole_slide as W
 from image_io import (DEFAULT_INTENSITY, StackPlane, intensity_range, pixel_histogram,
                       pixel_size_um, range_from_histogram, read_image, to_color_mode)
-from seg_common import PipelineError, reflect_pad
+from cli import PipelineError
+from geometry import reflect_pad
 
 RULES = [DEFAULT_INTENSITY, {"rule": "percentile", "low": 2.0, "high": 97.5}, {"rule": "full"},
          {"rule": "fixed", "low": 100.0, "high": 3000.0}]

@@ -1,0 +1,38 @@
+"""Class colours for masks and figures, and drawing and saving matplotlib figures into files."""
+from pathlib import Path
+
+import numpy as np
+
+# One colour per class index for masks and figures (RGB). Index 1 green and 2 red
+# follow the paper's contour colours for beads and cells.
+PALETTE = np.array(
+    [(0, 0, 0), (0, 200, 0), (220, 30, 30), (30, 90, 230), (240, 200, 0),
+     (200, 0, 200), (0, 200, 200), (255, 128, 0), (128, 128, 255), (128, 64, 0)],
+    dtype=np.uint8)
+
+
+def colorize(mask):
+    """RGB picture of a class-index mask."""
+    return PALETTE[np.asarray(mask) % len(PALETTE)]
+
+
+def pyplot():
+    """matplotlib.pyplot drawing into files only, so the scripts run on machines without a
+    display."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(fig, paths, pdf=False):
+    """Save a matplotlib figure as PNG (and PDF when asked) to one path or each of several,
+    then close it."""
+    import matplotlib.pyplot as plt
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        if pdf:
+            fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+    plt.close(fig)
