@@ -2,6 +2,12 @@
 import pytest
 
 
+def pytest_collection_modifyitems(items):
+    """Modules marked `trains` (minutes each) run first: with run_tests.sh's two workers, the
+    rest then fills in around them instead of one worker training alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("trains") is None)
+
+
 @pytest.fixture(autouse=True)
 def float32_policy_after_each_test():
     """Training and prediction set Keras' global dtype policy (--precision); a test that ran

@@ -13,6 +13,8 @@ from synthetic_patches import make_patch_set
 
 keras = pytest.importorskip("keras")
 
+pytestmark = pytest.mark.trains
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

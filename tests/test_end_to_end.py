@@ -10,6 +10,8 @@ import pytest
 
 from image_io import read_label
 
+pytestmark = pytest.mark.trains
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -15,6 +15,9 @@ from outputs import sha256_of  # noqa: E402
 from metrics import confusion_matrix, iou_per_class  # noqa: E402
 from synthetic_patches import SIZE, held_out, make_patch_set, mean_iou  # noqa: E402
 
+pytestmark = pytest.mark.trains
+
+
 def read_log(model_dir):
     with open(model_dir / "log.csv") as f:
         return list(csv.DictReader(f))
