@@ -152,9 +152,10 @@ def test_headline_prediction_uses_tta_unless_told_not_to(tmp_path):
 
 def check_iou_record(record, classes):
     assert list(record["per_class_iou"]) == classes
-    assert all(0 <= v <= 1 for v in record["per_class_iou"].values())
-    assert 0 <= record["mean_iou"] <= 1
-    assert 0 <= record["foreground_iou"] <= 1
+    # The scores are those of the summed confusion matrix the record holds.
+    expected = iou_per_class(np.array(record["confusion_matrix"]))
+    assert list(record["per_class_iou"].values()) == pytest.approx(expected)
+    assert record["mean_iou"] == pytest.approx(expected.mean())
     assert record["foreground_iou"] == record["per_class_iou"][classes[1]]
     assert np.asarray(record["confusion_matrix"]).shape == (len(classes), len(classes))
 

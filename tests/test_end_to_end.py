@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from image_io import read_label
+from metrics import confusion_matrix, iou_per_class
 
 pytestmark = pytest.mark.trains
 
@@ -77,8 +78,11 @@ def test_prediction_outputs(pipeline):
     with open(out / "iou.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == ["sample_02", "dataset"]
-    for row in rows:
-        assert 0.0 <= float(row["mean_iou"]) <= 1.0
+    # One test image: its row and the data set's are the IoU of the mask written against
+    # the label.
+    expected = iou_per_class(confusion_matrix(read_label(data / "label" / "sample_02.png"),
+                                              mask, 3)).mean()
+    assert [float(r["mean_iou"]) for r in rows] == pytest.approx([expected, expected], abs=1e-6)
     assert "dataset" in predict_out and "bead" in predict_out
     assert (work / "figures" / "iou_per_class.png").is_file()
 
@@ -93,7 +97,9 @@ def test_contour_outputs(pipeline):
                    "centroid_x", "bbox_w"):
         assert column in header
     assert (work / "figures" / "panel_sample_02.png").is_file()
-    assert contour_out.strip()
+    with open(out / "objects.csv") as f:
+        count = len(list(csv.DictReader(f)))
+    assert count > 0 and f"{count} objects in 1 images" in contour_out
 
 
 def test_own_images_without_labels(pipeline):
