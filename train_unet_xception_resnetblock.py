@@ -7,6 +7,7 @@ Writes  <model-dir>/ (default <work-dir>/weights/), a self-describing model fold
           unet_xception_resnet_nsgd32_lovaszsoftmax_best.h5    best val_loss (the original's name,
                                        kept whatever --optimizer and --loss; config.json says which)
           unet_xception_resnet_nsgd32_lovaszsoftmax_swa.h5     average of the last epochs
+                                       (none with --swa-epochs 0)
           snapshots/epoch_NNN.h5       the model after each of the last --swa-epochs epochs, at
                                        least the last (after every epoch with --keep-snapshots)
           log.csv, curves.png          every epoch's losses, IoUs and minutes since the start;
@@ -15,11 +16,12 @@ Writes  <model-dir>/ (default <work-dir>/weights/), a self-describing model fold
                                        validation frames
           backup/                      resume state while training runs (BackupAndRestore)
 
-Defaults are the paper's: batch 8, 25 epochs, Lovasz-softmax loss, SGD lr 1e-3 momentum 0.9
-Nesterov on normalized gradients, 20 % validation (random_state 2018), except that the
-validation patches come from whole training frames held out from training (--val-split-by
-patch: the paper's random patch split) and that CPUs with native bf16 compute in bfloat16
-(--precision fp32: float32 throughout).
+Defaults follow the paper for batch 8, 25 epochs, Lovasz-softmax loss, SGD lr 1e-3 momentum
+0.9 Nesterov on normalized gradients and 20 % validation (random_state 2018). They differ
+where README's "Differences from the original" says, each with the option that restores the
+original: validation patches from whole held-out training frames (--val-split-by patch), a
+cosine learning-rate schedule (--schedule constant), precise BN and SWA (--bn-batches 0
+--swa-epochs 0), and bfloat16 on CPUs with native bf16 (--precision fp32).
 Before every validation and every saved model, BatchNorm statistics are re-estimated on
 training batches ("precise BN"; see README), because validation and prediction run in
 inference mode. Rerunning the same command after an interruption resumes training.
