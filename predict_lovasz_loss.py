@@ -229,12 +229,6 @@ def blend_window(tile, blend):
     return np.outer(bump(th), bump(tw))
 
 
-def as_float_tile(tile):
-    """The identity preparation: the tile as float32 with a channel axis."""
-    tile = np.asarray(tile, np.float32)
-    return tile[:, :, None] if tile.ndim == 2 else tile
-
-
 class RowAccumulator:
     """Window-weighted sums of tile probabilities over the rows that tiles still reach: rows
     join at the bottom as tiles need them and leave at the top once final."""
@@ -277,7 +271,7 @@ def _model_inputs(read_rows, positions, tile, transforms, prepare):
 
 
 def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="gaussian",
-                  batch_size=8, tta=False, prepare=as_float_tile):
+                  batch_size=8, tta=False, *, prepare):
     """Per-class probabilities of an h x w image by blended tiles, yielded top to bottom as
     (first row, probabilities [rows, w, C] float32) as soon as no later tile reaches them.
 
@@ -319,7 +313,7 @@ def tiles_width(h, w, tile, overlap):
 
 
 def predict_frame(predict_batch_fn, image, tile, overlap=0.25, blend="gaussian", batch_size=8,
-                  tta=False, prepare=as_float_tile):
+                  tta=False, *, prepare):
     """Per-class probabilities [h, w, C] (float32) of a whole image in memory, by blended
     tiles (predict_bands, whose arithmetic it shares to the bit)."""
     return np.concatenate([probs for _, probs in predict_image_bands(
@@ -332,7 +326,7 @@ def predict_image_bands(predict_batch_fn, frame, tile, overlap, blend, batch_siz
     h, w = frame.shape
     width = tiles_width(h, w, tile, overlap)
     return predict_bands(predict_batch_fn, lambda y0, y1: mirrored_rows(frame, y0, y1, width),
-                         h, w, tile, overlap, blend, batch_size, tta, prepare)
+                         h, w, tile, overlap, blend, batch_size, tta, prepare=prepare)
 
 
 # ---------------------------------------------------------------- decision
@@ -517,7 +511,7 @@ class FrameRun:
         img = model_image(source, self.color_mode, self.intensity)
         a = self.args
         probs = predict_frame(self.predict_batch, img, self.tile, a.overlap, a.blend,
-                              a.batch_size, a.tta, self.prepare)
+                              a.batch_size, a.tta, prepare=self.prepare)
         mask = decide(probs, self.decision)
         write_outputs(staging, out, name, source, img, mask, probs, self.classes, self.args)
         if label_path is None:

@@ -33,6 +33,12 @@ def identity(batch):
     return batch
 
 
+def as_float_tile(tile):
+    """The identity preparation: the tile as float32 with a channel axis."""
+    tile = np.asarray(tile, np.float32)
+    return tile[:, :, None] if tile.ndim == 2 else tile
+
+
 # ---------------------------------------------------------------- tiling
 
 @pytest.mark.parametrize("h, w", [(1, 1), (5, 3), (40, 70)])
@@ -54,7 +60,7 @@ def test_bands_come_top_down_from_one_strip_of_tiles_at_a_time():
         return W.mirrored_rows(W.ArrayRows(image), y0, y1, 120)
 
     bands = list(P.predict_bands(identity, read_rows, 300, 120, 32, 0.25, "gaussian",
-                                 batch_size=4))
+                                 batch_size=4, prepare=as_float_tile))
     starts = sorted({y for y, _ in P.tile_positions(300, 120, 32, 0.25)})
     assert reads == [(y, y + 32) for y in starts]
     assert [y for y, _ in bands] == [0, *np.cumsum([len(b) for _, b in bands])[:-1]]
@@ -68,7 +74,8 @@ def test_bands_come_top_down_from_one_strip_of_tiles_at_a_time():
 @pytest.mark.parametrize("blend", P.BLENDS)
 def test_identity_model_is_reassembled_exactly(h, w, tile, overlap, blend):
     image = one_hot_image(h, w)
-    probs = P.predict_frame(identity, image, tile, overlap, blend, batch_size=5)
+    probs = P.predict_frame(identity, image, tile, overlap, blend, batch_size=5,
+                            prepare=as_float_tile)
     assert probs.shape == (h, w, 3)
     np.testing.assert_array_equal(probs, image)
 
@@ -76,7 +83,8 @@ def test_identity_model_is_reassembled_exactly(h, w, tile, overlap, blend):
 @pytest.mark.parametrize("overlap", [0, 0.25])
 def test_continuous_input_survives_blending(overlap):
     image = np.random.default_rng(1).random((130, 75, 2)).astype(np.float32)
-    probs = P.predict_frame(identity, image, 32, overlap, "gaussian", batch_size=7)
+    probs = P.predict_frame(identity, image, 32, overlap, "gaussian", batch_size=7,
+                            prepare=as_float_tile)
     np.testing.assert_allclose(probs, image, rtol=0, atol=1e-6)
 
 
@@ -135,8 +143,10 @@ def test_blending_weights_overlapping_tiles_by_the_window():
 
     image = np.zeros((32, 56, 1), np.float32)
     image[:, 24:] = 1.0    # the second tile (x 24..55) starts at 1, the first at 0
-    uniform = P.predict_frame(tile_constant, image, 32, 0.25, "uniform", batch_size=2)
-    gaussian = P.predict_frame(tile_constant, image, 32, 0.25, "gaussian", batch_size=2)
+    uniform = P.predict_frame(tile_constant, image, 32, 0.25, "uniform", batch_size=2,
+                              prepare=as_float_tile)
+    gaussian = P.predict_frame(tile_constant, image, 32, 0.25, "gaussian", batch_size=2,
+                               prepare=as_float_tile)
     assert uniform[0, 24:32, 0] == pytest.approx(0.5)
     assert np.all(np.diff(gaussian[0, 24:32, 0]) > 0)          # moves towards the second tile
     assert gaussian[0, 24, 0] < 0.5 < gaussian[0, 31, 0]
@@ -152,7 +162,7 @@ def test_tta_of_an_identity_model_is_the_identity(overlap):
         return batch
 
     probs = P.predict_frame(recording_identity, image, 32, overlap, "gaussian", batch_size=6,
-                            tta=True)
+                            tta=True, prepare=as_float_tile)
     np.testing.assert_array_equal(probs, image)
     tiles = len(P.tile_positions(70, 45, 32, overlap))
     assert len(seen) == 8 * tiles
@@ -162,7 +172,8 @@ def test_tta_of_an_identity_model_is_the_identity(overlap):
 
 def test_tta_needs_square_tiles():
     with pytest.raises(PipelineError, match="square"):
-        P.predict_frame(identity, one_hot_image(40, 40), (32, 64), tta=True)
+        P.predict_frame(identity, one_hot_image(40, 40), (32, 64), tta=True,
+                        prepare=as_float_tile)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8, 100])
@@ -175,7 +186,8 @@ def test_one_model_call_per_batch(batch_size, tta):
         return batch
 
     image = one_hot_image(150, 210)
-    P.predict_frame(counting, image, 64, 0.25, "gaussian", batch_size, tta)
+    P.predict_frame(counting, image, 64, 0.25, "gaussian", batch_size, tta,
+                    prepare=as_float_tile)
     inputs = len(P.tile_positions(150, 210, 64, 0.25)) * (8 if tta else 1)
     assert len(calls) == math.ceil(inputs / batch_size)
     assert sum(calls) == inputs and max(calls) <= batch_size
