@@ -23,17 +23,22 @@ def synthetic_patch(rng):
     return np.clip(img, 0, 255).astype(np.uint8), lbl
 
 
-def make_patch_set(work, count, seed=0):
-    """A work folder as gen_img_aug.py + pre_processing.py leave it (prep = raw here)."""
+def make_patch_set(work, count, seed=0, color=False):
+    """A work folder as gen_img_aug.py + pre_processing.py leave it (prep = raw here); with
+    color, as pre_processing.py --color-mode rgb leaves it, each channel a different tone."""
     rng = np.random.default_rng(seed)
     for sub in ("prep", "label"):
         (work / "train" / sub).mkdir(parents=True)
     for i in range(count):
         img, lbl = synthetic_patch(rng)
+        if color:
+            img = np.dstack([img, 255 - img, img // 2])
         cv2.imwrite(str(work / "train" / "prep" / f"{i:06d}.png"), img)
         cv2.imwrite(str(work / "train" / "label" / f"{i:06d}.png"), lbl)
+    channels = 3 if color else 1
     (work / "train_mean_std.json").write_text(json.dumps(
-        {"mean": [120.0], "std": [30.0], "color_mode": "grey", "channels": 1, "gamma": 1.2}))
+        {"mean": [120.0] * channels, "std": [30.0] * channels,
+         "color_mode": "rgb" if color else "grey", "channels": channels, "gamma": 1.2}))
 
 
 def held_out(count=24, seed=99):

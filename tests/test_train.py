@@ -13,7 +13,7 @@ import train_unet_xception_resnetblock as train  # noqa: E402
 import training_callbacks  # noqa: E402
 from outputs import sha256_of  # noqa: E402
 from metrics import confusion_matrix, iou_per_class  # noqa: E402
-from synthetic_patches import SIZE, held_out, make_patch_set, mean_iou  # noqa: E402
+from synthetic_patches import SIZE, held_out, make_patch_set, mean_iou, synthetic_patch  # noqa: E402
 
 pytestmark = pytest.mark.trains
 
@@ -126,6 +126,7 @@ def short_run(root, *extra, classes="background\nbead\ncell\n"):
 
 
 # Each run also takes options nothing else trains with: one training per combination.
+# cross-entropy-adam also trains on colour patches and then predicts.
 RUNS = {
     "cross-entropy-adam": ["--loss", "cross-entropy", "--optimizer", "adam",
                            "--save-format", "keras", "--schedule", "constant", "--lr", "0.002"],
@@ -137,6 +138,8 @@ RUNS = {
 
 @pytest.mark.parametrize("run", RUNS)
 def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, run):
+    if run == "cross-entropy-adam":
+        make_patch_set(tmp_path / "work", 40, color=True)
     config = short_run(tmp_path, *RUNS[run])
     settings = config["settings"]
     loss, optimizer = run.rsplit("-", 1)
@@ -152,6 +155,7 @@ def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, run):
         assert all(name.endswith(".keras") for name in config["weights_files"].values())
         assert [p.suffix for p in (model_dir / "snapshots").iterdir()] == [".keras"]
         assert [float(r["lr"]) for r in read_log(model_dir)] == [pytest.approx(0.002)]
+        predicts_colour_images_only(model_dir, config, tmp_path)
     if run == "bce-dice-sgd":
         # bfloat16 compute, float32 weights: the saved model is float32 whatever the host.
         assert config["precision"] == "bf16"
@@ -163,6 +167,25 @@ def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, run):
         for a, b in zip(nets["swa"].weights, last.weights):
             moving = "moving" in a.path
             assert np.array_equal(np.asarray(a), np.asarray(b)) != moving, a.path
+
+
+def predicts_colour_images_only(model_dir, config, tmp_path):
+    """A model trained on colour patches segments a colour image and refuses a grey one."""
+    import predict_lovasz_loss
+    assert config["color_mode"] == "rgb" and config["image_channels"] == 3
+    assert config["preprocessing"]["mean"] == [120.0] * 3
+    (tmp_path / "mine").mkdir()
+    img, _ = synthetic_patch(np.random.default_rng(5))
+    cv2.imwrite(str(tmp_path / "mine" / "colour.png"), np.dstack([img, 255 - img, img // 2]))
+    predict = ["--model-dir", str(model_dir), "--work-dir", str(tmp_path / "work"),
+               "--input", str(tmp_path / "mine")]
+    predict_lovasz_loss.main(predict)
+    mask = cv2.imread(str(tmp_path / "work" / "predict" / "mine" / "colour.png"),
+                      cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (SIZE, SIZE) and mask.max() < 3
+    cv2.imwrite(str(tmp_path / "mine" / "grey.png"), img)
+    with pytest.raises(train.PipelineError, match="grey image but the model was trained on"):
+        predict_lovasz_loss.main(predict)
 
 
 def test_interrupted_training_resumes(tmp_path):
