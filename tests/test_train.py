@@ -13,7 +13,8 @@ import train_unet_xception_resnetblock as train  # noqa: E402
 import training_callbacks  # noqa: E402
 from outputs import sha256_of  # noqa: E402
 from metrics import confusion_matrix, iou_per_class  # noqa: E402
-from synthetic_patches import SIZE, held_out, make_patch_set, mean_iou, synthetic_patch  # noqa: E402
+from synthetic_patches import (SIZE, held_out, make_patch_set, mean_iou,  # noqa: E402
+                               synthetic_patch)
 
 pytestmark = pytest.mark.trains
 
@@ -111,11 +112,11 @@ def test_bad_inputs_are_clear_errors(tmp_path):
                     "--weights", "none", "--init-model", str(tmp_path / "data")])
 
 
-def short_run(root, *extra, classes="background\nbead\ncell\n"):
+def short_run(root, *extra):
     """One epoch of 2 steps on 40 patches; SWA and precise BN off and float32 unless extra
     says otherwise (a later option wins)."""
     (root / "data").mkdir(parents=True, exist_ok=True)
-    (root / "data" / "classes.txt").write_text(classes)
+    (root / "data" / "classes.txt").write_text("background\nbead\ncell\n")
     if not (root / "work").exists():
         make_patch_set(root / "work", 40)
     train.main(["--data-dir", str(root / "data"), "--work-dir", str(root / "work"),
