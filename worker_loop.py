@@ -108,12 +108,11 @@ class WorkerLoop:
         self.model.stop_training = bool(agreed[1])
 
     def _build(self, dataset):
-        """Model, loss, metrics and optimizer state built before the first step, as fit
-        does (Keras' own symbolic build), so no variable is made inside a replica."""
+        """Model, loss and metrics built before the first step, as fit does (Keras' own
+        symbolic build), so no variable is made inside a replica; the training script has
+        built the optimizer."""
         with self.strategy.scope():
             self.model._symbolic_build(data_batch=next(iter(dataset)))
-            if not self.model.optimizer.built:
-                self.model.optimizer.build(self.model.trainable_variables)
 
     def results(self):
         return {k: float(np.asarray(v)) for k, v in self.model.get_metrics_result().items()}

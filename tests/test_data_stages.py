@@ -11,7 +11,7 @@ import pytest
 import gen_img_aug
 import pre_processing
 from image_io import read_image, read_label
-from geometry import dihedral, inverse_dihedral
+from geometry import dihedral, inverse_dihedral, reflect_pad
 from patch_preprocessing import preprocess_patch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,8 +335,7 @@ def test_prediction_prepares_a_tile_as_training_decodes_its_patch(tmp_path, colo
                                             3 if color_mode == "rgb" else 1, len(rows))))[0]
     for (_, image, y, x, k), patch in zip(rows, np.asarray(decoded)):
         frame = predict_lovasz_loss.model_image(data / "src" / f"{image}.png", color_mode)
-        frame = np.pad(frame, [(0, max(0, 48 - frame.shape[0])), (0, max(0, 48 - frame.shape[1]))]
-                       + [(0, 0)] * (frame.ndim - 2), mode="symmetric")
+        frame = reflect_pad(frame, 48, 48)
         tile = dihedral(frame[int(y):int(y) + 48, int(x):int(x) + 48], int(k))
         np.testing.assert_array_equal(prepare(tile), patch)
         if color_mode == "rgb":    # so that a swap of channels would show
