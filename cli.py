@@ -43,6 +43,11 @@ def read_name_list(path, what="name list"):
     return [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
 
 
+# Label value of pixels left out of training's loss and metrics and of prediction's scores
+# ("unsure" regions); never a class, so a label holds at most 255 classes.
+IGNORE_LABEL = 255
+
+
 def read_classes(data_dir):
     path = Path(data_dir) / "classes.txt"
     if not path.is_file():
@@ -54,8 +59,9 @@ def read_classes(data_dir):
                             "object class are needed")
     if len(set(names)) != len(names):
         raise PipelineError(f"{path} lists a class name twice; each line must be a new class")
-    if len(names) > 256:
-        raise PipelineError(f"{path} lists {len(names)} classes; a uint8 label holds 256 at most")
+    if len(names) > IGNORE_LABEL:
+        raise PipelineError(f"{path} lists {len(names)} classes; a uint8 label holds "
+                            f"{IGNORE_LABEL} at most ({IGNORE_LABEL} marks pixels to ignore)")
     return names
 
 

@@ -3,17 +3,22 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import IGNORE_LABEL
+
 # One colour per class index for masks and figures (RGB). Index 1 green and 2 red
 # follow the paper's contour colours for beads and cells.
 PALETTE = np.array(
     [(0, 0, 0), (0, 200, 0), (220, 30, 30), (30, 90, 230), (240, 200, 0),
      (200, 0, 200), (0, 200, 200), (255, 128, 0), (128, 128, 255), (128, 64, 0)],
     dtype=np.uint8)
+IGNORE_COLOUR = np.array((128, 128, 128), np.uint8)
 
 
 def colorize(mask):
-    """RGB picture of a class-index mask."""
-    return PALETTE[np.asarray(mask) % len(PALETTE)]
+    """RGB picture of a class-index mask; ignored pixels (IGNORE_LABEL) grey."""
+    mask = np.asarray(mask)
+    return np.where((mask == IGNORE_LABEL)[..., None], IGNORE_COLOUR,
+                    PALETTE[mask % len(PALETTE)])
 
 
 def pyplot():

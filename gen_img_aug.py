@@ -11,7 +11,9 @@ Writes  <work-dir>/split.json, train.txt, test.txt      the split, reproducible 
 Each patch is a random crop of a random training image with one of the 8 rotations/flips.
 With --foreground-fraction F, a fraction F of the patches (chosen at random) are instead
 random crops that contain a randomly chosen foreground pixel (any class but 0), which gives
-sparse objects more of the training signal. Patch i depends only on (--seed, i) and the
+sparse objects more of the training signal. Label value 255 marks pixels to ignore ("unsure"
+regions, see labelme_to_label.py --ignore-labels): it is neither a class nor foreground, and
+training and scoring leave those pixels out. Patch i depends only on (--seed, i) and the
 images, so the output is the same for any --workers.
 """
 import argparse
@@ -20,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option, check_label_values,
-                      copy_frame, describe_intensity, find_label, list_images, parse_intensity,
-                      read_image, read_label, write_image)
+from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,
+                      check_label_values, copy_frame, describe_intensity, find_label, list_images,
+                      parse_intensity, read_image, read_label, write_image)
 from outputs import atomic_write_text, remove_leftovers, staged_output, write_json
-from cli import (PipelineError, finite_float, positive_int, read_classes, refuse_file,
-                 read_name_list, run_cli, WORK_DIR)
+from cli import (IGNORE_LABEL, PipelineError, finite_float, positive_int, read_classes,
+                 refuse_file, read_name_list, run_cli, WORK_DIR)
 from figures import colorize, save_figure, pyplot
 from geometry import dihedral, reflect_pad
 from parallel import default_workers, parallel_map
@@ -210,10 +212,12 @@ class ImageCache:
         return self._entry(image)[:2]
 
     def foreground(self, image):
-        """Flat indices of the image's non-background pixels in its padded frame."""
+        """Flat indices of the image's class pixels other than background in its padded
+        frame."""
         entry = self._entry(image)
         if len(entry) == 2:
-            entry.append(np.flatnonzero(entry[1]).astype(np.int32))
+            label = entry[1]
+            entry.append(np.flatnonzero((label > 0) & (label != IGNORE_LABEL)).astype(np.int32))
         return entry[2]
 
     def _entry(self, image):
@@ -287,17 +291,19 @@ def plot_samples(table, names, classes, path, pdf=False, count=4, intensity=DEFA
     from matplotlib.patches import Patch
     names = names[:count]
     fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.2), squeeze=False)
+    shown = dict(enumerate(classes))
     for col, name in enumerate(names):
         img_path, lbl_path, _ = table[name]
-        img = read_image(img_path, intensity)
+        img, label = read_image(img_path, intensity), read_label(lbl_path)
         axes[0, col].imshow(img, cmap="gray" if img.ndim == 2 else None)
         axes[0, col].set_title(name, fontsize=9)
-        axes[1, col].imshow(colorize(read_label(lbl_path)), interpolation="nearest")
+        axes[1, col].imshow(colorize(label), interpolation="nearest")
+        if (label == IGNORE_LABEL).any():
+            shown[IGNORE_LABEL] = "ignored"
         for ax in axes[:, col]:
             ax.set_axis_off()
-    handles = [Patch(color=np.array(colorize(np.array([i])))[0] / 255, label=c)
-               for i, c in enumerate(classes)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(classes), frameon=False)
+    handles = [Patch(color=colorize(value) / 255, label=name) for value, name in shown.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     fig.suptitle("Sample images (top) and annotations (bottom)")
     save_figure(fig, path, pdf)
 

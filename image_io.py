@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from outputs import atomic_write_bytes
-from cli import PipelineError
+from cli import IGNORE_LABEL, PipelineError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABEL_EXTS = (".png", ".npy")
@@ -458,11 +458,16 @@ def _palette_indices(path):
         return None
 
 
-def check_label_values(label, num_classes, path, classes_file):
-    if label.max() >= num_classes:
-        raise PipelineError(f"label {path} holds class {int(label.max())} but {classes_file} "
-                            f"lists only {num_classes} classes (0..{num_classes - 1}); add the "
-                            "missing class names there or fix the label")
+def check_label_values(label, num_classes, path, classes_source):
+    """Every value is one of the num_classes classes that classes_source (a classes.txt, the
+    model) lists, or IGNORE_LABEL."""
+    values = np.unique(label)
+    wrong = values[(values >= num_classes) & (values != IGNORE_LABEL)]
+    if len(wrong):
+        raise PipelineError(f"label {path} holds class {int(wrong[0])} but {classes_source} "
+                            f"lists only {num_classes} classes (0..{num_classes - 1}; "
+                            f"{IGNORE_LABEL} marks pixels to ignore); fix the label or the class "
+                            "list")
 
 
 # ---------------------------------------------------------------- writing

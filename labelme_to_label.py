@@ -7,8 +7,13 @@ Reads   <input>/*.json                   LabelMe files; each finds its image thr
                                          is its class's line number (0-based)
 Writes  <data-dir>/src/<name>.png        the image, grey or colour as stored; not rewritten
                                          when imagePath already is <data-dir>/src/<name>.*
-        <data-dir>/label/<name>.png      uint8 class index per pixel, 0 = background
+        <data-dir>/label/<name>.png      uint8 class index per pixel, 0 = background,
+                                         255 = ignored (shapes of an --ignore-labels label)
 where <name> is the JSON file's name without .json.
+
+Regions an annotator is unsure of can be drawn with a label named in --ignore-labels (for
+example "unsure"): their pixels become 255, which training leaves out of the loss and
+metrics and prediction leaves out of its scores. Such a label is not a class.
 
 Shapes: polygon, rectangle (two opposite corners), circle (centre and a point on the
 rim), line and linestrip (--line-width wide, round ends), point (a disc of
@@ -33,8 +38,8 @@ from tqdm import tqdm
 from image_io import (IMAGE_EXTS, decode_image, lossless_suffix, read_raw_image,
                       write_image)
 from outputs import staged_output
-from cli import (PipelineError, positive_float, read_classes, read_json, refuse_file, run_cli,
-                 WORK_DIR)
+from cli import (IGNORE_LABEL, PipelineError, positive_float, read_classes, read_json,
+                 refuse_file, run_cli, WORK_DIR)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -74,7 +79,18 @@ def parse_args(argv=None):
                    help="append labels missing from classes.txt to it, in order of first "
                         "appearance, instead of stopping with an error (a missing classes.txt "
                         "is then started with 'background')")
+    g.add_argument("--ignore-labels", type=label_names, default=[], metavar="NAME[,NAME...]",
+                   help=f"LabelMe labels whose shapes mark pixels to ignore (for example "
+                        f"'unsure'): drawn as {IGNORE_LABEL}, left out of training and scoring; "
+                        "not classes, so not in classes.txt (default: none)")
     return p.parse_args(argv)
+
+
+def label_names(text):
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated label names, got {text!r}")
+    return names
 
 
 # ---------------------------------------------------------------- rasterization
@@ -205,7 +221,7 @@ def rasterize_shapes(shapes, height, width, class_index, line_width=DEFAULT_LINE
                      point_radius=DEFAULT_POINT_RADIUS):
     """Class-index label (uint8, height x width) of LabelMe shapes, later shapes on top.
 
-    class_index maps each label name to its class number.
+    class_index maps each label name to its class number (IGNORE_LABEL for ignored ones).
     """
     label = np.zeros((height, width), np.uint8)
     for shape in shapes:
@@ -276,32 +292,39 @@ def load_image(json_path, data, allowed_roots=None):
     return img
 
 
-def unknown_labels(annotations, classes):
-    """Labels missing from classes, in order of first appearance, with their first file."""
+def unknown_labels(annotations, known):
+    """Labels missing from known, in order of first appearance, with their first file."""
     missing = {}
     for json_path, data in annotations.items():
         for shape in data["shapes"]:
             name = shape.get("label")
             if not isinstance(name, str) or not name:
                 raise PipelineError(f"{json_path}: a shape has no label")
-            if name not in classes and name not in missing:
+            if name not in known and name not in missing:
                 missing[name] = json_path
     return missing
 
 
-def resolve_classes(data_dir, annotations, add_unknown):
-    """(class names after checking every label, whether unknown ones were appended)."""
+def resolve_classes(data_dir, annotations, add_unknown, ignored=()):
+    """(class names after checking every label, whether unknown ones were appended).
+
+    Labels in ignored are neither classes nor unknown."""
     classes_path = Path(data_dir) / "classes.txt"
     classes = read_classes(data_dir) if classes_path.is_file() or not add_unknown \
         else ["background"]
-    missing = unknown_labels(annotations, classes)
+    both = [name for name in ignored if name in classes]
+    if both:
+        raise PipelineError(f"{both[0]!r} is both a class in {classes_path} and an "
+                            "--ignore-labels label; remove it from one of them")
+    missing = unknown_labels(annotations, [*classes, *ignored])
     if missing and not add_unknown:
         name, json_path = next(iter(missing.items()))
         raise PipelineError(f"{json_path}: label {name!r} is not in {classes_path} (known classes: "
                             f"{', '.join(classes)}); add it there or use --add-unknown-classes")
     classes = classes + list(missing)
-    if len(classes) > 256:
-        raise PipelineError(f"{len(classes)} classes do not fit in a uint8 label")
+    if len(classes) > IGNORE_LABEL:
+        raise PipelineError(f"{len(classes)} classes do not fit in a uint8 label with "
+                            f"{IGNORE_LABEL} kept for ignored pixels")
     return classes, list(missing)
 
 
@@ -340,12 +363,16 @@ def convert(json_path, data, class_index, data_dir, line_width, point_radius, st
     except PipelineError as err:
         raise PipelineError(f"{json_path}: {err}") from None
     write_pair(json_path, data, image, label, data_dir, staging)
-    return np.bincount(label.ravel(), minlength=len(class_index))
+    return np.bincount(label.ravel(), minlength=IGNORE_LABEL + 1)
 
 
 def summary(counts, classes, n_images, label_dir):
+    """One line: pixels per class, and the ignored pixels when there are any."""
     total = max(int(counts.sum()), 1)
     parts = ", ".join(f"{c} {int(n)} ({n / total:.1%})" for c, n in zip(classes, counts))
+    ignored = int(counts[IGNORE_LABEL])
+    if ignored:
+        parts += f"; ignored {ignored} ({ignored / total:.1%})"
     return f"{n_images} image(s) -> {label_dir}; pixels per class: {parts}"
 
 
@@ -364,9 +391,11 @@ def main(argv=None):
     annotations = {p: load_annotation(p) for p in json_paths}
     for json_path, data in annotations.items():
         check_image_source(json_path, data, allowed_roots)
-    classes, added = resolve_classes(data_dir, annotations, args.add_unknown_classes)
+    classes, added = resolve_classes(data_dir, annotations, args.add_unknown_classes,
+                                     args.ignore_labels)
     class_index = {name: i for i, name in enumerate(classes)}
-    counts = np.zeros(len(classes), np.int64)
+    class_index.update((name, IGNORE_LABEL) for name in args.ignore_labels)
+    counts = np.zeros(IGNORE_LABEL + 1, np.int64)
     # Every file is converted into a staging folder first: one bad file leaves data/ as it was.
     with staged_output(data_dir, merge=True) as staging:
         (staging / "src").mkdir()

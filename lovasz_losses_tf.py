@@ -198,22 +198,28 @@ class BceDiceLoss(keras.losses.Loss):
     """Binary cross-entropy plus soft Dice loss, one-vs-rest over softmax probabilities.
 
     The paper's comparison baseline for segmentation losses: mean per-class binary
-    cross-entropy plus 1 - mean per-class soft Dice (smoothed by `smooth`).
+    cross-entropy plus 1 - mean per-class soft Dice (smoothed by `smooth`), both over the
+    pixels whose label is not `ignore`.
     """
 
-    def __init__(self, smooth=1.0, name="bce_dice", **kwargs):
+    def __init__(self, smooth=1.0, ignore=None, name="bce_dice", **kwargs):
         super().__init__(name=name, **kwargs)
         self.smooth = smooth
+        self.ignore = ignore
 
     def call(self, y_true, y_pred):
+        labels = _labels_hw(y_true)
         probas = tf.nn.softmax(tf.cast(y_pred, tf.float32), axis=-1)
-        onehot = tf.one_hot(_labels_hw(y_true), tf.shape(probas)[-1], dtype=tf.float32)
-        bce = tf.reduce_mean(keras.losses.binary_crossentropy(onehot, probas))
+        valid = tf.cast(_valid_pixels(labels, self.ignore), tf.float32)
+        onehot = tf.one_hot(labels, tf.shape(probas)[-1], dtype=tf.float32)
+        pixel_bce = keras.losses.binary_crossentropy(onehot, probas)
+        bce = tf.math.divide_no_nan(tf.reduce_sum(pixel_bce * valid), tf.reduce_sum(valid))
         axes = [0, 1, 2]
+        probas = probas * valid[..., None]
         intersection = tf.reduce_sum(onehot * probas, axis=axes)
         total = tf.reduce_sum(onehot, axis=axes) + tf.reduce_sum(probas, axis=axes)
         dice = (2.0 * intersection + self.smooth) / (total + self.smooth)
         return bce + 1.0 - tf.reduce_mean(dice)
 
     def get_config(self):
-        return {**super().get_config(), "smooth": self.smooth}
+        return {**super().get_config(), "smooth": self.smooth, "ignore": self.ignore}

@@ -43,7 +43,8 @@ IoU: per image and class, IoU = TP / (TP + FP + FN). A class absent from both th
 and the prediction of an image scores 1; absent from the label but predicted, 0. The
 dataset IoU of a class comes from the confusion matrix summed over all images (not the
 mean of per-image IoUs); mean_iou averages the classes, background included. Label
-values of num_classes or more (e.g. 255) are ignored.
+value 255 marks pixels left out of the scores ("unsure" regions); any other value must be
+one of the model's classes.
 
 Whole slides: a TIFF frame of more than --stream-above megapixels (default 16) is never
 whole in memory. Its rows are decoded as the tiles reach them, the intensity range comes
@@ -70,7 +71,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,  # noqa: E402
-                      describe_intensity, find_label, list_images, parse_intensity,
+                      check_label_values, describe_intensity, find_label, list_images, parse_intensity,
                       pixel_size_um, read_image, read_label, to_color_mode, write_image,
                       write_tiff)
 from hardware import add_precision_option, use_precision  # noqa: E402
@@ -516,7 +517,7 @@ class FrameRun:
         write_outputs(staging, out, name, source, img, mask, probs, self.classes, self.args)
         if label_path is None:
             return None
-        return confusion_matrix(frame_label(label_path, mask.shape, source), mask,
+        return confusion_matrix(frame_label(label_path, mask.shape, source, self.classes), mask,
                                 len(self.classes))
 
     def streamed(self, staging, out, name, source, label_path):
@@ -524,7 +525,8 @@ class FrameRun:
         with open_tiff_rows(source) as reader:
             check_color_mode(len(reader.shape), source, self.color_mode)
             frame = StreamedFrame(reader, self.intensity, self.color_mode, f"image {source}")
-            label = frame_label(label_path, frame.shape, source) if label_path else None
+            label = (frame_label(label_path, frame.shape, source, self.classes) if label_path
+                     else None)
             overview = Overview(frame.shape)
             cm = np.zeros((len(self.classes),) * 2, np.int64)
 
@@ -542,11 +544,13 @@ class FrameRun:
         return cm if label is not None else None
 
 
-def frame_label(label_path, shape, source):
+def frame_label(label_path, shape, source, classes):
+    """The frame's label, checked against its size and the model's classes."""
     label = read_label(label_path)
     if label.shape != tuple(shape):
         raise PipelineError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but "
                             f"{source} is {shape[1]}x{shape[0]}")
+    check_label_values(label, len(classes), label_path, "the model")
     return label
 
 

@@ -45,9 +45,9 @@ from distribute import STRATEGIES  # noqa: E402
 from hardware import add_precision_option, use_precision  # noqa: E402
 from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
 from outputs import atomic_write_text, remove_leftovers, sha256_of, write_json  # noqa: E402
-from cli import (PipelineError, existing_folder, finite_float, non_negative_float,  # noqa: E402
-                 positive_float, positive_int, read_classes, read_json, refuse_file, run_cli,
-                 WORK_DIR)
+from cli import (IGNORE_LABEL, PipelineError, existing_folder, finite_float,  # noqa: E402
+                 non_negative_float, positive_float, positive_int, read_classes, read_json,
+                 refuse_file, run_cli, WORK_DIR)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
@@ -258,7 +258,7 @@ def check_patch_labels(work, names, classes, data_dir, recorded):
                                 f"{recorded['classes']} ({work / 'split.json'}) but {classes_file} "
                                 f"lists {classes}; give the --data-dir they came from, or rerun "
                                 "gen_img_aug.py")
-        values = recorded.get("label_values") or [0]
+        values = [v for v in recorded.get("label_values") or [0] if v != IGNORE_LABEL] or [0]
         if max(values) >= len(classes):
             raise PipelineError(f"the labels of {work} hold class {max(values)} but "
                                 f"{classes_file} lists only {len(classes)} classes; fix "
@@ -418,17 +418,19 @@ def patch_dataset(work, names, channels, batch_size, shuffle_seed=None, with_lab
 # ---------------------------------------------------------------- loss, optimizer, metrics
 
 def make_loss(name, num_classes, lovasz_on):
+    """The loss by its option name; every one leaves IGNORE_LABEL pixels out."""
     import keras
     from lovasz_losses_tf import BceDiceLoss, LovaszHingeLoss, LovaszSoftmaxLoss
     if name == "lovasz-softmax":
         # The network outputs logits: the loss applies softmax itself unless told to
         # take the logits as they are.
-        return LovaszSoftmaxLoss(from_logits=lovasz_on == "probabilities")
+        return LovaszSoftmaxLoss(from_logits=lovasz_on == "probabilities", ignore=IGNORE_LABEL)
     if name == "lovasz-hinge":   # two classes: checked by check_inputs
-        return LovaszHingeLoss()
+        return LovaszHingeLoss(ignore=IGNORE_LABEL)
     if name == "cross-entropy":
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    return BceDiceLoss()
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                          ignore_class=IGNORE_LABEL)
+    return BceDiceLoss(ignore=IGNORE_LABEL)
 
 
 def make_optimizer(args, learning_rate):

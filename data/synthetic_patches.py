@@ -23,14 +23,18 @@ def synthetic_patch(rng):
     return np.clip(img, 0, 255).astype(np.uint8), lbl
 
 
-def make_patch_set(work, count, seed=0, color=False):
+def make_patch_set(work, count, seed=0, color=False, unsure=False):
     """A work folder as gen_img_aug.py + pre_processing.py leave it (prep = raw here); with
-    color, as pre_processing.py --color-mode rgb leaves it, each channel a different tone."""
+    color, as pre_processing.py --color-mode rgb leaves it, each channel a different tone; with
+    unsure, a random 16 px square of each label marked to ignore (255)."""
     rng = np.random.default_rng(seed)
     for sub in ("prep", "label"):
         (work / "train" / sub).mkdir(parents=True)
     for i in range(count):
         img, lbl = synthetic_patch(rng)
+        if unsure:
+            y, x = rng.integers(0, SIZE - 16, 2)
+            lbl[y:y + 16, x:x + 16] = 255
         if color:
             img = np.dstack([img, 255 - img, img // 2])
         cv2.imwrite(str(work / "train" / "prep" / f"{i:06d}.png"), img)

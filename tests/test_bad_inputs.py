@@ -357,7 +357,7 @@ def test_label_with_a_class_beyond_classes_txt_is_refused(tmp_path, capsys):
     before = snapshot(tmp_path)
     code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
     line = refusal_line(code, err, data / "label" / "b.png", data / "classes.txt",
-                        "add the missing class")
+                        "fix the label or the class list")
     assert "class 5" in line
     assert_unchanged(tmp_path, before)
 

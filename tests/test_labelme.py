@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import labelme_to_label as l2l
-from cli import PipelineError, read_classes
+from cli import IGNORE_LABEL, PipelineError, read_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["background", "bead", "cell"]
@@ -193,6 +193,40 @@ def test_colour_stays_colour_and_image_already_in_src_is_not_rewritten(tmp_path)
     assert sorted(p.name for p in (data / "src").iterdir()) == ["c.jpg"]
     assert (data / "src" / "c.jpg").stat().st_mtime_ns == before
     assert (data / "label" / "c.png").is_file()
+
+
+def test_unsure_regions_become_ignored_pixels_that_patches_never_aim_at(tmp_path, capsys):
+    """--ignore-labels draws its shapes as IGNORE_LABEL, which is no class; gen_img_aug.py
+    keeps those pixels, records the value, and --foreground-fraction 1 aims every patch at a
+    class pixel, never at an ignored one."""
+    import gen_img_aug
+    unsure = shape("unsure", [[20, 4], [58, 38]], "rectangle")
+    data, labelme = make_project(tmp_path, {
+        "a": [shape("cell", [[2, 30], [6, 34]], "rectangle"), unsure],
+        "b": [shape("bead", [[2, 2], [6, 6]], "rectangle"), unsure,
+              shape("skip", [[0, 0], [1, 1]], "rectangle")]})
+    run_main(data, labelme, "--ignore-labels", "unsure,skip")
+    assert "; ignored 2585 (53.9%)" in capsys.readouterr().out     # 38 x 34 twice, and 1
+    assert read_classes(data) == CLASSES
+    a = cv2.imread(str(data / "label" / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert (a == IGNORE_LABEL).sum() == 38 * 34 and (a == 2).sum() == 16
+
+    work = tmp_path / "work"
+    gen_img_aug.main(["--data-dir", str(data), "--work-dir", str(work), "--num-patches", "30",
+                      "--patch-size", "32", "--foreground-fraction", "1", "--workers", "1"])
+    assert json.loads((work / "split.json").read_text())["label_values"] == [0, 1, 2,
+                                                                            IGNORE_LABEL]
+    patches = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+               for p in (work / "train" / "label").glob("*.png")]
+    assert any((p == IGNORE_LABEL).any() for p in patches)
+    assert all(((p > 0) & (p < IGNORE_LABEL)).any() for p in patches)
+
+
+def test_an_ignored_label_that_is_also_a_class_is_refused(tmp_path):
+    data, labelme = make_project(tmp_path, {"a": [shape("cell", [[1, 1], [9, 9]], "rectangle")]})
+    with pytest.raises(PipelineError, match="'cell' is both a class in .* and an --ignore-label"):
+        run_main(data, labelme, "--ignore-labels", "cell")
+    assert not (data / "label").exists()
 
 
 # ---------------------------------------------------------------- command line

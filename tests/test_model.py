@@ -214,14 +214,17 @@ def test_optimizer_config_round_trip(learning_rate):
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_logged_iou_is_the_iou_of_the_summed_confusion_matrix(jit_compile):
     """Over several batches, under XLA too (--jit-compile on), ConfusionIoU gives what
-    prediction's report computes from the same predictions."""
+    prediction's report computes from the same predictions, ignored pixels left out."""
+    from cli import IGNORE_LABEL
     from metrics import confusion_matrix, iou_per_class
     rng = np.random.default_rng(5)
     x = rng.random((6, 8, 8, 2)).astype("float32")
     y = rng.integers(0, 3, (6, 8, 8))
+    y[rng.random(y.shape) < 0.3] = IGNORE_LABEL
     inputs = keras.Input((8, 8, 2))
     net = keras.Model(inputs, keras.layers.Conv2D(3, 1)(inputs))
-    net.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    net.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                                ignore_class=IGNORE_LABEL),
                 metrics=[M.ConfusionIoU(3), M.ConfusionIoU(3, 1, name="iou_1")],
                 jit_compile=jit_compile)
     logs = net.evaluate(x, y, batch_size=4, return_dict=True, verbose=0)   # batches of 4 and 2

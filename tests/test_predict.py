@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import get_contour
 import predict_lovasz_loss as P
 import whole_slide as W
 from outputs import sha256_of
-from cli import PipelineError
+from cli import IGNORE_LABEL, PipelineError
 from geometry import reflect_pad
 from metrics import confusion_matrix, iou_per_class
 
@@ -319,14 +320,17 @@ def write_config(folder, color_mode, decision):
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    """A test set of a 70x90 grey and a 64x64 colour image with labels."""
+    """A test set of a 70x90 grey and a 64x64 colour image with labels, a corner of a's
+    marked to ignore."""
     rng = np.random.default_rng(0)
     work = tmp_path_factory.mktemp("work")
     for sub in ("test/src", "test/label", "mine"):
         (work / sub).mkdir(parents=True)
     cv2.imwrite(str(work / "test/src/a.png"), rng.integers(0, 255, (70, 90), dtype=np.uint8))
     cv2.imwrite(str(work / "test/src/b.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    cv2.imwrite(str(work / "test/label/a.png"), rng.integers(0, 3, (70, 90), dtype=np.uint8))
+    label = rng.integers(0, 3, (70, 90), dtype=np.uint8)
+    label[:20, :30] = IGNORE_LABEL
+    cv2.imwrite(str(work / "test/label/a.png"), label)
     cv2.imwrite(str(work / "test/label/b.png"), rng.integers(0, 3, (64, 64), dtype=np.uint8))
     cv2.imwrite(str(work / "mine/c.tif"), rng.integers(0, 255, (33, 100), dtype=np.uint8))
     return work
@@ -354,8 +358,9 @@ def test_real_model_on_the_test_set(model_dir, work):
     with open(out / "iou.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["image"] for r in table] == ["a", "b", "dataset"]
-    total = sum(confusion_matrix(cv2.imread(str(work / f"test/label/{n}.png"), 0), masks[n], 3)
-                for n in ("a", "b"))
+    labels = {n: cv2.imread(str(work / f"test/label/{n}.png"), 0) for n in ("a", "b")}
+    scored = {n: labels[n] != IGNORE_LABEL for n in labels}     # the ignored corner left out
+    total = sum(confusion_matrix(labels[n][scored[n]], masks[n][scored[n]], 3) for n in labels)
     expected = iou_per_class(total)
     assert [float(table[-1][f"iou_{c}"]) for c in CLASSES] == pytest.approx(expected, abs=1e-6)
     assert json.loads((out / "iou.json").read_text())["dataset"]["mean_iou"] == \
@@ -367,6 +372,18 @@ def test_real_model_on_the_test_set(model_dir, work):
     get_contour.main(["--work-dir", str(work), "--min-area", "2"])
     assert (work / "test" / "contours" / "a_contour.png").is_file()
     assert (work / "figures" / "panel_b.png").is_file()
+
+
+def test_a_label_with_a_class_the_model_lacks_is_refused(model_dir, work, tmp_path):
+    copy = tmp_path / "work"
+    for sub in ("src", "label"):
+        shutil.copytree(work / "test" / sub, copy / "test" / sub)
+    label = cv2.imread(str(copy / "test/label/b.png"), 0)
+    label[3, 4] = 7
+    cv2.imwrite(str(copy / "test/label/b.png"), label)
+    with pytest.raises(PipelineError, match=r"b\.png holds class 7 but the model lists only 3"):
+        P.main(["--work-dir", str(copy), "--model-dir", str(model_dir)])
+    assert not (copy / "test" / "predict").exists()
 
 
 def test_real_model_on_a_users_folder(model_dir, work, tmp_path):

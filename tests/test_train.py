@@ -11,6 +11,7 @@ keras = pytest.importorskip("keras")
 
 import train_unet_xception_resnetblock as train  # noqa: E402
 import training_callbacks  # noqa: E402
+from cli import IGNORE_LABEL  # noqa: E402
 from outputs import sha256_of  # noqa: E402
 from metrics import confusion_matrix, iou_per_class  # noqa: E402
 from synthetic_patches import (SIZE, held_out, make_patch_set, mean_iou,  # noqa: E402
@@ -112,6 +113,24 @@ def test_bad_inputs_are_clear_errors(tmp_path):
                     "--weights", "none", "--init-model", str(tmp_path / "data")])
 
 
+@pytest.mark.parametrize("loss", train.LOSSES)
+def test_every_loss_leaves_ignored_pixels_out(loss):
+    """A batch whose right halves are labelled IGNORE_LABEL has the loss of its left halves
+    alone, whatever the network predicts on the right."""
+    classes = 2 if loss == "lovasz-hinge" else 3
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(2, 6, 8, classes)).astype("float32")
+    labels = rng.integers(0, classes, (2, 6, 8))
+    labels[0, 0, 0], labels[1, 0, 0] = 1, 0      # both classes present on the left (hinge)
+    ignored = labels.copy()
+    ignored[:, :, 4:] = IGNORE_LABEL
+    fn = train.make_loss(loss, classes, "probabilities")
+    left = float(fn(labels[:, :, :4], logits[:, :, :4]))
+    assert float(fn(ignored, logits)) == pytest.approx(left, rel=1e-5)
+    logits[:, :, 4:] = rng.normal(scale=10, size=logits[:, :, 4:].shape)
+    assert float(fn(ignored, logits)) == pytest.approx(left, rel=1e-5)
+
+
 def short_run(root, *extra):
     """One epoch of 2 steps on 40 patches; SWA and precise BN off and float32 unless extra
     says otherwise (a later option wins)."""
@@ -127,7 +146,8 @@ def short_run(root, *extra):
 
 
 # Each run also takes options nothing else trains with: one training per combination.
-# cross-entropy-adam also trains on colour patches and then predicts.
+# cross-entropy-adam also trains on colour patches and then predicts. Every run's labels
+# hold ignored pixels.
 RUNS = {
     "cross-entropy-adam": ["--loss", "cross-entropy", "--optimizer", "adam",
                            "--save-format", "keras", "--schedule", "constant", "--lr", "0.002"],
@@ -139,8 +159,7 @@ RUNS = {
 
 @pytest.mark.parametrize("run", RUNS)
 def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, run):
-    if run == "cross-entropy-adam":
-        make_patch_set(tmp_path / "work", 40, color=True)
+    make_patch_set(tmp_path / "work", 40, color=run == "cross-entropy-adam", unsure=True)
     config = short_run(tmp_path, *RUNS[run])
     settings = config["settings"]
     loss, optimizer = run.rsplit("-", 1)
@@ -268,6 +287,12 @@ def test_labels_beyond_the_classes_are_refused_before_training(tmp_path):
     with pytest.raises(train.PipelineError, match="give the --data-dir they came from"):
         train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
                     "--weights", "none"])
+    # As recorded by gen_img_aug.py: ignored pixels (255) are no class; 2 is one too many.
+    record = {"classes": ["background", "bead"], "label_values": [0, 1, IGNORE_LABEL]}
+    train.check_patch_labels(tmp_path, [], record["classes"], tmp_path, record)
+    record["label_values"] = [0, 2, IGNORE_LABEL]
+    with pytest.raises(train.PipelineError, match="hold class 2 but"):
+        train.check_patch_labels(tmp_path, [], record["classes"], tmp_path, record)
 
 
 def test_resume_drops_log_rows_the_backup_lacks(tmp_path):
@@ -318,13 +343,14 @@ def test_fine_tuning_starts_from_the_trained_model(trained_model, tmp_path):
     two = tmp_path / "two_classes"
     two.mkdir()
     (two / "classes.txt").write_text("background\nparticle\n")
-    make_patch_set(tmp_path / "work2", 40)
+    make_patch_set(tmp_path / "work2", 40, unsure=True)
     two_args = ["--data-dir", str(two), "--work-dir", str(tmp_path / "work2"), "--weights",
                 "none", "--val-steps", "1", "--bn-batches", "2", "--verbose", "0", *frozen,
                 "--loss", "lovasz-hinge", "--init-model", str(source_dir),
                 "--model-dir", str(tmp_path / "new")]
     for path in (tmp_path / "work2" / "train" / "label").glob("*.png"):   # classes 0 and 1
-        cv2.imwrite(str(path), (cv2.imread(str(path), 0) > 0).astype(np.uint8))
+        label = cv2.imread(str(path), 0)
+        cv2.imwrite(str(path), np.where(label == IGNORE_LABEL, label, label > 0).astype(np.uint8))
     with pytest.raises(train.PipelineError, match="--new-head"):
         train.main(two_args)
     train.main(two_args + ["--new-head"])
