@@ -143,34 +143,17 @@ def finish(procs, timeout=600):
     return outputs
 
 
-def test_two_workers_train_as_one_process(patch_work, one_device):
-    """Both workers end with the same weights, those of a one-process run on the same global
-    batch; the chief alone wrote the model folder, the other worker's scratch is gone."""
-    outputs = finish(start_workers(patch_work, "workers", "--epochs", "1",
-                                   "--steps-per-epoch", "1"))
-    digests = [line.split()[-1] for out in outputs for line in out.splitlines()
-               if line.startswith("final weights sha256")]
-    assert len(digests) == 2 and digests[0] == digests[1]
-    net = keras.saving.load_model(patch_work / "workers" / "snapshots" / "epoch_001.h5",
-                                  compile=False)
-    workers = [w.numpy() for w in net.trainable_weights]
-    one, _, apart = one_device
-    same = largest_difference(one, workers)
-    assert same < apart / 100, (same, apart)
-    config = json.loads((patch_work / "workers" / "config.json").read_text())
-    assert config["distribution"]["replicas"] == 2
-    assert config["distribution"]["global_batch"] == 4
-    assert not list(patch_work.glob(".workers.*"))
-
-
-def test_killed_worker_resumes(patch_work):
-    """kill -9 one worker after the first epoch; the other is stuck at the next all-reduce
-    and is killed too; the same two commands rerun finish the training from the backup."""
+def test_two_workers_train_as_one_process_and_resume_after_a_kill(patch_work, one_device):
+    """Two workers' first step is a one-process step on the same global batch. kill -9 one
+    worker after the first epoch; the other is stuck at the next all-reduce and is killed
+    too; the same two commands rerun finish the training from the backup, both workers end
+    with the same weights, the chief alone wrote the model folder and the other worker's
+    scratch is gone."""
     import time
-    model_dir = patch_work / "resumed"
-    extra = ("--epochs", "3", "--steps-per-epoch", "2")
-    procs = start_workers(patch_work, "resumed", *extra)
-    backups = [model_dir / "backup", patch_work / ".resumed.worker1" / "backup"]
+    model_dir = patch_work / "workers"
+    extra = ("--epochs", "3", "--steps-per-epoch", "1", "--keep-snapshots")
+    procs = start_workers(patch_work, "workers", *extra)
+    backups = [model_dir / "backup", patch_work / ".workers.worker1" / "backup"]
 
     def epochs_backed_up(folder):
         meta = folder / "training_metadata.json"
@@ -189,11 +172,20 @@ def test_killed_worker_resumes(patch_work):
     for p in procs:
         p.communicate()
     assert (model_dir / "backup").is_dir()
-    outputs = finish(start_workers(patch_work, "resumed", *extra))
+    outputs = finish(start_workers(patch_work, "workers", *extra))
     assert "(resuming)" in outputs[0]
     with open(model_dir / "log.csv") as f:
         epochs = [int(line.split(",")[0]) for line in f.read().splitlines()[1:]]
     assert epochs == [0, 1, 2]
+    digests = [line.split()[-1] for out in outputs for line in out.splitlines()
+               if line.startswith("final weights sha256")]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    net = keras.saving.load_model(model_dir / "snapshots" / "epoch_001.h5", compile=False)
+    one, _, apart = one_device
+    same = largest_difference(one, [w.numpy() for w in net.trainable_weights])
+    assert same < apart / 100, (same, apart)
     config = json.loads((model_dir / "config.json").read_text())
     assert config["result"]["epochs_done"] == 3
-    assert not (model_dir / "backup").exists() and not list(patch_work.glob(".resumed.*"))
+    assert config["distribution"]["replicas"] == 2
+    assert config["distribution"]["global_batch"] == 4
+    assert not (model_dir / "backup").exists() and not list(patch_work.glob(".workers.*"))
