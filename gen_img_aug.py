@@ -95,8 +95,8 @@ def labelled_images(data_dir, classes, intensity):
         if img.shape[:2] != lbl.shape:
             raise PipelineError(f"{img_path.name} is {img.shape[1]}x{img.shape[0]} but its label "
                                 f"{lbl_path.name} is {lbl.shape[1]}x{lbl.shape[0]}")
-        check_label_values(lbl, len(classes), lbl_path, Path(data_dir) / "classes.txt")
-        values.update(np.unique(lbl).tolist())
+        values.update(check_label_values(lbl, len(classes), lbl_path,
+                                         Path(data_dir) / "classes.txt").tolist())
         table[name] = (img_path, lbl_path, img.shape[:2])
     return table, sorted(values)
 

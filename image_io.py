@@ -459,8 +459,8 @@ def _palette_indices(path):
 
 
 def check_label_values(label, num_classes, path, classes_source):
-    """Every value is one of the num_classes classes that classes_source (a classes.txt, the
-    model) lists, or IGNORE_LABEL."""
+    """The label's values, sorted, after checking that each is one of the num_classes
+    classes that classes_source (a classes.txt, the model) lists, or IGNORE_LABEL."""
     values = np.unique(label)
     wrong = values[(values >= num_classes) & (values != IGNORE_LABEL)]
     if len(wrong):
@@ -468,6 +468,7 @@ def check_label_values(label, num_classes, path, classes_source):
                             f"lists only {num_classes} classes (0..{num_classes - 1}; "
                             f"{IGNORE_LABEL} marks pixels to ignore); fix the label or the class "
                             "list")
+    return values
 
 
 # ---------------------------------------------------------------- writing
