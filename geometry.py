@@ -1,6 +1,10 @@
 """The 8 rotations/flips of an image and reflect-padding to a minimum size."""
 import numpy as np
 
+# How training patches may be turned: "all" 8 rotations/flips (the paper's), or "none" for
+# images whose look depends on direction (DIC relief).
+ORIENTATIONS = ("all", "none")
+
 
 def dihedral(arr, k):
     """The k-th of the 8 rotations/flips (k in 0..7) of the first two axes."""

@@ -6,6 +6,7 @@ from pathlib import Path
 from image_io import COLOR_MODES, DEFAULT_INTENSITY, check_intensity
 from outputs import sha256_of
 from cli import PipelineError, read_json
+from geometry import ORIENTATIONS
 from patch_preprocessing import check_preprocessing
 
 # How a pixel's class is decided: the most probable class, or the original's rule for a
@@ -41,7 +42,17 @@ def read_config(model_dir):
     check_preprocessing(config["preprocessing"], f"{path}: preprocessing")
     # Models trained before the rule was recorded read non-8-bit images by today's default.
     config["intensity"] = check_intensity(config.get("intensity", DEFAULT_INTENSITY), path)
+    config["orientations"] = check_orientations(config.get("orientations", "all"), path)
     return config
+
+
+def check_orientations(value, where):
+    """A recorded --orientations of gen_img_aug.py, validated; "all" where none was recorded
+    (patches made before the option were always turned)."""
+    if value not in ORIENTATIONS:
+        raise PipelineError(f"{where}: 'orientations' must be one of {ORIENTATIONS}, not "
+                            f"{value!r}")
+    return value
 
 
 def model_file(model_dir, config, choice):

@@ -30,7 +30,8 @@ training patches were (z-score with the training statistics, min-max, histogram
 equalization, gamma), the tiles run through the model --batch-size at a time, and the
 class probabilities of overlapping tiles are averaged, weighted by a window that is
 largest at the tile centre (--blend gaussian) or flat (uniform). The padding is then
-cropped off. --tta also averages the 8 rotations/flips of every tile.
+cropped off. --tta also averages the 8 rotations/flips of every tile (for models trained on
+turned patches, gen_img_aug.py's default).
 
 Decision, as recorded in config.json by training:
   argmax         (default loss, Lovasz on softmax) the class of highest softmax probability.
@@ -140,7 +141,8 @@ def parse_args(argv=None):
                    help="tiles per model call (default: %(default)s)")
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the 8 rotations/flips of every tile "
-                        "(8x the compute; needs square tiles)")
+                        "(8x the compute; needs square tiles and a model trained on turned "
+                        "patches)")
     add_precision_option(g)
     g.add_argument("--stream-above", type=non_negative_float, default=STREAM_ABOVE_MP,
                    metavar="MEGAPIXELS",
@@ -604,6 +606,12 @@ def main(argv=None):
                             f"{args.stream_above:g} megapixels and is predicted band by band; "
                             "--save-probs and --to-labelme need frames that fit in memory")
     config = read_config(model_dir)
+    if args.tta and config["orientations"] == "none":
+        # Turned tiles are images this model never saw (DIC relief turned is relief no
+        # microscope makes): averaging over them blurs what it learned about direction.
+        raise PipelineError(f"--tta turns tiles, but {model_dir} was trained on patches in "
+                            "the microscope's orientation (gen_img_aug.py --orientations "
+                            "none); predict without --tta")
     classes, decision = config["classes"], config["decision"]
     intensity = args.intensity or config["intensity"]
     path = model_file(model_dir, config, args.weights)

@@ -48,6 +48,7 @@ from outputs import atomic_write_text, remove_leftovers, sha256_of, write_json  
 from cli import (IGNORE_LABEL, PipelineError, existing_folder, finite_float,  # noqa: E402
                  non_negative_float, positive_float, positive_int, read_classes, read_json,
                  refuse_file, run_cli, WORK_DIR)
+from model_folder import check_orientations  # noqa: E402
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
@@ -590,8 +591,10 @@ def init_from_model(model, path, new_head):
         mine.set_weights(theirs.get_weights())
 
 
-def write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
+def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, fingerprint,
                  precision, extra=None):
+    """config.json; `recorded` is (intensity rule, orientations) as gen_img_aug.py wrote them."""
+    intensity, orientations = recorded
     from model_folder import ARGMAX, SIGMOID_RULE
     old = model_dir / "config.json"
     hashes = read_json(old, "model config").get("sha256", {}) if old.is_file() else {}
@@ -600,7 +603,7 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, intensity,
         "classes": classes, "num_classes": len(classes),
         "input_shape": [*patch_shape, 3], "patch_size": list(patch_shape),
         "color_mode": stats["color_mode"], "image_channels": stats["channels"],
-        "intensity": intensity,
+        "intensity": intensity, "orientations": orientations,
         "preprocessing": {"mean": stats["mean"], "std": stats["std"], "gamma": stats["gamma"],
                           "input_scale": "prep / 255, grey repeated to 3 channels"},
         "decision": (SIGMOID_RULE if args.loss == "lovasz-softmax"
@@ -621,11 +624,12 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, intensity,
 
 def check_inputs(args, work):
     """Everything training needs, checked before the model folder changes:
-    (classes, statistics, split_patches(), patch shape, intensity rule, the --init-model file
-    and its sha256 or None)."""
+    (classes, statistics, split_patches(), patch shape, intensity rule, orientations, the
+    --init-model file and its sha256 or None)."""
     classes = read_classes(args.data_dir)
     stats = load_mean_std(work / f"{MEAN_STD_NAME}.json")
     recorded = work_record(work)
+    orientations = check_orientations(recorded.get("orientations", "all"), work / "split.json")
     split = split_patches(work, args.val_split, args.random_state, args.val_split_by,
                           recorded.get("stack_of"))
     check_patch_labels(work, split["train"] + split["val"], classes, args.data_dir, recorded)
@@ -641,7 +645,7 @@ def check_inputs(args, work):
     init = check_init_model(args, classes) if args.init_model else None
     if args.loss == "lovasz-hinge" and len(classes) != 2:
         raise PipelineError(f"--loss lovasz-hinge needs 2 classes, classes.txt has {len(classes)}")
-    return classes, stats, split, patch_shape, intensity, init
+    return classes, stats, split, patch_shape, intensity, orientations, init
 
 
 def main(argv=None):
@@ -650,7 +654,7 @@ def main(argv=None):
                            "run gen_img_aug.py and pre_processing.py first")
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
     refuse_file(model_dir, "--model-dir")
-    classes, stats, split, patch_shape, intensity, init = check_inputs(args, work)
+    classes, stats, split, patch_shape, intensity, orientations, init = check_inputs(args, work)
     train_names, val_names = split["train"], split["val"]
     fingerprint = settings_fingerprint(args, stats, split, init)
     plan = plan_model_folder(model_dir, fingerprint, args)
@@ -689,8 +693,8 @@ def main(argv=None):
     if plan == "resume":
         align_with_backup(model_dir)
     write_json(model_dir / "split.json", split)
-    write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
-                 precision, {"init_model": init, "distribution": distribution})
+    write_config(args, model_dir, classes, stats, patch_shape, split, (intensity, orientations),
+                 fingerprint, precision, {"init_model": init, "distribution": distribution})
     if resuming:
         # A kill between publishing a model file and recording its hash leaves a stale entry;
         # every published file is whole, so hashing them all again is safe.
@@ -750,8 +754,8 @@ def main(argv=None):
                                   args.bn_batches, swa_path)
         record_hashes(model_dir, [swa_path])
     state = read_json(state_path, "training state")
-    write_config(args, model_dir, classes, stats, patch_shape, split, intensity, fingerprint,
-                 precision, {
+    write_config(args, model_dir, classes, stats, patch_shape, split, (intensity, orientations),
+                 fingerprint, precision, {
         "init_model": init, "distribution": distribution,
         "result": {"best_val_loss": state["best_val_loss"], "epochs_done": state["epochs_done"],
                    "swa_of_epochs": len(snapshots[-args.swa_epochs:]) if args.swa_epochs else 0,

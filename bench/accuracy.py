@@ -3,12 +3,12 @@
 Runs the pipeline's own scripts one after another as subprocesses, exactly as a user would,
 in a work folder (temporary unless --work-dir):
   gen_img_aug.py     --data-dir DATASET --work-dir W --num-patches N --patch-size P
-                     --foreground-fraction F
+                     --foreground-fraction F --orientations auto
                      (the data set's test.txt fixes the held-out test images)
   pre_processing.py  --work-dir W --color-mode grey|rgb
   train_unet_xception_resnetblock.py --data-dir DATASET --work-dir W --weights none
                      --time-budget MIN --lr --epochs --steps-per-epoch --val-steps ...
-  predict_lovasz_loss.py --data-dir DATASET --work-dir W --weights best --tta
+  predict_lovasz_loss.py --data-dir DATASET --work-dir W --weights best [--tta]
 then scores the masks in W/test/predict against DATASET/label, on the test.txt images only:
 the confusion matrix summed over the images gives the per-class IoU, the mean IoU and, for 2
 classes, the foreground IoU (class 1). The classical baseline (bench/baseline.py) is scored
@@ -20,7 +20,9 @@ the training summary and the machine. Prints a table.
 
 The defaults are the best 2-core CPU setting measured so far (bench/README.md): 20,000
 patches of 128 px, half of them holding foreground, lr 0.01, 60 minutes of training, and
-prediction with 8-fold test-time augmentation (--no-tta for the plain prediction).
+prediction with 8-fold test-time augmentation where the patches were turned (--no-tta for the
+plain prediction; gen_img_aug.py keeps patches of images with a direction, DIC, unturned, and
+a model that never saw turned tiles predicts without it).
 
 Training stops at --time-budget minutes (--epochs is only an upper bound, and the cosine
 learning-rate schedule anneals over the budget). Two ways to see test IoU against training
@@ -54,14 +56,15 @@ import hardware  # noqa: E402
 from baseline import REPO, RESULTS_DIR, SHARED_DATASETS  # noqa: E402
 from image_io import find_label, list_images, read_image, read_label  # noqa: E402
 from outputs import write_json  # noqa: E402
-from cli import PipelineError, read_classes, run_cli  # noqa: E402
+from cli import PipelineError, read_classes, read_json, run_cli  # noqa: E402
 from parallel import default_workers  # noqa: E402
 
 
 # ---------------------------------------------------------------- the pipeline
 
 def stage_commands(args, dataset_dir, work, color_mode):
-    """The four pipeline commands, in order, as {stage: argv}."""
+    """The three commands up to a trained model, in order, as {stage: argv}; prediction
+    follows with predict_command once gen_img_aug.py has decided the orientations."""
     def script(name, *options):
         return [sys.executable, str(REPO / name), *map(str, options)]
 
@@ -70,7 +73,8 @@ def stage_commands(args, dataset_dir, work, color_mode):
         "gen_img_aug": script("gen_img_aug.py", "--data-dir", dataset_dir, "--work-dir", work,
                               "--num-patches", args.num_patches,
                               "--patch-size", args.patch_size,
-                              "--foreground-fraction", args.foreground_fraction, *workers),
+                              "--foreground-fraction", args.foreground_fraction,
+                              "--orientations", args.orientations, *workers),
         "pre_processing": script("pre_processing.py", "--work-dir", work,
                                  "--color-mode", color_mode, *workers),
         "train": script("train_unet_xception_resnetblock.py", "--data-dir", dataset_dir,
@@ -81,7 +85,6 @@ def stage_commands(args, dataset_dir, work, color_mode):
                         "--batch-size", args.batch_size, "--lr", args.lr, "--verbose", "2",
                         *(["--keep-snapshots"] if args.curve else []),
                         *shlex.split(args.train_args)),
-        "predict": predict_command(args, dataset_dir, work, args.predict_weights, args.tta),
     }
 
 
@@ -89,6 +92,20 @@ def predict_command(args, dataset_dir, work, weights, tta):
     return [sys.executable, str(REPO / "predict_lovasz_loss.py"), "--data-dir", str(dataset_dir),
             "--work-dir", str(work), "--weights", str(weights), "--overlap", str(args.overlap),
             *(["--tta"] if tta else [])]
+
+
+def resolve_tta(args, work):
+    """Whether the headline prediction uses TTA: as --tta/--no-tta says, else where
+    gen_img_aug.py turned the patches. TTA turns tiles, which a model trained on unturned
+    patches never saw, so asking for it there is refused before training starts."""
+    turned = read_json(Path(work) / "split.json", "split file").get("orientations") != "none"
+    asked = args.tta or any(v.endswith("+tta") for v in args.also)
+    if asked and not turned:
+        raise PipelineError("gen_img_aug.py kept the patches unturned (see its edge relief "
+                            "above), so test-time augmentation would show the model turned "
+                            "tiles it never saw; drop --tta and +tta, or give "
+                            "--orientations all")
+    return turned if args.tta is None else args.tta
 
 
 def run_stages(commands):
@@ -243,6 +260,9 @@ def parse_args(argv=None):
     g.add_argument("--foreground-fraction", type=float, default=0.5,
                    help="share of patches that must contain foreground; 0 is the paper's "
                         "uniform sampling (default: %(default)s)")
+    g.add_argument("--orientations", choices=("auto", "all", "none"), default="auto",
+                   help="patches in all 8 rotations/flips, as the microscope saw them, or "
+                        "decided by the images' edge relief (default: %(default)s)")
     g.add_argument("--workers", type=int,
                    help="processes for the two data stages (default: theirs, all cores)")
     g = parser.add_argument_group("training (train_unet_xception_resnetblock.py)")
@@ -269,10 +289,11 @@ def parse_args(argv=None):
                    help="which trained model segments the test images (default: %(default)s)")
     g.add_argument("--overlap", type=float, default=0.25,
                    help="tile overlap, fraction of a tile (default: %(default)s)")
-    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction,
                    help="test-time augmentation: average the 8 rotations/flips of every tile "
                         "(8x the prediction time; measured +0.002 foreground IoU on bbbc030, "
-                        "+0.010 mean IoU on wbc300) (default: on)")
+                        "+0.010 mean IoU on wbc300) (default: on where gen_img_aug.py "
+                        "turned the patches)")
     g.add_argument("--also", nargs="+", default=[], metavar="VARIANT",
                    type=variant_type,
                    help="also score these predictions of the same model: best, swa or last, "
@@ -298,6 +319,9 @@ def parse_args(argv=None):
         parser.error("--foreground-fraction must be between 0 and 1")
     if any(not m > 0 for m in args.curve):
         parser.error("--curve minutes must be positive")
+    if args.orientations == "none" and (args.tta or any(v.endswith("+tta") for v in args.also)):
+        parser.error("test-time augmentation turns tiles, which a model trained with "
+                     "--orientations none never saw")
     try:
         shlex.split(args.train_args)
     except ValueError as err:
@@ -354,12 +378,16 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="bench-accuracy-") as scratch:
         work = (args.work_dir or Path(scratch)).resolve()
         commands = stage_commands(args, dataset_dir, work, color_mode)
-        seconds = run_stages({k: v for k, v in commands.items() if k != "predict"})
+        seconds = run_stages({"gen_img_aug": commands["gen_img_aug"]})
+        tta = resolve_tta(args, work)
+        seconds.update(run_stages({k: v for k, v in commands.items() if k != "gen_img_aug"}))
         start = time.monotonic()
         curve = score_curve(args, dataset_dir, names, work)
         variants = score_variants(args, dataset_dir, names, work)
         seconds["curve_and_variants"] = round(time.monotonic() - start, 2)
         # The headline prediction runs last, so test/predict holds its masks.
+        commands["predict"] = predict_command(args, dataset_dir, work, args.predict_weights,
+                                              tta)
         seconds.update(run_stages({"predict": commands["predict"]}))
         start = time.monotonic()
         model = score_model(dataset_dir, names, work)

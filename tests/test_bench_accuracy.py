@@ -143,11 +143,28 @@ def test_bad_variants_are_refused(bad, capsys):
     assert "is not best, swa or last" in capsys.readouterr().err
 
 
-def test_headline_prediction_uses_tta_unless_told_not_to(tmp_path):
-    for argv, tta in ((["bbbc030"], True), (["bbbc030", "--no-tta"], False)):
-        args = accuracy.parse_args(argv)
-        predict = accuracy.stage_commands(args, tmp_path, tmp_path / "w", "grey")["predict"]
-        assert ("--tta" in predict) is tta
+@pytest.mark.parametrize("argv, orientations, tta", [
+    ([], "all", True), (["--no-tta"], "all", False), ([], "none", False),
+    (["--no-tta"], "none", False), (["--tta"], "all", True)])
+def test_headline_prediction_uses_tta_where_patches_were_turned(tmp_path, argv, orientations,
+                                                                 tta):
+    args = accuracy.parse_args(["bbbc030", *argv])
+    gen = accuracy.stage_commands(args, tmp_path, tmp_path, "grey")["gen_img_aug"]
+    assert gen[gen.index("--orientations") + 1] == "auto"
+    (tmp_path / "split.json").write_text(json.dumps({"orientations": orientations}))
+    assert accuracy.resolve_tta(args, tmp_path) is tta
+    assert ("--tta" in accuracy.predict_command(args, tmp_path, tmp_path, "best", tta)) is tta
+
+
+@pytest.mark.parametrize("extra", [["--tta"], ["--also", "swa+tta"]])
+def test_tta_is_refused_for_unturned_patches(extra, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["bbbc030", "--orientations", "none", *extra])
+    assert "--orientations none never saw" in capsys.readouterr().err
+    # Decided by gen_img_aug.py's edge relief: refused before training starts.
+    (tmp_path / "split.json").write_text(json.dumps({"orientations": "none"}))
+    with pytest.raises(accuracy.PipelineError, match="kept the patches unturned"):
+        accuracy.resolve_tta(accuracy.parse_args(["bbbc030", *extra]), tmp_path)
 
 
 def check_iou_record(record, classes):

@@ -162,6 +162,70 @@ def test_patch_matches_its_recorded_crop(dataset, tmp_path):
     check_recorded_crops(dataset, tmp_path / "w", 48)
 
 
+def test_orientations_none_keeps_the_microscopes_view_of_the_same_crops(dataset, tmp_path):
+    run_aug(dataset, tmp_path / "turned")
+    run_aug(dataset, tmp_path / "kept", "--orientations", "none")
+    turned = (tmp_path / "turned" / "train" / "patches.csv").read_text().splitlines()
+    kept = (tmp_path / "kept" / "train" / "patches.csv").read_text().splitlines()
+    assert {row.rsplit(",", 1)[1] for row in kept[1:]} == {"0"}
+    assert len({row.rsplit(",", 1)[1] for row in turned[1:]}) > 4
+    # The same crops, only left unturned.
+    assert [row.rsplit(",", 1)[0] for row in kept] == [row.rsplit(",", 1)[0] for row in turned]
+    check_recorded_crops(dataset, tmp_path / "kept", 48)
+    assert json.loads((tmp_path / "kept" / "split.json").read_text())["orientations"] == "none"
+    assert json.loads((tmp_path / "turned" / "split.json").read_text())["orientations"] == "all"
+
+
+def disc_frames(root, look, angle=0.6, count=4):
+    """Frames of random discs, either bright ('stain') or as DIC relief along `angle`."""
+    rng = np.random.default_rng(4)
+    (root / "src").mkdir(parents=True)
+    (root / "label").mkdir()
+    (root / "classes.txt").write_text("background\ncell\n")
+    for i in range(count):
+        lbl = np.zeros((120, 160), np.uint8)
+        for _ in range(5):
+            cv2.circle(lbl, (int(rng.integers(20, 140)), int(rng.integers(20, 100))),
+                       int(rng.integers(8, 16)), 1, -1)
+        phase = cv2.GaussianBlur(lbl.astype(np.float32), (0, 0), 1.5)
+        gy, gx = np.gradient(phase)
+        signal = (np.cos(angle) * gx + np.sin(angle) * gy) * 300 if look == "dic" else phase * 80
+        img = np.clip(110 + signal + rng.normal(0, 4, lbl.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(root / "src" / f"f{i}.png"), img)
+        cv2.imwrite(str(root / "label" / f"f{i}.png"), lbl)
+    return root
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.9, 2.5, -2.0])
+def test_edge_relief_tells_dic_from_stained_objects(tmp_path, angle):
+    for look in ("dic", "stain"):
+        data = disc_frames(tmp_path / f"{look}", look, angle)
+        sums = [gen_img_aug.edge_sums(cv2.imread(str(p), 0), cv2.imread(str(p).replace(
+            "src", "label"), 0)) for p in sorted((data / "src").glob("*.png"))]
+        relief = gen_img_aug.edge_relief(sums)
+        if look == "dic":
+            assert relief > 0.6
+        else:
+            assert relief < 0.05
+    assert gen_img_aug.edge_relief([]) == 0.0
+
+
+def test_auto_orientations_keep_dic_patches_unturned(tmp_path):
+    for look, expected in (("dic", "none"), ("stain", "all")):
+        data = disc_frames(tmp_path / look, look)
+        run_aug(data, tmp_path / f"w_{look}", "--test-size", "0.25")
+        split = json.loads((tmp_path / f"w_{look}" / "split.json").read_text())
+        assert split["orientations"] == expected
+        transforms = {row.rsplit(",", 1)[1] for row in (tmp_path / f"w_{look}" / "train" /
+                      "patches.csv").read_text().splitlines()[1:]}
+        assert (transforms == {"0"}) is (expected == "none")
+    # Measured on training frames only, and large frames are measured shrunk alike.
+    img, lbl = cv2.imread(str(data / "src/f0.png"), 0), cv2.imread(str(data / "label/f0.png"), 0)
+    full = gen_img_aug.edge_sums(img, lbl)
+    assert gen_img_aug.edge_relief([gen_img_aug.edge_sums(img, lbl, max_pixels=5000)]) == \
+        pytest.approx(gen_img_aug.edge_relief([full]), abs=0.1)
+
+
 @pytest.mark.parametrize("foreground_fraction", ["0", "0.5"])
 def test_same_patches_for_one_and_two_workers(dataset, tmp_path, foreground_fraction):
     outs = []

@@ -307,9 +307,9 @@ def model_dir(tmp_path_factory):
     return folder
 
 
-def write_config(folder, color_mode, decision):
+def write_config(folder, color_mode, decision, **extra):
     channels = 1 if color_mode == "grey" else 3
-    (folder / "config.json").write_text(json.dumps({
+    (folder / "config.json").write_text(json.dumps({**extra,
         "sha256": {"m_best.h5": sha256_of(folder / "m_best.h5")},
         "classes": CLASSES, "num_classes": 3, "input_shape": [64, 64, 3],
         "patch_size": [64, 64], "color_mode": color_mode, "image_channels": channels,
@@ -384,6 +384,21 @@ def test_a_label_with_a_class_the_model_lacks_is_refused(model_dir, work, tmp_pa
     with pytest.raises(PipelineError, match=r"b\.png holds class 7 but the model lists only 3"):
         P.main(["--work-dir", str(copy), "--model-dir", str(model_dir)])
     assert not (copy / "test" / "predict").exists()
+
+
+def test_tta_is_refused_for_a_model_trained_on_unturned_patches(work, tmp_path):
+    folder = tmp_path / "dic_model"
+    folder.mkdir()
+    (folder / "m_best.h5").write_bytes(b"never read")
+    write_config(folder, "grey", "argmax", orientations="none")
+    with pytest.raises(PipelineError, match="--orientations none\\); predict without --tta"):
+        P.main(["--work-dir", str(work), "--model-dir", str(folder), "--tta",
+                "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    write_config(folder, "grey", "argmax", orientations="sideways")
+    with pytest.raises(PipelineError, match="'orientations' must be one of"):
+        P.main(["--work-dir", str(work), "--model-dir", str(folder),
+                "--output", str(tmp_path / "out")])
 
 
 def test_real_model_on_a_users_folder(model_dir, work, tmp_path):

@@ -160,7 +160,11 @@ RUNS = {
 @pytest.mark.parametrize("run", RUNS)
 def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, run):
     make_patch_set(tmp_path / "work", 40, color=run == "cross-entropy-adam", unsure=True)
+    turned = run != "lovasz-logits-nsgd"
+    if not turned:      # as gen_img_aug.py --orientations none records it
+        (tmp_path / "work" / "split.json").write_text('{"orientations": "none"}')
     config = short_run(tmp_path, *RUNS[run])
+    assert config["orientations"] == ("all" if turned else "none")
     settings = config["settings"]
     loss, optimizer = run.rsplit("-", 1)
     assert settings["optimizer"] == optimizer
@@ -285,6 +289,10 @@ def test_labels_beyond_the_classes_are_refused_before_training(tmp_path):
     (tmp_path / "work" / "split.json").write_text(json.dumps(
         {"classes": ["background", "bead", "cell"], "label_values": [0, 1, 2]}))
     with pytest.raises(train.PipelineError, match="give the --data-dir they came from"):
+        train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
+                    "--weights", "none"])
+    (tmp_path / "work" / "split.json").write_text('{"orientations": "sideways"}')
+    with pytest.raises(train.PipelineError, match="'orientations' must be one of"):
         train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
                     "--weights", "none"])
     # As recorded by gen_img_aug.py: ignored pixels (255) are no class; 2 is one too many.
