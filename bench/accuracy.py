@@ -210,8 +210,12 @@ def training_summary(work):
         return {}
     config = json.loads(path.read_text())
     keep = ("num_train_patches", "num_val_patches", "val_split_by", "val_frames", "precision",
-            "color_mode", "decision", "result")
-    return {k: config[k] for k in keep if k in config}
+            "color_mode", "orientations", "decision", "result")
+    summary = {k: config[k] for k in keep if k in config}
+    split = Path(work) / "split.json"
+    if split.is_file():
+        summary["edge_relief"] = json.loads(split.read_text()).get("edge_relief")
+    return summary
 
 
 def machine_info():

@@ -191,7 +191,7 @@ def test_accuracy_bench_writes_a_complete_record(tmp_path, request):
                "--time-budget", "0.5", "--epochs", "2", "--steps-per-epoch", "5",
                "--val-steps", "2", "--bn-batches", "2", "--train-args=--swa-epochs 2",
                "--foreground-fraction", "0.5", "--curve", "30", "--also", "swa",
-               "--overlap", "0", "--no-tta", "--tag", "tiny", "--results-dir", str(tmp_path)]
+               "--overlap", "0", "--tag", "tiny", "--results-dir", str(tmp_path)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -204,7 +204,10 @@ def test_accuracy_bench_writes_a_complete_record(tmp_path, request):
     assert "bench/accuracy.py bbbc030" in record["command"]
     assert record["settings"]["num_patches"] == 200 and record["settings"]["color_mode"] == "grey"
     assert set(record["stage_commands"]) == {"gen_img_aug", "pre_processing", "train", "predict"}
-    assert "--tta" not in record["stage_commands"]["predict"]      # --no-tta turns it off
+    # bbbc030 is DIC: its patches stay unturned, so its model predicts without TTA.
+    assert record["training"]["orientations"] == "none"
+    assert record["training"]["edge_relief"] > 0.25
+    assert "--tta" not in record["stage_commands"]["predict"]
     seconds = record["wall_seconds"]
     assert set(seconds) == {"gen_img_aug", "pre_processing", "train", "curve_and_variants",
                             "predict", "score", "total"}
