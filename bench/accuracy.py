@@ -57,6 +57,7 @@ from baseline import REPO, RESULTS_DIR, SHARED_DATASETS  # noqa: E402
 from image_io import find_label, list_images, read_image, read_label  # noqa: E402
 from outputs import write_json  # noqa: E402
 from cli import PipelineError, read_classes, read_json, run_cli  # noqa: E402
+from geometry import ORIENTATIONS  # noqa: E402
 from parallel import default_workers  # noqa: E402
 
 
@@ -264,7 +265,7 @@ def parse_args(argv=None):
     g.add_argument("--foreground-fraction", type=float, default=0.5,
                    help="share of patches that must contain foreground; 0 is the paper's "
                         "uniform sampling (default: %(default)s)")
-    g.add_argument("--orientations", choices=("auto", "all", "none"), default="auto",
+    g.add_argument("--orientations", choices=("auto", *ORIENTATIONS), default="auto",
                    help="patches in all 8 rotations/flips, as the microscope saw them, or "
                         "decided by the images' edge relief (default: %(default)s)")
     g.add_argument("--workers", type=int,
@@ -323,9 +324,6 @@ def parse_args(argv=None):
         parser.error("--foreground-fraction must be between 0 and 1")
     if any(not m > 0 for m in args.curve):
         parser.error("--curve minutes must be positive")
-    if args.orientations == "none" and (args.tta or any(v.endswith("+tta") for v in args.also)):
-        parser.error("test-time augmentation turns tiles, which a model trained with "
-                     "--orientations none never saw")
     try:
         shlex.split(args.train_args)
     except ValueError as err:
