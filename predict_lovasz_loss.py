@@ -73,8 +73,8 @@ import numpy as np  # noqa: E402
 
 from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,  # noqa: E402
                       check_label_values, describe_intensity, find_label, list_images,
-                      parse_intensity, pixel_size_um, read_image, read_label, to_color_mode, write_image,
-                      write_tiff)
+                      parse_intensity, pixel_size_um, read_image, read_label, to_color_mode,
+                      write_image, write_tiff)
 from hardware import add_precision_option, use_precision  # noqa: E402
 from labelme_export import DEFAULT_TOLERANCE, annotation  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, load_model, model_file,  # noqa: E402

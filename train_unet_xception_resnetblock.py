@@ -48,7 +48,8 @@ from outputs import atomic_write_text, remove_leftovers, sha256_of, write_json  
 from cli import (IGNORE_LABEL, PipelineError, existing_folder, finite_float,  # noqa: E402
                  non_negative_float, positive_float, positive_int, read_classes, read_json,
                  refuse_file, run_cli, WORK_DIR)
-from model_folder import check_orientations  # noqa: E402
+from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
+                          model_file, read_config, verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
@@ -556,7 +557,6 @@ def build(args, patch_shape, num_classes):
 
 def check_init_model(args, classes):
     """(best model file, its sha256) of --init-model, after checking that it fits this run."""
-    from model_folder import model_file, read_config, verify_model_file
     folder = existing_folder(args.init_model, "--init-model")
     config = read_config(folder)
     path = model_file(folder, config, "best")
@@ -576,7 +576,6 @@ def init_from_model(model, path, new_head):
     """Copy every layer's weights from a trained model of the same architecture (layer by
     layer in build order, as Keras may number unnamed layers differently per process); with
     new_head the logits layer keeps its fresh initialisation."""
-    from model_folder import load_model
     source = load_model(path)
     if len(source.layers) != len(model.layers):
         raise PipelineError(f"--init-model {path}: not this network ({len(source.layers)} "
@@ -595,7 +594,6 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, 
                  precision, extra=None):
     """config.json; `recorded` is (intensity rule, orientations) as gen_img_aug.py wrote them."""
     intensity, orientations = recorded
-    from model_folder import ARGMAX, SIGMOID_RULE
     old = model_dir / "config.json"
     hashes = read_json(old, "model config").get("sha256", {}) if old.is_file() else {}
     config = {
