@@ -13,8 +13,10 @@ Each patch is a random crop of a random training image with one of the 8 rotatio
 side of every object is bright and the other dark, a turned patch shows relief no microscope
 makes, and which side of the relief the annotators' outline follows is no longer learnable.
 --orientations auto (the default) measures this "edge relief" on the training images (0 where
-objects look the same all round, about 0.8 for pure relief) and keeps patches as the
-microscope saw them from 0.25 up; 'all' and 'none' decide it yourself.
+objects look the same all round, about 0.8 for pure relief) and its direction. From 0.25 up
+the patches keep the microscope's view, half of them mirrored across the relief's axis where
+that axis lies within 10 degrees of a row, a column or a diagonal (the mirror maps relief onto
+relief of the same sign); the other choices decide it yourself.
 With --foreground-fraction F, a fraction F of the patches (chosen at random) are instead
 random crops that contain a randomly chosen foreground pixel (any class but 0), which gives
 sparse objects more of the training signal. Label value 255 marks pixels to ignore ("unsure"
@@ -36,7 +38,7 @@ from outputs import atomic_write_text, remove_leftovers, staged_output, write_js
 from cli import (IGNORE_LABEL, PipelineError, finite_float, positive_int, read_classes,
                  refuse_file, read_name_list, run_cli, WORK_DIR)
 from figures import colorize, save_figure, pyplot
-from geometry import ORIENTATIONS, dihedral, reflect_pad
+from geometry import MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad
 from parallel import default_workers, parallel_map
 
 CHUNK = 200                 # patches per task: big enough to amortise, small for a smooth bar
@@ -67,9 +69,13 @@ def parse_args(argv=None):
     g.add_argument("--orientations", choices=("auto", *ORIENTATIONS), default="auto",
                    help="'all': each patch in one of the 8 rotations/flips, as the paper; "
                         "'none': patches as the microscope saw them, for images with a "
-                        "direction such as DIC relief; 'auto': 'none' where the training "
-                        f"images' edge relief is at least {DIRECTED_RELIEF} (recorded for "
-                        "training and prediction; default: %(default)s)")
+                        "direction such as DIC relief; 'flip-rows', 'transpose', "
+                        "'flip-columns', 'antitranspose': half of those mirrored across the "
+                        "axis at 0, 45, 90 or 135 degrees (x right, y down); 'auto': 'all' "
+                        f"below an edge relief of {DIRECTED_RELIEF} on the training images, "
+                        "else the mirror along the relief, or 'none' where no mirror's axis "
+                        f"is within {MIRROR_TOLERANCE} degrees of it (recorded for training "
+                        "and prediction; default: %(default)s)")
     g.add_argument("--seed", type=int, default=2018,
                    help="seed of crop positions and transforms (default: %(default)s)")
     g.add_argument("--workers", type=positive_int, default=default_workers(),
@@ -118,6 +124,9 @@ def labelled_images(data_dir, classes, intensity):
 # Edge relief from which images are taken to have a direction. Measured: 0.49 on bbbc030
 # (DIC), 0.04 on wbc300 (stained blood smears), 0.02 on the sample data.
 DIRECTED_RELIEF = 0.25
+# Degrees by which the relief's direction may miss a mirror's axis for auto to use that
+# mirror: the mirrored relief then lies at most twice this from the microscope's.
+MIRROR_TOLERANCE = 10
 
 
 def edge_sums(img, lbl, max_pixels=4_000_000):
@@ -151,10 +160,29 @@ def edge_relief(sums):
     return float(np.hypot(x, y) / total) if total > 0 else 0.0
 
 
-def choose_orientations(requested, relief):
+def relief_angle(sums):
+    """The axis along which frames' `edge_sums` say the relief runs, in degrees 0 to 180
+    (x right, y down: 45 runs from the upper left to the lower right)."""
+    x, y, _ = np.sum(sums, axis=0) if len(sums) else (0.0, 0.0, 0.0)
+    return float(np.degrees(np.arctan2(y, x)) % 180)
+
+
+def choose_orientations(requested, relief, angle):
     if requested != "auto":
         return requested
-    return "none" if relief >= DIRECTED_RELIEF else "all"
+    if relief < DIRECTED_RELIEF:
+        return "all"
+    miss = {axis: abs((angle - axis + 90) % 180 - 90) for axis in MIRROR_AXES}
+    axis = min(miss, key=miss.get)
+    return MIRROR_AXES[axis] if miss[axis] <= MIRROR_TOLERANCE else "none"
+
+
+def describe_orientations(orientations):
+    if orientations == "all":
+        return "turned to the 8 rotations/flips"
+    if orientations == "none":
+        return "as the microscope saw them (no rotations/flips)"
+    return f"as the microscope saw them, half of them mirrored ({orientations})"
 
 
 def check_memory(shapes, patch_size, workers):
@@ -215,13 +243,14 @@ def frame_groups(names, stack_of):
 
 
 def write_split(work, train, test, how, classes, label_values, intensity, stack_of,
-                orientations, relief):
+                orientations, relief, angle):
     """The split files, written last: their presence marks a complete run."""
     write_json(work / "split.json", {"method": how, "train": train, "test": test,
                                      "classes": classes, "label_values": label_values,
                                      "intensity": intensity, "stack_of": stack_of,
                                      "orientations": orientations,
-                                     "edge_relief": round(relief, 4)})
+                                     "edge_relief": round(relief, 4),
+                                     "relief_angle": round(angle, 1)})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 
@@ -315,8 +344,9 @@ class PatchWriter:
         for index in range(*span):
             image, y, x, k = patch_params(self.seed, index, self.shapes, self.patch_size,
                                           self.foreground_fraction, cache.foreground)
-            # The transform is drawn either way, so both settings crop the same places.
-            k = k if self.orientations == "all" else 0
+            # The transform is drawn whatever the orientations, so all crop the same places.
+            allowed = ORIENTATIONS[self.orientations]
+            k = allowed[k % len(allowed)]
             img, lbl = cache.get(image)
             crop = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
             name = f"{index:0{self.digits}d}.png"
@@ -383,13 +413,13 @@ def main(argv=None):
     if not train:
         raise PipelineError("no training images left after the split")
     check_memory([table[n][2] for n in train], args.patch_size, args.workers)
-    relief = edge_relief([edges[n] for n in train])
-    orientations = choose_orientations(args.orientations, relief)
+    sums = [edges[n] for n in train]
+    relief, angle = edge_relief(sums), relief_angle(sums)
+    orientations = choose_orientations(args.orientations, relief, angle)
     print(f"{len(table)} labelled images: {len(train)} train, {len(test)} test ({how}); "
           f"intensity of non-8-bit images: {describe_intensity(args.intensity)}")
-    print(f"edge relief of the training images {relief:.2f}: patches "
-          + ("turned to the 8 rotations/flips" if orientations == "all" else
-             "as the microscope saw them (no rotations/flips)")
+    print(f"edge relief of the training images {relief:.2f} along {angle:.0f} degrees: "
+          f"patches {describe_orientations(orientations)}"
           + ("" if args.orientations == "auto" else f" (--orientations {orientations})"))
     # Everything is checked; from here on the work folder changes. The split files go first
     # and come back last, so a folder without them is an unfinished run.
@@ -401,7 +431,7 @@ def main(argv=None):
     write_patches(table, train, work, args.num_patches, args.patch_size, args.seed, args.workers,
                   args.foreground_fraction, args.intensity, orientations)
     write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
-                orientations, relief)
+                orientations, relief, angle)
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
     print(f"wrote {args.num_patches} patches of {args.patch_size}x{args.patch_size} to "

@@ -1,9 +1,15 @@
 """The 8 rotations/flips of an image and reflect-padding to a minimum size."""
 import numpy as np
 
-# How training patches may be turned: "all" 8 rotations/flips (the paper's), or "none" for
-# images whose look depends on direction (DIC relief).
-ORIENTATIONS = ("all", "none")
+# How training patches may be turned, as the `dihedral` indices each allows (the first is
+# the identity): "all" 8 rotations/flips (the paper's); "none" for images whose look depends
+# on direction (DIC relief); or the identity and the one mirror whose axis lies along that
+# direction, which maps relief onto relief of the same sign (a DIC image mirrored across its
+# shear axis is a DIC image of the mirrored object). Axes as angles of (x right, y down).
+ORIENTATIONS = {"all": tuple(range(8)), "none": (0,),
+                "flip-rows": (0, 6), "transpose": (0, 7), "flip-columns": (0, 4),
+                "antitranspose": (0, 5)}
+MIRROR_AXES = {0: "flip-rows", 45: "transpose", 90: "flip-columns", 135: "antitranspose"}
 
 
 def dihedral(arr, k):

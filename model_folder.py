@@ -49,9 +49,9 @@ def read_config(model_dir):
 def check_orientations(value, where):
     """A recorded --orientations of gen_img_aug.py, validated; "all" where none was recorded
     (patches made before the option were always turned)."""
-    if value not in ORIENTATIONS:
-        raise PipelineError(f"{where}: 'orientations' must be one of {ORIENTATIONS}, not "
-                            f"{value!r}")
+    if not isinstance(value, str) or value not in ORIENTATIONS:
+        raise PipelineError(f"{where}: 'orientations' must be one of {', '.join(ORIENTATIONS)}, "
+                            f"not {value!r}")
     return value
 
 

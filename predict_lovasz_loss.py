@@ -30,8 +30,9 @@ training patches were (z-score with the training statistics, min-max, histogram
 equalization, gamma), the tiles run through the model --batch-size at a time, and the
 class probabilities of overlapping tiles are averaged, weighted by a window that is
 largest at the tile centre (--blend gaussian) or flat (uniform). The padding is then
-cropped off. --tta also averages the 8 rotations/flips of every tile (for models trained on
-turned patches, gen_img_aug.py's default).
+cropped off. --tta also averages the rotations/flips of every tile that the model's training
+patches came in: all 8 for turned patches (gen_img_aug.py's default for most images), the
+mirror across the relief's axis for DIC patches kept in the microscope's view and mirrored.
 
 Decision, as recorded in config.json by training:
   argmax         (default loss, Lovasz on softmax) the class of highest softmax probability.
@@ -87,7 +88,7 @@ from shards import (copy_shard_files, merged_record, open_shards, shard_folder, 
 from cli import (PipelineError, read_json, existing_folder, finite_float,  # noqa: E402
                  non_negative_float, non_negative_int, positive_int, refuse_file, run_cli, WORK_DIR)
 from figures import colorize, save_figure, pyplot  # noqa: E402
-from geometry import dihedral, inverse_dihedral  # noqa: E402
+from geometry import ORIENTATIONS, dihedral, inverse_dihedral  # noqa: E402
 from metrics import confusion_matrix, iou_per_class  # noqa: E402
 from patch_preprocessing import preprocess_patch  # noqa: E402
 
@@ -140,9 +141,10 @@ def parse_args(argv=None):
     g.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="tiles per model call (default: %(default)s)")
     g.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average the 8 rotations/flips of every tile "
-                        "(8x the compute; needs square tiles and a model trained on turned "
-                        "patches)")
+                   help="test-time augmentation: average every tile over the rotations/flips "
+                        "its model was trained on (8 for turned patches: 8x the compute; 2 "
+                        "for mirrored DIC patches); refused for a model whose patches kept "
+                        "the microscope's view unmirrored")
     add_precision_option(g)
     g.add_argument("--stream-above", type=non_negative_float, default=STREAM_ABOVE_MP,
                    metavar="MEGAPIXELS",
@@ -274,7 +276,7 @@ def _model_inputs(read_rows, positions, tile, transforms, prepare):
 
 
 def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="gaussian",
-                  batch_size=8, tta=False, *, prepare):
+                  batch_size=8, transforms=(0,), *, prepare):
     """Per-class probabilities of an h x w image by blended tiles, yielded top to bottom as
     (first row, probabilities [rows, w, C] float32) as soon as no later tile reaches them.
 
@@ -284,16 +286,15 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
     predict_batch_fn maps a float batch [N, th, tw, channels] to probabilities
     [N, th, tw, C]; it is called once per batch of up to batch_size tiles. prepare turns
     one raw tile into the model input, so per-tile preprocessing sees exactly the pixels of
-    its tile. With tta every tile also goes through the 8 rotations/flips and their
-    back-transformed outputs are averaged.
+    its tile. Every tile goes through each of the rotations/flips `transforms` (geometry's
+    `dihedral` indices; (0,) none) and their back-transformed outputs are averaged.
     """
     th, tw = tile = tile_shape(tile)
-    if tta and th != tw:
+    if any(k % 2 for k in transforms) and th != tw:
         raise PipelineError(f"--tta needs square tiles, the model's are {tw}x{th}")
     positions = tile_positions(h, w, tile, overlap)
     pw = tiles_width(h, w, tile, overlap)
     window = blend_window(tile, blend)
-    transforms = range(8) if tta else (0,)
     inputs = _model_inputs(read_rows, positions, tile, transforms, prepare)
     rows = RowAccumulator(pw)
     done = 0
@@ -316,20 +317,21 @@ def tiles_width(h, w, tile, overlap):
 
 
 def predict_frame(predict_batch_fn, image, tile, overlap=0.25, blend="gaussian", batch_size=8,
-                  tta=False, *, prepare):
+                  transforms=(0,), *, prepare):
     """Per-class probabilities [h, w, C] (float32) of a whole image in memory, by blended
     tiles (predict_bands, whose arithmetic it shares to the bit)."""
     return np.concatenate([probs for _, probs in predict_image_bands(
-        predict_batch_fn, ArrayRows(image), tile, overlap, blend, batch_size, tta, prepare)])
+        predict_batch_fn, ArrayRows(image), tile, overlap, blend, batch_size, transforms,
+        prepare)])
 
 
-def predict_image_bands(predict_batch_fn, frame, tile, overlap, blend, batch_size, tta,
+def predict_image_bands(predict_batch_fn, frame, tile, overlap, blend, batch_size, transforms,
                         prepare):
     """predict_bands of a frame with rows(y0, y1): an ArrayRows or a StreamedFrame."""
     h, w = frame.shape
     width = tiles_width(h, w, tile, overlap)
     return predict_bands(predict_batch_fn, lambda y0, y1: mirrored_rows(frame, y0, y1, width),
-                         h, w, tile, overlap, blend, batch_size, tta, prepare=prepare)
+                         h, w, tile, overlap, blend, batch_size, transforms, prepare=prepare)
 
 
 # ---------------------------------------------------------------- decision
@@ -494,27 +496,46 @@ def folders(args):
             Path(args.output) if args.output else work / "test" / "predict")
 
 
+def tta_transforms(tta, orientations, model_dir):
+    """The rotations/flips each tile goes through: with --tta, those the model's training
+    patches came in (gen_img_aug.py --orientations), as their `dihedral` indices."""
+    if not tta:
+        return (0,)
+    if orientations == "none":
+        # Turned tiles are images this model never saw (DIC relief turned is relief no
+        # microscope makes): averaging over them blurs what it learned about direction.
+        raise PipelineError(f"--tta turns tiles, but {model_dir} was trained on patches in "
+                            "the microscope's orientation (gen_img_aug.py --orientations "
+                            "none); predict without --tta")
+    return ORIENTATIONS[orientations]
+
+
+def tta_text(transforms):
+    return f", {len(transforms)}x TTA" if len(transforms) > 1 else ""
+
+
 class FrameRun:
     """Predicts one frame after another with the same model and settings, writing each
     frame's outputs into the staging folder; returns its confusion matrix where it has a
     label."""
 
-    def __init__(self, predict_batch, tile, prepare, classes, decision, color_mode, intensity,
-                 args):
+    def __init__(self, predict_batch, tile, transforms, prepare, classes, decision, color_mode,
+                 intensity, args):
         self.predict_batch, self.tile, self.prepare = predict_batch, tile, prepare
+        self.transforms = transforms
         self.classes, self.decision = classes, decision
         self.color_mode, self.intensity, self.args = color_mode, intensity, args
 
     def bands(self, frame):
         a = self.args
         return predict_image_bands(self.predict_batch, frame, self.tile, a.overlap, a.blend,
-                                   a.batch_size, a.tta, self.prepare)
+                                   a.batch_size, self.transforms, self.prepare)
 
     def in_memory(self, staging, out, name, source, label_path):
         img = model_image(source, self.color_mode, self.intensity)
         a = self.args
         probs = predict_frame(self.predict_batch, img, self.tile, a.overlap, a.blend,
-                              a.batch_size, a.tta, prepare=self.prepare)
+                              a.batch_size, self.transforms, prepare=self.prepare)
         mask = decide(probs, self.decision)
         write_outputs(staging, out, name, source, img, mask, probs, self.classes, self.args)
         if label_path is None:
@@ -606,12 +627,7 @@ def main(argv=None):
                             f"{args.stream_above:g} megapixels and is predicted band by band; "
                             "--save-probs and --to-labelme need frames that fit in memory")
     config = read_config(model_dir)
-    if args.tta and config["orientations"] == "none":
-        # Turned tiles are images this model never saw (DIC relief turned is relief no
-        # microscope makes): averaging over them blurs what it learned about direction.
-        raise PipelineError(f"--tta turns tiles, but {model_dir} was trained on patches in "
-                            "the microscope's orientation (gen_img_aug.py --orientations "
-                            "none); predict without --tta")
+    transforms = tta_transforms(args.tta, config["orientations"], model_dir)
     classes, decision = config["classes"], config["decision"]
     intensity = args.intensity or config["intensity"]
     path = model_file(model_dir, config, args.weights)
@@ -628,11 +644,11 @@ def main(argv=None):
     prepare = TilePreparer(config["preprocessing"])
     shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
     print(f"model {path} ({decision}, {precision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
-          f"{args.blend} blend{', 8x TTA' if args.tta else ''}; {len(images)} images from {src}"
+          f"{args.blend} blend{tta_text(transforms)}; {len(images)} images from {src}"
           f"{shard}; intensity of non-8-bit images: {describe_intensity(intensity)}")
 
-    run = FrameRun(predict_batch, tile, prepare, classes, decision, config["color_mode"],
-                   intensity, args)
+    run = FrameRun(predict_batch, tile, transforms, prepare, classes, decision,
+                   config["color_mode"], intensity, args)
     # The paper figure is the test set's; a user's folder keeps its chart to itself.
     chart_copy = None if args.input else work / "figures" / "iou_per_class.png"
 
@@ -653,6 +669,7 @@ def main(argv=None):
             "label_dir": str(label_dir.resolve()) if label_dir else None,
             "intensity": intensity,
             "tile": list(tile), "overlap": args.overlap, "blend": args.blend, "tta": args.tta,
+            "tta_transforms": list(transforms),
             "precision": precision,
             "batch_size": args.batch_size, "probability_maps": args.save_probs,
             "page": args.page, "mask_format": args.mask_format,

@@ -20,9 +20,10 @@ the training summary and the machine. Prints a table.
 
 The defaults are the best 2-core CPU setting measured so far (bench/README.md): 20,000
 patches of 128 px, half of them holding foreground, lr 0.01, 60 minutes of training, and
-prediction with 8-fold test-time augmentation where the patches were turned (--no-tta for the
-plain prediction; gen_img_aug.py keeps patches of images with a direction, DIC, unturned, and
-a model that never saw turned tiles predicts without it).
+prediction with test-time augmentation over the rotations/flips the patches came in (--no-tta
+for the plain prediction): 8-fold for turned patches, 2-fold where gen_img_aug.py kept the
+patches of images with a direction (DIC) in the microscope's view and mirrored half of them,
+none where it left them unmirrored.
 
 Training stops at --time-budget minutes (--epochs is only an upper bound, and the cosine
 learning-rate schedule anneals over the budget). Two ways to see test IoU against training
@@ -97,8 +98,8 @@ def predict_command(args, dataset_dir, work, weights, tta):
 
 def resolve_tta(args, work):
     """Whether the headline prediction uses TTA: as --tta/--no-tta says, else where
-    gen_img_aug.py turned the patches. TTA turns tiles, which a model trained on unturned
-    patches never saw, so asking for it there is refused before training starts."""
+    gen_img_aug.py turned or mirrored the patches. TTA turns tiles, which a model trained on
+    unturned patches never saw, so asking for it there is refused before training starts."""
     turned = read_json(Path(work) / "split.json", "split file").get("orientations") != "none"
     asked = args.tta or any(v.endswith("+tta") for v in args.also)
     if asked and not turned:
@@ -215,7 +216,8 @@ def training_summary(work):
     summary = {k: config[k] for k in keep if k in config}
     split = Path(work) / "split.json"
     if split.is_file():
-        summary["edge_relief"] = json.loads(split.read_text()).get("edge_relief")
+        recorded = json.loads(split.read_text())
+        summary.update({k: recorded.get(k) for k in ("edge_relief", "relief_angle")})
     return summary
 
 
@@ -266,7 +268,8 @@ def parse_args(argv=None):
                    help="share of patches that must contain foreground; 0 is the paper's "
                         "uniform sampling (default: %(default)s)")
     g.add_argument("--orientations", choices=("auto", *ORIENTATIONS), default="auto",
-                   help="patches in all 8 rotations/flips, as the microscope saw them, or "
+                   help="gen_img_aug.py's: patches in all 8 rotations/flips, as the "
+                        "microscope saw them, half of those mirrored across one axis, or "
                         "decided by the images' edge relief (default: %(default)s)")
     g.add_argument("--workers", type=int,
                    help="processes for the two data stages (default: theirs, all cores)")
@@ -295,10 +298,10 @@ def parse_args(argv=None):
     g.add_argument("--overlap", type=float, default=0.25,
                    help="tile overlap, fraction of a tile (default: %(default)s)")
     g.add_argument("--tta", action=argparse.BooleanOptionalAction,
-                   help="test-time augmentation: average the 8 rotations/flips of every tile "
-                        "(8x the prediction time; measured +0.002 foreground IoU on bbbc030, "
-                        "+0.010 mean IoU on wbc300) (default: on where gen_img_aug.py "
-                        "turned the patches)")
+                   help="test-time augmentation: average every tile over the rotations/flips "
+                        "the patches came in (8 for turned patches: 8x the prediction time, "
+                        "measured +0.010 mean IoU on wbc300; 2 for mirrored DIC patches) "
+                        "(default: on where gen_img_aug.py turned or mirrored the patches)")
     g.add_argument("--also", nargs="+", default=[], metavar="VARIANT",
                    type=variant_type,
                    help="also score these predictions of the same model: best, swa or last, "

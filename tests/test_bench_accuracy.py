@@ -145,7 +145,7 @@ def test_bad_variants_are_refused(bad, capsys):
 
 @pytest.mark.parametrize("argv, orientations, tta", [
     ([], "all", True), (["--no-tta"], "all", False), ([], "none", False),
-    (["--no-tta"], "none", False), (["--tta"], "all", True)])
+    (["--no-tta"], "none", False), (["--tta"], "all", True), ([], "transpose", True)])
 def test_headline_prediction_uses_tta_where_patches_were_turned(tmp_path, argv, orientations,
                                                                  tta):
     args = accuracy.parse_args(["bbbc030", *argv])

@@ -205,21 +205,32 @@ def test_edge_relief_tells_dic_from_stained_objects(tmp_path, angle):
         relief = gen_img_aug.edge_relief(sums)
         if look == "dic":
             assert relief > 0.6
+            # The axis of the shear, whichever way along it the light falls.
+            assert gen_img_aug.relief_angle(sums) == \
+                pytest.approx(np.degrees(angle) % 180, abs=3)
         else:
             assert relief < 0.05
     assert gen_img_aug.edge_relief([]) == 0.0
 
 
-def test_auto_orientations_keep_dic_patches_unturned(tmp_path):
-    for look, expected in (("dic", "none"), ("stain", "all")):
-        data = disc_frames(tmp_path / look, look)
-        run_aug(data, tmp_path / f"w_{look}", "--test-size", "0.25")
-        split = json.loads((tmp_path / f"w_{look}" / "split.json").read_text())
-        assert split["orientations"] == expected
-        transforms = {row.rsplit(",", 1)[1] for row in (tmp_path / f"w_{look}" / "train" /
-                      "patches.csv").read_text().splitlines()[1:]}
-        assert (transforms == {"0"}) is (expected == "none")
-    # Measured on training frames only, and large frames are measured shrunk alike.
+@pytest.mark.parametrize("look, angle, expected, transforms", [
+    ("dic", 0.8, "transpose", {"0", "7"}),          # 46 degrees: the diagonal's mirror
+    ("dic", -0.05, "flip-rows", {"0", "6"}),        # 177 degrees: the rows' mirror
+    ("dic", 1.2, "none", {"0"}),                    # 69 degrees: no mirror's axis near
+    ("stain", 0.8, "all", {str(k) for k in range(8)})])
+def test_auto_orientations_follow_the_images_relief(tmp_path, look, angle, expected,
+                                                    transforms):
+    data = disc_frames(tmp_path / look, look, angle)
+    run_aug(data, tmp_path / "w", "--test-size", "0.25")
+    split = json.loads((tmp_path / "w" / "split.json").read_text())
+    assert split["orientations"] == expected
+    assert {row.rsplit(",", 1)[1] for row in (tmp_path / "w" / "train" /
+            "patches.csv").read_text().splitlines()[1:]} == transforms
+    check_recorded_crops(data, tmp_path / "w", 48)
+
+
+def test_large_frames_are_measured_shrunk_alike(tmp_path):
+    data = disc_frames(tmp_path, "dic")
     img, lbl = cv2.imread(str(data / "src/f0.png"), 0), cv2.imread(str(data / "label/f0.png"), 0)
     full = gen_img_aug.edge_sums(img, lbl)
     assert gen_img_aug.edge_relief([gen_img_aug.edge_sums(img, lbl, max_pixels=5000)]) == \

@@ -17,7 +17,7 @@ import predict_lovasz_loss as P
 import whole_slide as W
 from outputs import sha256_of
 from cli import IGNORE_LABEL, PipelineError
-from geometry import reflect_pad
+from geometry import dihedral, reflect_pad
 from metrics import confusion_matrix, iou_per_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,7 +154,8 @@ def test_blending_weights_overlapping_tiles_by_the_window():
 
 
 @pytest.mark.parametrize("overlap", [0, 0.25])
-def test_tta_of_an_identity_model_is_the_identity(overlap):
+@pytest.mark.parametrize("orientations", ["all", "transpose", "flip-rows"])
+def test_tta_of_an_identity_model_is_the_identity(overlap, orientations):
     image = one_hot_image(70, 45, seed=3)
     seen = []
 
@@ -162,19 +163,40 @@ def test_tta_of_an_identity_model_is_the_identity(overlap):
         seen.extend(batch)
         return batch
 
+    transforms = P.tta_transforms(True, orientations, "m")
     probs = P.predict_frame(recording_identity, image, 32, overlap, "gaussian", batch_size=6,
-                            tta=True, prepare=as_float_tile)
+                            transforms=transforms, prepare=as_float_tile)
     np.testing.assert_array_equal(probs, image)
     tiles = len(P.tile_positions(70, 45, 32, overlap))
-    assert len(seen) == 8 * tiles
-    first_tile = {t.tobytes() for t in seen[:8]}
-    assert len(first_tile) == 8     # the model really saw 8 different rotations/flips
+    assert len(seen) == len(transforms) * tiles
+    first_tile = [t for t in seen[:len(transforms)]]
+    # The model really saw the rotations/flips its patches came in, and no others.
+    assert len({t.tobytes() for t in first_tile}) == len(transforms) == \
+        (8 if orientations == "all" else 2)
+    assert {t.tobytes() for t in first_tile} == \
+        {dihedral(first_tile[0], k).tobytes() for k in transforms}
 
 
-def test_tta_needs_square_tiles():
-    with pytest.raises(PipelineError, match="square"):
-        P.predict_frame(identity, one_hot_image(40, 40), (32, 64), tta=True,
-                        prepare=as_float_tile)
+def test_mirror_tta_mirrors_across_the_relief_axis():
+    tile = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
+    np.testing.assert_array_equal(dihedral(tile, P.tta_transforms(True, "transpose", "m")[1]),
+                                  tile.transpose(1, 0, 2))
+    np.testing.assert_array_equal(dihedral(tile, P.tta_transforms(True, "flip-rows", "m")[1]),
+                                  tile[::-1])
+    assert P.tta_transforms(False, "all", "m") == (0,)
+
+
+@pytest.mark.parametrize("orientations, square", [("all", True), ("transpose", True),
+                                                  ("flip-columns", False)])
+def test_tta_needs_square_tiles_where_it_swaps_rows_and_columns(orientations, square):
+    transforms = P.tta_transforms(True, orientations, "m")
+    run = lambda: P.predict_frame(identity, one_hot_image(40, 40), (32, 64),  # noqa: E731
+                                  transforms=transforms, prepare=as_float_tile)
+    if square:
+        with pytest.raises(PipelineError, match="square"):
+            run()
+    else:
+        np.testing.assert_array_equal(run(), one_hot_image(40, 40))
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8, 100])
@@ -187,8 +209,8 @@ def test_one_model_call_per_batch(batch_size, tta):
         return batch
 
     image = one_hot_image(150, 210)
-    P.predict_frame(counting, image, 64, 0.25, "gaussian", batch_size, tta,
-                    prepare=as_float_tile)
+    P.predict_frame(counting, image, 64, 0.25, "gaussian", batch_size,
+                    P.tta_transforms(tta, "all", "m"), prepare=as_float_tile)
     inputs = len(P.tile_positions(150, 210, 64, 0.25)) * (8 if tta else 1)
     assert len(calls) == math.ceil(inputs / batch_size)
     assert sum(calls) == inputs and max(calls) <= batch_size
@@ -405,7 +427,7 @@ def test_real_model_on_a_users_folder(model_dir, work, tmp_path):
     sigmoid_dir = tmp_path / "sigmoid_model"
     sigmoid_dir.mkdir()
     os.symlink(model_dir / "m_best.h5", sigmoid_dir / "m_best.h5")
-    write_config(sigmoid_dir, "grey", "sigmoid>0.51")
+    write_config(sigmoid_dir, "grey", "sigmoid>0.51", orientations="transpose")
     result = run_predict("--work-dir", str(work), "--model-dir", str(sigmoid_dir),
                          "--input", str(work / "mine"), "--tta", "--overlap", "0")
     assert result.returncode == 0, result.stderr
@@ -415,6 +437,7 @@ def test_real_model_on_a_users_folder(model_dir, work, tmp_path):
     assert not (out / "iou.csv").exists()
     info = json.loads((out / "predict.json").read_text())
     assert info["decision"] == "sigmoid>0.51" and info["images"] == ["c"]
+    assert info["tta"] and info["tta_transforms"] == [0, 7]   # only the mirror it trained on
 
 
 def test_a_stack_is_predicted_plane_by_plane(model_dir, work, tmp_path):
