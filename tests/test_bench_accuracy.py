@@ -206,6 +206,7 @@ def test_accuracy_bench_writes_a_complete_record(tmp_path, request):
     # bbbc030 is DIC: its patches stay unturned, so its model predicts without TTA.
     assert record["training"]["orientations"] == "none"
     assert record["training"]["edge_relief"] > 0.25
+    assert abs(record["training"]["relief_angle"] - 45) <= 10
     assert "--tta" not in record["stage_commands"]["predict"]
     seconds = record["wall_seconds"]
     assert set(seconds) == {"gen_img_aug", "pre_processing", "train", "curve_and_variants",

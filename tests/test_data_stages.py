@@ -213,17 +213,20 @@ def test_edge_relief_tells_dic_from_stained_objects(tmp_path, angle):
     assert gen_img_aug.edge_relief([]) == 0.0
 
 
-@pytest.mark.parametrize("look, angle, expected, transforms", [
-    ("dic", 0.8, "transpose", {"0", "7"}),          # 46 degrees: the diagonal's mirror
-    ("dic", -0.05, "flip-rows", {"0", "6"}),        # 177 degrees: the rows' mirror
-    ("dic", 1.2, "none", {"0"}),                    # 69 degrees: no mirror's axis near
-    ("stain", 0.8, "all", {str(k) for k in range(8)})])
-def test_auto_orientations_follow_the_images_relief(tmp_path, look, angle, expected,
-                                                    transforms):
+@pytest.mark.parametrize("look, angle, chosen, expected, transforms, warned", [
+    ("dic", 0.8, "auto", "none", {"0"}, False),
+    ("stain", 0.8, "auto", "all", {str(k) for k in range(8)}, False),
+    ("dic", 0.8, "transpose", "transpose", {"0", "7"}, False),      # relief along 46 degrees
+    ("dic", -0.05, "flip-rows", "flip-rows", {"0", "6"}, False),    # along 177 degrees
+    ("dic", 0.8, "flip-rows", "flip-rows", {"0", "6"}, True),       # 46 degrees off its axis
+    ("stain", 0.8, "flip-columns", "flip-columns", {"0", "4"}, False)])
+def test_orientations_follow_the_images_relief(tmp_path, capsys, look, angle, chosen, expected,
+                                               transforms, warned):
     data = disc_frames(tmp_path / look, look, angle)
-    run_aug(data, tmp_path / "w", "--test-size", "0.25")
+    run_aug(data, tmp_path / "w", "--test-size", "0.25", "--orientations", chosen)
     split = json.loads((tmp_path / "w" / "split.json").read_text())
     assert split["orientations"] == expected
+    assert ("relief no microscope makes" in capsys.readouterr().out) is warned
     assert {row.rsplit(",", 1)[1] for row in (tmp_path / "w" / "train" /
             "patches.csv").read_text().splitlines()[1:]} == transforms
     check_recorded_crops(data, tmp_path / "w", 48)
