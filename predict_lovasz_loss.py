@@ -510,10 +510,6 @@ def tta_transforms(tta, orientations, model_dir):
     return ORIENTATIONS[orientations]
 
 
-def tta_text(transforms):
-    return f", {len(transforms)}x TTA" if len(transforms) > 1 else ""
-
-
 class FrameRun:
     """Predicts one frame after another with the same model and settings, writing each
     frame's outputs into the staging folder; returns its confusion matrix where it has a
@@ -644,7 +640,8 @@ def main(argv=None):
     prepare = TilePreparer(config["preprocessing"])
     shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
     print(f"model {path} ({decision}, {precision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
-          f"{args.blend} blend{tta_text(transforms)}; {len(images)} images from {src}"
+          f"{args.blend} blend{f', {len(transforms)}x TTA' if args.tta else ''}; "
+          f"{len(images)} images from {src}"
           f"{shard}; intensity of non-8-bit images: {describe_intensity(intensity)}")
 
     run = FrameRun(predict_batch, tile, transforms, prepare, classes, decision,
