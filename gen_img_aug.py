@@ -176,7 +176,7 @@ def choose_orientations(requested, relief):
 def mirror_warning(orientations, relief, angle):
     """A line of warning where a chosen mirror's axis misses the images' relief, whose
     mirrored patches would then show relief no microscope makes; else None."""
-    axis = {name: degrees for degrees, name in MIRROR_AXES.items()}.get(orientations)
+    axis = MIRROR_AXES.get(orientations)
     if axis is None or relief < DIRECTED_RELIEF:
         return None
     miss = abs((angle - axis + 90) % 180 - 90)

@@ -9,7 +9,7 @@ import numpy as np
 ORIENTATIONS = {"all": tuple(range(8)), "none": (0,),
                 "flip-rows": (0, 6), "transpose": (0, 7), "flip-columns": (0, 4),
                 "antitranspose": (0, 5)}
-MIRROR_AXES = {0: "flip-rows", 45: "transpose", 90: "flip-columns", 135: "antitranspose"}
+MIRROR_AXES = {"flip-rows": 0, "transpose": 45, "flip-columns": 90, "antitranspose": 135}
 
 
 def dihedral(arr, k):

@@ -169,7 +169,7 @@ def test_tta_of_an_identity_model_is_the_identity(overlap, orientations):
     np.testing.assert_array_equal(probs, image)
     tiles = len(P.tile_positions(70, 45, 32, overlap))
     assert len(seen) == len(transforms) * tiles
-    first_tile = [t for t in seen[:len(transforms)]]
+    first_tile = seen[:len(transforms)]
     # The model really saw the rotations/flips its patches came in, and no others.
     assert len({t.tobytes() for t in first_tile}) == len(transforms) == \
         (8 if orientations == "all" else 2)
