@@ -299,8 +299,9 @@ def parse_args(argv=None):
     g.add_argument("--predict-weights", choices=("best", "swa", "last"), default="best",
                    help="which trained model segments the test images (default: %(default)s)")
     g.add_argument("--overlap", type=float, default=0.5,
-                   help="tile overlap, fraction of a tile; 0.5 measured +0.001-0.005 IoU over "
-                        "predict_lovasz_loss.py's 0.25 for about 2x the prediction time "
+                   help="tile overlap, fraction of a tile; 0.5 gained 0.001-0.005 IoU over "
+                        "predict_lovasz_loss.py's 0.25 in five of six measurements "
+                        "(bench/README.md), for about 2x the prediction time "
                         "(default: %(default)s)")
     g.add_argument("--tta", action=argparse.BooleanOptionalAction,
                    help="test-time augmentation: average every tile over the rotations/flips "
