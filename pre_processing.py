@@ -9,7 +9,14 @@ they are exact (integer counts) and no more than one patch per worker is in memo
 
 Preprocessing of one patch (patch_preprocessing.preprocess_patch, reused by prediction on each
 tile): z = (x - mean) / std; min-max of z within the patch to 0..255; histogram
-equalization; gamma out = 255 * (in / 255) ** (1 / gamma).
+equalization; gamma out = 255 * (in / 255) ** (1 / gamma). That is the paper's rule,
+--equalize patch, and the default for grey images, where it evens out uneven illumination.
+With --equalize dataset, the default for --color-mode rgb, the equalization comes instead
+from the histogram of all training patches' pixels (recorded in the statistics and the
+model's config.json): one table per channel, the same for every patch and every prediction
+tile, so colour channels keep their relation from patch to patch (equalized apart within
+each patch, a patch's hues depend on what else it holds) and a tile holding only background
+or one faint object is not stretched to full contrast.
 
 Colour: --color-mode grey (the paper: every image read as grey) converts colour images to
 luminance first; --color-mode rgb keeps three channels and treats each channel on its own
@@ -24,7 +31,8 @@ from image_io import COLOR_MODES, read_image, to_color_mode, write_image
 from outputs import atomic_write_bytes, staged_output, write_json
 from cli import PipelineError, existing_folder, positive_float, positive_int, run_cli, WORK_DIR
 from parallel import default_workers, parallel_map
-from patch_preprocessing import DEFAULT_GAMMA, MEAN_STD_NAME, preprocess_patch
+from patch_preprocessing import (DEFAULT_GAMMA, EQUALIZE_MODES, MEAN_STD_NAME, dataset_lut_for,
+                                 preprocess_patch, resolve_equalize)
 
 CHUNK = 200
 
@@ -42,6 +50,11 @@ def parse_args(argv=None):
     g.add_argument("--color-mode", choices=COLOR_MODES, default="grey",
                    help="grey: convert to grey, as the paper; rgb: keep colour, each channel "
                         "normalized and equalized on its own (default: %(default)s)")
+    g.add_argument("--equalize", choices=("auto", *EQUALIZE_MODES), default="auto",
+                   help="patch: min-max and equalize each patch and prediction tile on its "
+                        "own, as the paper; dataset: one equalization table from all training "
+                        "patches' pixels, the same for every patch and tile; auto: dataset "
+                        "for --color-mode rgb, patch for grey (default: %(default)s)")
     g.add_argument("--gamma", type=positive_float, default=DEFAULT_GAMMA,
                    help="gamma of the final lookup table, as the paper (default: %(default)s)")
     g.add_argument("--workers", type=positive_int, default=default_workers(),
@@ -80,23 +93,24 @@ def stats_from_histogram(hist):
     return means, stds
 
 
-def streamed_mean_std(paths, color_mode, workers):
+def streamed_histogram(paths, color_mode, workers):
     chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
-    hist = sum(parallel_map(HistogramTask(color_mode), chunks, min(workers, len(chunks)),
+    return sum(parallel_map(HistogramTask(color_mode), chunks, min(workers, len(chunks)),
                             "statistics", total=len(paths), unit="patch"))
-    return stats_from_histogram(hist)
 
 
 class PreprocessTask:
-    def __init__(self, out_dir, mean, std, gamma, color_mode):
-        self.out_dir, self.mean, self.std = out_dir, mean, std
-        self.gamma, self.color_mode = gamma, color_mode
+    def __init__(self, out_dir, stats):
+        self.out_dir, self.mean, self.std = out_dir, stats["mean"], stats["std"]
+        self.gamma, self.color_mode = stats["gamma"], stats["color_mode"]
+        self.lut = dataset_lut_for(stats)
 
     def __call__(self, paths):
         for path in paths:
             img = to_color_mode(read_image(path), self.color_mode)
             write_image(self.out_dir / path.name,
-                        preprocess_patch(img, self.mean, self.std, self.gamma), atomic=False)
+                        preprocess_patch(img, self.mean, self.std, self.gamma, self.lut),
+                        atomic=False)
         return len(paths), None
 
 
@@ -116,20 +130,24 @@ def main(argv=None):
     if not paths:
         raise PipelineError(f"no patches in {patch_dir}: run gen_img_aug.py first")
 
-    mean, std = streamed_mean_std(paths, args.color_mode, args.workers)
+    hist = streamed_histogram(paths, args.color_mode, args.workers)
+    mean, std = stats_from_histogram(hist)
     # Every patch has been read. The old statistics go before train/prep changes and the new
     # ones come last: without them training refuses to start, so an interrupted run can never
     # pair new statistics with old preprocessed patches or the reverse.
     for suffix in (".json", ".npy"):
         (work / f"{MEAN_STD_NAME}{suffix}").unlink(missing_ok=True)
+    equalize = resolve_equalize(args.equalize, args.color_mode)
     stats = {"mean": mean, "std": std, "color_mode": args.color_mode, "channels": len(mean),
-             "gamma": args.gamma, "num_patches": len(paths)}
+             "gamma": args.gamma, "equalize": equalize, "num_patches": len(paths)}
+    if equalize == "dataset":
+        stats["histogram"] = hist.tolist()
     print(f"mean {np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()} over "
           f"{len(paths)} patches")
 
     chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
     with staged_output(work / "train" / "prep") as staging:
-        task = PreprocessTask(staging, mean, std, args.gamma, args.color_mode)
+        task = PreprocessTask(staging, stats)
         for _ in parallel_map(task, chunks, min(args.workers, len(chunks)), "preprocess",
                               total=len(paths), unit="patch"):
             pass

@@ -25,9 +25,12 @@ intensity rule the model was trained with.
 Tiling: tiles of the training patch size overlap by at least --overlap of a tile and are
 spread evenly so the last one ends flush with the image border (as nnU-Net does); with
 --overlap 0 the tiles do not overlap and the image is reflect-padded at the bottom/right to
-a whole number of tiles (the original's tiling). An image smaller than a tile is padded. Every tile is preprocessed on its own exactly as the
-training patches were (z-score with the training statistics, min-max, histogram
-equalization, gamma), the tiles run through the model --batch-size at a time, and the
+a whole number of tiles (the original's tiling). An image smaller than a tile is padded.
+Every tile is preprocessed exactly as the training patches were: on its own by the paper's
+rule (z-score with the training statistics, min-max, histogram equalization, gamma; grey
+models by default), or through the training set's equalization table and gamma (colour
+models by default; pre_processing.py --equalize), the tiles run through the model
+--batch-size at a time, and the
 class probabilities of overlapping tiles are averaged, weighted by a window that is
 largest at the tile centre (--blend gaussian) or flat (uniform). The padding is then
 cropped off. --tta also averages the rotations/flips of every tile that the model's training
@@ -90,7 +93,7 @@ from cli import (PipelineError, read_json, existing_folder, finite_float,  # noq
 from figures import colorize, save_figure, pyplot  # noqa: E402
 from geometry import ORIENTATIONS, dihedral, inverse_dihedral  # noqa: E402
 from metrics import confusion_matrix, iou_per_class  # noqa: E402
-from patch_preprocessing import preprocess_patch  # noqa: E402
+from patch_preprocessing import dataset_lut_for, preprocess_patch  # noqa: E402
 
 SIGMOID_THRESHOLD = 0.51
 BLENDS = ("gaussian", "uniform")
@@ -401,9 +404,11 @@ class TilePreparer:
     def __init__(self, preprocessing):
         self.mean, self.std = preprocessing["mean"], preprocessing["std"]
         self.gamma = preprocessing["gamma"]
+        self.lut = dataset_lut_for(preprocessing)
 
     def __call__(self, tile):
-        x = preprocess_patch(tile, self.mean, self.std, self.gamma).astype(np.float32) / 255.0
+        x = preprocess_patch(tile, self.mean, self.std, self.gamma, self.lut)
+        x = x.astype(np.float32) / 255.0
         return np.repeat(x[:, :, None], 3, axis=2) if x.ndim == 2 else x
 
 

@@ -603,6 +603,8 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, 
         "color_mode": stats["color_mode"], "image_channels": stats["channels"],
         "intensity": intensity, "orientations": orientations,
         "preprocessing": {"mean": stats["mean"], "std": stats["std"], "gamma": stats["gamma"],
+                          "equalize": stats.get("equalize", "patch"),
+                          **({"histogram": stats["histogram"]} if "histogram" in stats else {}),
                           "input_scale": "prep / 255, grey repeated to 3 channels"},
         "decision": (SIGMOID_RULE if args.loss == "lovasz-softmax"
                      and args.lovasz_on == "logits" else ARGMAX),

@@ -5,7 +5,7 @@ in a work folder (temporary unless --work-dir):
   gen_img_aug.py     --data-dir DATASET --work-dir W --num-patches N --patch-size P
                      --foreground-fraction F --orientations auto
                      (the data set's test.txt fixes the held-out test images)
-  pre_processing.py  --work-dir W --color-mode grey|rgb
+  pre_processing.py  --work-dir W --color-mode grey|rgb --equalize auto
   train_unet_xception_resnetblock.py --data-dir DATASET --work-dir W --weights none
                      --time-budget MIN --lr --epochs --steps-per-epoch --val-steps ...
   predict_lovasz_loss.py --data-dir DATASET --work-dir W --weights best [--tta]
@@ -62,6 +62,7 @@ from outputs import write_json  # noqa: E402
 from cli import PipelineError, read_classes, read_json, run_cli  # noqa: E402
 from geometry import ORIENTATIONS  # noqa: E402
 from parallel import default_workers  # noqa: E402
+from patch_preprocessing import EQUALIZE_MODES  # noqa: E402
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -80,7 +81,8 @@ def stage_commands(args, dataset_dir, work, color_mode):
                               "--foreground-fraction", args.foreground_fraction,
                               "--orientations", args.orientations, *workers),
         "pre_processing": script("pre_processing.py", "--work-dir", work,
-                                 "--color-mode", color_mode, *workers),
+                                 "--color-mode", color_mode, "--equalize", args.equalize,
+                                 *workers),
         "train": script("train_unet_xception_resnetblock.py", "--data-dir", dataset_dir,
                         "--work-dir", work, "--weights", "none",
                         "--time-budget", args.time_budget, "--epochs", args.epochs,
@@ -216,6 +218,7 @@ def training_summary(work):
     keep = ("num_train_patches", "num_val_patches", "val_split_by", "val_frames", "precision",
             "color_mode", "orientations", "decision", "result")
     summary = {k: config[k] for k in keep if k in config}
+    summary["equalize"] = config.get("preprocessing", {}).get("equalize", "patch")
     split = Path(work) / "split.json"
     if split.is_file():
         recorded = json.loads(split.read_text())
@@ -273,6 +276,11 @@ def parse_args(argv=None):
                    help="gen_img_aug.py's: patches in all 8 rotations/flips, as the "
                         "microscope saw them, half of those mirrored across one axis, or "
                         "decided by the images' edge relief (default: %(default)s)")
+    g.add_argument("--equalize", choices=("auto", *EQUALIZE_MODES), default="auto",
+                   help="pre_processing.py's: each patch and prediction tile on its own "
+                        "(patch, the paper's), all by one table from the training patches "
+                        "(dataset), or auto: dataset for colour, patch for grey "
+                        "(default: %(default)s)")
     g.add_argument("--workers", type=int,
                    help="processes for the two data stages (default: theirs, all cores)")
     g = parser.add_argument_group("training (train_unet_xception_resnetblock.py)")

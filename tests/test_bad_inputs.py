@@ -701,6 +701,20 @@ def nan_statistics(model):
     return model / "config.json", "mean", "write it anew"
 
 
+def short_equalization_histogram(model):
+    config = json.loads((model / "config.json").read_text())
+    config["preprocessing"].update(equalize="dataset", histogram=[[5] * 255])
+    (model / "config.json").write_text(json.dumps(config))
+    return model / "config.json", "histogram", "write it anew"
+
+
+def unknown_equalization(model):
+    config = json.loads((model / "config.json").read_text())
+    config["preprocessing"]["equalize"] = "frame"
+    (model / "config.json").write_text(json.dumps(config))
+    return model / "config.json", "equalize", "'frame'"
+
+
 def random_bytes_in_the_model(model):
     data = bytearray((model / BEST).read_bytes())
     middle = len(data) // 2
@@ -715,7 +729,9 @@ def truncated_config(model):
     return model / "config.json", "not valid JSON", "write it anew"
 
 
-@pytest.mark.parametrize("damage", [nan_statistics, random_bytes_in_the_model, truncated_config])
+@pytest.mark.parametrize("damage", [nan_statistics, short_equalization_histogram,
+                                    unknown_equalization, random_bytes_in_the_model,
+                                    truncated_config])
 def test_a_damaged_model_folder_is_refused(model_dir, tmp_path, capsys, damage):
     model = copy_model(model_dir, tmp_path)
     expected_words = damage(model)

@@ -12,7 +12,7 @@ import gen_img_aug
 import pre_processing
 from image_io import read_image, read_label
 from geometry import dihedral, inverse_dihedral, reflect_pad
-from patch_preprocessing import preprocess_patch
+from patch_preprocessing import dataset_lut, gamma_lut, preprocess_patch
 
 ROOT = Path(__file__).resolve().parents[1]
 BBBC030 = ROOT.parent / "shared" / "datasets" / "bbbc030"
@@ -380,6 +380,57 @@ def test_rgb_preprocessing_equalizes_each_channel():
         np.testing.assert_array_equal(out[:, :, c], preprocess_patch(patch[:, :, c], 0, 1))
 
 
+def test_dataset_equalization_of_one_image_is_opencvs_then_gamma():
+    rng = np.random.default_rng(4)
+    img = rng.integers(40, 200, (48, 64)).astype(np.uint8)
+    lut = dataset_lut(np.bincount(img.ravel(), minlength=256)[None], 1.2)
+    np.testing.assert_array_equal(lut[0][img], cv2.LUT(cv2.equalizeHist(img), gamma_lut(1.2)))
+    assert not lut[0][:40].any() and (lut[0][199:] == 255).all()
+    assert (np.diff(lut[0].astype(int)) >= 0).all()
+
+
+def test_dataset_equalization_does_not_depend_on_the_rest_of_the_tile():
+    """The per-patch rule stretches a faint tile to full contrast; one table does not, so a
+    crop of the preprocessed frame is the preprocessed crop, wherever the tile lies."""
+    rng = np.random.default_rng(5)
+    frame = rng.integers(90, 110, (64, 64)).astype(np.uint8)
+    frame[8:24, 8:24] = rng.integers(20, 240, (16, 16))
+    lut = dataset_lut(np.bincount(frame.ravel(), minlength=256)[None])
+    whole = preprocess_patch(frame, 100, 10, lut=lut)
+    faint = frame[32:, 32:]
+    np.testing.assert_array_equal(preprocess_patch(faint, 100, 10, lut=lut), whole[32:, 32:])
+    assert np.ptp(whole[32:, 32:]) < np.ptp(preprocess_patch(faint, 100, 10))
+
+
+@pytest.mark.parametrize("how", [["--equalize", "dataset"], []], ids=["asked", "auto"])
+def test_dataset_equalization_is_recorded_and_applied_per_channel(tmp_path, how):
+    data = make_dataset(tmp_path / "data", [(70, 90), (64, 64), (80, 50)], color=True)
+    work = tmp_path / "w"
+    run_aug(data, work, "--num-patches", "30", "--patch-size", "32")
+    pre_processing.main(["--work-dir", str(work), "--color-mode", "rgb", *how, "--workers", "1"])
+    stats = json.loads((work / "train_mean_std.json").read_text())
+    assert stats["equalize"] == "dataset" and np.asarray(stats["histogram"]).shape == (3, 256)
+    assert sum(stats["histogram"][0]) == 30 * 32 * 32
+    lut = dataset_lut(stats["histogram"], stats["gamma"])
+    for src in sorted((work / "train" / "src").glob("*.png"))[:5]:
+        patch, prep = read_image(src), read_image(work / "train" / "prep" / src.name)
+        for c in range(3):
+            np.testing.assert_array_equal(prep[:, :, c], lut[c][patch[:, :, c]])
+
+
+def test_grey_patches_keep_the_papers_rule_by_default(tmp_path):
+    """auto leaves grey images to the per-patch rule: the same patches, byte for byte."""
+    data = make_dataset(tmp_path / "data", [(70, 90), (64, 64), (80, 50)])
+    work = tmp_path / "w"
+    run_aug(data, work, "--num-patches", "20", "--patch-size", "32")
+    pre_processing.main(["--work-dir", str(work), "--workers", "1"])
+    stats = json.loads((work / "train_mean_std.json").read_text())
+    assert stats["equalize"] == "patch" and "histogram" not in stats
+    for src in sorted((work / "train" / "src").glob("*.png")):
+        expected = preprocess_patch(read_image(src), stats["mean"], stats["std"], stats["gamma"])
+        np.testing.assert_array_equal(read_image(work / "train" / "prep" / src.name), expected)
+
+
 @pytest.mark.skipif(not BBBC030.is_dir(), reason="../shared/datasets/bbbc030 not present")
 def test_bbbc030_split_and_patches(tmp_path):
     work = tmp_path / "w"
@@ -395,8 +446,10 @@ def test_bbbc030_split_and_patches(tmp_path):
         assert lbl.shape == (256, 256) and lbl.max() <= 1
 
 
+@pytest.mark.parametrize("equalize", ["patch", "dataset"])
 @pytest.mark.parametrize("color_mode", ["grey", "rgb"])
-def test_prediction_prepares_a_tile_as_training_decodes_its_patch(tmp_path, color_mode):
+def test_prediction_prepares_a_tile_as_training_decodes_its_patch(tmp_path, color_mode,
+                                                                   equalize):
     """The network gets the same numbers, channels in the same order, for a training patch as
     tf.data decodes it and for the same crop of the image as prediction prepares it."""
     import predict_lovasz_loss
@@ -405,7 +458,8 @@ def test_prediction_prepares_a_tile_as_training_decodes_its_patch(tmp_path, colo
                         color=True)
     work = tmp_path / "w"
     run_aug(data, work, "--num-patches", "16")
-    pre_processing.main(["--work-dir", str(work), "--workers", "1", "--color-mode", color_mode])
+    pre_processing.main(["--work-dir", str(work), "--workers", "1", "--color-mode", color_mode,
+                         "--equalize", equalize])
     prepare = predict_lovasz_loss.TilePreparer(
         json.loads((work / "train_mean_std.json").read_text()))
     rows = [row.split(",") for row in (work / "train" / "patches.csv").read_text().split()[1:]]

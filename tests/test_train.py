@@ -33,6 +33,8 @@ def test_model_folder_is_complete(trained_model):
     assert config["input_shape"] == [SIZE, SIZE, 3]
     assert config["color_mode"] == "grey" and config["image_channels"] == 1
     assert config["preprocessing"]["mean"] == [120.0]
+    assert config["preprocessing"]["equalize"] == "patch"
+    assert "histogram" not in config["preprocessing"]
     assert config["decision"] == "argmax"
     assert config["settings"]["loss"] == "lovasz-softmax"
     assert config["settings"]["optimizer"] == "nsgd"
