@@ -6,8 +6,14 @@
          logits and loss; a training step 0.6-0.75x the fp32 time on CPUs with native
          bf16 (AVX-512 BF16 or AMX; bench/speed.py), slower than fp32 on CPUs without it
   fp16   mixed_float16, for GPUs with tensor cores (Keras adds loss scaling)
-  auto   fp16 where TensorFlow sees a GPU, bf16 on a CPU with native bf16, else fp32
+  auto   fp16 where TensorFlow sees a GPU; on a CPU with native bf16 flags, bf16 where a
+         3x3 convolution measured at start-up runs at least BF16_MIN_SPEEDUP times faster in
+         bf16 than in fp32, else fp32. The flags alone do not tell: on a 2-core Intel Xeon
+         with AVX-512 BF16 (no AMX) TensorFlow's bf16 convolutions ran at 0.63x the fp32
+         speed and a training step 1.1-1.3x slower, where an AMD EPYC with the same flags
+         ran bf16 matmuls 2x faster (bench/README.md)
 """
+import math
 import os
 import platform
 import time
@@ -17,6 +23,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# bf16 rounds the activations; it must buy at least this much speed to be worth it.
+BF16_MIN_SPEEDUP = 1.2
 
 
 def _cpuinfo(key):
@@ -50,19 +58,48 @@ def gpu_names():
             for d in tf.config.list_physical_devices("GPU")]
 
 
+def bf16_conv_speedup(repeats=8):
+    """How many times faster a 3x3 convolution of 8 x 64 x 64 x 64 activations (the kind and
+    size of work of the network's layers) runs in bfloat16 than in float32 here, measured
+    now: the best of `repeats` runs of each, interleaved so that load from elsewhere slows
+    both alike (about 0.5 s on 2 cores)."""
+    import tensorflow as tf
+    x, kernel = tf.random.normal((8, 64, 64, 64)), tf.random.normal((3, 3, 64, 64))
+    conv = tf.function(lambda a, k: tf.nn.conv2d(a, k, 1, "SAME"))
+    inputs = {"float32": (x, kernel),
+              "bfloat16": (tf.cast(x, tf.bfloat16), tf.cast(kernel, tf.bfloat16))}
+    best = dict.fromkeys(inputs, math.inf)
+    for a, k in inputs.values():
+        conv(a, k).numpy()      # traced and warmed up outside the timing
+    for _ in range(repeats):
+        for dtype, (a, k) in inputs.items():
+            start = time.perf_counter()
+            conv(a, k).numpy()
+            best[dtype] = min(best[dtype], time.perf_counter() - start)
+    return best["float32"] / best["bfloat16"]
+
+
 def resolve_precision(choice):
-    """fp32, bf16 or fp16 for a --precision choice on this machine."""
+    """(fp32, bf16 or fp16, why) for a --precision choice on this machine; why is None
+    unless auto measured bf16 against fp32."""
     if choice != "auto":
-        return choice
+        return choice, None
     if gpu_names():
-        return "fp16"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+        return "fp16", None
+    if not cpu_has_native_bf16():
+        return "fp32", None
+    speedup = bf16_conv_speedup()
+    precision = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
+    return precision, (f"--precision auto: {precision}; this CPU's bfloat16 convolutions run "
+                       f"{speedup:.2f}x the float32 speed (bf16 from {BF16_MIN_SPEEDUP}x)")
 
 
 def use_precision(choice):
     """Set Keras' global dtype policy for a --precision choice; returns fp32, bf16 or fp16."""
     import keras
-    precision = resolve_precision(choice)
+    precision, why = resolve_precision(choice)
+    if why:
+        print(why)
     if precision == "bf16" and not cpu_has_native_bf16() and not gpu_names():
         print("note: this CPU has no native bf16 (AVX-512 BF16 or AMX); --precision bf16 is "
               "emulated here and slower than fp32")
@@ -74,8 +111,9 @@ def add_precision_option(group):
     group.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="numeric precision: fp32; bf16 (bfloat16 compute, float32 weights "
                             "and loss; faster on CPUs with AVX-512 BF16 or AMX); fp16 "
-                            "(GPUs); auto = fp16 on a GPU, bf16 where the CPU has native bf16, "
-                            "else fp32 (default: %(default)s)")
+                            "(GPUs); auto = fp16 on a GPU, bf16 where the CPU has native bf16 "
+                            f"and runs it at least {BF16_MIN_SPEEDUP}x faster than fp32 "
+                            "(measured at start-up), else fp32 (default: %(default)s)")
 
 
 def matmul_gflops(dtype="float32", size=2048, repeats=8):

@@ -262,8 +262,10 @@ def main():
     if machine["gpus"]:
         gpu_report(args, machine)
         return
-    native = hardware.cpu_has_native_bf16()
-    print(f"bf16: {'native' if native else 'not native on this CPU (emulated; targets apply only where native)'}")
+    if hardware.cpu_has_native_bf16():
+        print(f"bf16: native flags; {hardware.resolve_precision('auto')[1]}")
+    else:
+        print("bf16: not native on this CPU (emulated; targets apply only where native)")
     cpu_report(args, machine, ("fp32", "bf16"))
 
 

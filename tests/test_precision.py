@@ -7,18 +7,36 @@ import hardware
 keras = pytest.importorskip("keras")
 
 
-@pytest.mark.parametrize("flags, gpus, expected", [
-    ({"avx2", "avx512f", "avx512_bf16"}, [], "bf16"),
-    ({"avx2", "amx_bf16"}, [], "bf16"),
-    ({"avx2", "avx512f"}, [], "fp32"),
-    (set(), [], "fp32"),
-    ({"avx2"}, ["NVIDIA H100"], "fp16"),
+@pytest.mark.parametrize("flags, gpus, speedup, expected", [
+    ({"avx2", "avx512f", "avx512_bf16"}, [], 1.9, "bf16"),
+    ({"avx2", "amx_bf16"}, [], 3.0, "bf16"),
+    # The flags, and bf16 slower than fp32 (measured: 0.63x on a 2-core Intel Xeon).
+    ({"avx2", "avx512f", "avx512_bf16"}, [], 0.63, "fp32"),
+    ({"avx2", "avx512f", "avx512_bf16"}, [], 1.1, "fp32"),
+    ({"avx2", "avx512f"}, [], None, "fp32"),
+    (set(), [], None, "fp32"),
+    ({"avx2"}, ["NVIDIA H100"], None, "fp16"),
 ])
-def test_auto_uses_bf16_only_where_the_cpu_has_it(monkeypatch, flags, gpus, expected):
+def test_auto_uses_bf16_only_where_the_cpu_runs_it_faster(monkeypatch, flags, gpus, speedup,
+                                                           expected):
+    def measured():
+        assert speedup is not None, "measured where the flags or a GPU already decide"
+        return speedup
+
     monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
     monkeypatch.setattr(hardware, "gpu_names", lambda: gpus)
-    assert hardware.resolve_precision("auto") == expected
-    assert hardware.resolve_precision("fp32") == "fp32"
+    monkeypatch.setattr(hardware, "bf16_conv_speedup", measured)
+    precision, why = hardware.resolve_precision("auto")
+    assert precision == expected
+    assert (why is None) == (speedup is None)
+    if why:
+        assert f"{speedup:.2f}x" in why and expected in why
+    assert hardware.resolve_precision("fp32") == ("fp32", None)
+
+
+def test_the_bf16_speedup_is_measured_here():
+    speedup = hardware.bf16_conv_speedup(repeats=2)
+    assert np.isfinite(speedup) and speedup > 0
 
 
 def test_a_model_runs_in_the_precision_asked_for_with_the_same_weights():
