@@ -139,10 +139,12 @@ def cpu_summary():
 
 
 def machine_summary():
-    """CPU, its vector flags, GPUs and (measured now) the fp32 and bf16 matmul rates."""
+    """CPU, its vector flags, GPUs and (measured now) the fp32 and bf16 matmul rates and the
+    bf16 convolution speed-up that --precision auto decides by."""
     return {**cpu_summary(), "gpus": gpu_names(),
             "matmul_gflops": {"fp32": round(matmul_gflops("float32"), 1),
-                              "bf16": round(matmul_gflops("bfloat16"), 1)}}
+                              "bf16": round(matmul_gflops("bfloat16"), 1)},
+            "bf16_conv_speedup": round(bf16_conv_speedup(), 2)}
 
 
 def cpu_line(summary):
@@ -154,6 +156,8 @@ def cpu_line(summary):
 def machine_line(summary):
     rates = summary["matmul_gflops"]
     line = f"{cpu_line(summary)}; matmul {rates['fp32']} GFLOP/s fp32, {rates['bf16']} bf16"
+    if "bf16_conv_speedup" in summary:
+        line += f"; bf16 convolution {summary['bf16_conv_speedup']}x fp32"
     if summary["gpus"]:
         line += f"; GPUs: {', '.join(summary['gpus'])}"
     return line
