@@ -22,7 +22,11 @@ With --foreground-fraction F, a fraction F of the patches (chosen at random) are
 random crops that contain a randomly chosen foreground pixel (any class but 0), which gives
 sparse objects more of the training signal. Label value 255 marks pixels to ignore ("unsure"
 regions, see labelme_to_label.py --ignore-labels): it is neither a class nor foreground, and
-training and scoring leave those pixels out. Patch i depends only on (--seed, i) and the
+training and scoring leave those pixels out. With --scale S the frames and labels are
+resampled by S before patches are cut (pixel areas averaged, labels by majority vote), so a
+128 px patch of S = 0.5 covers the field of a 256 px one; the scale is recorded, prediction
+resamples each frame the same way and brings the probabilities back to the frame's own
+pixels. Patch i depends only on (--seed, i) and the
 images, so the output is the same for any --workers.
 """
 import argparse
@@ -39,9 +43,11 @@ from outputs import atomic_write_text, remove_leftovers, staged_output, write_js
 from cli import (IGNORE_LABEL, PipelineError, finite_float, positive_int, read_classes,
                  refuse_file, read_name_list, run_cli, WORK_DIR)
 from figures import colorize, save_figure, pyplot
-from geometry import MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad
+from geometry import (MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad, resample_image,
+                      resample_label, scaled_size)
 from parallel import default_workers, parallel_map
 
+MAX_SCALE = 4               # beyond, upsampled frames hold no detail worth the memory
 CHUNK = 200                 # patches per task: big enough to amortise, small for a smooth bar
 CACHE_BYTES = 1 << 30       # per worker: images stay cached up to this, whatever the patch count
 _caches = {}                # per process; the pool sends each task a fresh copy of the writer
@@ -76,6 +82,11 @@ def parse_args(argv=None):
                         "along that axis; 'auto': 'none' where the training images' edge "
                         f"relief is at least {DIRECTED_RELIEF}, else 'all' (recorded for "
                         "training and prediction; default: %(default)s)")
+    g.add_argument("--scale", type=finite_float, default=1.0,
+                   help="resample the frames by this factor before cutting patches, e.g. 0.5 "
+                        "where objects are many pixels across and a patch should hold more "
+                        "of them; recorded for prediction, which scores and writes masks at "
+                        "the frames' own size (default: %(default)s, the original's)")
     g.add_argument("--seed", type=int, default=2018,
                    help="seed of crop positions and transforms (default: %(default)s)")
     g.add_argument("--workers", type=positive_int, default=default_workers(),
@@ -90,6 +101,8 @@ def parse_args(argv=None):
     args.intensity = parse_intensity(p, args.intensity, DEFAULT_INTENSITY)
     if not 0 <= args.foreground_fraction <= 1:
         p.error("--foreground-fraction must be between 0 and 1")
+    if not 0 < args.scale <= MAX_SCALE:
+        p.error(f"--scale must be above 0 and at most {MAX_SCALE}")
     if not 0 < args.test_size < 1:
         p.error("--test-size must be between 0 and 1")
     return args
@@ -253,14 +266,14 @@ def frame_groups(names, stack_of):
 
 
 def write_split(work, train, test, how, classes, label_values, intensity, stack_of,
-                orientations, relief, angle):
+                orientations, relief, angle, scale):
     """The split files, written last: their presence marks a complete run."""
     write_json(work / "split.json", {"method": how, "train": train, "test": test,
                                      "classes": classes, "label_values": label_values,
                                      "intensity": intensity, "stack_of": stack_of,
                                      "orientations": orientations,
                                      "edge_relief": round(relief, 4),
-                                     "relief_angle": round(angle, 1)})
+                                     "relief_angle": round(angle, 1), "scale": scale})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 
@@ -302,8 +315,8 @@ class ImageCache:
     """Padded image and label pairs, and the label's foreground pixels once asked for, kept
     in memory up to a byte budget (oldest dropped first)."""
 
-    def __init__(self, sources, patch_size, intensity):
-        self.sources, self.patch_size, self.items = sources, patch_size, {}
+    def __init__(self, sources, shapes, patch_size, intensity):
+        self.sources, self.shapes, self.patch_size, self.items = sources, shapes, patch_size, {}
         self.intensity = intensity
 
     def get(self, image):
@@ -321,9 +334,11 @@ class ImageCache:
     def _entry(self, image):
         if image not in self.items:
             img_path, lbl_path = self.sources[image]
-            entry = [reflect_pad(read_image(img_path, self.intensity), self.patch_size,
-                                 self.patch_size),
-                     reflect_pad(read_label(lbl_path), self.patch_size, self.patch_size)]
+            shape = self.shapes[image]      # the frame's at the patches' scale
+            img = resample_image(read_image(img_path, self.intensity), shape)
+            lbl = resample_label(read_label(lbl_path), shape)
+            entry = [reflect_pad(img, self.patch_size, self.patch_size),
+                     reflect_pad(lbl, self.patch_size, self.patch_size)]
             while self.items and sum(map(entry_bytes, self.items.values())) + \
                     entry_bytes(entry) > CACHE_BYTES:
                 self.items.pop(next(iter(self.items)))
@@ -348,8 +363,9 @@ class PatchWriter:
         self.orientations = orientations
 
     def __call__(self, span):
-        key = (tuple(self.sources), self.patch_size, str(self.intensity))
-        cache = _caches.setdefault(key, ImageCache(self.sources, self.patch_size, self.intensity))
+        key = (tuple(self.sources), tuple(self.shapes), self.patch_size, str(self.intensity))
+        cache = _caches.setdefault(key, ImageCache(self.sources, self.shapes, self.patch_size,
+                                                   self.intensity))
         rows = []
         for index in range(*span):
             image, y, x, k = patch_params(self.seed, index, self.shapes, self.patch_size,
@@ -367,9 +383,10 @@ class PatchWriter:
 
 
 def write_patches(table, train, work, num_patches, patch_size, seed, workers,
-                  foreground_fraction=0.0, intensity=DEFAULT_INTENSITY, orientations="all"):
+                  foreground_fraction=0.0, intensity=DEFAULT_INTENSITY, orientations="all",
+                  scale=1.0):
     sources = [table[n][:2] for n in train]
-    shapes = [table[n][2] for n in train]
+    shapes = [scaled_size(table[n][2], scale) for n in train]
     with staged_output(work / "train") as staging:
         (staging / "src").mkdir()
         (staging / "label").mkdir()
@@ -422,7 +439,8 @@ def main(argv=None):
                                    stack_of)
     if not train:
         raise PipelineError("no training images left after the split")
-    check_memory([table[n][2] for n in train], args.patch_size, args.workers)
+    check_memory([scaled_size(table[n][2], args.scale) for n in train], args.patch_size,
+                 args.workers)
     sums = [edges[n] for n in train]
     relief, angle = edge_relief(sums), relief_angle(sums)
     orientations = choose_orientations(args.orientations, relief)
@@ -442,12 +460,13 @@ def main(argv=None):
         (work / name).unlink(missing_ok=True)
     copy_test_set(table, test, work)
     write_patches(table, train, work, args.num_patches, args.patch_size, args.seed, args.workers,
-                  args.foreground_fraction, args.intensity, orientations)
+                  args.foreground_fraction, args.intensity, orientations, args.scale)
     write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
-                orientations, relief, angle)
+                orientations, relief, angle, args.scale)
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
-    print(f"wrote {args.num_patches} patches of {args.patch_size}x{args.patch_size} to "
+    scale = "" if args.scale == 1 else f" from frames resampled by {args.scale:g}"
+    print(f"wrote {args.num_patches} patches of {args.patch_size}x{args.patch_size}{scale} to "
           f"{work / 'train'} and {len(test)} test images to {work / 'test'}")
 
 

@@ -1,5 +1,11 @@
-"""The 8 rotations/flips of an image and reflect-padding to a minimum size."""
+"""The 8 rotations/flips of an image, reflect-padding to a minimum size, and resampling to
+the pixel scale a model works at."""
+import math
+
+import cv2
 import numpy as np
+
+from cli import PipelineError
 
 # How training patches may be turned, as the `dihedral` indices each allows (the first is
 # the identity): "all" 8 rotations/flips (the paper's); "none" for images whose look depends
@@ -34,3 +40,53 @@ def reflect_pad(arr, min_h, min_w):
     pads = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (arr.ndim - 2)
     # np.pad 'symmetric' repeats edge pixels and, unlike 'reflect', works for any pad size.
     return np.pad(arr, pads, mode="symmetric")
+
+
+def scaled_size(shape, scale):
+    """(height, width) of an image of `shape` resampled by `scale`, at least 1 x 1."""
+    return tuple(max(1, round(n * scale)) for n in shape[:2])
+
+
+def resample_image(img, shape):
+    """An image (HxW or HxWxC) resampled to shape (h, w): pixel areas averaged when it
+    shrinks, bilinear when it grows; the same array where the size is already right."""
+    h, w = shape
+    if img.shape[:2] == (h, w):
+        return img
+    shrinking = h * w < img.shape[0] * img.shape[1]
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrinking
+                      else cv2.INTER_LINEAR)
+
+
+def resample_label(label, shape):
+    """A class-index label resampled to shape (h, w): each new pixel takes the value that
+    covers most of its area (a majority vote, so no value is made up and thin classes are not
+    shifted the way nearest-neighbour picking shifts them); nearest neighbour when it grows."""
+    h, w = shape
+    if label.shape == (h, w):
+        return label
+    if h * w >= label.size:
+        return cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+    values = np.unique(label)
+    votes = np.stack([resample_image((label == v).astype(np.float32), shape) for v in values])
+    return values[votes.argmax(axis=0)].astype(label.dtype)
+
+
+def resample_probabilities(probs, shape):
+    """Per-class probabilities [h', w', C] brought to shape (h, w) bilinearly, so the class
+    boundary falls between the coarse pixels where the probabilities cross."""
+    h, w = shape
+    if probs.shape[:2] == (h, w):
+        return probs
+    channels = [cv2.resize(probs[:, :, c], (w, h), interpolation=cv2.INTER_LINEAR)
+                for c in range(probs.shape[2])]
+    return np.stack(channels, axis=-1)
+
+
+def check_scale(value, where):
+    """A recorded pixel scale, validated: a positive finite number (1.0 where none was
+    recorded, the original's full resolution)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise PipelineError(f"{where}: 'scale' must be a positive number, not {value!r}")
+    return float(value)

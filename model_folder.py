@@ -6,7 +6,7 @@ from pathlib import Path
 from image_io import COLOR_MODES, DEFAULT_INTENSITY, check_intensity
 from outputs import sha256_of
 from cli import PipelineError, read_json
-from geometry import ORIENTATIONS
+from geometry import ORIENTATIONS, check_scale
 from patch_preprocessing import check_preprocessing
 
 # How a pixel's class is decided: the most probable class, or the original's rule for a
@@ -43,6 +43,8 @@ def read_config(model_dir):
     # Models trained before the rule was recorded read non-8-bit images by today's default.
     config["intensity"] = check_intensity(config.get("intensity", DEFAULT_INTENSITY), path)
     config["orientations"] = check_orientations(config.get("orientations", "all"), path)
+    # Models trained before --scale worked at the frames' own resolution.
+    config["scale"] = check_scale(config.get("scale", 1.0), path)
     return config
 
 

@@ -36,6 +36,10 @@ largest at the tile centre (--blend gaussian) or flat (uniform). The padding is 
 cropped off. --tta also averages the rotations/flips of every tile that the model's training
 patches came in: all 8 for turned patches (gen_img_aug.py's default for most images), the
 mirror across the relief's axis for DIC patches kept in the microscope's view and mirrored.
+A model whose patches were cut from resampled frames (gen_img_aug.py --scale, recorded in
+config.json) sees each frame resampled alike; its probabilities are brought back to the
+frame's own pixels bilinearly before the decision, so masks, probabilities and IoU are at
+the frame's size. Frames predicted band by band (--stream-above) need a model of scale 1.
 
 Decision, as recorded in config.json by training:
   argmax         (default loss, Lovasz on softmax) the class of highest softmax probability.
@@ -91,7 +95,8 @@ from shards import (copy_shard_files, merged_record, open_shards, shard_folder, 
 from cli import (PipelineError, read_json, existing_folder, finite_float,  # noqa: E402
                  non_negative_float, non_negative_int, positive_int, refuse_file, run_cli, WORK_DIR)
 from figures import colorize, save_figure, pyplot  # noqa: E402
-from geometry import ORIENTATIONS, dihedral, inverse_dihedral  # noqa: E402
+from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, resample_image,  # noqa: E402
+                      resample_probabilities, scaled_size)
 from metrics import confusion_matrix, iou_per_class  # noqa: E402
 from patch_preprocessing import dataset_lut_for, preprocess_patch  # noqa: E402
 
@@ -521,8 +526,9 @@ class FrameRun:
     label."""
 
     def __init__(self, predict_batch, tile, transforms, prepare, classes, decision, color_mode,
-                 intensity, args):
+                 intensity, scale, args):
         self.predict_batch, self.tile, self.prepare = predict_batch, tile, prepare
+        self.scale = scale
         self.transforms = transforms
         self.classes, self.decision = classes, decision
         self.color_mode, self.intensity, self.args = color_mode, intensity, args
@@ -535,8 +541,11 @@ class FrameRun:
     def in_memory(self, staging, out, name, source, label_path):
         img = model_image(source, self.color_mode, self.intensity)
         a = self.args
-        probs = predict_frame(self.predict_batch, img, self.tile, a.overlap, a.blend,
+        # At the model's scale (gen_img_aug.py --scale), then back to the frame's own pixels.
+        seen = resample_image(img, scaled_size(img.shape, self.scale))
+        probs = predict_frame(self.predict_batch, seen, self.tile, a.overlap, a.blend,
                               a.batch_size, self.transforms, prepare=self.prepare)
+        probs = resample_probabilities(probs, img.shape[:2])
         mask = decide(probs, self.decision)
         write_outputs(staging, out, name, source, img, mask, probs, self.classes, self.args)
         if label_path is None:
@@ -629,6 +638,12 @@ def main(argv=None):
                             "--save-probs and --to-labelme need frames that fit in memory")
     config = read_config(model_dir)
     transforms = tta_transforms(args.tta, config["orientations"], model_dir)
+    if streamed and config["scale"] != 1:
+        raise PipelineError(f"{sorted(streamed)[0]} is larger than --stream-above "
+                            f"{args.stream_above:g} megapixels and is predicted band by band, "
+                            f"which works at the frames' own scale; {model_dir} was trained at "
+                            f"scale {config['scale']:g} (gen_img_aug.py --scale): raise "
+                            "--stream-above to predict it in memory")
     classes, decision = config["classes"], config["decision"]
     intensity = args.intensity or config["intensity"]
     path = model_file(model_dir, config, args.weights)
@@ -644,13 +659,15 @@ def main(argv=None):
     predict_batch = make_predict_batch(net, decision)
     prepare = TilePreparer(config["preprocessing"])
     shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
+    resampled = "" if config["scale"] == 1 else f", frames resampled by {config['scale']:g}"
     print(f"model {path} ({decision}, {precision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
-          f"{args.blend} blend{f', {len(transforms)}x TTA' if args.tta else ''}; "
+          f"{args.blend} blend{f', {len(transforms)}x TTA' if args.tta else ''}"
+          f"{resampled}; "
           f"{len(images)} images from {src}"
           f"{shard}; intensity of non-8-bit images: {describe_intensity(intensity)}")
 
     run = FrameRun(predict_batch, tile, transforms, prepare, classes, decision,
-                   config["color_mode"], intensity, args)
+                   config["color_mode"], intensity, config["scale"], args)
     # The paper figure is the test set's; a user's folder keeps its chart to itself.
     chart_copy = None if args.input else work / "figures" / "iou_per_class.png"
 
@@ -670,7 +687,7 @@ def main(argv=None):
             "input_dir": str((src.parent if src.is_file() else src).resolve()),
             "label_dir": str(label_dir.resolve()) if label_dir else None,
             "intensity": intensity,
-            "tile": list(tile), "overlap": args.overlap, "blend": args.blend, "tta": args.tta,
+            "tile": list(tile), "scale": config["scale"], "overlap": args.overlap, "blend": args.blend, "tta": args.tta,
             "tta_transforms": list(transforms),
             "precision": precision,
             "batch_size": args.batch_size, "probability_maps": args.save_probs,

@@ -51,6 +51,7 @@ from cli import (IGNORE_LABEL, PipelineError, existing_folder, finite_float,  # 
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
                           model_file, read_config, verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
+from geometry import check_scale  # noqa: E402
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
 LOSSES = ("lovasz-softmax", "lovasz-hinge", "cross-entropy", "bce-dice")
@@ -555,7 +556,7 @@ def build(args, patch_shape, num_classes):
                             f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
-def check_init_model(args, classes):
+def check_init_model(args, classes, scale):
     """(best model file, its sha256) of --init-model, after checking that it fits this run."""
     folder = existing_folder(args.init_model, "--init-model")
     config = read_config(folder)
@@ -565,6 +566,10 @@ def check_init_model(args, classes):
     if theirs != args.start_neurons:
         raise PipelineError(f"--init-model {folder} was built with --start-neurons {theirs}; "
                             "give the same")
+    if config["scale"] != scale:
+        raise PipelineError(f"--init-model {folder} works at scale {config['scale']:g} of the "
+                            f"frames, these patches were cut at {scale:g}; give gen_img_aug.py "
+                            f"--scale {config['scale']:g}")
     if config["classes"] != classes and not args.new_head:
         raise PipelineError(f"--init-model {folder} was trained for the classes "
                             f"{config['classes']}, {args.data_dir}/classes.txt lists {classes}; "
@@ -592,8 +597,8 @@ def init_from_model(model, path, new_head):
 
 def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, fingerprint,
                  precision, extra=None):
-    """config.json; `recorded` is (intensity rule, orientations) as gen_img_aug.py wrote them."""
-    intensity, orientations = recorded
+    """config.json; `recorded` is what gen_img_aug.py wrote into split.json and prediction
+    must repeat: {"intensity", "orientations", "scale"}."""
     old = model_dir / "config.json"
     hashes = read_json(old, "model config").get("sha256", {}) if old.is_file() else {}
     config = {
@@ -601,7 +606,7 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, 
         "classes": classes, "num_classes": len(classes),
         "input_shape": [*patch_shape, 3], "patch_size": list(patch_shape),
         "color_mode": stats["color_mode"], "image_channels": stats["channels"],
-        "intensity": intensity, "orientations": orientations,
+        **recorded,
         "preprocessing": {"mean": stats["mean"], "std": stats["std"], "gamma": stats["gamma"],
                           "equalize": stats.get("equalize", "patch"),
                           **({"histogram": stats["histogram"]} if "histogram" in stats else {}),
@@ -624,12 +629,16 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, 
 
 def check_inputs(args, work):
     """Everything training needs, checked before the model folder changes:
-    (classes, statistics, split_patches(), patch shape, intensity rule, orientations, the
-    --init-model file and its sha256 or None)."""
+    (classes, statistics, split_patches(), patch shape, what gen_img_aug.py recorded for
+    prediction (intensity rule, orientations, scale), the --init-model file and its sha256 or
+    None)."""
     classes = read_classes(args.data_dir)
     stats = load_mean_std(work / f"{MEAN_STD_NAME}.json")
     recorded = work_record(work)
-    orientations = check_orientations(recorded.get("orientations", "all"), work / "split.json")
+    where = work / "split.json"
+    kept = {"intensity": check_intensity(recorded.get("intensity", DEFAULT_INTENSITY), where),
+            "orientations": check_orientations(recorded.get("orientations", "all"), where),
+            "scale": check_scale(recorded.get("scale", 1.0), where)}
     split = split_patches(work, args.val_split, args.random_state, args.val_split_by,
                           recorded.get("stack_of"))
     check_patch_labels(work, split["train"] + split["val"], classes, args.data_dir, recorded)
@@ -637,15 +646,13 @@ def check_inputs(args, work):
     if patch_shape[0] % 32 or patch_shape[1] % 32:
         raise PipelineError(f"patches are {patch_shape[1]}x{patch_shape[0]}; the network needs "
                             "sides that are multiples of 32 (gen_img_aug.py --patch-size)")
-    intensity = check_intensity(recorded.get("intensity", DEFAULT_INTENSITY),
-                                work / "split.json")
     resolve_weights(args.weights)
     if args.new_head and not args.init_model:
         raise PipelineError("--new-head needs --init-model")
-    init = check_init_model(args, classes) if args.init_model else None
+    init = check_init_model(args, classes, kept["scale"]) if args.init_model else None
     if args.loss == "lovasz-hinge" and len(classes) != 2:
         raise PipelineError(f"--loss lovasz-hinge needs 2 classes, classes.txt has {len(classes)}")
-    return classes, stats, split, patch_shape, intensity, orientations, init
+    return classes, stats, split, patch_shape, kept, init
 
 
 def main(argv=None):
@@ -654,7 +661,7 @@ def main(argv=None):
                            "run gen_img_aug.py and pre_processing.py first")
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
     refuse_file(model_dir, "--model-dir")
-    classes, stats, split, patch_shape, intensity, orientations, init = check_inputs(args, work)
+    classes, stats, split, patch_shape, recorded, init = check_inputs(args, work)
     train_names, val_names = split["train"], split["val"]
     fingerprint = settings_fingerprint(args, stats, split, init)
     plan = plan_model_folder(model_dir, fingerprint, args)
@@ -693,7 +700,7 @@ def main(argv=None):
     if plan == "resume":
         align_with_backup(model_dir)
     write_json(model_dir / "split.json", split)
-    write_config(args, model_dir, classes, stats, patch_shape, split, (intensity, orientations),
+    write_config(args, model_dir, classes, stats, patch_shape, split, recorded,
                  fingerprint, precision, {"init_model": init, "distribution": distribution})
     if resuming:
         # A kill between publishing a model file and recording its hash leaves a stale entry;
@@ -754,7 +761,7 @@ def main(argv=None):
                                   args.bn_batches, swa_path)
         record_hashes(model_dir, [swa_path])
     state = read_json(state_path, "training state")
-    write_config(args, model_dir, classes, stats, patch_shape, split, (intensity, orientations),
+    write_config(args, model_dir, classes, stats, patch_shape, split, recorded,
                  fingerprint, precision, {
         "init_model": init, "distribution": distribution,
         "result": {"best_val_loss": state["best_val_loss"], "epochs_done": state["epochs_done"],

@@ -3,7 +3,7 @@
 Runs the pipeline's own scripts one after another as subprocesses, exactly as a user would,
 in a work folder (temporary unless --work-dir):
   gen_img_aug.py     --data-dir DATASET --work-dir W --num-patches N --patch-size P
-                     --foreground-fraction F --orientations auto
+                     --foreground-fraction F --orientations auto --scale S
                      (the data set's test.txt fixes the held-out test images)
   pre_processing.py  --work-dir W --color-mode grey|rgb --equalize auto
   train_unet_xception_resnetblock.py --data-dir DATASET --work-dir W --weights none
@@ -79,7 +79,8 @@ def stage_commands(args, dataset_dir, work, color_mode):
                               "--num-patches", args.num_patches,
                               "--patch-size", args.patch_size,
                               "--foreground-fraction", args.foreground_fraction,
-                              "--orientations", args.orientations, *workers),
+                              "--orientations", args.orientations, "--scale", args.scale,
+                              *workers),
         "pre_processing": script("pre_processing.py", "--work-dir", work,
                                  "--color-mode", color_mode, "--equalize", args.equalize,
                                  *workers),
@@ -276,6 +277,10 @@ def parse_args(argv=None):
                    help="gen_img_aug.py's: patches in all 8 rotations/flips, as the "
                         "microscope saw them, half of those mirrored across one axis, or "
                         "decided by the images' edge relief (default: %(default)s)")
+    g.add_argument("--scale", type=float, default=1.0,
+                   help="gen_img_aug.py's: resample the frames by this factor before patches "
+                        "are cut; prediction resamples alike and scores at full size "
+                        "(default: %(default)s)")
     g.add_argument("--equalize", choices=("auto", *EQUALIZE_MODES), default="auto",
                    help="pre_processing.py's: each patch and prediction tile on its own "
                         "(patch, the paper's), all by one table from the training patches "

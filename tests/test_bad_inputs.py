@@ -608,8 +608,13 @@ def test_grey_and_colour_images_mixed_are_accepted_in_grey_mode(tmp_path, capsys
     (get_contour, "--pixel-size", "nan"),
     (predict_lovasz_loss, "--overlap", "nan"),
     (gen_img_aug, "--foreground-fraction", "nan"),
+    (gen_img_aug, "--scale", "nan"),
+    (gen_img_aug, "--scale", "0"),
+    (gen_img_aug, "--scale", "-0.5"),
+    (gen_img_aug, "--scale", "5"),
 ], ids=["pre_processing-gamma", "get_contour-pixel-size", "predict-overlap",
-        "gen_img_aug-foreground-fraction"])
+        "gen_img_aug-foreground-fraction", "gen_img_aug-scale-nan", "gen_img_aug-scale-0",
+        "gen_img_aug-scale-negative", "gen_img_aug-scale-5"])
 def test_nan_option_values_are_refused_by_the_option_parser(module, option, value, tmp_path,
                                                             capsys):
     code, _, err = run(module, ["--work-dir", tmp_path / "work", "--data-dir", tmp_path / "data",
@@ -715,6 +720,13 @@ def unknown_equalization(model):
     return model / "config.json", "equalize", "'frame'"
 
 
+def negative_scale(model):
+    config = json.loads((model / "config.json").read_text())
+    config["scale"] = -0.5
+    (model / "config.json").write_text(json.dumps(config))
+    return model / "config.json", "'scale' must be a positive number"
+
+
 def random_bytes_in_the_model(model):
     data = bytearray((model / BEST).read_bytes())
     middle = len(data) // 2
@@ -730,7 +742,8 @@ def truncated_config(model):
 
 
 @pytest.mark.parametrize("damage", [nan_statistics, short_equalization_histogram,
-                                    unknown_equalization, random_bytes_in_the_model,
+                                    unknown_equalization, negative_scale,
+                                    random_bytes_in_the_model,
                                     truncated_config])
 def test_a_damaged_model_folder_is_refused(model_dir, tmp_path, capsys, damage):
     model = copy_model(model_dir, tmp_path)
@@ -754,16 +767,26 @@ def test_single_image_file_as_input_is_segmented(model_dir, tmp_path, capsys):
     assert mask is not None and mask.shape == (50, 70) and mask.max() < len(CLASSES)
 
 
-@pytest.mark.parametrize("image", [noise(1, 1), noise(64, 5000), noise(40, 50, channels=4)],
-                         ids=["1x1", "64x5000", "rgba"])
-def test_unusual_images_are_segmented(image, model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+@pytest.mark.parametrize("image", [noise(1, 1), noise(64, 5000), noise(3, 5000),
+                                   noise(40, 50, channels=4)],
+                         ids=["1x1", "64x5000", "3x5000", "rgba"])
+def test_unusual_images_are_segmented(image, scale, model_dir, tmp_path, capsys):
+    """Also by a model whose patches came from resampled frames (gen_img_aug.py --scale):
+    the masks are of the frame's own size all the same."""
+    model = model_dir
+    if scale != 1:
+        model = copy_model(model_dir, tmp_path)
+        config = json.loads((model / "config.json").read_text())
+        (model / "config.json").write_text(json.dumps({**config, "scale": scale}))
     picture = write(tmp_path / "pics" / "odd.png", image)
     out = tmp_path / "out"
-    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
+    code, _, err = run(predict_lovasz_loss, predict_args(model, tmp_path / "work", "--input",
                                                          picture, "--output", out), capsys)
     accepted(code, err)
     mask = cv2.imread(str(out / "odd.png"), cv2.IMREAD_UNCHANGED)
     assert mask is not None and mask.shape == image.shape[:2]
+    assert json.loads((out / "predict.json").read_text())["scale"] == scale
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])

@@ -11,7 +11,8 @@ import pytest
 import gen_img_aug
 import pre_processing
 from image_io import read_image, read_label
-from geometry import dihedral, inverse_dihedral, reflect_pad
+from geometry import (dihedral, inverse_dihedral, reflect_pad, resample_label,
+                      resample_probabilities, scaled_size)
 from patch_preprocessing import dataset_lut, gamma_lut, preprocess_patch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,12 +146,14 @@ def test_patches_have_valid_labels_and_stay_aligned(dataset, tmp_path):
         np.testing.assert_array_equal(img // 80, lbl)
 
 
-def check_recorded_crops(data, work, size):
-    """Every patch is the crop patches.csv records, of the reflect-padded frame."""
+def check_recorded_crops(data, work, size, scale=1.0):
+    """Every patch is the crop patches.csv records, of the reflect-padded frame (resampled by
+    scale)."""
     for row in (work / "train" / "patches.csv").read_text().splitlines()[1:]:
         name, image, y, x, k = row.split(",")
         y, x, k = int(y), int(x), int(k)
         full = read_label(data / "label" / f"{image}.png")
+        full = resample_label(full, scaled_size(full.shape, scale))
         full = np.pad(full, [(0, max(0, size - full.shape[0])),
                              (0, max(0, size - full.shape[1]))], mode="symmetric")
         expected = dihedral(full[y:y + size, x:x + size], k)
@@ -174,6 +177,46 @@ def test_orientations_none_keeps_the_microscopes_view_of_the_same_crops(dataset,
     check_recorded_crops(dataset, tmp_path / "kept", 48)
     assert json.loads((tmp_path / "kept" / "split.json").read_text())["orientations"] == "none"
     assert json.loads((tmp_path / "turned" / "split.json").read_text())["orientations"] == "all"
+
+
+def test_scaled_patches_are_crops_of_the_resampled_frames(dataset, tmp_path):
+    run_aug(dataset, tmp_path / "w", "--scale", "0.5")
+    check_recorded_crops(dataset, tmp_path / "w", 48, scale=0.5)
+    assert json.loads((tmp_path / "w" / "split.json").read_text())["scale"] == 0.5
+    # The image patches are resampled alike: the values still encode the label.
+    for path in sorted((tmp_path / "w" / "train" / "src").glob("*.png"))[:20]:
+        lbl = read_label(tmp_path / "w" / "train" / "label" / path.name)
+        agree = (read_image(path) // 80 == lbl).mean()
+        assert agree > 0.85, (path.name, agree)
+    # Test frames are kept at their own size: prediction scores there.
+    for path in (tmp_path / "w" / "test" / "src").glob("*.png"):
+        assert read_image(path).shape == read_image(dataset / "src" / path.name).shape
+    run_aug(dataset, tmp_path / "full")
+    assert json.loads((tmp_path / "full" / "split.json").read_text())["scale"] == 1.0
+
+
+def test_label_resampling_votes_by_area_and_makes_up_no_value():
+    label = np.zeros((6, 8), np.uint8)
+    label[0:2, 0:2] = [[1, 1], [1, 0]]          # 3 of 4 -> 1
+    label[0:2, 2:4] = [[2, 2], [255, 255]]      # a tie goes to the lower value
+    label[2:4, 0:4] = 255                       # ignored stays ignored
+    label[4:6, 4:8] = [[1, 2, 0, 0], [2, 2, 0, 1]]
+    small = resample_label(label, (3, 4))
+    np.testing.assert_array_equal(small, [[1, 2, 0, 0], [255, 255, 0, 0], [0, 0, 2, 0]])
+    assert set(np.unique(resample_label(label, (5, 7)))) <= {0, 1, 2, 255}
+    # Growing repeats pixels; the same size is the same array.
+    np.testing.assert_array_equal(resample_label(label, (12, 16))[::2, ::2], label)
+    assert resample_label(label, label.shape) is label
+
+
+def test_probabilities_come_back_to_the_frame_with_the_boundary_between_coarse_pixels():
+    coarse = np.zeros((4, 4, 2), np.float32)
+    coarse[:, :2, 1] = 1.0
+    coarse[..., 0] = 1.0 - coarse[..., 1]
+    fine = resample_probabilities(coarse, (8, 8))
+    assert fine.shape == (8, 8, 2)
+    np.testing.assert_allclose(fine.sum(axis=-1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(fine.argmax(axis=-1)[0], [1, 1, 1, 1, 0, 0, 0, 0])
 
 
 def disc_frames(root, look, angle=0.6, count=4):

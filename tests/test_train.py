@@ -163,10 +163,11 @@ RUNS = {
 def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, run):
     make_patch_set(tmp_path / "work", 40, color=run == "cross-entropy-adam", unsure=True)
     turned = run != "lovasz-logits-nsgd"
-    if not turned:      # as gen_img_aug.py --orientations none records it
-        (tmp_path / "work" / "split.json").write_text('{"orientations": "none"}')
+    if not turned:      # as gen_img_aug.py --orientations none --scale 0.5 records it
+        (tmp_path / "work" / "split.json").write_text('{"orientations": "none", "scale": 0.5}')
     config = short_run(tmp_path, *RUNS[run])
     assert config["orientations"] == ("all" if turned else "none")
+    assert config["scale"] == (1.0 if turned else 0.5)    # for prediction to repeat
     settings = config["settings"]
     loss, optimizer = run.rsplit("-", 1)
     assert settings["optimizer"] == optimizer
@@ -297,6 +298,10 @@ def test_labels_beyond_the_classes_are_refused_before_training(tmp_path):
     with pytest.raises(train.PipelineError, match="'orientations' must be one of"):
         train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
                     "--weights", "none"])
+    (tmp_path / "work" / "split.json").write_text('{"scale": "half"}')
+    with pytest.raises(train.PipelineError, match="'scale' must be a positive number"):
+        train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
+                    "--weights", "none"])
     # As recorded by gen_img_aug.py: ignored pixels (255) are no class; 2 is one too many.
     record = {"classes": ["background", "bead"], "label_values": [0, 1, IGNORE_LABEL]}
     train.check_patch_labels(tmp_path, [], record["classes"], tmp_path, record)
@@ -363,6 +368,13 @@ def test_fine_tuning_starts_from_the_trained_model(trained_model, tmp_path):
         cv2.imwrite(str(path), np.where(label == IGNORE_LABEL, label, label > 0).astype(np.uint8))
     with pytest.raises(train.PipelineError, match="--new-head"):
         train.main(two_args)
+    # Patches cut at another scale than the model works at.
+    split_file = tmp_path / "work2" / "split.json"
+    split_file.write_text('{"scale": 0.5}')
+    with pytest.raises(train.PipelineError, match="works at scale 1 of the frames, these "
+                                                  "patches were cut at 0.5"):
+        train.main(two_args + ["--new-head"])
+    split_file.unlink()
     train.main(two_args + ["--new-head"])
     config = json.loads((tmp_path / "new" / "config.json").read_text())
     assert config["num_classes"] == 2 and config["settings"]["loss"] == "lovasz-hinge"
