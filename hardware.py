@@ -79,16 +79,17 @@ def bf16_conv_speedup(repeats=8):
     return best["float32"] / best["bfloat16"]
 
 
-def resolve_precision(choice):
+def resolve_precision(choice, speedup=None):
     """(fp32, bf16 or fp16, why) for a --precision choice on this machine; why is None
-    unless auto measured bf16 against fp32."""
+    unless auto weighed bf16 against fp32, by `speedup` where a caller has measured
+    bf16_conv_speedup already, else by measuring it now."""
     if choice != "auto":
         return choice, None
     if gpu_names():
         return "fp16", None
     if not cpu_has_native_bf16():
         return "fp32", None
-    speedup = bf16_conv_speedup()
+    speedup = bf16_conv_speedup() if speedup is None else speedup
     precision = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
     return precision, (f"--precision auto: {precision}; this CPU's bfloat16 convolutions run "
                        f"{speedup:.2f}x the float32 speed (bf16 from {BF16_MIN_SPEEDUP}x)")

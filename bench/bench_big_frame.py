@@ -153,7 +153,7 @@ def main():
         p.error("--reuse-predictions needs the --keep folder and --model-dir of that run")
 
     machine = hardware.machine_summary()
-    precision = hardware.resolve_precision("auto")[0]
+    precision = hardware.resolve_precision("auto", machine["bf16_conv_speedup"])[0]
     print(f"machine: {hardware.machine_line(machine)}; prediction in {precision}")
     frames = sample_frames()
     folder = Path(args.keep or tempfile.mkdtemp(prefix="big_frame_"))

@@ -263,7 +263,7 @@ def main():
         gpu_report(args, machine)
         return
     if hardware.cpu_has_native_bf16():
-        print(f"bf16: native flags; {hardware.resolve_precision('auto')[1]}")
+        print(f"bf16: native flags; {hardware.resolve_precision('auto', machine['bf16_conv_speedup'])[1]}")
     else:
         print("bf16: not native on this CPU (emulated; targets apply only where native)")
     cpu_report(args, machine, ("fp32", "bf16"))
