@@ -17,7 +17,10 @@ objects look the same all round, about 0.8 for pure relief) and its direction, a
 up keeps the patches as the microscope saw them. 'flip-rows', 'transpose', 'flip-columns' and
 'antitranspose' also mirror half of them across the axis at 0, 45, 90 or 135 degrees, the one
 mirror that maps relief along that axis onto relief of the same sign (measured on bbbc030,
-relief along 52 degrees: no gain over 'none'); 'all' and 'none' decide it yourself.
+relief along 52 degrees: no gain over 'none'). 'rotate-invert' turns half of them by 180
+degrees and inverts their intensities, which maps relief along any axis onto itself (grey
+images: a half-turned DIC image, negated, is the DIC image of the half-turned object).
+'all' and 'none' decide it yourself.
 With --foreground-fraction F, a fraction F of the patches (chosen at random) are instead
 random crops that contain a randomly chosen foreground pixel (any class but 0), which gives
 sparse objects more of the training signal. Label value 255 marks pixels to ignore ("unsure"
@@ -44,6 +47,7 @@ from cli import (IGNORE_LABEL, PipelineError, finite_float, positive_int, read_c
                  refuse_file, read_name_list, run_cli, WORK_DIR)
 from figures import colorize, save_figure, pyplot
 from geometry import (MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad, resample_image,
+                      transform_image,
                       resample_label, scaled_size)
 from parallel import default_workers, parallel_map
 
@@ -79,7 +83,9 @@ def parse_args(argv=None):
                         "direction such as DIC relief; 'flip-rows', 'transpose', "
                         "'flip-columns', 'antitranspose': half of those mirrored across the "
                         "axis at 0, 45, 90 or 135 degrees (x right, y down), for relief "
-                        "along that axis; 'auto': 'none' where the training images' edge "
+                        "along that axis; 'rotate-invert': half of those turned by 180 "
+                        "degrees with inverted intensities, for grey relief along any axis; "
+                        "'auto': 'none' where the training images' edge "
                         f"relief is at least {DIRECTED_RELIEF}, else 'all' (recorded for "
                         "training and prediction; default: %(default)s)")
     g.add_argument("--scale", type=finite_float, default=1.0,
@@ -205,6 +211,9 @@ def describe_orientations(orientations):
         return "turned to the 8 rotations/flips"
     if orientations == "none":
         return "as the microscope saw them (no rotations/flips)"
+    if orientations == "rotate-invert":
+        return ("as the microscope saw them, half of them turned by 180 degrees with their "
+                "intensities inverted (rotate-invert)")
     return f"as the microscope saw them, half of them mirrored ({orientations})"
 
 
@@ -376,7 +385,7 @@ class PatchWriter:
             img, lbl = cache.get(image)
             crop = (slice(y, y + self.patch_size), slice(x, x + self.patch_size))
             name = f"{index:0{self.digits}d}.png"
-            write_image(self.out_dir / "src" / name, dihedral(img[crop], k), atomic=False)
+            write_image(self.out_dir / "src" / name, transform_image(img[crop], k), atomic=False)
             write_image(self.out_dir / "label" / name, dihedral(lbl[crop], k), atomic=False)
             rows.append((name, image, y, x, k))
         return len(rows), rows

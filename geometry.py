@@ -7,19 +7,26 @@ import numpy as np
 
 from cli import PipelineError
 
-# How training patches may be turned, as the `dihedral` indices each allows (the first is
-# the identity): "all" 8 rotations/flips (the paper's); "none" for images whose look depends
-# on direction (DIC relief); or the identity and the one mirror whose axis lies along that
+# A transform t turns an image by the dihedral index t % 8 and, from INVERTED up, also
+# inverts its intensities (labels and probabilities are only turned).
+INVERTED = 8
+# How training patches may be turned, as the transforms each allows (the first is the
+# identity): "all" 8 rotations/flips (the paper's); "none" for images whose look depends on
+# direction (DIC relief); the identity and the one mirror whose axis lies along that
 # direction, which maps relief onto relief of the same sign (a DIC image mirrored across its
-# shear axis is a DIC image of the mirrored object). Axes as angles of (x right, y down).
+# shear axis is a DIC image of the mirrored object); or "rotate-invert", the identity and the
+# half turn with inverted intensities, which maps relief along any axis onto itself (a DIC
+# image is the derivative of the optical path along the shear: the half-turned object's
+# derivative is the half-turned image negated). Axes as angles of (x right, y down).
 ORIENTATIONS = {"all": tuple(range(8)), "none": (0,),
                 "flip-rows": (0, 6), "transpose": (0, 7), "flip-columns": (0, 4),
-                "antitranspose": (0, 5)}
+                "antitranspose": (0, 5), "rotate-invert": (0, INVERTED + 2)}
 MIRROR_AXES = {"flip-rows": 0, "transpose": 45, "flip-columns": 90, "antitranspose": 135}
 
 
 def dihedral(arr, k):
-    """The k-th of the 8 rotations/flips (k in 0..7) of the first two axes."""
+    """The (k % 8)-th of the 8 rotations/flips of the first two axes (a transform's turn)."""
+    k %= INVERTED
     out = np.rot90(arr, k % 4, axes=(0, 1))
     if k >= 4:
         out = out[:, ::-1]
@@ -27,8 +34,24 @@ def dihedral(arr, k):
 
 
 def inverse_dihedral(arr, k):
+    k %= INVERTED
     out = arr[:, ::-1] if k >= 4 else arr
     return np.ascontiguousarray(np.rot90(out, -(k % 4), axes=(0, 1)))
+
+
+def inverts(t):
+    """Whether transform t inverts the image's intensities."""
+    return t >= INVERTED
+
+
+def invert_intensities(img):
+    """A uint8 image with its intensities inverted (255 - v)."""
+    return np.subtract(255, img, dtype=np.uint8)
+
+
+def transform_image(img, t):
+    """A uint8 image through transform t: intensities inverted where t asks, then turned."""
+    return dihedral(invert_intensities(img) if inverts(t) else img, t)
 
 
 def reflect_pad(arr, min_h, min_w):

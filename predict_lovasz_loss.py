@@ -35,7 +35,9 @@ class probabilities of overlapping tiles are averaged, weighted by a window that
 largest at the tile centre (--blend gaussian) or flat (uniform). The padding is then
 cropped off. --tta also averages the rotations/flips of every tile that the model's training
 patches came in: all 8 for turned patches (gen_img_aug.py's default for most images), the
-mirror across the relief's axis for DIC patches kept in the microscope's view and mirrored.
+mirror across the relief's axis for DIC patches kept in the microscope's view and mirrored,
+the half turn with inverted intensities for DIC patches made with --orientations
+rotate-invert.
 A model whose patches were cut from resampled frames (gen_img_aug.py --scale, recorded in
 config.json) sees each frame resampled alike; its probabilities are brought back to the
 frame's own pixels bilinearly before the decision, so masks, probabilities and IoU are at
@@ -95,8 +97,8 @@ from shards import (copy_shard_files, merged_record, open_shards, shard_folder, 
 from cli import (PipelineError, read_json, existing_folder, finite_float,  # noqa: E402
                  non_negative_float, non_negative_int, positive_int, refuse_file, run_cli, WORK_DIR)
 from figures import colorize, save_figure, pyplot  # noqa: E402
-from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, resample_image,  # noqa: E402
-                      resample_probabilities, scaled_size)
+from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, invert_intensities,  # noqa: E402
+                      inverts, resample_image, resample_probabilities, scaled_size)
 from metrics import confusion_matrix, iou_per_class  # noqa: E402
 from patch_preprocessing import dataset_lut_for, preprocess_patch  # noqa: E402
 
@@ -151,7 +153,7 @@ def parse_args(argv=None):
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average every tile over the rotations/flips "
                         "its model was trained on (8 for turned patches: 8x the compute; 2 "
-                        "for mirrored DIC patches); refused for a model whose patches kept "
+                        "for mirrored or rotate-invert DIC patches); refused for a model whose patches kept "
                         "the microscope's view unmirrored")
     add_precision_option(g)
     g.add_argument("--stream-above", type=non_negative_float, default=STREAM_ABOVE_MP,
@@ -271,16 +273,19 @@ class RowAccumulator:
 
 
 def _model_inputs(read_rows, positions, tile, transforms, prepare):
-    """((y, x, k), input) for every tile and transform, preparing each tile once and reading
-    the image one row of tiles at a time."""
+    """((y, x, k), input) for every tile and transform, preparing each tile once (once more
+    with its intensities inverted where a transform inverts them: preprocessing is not
+    symmetric in intensity) and reading the image one row of tiles at a time."""
     th, tw = tile
     strip_y, strip = None, None
     for y, x in positions:
         if y != strip_y:
             strip_y, strip = y, read_rows(y, y + th)
-        ready = prepare(strip[:, x:x + tw])
+        raw = strip[:, x:x + tw]
+        ready = {inverted: prepare(invert_intensities(raw) if inverted else raw)
+                 for inverted in sorted({inverts(k) for k in transforms})}
         for k in transforms:
-            yield (y, x, k), dihedral(ready, k)
+            yield (y, x, k), dihedral(ready[inverts(k)], k)
 
 
 def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="gaussian",
@@ -294,8 +299,9 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
     predict_batch_fn maps a float batch [N, th, tw, channels] to probabilities
     [N, th, tw, C]; it is called once per batch of up to batch_size tiles. prepare turns
     one raw tile into the model input, so per-tile preprocessing sees exactly the pixels of
-    its tile. Every tile goes through each of the rotations/flips `transforms` (geometry's
-    `dihedral` indices; (0,) none) and their back-transformed outputs are averaged.
+    its tile. Every tile goes through each of the `transforms` (geometry's transform
+    indices: a rotation/flip, its intensities inverted from INVERTED up; (0,) none) and
+    their back-transformed outputs are averaged.
     """
     th, tw = tile = tile_shape(tile)
     if any(k % 2 for k in transforms) and th != tw:
@@ -507,8 +513,8 @@ def folders(args):
 
 
 def tta_transforms(tta, orientations, model_dir):
-    """The rotations/flips each tile goes through: with --tta, those the model's training
-    patches came in (gen_img_aug.py --orientations), as their `dihedral` indices."""
+    """The transforms each tile goes through: with --tta, those the model's training
+    patches came in (gen_img_aug.py --orientations), as geometry's transform indices."""
     if not tta:
         return (0,)
     if orientations == "none":

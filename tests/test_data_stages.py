@@ -262,7 +262,8 @@ def test_edge_relief_tells_dic_from_stained_objects(tmp_path, angle):
     ("dic", 0.8, "transpose", "transpose", {"0", "7"}, False),      # relief along 46 degrees
     ("dic", -0.05, "flip-rows", "flip-rows", {"0", "6"}, False),    # along 177 degrees
     ("dic", 0.8, "flip-rows", "flip-rows", {"0", "6"}, True),       # 46 degrees off its axis
-    ("stain", 0.8, "flip-columns", "flip-columns", {"0", "4"}, False)])
+    ("stain", 0.8, "flip-columns", "flip-columns", {"0", "4"}, False),
+    ("dic", 2.5, "rotate-invert", "rotate-invert", {"0", "10"}, False)])   # any axis
 def test_orientations_follow_the_images_relief(tmp_path, capsys, look, angle, chosen, expected,
                                                transforms, warned):
     data = disc_frames(tmp_path / look, look, angle)
@@ -273,6 +274,37 @@ def test_orientations_follow_the_images_relief(tmp_path, capsys, look, angle, ch
     assert {row.rsplit(",", 1)[1] for row in (tmp_path / "w" / "train" /
             "patches.csv").read_text().splitlines()[1:]} == transforms
     check_recorded_crops(data, tmp_path / "w", 48)
+
+
+def test_rotate_invert_patches_show_the_microscopes_relief(tmp_path):
+    """Half the patches are their crop turned by 180 degrees with inverted intensities, and
+    all of them together show relief along the frames' axis and of the frames' sign, where
+    plainly half-turned patches would cancel it."""
+    data = disc_frames(tmp_path / "dic", "dic", 2.5, count=6)
+    run_aug(data, tmp_path / "w", "--test-size", "0.25", "--orientations", "rotate-invert")
+    work = tmp_path / "w"
+    check_recorded_crops(data, work, 48)
+    kept, turned = [], []
+    for row in (work / "train" / "patches.csv").read_text().splitlines()[1:]:
+        name, image, y, x, k = row.split(",")
+        crop = read_image(data / "src" / f"{image}.png")[int(y):int(y) + 48, int(x):int(x) + 48]
+        patch = read_image(work / "train" / "src" / name)
+        lbl = read_label(work / "train" / "label" / name)
+        if k == "10":
+            np.testing.assert_array_equal(patch, np.rot90(255 - crop, 2))
+            turned.append(gen_img_aug.edge_sums(patch, lbl))
+        else:
+            np.testing.assert_array_equal(patch, crop)
+            kept.append(gen_img_aug.edge_sums(patch, lbl))
+    assert len(kept) > 10 and len(turned) > 10
+    for sums in (kept, turned):
+        assert gen_img_aug.edge_relief(sums) > 0.5
+        # Measured on patches cut across objects, the axis is rougher than on whole frames.
+        assert gen_img_aug.relief_angle(sums) == pytest.approx(np.degrees(2.5), abs=12)
+    assert gen_img_aug.relief_angle(turned) == pytest.approx(gen_img_aug.relief_angle(kept),
+                                                             abs=5)
+    # The relief vector itself keeps its sign: the light still falls from the same side.
+    assert np.dot(np.sum(kept, axis=0)[:2], np.sum(turned, axis=0)[:2]) > 0
 
 
 def test_large_frames_are_measured_shrunk_alike(tmp_path):

@@ -186,6 +186,38 @@ def test_mirror_tta_mirrors_across_the_relief_axis():
     assert P.tta_transforms(False, "all", "m") == (0,)
 
 
+def test_rotate_invert_tta_shows_the_model_the_half_turned_inverted_tile():
+    """Each tile is prepared from its raw pixels twice, once inverted (the preprocessing is
+    not symmetric in intensity), and the half-turned output is turned back before blending:
+    a model that cannot tell a tile from its inverted copy gives the plain prediction."""
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (70, 45), dtype=np.uint8)
+    seen, prepared = [], []
+
+    def prepare(tile):
+        prepared.append(np.array(tile))
+        return (np.asarray(tile, np.float32) ** 2 / 255.0 ** 2)[:, :, None]
+
+    def blind_to_inversion(batch):
+        seen.extend(batch)
+        cell = np.abs(np.sqrt(batch) - 0.5) * 2
+        return np.concatenate([1 - cell, cell], axis=-1)
+
+    transforms = P.tta_transforms(True, "rotate-invert", "m")
+    assert transforms == (0, 10)
+    both = P.predict_frame(blind_to_inversion, image, 32, 0.25, "gaussian", batch_size=6,
+                           transforms=transforms, prepare=prepare)
+    assert len(seen) == 2 * len(P.tile_positions(70, 45, 32, 0.25))
+    plain = P.predict_frame(blind_to_inversion, image, 32, 0.25, "gaussian", batch_size=6,
+                            prepare=prepare)
+    np.testing.assert_allclose(both, plain, atol=1e-5)
+    tile = image[:32, :32]
+    np.testing.assert_array_equal(prepared[0], tile)
+    np.testing.assert_array_equal(prepared[1], 255 - tile)
+    np.testing.assert_allclose(seen[1][:, :, 0], np.rot90((255.0 - tile) ** 2 / 255.0 ** 2, 2),
+                               rtol=1e-6)
+
+
 @pytest.mark.parametrize("orientations, square", [("all", True), ("transpose", True),
                                                   ("flip-columns", False)])
 def test_tta_needs_square_tiles_where_it_swaps_rows_and_columns(orientations, square):
