@@ -47,8 +47,7 @@ from cli import (IGNORE_LABEL, PipelineError, finite_float, positive_int, read_c
                  refuse_file, read_name_list, run_cli, WORK_DIR)
 from figures import colorize, save_figure, pyplot
 from geometry import (MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad, resample_image,
-                      transform_image,
-                      resample_label, scaled_size)
+                      resample_label, scaled_size, transform_image)
 from parallel import default_workers, parallel_map
 
 MAX_SCALE = 4               # beyond, upsampled frames hold no detail worth the memory

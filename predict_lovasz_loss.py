@@ -153,8 +153,8 @@ def parse_args(argv=None):
     g.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average every tile over the rotations/flips "
                         "its model was trained on (8 for turned patches: 8x the compute; 2 "
-                        "for mirrored or rotate-invert DIC patches); refused for a model whose patches kept "
-                        "the microscope's view unmirrored")
+                        "for mirrored or rotate-invert DIC patches); refused for a model "
+                        "whose patches kept the microscope's view unmirrored")
     add_precision_option(g)
     g.add_argument("--stream-above", type=non_negative_float, default=STREAM_ABOVE_MP,
                    metavar="MEGAPIXELS",
