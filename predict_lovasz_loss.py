@@ -277,13 +277,14 @@ def _model_inputs(read_rows, positions, tile, transforms, prepare):
     with its intensities inverted where a transform inverts them: preprocessing is not
     symmetric in intensity) and reading the image one row of tiles at a time."""
     th, tw = tile
+    inversions = sorted({inverts(k) for k in transforms})
     strip_y, strip = None, None
     for y, x in positions:
         if y != strip_y:
             strip_y, strip = y, read_rows(y, y + th)
         raw = strip[:, x:x + tw]
         ready = {inverted: prepare(invert_intensities(raw) if inverted else raw)
-                 for inverted in sorted({inverts(k) for k in transforms})}
+                 for inverted in inversions}
         for k in transforms:
             yield (y, x, k), dihedral(ready[inverts(k)], k)
 
