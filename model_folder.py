@@ -1,5 +1,6 @@
 """The trained model folder: config.json checked field by field, a model file chosen by name,
 verified against the sha256 that training recorded, and loaded."""
+import math
 import os
 from pathlib import Path
 
@@ -45,7 +46,32 @@ def read_config(model_dir):
     config["orientations"] = check_orientations(config.get("orientations", "all"), path)
     # Models trained before --scale worked at the frames' own resolution.
     config["scale"] = check_scale(config.get("scale", 1.0), path)
+    # Models trained before the faint-object filter keep every object.
+    config["faint_filter"] = check_faint_filter(config.get("faint_filter"), path)
     return config
+
+
+def check_faint_filter(value, where):
+    """A recorded faint-object calibration (faint_objects.calibrate), validated; None where
+    training recorded none."""
+    if value is None:
+        return None
+    threshold = value["threshold"] if isinstance(value, dict) and "threshold" in value \
+        else "missing"
+    if threshold is not None and not _texture(threshold):
+        raise PipelineError(f"{where}: 'faint_filter' must record a 'threshold' that is a "
+                            f"texture of 0 or more, or null; got {threshold!r}")
+    return value
+
+
+def _texture(value):
+    """Whether value is a usable texture threshold: a finite number of 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value)) and value >= 0
+    except OverflowError:
+        return False
 
 
 def check_orientations(value, where):

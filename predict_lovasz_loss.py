@@ -50,6 +50,13 @@ Decision, as recorded in config.json by training:
                  pass, the one with the highest sigmoid wins; where none passes, the pixel
                  is background (0). The sigmoids are what is blended and saved.
 
+Faint objects: training records in config.json a texture threshold chosen on its held-out
+frames (faint_objects.py); predicted objects (8-connected regions of any class) whose mean
+local contrast, relative to the frame's median, is under it are set to background, and
+predict.json counts them per frame. --faint-filter off keeps every object. Probability maps
+are never filtered, and frames predicted band by band keep every object (the texture needs
+the whole frame).
+
 IoU: per image and class, IoU = TP / (TP + FP + FN). A class absent from both the label
 and the prediction of an image scores 1; absent from the label but predicted, 0. The
 dataset IoU of a class comes from the confusion matrix summed over all images (not the
@@ -64,7 +71,7 @@ bits; from a sample of 16 M pixels for float and 32-bit percentiles), and the ma
 written a row of tiles at a time as <name>.tif, a tiled, compressed BigTIFF (whatever
 --mask-format says), with the pixel size as OME metadata. <name>_color.png is then an
 overview at most 4096 pixels on its longest side. The mask is the one the in-memory path
-gives, bit for bit. --save-probs and --to-labelme are for frames that fit in memory. A
+gives before the faint-object filter, bit for bit. --save-probs and --to-labelme are for frames that fit in memory. A
 label for such a frame is read whole. Frames that are not TIFF are read whole.
 
 Colour: a colour image given to a model trained on grey images is converted to grey, as
@@ -99,10 +106,12 @@ from cli import (PipelineError, read_json, existing_folder, finite_float,  # noq
 from figures import colorize, save_figure, pyplot  # noqa: E402
 from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, invert_intensities,  # noqa: E402
                       inverts, resample_image, resample_probabilities, scaled_size)
+from faint_objects import drop_faint  # noqa: E402
 from metrics import confusion_matrix, iou_per_class  # noqa: E402
 from patch_preprocessing import dataset_lut_for, preprocess_patch  # noqa: E402
 
 SIGMOID_THRESHOLD = 0.51
+DEFAULT_OVERLAP = 0.25
 BLENDS = ("gaussian", "uniform")
 WEIGHT_CHOICES = ("best", "swa", "last")
 MARKER = "predict.json"
@@ -137,12 +146,17 @@ def parse_args(argv=None):
                         "epochs; last: the newest snapshot; or the path of a model file, "
                         "e.g. snapshots/epoch_020.h5 (relative to the model folder or the "
                         "current one) (default: %(default)s)")
+    g.add_argument("--faint-filter", choices=("model", "off"), default="model",
+                   help="model: drop predicted objects fainter than the threshold training "
+                        "chose on its held-out frames (config.json 'faint_filter'; none for "
+                        "models trained without it); off: keep every object, as the original "
+                        "(default: %(default)s)")
     g.add_argument("--no-verify", action="store_true",
                    help="load a model file even when its sha256 is not the one config.json "
                         "recorded (a damaged or replaced file predicts garbage; use with care)")
     add_intensity_option(g, "default: the rule the model was trained with, from config.json")
     g = p.add_argument_group("tiling")
-    g.add_argument("--overlap", type=finite_float, default=0.25, metavar="FRACTION",
+    g.add_argument("--overlap", type=finite_float, default=DEFAULT_OVERLAP, metavar="FRACTION",
                    help="overlap of neighbouring tiles as a fraction of the tile, in [0, 1); "
                         "0 reproduces the original's tiling (default: %(default)s)")
     g.add_argument("--blend", choices=BLENDS, default="gaussian",
@@ -533,12 +547,14 @@ class FrameRun:
     label."""
 
     def __init__(self, predict_batch, tile, transforms, prepare, classes, decision, color_mode,
-                 intensity, scale, args):
+                 intensity, scale, faint_threshold, args):
         self.predict_batch, self.tile, self.prepare = predict_batch, tile, prepare
         self.scale = scale
         self.transforms = transforms
         self.classes, self.decision = classes, decision
         self.color_mode, self.intensity, self.args = color_mode, intensity, args
+        self.faint_threshold = faint_threshold
+        self.dropped = {}
 
     def bands(self, frame):
         a = self.args
@@ -548,12 +564,10 @@ class FrameRun:
     def in_memory(self, staging, out, name, source, label_path):
         img = model_image(source, self.color_mode, self.intensity)
         a = self.args
-        # At the model's scale (gen_img_aug.py --scale), then back to the frame's own pixels.
-        seen = resample_image(img, scaled_size(img.shape, self.scale))
-        probs = predict_frame(self.predict_batch, seen, self.tile, a.overlap, a.blend,
-                              a.batch_size, self.transforms, prepare=self.prepare)
-        probs = resample_probabilities(probs, img.shape[:2])
-        mask = decide(probs, self.decision)
+        probs = frame_probabilities(self.predict_batch, img, self.tile, self.scale, a.overlap,
+                                    a.blend, a.batch_size, self.transforms, self.prepare)
+        mask, self.dropped[name] = drop_faint(decide(probs, self.decision), img,
+                                              self.faint_threshold)
         write_outputs(staging, out, name, source, img, mask, probs, self.classes, self.args)
         if label_path is None:
             return None
@@ -582,6 +596,38 @@ class FrameRun:
                              pixel_size_um(source))
         write_image(staging / f"{name}_color.png", colorize(overview.image), atomic=False)
         return cm if label is not None else None
+
+
+def frame_probabilities(predict_batch, img, tile, scale, overlap, blend, batch_size,
+                        transforms, prepare):
+    """Class probabilities [h, w, C] of a frame in memory, at the model's scale
+    (gen_img_aug.py --scale), brought back to the frame's own pixels."""
+    seen = resample_image(img, scaled_size(img.shape, scale))
+    probs = predict_frame(predict_batch, seen, tile, overlap, blend, batch_size, transforms,
+                          prepare=prepare)
+    return resample_probabilities(probs, img.shape[:2])
+
+
+def open_model(model_dir, config, weights, precision, verify=True):
+    """(model file, batch -> probabilities function, tile shape, tile preparer) of a model
+    folder whose config.json has been read."""
+    path = model_file(model_dir, config, weights)
+    if verify:
+        verify_model_file(path, model_dir, config)
+    from model import with_precision
+    net = with_precision(load_model(path), precision)
+    tile = tuple(config["patch_size"])
+    if tuple(net.input_shape[1:3]) not in (tile, (None, None)):
+        raise PipelineError(f"{path} takes {net.input_shape[1:3]} inputs but config.json says "
+                            f"the patch size is {tile}")
+    return (path, make_predict_batch(net, config["decision"]), tile,
+            TilePreparer(config["preprocessing"]))
+
+
+def faint_threshold(config, choice):
+    """The faint-object threshold --faint-filter CHOICE applies (None: keep every object)."""
+    recorded = config.get("faint_filter")
+    return recorded["threshold"] if choice == "model" and recorded else None
 
 
 def frame_label(label_path, shape, source, classes):
@@ -653,28 +699,25 @@ def main(argv=None):
                             "--stream-above to predict it in memory")
     classes, decision = config["classes"], config["decision"]
     intensity = args.intensity or config["intensity"]
-    path = model_file(model_dir, config, args.weights)
-    if not args.no_verify:
-        verify_model_file(path, model_dir, config)
     precision = use_precision(args.precision)
-    from model import with_precision
-    net = with_precision(load_model(path), precision)
-    tile = tuple(config["patch_size"])
-    if tuple(net.input_shape[1:3]) not in (tile, (None, None)):
-        raise PipelineError(f"{path} takes {net.input_shape[1:3]} inputs but config.json says "
-                            f"the patch size is {tile}")
-    predict_batch = make_predict_batch(net, decision)
-    prepare = TilePreparer(config["preprocessing"])
+    path, predict_batch, tile, prepare = open_model(model_dir, config, args.weights, precision,
+                                                    verify=not args.no_verify)
+    threshold = faint_threshold(config, args.faint_filter)
     shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
     resampled = "" if config["scale"] == 1 else f", frames resampled by {config['scale']:g}"
     print(f"model {path} ({decision}, {precision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
           f"{args.blend} blend{f', {len(transforms)}x TTA' if args.tta else ''}"
-          f"{resampled}; "
+          f"{resampled}"
+          f"{'' if threshold is None else f', objects of texture under {threshold:.2f} dropped'}; "
           f"{len(images)} images from {src}"
           f"{shard}; intensity of non-8-bit images: {describe_intensity(intensity)}")
 
+    if threshold is not None and streamed:
+        print(f"note: the faint-object filter needs a frame whole; {len(streamed)} frame(s) "
+              f"predicted band by band keep every object ({', '.join(sorted(streamed)[:3])}"
+              f"{', ...' if len(streamed) > 3 else ''})")
     run = FrameRun(predict_batch, tile, transforms, prepare, classes, decision,
-                   config["color_mode"], intensity, config["scale"], args)
+                   config["color_mode"], intensity, config["scale"], threshold, args)
     # The paper figure is the test set's; a user's folder keeps its chart to itself.
     chart_copy = None if args.input else work / "figures" / "iou_per_class.png"
 
@@ -697,6 +740,9 @@ def main(argv=None):
             "tile": list(tile), "scale": config["scale"], "overlap": args.overlap,
             "blend": args.blend, "tta": args.tta,
             "tta_transforms": list(transforms),
+            "faint_filter": {"choice": args.faint_filter, "threshold": threshold,
+                             "objects_dropped": run.dropped,
+                             "not_applied_to": sorted(streamed) if threshold is not None else []},
             "precision": precision,
             "batch_size": args.batch_size, "probability_maps": args.save_probs,
             "page": args.page, "mask_format": args.mask_format,

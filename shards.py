@@ -53,9 +53,9 @@ def read_shards(folders, marker):
         raise PipelineError(f"the folders hold shards {found} of "
                             f"{sorted({tuple(r['shard'])[1] for r in records})}; merge every "
                             "shard I/N of one run, each once")
-    first = {k: v for k, v in records[0].items() if k not in ("shard", "images", "streamed")}
+    first = run_settings(records[0])
     for folder, record in zip(folders, records):
-        same = {k: v for k, v in record.items() if k not in ("shard", "images", "streamed")}
+        same = run_settings(record)
         if same != first:
             differs = sorted(k for k in set(same) | set(first) if same.get(k) != first.get(k))
             raise PipelineError(f"{folder} was run with other settings than {folders[0]} "
@@ -65,6 +65,16 @@ def read_shards(folders, marker):
     if sorted(covered) != sorted(everything):
         raise PipelineError("the shards do not cover the run's images exactly once")
     return records, everything
+
+
+def run_settings(record):
+    """What the shards of one run share: the record without its own images and what it did
+    to each (the faint-object filter's threshold is shared, its counts are per image)."""
+    same = {k: v for k, v in record.items() if k not in ("shard", "images", "streamed")}
+    if isinstance(same.get("faint_filter"), dict):
+        same["faint_filter"] = {k: v for k, v in same["faint_filter"].items()
+                                if k not in ("objects_dropped", "not_applied_to")}
+    return same
 
 
 def open_shards(dirs, output, marker):
@@ -96,6 +106,13 @@ def merged_record(records, everything):
     merged = {k: v for k, v in records[0].items() if k not in SHARD_KEYS}
     if "streamed" in merged:
         merged["streamed"] = sorted(n for r in records for n in r["streamed"])
+    if merged.get("faint_filter"):
+        dropped = {n: k for r in records for n, k in r["faint_filter"]["objects_dropped"].items()}
+        merged["faint_filter"] = {
+            **merged["faint_filter"],
+            "objects_dropped": {n: dropped[n] for n in everything if n in dropped},
+            "not_applied_to": sorted(n for r in records
+                                     for n in r["faint_filter"]["not_applied_to"])}
     merged["images"] = everything
     return merged
 

@@ -3,7 +3,8 @@
 Reads   <work-dir>/train/prep/*.png, <work-dir>/train/label/*.png   (pre_processing.py)
         <work-dir>/train_mean_std.json, <data-dir>/classes.txt
 Writes  <model-dir>/ (default <work-dir>/weights/), a self-describing model folder:
-          config.json                 every setting, class names, preprocessing statistics
+          config.json                 every setting, class names, preprocessing statistics,
+                                       the faint-object filter chosen on the held-out frames
           unet_xception_resnet_nsgd32_lovaszsoftmax_best.h5    best val_loss (the original's name,
                                        kept whatever --optimizer and --loss; config.json says which)
           unet_xception_resnet_nsgd32_lovaszsoftmax_swa.h5     average of the last epochs
@@ -21,7 +22,8 @@ Defaults follow the paper for batch 8, 25 epochs, Lovasz-softmax loss, SGD lr 1e
 where README's "Differences from the original" says, each with the option that restores the
 original: validation patches from whole held-out training frames (--val-split-by patch), a
 cosine learning-rate schedule (--schedule constant), precise BN and SWA (--bn-batches 0
---swa-epochs 0), and bfloat16 on CPUs with native bf16 (--precision fp32).
+--swa-epochs 0), bfloat16 on CPUs with native bf16 (--precision fp32), and a faint-object
+filter calibrated on the held-out frames after training (--faint-filter off).
 Before every validation and every saved model, BatchNorm statistics are re-estimated on
 training batches ("precise BN"; see README), because validation and prediction run in
 inference mode. Rerunning the same command after an interruption resumes training.
@@ -55,8 +57,9 @@ from geometry import check_scale  # noqa: E402
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
 LOSSES = ("lovasz-softmax", "lovasz-hinge", "cross-entropy", "bce-dice")
-# Options that change neither the model nor its data: a rerun differing only in these resumes.
-UNHASHED_SETTINGS = ("verbose", "pdf", "restart")
+# Options that change neither the model nor its data: a rerun differing only in these resumes
+# (a finished model folder records a changed --faint-filter without training again).
+UNHASHED_SETTINGS = ("verbose", "pdf", "restart", "faint_filter")
 OPTIMIZERS = ("nsgd", "sgd", "adam")
 MIN_FRAMES_FOR_IMAGE_SPLIT = 3
 
@@ -134,6 +137,12 @@ def parse_args(argv=None):
     g.add_argument("--keep-snapshots", action="store_true",
                    help="keep every epoch's snapshot, not only the last --swa-epochs (for "
                         "accuracy-against-time curves; about 150 MB each)")
+    g.add_argument("--faint-filter", choices=("calibrate", "off"), default="calibrate",
+                   help="calibrate: after training, predict the held-out validation frames "
+                        "whole and record the texture under which predicted objects are "
+                        "dropped, where that raises their mean IoU (prediction applies it; "
+                        "see faint_objects.py); off: record none, as the original "
+                        "(default: %(default)s)")
     g.add_argument("--seed", type=int, default=2018,
                    help="seed of initialisation and shuffling (default: %(default)s)")
     g.add_argument("--restart", action="store_true",
@@ -530,6 +539,94 @@ def stochastic_weight_average(model, snapshot_paths, bn_images, bn_batches, out_
     model.set_weights(current)
 
 
+# ---------------------------------------------------------------- faint-object filter
+
+def calibrate_faint_filter(args, model_dir, val_frames, precision):
+    """faint_objects.calibrate() on the held-out frames predicted whole by the best model
+    (the filter config.json records), or None, with a line saying why, where it cannot run."""
+    if args.faint_filter == "off":
+        return None
+    if not val_frames:
+        print("faint-object filter: validation was by patch, with no whole held-out frames "
+              "to calibrate on; none recorded")
+        return None
+    try:
+        return _calibrate_on_frames(args, model_dir, val_frames, precision)
+    except PipelineError as err:
+        # The model is trained and saved; the filter can be added by rerunning the command.
+        print(f"faint-object filter: none recorded ({err}); rerun this command to calibrate it")
+        return None
+
+
+def _calibrate_on_frames(args, model_dir, val_frames, precision):
+    from faint_objects import calibrate
+    from image_io import find_label, list_images
+    import predict_lovasz_loss as predict
+    data = Path(args.data_dir)
+    sources = list_images(data / "src") if (data / "src").is_dir() else {}
+    # A held-out TIFF stack is named by its file; its planes are frames of their own.
+    stack_of = work_record(Path(args.work_dir)).get("stack_of", {})
+    held_out = set(val_frames)
+    names = [n for n in sources if stack_of.get(n, n) in held_out]
+    missing = held_out - {stack_of.get(n, n) for n in names}
+    if missing:
+        raise PipelineError(f"held-out frame {sorted(missing)[0]} is no longer in {data}/src")
+    start = time.monotonic()
+    config = read_config(model_dir)
+    classes = config["classes"]
+    _, predict_batch, tile, prepare = predict.open_model(model_dir, config, "best", precision)
+    frames = []
+    for name in names:
+        label_path = find_label(data / "label", name)
+        if label_path is None:
+            raise PipelineError(f"held-out frame {name} has no label in {data}/label")
+        img = predict.model_image(sources[name], config["color_mode"], config["intensity"])
+        label = predict.frame_label(label_path, img.shape[:2], sources[name], classes)
+        probs = predict.frame_probabilities(predict_batch, img, tile, config["scale"],
+                                            predict.DEFAULT_OVERLAP, "gaussian", args.batch_size,
+                                            (0,), prepare)
+        frames.append((img, predict.decide(probs, config["decision"]), label))
+    result = calibrate(frames, len(classes))
+    result["seconds"] = round(time.monotonic() - start, 1)
+    if result["threshold"] is None:
+        print(f"faint-object filter: no texture threshold raises the mean IoU of the "
+              f"{len(frames)} held-out frames ({result['mean_iou_kept']:.4f}); none recorded")
+    else:
+        print(f"faint-object filter: objects of texture under {result['threshold']:.2f} "
+              f"dropped ({result['dropped']} of {result['objects']} on the {len(frames)} "
+              f"held-out frames: mean IoU {result['mean_iou_kept']:.4f} -> "
+              f"{result['mean_iou_filtered']:.4f}), {result['seconds']:.0f} s")
+    return result
+
+
+def faint_filter_outdated(args, config, val_frames):
+    """Whether a finished model folder lacks the --faint-filter asked for: recorded with
+    another choice (or before the option), or a calibration that could not run then."""
+    if config["settings"].get("faint_filter") != args.faint_filter:
+        return True
+    return args.faint_filter == "calibrate" and bool(val_frames) and not config.get("faint_filter")
+
+
+def refilter_finished(args, model_dir, val_frames):
+    """Record the --faint-filter asked for in a finished model folder where it is outdated;
+    whether there was anything to do. Under --strategy multiworker every worker reruns the
+    command and the chief alone records it."""
+    config = read_json(model_dir / "config.json", "model config")
+    if not faint_filter_outdated(args, config, val_frames):
+        return False
+    if args.strategy == "multiworker":
+        _, chief = open_strategy(args)
+        if not chief:
+            print("the chief records the faint-object filter")
+            return True
+    precision = use_precision(args.precision)
+    config["faint_filter"] = calibrate_faint_filter(args, model_dir, val_frames, precision)
+    config["settings"]["faint_filter"] = args.faint_filter
+    write_json(model_dir / "config.json", config)
+    print(f"{model_dir}: the trained model now has --faint-filter {args.faint_filter}")
+    return True
+
+
 # ---------------------------------------------------------------- main
 
 def resolve_weights(option):
@@ -666,8 +763,9 @@ def main(argv=None):
     fingerprint = settings_fingerprint(args, stats, split, init)
     plan = plan_model_folder(model_dir, fingerprint, args)
     if plan == "done":
-        print(f"{model_dir} already holds the model this command trains; nothing to do (add "
-              "--restart to train it again)")
+        if not refilter_finished(args, model_dir, split["val_frames"]):
+            print(f"{model_dir} already holds the model this command trains; nothing to do "
+                  "(add --restart to train it again)")
         return
 
     import absl.logging
@@ -760,10 +858,12 @@ def main(argv=None):
         stochastic_weight_average(model, snapshots[-args.swa_epochs:], bn_images,
                                   args.bn_batches, swa_path)
         record_hashes(model_dir, [swa_path])
+    faint = (calibrate_faint_filter(args, model_dir, split["val_frames"], precision)
+             if chief else None)
     state = read_json(state_path, "training state")
     write_config(args, model_dir, classes, stats, patch_shape, split, recorded,
                  fingerprint, precision, {
-        "init_model": init, "distribution": distribution,
+        "init_model": init, "distribution": distribution, "faint_filter": faint,
         "result": {"best_val_loss": state["best_val_loss"], "epochs_done": state["epochs_done"],
                    "swa_of_epochs": len(snapshots[-args.swa_epochs:]) if args.swa_epochs else 0,
                    "minutes_this_run": round(minutes, 2),

@@ -33,10 +33,14 @@ time: --curve 15 30 45 scores, from the same run, the snapshot of the last epoch
 within each of those minutes (mid-run models: their learning rate had not yet annealed);
 or one run per budget, each annealed to its end:
     for m in 15 30 60; do python bench/accuracy.py bbbc030 --time-budget $m --tag t$m; done
---also swa best+tta scores more ways of predicting with the same trained model.
+--also swa best+tta scores more ways of predicting with the same trained model, and
+best+unfiltered the masks without the faint-object filter that training calibrated on its
+held-out frames (every other prediction applies it).
 
 Reusing a --work-dir: rerunning after an interruption resumes the training (the training
-script keeps a backup while it runs); for a new measurement use a new folder or none.
+script keeps a backup while it runs); rerunning a finished run makes the same patches again,
+trains nothing (recording a changed faint-object filter), and predicts and scores anew, so
+its wall times then hold no training. For a new measurement use a new folder or none.
 """
 import argparse
 import csv
@@ -95,10 +99,10 @@ def stage_commands(args, dataset_dir, work, color_mode):
     }
 
 
-def predict_command(args, dataset_dir, work, weights, tta):
+def predict_command(args, dataset_dir, work, weights, tta, unfiltered=False):
     return [sys.executable, str(REPO / "predict_lovasz_loss.py"), "--data-dir", str(dataset_dir),
             "--work-dir", str(work), "--weights", str(weights), "--overlap", str(args.overlap),
-            *(["--tta"] if tta else [])]
+            *(["--tta"] if tta else []), *(["--faint-filter", "off"] if unfiltered else [])]
 
 
 def resolve_tta(args, work):
@@ -106,7 +110,7 @@ def resolve_tta(args, work):
     gen_img_aug.py turned or mirrored the patches. TTA turns tiles, which a model trained on
     unturned patches never saw, so asking for it there is refused before training starts."""
     turned = read_json(Path(work) / "split.json", "split file").get("orientations") != "none"
-    asked = args.tta or any(v.endswith("+tta") for v in args.also)
+    asked = args.tta or any("tta" in v.split("+") for v in args.also)
     if asked and not turned:
         raise PipelineError("gen_img_aug.py kept the patches unturned (see its edge relief "
                             "above), so test-time augmentation would show the model turned "
@@ -145,10 +149,10 @@ def score_model(dataset_dir, names, work):
 SCORE_KEYS = ("foreground_iou", "per_class_iou", "mean_iou", "confusion_matrix")
 
 
-def predict_and_score(args, dataset_dir, names, work, weights, tta):
+def predict_and_score(args, dataset_dir, names, work, weights, tta, unfiltered=False):
     """Predict the test images with one model file and score them, quietly; a failure is
     recorded, not raised, so that one bad variant does not lose the run."""
-    argv = predict_command(args, dataset_dir, work, weights, tta)
+    argv = predict_command(args, dataset_dir, work, weights, tta, unfiltered)
     start = time.monotonic()
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     if done.returncode:
@@ -190,13 +194,14 @@ def score_curve(args, dataset_dir, names, work):
 
 
 def score_variants(args, dataset_dir, names, work):
-    """Scores of each --also variant, WEIGHTS or WEIGHTS+tta."""
+    """Scores of each --also variant: WEIGHTS[+tta][+unfiltered]."""
     variants = {}
     for variant in args.also:
-        weights, _, tta = variant.partition("+")
+        weights, *ways = variant.split("+")
         print(f"variant: {variant}", flush=True)
         variants[variant] = predict_and_score(args, dataset_dir, names, work, weights,
-                                              tta=bool(tta))
+                                              tta="tta" in ways,
+                                              unfiltered="unfiltered" in ways)
     return variants
 
 
@@ -217,7 +222,7 @@ def training_summary(work):
         return {}
     config = json.loads(path.read_text())
     keep = ("num_train_patches", "num_val_patches", "val_split_by", "val_frames", "precision",
-            "color_mode", "orientations", "decision", "result")
+            "color_mode", "orientations", "decision", "faint_filter", "result")
     summary = {k: config[k] for k in keep if k in config}
     summary["equalize"] = config.get("preprocessing", {}).get("equalize", "patch")
     split = Path(work) / "split.json"
@@ -324,7 +329,8 @@ def parse_args(argv=None):
     g.add_argument("--also", nargs="+", default=[], metavar="VARIANT",
                    type=variant_type,
                    help="also score these predictions of the same model: best, swa or last, "
-                        "optionally +tta, e.g. --also swa best+tta")
+                        "optionally +tta, and +unfiltered for every object kept (predict "
+                        "--faint-filter off), e.g. --also swa best+tta best+unfiltered")
     g.add_argument("--curve", nargs="+", type=float, default=[], metavar="MINUTES",
                    help="also score the snapshot of the last epoch that ended within each of "
                         "these training minutes (keeps every snapshot while training)")
@@ -354,10 +360,11 @@ def parse_args(argv=None):
 
 
 def variant_type(text):
-    weights, plus, tta = text.partition("+")
-    if weights not in ("best", "swa", "last") or (plus and tta != "tta"):
+    weights, *ways = text.split("+")
+    if (weights not in ("best", "swa", "last") or len(set(ways)) < len(ways)
+            or not set(ways) <= {"tta", "unfiltered"}):
         raise argparse.ArgumentTypeError(f"{text!r} is not best, swa or last, optionally "
-                                         f"followed by +tta")
+                                         f"followed by +tta and/or +unfiltered")
     return text
 
 

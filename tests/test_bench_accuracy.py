@@ -136,7 +136,17 @@ def test_curve_is_empty_without_marks(tmp_path):
     assert accuracy.score_curve(args, None, [], tmp_path) == []
 
 
-@pytest.mark.parametrize("bad", ["best+", "+tta", "swa+TTA", "final", "best+tta+tta"])
+def test_variants_combine_tta_and_the_unfiltered_masks(tmp_path):
+    args = accuracy.parse_args(["bbbc030", "--also", "best+tta+unfiltered", "swa"])
+    assert args.also == ["best+tta+unfiltered", "swa"]
+    command = accuracy.predict_command(args, tmp_path, tmp_path, "best", True, unfiltered=True)
+    assert command[-3:] == ["--tta", "--faint-filter", "off"]
+    assert "--faint-filter" not in accuracy.predict_command(args, tmp_path, tmp_path, "swa",
+                                                            False)
+
+
+@pytest.mark.parametrize("bad", ["best+", "+tta", "swa+TTA", "final", "best+tta+tta",
+                                 "best+raw", "best+unfiltered+unfiltered"])
 def test_bad_variants_are_refused(bad, capsys):
     with pytest.raises(SystemExit):
         accuracy.parse_args(["bbbc030", "--also", bad])
@@ -190,6 +200,7 @@ def test_accuracy_bench_writes_a_complete_record(tmp_path, request):
                "--time-budget", "0.5", "--epochs", "2", "--steps-per-epoch", "5",
                "--val-steps", "2", "--bn-batches", "2", "--train-args=--swa-epochs 2",
                "--foreground-fraction", "0.5", "--curve", "30", "--also", "swa",
+               "best+unfiltered",
                "--overlap", "0", "--tag", "tiny", "--results-dir", str(tmp_path)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -221,9 +232,14 @@ def test_accuracy_bench_writes_a_complete_record(tmp_path, request):
     assert point["epoch"] == epochs and 0 < point["minutes"] <= 30
     assert f"epoch_{epochs:03d}" in point["command"]
     check_iou_record(point, classes)
-    assert list(record["variants"]) == ["swa"]
+    assert list(record["variants"]) == ["swa", "best+unfiltered"]
     assert "--weights swa" in record["variants"]["swa"]["command"]
     check_iou_record(record["variants"]["swa"], classes)
+    assert record["variants"]["best+unfiltered"]["command"].endswith("--faint-filter off")
+    check_iou_record(record["variants"]["best+unfiltered"], classes)
+    # The filter was calibrated on the held-out training frames, predicted whole.
+    faint = record["training"]["faint_filter"]
+    assert faint["frames"] == len(record["training"]["val_frames"]) >= 3
     assert record["machine"]["cpu"] and record["machine"]["cpu_cores"] >= 1
     assert isinstance(record["machine"]["gpus"], list)
     assert record["date"].endswith("+00:00")

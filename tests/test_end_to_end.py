@@ -58,6 +58,11 @@ def test_training_outputs(pipeline):
     _, _, work, _, _ = pipeline
     config = json.loads((work / "weights" / "config.json").read_text())
     assert config["input_shape"] == [64, 64, 3]
+    # The faint-object filter was calibrated on the held-out frame(s), predicted whole.
+    faint = config["faint_filter"]
+    assert faint["frames"] == len(config["val_frames"]) >= 1
+    assert faint["threshold"] is None or faint["threshold"] >= 0
+    assert faint["mean_iou_filtered"] >= faint["mean_iou_kept"]
     for name in config["weights_files"].values():
         assert (work / "weights" / name).stat().st_size > 1e6
     with open(work / "weights" / "log.csv") as f:

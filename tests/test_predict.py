@@ -593,3 +593,30 @@ def test_foreign_output_folder_is_not_replaced(work, tmp_path):
     with pytest.raises(PipelineError, match="not written by this script"):
         P.main(["--work-dir", str(work), "--output", str(tmp_path)])
     assert (tmp_path / "keep.txt").is_file()
+
+
+def test_the_recorded_faint_filter_drops_objects_unless_turned_off(model_dir, work, tmp_path):
+    strict = tmp_path / "strict_model"
+    strict.mkdir()
+    os.symlink(model_dir / "m_best.h5", strict / "m_best.h5")
+    # A texture no object reaches: the filter drops every object the model finds.
+    write_config(strict, "grey", "argmax", faint_filter={"threshold": 1e9, "frames": 2})
+    kept, dropped = tmp_path / "kept", tmp_path / "dropped"
+    P.main(["--work-dir", str(work), "--model-dir", str(strict), "--output", str(kept),
+            "--faint-filter", "off"])
+    P.main(["--work-dir", str(work), "--model-dir", str(strict), "--output", str(dropped)])
+    record = json.loads((dropped / "predict.json").read_text())["faint_filter"]
+    assert record["threshold"] == 1e9
+    for name in ("a", "b"):
+        before = cv2.imread(str(kept / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        after = cv2.imread(str(dropped / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        assert not after.any()
+        assert record["objects_dropped"][name] == cv2.connectedComponents(
+            (before > 0).astype(np.uint8), connectivity=8)[0] - 1
+    assert sum(record["objects_dropped"].values()) > 0
+    assert json.loads((kept / "predict.json").read_text())["faint_filter"]["threshold"] is None
+    write_config(strict, "grey", "argmax", faint_filter={"threshold": "high"})
+    with pytest.raises(PipelineError, match="'faint_filter' must record a 'threshold'"):
+        P.main(["--work-dir", str(work), "--model-dir", str(strict),
+                "--output", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()

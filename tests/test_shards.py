@@ -41,7 +41,10 @@ def model_dir(tmp_path_factory):
         "classes": ["background", "bead", "cell"], "num_classes": 3,
         "input_shape": [64, 64, 3], "patch_size": [64, 64], "color_mode": "grey",
         "image_channels": 1, "preprocessing": {"mean": [110.0], "std": [30.0], "gamma": 1.2},
-        "decision": "argmax", "weights_files": {"best": "m_best.h5"}}))
+        "decision": "argmax", "weights_files": {"best": "m_best.h5"},
+        # The frame's typical texture: the filter drops some objects of each frame, and the
+        # shards' counts must merge into the single run's.
+        "faint_filter": {"threshold": 1.0}}))
     return folder
 
 

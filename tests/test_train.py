@@ -458,3 +458,25 @@ def test_old_lovasz_option_spelling_still_works():
     assert train.parse_args(["--lovasz-input", "softmax"]).lovasz_on == "probabilities"
     assert train.parse_args(["--lovasz-input", "logits"]).lovasz_on == "logits"
     assert train.parse_args([]).lovasz_on == "probabilities"
+
+
+def test_a_finished_model_records_a_changed_faint_filter(tmp_path, capsys):
+    config = short_run(tmp_path)
+    # Validation of the synthetic patches was by patch: no frames to calibrate on.
+    assert config["settings"]["faint_filter"] == "calibrate" and config["faint_filter"] is None
+    assert "validation was by patch" in capsys.readouterr().out
+    model_dir = tmp_path / "work" / "weights"
+    # As if a calibration had found a threshold: switching the filter off removes it.
+    config["faint_filter"] = {"threshold": 3.0, "frames": 4}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    models = {p: d for p, d in file_digests(model_dir).items() if p.suffix == ".h5"}
+    config = short_run(tmp_path, "--faint-filter", "off")
+    assert "now has --faint-filter off" in capsys.readouterr().out
+    assert config["settings"]["faint_filter"] == "off" and config["faint_filter"] is None
+    assert config["result"]["epochs_done"] == 1
+    assert {p: d for p, d in file_digests(model_dir).items() if p.suffix == ".h5"} == models
+    short_run(tmp_path, "--faint-filter", "off")
+    assert "nothing to do" in capsys.readouterr().out
+    config = short_run(tmp_path)
+    assert "now has --faint-filter calibrate" in capsys.readouterr().out
+    assert config["settings"]["faint_filter"] == "calibrate" and config["faint_filter"] is None
