@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from cli import IGNORE_LABEL, PipelineError
-from faint_objects import calibrate, drop_faint, object_textures, objects, relative_texture
+from faint_objects import (MIN_GAIN, calibrate, drop_faint, object_textures, objects,
+                           relative_texture)
 from metrics import confusion_matrix, iou_per_class
 from model_folder import check_faint_filter
 
@@ -108,6 +109,17 @@ def test_no_filter_where_faint_objects_are_real():
     assert result["mean_iou_filtered"] == result["mean_iou_kept"]
     empty = calibrate([(img, np.zeros_like(mask), label)], 2)
     assert empty["threshold"] is None and empty["objects"] == 0
+
+
+def test_a_gain_too_small_to_trust_sets_no_filter():
+    # A 2-pixel faint false speck beside a large, exactly predicted cell: dropping it gains
+    # less than MIN_GAIN.
+    img, cell, smear = frame(radius=30)
+    mask = cell.astype(np.uint8)
+    mask[90, 150:152] = 1
+    result = calibrate([(img, mask, cell.astype(np.uint8))], 2)
+    assert 0 < 1 - result["mean_iou_kept"] < MIN_GAIN
+    assert result["threshold"] is None
 
 
 def test_unsure_pixels_do_not_count_and_the_recorded_iou_is_the_filtered_masks():
