@@ -17,7 +17,10 @@ All numbers come from this one run:
     preprocessing) of 640x480 and 1376x1032 frames with a 128 px model.
 On a GPU it prints patches/s and frames/s instead of CPU ratios, with fp16 and XLA.
 
-    python bench/speed.py [--steps 6] [--frames 2] [--sizes 128 256]
+    python bench/speed.py [--steps 6] [--frames 2] [--sizes 128 256] [--xla]
+
+--xla adds, on a CPU, the in-memory training step compiled by XLA (the training script's
+--jit-compile on) beside the same step without it.
 """
 import argparse
 import os
@@ -231,6 +234,23 @@ def cpu_report(args, machine, precisions):
                   f"{ratio:>8.2f}  {verdict('predict', precision, ratio)}", flush=True)
 
 
+def xla_report(args, precisions):
+    import tensorflow as tf
+    print("\ntraining step with XLA (train_unet_xception_resnetblock.py --jit-compile on), "
+          "batch 8, batches in memory")
+    print(f"{'patch':>6} {'precision':>9} {'plain s':>8} {'XLA s':>8} {'XLA / plain':>12}")
+    rng = np.random.default_rng(0)
+    for size in args.sizes:
+        x = tf.constant(rng.random((BATCH, size, size, 3), dtype=np.float32))
+        y = tf.constant(rng.integers(0, len(CLASSES), (BATCH, size, size, 1), dtype=np.int32))
+        memory = tf.data.Dataset.from_tensors((x, y)).repeat()
+        for precision in precisions:
+            plain, xla = (seconds_per_step(training_model(size, precision, jit), memory, args.steps)
+                          for jit in (False, True))
+            print(f"{size:>6} {precision:>9} {plain:>8.3f} {xla:>8.3f} {xla / plain:>12.2f}",
+                  flush=True)
+
+
 def gpu_report(args, machine):
     print("\nGPU: patches/s (training, batch 8) and frames/s (prediction), fp32 and fp16 "
           "mixed precision, with XLA")
@@ -254,6 +274,8 @@ def main():
     p.add_argument("--frames", type=int, default=2, help="timed frames per size (default: 2)")
     p.add_argument("--sizes", type=int, nargs="+", default=[128, 256],
                    help="training patch sizes (default: 128 256)")
+    p.add_argument("--xla", action="store_true",
+                   help="on a CPU, also time the training step compiled by XLA")
     args = p.parse_args()
     from datetime import UTC, datetime
     machine = hardware.machine_summary()
@@ -267,6 +289,8 @@ def main():
     else:
         print("bf16: not native on this CPU (emulated; targets apply only where native)")
     cpu_report(args, machine, ("fp32", "bf16"))
+    if args.xla:
+        xla_report(args, ("fp32", "bf16"))
 
 
 if __name__ == "__main__":
