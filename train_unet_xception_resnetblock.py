@@ -169,7 +169,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("speed and output")
     add_precision_option(g)
     g.add_argument("--jit-compile", choices=("on", "off"), default="off",
-                   help="compile the training step with XLA (default: %(default)s)")
+                   help="compile the training step with XLA; on a CPU it made a step 4-6x slower "
+                        "(bench/speed.py --xla) (default: %(default)s)")
     g.add_argument("--save-format", choices=("h5", "keras"), default="h5",
                    help="h5 as the original, or Keras 3's native .keras (default: %(default)s)")
     g.add_argument("--pdf", action="store_true", help="also write the curves as PDF")
