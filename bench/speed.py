@@ -103,18 +103,23 @@ def pipeline_seconds_per_batch(dataset, batches):
     return (time.perf_counter() - start) / batches
 
 
-def measure_training(size, precision, steps, work, names, jit=False):
+def measure_training(size, precision, steps, work, names, jit=False, also_xla=False):
+    """Seconds of a step on one batch held in memory and fed from the PNG files, where the
+    step goes, and with also_xla the same in-memory step compiled by XLA."""
     import tensorflow as tf
     import train_unet_xception_resnetblock as train
     files = train.patch_dataset(work, names, 1, BATCH, shuffle_seed=0)
     x, y = next(iter(files))
     memory = tf.data.Dataset.from_tensors((x, y)).repeat()
     net = training_model(size, precision, jit)
-    in_memory = seconds_per_step(net, memory, steps)
-    from_files = seconds_per_step(net, files, steps)
-    return {"step_s": in_memory, "step_from_files_s": from_files,
-            "pipeline_alone_s": pipeline_seconds_per_batch(files, 2 * steps),
-            **step_parts(net, x, y, steps)}
+    result = {"step_s": seconds_per_step(net, memory, steps),
+              "step_from_files_s": seconds_per_step(net, files, steps),
+              "pipeline_alone_s": pipeline_seconds_per_batch(files, 2 * steps),
+              **step_parts(net, x, y, steps)}
+    if also_xla:
+        result["xla_step_s"] = seconds_per_step(training_model(size, precision, True), memory,
+                                                steps)
+    return result
 
 
 def median_seconds(fn, repeats):
@@ -204,7 +209,8 @@ def cpu_report(args, machine, precisions):
             names = synthetic_patches(work, size, 8 * BATCH)
             floor = 3 * forward_gflops(size) * BATCH / fp32
             for precision in precisions:
-                m = measure_training(size, precision, args.steps, work, names)
+                m = measure_training(size, precision, args.steps, work, names,
+                                     also_xla=args.xla)
                 ratio = m["step_s"] / floor
                 share = max(0.0, m["step_from_files_s"] - m["step_s"]) / m["step_from_files_s"]
                 print(f"{size:>6} {precision:>9} {floor:>8.3f} {m['step_s']:>8.3f} {ratio:>8.2f} "
@@ -221,6 +227,13 @@ def cpu_report(args, machine, precisions):
         print(f"{size:>6} {precision:>9} {m['forward_s']:>8.3f} {m['forward_s'] / (floor / 3):>8.2f} "
               f"{m['loss_s']:>10.3f} {m['update_s']:>8.3f} {rest:>16.3f} "
               f"{rest / (2 * floor / 3):>12.2f}")
+    if args.xla:
+        print("\ntraining step with XLA (train_unet_xception_resnetblock.py --jit-compile on), "
+              "batch 8, the same batch in memory")
+        print(f"{'patch':>6} {'precision':>9} {'plain s':>8} {'XLA s':>8} {'XLA / plain':>12}")
+        for size, precision, _, m in parts:
+            print(f"{size:>6} {precision:>9} {m['step_s']:>8.3f} {m['xla_step_s']:>8.3f} "
+                  f"{m['xla_step_s'] / m['step_s']:>12.2f}")
     print(f"\nframe prediction, {PREDICT_TILE} px model, overlap 0.25, gaussian blend, batch 8 "
           "(ratio to the fp32 floor = tiles x forward FLOPs / fp32 matmul rate)")
     print(f"{'frame':>10} {'tiles':>6} {'precision':>9} {'floor s':>8} {'frame s':>8} "
@@ -232,23 +245,6 @@ def cpu_report(args, machine, precisions):
             ratio = m["frame_s"] / floor
             print(f"{name:>10} {m['tiles']:>6} {precision:>9} {floor:>8.3f} {m['frame_s']:>8.3f} "
                   f"{ratio:>8.2f}  {verdict('predict', precision, ratio)}", flush=True)
-
-
-def xla_report(args, precisions):
-    import tensorflow as tf
-    print("\ntraining step with XLA (train_unet_xception_resnetblock.py --jit-compile on), "
-          "batch 8, batches in memory")
-    print(f"{'patch':>6} {'precision':>9} {'plain s':>8} {'XLA s':>8} {'XLA / plain':>12}")
-    rng = np.random.default_rng(0)
-    for size in args.sizes:
-        x = tf.constant(rng.random((BATCH, size, size, 3), dtype=np.float32))
-        y = tf.constant(rng.integers(0, len(CLASSES), (BATCH, size, size, 1), dtype=np.int32))
-        memory = tf.data.Dataset.from_tensors((x, y)).repeat()
-        for precision in precisions:
-            plain, xla = (seconds_per_step(training_model(size, precision, jit), memory, args.steps)
-                          for jit in (False, True))
-            print(f"{size:>6} {precision:>9} {plain:>8.3f} {xla:>8.3f} {xla / plain:>12.2f}",
-                  flush=True)
 
 
 def gpu_report(args, machine):
@@ -289,8 +285,6 @@ def main():
     else:
         print("bf16: not native on this CPU (emulated; targets apply only where native)")
     cpu_report(args, machine, ("fp32", "bf16"))
-    if args.xla:
-        xla_report(args, ("fp32", "bf16"))
 
 
 if __name__ == "__main__":
