@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cli import IGNORE_LABEL, PipelineError
-from faint_objects import (MIN_GAIN, calibrate, drop_faint, object_textures, objects,
+from faint_objects import (MARGIN, MIN_GAIN, calibrate, drop_faint, object_textures, objects,
                            relative_texture)
 from metrics import confusion_matrix, iou_per_class
 from model_folder import check_faint_filter
@@ -120,6 +120,32 @@ def test_a_gain_too_small_to_trust_sets_no_filter():
     result = calibrate([(img, mask, cell.astype(np.uint8))], 2)
     assert 0 < 1 - result["mean_iou_kept"] < MIN_GAIN
     assert result["threshold"] is None
+
+
+@pytest.mark.parametrize("false_deviation, filtered", [(3, True), (26, False)])
+def test_the_threshold_keeps_a_margin_below_the_faintest_object_it_keeps(false_deviation,
+                                                                         filtered):
+    # A false object (unlabelled) with some texture of its own beside a cell: dropping it is
+    # worth far more than MIN_GAIN, but only where a threshold can sit MARGIN below the cell.
+    img, cell, smear = frame()
+    noisy = img.astype(np.float64)
+    noisy[smear] += np.random.default_rng(1).normal(0, false_deviation, smear.sum())
+    img = np.clip(noisy, 0, 255).astype(np.uint8)
+    mask = ((cell | smear) * 1).astype(np.uint8)
+    frames = [(img, mask, cell.astype(np.uint8))]
+    cell_texture = texture_of(frames[0], labelled=True)
+    false_texture = texture_of(frames[0], labelled=False)
+    assert false_texture < cell_texture
+    assert (cell_texture >= MARGIN ** 2 * false_texture) == filtered
+    result = calibrate(frames, 2)
+    if filtered:
+        assert result["dropped"] == 1 and result["gap"] == pytest.approx(
+            [false_texture, cell_texture])
+        assert cell_texture >= MARGIN * result["threshold"] > result["threshold"] > false_texture
+    else:
+        assert result["threshold"] is None and "gap" not in result
+        # Without the margin the best threshold would drop the false object.
+        assert mean_iou_with(frames, np.sqrt(false_texture * cell_texture), 2) == pytest.approx(1)
 
 
 def test_unsure_pixels_do_not_count_and_the_recorded_iou_is_the_filtered_masks():
