@@ -12,6 +12,11 @@
          with AVX-512 BF16 (no AMX) TensorFlow's bf16 convolutions ran at 0.63x the fp32
          speed and a training step 1.1-1.3x slower, where an AMD EPYC with the same flags
          ran bf16 matmuls 2x faster (bench/README.md)
+
+Before TensorFlow loads, prepare_tensorflow() turns its oneDNN kernels on for every x86 CPU:
+TensorFlow enables them by itself only where it sees AVX-512 VNNI/BF16 or AMX, and on a
+2-core AMD EPYC with only AVX2 its own kernels ran a fp32 training step 1.26x and a frame
+1.15-1.2x as long as oneDNN's (bench/bench_onednn.py, bench/README.md).
 """
 import math
 import os
@@ -25,6 +30,24 @@ VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # bf16 rounds the activations; it must buy at least this much speed to be worth it.
 BF16_MIN_SPEEDUP = 1.2
+
+
+def prepare_tensorflow(log_level="3"):
+    """Set what TensorFlow reads once, when it loads; call before anything imports it.
+    A value the user exported is kept (TF_ENABLE_ONEDNN_OPTS=0 restores TensorFlow's own
+    choice of kernels on CPUs without AVX-512 VNNI/BF16)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", log_level)
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def onednn_enabled():
+    """Whether the TensorFlow loaded here runs oneDNN kernels (None where it cannot say)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def _cpuinfo(key):
@@ -140,9 +163,10 @@ def cpu_summary():
 
 
 def machine_summary():
-    """CPU, its vector flags, GPUs and (measured now) the fp32 and bf16 matmul rates and the
-    bf16 convolution speed-up that --precision auto decides by."""
-    return {**cpu_summary(), "gpus": gpu_names(),
+    """CPU, its vector flags, GPUs, whether TensorFlow runs oneDNN kernels, and (measured
+    now) the fp32 and bf16 matmul rates and the bf16 convolution speed-up that --precision
+    auto decides by."""
+    return {**cpu_summary(), "gpus": gpu_names(), "onednn": onednn_enabled(),
             "matmul_gflops": {"fp32": round(matmul_gflops("float32"), 1),
                               "bf16": round(matmul_gflops("bfloat16"), 1)},
             "bf16_conv_speedup": round(bf16_conv_speedup(), 2)}
@@ -157,6 +181,8 @@ def cpu_line(summary):
 def machine_line(summary):
     rates = summary["matmul_gflops"]
     line = f"{cpu_line(summary)}; matmul {rates['fp32']} GFLOP/s fp32, {rates['bf16']} bf16"
+    if summary.get("onednn") is not None:
+        line += f"; oneDNN {'on' if summary['onednn'] else 'off'}"
     if "bf16_conv_speedup" in summary:
         line += f"; bf16 convolution {summary['bf16_conv_speedup']}x fp32"
     if summary["gpus"]:

@@ -81,10 +81,11 @@ error.
 import argparse
 import itertools
 import math
-import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from hardware import add_precision_option, prepare_tensorflow, use_precision
+
+prepare_tensorflow()
 
 import numpy as np  # noqa: E402
 
@@ -92,7 +93,6 @@ from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,  # no
                       check_label_values, describe_intensity, find_label, list_images,
                       parse_intensity, pixel_size_um, read_image, read_label, to_color_mode,
                       write_image, write_tiff)
-from hardware import add_precision_option, use_precision  # noqa: E402
 from labelme_export import DEFAULT_TOLERANCE, annotation  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, load_model, model_file,  # noqa: E402
                           read_config, verify_model_file)

@@ -39,12 +39,13 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from hardware import add_precision_option, prepare_tensorflow, use_precision
+
+prepare_tensorflow()
 
 import numpy as np  # noqa: E402
 
 from distribute import STRATEGIES  # noqa: E402
-from hardware import add_precision_option, use_precision  # noqa: E402
 from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
 from outputs import atomic_write_text, remove_leftovers, sha256_of, write_json  # noqa: E402
 from cli import (IGNORE_LABEL, PipelineError, existing_folder, finite_float,  # noqa: E402

@@ -46,7 +46,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import platform
 import shlex
 import subprocess
@@ -55,11 +54,13 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baseline  # noqa: E402
 import hardware  # noqa: E402
+
+hardware.prepare_tensorflow("2")
+
 from baseline import REPO, RESULTS_DIR, SHARED_DATASETS  # noqa: E402
 from image_io import find_label, list_images, read_image, read_label  # noqa: E402
 from outputs import write_json  # noqa: E402

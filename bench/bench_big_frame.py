@@ -20,7 +20,6 @@ DIR/train/weights --reuse-predictions measures the contours again on the same pr
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -29,11 +28,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
 import hardware  # noqa: E402
+
+hardware.prepare_tensorflow()
 
 TIFF_TILE = 512
 

@@ -14,7 +14,6 @@ each replica is that of one device with its share of the batch, plus this overhe
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,9 +22,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import hardware  # noqa: E402
+
+hardware.prepare_tensorflow()
+
 from distribute import start_localhost_workers  # noqa: E402
 
 

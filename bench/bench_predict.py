@@ -15,12 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
 import hardware  # noqa: E402
+
+hardware.prepare_tensorflow()
+
 import predict_lovasz_loss as P  # noqa: E402
 from geometry import reflect_pad  # noqa: E402
 

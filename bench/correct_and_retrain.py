@@ -27,12 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy  # noqa: E402
 import baseline  # noqa: E402
 import hardware  # noqa: E402
+
+hardware.prepare_tensorflow("2")
+
 from baseline import REPO, RESULTS_DIR  # noqa: E402
 from image_io import find_label, list_images, read_label  # noqa: E402
 from outputs import write_json  # noqa: E402

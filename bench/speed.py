@@ -23,18 +23,18 @@ On a GPU it prints patches/s and frames/s instead of CPU ratios, with fp16 and X
 --jit-compile on) beside the same step without it.
 """
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
 import hardware  # noqa: E402
+
+hardware.prepare_tensorflow()
 
 BATCH = 8
 CLASSES = ["background", "bead", "cell"]

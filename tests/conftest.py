@@ -1,6 +1,11 @@
 """Shared test set-up."""
 import pytest
 
+import hardware
+
+# The tests that train or predict in-process load TensorFlow as the scripts do.
+hardware.prepare_tensorflow()
+
 
 def pytest_collection_modifyitems(items):
     """Modules marked `trains` (minutes each) run first: with run_tests.sh's two workers, the

@@ -1,14 +1,10 @@
 """lovasz_losses_tf against the Lovasz extension of the Jaccard loss evaluated by its definition."""
-import os
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from lovasz_losses_tf import (LovaszHingeLoss, LovaszSoftmaxLoss, lovasz_grad,  # noqa: E402
+from lovasz_losses_tf import (LovaszHingeLoss, LovaszSoftmaxLoss, lovasz_grad,
                               lovasz_hinge, lovasz_softmax)
 
 IGNORE = 255

@@ -1,14 +1,10 @@
 import copy
-import os
 
+import keras
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras  # noqa: E402
-
-import model as M  # noqa: E402
+import model as M
 
 PAPER_PARAMS = 38_431_483
 

@@ -91,3 +91,37 @@ def test_forced_bf16_without_native_support_says_it_is_slow(monkeypatch, capsys)
     assert "no native bf16" in capsys.readouterr().out
     assert hardware.use_precision("auto") == "fp32"
     assert capsys.readouterr().out == ""
+
+
+def test_prepare_tensorflow_turns_onednn_on_for_x86_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+    hardware.prepare_tensorflow()
+    assert hardware.os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    hardware.prepare_tensorflow()
+    assert hardware.os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")
+    hardware.prepare_tensorflow()
+    assert "TF_ENABLE_ONEDNN_OPTS" not in hardware.os.environ
+
+
+@pytest.mark.skipif(hardware.platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="oneDNN is only turned on for x86 CPUs")
+@pytest.mark.parametrize("exported, expected", [(None, True), ("0", False)])
+def test_the_scripts_load_tensorflow_with_onednn_unless_switched_off(exported, expected):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if exported is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = exported
+    code = ("import predict_lovasz_loss, hardware, tensorflow; "
+            "print(hardware.onednn_enabled())")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, cwd=hardware.Path(hardware.__file__).parent, check=True)
+    assert done.stdout.split()[-1] == str(expected)
+    assert f"oneDNN {'on' if expected else 'off'}" in hardware.machine_line(
+        {"cpu": "x", "cpu_cores": 2, "cpu_flags": {}, "gpus": [], "onednn": expected,
+         "matmul_gflops": {"fp32": 1.0, "bf16": 1.0}})

@@ -350,7 +350,6 @@ def test_weights_choice(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     from model import build_model
     keras.utils.set_random_seed(0)
