@@ -15,8 +15,8 @@
 
 Before TensorFlow loads, prepare_tensorflow() turns its oneDNN kernels on for every x86 CPU:
 TensorFlow enables them by itself only where it sees AVX-512 VNNI/BF16 or AMX, and on a
-2-core AMD EPYC with only AVX2 its own kernels ran a fp32 training step 1.26x and a frame
-1.15-1.2x as long as oneDNN's (bench/bench_onednn.py, bench/README.md).
+2-core AMD EPYC with only AVX2 its own kernels ran a fp32 training step 1.2-1.27x and a
+frame 1.08-1.19x as long as oneDNN's (bench/bench_onednn.py, bench/README.md).
 """
 import math
 import os
