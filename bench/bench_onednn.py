@@ -1,10 +1,10 @@
 """TensorFlow's oneDNN kernels on and off (TF_ENABLE_ONEDNN_OPTS=1 / 0), side by side.
 
-TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16 or AMX; on a CPU
-with only AVX2 it runs its own (Eigen) kernels unless TF_ENABLE_ONEDNN_OPTS=1, which the
-pipeline's scripts set (hardware.prepare_tensorflow) because of what this measures. The
-variable is read once, when TensorFlow loads, so each setting runs in its own child process, and the
-two settings alternate over --rounds so that a slow spell of the machine hits both alike.
+On Linux TensorFlow turns oneDNN on by itself only on CPUs with VNNI (AVX-512 or AVX),
+AVX-512 BF16 or AMX; on a CPU with only AVX2 it runs its own (Eigen) kernels unless
+TF_ENABLE_ONEDNN_OPTS=1, which the pipeline's scripts set (hardware.prepare_tensorflow)
+because of what this measures. The variable is read once, when TensorFlow loads, so each
+setting runs in its own child process, and the two settings alternate over --rounds so that a slow spell of the machine hits both alike.
 Each child measures, in fp32:
   - the matmul rate (2048 x 2048, best of 8);
   - a training step (batch 8, 128 px, the training script's model, loss and optimizer; a
@@ -41,7 +41,6 @@ SETTINGS = {"off": "0", "on": "1"}
 def child(steps, logits_file):
     """One setting's measurements, as one JSON line on stdout."""
     import tensorflow as tf
-    from tensorflow.python.util import _pywrap_util_port
     import speed
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(0, 1, (speed.BATCH, 128, 128, 3)).astype(np.float32))
@@ -50,7 +49,7 @@ def child(steps, logits_file):
     np.save(logits_file, net(x, training=False).numpy())
     step = speed.seconds_per_step(net, tf.data.Dataset.from_tensors((x, y)).repeat(), steps)
     frames = speed.measure_prediction("fp32", 1)
-    print(json.dumps({"onednn": bool(_pywrap_util_port.IsMklEnabled()),
+    print(json.dumps({"onednn": hardware.onednn_enabled(),
                       "matmul_gflops": hardware.matmul_gflops("float32"),
                       "step_s": step,
                       **{f"frame_{name}_s": m["frame_s"] for name, m in frames.items()}}))
@@ -90,9 +89,9 @@ def main():
             for setting in SETTINGS:
                 m = run_child(setting, args.steps, Path(scratch) / f"{setting}.npy")
                 results[setting].append(m)
+                state = {True: "on", False: "off"}.get(m["onednn"], "unknown")
                 print(f"round {round_ + 1}, TF_ENABLE_ONEDNN_OPTS={SETTINGS[setting]} (oneDNN "
-                      f"{'on' if m['onednn'] else 'off'}): matmul {m['matmul_gflops']:.1f} "
-                      f"GFLOP/s, step {m['step_s']:.3f} s, frames "
+                      f"{state}): matmul {m['matmul_gflops']:.1f} GFLOP/s, step {m['step_s']:.3f} s, frames "
                       f"{m['frame_640x480_s']:.3f} / {m['frame_1376x1032_s']:.3f} s", flush=True)
         logits = {s: np.load(Path(scratch) / f"{s}.npy") for s in SETTINGS}
     print(f"\nmedians over {args.rounds} rounds (fp32; {time.perf_counter() - start:.0f} s in all)")

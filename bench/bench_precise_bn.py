@@ -14,6 +14,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "data")]
 
+import hardware  # noqa: E402
+
+hardware.prepare_tensorflow()
+
 import keras  # noqa: E402
 
 import train_unet_xception_resnetblock as train  # noqa: E402

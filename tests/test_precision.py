@@ -107,21 +107,72 @@ def test_prepare_tensorflow_turns_onednn_on_for_x86_unless_the_user_chose(monkey
     assert "TF_ENABLE_ONEDNN_OPTS" not in hardware.os.environ
 
 
-@pytest.mark.skipif(hardware.platform.machine().lower() not in ("x86_64", "amd64"),
-                    reason="oneDNN is only turned on for x86 CPUs")
-@pytest.mark.parametrize("exported, expected", [(None, True), ("0", False)])
-def test_the_scripts_load_tensorflow_with_onednn_unless_switched_off(exported, expected):
+ROOT = hardware.Path(hardware.__file__).resolve().parent
+# Runs a script's module-level code (its imports, not its main), then imports TensorFlow
+# where the script uses it, and prints what TensorFlow found in the environment when it
+# first loaded.
+WATCH_TENSORFLOW_LOAD = """
+import importlib.abc, json, os, runpy, sys
+seen = {}
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" and not seen:
+            seen.update({k: os.environ.get(k)
+                         for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")})
+sys.meta_path.insert(0, Watch())
+script = sys.argv[1]
+sys.path.insert(0, os.path.dirname(script))
+runpy.run_path(script, run_name="entry_point_check")
+text = open(script).read()
+if "import tensorflow" in text or "import keras" in text:
+    import tensorflow
+print(json.dumps({"loaded": bool(seen), **seen}))
+"""
+
+
+def entry_points():
+    """Every script (a file with a main block) of the pipeline and of bench/."""
+    return sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("*.py"), *ROOT.glob("bench/*.py")]
+                  if 'if __name__ == "__main__":' in p.read_text())
+
+
+def test_every_script_prepares_tensorflow_before_it_loads():
+    import json
     import os
     import subprocess
     import sys
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    if exported is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = exported
-    code = ("import predict_lovasz_loss, hardware, tensorflow; "
-            "print(hardware.onednn_enabled())")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+    x86 = hardware.platform.machine().lower() in ("x86_64", "amd64")
+    loaded = []
+    for script in entry_points():
+        done = subprocess.run([sys.executable, "-c", WATCH_TENSORFLOW_LOAD, str(ROOT / script)],
+                              env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+        found = json.loads(done.stdout.splitlines()[-1])
+        if found["loaded"]:
+            loaded.append(script)
+            assert found["TF_CPP_MIN_LOG_LEVEL"] is not None, script
+            assert found["TF_ENABLE_ONEDNN_OPTS"] == ("1" if x86 else None), script
+    assert {"train_unet_xception_resnetblock.py", "predict_lovasz_loss.py",
+            "bench/bench_precise_bn.py", "bench/speed.py"} <= set(loaded)
+
+
+def test_the_machine_line_says_whether_onednn_ran():
+    summary = {"cpu": "x", "cpu_cores": 2, "cpu_flags": {}, "gpus": [],
+               "matmul_gflops": {"fp32": 1.0, "bf16": 1.0}}
+    assert "oneDNN on" in hardware.machine_line({**summary, "onednn": True})
+    assert "oneDNN off" in hardware.machine_line({**summary, "onednn": False})
+    assert "oneDNN" not in hardware.machine_line({**summary, "onednn": None})
+
+
+@pytest.mark.skipif(hardware.platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="oneDNN is only turned on for x86 CPUs")
+def test_an_exported_onednn_setting_is_kept():
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    code = "import predict_lovasz_loss, hardware, tensorflow; print(hardware.onednn_enabled())"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, cwd=hardware.Path(hardware.__file__).parent, check=True)
-    assert done.stdout.split()[-1] == str(expected)
-    assert f"oneDNN {'on' if expected else 'off'}" in hardware.machine_line(
-        {"cpu": "x", "cpu_cores": 2, "cpu_flags": {}, "gpus": [], "onednn": expected,
-         "matmul_gflops": {"fp32": 1.0, "bf16": 1.0}})
+                          text=True, cwd=ROOT, check=True)
+    assert done.stdout.split()[-1] == "False"
