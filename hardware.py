@@ -33,11 +33,15 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_MIN_SPEEDUP = 1.2
 
 
+def is_x86():
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
 def prepare_tensorflow(log_level="3"):
     """Set what TensorFlow reads once, when it loads; call before anything imports it.
     A value the user exported is kept (TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", log_level)
-    if platform.machine().lower() in ("x86_64", "amd64"):
+    if is_x86():
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 

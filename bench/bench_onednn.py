@@ -4,7 +4,8 @@ On Linux TensorFlow turns oneDNN on by itself only on CPUs with VNNI (AVX-512 or
 AVX-512 BF16 or AMX; on a CPU with only AVX2 it runs its own (Eigen) kernels unless
 TF_ENABLE_ONEDNN_OPTS=1, which the pipeline's scripts set (hardware.prepare_tensorflow)
 because of what this measures. The variable is read once, when TensorFlow loads, so each
-setting runs in its own child process, and the two settings alternate over --rounds so that a slow spell of the machine hits both alike.
+setting runs in its own child process, and the two settings alternate over --rounds so that
+a slow spell of the machine hits both alike.
 Each child measures, in fp32:
   - the matmul rate (2048 x 2048, best of 8);
   - a training step (batch 8, 128 px, the training script's model, loss and optimizer; a
@@ -91,8 +92,9 @@ def main():
                 results[setting].append(m)
                 state = {True: "on", False: "off"}.get(m["onednn"], "unknown")
                 print(f"round {round_ + 1}, TF_ENABLE_ONEDNN_OPTS={SETTINGS[setting]} (oneDNN "
-                      f"{state}): matmul {m['matmul_gflops']:.1f} GFLOP/s, step {m['step_s']:.3f} s, frames "
-                      f"{m['frame_640x480_s']:.3f} / {m['frame_1376x1032_s']:.3f} s", flush=True)
+                      f"{state}): matmul {m['matmul_gflops']:.1f} GFLOP/s, step "
+                      f"{m['step_s']:.3f} s, frames {m['frame_640x480_s']:.3f} / "
+                      f"{m['frame_1376x1032_s']:.3f} s", flush=True)
         logits = {s: np.load(Path(scratch) / f"{s}.npy") for s in SETTINGS}
     print(f"\nmedians over {args.rounds} rounds (fp32; {time.perf_counter() - start:.0f} s in all)")
     print(f"{'measure':>26} {'oneDNN off':>11} {'oneDNN on':>10} {'on / off':>9}")

@@ -1,4 +1,11 @@
-"""--precision: which policy auto picks, and a model moved between precisions."""
+"""--precision: which policy auto picks, and a model moved between precisions; the
+environment TensorFlow loads with."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -97,17 +104,17 @@ def test_prepare_tensorflow_turns_onednn_on_for_x86_unless_the_user_chose(monkey
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
     hardware.prepare_tensorflow()
-    assert hardware.os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     hardware.prepare_tensorflow()
-    assert hardware.os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "0"
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
     monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")
     hardware.prepare_tensorflow()
-    assert "TF_ENABLE_ONEDNN_OPTS" not in hardware.os.environ
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
 
 
-ROOT = hardware.Path(hardware.__file__).resolve().parent
+ROOT = Path(hardware.__file__).resolve().parent
 # Runs a script's module-level code (its imports, not its main), then imports TensorFlow
 # where the script uses it, and prints what TensorFlow found in the environment when it
 # first loaded.
@@ -137,13 +144,8 @@ def entry_points():
 
 
 def test_every_script_prepares_tensorflow_before_it_loads():
-    import json
-    import os
-    import subprocess
-    import sys
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
-    x86 = hardware.platform.machine().lower() in ("x86_64", "amd64")
     loaded = []
     for script in entry_points():
         done = subprocess.run([sys.executable, "-c", WATCH_TENSORFLOW_LOAD, str(ROOT / script)],
@@ -152,7 +154,7 @@ def test_every_script_prepares_tensorflow_before_it_loads():
         if found["loaded"]:
             loaded.append(script)
             assert found["TF_CPP_MIN_LOG_LEVEL"] is not None, script
-            assert found["TF_ENABLE_ONEDNN_OPTS"] == ("1" if x86 else None), script
+            assert found["TF_ENABLE_ONEDNN_OPTS"] == ("1" if hardware.is_x86() else None), script
     assert {"train_unet_xception_resnetblock.py", "predict_lovasz_loss.py",
             "bench/bench_precise_bn.py", "bench/speed.py"} <= set(loaded)
 
@@ -165,12 +167,8 @@ def test_the_machine_line_says_whether_onednn_ran():
     assert "oneDNN" not in hardware.machine_line({**summary, "onednn": None})
 
 
-@pytest.mark.skipif(hardware.platform.machine().lower() not in ("x86_64", "amd64"),
-                    reason="oneDNN is only turned on for x86 CPUs")
+@pytest.mark.skipif(not hardware.is_x86(), reason="oneDNN is only turned on for x86 CPUs")
 def test_an_exported_onednn_setting_is_kept():
-    import os
-    import subprocess
-    import sys
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}
     code = "import predict_lovasz_loss, hardware, tensorflow; print(hardware.onednn_enabled())"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
