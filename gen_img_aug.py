@@ -31,6 +31,9 @@ resampled by S before patches are cut (pixel areas averaged, labels by majority 
 resamples each frame the same way and brings the probabilities back to the frame's own
 pixels. Patch i depends only on (--seed, i) and the
 images, so the output is the same for any --workers.
+An object labelled by its outline alone (a thin ring around an inside labelled background,
+label_outlines.py) is reported with a warning and listed in split.json: training would
+learn its inside as background. Fill it, or mark it 255 to leave it out.
 """
 import argparse
 import csv
@@ -48,6 +51,7 @@ from cli import (IGNORE_LABEL, PipelineError, finite_float, positive_int, read_c
 from figures import colorize, save_figure, pyplot
 from geometry import (MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad, resample_image,
                       resample_label, scaled_size, transform_image)
+from label_outlines import bare_outlines, describe_bare_outlines
 from parallel import default_workers, parallel_map
 
 MAX_SCALE = 4               # beyond, upsampled frames hold no detail worth the memory
@@ -117,7 +121,9 @@ def parse_args(argv=None):
 
 def labelled_images(data_dir, classes, intensity):
     """name -> (image path, label path, (h, w)) for every image, checking every image and label
-    (readable, same size, classes within classes.txt); also the set of label values seen."""
+    (readable, same size, classes within classes.txt); also the set of label values seen, each
+    image's edge sums and, for the images that have any, the objects labelled by a bare outline
+    (label_outlines.bare_outlines)."""
     images = list_images(Path(data_dir) / "src")
     if not images:
         raise PipelineError(f"no images found in {Path(data_dir) / 'src'}")
@@ -125,7 +131,7 @@ def labelled_images(data_dir, classes, intensity):
     if missing:
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{', '.join(missing[:10])}")
-    table, values, edges = {}, set(), {}
+    table, values, edges, outlines = {}, set(), {}, {}
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
         img, lbl = read_image(img_path, intensity), read_label(lbl_path)
@@ -136,7 +142,10 @@ def labelled_images(data_dir, classes, intensity):
                                          Path(data_dir) / "classes.txt").tolist())
         table[name] = (img_path, lbl_path, img.shape[:2])
         edges[name] = edge_sums(img, lbl)
-    return table, sorted(values), edges
+        found, _ = bare_outlines(lbl)
+        if found:
+            outlines[name] = found
+    return table, sorted(values), edges, outlines
 
 
 # Edge relief from which images are taken to have a direction. Measured: 0.49 on bbbc030
@@ -145,6 +154,15 @@ DIRECTED_RELIEF = 0.25
 # Degrees by which the relief's direction may miss a chosen mirror's axis before a warning:
 # the mirrored relief lies twice that from the microscope's.
 MIRROR_TOLERANCE = 10
+
+
+def report_outlines(outlines, most=5):
+    """A warning line for each of the first images whose label holds a bare outline."""
+    for name in sorted(outlines)[:most]:
+        print(describe_bare_outlines(name, outlines[name]))
+    if len(outlines) > most:
+        print(f"warning: {len(outlines) - most} more labels hold bare outlines (split.json lists "
+              f"them all)")
 
 
 def edge_sums(img, lbl, max_pixels=4_000_000):
@@ -274,14 +292,16 @@ def frame_groups(names, stack_of):
 
 
 def write_split(work, train, test, how, classes, label_values, intensity, stack_of,
-                orientations, relief, angle, scale):
+                orientations, relief, angle, scale, outlines):
     """The split files, written last: their presence marks a complete run."""
     write_json(work / "split.json", {"method": how, "train": train, "test": test,
                                      "classes": classes, "label_values": label_values,
                                      "intensity": intensity, "stack_of": stack_of,
                                      "orientations": orientations,
                                      "edge_relief": round(relief, 4),
-                                     "relief_angle": round(angle, 1), "scale": scale})
+                                     "relief_angle": round(angle, 1), "scale": scale,
+                                     "bare_outlines": {name: [list(box[:4]) for box in found]
+                                                       for name, found in outlines.items()}})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 
@@ -440,7 +460,8 @@ def main(argv=None):
     args = parse_args(argv)
     work = refuse_file(args.work_dir, "--work-dir")
     classes = read_classes(args.data_dir)
-    table, label_values, edges = labelled_images(args.data_dir, classes, args.intensity)
+    table, label_values, edges, outlines = labelled_images(args.data_dir, classes,
+                                                           args.intensity)
     stack_of = {name: source.path.name for name, (source, _, _) in table.items()
                 if isinstance(source, StackPlane)}
     train, test, how = split_names(sorted(table), args.data_dir, args.test_size, args.random_state,
@@ -460,6 +481,7 @@ def main(argv=None):
     warning = mirror_warning(orientations, relief, angle)
     if warning:
         print(warning)
+    report_outlines(outlines)
     # Everything is checked; from here on the work folder changes. The split files go first
     # and come back last, so a folder without them is an unfinished run.
     work.mkdir(parents=True, exist_ok=True)
@@ -470,7 +492,7 @@ def main(argv=None):
     write_patches(table, train, work, args.num_patches, args.patch_size, args.seed, args.workers,
                   args.foreground_fraction, args.intensity, orientations, args.scale)
     write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
-                orientations, relief, angle, args.scale)
+                orientations, relief, angle, args.scale, outlines)
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
     scale = "" if args.scale == 1 else f" from frames resampled by {args.scale:g}"

@@ -12,7 +12,10 @@ in a work folder (temporary unless --work-dir):
 then scores the masks in W/test/predict against DATASET/label, on the test.txt images only:
 the confusion matrix summed over the images gives the per-class IoU, the mean IoU and, for 2
 classes, the foreground IoU (class 1). The classical baseline (bench/baseline.py) is scored
-on the same images with the same code.
+on the same images with the same code. Where a test label holds objects drawn as a bare
+outline (label_outlines.py; two of bbbc030's cells), the record lists them and scores the same
+masks a second time with their hulls left out ("without_bare_outlines"); the headline scores
+the labels as they are.
 
 Writes bench/results/<dataset>[-<tag>].json (replacing one of the same name): the scores,
 the baseline's, the exact command and stage commands, every setting, wall time per stage,
@@ -63,6 +66,7 @@ hardware.prepare_tensorflow("2")
 
 from baseline import REPO, RESULTS_DIR, SHARED_DATASETS  # noqa: E402
 from image_io import find_label, list_images, read_image, read_label  # noqa: E402
+from label_outlines import bare_outlines, ignore_bare_outlines  # noqa: E402
 from outputs import write_json  # noqa: E402
 from cli import PipelineError, read_classes, read_json, run_cli  # noqa: E402
 from geometry import ORIENTATIONS  # noqa: E402
@@ -134,7 +138,7 @@ def run_stages(commands):
     return seconds
 
 
-def score_model(dataset_dir, names, work):
+def score_model(dataset_dir, names, work, relabel=None):
     predict_dir = Path(work) / "test" / "predict"
 
     def predicted(name):
@@ -144,10 +148,26 @@ def score_model(dataset_dir, names, work):
                                 f"({path})")
         return read_label(path)
 
-    return baseline.score_predictions(dataset_dir, names, predicted)
+    return baseline.score_predictions(dataset_dir, names, predicted, relabel)
 
 
 SCORE_KEYS = ("foreground_iou", "per_class_iou", "mean_iou", "confusion_matrix")
+
+
+def score_without_bare_outlines(dataset_dir, names, work):
+    """The objects of the test labels drawn as bare outlines (label_outlines.py) and, where
+    there are any, the scores of the masks in W/test/predict with each one's hull left out:
+    what the headline, which scores the labels as they are, would be had their annotators
+    filled them or marked them to ignore."""
+    labels = {}
+    for name in names:
+        found, _ = bare_outlines(read_label(find_label(Path(dataset_dir) / "label", name)))
+        if found:
+            labels[name] = [list(box) for box in found]
+    if not labels:
+        return {"labels": {}}
+    scores = score_model(dataset_dir, names, work, relabel=ignore_bare_outlines)
+    return {"labels": labels, **{k: scores[k] for k in SCORE_KEYS if k in scores}}
 
 
 def predict_and_score(args, dataset_dir, names, work, weights, tta, unfiltered=False):
@@ -387,6 +407,11 @@ def report(record, path):
         columns["baseline"] = record["baseline"]
     print(f"\n{record['dataset']}: {record['num_images']} test images")
     print(baseline.format_table(columns, record["classes"]))
+    outlines = record["without_bare_outlines"]
+    if outlines["labels"]:
+        print("bare outlines in the test labels: " + ", ".join(
+            f"{name} ({len(boxes)})" for name, boxes in outlines["labels"].items())
+            + f"; their insides left out: {summary(outlines)}")
     for variant, scores in record["variants"].items():
         print(f"{variant:>10}: {summary(scores)}")
     for point in record["curve"]:
@@ -423,6 +448,7 @@ def main(argv=None):
         seconds.update(run_stages({"predict": commands["predict"]}))
         start = time.monotonic()
         model = score_model(dataset_dir, names, work)
+        outlines = score_without_bare_outlines(dataset_dir, names, work)
         seconds["score"] = round(time.monotonic() - start, 2)
         training = training_summary(work)
 
@@ -434,6 +460,7 @@ def main(argv=None):
         "test_images": names,
         "baseline": floor,
         "variants": variants,
+        "without_bare_outlines": outlines,
         "curve": curve,
         "command": baseline.command_line(),
         "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
