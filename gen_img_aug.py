@@ -33,7 +33,8 @@ pixels. Patch i depends only on (--seed, i) and the
 images, so the output is the same for any --workers.
 An object labelled by its outline alone (a thin ring around an inside labelled background,
 label_outlines.py) is reported with a warning and listed in split.json: training would
-learn its inside as background. Fill it, or mark it 255 to leave it out.
+learn its inside as background. Fill it, or paint the outline and its inside 255 to leave
+it out.
 """
 import argparse
 import csv
@@ -300,8 +301,7 @@ def write_split(work, train, test, how, classes, label_values, intensity, stack_
                                      "orientations": orientations,
                                      "edge_relief": round(relief, 4),
                                      "relief_angle": round(angle, 1), "scale": scale,
-                                     "bare_outlines": {name: [list(box[:4]) for box in found]
-                                                       for name, found in outlines.items()}})
+                                     "bare_outlines": outlines})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 

@@ -163,7 +163,7 @@ def score_without_bare_outlines(dataset_dir, names, work):
     for name in names:
         found, _ = bare_outlines(read_label(find_label(Path(dataset_dir) / "label", name)))
         if found:
-            labels[name] = [list(box) for box in found]
+            labels[name] = found
     if not labels:
         return {"labels": {}}
     scores = score_model(dataset_dir, names, work, relabel=ignore_bare_outlines)

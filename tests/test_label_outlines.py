@@ -27,15 +27,44 @@ def disc(label, centre, radius, value=1):
     return label
 
 
-@pytest.mark.parametrize("gap", [0, 20])
-def test_an_outline_is_found_and_its_hull_covers_the_inside(gap):
-    label = disc(ring(np.zeros((200, 200), np.uint8), (60, 60), 30, gap), (150, 150), 25)
-    found, hulls = bare_outlines(label)
+@pytest.mark.parametrize("gap, width", [(0, 1), (20, 1), (90, 1), (0, 2)])
+def test_an_outline_is_found_and_its_hull_covers_the_inside(gap, width):
+    label = disc(np.zeros((200, 200), np.uint8), (150, 150), 25)
+    cv2.ellipse(label, (60, 60), (30, 30), 0, gap, 360, 1, width)
+    found, left_out = bare_outlines(label)
     assert len(found) == 1
-    x, y, w, h, outline, hull = found[0]
-    assert (x, y) == (30, 30) and 55 <= w <= 61 and 55 <= h <= 61
-    assert outline == np.count_nonzero(label[:100, :100]) and hull > 8 * outline
-    assert hulls[60, 60] and hulls[60, 31] and not hulls[150, 150] and not hulls[5, 5]
+    x, y, w, h = found[0]["box"]
+    assert 29 <= x <= 30 and 29 <= y <= 30 and 55 <= w <= 63 and 55 <= h <= 63
+    assert found[0]["outline"] == np.count_nonzero(label[:100, :100])
+    assert found[0]["hull"] > 4 * found[0]["outline"]
+    assert left_out[60, 60] and left_out[60, 31] and not left_out[150, 150]
+    assert not left_out[5, 5]
+
+
+def test_an_outline_cut_by_the_frame_is_found():
+    label = ring(np.zeros((200, 200), np.uint8), (100, 0), 50)     # the lower half of a ring
+    [found], left_out = bare_outlines(label)
+    assert found["box"][1] == 0 and left_out[20, 100]
+
+
+def scribbled(label, low=50, high=150):
+    """A square spiral of 1-pixel lines 1 pixel apart: a fill scribbled in, thin and closed
+    around one winding inside, but covering half its hull."""
+    corners = [(low, low)]
+    while high - low >= 4:
+        corners += [(high, low), (high, high), (low, high), (low, low + 2), (low + 2, low + 2)]
+        low, high = low + 2, high - 2
+    for start, end in zip(corners, corners[1:]):
+        cv2.line(label, start, end, 1, 1)
+    return label
+
+
+def grid(label):
+    """Thin lines every 20 px in both directions: a class of membranes, not an outline."""
+    label[10:190:20, 10:190] = 1
+    label[10:190, 10:190:20] = 1
+    label[189, 10:190] = label[10:190, 189] = 1
+    return label
 
 
 @pytest.mark.parametrize("draw", [
@@ -43,9 +72,12 @@ def test_an_outline_is_found_and_its_hull_covers_the_inside(gap):
     lambda lbl: disc(disc(lbl, (100, 100), 40), (120, 100), 38, value=0),     # a crescent
     lambda lbl: cv2.line(lbl, (10, 20), (190, 180), 1, 1),                    # a fibre
     lambda lbl: ring(lbl, (100, 100), 8),                                     # a small ring
-    lambda lbl: disc(disc(lbl, (100, 100), 40, value=2), (100, 100), 15, value=1),
     lambda lbl: disc(ring(lbl, (100, 100), 40, value=2), (100, 100), 39),     # a membrane
-], ids=["disc", "crescent", "fibre", "small-ring", "cell-around-nucleus", "membrane-class"])
+    lambda lbl: cv2.circle(lbl, (100, 100), 40, 1, 4),                        # a thick ring
+    lambda lbl: ring(lbl, (100, 100), 60, gap_degrees=180),                   # a half circle
+    scribbled, grid,
+], ids=["disc", "crescent", "fibre", "small-ring", "membrane-class", "thick-ring",
+        "half-circle", "scribbled", "grid"])
 def test_filled_and_thin_objects_are_not_outlines(draw):
     label = draw(np.zeros((200, 200), np.uint8))
     assert bare_outlines(label) == ([], None)
@@ -59,10 +91,11 @@ def test_pixels_to_ignore_are_not_objects():
 
 def test_ignoring_outlines_leaves_other_objects_as_they_were():
     label = disc(ring(np.zeros((200, 200), np.uint8), (60, 60), 30), (150, 150), 25, value=2)
+    disc(label, (60, 60), 8, value=2)               # a nucleus labelled inside the outline
     ignored = ignore_bare_outlines(label)
-    assert ignored[60, 60] == IGNORE_LABEL and ignored[60, 30] == IGNORE_LABEL
-    assert np.array_equal(ignored[100:, 100:], label[100:, 100:])
-    assert label[60, 60] == 0                       # the caller's label is not changed
+    assert ignored[60, 45] == IGNORE_LABEL and ignored[60, 30] == IGNORE_LABEL
+    assert ignored[60, 60] == 2 and np.array_equal(ignored[100:, 100:], label[100:, 100:])
+    assert label[60, 45] == 0                       # the caller's label is not changed
 
 
 def outline_dataset(root, outlined):
@@ -89,7 +122,15 @@ def test_gen_img_aug_warns_of_outlines_and_lists_them_in_the_split(tmp_path, cap
     assert "at (10, 10)" in warnings[0]
     split = json.loads((tmp_path / "w" / "split.json").read_text())
     assert sorted(split["bare_outlines"]) == ["f1", "f3"]
-    assert split["bare_outlines"]["f1"][0][:2] == [10, 10]
+    assert split["bare_outlines"]["f1"][0]["box"][:2] == [10, 10]
+
+
+def test_many_labels_with_outlines_are_summed_up(capsys):
+    found = [{"box": [1, 2, 30, 40], "outline": 100, "hull": 900}]
+    gen_img_aug.report_outlines({f"f{i}": found for i in range(8)})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6 and "30x40 px at (1, 2)" in lines[0]
+    assert lines[-1].startswith("warning: 3 more labels")
 
 
 def test_gen_img_aug_is_quiet_about_filled_labels(tmp_path, capsys):
