@@ -178,6 +178,8 @@ def edge_sums(img, lbl, max_pixels=4_000_000):
         size = (max(1, round(lbl.shape[1] * scale)), max(1, round(lbl.shape[0] * scale)))
         img, scored, inside = (cv2.resize(a, size, interpolation=cv2.INTER_AREA)
                                for a in (img, scored, inside))
+    if min(inside.shape) < 2:
+        return [0.0, 0.0, 0.0]      # a single row or column has no outline to lean
     grey = img.astype(np.float32)
     if grey.ndim == 3:
         grey = grey.mean(axis=2)

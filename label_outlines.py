@@ -7,10 +7,12 @@ false. A foreground component is taken for such a ring when it is
   thin:      a 3x3 erosion leaves little of it (a filled object, even a crescent, is thick
              somewhere);
   hollow:    it covers a small share of its convex hull, which holds at least MIN_AREA pixels;
-  closed:    it runs most of the way round that hull (an arc or a fibre runs along one side);
-  around one inside: most of the hull that it leaves is one region (a grid of thin lines, a
-             class meant to be membranes, leaves many).
-An outline that touches a filled object is one component with it and is not found.
+  around one inside: most of the hull it leaves is one region of background (a grid of thin
+             lines, a class meant to be membranes, leaves many; an inside painted 255 none);
+  closed:    that region's neighbours are mostly outline, or the frame's border where the
+             object is cut by it (an arc or a fibre leaves it open to the outside).
+An outline that touches a filled object is one component with it, and one that the frame cuts
+into pieces is several components: neither is found.
 """
 import cv2
 import numpy as np
@@ -20,42 +22,51 @@ from cli import IGNORE_LABEL
 MIN_AREA = 400          # pixels of hull: far below a cell in any data set measured
 MAX_FILLED = 0.4        # share of its hull an outline covers (0.066 and 0.081 on bbbc030's)
 MAX_THICK = 0.2         # share of it left by a 3x3 erosion (0.008 and 0 on bbbc030's)
-MIN_CLOSED = 0.6        # its pixels per pixel of hull perimeter: 1.13 and 1.06 on bbbc030's,
-                        # 0.88 for a drawn circle, 0.69 open by a quarter, 0.55 for a half
+MIN_CLOSED = 0.6        # share of the inside's neighbours on the outline or the frame's border
 MIN_INSIDE = 0.5        # largest region's share of hull minus outline (0.94 and 0.95)
+MIN_OFF_BORDER = 0.25   # share of it off the frame's border (0.46 for a cell cut at a corner)
 
 
 def bare_outlines(label, min_area=MIN_AREA):
-    """The foreground components (any class but 0 and IGNORE_LABEL) that look like bare
-    outlines, as a list of {"box": [x, y, w, h], "outline": its pixels, "hull": its hull's
-    pixels}, and one boolean mask of what their annotators left out: each outline and the
-    background within its hull (None when there is none)."""
-    foreground = ((label > 0) & (label != IGNORE_LABEL)).astype(np.uint8)
+    """The foreground components (any class but 0 and IGNORE_LABEL) of a uint8 label that
+    look like bare outlines, as a list of {"box": [x, y, w, h], "outline": its pixels, "hull":
+    its hull's pixels}, and one boolean mask of what their annotators left out: each outline
+    and the background it encloses (None when there is none)."""
+    foreground = cv2.inRange(label, 1, IGNORE_LABEL - 1)
     count, components, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=8)
+    x, y, w, h, pixels = stats.T.astype(np.int64)     # a box of a whole slide overflows int32
+    # The hull lies within the box, so a box too small or too full cannot qualify.
+    candidates = np.flatnonzero((w * h >= min_area) & (pixels < MAX_FILLED * w * h))
     found, left_out = [], None
-    for i in range(1, count):
-        x, y, w, h, pixels = (int(v) for v in stats[i])
-        if w * h < min_area or pixels >= MAX_FILLED * w * h:
-            continue            # the hull lies within the box: neither can qualify
-        box = (slice(y, y + h), slice(x, x + w))
+    for i in candidates[candidates > 0]:
+        box = (slice(y[i], y[i] + h[i]), slice(x[i], x[i] + w[i]))
         ring = (components[box] == i).astype(np.uint8)
-        hull = outline_hull(ring, pixels, min_area, (x, y), label.shape)
-        if hull is None:
+        enclosed = enclosed_background(ring, label[box] == 0, int(pixels[i]), min_area,
+                                       border_sides(box, label.shape))
+        if enclosed is None:
             continue
-        found.append({"box": [x, y, w, h], "outline": pixels,
-                      "hull": cv2.countNonZero(hull)})
+        inside, hull_pixels = enclosed
+        found.append({"box": [int(x[i]), int(y[i]), int(w[i]), int(h[i])],
+                      "outline": int(pixels[i]), "hull": hull_pixels})
         if left_out is None:
             left_out = np.zeros(label.shape, bool)
-        left_out[box] |= (ring > 0) | ((hull > 0) & (label[box] == 0))
+        left_out[box] |= (ring > 0) | inside
     return found, left_out
 
 
-def outline_hull(ring, pixels, min_area, corner, shape):
-    """The filled convex hull of a component (uint8, its box, whose corner lies at (x, y) of
-    a label of the given shape) if the component is a bare outline of it, else None."""
-    points = cv2.convexHull(cv2.findNonZero(ring))
+def border_sides(box, shape):
+    """Which sides of a box lie on the label's border: (top, bottom, left, right)."""
+    rows, cols = box
+    return rows.start == 0, rows.stop == shape[0], cols.start == 0, cols.stop == shape[1]
+
+
+def enclosed_background(ring, background, pixels, min_area, on_border):
+    """(the main region of background within a component's convex hull, the hull's pixels),
+    in its box, if the component is a bare outline around that region, else None."""
+    if off_border_pixels(ring, on_border) < MIN_OFF_BORDER * pixels:
+        return None             # lines along the frame's edge enclose nothing drawn
     hull = np.zeros_like(ring)
-    cv2.fillConvexPoly(hull, points, 1)
+    cv2.fillConvexPoly(hull, hull_points(ring, on_border), 1)
     hull_pixels = cv2.countNonZero(hull)
     if hull_pixels < min_area or pixels >= MAX_FILLED * hull_pixels:
         return None
@@ -64,30 +75,60 @@ def outline_hull(ring, pixels, min_area, corner, shape):
                        borderValue=0)
     if cv2.countNonZero(eroded) > MAX_THICK * pixels:
         return None
-    if pixels < MIN_CLOSED * drawn_perimeter(points, corner, shape):
+    inside = (hull > 0) & background
+    count, regions, stats, _ = cv2.connectedComponentsWithStats(inside.astype(np.uint8),
+                                                                connectivity=4)
+    if count < 2:
         return None
-    inside = ((hull > 0) & (ring == 0)).astype(np.uint8)
-    _, _, stats, _ = cv2.connectedComponentsWithStats(inside, connectivity=4)
-    if len(stats) < 2 or stats[1:, cv2.CC_STAT_AREA].max() < MIN_INSIDE * inside.sum():
+    main = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[main, cv2.CC_STAT_AREA] < MIN_INSIDE * (hull_pixels - pixels):
         return None
-    return hull
+    enclosed = regions == main
+    if drawn_share(enclosed, ring > 0, hull > 0, on_border) < MIN_CLOSED:
+        return None
+    return enclosed, hull_pixels
 
 
-def drawn_perimeter(points, corner, shape):
-    """Length of a hull's perimeter (points in box coordinates) less its edges along the
-    label's border: an object cut by the frame's edge has no outline there to draw."""
-    xy = points.reshape(-1, 2) + np.asarray(corner)
-    last = np.array([shape[1] - 1, shape[0] - 1])
-    length = 0.0
-    for a, b in zip(xy, np.roll(xy, -1, axis=0)):
-        along_border = any(a[k] == b[k] and a[k] in (0, last[k]) for k in (0, 1))
-        if not along_border:
-            length += float(np.hypot(*(b - a)))
-    return length
+EDGES = (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1])    # top, bottom, left, right
+
+
+def off_border_pixels(ring, on_border):
+    """The component's pixels that do not lie on the frame's border."""
+    off = ring.copy()
+    for side, edge in zip(on_border, EDGES):
+        if side:
+            off[edge] = 0
+    return cv2.countNonZero(off)
+
+
+def hull_points(ring, on_border):
+    """The convex hull of a component and of the box's sides on the frame's border: an
+    object cut by the frame reaches along it, to the corner where it is cut by two sides."""
+    h, w = ring.shape
+    ends = ([(0, 0), (w - 1, 0)], [(0, h - 1), (w - 1, h - 1)],
+            [(0, 0), (0, h - 1)], [(w - 1, 0), (w - 1, h - 1)])
+    extra = [point for side, pair in zip(on_border, ends) if side for point in pair]
+    points = cv2.findNonZero(ring).reshape(-1, 2)
+    return cv2.convexHull(np.vstack([points, np.array(extra, np.int32).reshape(-1, 2)]))
+
+
+def drawn_share(region, ring, hull, on_border):
+    """Of the pixels around a region (4-neighbours) that are outline or lie outside the hull,
+    the share that is outline. Past the box lies the frame's border on the sides in on_border
+    (top, bottom, left, right), counted as outline: an object cut by the frame has none there."""
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    region = np.pad(region, 1)
+    around = (cv2.dilate(region.astype(np.uint8), cross) > 0) & ~region
+    drawn, outside = np.pad(ring, 1), ~np.pad(hull, 1)
+    for side, edge in zip(on_border, EDGES):
+        if side:
+            drawn[edge], outside[edge] = True, False
+    drawn_pixels = np.count_nonzero(around & drawn)
+    return drawn_pixels / max(1, drawn_pixels + np.count_nonzero(around & outside))
 
 
 def ignore_bare_outlines(label):
-    """The label with each bare outline and the background within its hull marked
+    """The label with each bare outline and the background it encloses marked
     IGNORE_LABEL, so that scoring leaves out what its annotator did not label; the label
     itself when there is none."""
     _, left_out = bare_outlines(label)

@@ -547,3 +547,11 @@ def test_prediction_prepares_a_tile_as_training_decodes_its_patch(tmp_path, colo
         np.testing.assert_array_equal(prepare(tile), patch)
         if color_mode == "rgb":    # so that a swap of channels would show
             assert not np.array_equal(patch[..., 0], patch[..., 2])
+
+
+def test_frames_one_pixel_high_or_wide_are_patched_like_any_other(tmp_path):
+    data = make_dataset(tmp_path / "data", [(64, 64), (1, 64), (64, 1), (1, 1), (50, 60)])
+    run_aug(data, tmp_path / "w")
+    assert len(list((tmp_path / "w" / "train" / "src").iterdir())) == 60
+    assert gen_img_aug.edge_sums(np.zeros((1, 40), np.uint8), np.ones((1, 40), np.uint8)) == [
+        0.0, 0.0, 0.0]

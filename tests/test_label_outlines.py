@@ -41,10 +41,21 @@ def test_an_outline_is_found_and_its_hull_covers_the_inside(gap, width):
     assert not left_out[5, 5]
 
 
-def test_an_outline_cut_by_the_frame_is_found():
-    label = ring(np.zeros((200, 200), np.uint8), (100, 0), 50)     # the lower half of a ring
+@pytest.mark.parametrize("centre, inside", [((100, 0), (20, 100)),     # cut by the top
+                                            ((10, 10), (5, 5)),         # cut at a corner
+                                            ((100, 45), (45, 100))])    # touching the top
+def test_an_outline_cut_by_the_frame_is_found(centre, inside):
+    """centre as (x, y), inside as (row, column)."""
+    label = ring(np.zeros((200, 200), np.uint8), centre, 45)
     [found], left_out = bare_outlines(label)
-    assert found["box"][1] == 0 and left_out[20, 100]
+    assert found["box"][1] == 0 and left_out[inside]
+    assert not left_out[0, 199] and not left_out[199, 0]
+
+
+def test_only_the_enclosed_background_is_left_out():
+    label = ring(np.zeros((200, 200), np.uint8), (100, 50), 50)     # touches the top at a point
+    _, left_out = bare_outlines(label)
+    assert left_out[50, 100] and not left_out[2, 55] and not left_out[2, 145]
 
 
 def scribbled(label, low=50, high=150):
@@ -86,6 +97,19 @@ def test_filled_and_thin_objects_are_not_outlines(draw):
 
 def test_pixels_to_ignore_are_not_objects():
     label = ring(np.zeros((200, 200), np.uint8), (100, 100), 50, value=IGNORE_LABEL)
+    assert bare_outlines(label) == ([], None)
+
+
+def test_an_outline_around_an_inside_marked_to_ignore_is_not_reported():
+    label = disc(np.zeros((200, 200), np.uint8), (100, 100), 50, value=IGNORE_LABEL)
+    assert bare_outlines(ring(label, (100, 100), 50)) == ([], None)
+
+
+@pytest.mark.parametrize("sides", [(0,), (0, 2), (0, 2, 3), (0, 1, 2, 3)])
+def test_lines_along_the_frame_are_not_outlines(sides):
+    label = np.zeros((60, 60), np.uint8)
+    for side in sides:
+        label[(np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1])[side]] = 1
     assert bare_outlines(label) == ([], None)
 
 
