@@ -14,8 +14,8 @@ the confusion matrix summed over the images gives the per-class IoU, the mean Io
 classes, the foreground IoU (class 1). The classical baseline (bench/baseline.py) is scored
 on the same images with the same code. Where a test label holds objects drawn as a bare
 outline (label_outlines.py; two of bbbc030's cells), the record lists them and scores the same
-masks a second time with their hulls left out ("without_bare_outlines"); the headline scores
-the labels as they are.
+masks a second time with each outline and the background it encloses left out
+("without_bare_outlines"); the headline scores the labels as they are.
 
 Writes bench/results/<dataset>[-<tag>].json (replacing one of the same name): the scores,
 the baseline's, the exact command and stage commands, every setting, wall time per stage,
@@ -156,9 +156,9 @@ SCORE_KEYS = ("foreground_iou", "per_class_iou", "mean_iou", "confusion_matrix")
 
 def score_without_bare_outlines(dataset_dir, names, work):
     """The objects of the test labels drawn as bare outlines (label_outlines.py) and, where
-    there are any, the scores of the masks in W/test/predict with each one's hull left out:
-    what the headline, which scores the labels as they are, would be had their annotators
-    filled them or marked them to ignore."""
+    there are any, the scores of the masks in W/test/predict with each outline and the
+    background it encloses left out: what the headline, which scores the labels as they are,
+    would be had their annotators filled them or marked them to ignore."""
     labels = {}
     for name in names:
         found, _ = bare_outlines(read_label(find_label(Path(dataset_dir) / "label", name)))
