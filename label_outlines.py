@@ -127,11 +127,10 @@ def drawn_share(region, ring, hull, on_border):
     return drawn_pixels / max(1, drawn_pixels + np.count_nonzero(around & outside))
 
 
-def ignore_bare_outlines(label):
-    """The label with each bare outline and the background it encloses marked
-    IGNORE_LABEL, so that scoring leaves out what its annotator did not label; the label
-    itself when there is none."""
-    _, left_out = bare_outlines(label)
+def mark_ignored(label, left_out):
+    """A copy of the label with the pixels of left_out (bare_outlines' mask: each outline and
+    the background it encloses) marked IGNORE_LABEL, so that scoring leaves out what its
+    annotator did not label; the label itself when left_out is None."""
     if left_out is None:
         return label
     label = label.copy()

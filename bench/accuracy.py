@@ -66,7 +66,7 @@ hardware.prepare_tensorflow("2")
 
 from baseline import REPO, RESULTS_DIR, SHARED_DATASETS  # noqa: E402
 from image_io import find_label, list_images, read_image, read_label  # noqa: E402
-from label_outlines import bare_outlines, ignore_bare_outlines  # noqa: E402
+from label_outlines import bare_outlines, mark_ignored  # noqa: E402
 from outputs import write_json  # noqa: E402
 from cli import PipelineError, read_classes, read_json, run_cli  # noqa: E402
 from geometry import ORIENTATIONS  # noqa: E402
@@ -159,14 +159,15 @@ def score_without_bare_outlines(dataset_dir, names, work):
     there are any, the scores of the masks in W/test/predict with each outline and the
     background it encloses left out: what the headline, which scores the labels as they are,
     would be had their annotators filled them or marked them to ignore."""
-    labels = {}
+    labels, left_out = {}, {}
     for name in names:
-        found, _ = bare_outlines(read_label(find_label(Path(dataset_dir) / "label", name)))
+        found, mask = bare_outlines(read_label(find_label(Path(dataset_dir) / "label", name)))
         if found:
-            labels[name] = found
+            labels[name], left_out[name] = found, mask
     if not labels:
         return {"labels": {}}
-    scores = score_model(dataset_dir, names, work, relabel=ignore_bare_outlines)
+    scores = score_model(dataset_dir, names, work,
+                         relabel=lambda name, label: mark_ignored(label, left_out.get(name)))
     return {"labels": labels, **{k: scores[k] for k in SCORE_KEYS if k in scores}}
 
 

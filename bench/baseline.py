@@ -227,7 +227,7 @@ def iou_summary(cm, classes):
 
 def score_predictions(dataset_dir, names, predict, relabel=None):
     """IoU of predict(name) -> mask against <dataset>/label, summed over the named images;
-    relabel(label) -> label, if given, changes each label before it is scored."""
+    relabel(name, label) -> label, if given, changes each label before it is scored."""
     dataset_dir = Path(dataset_dir)
     classes = read_classes(dataset_dir)
     total = np.zeros((len(classes), len(classes)), np.int64)
@@ -237,7 +237,7 @@ def score_predictions(dataset_dir, names, predict, relabel=None):
             raise PipelineError(f"no label for {name} in {dataset_dir / 'label'}")
         label, mask = read_label(label_path), predict(name)
         if relabel is not None:
-            label = relabel(label)
+            label = relabel(name, label)
         if mask.shape != label.shape:
             raise PipelineError(f"{name}: prediction is {mask.shape}, label {label.shape}")
         total += confusion_matrix(label, mask, len(classes))

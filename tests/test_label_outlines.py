@@ -10,7 +10,7 @@ import pytest
 
 import gen_img_aug
 from cli import IGNORE_LABEL
-from label_outlines import bare_outlines, ignore_bare_outlines
+from label_outlines import bare_outlines, mark_ignored
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import accuracy  # noqa: E402
@@ -92,7 +92,7 @@ def grid(label):
 def test_filled_and_thin_objects_are_not_outlines(draw):
     label = draw(np.zeros((200, 200), np.uint8))
     assert bare_outlines(label) == ([], None)
-    assert ignore_bare_outlines(label) is label
+    assert mark_ignored(label, None) is label
 
 
 def test_pixels_to_ignore_are_not_objects():
@@ -116,7 +116,7 @@ def test_lines_along_the_frame_are_not_outlines(sides):
 def test_ignoring_outlines_leaves_other_objects_as_they_were():
     label = disc(ring(np.zeros((200, 200), np.uint8), (60, 60), 30), (150, 150), 25, value=2)
     disc(label, (60, 60), 8, value=2)               # a nucleus labelled inside the outline
-    ignored = ignore_bare_outlines(label)
+    ignored = mark_ignored(label, bare_outlines(label)[1])
     assert ignored[60, 45] == IGNORE_LABEL and ignored[60, 30] == IGNORE_LABEL
     assert ignored[60, 60] == 2 and np.array_equal(ignored[100:, 100:], label[100:, 100:])
     assert label[60, 45] == 0                       # the caller's label is not changed
