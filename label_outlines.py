@@ -89,15 +89,18 @@ def enclosed_background(ring, background, pixels, min_area, on_border):
     return enclosed, hull_pixels
 
 
-EDGES = (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1])    # top, bottom, left, right
+def border_edges(on_border):
+    """Index expressions of a box's rows and columns that lie on the frame's border, from
+    border_sides' (top, bottom, left, right)."""
+    edges = (np.s_[0, :], np.s_[-1, :], np.s_[:, 0], np.s_[:, -1])
+    return [edge for side, edge in zip(on_border, edges) if side]
 
 
 def off_border_pixels(ring, on_border):
     """The component's pixels that do not lie on the frame's border."""
     off = ring.copy()
-    for side, edge in zip(on_border, EDGES):
-        if side:
-            off[edge] = 0
+    for edge in border_edges(on_border):
+        off[edge] = 0
     return cv2.countNonZero(off)
 
 
@@ -120,9 +123,8 @@ def drawn_share(region, ring, hull, on_border):
     region = np.pad(region, 1)
     around = (cv2.dilate(region.astype(np.uint8), cross) > 0) & ~region
     drawn, outside = np.pad(ring, 1), ~np.pad(hull, 1)
-    for side, edge in zip(on_border, EDGES):
-        if side:
-            drawn[edge], outside[edge] = True, False
+    for edge in border_edges(on_border):
+        drawn[edge], outside[edge] = True, False
     drawn_pixels = np.count_nonzero(around & drawn)
     return drawn_pixels / max(1, drawn_pixels + np.count_nonzero(around & outside))
 
