@@ -22,7 +22,7 @@ the baseline's, the exact command and stage commands, every setting, wall time p
 the training summary and the machine. Prints a table.
 
 The defaults are the best 2-core CPU setting measured so far (bench/README.md): 20,000
-patches of 128 px, half of them holding foreground, lr 0.01, 60 minutes of training in
+patches of 128 px, three quarters of them cut around an object, lr 0.01, 60 minutes of training in
 epochs of 200 steps (each epoch's validation and saved models cost 13-20 s on 2 cores, so
 longer epochs leave more of the hour to training), and prediction with tiles overlapping by
 half and test-time augmentation over the rotations/flips the patches came in (--no-tta for
@@ -297,7 +297,7 @@ def parse_args(argv=None):
                    help="training patches (default: %(default)s)")
     g.add_argument("--patch-size", type=int, default=128,
                    help="patch side, a multiple of 32 (default: %(default)s)")
-    g.add_argument("--foreground-fraction", type=float, default=0.5,
+    g.add_argument("--foreground-fraction", type=float, default=0.75,
                    help="share of patches that must contain foreground; 0 is the paper's "
                         "uniform sampling (default: %(default)s)")
     g.add_argument("--orientations", choices=("auto", *ORIENTATIONS), default="auto",
