@@ -467,10 +467,11 @@ def make_metrics(classes):
 # ---------------------------------------------------------------- callbacks
 
 def make_callbacks(args, model_dir, bn_images, val_ds, val_steps, total_steps, schedule,
-                   resuming, chief=True, evaluate=None):
+                   resuming, guard, chief=True, evaluate=None):
     """The callbacks of a training run (training_callbacks.py), set from the options and,
-    when resuming, from what the interrupted run had done by its last finished epoch.
-    evaluate replaces model.evaluate where it cannot run (several workers)."""
+    when resuming, from what the interrupted run had done by its last finished epoch; the
+    DivergenceGuard `guard` first. evaluate replaces model.evaluate where it cannot run
+    (several workers)."""
     import keras
     import training_callbacks as tc
     state_path = model_dir / "state.json"
@@ -482,6 +483,7 @@ def make_callbacks(args, model_dir, bn_images, val_ds, val_steps, total_steps, s
     figures = [model_dir / "curves.png", Path(args.work_dir) / "figures" / "training_curves.png"]
     curves = [tc.Curves(model_dir / "log.csv", figures, args.pdf)] if chief else []
     return [
+        guard,
         tc.RunClock(total_steps, args.time_budget, schedule, state.get("minutes", 0.0),
                     steps_before),
         tc.PreciseBNValidation(bn_images, args.bn_batches, val_ds, val_steps, evaluate),
@@ -817,7 +819,7 @@ def main(argv=None):
     bn_images = iter(patch_dataset(work, train_names, channels, args.batch_size,
                                    shuffle_seed=args.seed + 1, with_labels=False))
 
-    from training_callbacks import ProgressCosine
+    from training_callbacks import DivergenceGuard, ProgressCosine
     with strategy.scope():
         cosine = ProgressCosine(args.lr) if args.schedule == "cosine" else None
         model.compile(optimizer=make_optimizer(args, cosine or args.lr),
@@ -831,6 +833,7 @@ def main(argv=None):
         from worker_loop import WorkerLoop
         loop = WorkerLoop(model, strategy, global_batch, cosine)
     state_path = model_dir / "state.json"
+    guard = DivergenceGuard()
     start = time.monotonic()
     if plan == "finish":
         print("training had finished; writing the final models")
@@ -838,7 +841,7 @@ def main(argv=None):
         # Every worker validates on all validation batches it is given: a fixed count.
         val_steps = args.val_steps or (max(1, len(val_names) // global_batch) if loop else None)
         callbacks = make_callbacks(args, model_dir, bn_images, val_ds, val_steps,
-                                   steps * args.epochs, cosine, resuming, chief,
+                                   steps * args.epochs, cosine, resuming, guard, chief,
                                    loop.evaluate if loop else None)
         print(f"training on {len(train_names)} patches, validating on {len(val_names)}; "
               f"{args.epochs} epochs x {steps} steps of {global_batch}"
@@ -870,6 +873,7 @@ def main(argv=None):
         "result": {"best_val_loss": state["best_val_loss"], "epochs_done": state["epochs_done"],
                    "swa_of_epochs": len(snapshots[-args.swa_epochs:]) if args.swa_epochs else 0,
                    "minutes_this_run": round(minutes, 2),
+                   "rollbacks_this_run": guard.rollbacks,
                    "last_epoch": last_log_row(model_dir / "log.csv")},
     })
     if args.strategy == "multiworker":

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from outputs import atomic_file, write_json
-from cli import read_json
+from cli import PipelineError, read_json
 from figures import save_figure, pyplot
 
 
@@ -59,6 +60,63 @@ class RunClock(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs["minutes"] = round(self.minutes(), 3)
         logs["steps"] = self.steps
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Rolls the weights (BatchNorm statistics included) and the optimizer's state back to
+    the end of the last epoch when the loss is not finite, and clears the epoch's metrics:
+    one NaN step (seen with bf16 on a 2-core Xeon with AMX, not reproducible from the same
+    weights and batches) would otherwise turn every weight to NaN, and the rest of the run
+    would train nothing while it looked busy. It checks each step's loss where the loop
+    logs it (model.fit, not worker_loop.py) and, at each epoch's end, the epoch's loss and
+    every weight (alike on every worker); first in the callback list, so a rolled-back
+    epoch's validation, snapshot and backup are of the weights it returned to. One rollback more than
+    max_rollbacks raises PipelineError out of the training loop, before the run is marked
+    finished or its backup deleted, so a rerun resumes from the last good epoch."""
+
+    def __init__(self, max_rollbacks=3):
+        super().__init__()
+        self.max_rollbacks = max_rollbacks
+        self.rollbacks = 0
+        self.kept = None
+
+    def _variables(self):
+        return [*self.model.variables, *self.model.optimizer.variables]
+
+    def _values(self):
+        return [keras.ops.convert_to_numpy(v) for v in self._variables()]
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.kept is None:    # here, not at train begin: after a resume has restored
+            self.kept = self._values()
+
+    def _roll_back(self, where):
+        for variable, value in zip(self._variables(), self.kept):
+            variable.assign(value)
+        self.model.reset_metrics()
+        self.rollbacks += 1
+        if self.rollbacks > self.max_rollbacks:
+            raise PipelineError(
+                f"training diverged: loss or weights not finite {self.rollbacks} times (at "
+                f"{where}); the backup holds the last epoch that ended finite. Rerun the same "
+                "command to resume from it, or train anew with --restart and --precision fp32 "
+                "or a lower --lr")
+        say(f"{where}: loss or weights not finite; weights and optimizer rolled back to the "
+            f"last epoch's end ({self.rollbacks} of at most {self.max_rollbacks})")
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self._roll_back(f"step {batch + 1} of the epoch")
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The weights too: a last step's NaN update shows in no loss of this epoch.
+        values = self._values()
+        if (math.isfinite(float(logs.get("loss", 0.0)))
+                and all(np.isfinite(v).all() for v in values)):
+            self.kept = values
+        else:
+            self._roll_back(f"epoch {epoch + 1}")
 
 
 def refresh_batchnorm(model, bn_images, num_batches):

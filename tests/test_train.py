@@ -252,6 +252,66 @@ def test_interrupted_training_resumes(tmp_path):
         "epoch_001.h5", "epoch_002.h5"]
 
 
+class PoisonWeights(keras.callbacks.Callback):
+    """Turns a kernel to NaN after the given (epoch, step)s, as one bad bf16 step did."""
+
+    def __init__(self, when):
+        super().__init__()
+        self.when, self.epoch = set(when), 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) in self.when:
+            kernel = next(v for v in self.model.trainable_variables if len(v.shape) == 4)
+            kernel.assign(np.full(kernel.shape, np.nan, "float32"))
+
+
+def with_extra_callback(monkeypatch, callback):
+    original = train.make_callbacks
+    monkeypatch.setattr(train, "make_callbacks",
+                        lambda *args, **kwargs: original(*args, **kwargs) + [callback])
+
+
+def all_finite(path):
+    model = keras.saving.load_model(path, compile=False)
+    return all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
+
+
+def test_a_non_finite_step_is_rolled_back(tmp_path, monkeypatch, capsys):
+    """A step that leaves NaN weights is undone: the run ends with finite models, says so
+    and records it; without the guard every later epoch would train NaN."""
+    with_extra_callback(monkeypatch, PoisonWeights({(1, 0)}))
+    config = short_run(tmp_path, "--epochs", "3", "--keep-snapshots")
+    model_dir = tmp_path / "work" / "weights"
+    assert config["result"]["rollbacks_this_run"] == 1
+    assert "step 2 of the epoch: loss or weights not finite" in capsys.readouterr().out
+    rows = read_log(model_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert all(np.isfinite(float(r[k])) for r in rows for k in ("loss", "val_loss"))
+    for path in [*model_dir.glob("snapshots/*.h5"), model_dir / train.weights_name("best", "h5")]:
+        assert all_finite(path), path
+
+
+def test_a_run_that_keeps_diverging_stops_and_resumes(tmp_path, monkeypatch):
+    guard_limit = training_callbacks.DivergenceGuard().max_rollbacks
+    # NaN after every step from the second epoch on: the last step's shows at the epoch's end.
+    with_extra_callback(monkeypatch, PoisonWeights({(epoch, step) for epoch in (1, 2, 3)
+                                                    for step in (0, 1)}))
+    with pytest.raises(train.PipelineError, match="training diverged: loss or weights not "
+                       f"finite {guard_limit + 1} times"):
+        short_run(tmp_path, "--epochs", "4", "--keep-snapshots")
+    model_dir = tmp_path / "work" / "weights"
+    # Stopped before being marked finished or losing its backup: a rerun resumes.
+    assert (model_dir / "backup").is_dir()
+    assert not json.loads((model_dir / "state.json").read_text()).get("finished")
+    assert all(all_finite(p) for p in model_dir.glob("snapshots/*.h5"))
+    monkeypatch.undo()
+    config = short_run(tmp_path, "--epochs", "4", "--keep-snapshots")
+    assert config["result"]["epochs_done"] == 4 and config["result"]["rollbacks_this_run"] == 0
+
+
 def file_digests(folder):
     return {p.relative_to(folder): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
