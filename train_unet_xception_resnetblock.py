@@ -26,7 +26,9 @@ cosine learning-rate schedule (--schedule constant), precise BN and SWA (--bn-ba
 filter calibrated on the held-out frames after training (--faint-filter off).
 Before every validation and every saved model, BatchNorm statistics are re-estimated on
 training batches ("precise BN"; see README), because validation and prediction run in
-inference mode. Rerunning the same command after an interruption resumes training.
+inference mode. Rerunning the same command after an interruption resumes training. A step
+whose loss, or an epoch whose weights, are not finite is rolled back to the last epoch's
+end; the fourth time the run stops with an error, to be resumed from there.
 """
 import argparse
 import csv

@@ -1,6 +1,7 @@
 """What train_unet_xception_resnetblock.py does around each step and epoch, as Keras
-callbacks with explicit arguments: the clock and time budget that drive the cosine
-schedule, precise-BN validation, checkpoints, the run's state, curves and the progress bar."""
+callbacks with explicit arguments: the rollback of a step that is not finite, the clock and
+time budget that drive the cosine schedule, precise-BN validation, checkpoints, the run's
+state, curves and the progress bar."""
 import csv
 import math
 import shutil
