@@ -66,14 +66,15 @@ class RunClock(keras.callbacks.Callback):
 class DivergenceGuard(keras.callbacks.Callback):
     """Rolls the weights (BatchNorm statistics included) and the optimizer's state back to
     the end of the last epoch when the loss is not finite, and clears the epoch's metrics:
-    one NaN step (seen with bf16 on a 2-core Xeon with AMX, not reproducible from the same
-    weights and batches) would otherwise turn every weight to NaN, and the rest of the run
-    would train nothing while it looked busy. It checks each step's loss where the loop
-    logs it (model.fit, not worker_loop.py) and, at each epoch's end, the epoch's loss and
-    every weight (alike on every worker); first in the callback list, so a rolled-back
-    epoch's validation, snapshot and backup are of the weights it returned to. One rollback more than
-    max_rollbacks raises PipelineError out of the training loop, before the run is marked
-    finished or its backup deleted, so a rerun resumes from the last good epoch."""
+    one NaN step (seen once with bf16 on a 2-core Xeon with AMX, not again when the same
+    training ran again, nor from its epoch-1 weights over the same batches) would otherwise
+    turn every weight to NaN, and the rest of the run would train nothing while it looked
+    busy. It checks each step's loss where the loop logs it (model.fit, not worker_loop.py)
+    and, at each epoch's end, the epoch's loss and every weight (alike on every worker);
+    first in the callback list, so a rolled-back epoch's validation, snapshot and backup
+    are of the weights it returned to. One rollback more than max_rollbacks raises
+    PipelineError out of the training loop, before the run is marked finished or its
+    backup deleted, so a rerun resumes from the last good epoch."""
 
     def __init__(self, max_rollbacks=3):
         super().__init__()
@@ -113,7 +114,7 @@ class DivergenceGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         # The weights too: a last step's NaN update shows in no loss of this epoch.
         values = self._values()
-        if (math.isfinite(float(logs.get("loss", 0.0)))
+        if (math.isfinite(float((logs or {}).get("loss", 0.0)))
                 and all(np.isfinite(v).all() for v in values)):
             self.kept = values
         else:
