@@ -28,7 +28,7 @@ Before every validation and every saved model, BatchNorm statistics are re-estim
 training batches ("precise BN"; see README), because validation and prediction run in
 inference mode. Rerunning the same command after an interruption resumes training. A step
 whose loss, or an epoch whose weights, are not finite is rolled back to the last epoch's
-end; the fourth time the run stops with an error, to be resumed from there.
+end; the fourth time in a row the run stops with an error, to be resumed from there.
 """
 import argparse
 import csv

@@ -66,20 +66,22 @@ class RunClock(keras.callbacks.Callback):
 class DivergenceGuard(keras.callbacks.Callback):
     """Rolls the weights (BatchNorm statistics included) and the optimizer's state back to
     the end of the last epoch when the loss is not finite, and clears the epoch's metrics:
-    one NaN step (seen once with bf16 on a 2-core Xeon with AMX, not again when the same
-    training ran again, nor from its epoch-1 weights over the same batches) would otherwise
-    turn every weight to NaN, and the rest of the run would train nothing while it looked
-    busy. It checks each step's loss where the loop logs it (model.fit, not worker_loop.py)
+    one NaN step (bf16 on a 2-core Xeon with AMX: now and then, at no step that repeats from
+    the same weights and batches) would otherwise turn every weight to NaN, and the rest of
+    the run would train nothing while it looked busy. It checks each step's loss where the loop logs it (model.fit, not worker_loop.py)
     and, at each epoch's end, the epoch's loss and every weight (alike on every worker);
     first in the callback list, so a rolled-back epoch's validation, snapshot and backup
-    are of the weights it returned to. One rollback more than max_rollbacks raises
-    PipelineError out of the training loop, before the run is marked finished or its
-    backup deleted, so a rerun resumes from the last good epoch."""
+    are of the weights it returned to. That host's 60-minute bf16 runs rolled back more
+    than once an hour, so the count that ends a run is of rollbacks in a row, with no
+    epoch ending finite between them: max_rollbacks + 1 of them raise PipelineError out of
+    the training loop, before the run is marked finished or its backup deleted, so a rerun
+    resumes from the last good epoch. `rollbacks` counts them all."""
 
     def __init__(self, max_rollbacks=3):
         super().__init__()
         self.max_rollbacks = max_rollbacks
         self.rollbacks = 0
+        self.in_a_row = 0
         self.kept = None
 
     def _variables(self):
@@ -97,14 +99,15 @@ class DivergenceGuard(keras.callbacks.Callback):
             variable.assign(value)
         self.model.reset_metrics()
         self.rollbacks += 1
-        if self.rollbacks > self.max_rollbacks:
+        self.in_a_row += 1
+        if self.in_a_row > self.max_rollbacks:
             raise PipelineError(
-                f"training diverged: loss or weights not finite {self.rollbacks} times (at "
-                f"{where}); the backup holds the last epoch that ended finite. Rerun the same "
-                "command to resume from it, or train anew with --restart and --precision fp32 "
-                "or a lower --lr")
+                f"training diverged: loss or weights not finite {self.in_a_row} times in a "
+                f"row (last at {where}); the backup holds the last epoch that ended finite. "
+                "Rerun the same command to resume from it, or train anew with --restart and "
+                "--precision fp32 or a lower --lr")
         say(f"{where}: loss or weights not finite; weights and optimizer rolled back to the "
-            f"last epoch's end ({self.rollbacks} of at most {self.max_rollbacks})")
+            f"last epoch's end ({self.in_a_row} in a row, at most {self.max_rollbacks})")
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -117,6 +120,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         if (math.isfinite(float((logs or {}).get("loss", 0.0)))
                 and all(np.isfinite(v).all() for v in values)):
             self.kept = values
+            self.in_a_row = 0
         else:
             self._roll_back(f"epoch {epoch + 1}")
 

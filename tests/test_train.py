@@ -281,14 +281,18 @@ def all_finite(path):
 
 def test_a_non_finite_step_is_rolled_back(tmp_path, monkeypatch, capsys):
     """A step that leaves NaN weights is undone: the run ends with finite models, says so
-    and records it; without the guard every later epoch would train NaN."""
-    with_extra_callback(monkeypatch, PoisonWeights({(1, 0)}))
-    config = short_run(tmp_path, "--epochs", "3", "--keep-snapshots")
+    and records it; without the guard every later epoch would train NaN. Rollbacks with a
+    finite epoch between them, more than would stop a run in a row, do not stop it."""
+    limit = training_callbacks.DivergenceGuard().max_rollbacks
+    epochs = range(1, limit + 2)
+    with_extra_callback(monkeypatch, PoisonWeights({(epoch, 0) for epoch in epochs}))
+    config = short_run(tmp_path, "--epochs", str(limit + 2), "--keep-snapshots")
     model_dir = tmp_path / "work" / "weights"
-    assert config["result"]["rollbacks_this_run"] == 1
-    assert "step 2 of the epoch: loss or weights not finite" in capsys.readouterr().out
+    assert config["result"]["rollbacks_this_run"] == limit + 1
+    out = capsys.readouterr().out
+    assert out.count("step 2 of the epoch: loss or weights not finite") == limit + 1
     rows = read_log(model_dir)
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in rows] == list(range(limit + 2))
     assert all(np.isfinite(float(r[k])) for r in rows for k in ("loss", "val_loss"))
     for path in [*model_dir.glob("snapshots/*.h5"), model_dir / train.weights_name("best", "h5")]:
         assert all_finite(path), path
@@ -300,7 +304,7 @@ def test_a_run_that_keeps_diverging_stops_and_resumes(tmp_path, monkeypatch):
     with_extra_callback(monkeypatch, PoisonWeights({(epoch, step) for epoch in (1, 2, 3)
                                                     for step in (0, 1)}))
     with pytest.raises(train.PipelineError, match="training diverged: loss or weights not "
-                       f"finite {guard_limit + 1} times"):
+                       f"finite {guard_limit + 1} times in a row"):
         short_run(tmp_path, "--epochs", "4", "--keep-snapshots")
     model_dir = tmp_path / "work" / "weights"
     # Stopped before being marked finished or losing its backup: a rerun resumes.
