@@ -299,12 +299,12 @@ def test_a_non_finite_step_is_rolled_back(tmp_path, monkeypatch, capsys):
 
 
 def test_a_run_that_keeps_diverging_stops_and_resumes(tmp_path, monkeypatch):
-    guard_limit = training_callbacks.DivergenceGuard().max_rollbacks
+    limit = training_callbacks.DivergenceGuard().max_rollbacks
     # NaN after every step from the second epoch on: the last step's shows at the epoch's end.
     with_extra_callback(monkeypatch, PoisonWeights({(epoch, step) for epoch in (1, 2, 3)
                                                     for step in (0, 1)}))
     with pytest.raises(train.PipelineError, match="training diverged: loss or weights not "
-                       f"finite {guard_limit + 1} times in a row"):
+                       f"finite {limit + 1} times in a row"):
         short_run(tmp_path, "--epochs", "4", "--keep-snapshots")
     model_dir = tmp_path / "work" / "weights"
     # Stopped before being marked finished or losing its backup: a rerun resumes.
