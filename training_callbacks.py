@@ -68,10 +68,10 @@ class DivergenceGuard(keras.callbacks.Callback):
     the end of the last epoch when the loss is not finite, and clears the epoch's metrics:
     one NaN step (bf16 on a 2-core Xeon with AMX: now and then, at no step that repeats from
     the same weights and batches) would otherwise turn every weight to NaN, and the rest of
-    the run would train nothing while it looked busy. It checks each step's loss where the loop logs it (model.fit, not worker_loop.py)
-    and, at each epoch's end, the epoch's loss and every weight (alike on every worker);
-    first in the callback list, so a rolled-back epoch's validation, snapshot and backup
-    are of the weights it returned to. That host's 60-minute bf16 runs rolled back more
+    the run would train nothing while it looked busy. It checks each step's loss where the
+    loop logs it (model.fit, not worker_loop.py) and, at each epoch's end, the epoch's loss
+    and every weight (alike on every worker); first in the callback list, so a rolled-back
+    epoch's validation, snapshot and backup are of the weights it returned to. That host's 60-minute bf16 runs rolled back more
     than once an hour, so the count that ends a run is of rollbacks in a row, with no
     epoch ending finite between them: max_rollbacks + 1 of them raise PipelineError out of
     the training loop, before the run is marked finished or its backup deleted, so a rerun

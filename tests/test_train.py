@@ -215,7 +215,13 @@ def predicts_colour_images_only(model_dir, config, tmp_path):
         predict_lovasz_loss.main(predict)
 
 
-def test_interrupted_training_resumes(tmp_path):
+def with_extra_callback(monkeypatch, callback):
+    original = train.make_callbacks
+    monkeypatch.setattr(train, "make_callbacks",
+                        lambda *args, **kwargs: original(*args, **kwargs) + [callback])
+
+
+def test_interrupted_training_resumes(tmp_path, monkeypatch):
     class Interrupt(Exception):
         pass
 
@@ -223,17 +229,10 @@ def test_interrupted_training_resumes(tmp_path):
         def on_epoch_end(self, epoch, logs=None):
             raise Interrupt
 
-    original = train.make_callbacks
-
-    def with_interrupt(*args, **kwargs):
-        return original(*args, **kwargs) + [StopAfterFirstEpoch()]
-
-    train.make_callbacks = with_interrupt
-    try:
-        with pytest.raises(Interrupt):
-            short_run(tmp_path, "--epochs", "2", "--keep-snapshots")
-    finally:
-        train.make_callbacks = original
+    with_extra_callback(monkeypatch, StopAfterFirstEpoch())
+    with pytest.raises(Interrupt):
+        short_run(tmp_path, "--epochs", "2", "--keep-snapshots")
+    monkeypatch.undo()
     model_dir = tmp_path / "work" / "weights"
     assert (model_dir / "backup").is_dir()
     first_minutes = json.loads((model_dir / "state.json").read_text())["minutes"]
@@ -266,12 +265,6 @@ class PoisonWeights(keras.callbacks.Callback):
         if (self.epoch, batch) in self.when:
             kernel = next(v for v in self.model.trainable_variables if len(v.shape) == 4)
             kernel.assign(np.full(kernel.shape, np.nan, "float32"))
-
-
-def with_extra_callback(monkeypatch, callback):
-    original = train.make_callbacks
-    monkeypatch.setattr(train, "make_callbacks",
-                        lambda *args, **kwargs: original(*args, **kwargs) + [callback])
 
 
 def all_finite(path):
