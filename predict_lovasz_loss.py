@@ -37,7 +37,8 @@ cropped off. --tta also averages the rotations/flips of every tile that the mode
 patches came in: all 8 for turned patches (gen_img_aug.py's default for most images), the
 mirror across the relief's axis for DIC patches kept in the microscope's view and mirrored,
 the half turn with inverted intensities for DIC patches made with --orientations
-rotate-invert.
+rotate-invert. Several --weights (an ensemble) average every tile's probabilities over
+their models, each file verified like one.
 A model whose patches were cut from resampled frames (gen_img_aug.py --scale, recorded in
 config.json) sees each frame resampled alike; its probabilities are brought back to the
 frame's own pixels bilinearly before the decision, so masks, probabilities and IoU are at
@@ -141,11 +142,13 @@ def parse_args(argv=None):
     g = p.add_argument_group("model")
     g.add_argument("--model-dir", metavar="DIR", help="model folder written by training "
                    "(default: <work-dir>/weights)")
-    g.add_argument("--weights", default="best", metavar="best|swa|last|FILE",
+    g.add_argument("--weights", nargs="+", default=["best"], metavar="best|swa|last|FILE",
                    help="best: lowest validation loss; swa: the weight average of the last "
                         "epochs; last: the newest snapshot; or the path of a model file, "
                         "e.g. snapshots/epoch_020.h5 (relative to the model folder or the "
-                        "current one) (default: %(default)s)")
+                        "current one). Several: an ensemble, the mean of their probabilities "
+                        "(as many times the compute), e.g. the best models of two training "
+                        "seeds on the same work folder (default: best)")
     g.add_argument("--faint-filter", choices=("model", "off"), default="model",
                    help="model: drop predicted objects fainter than the threshold training "
                         "chose on its held-out frames (config.json 'faint_filter'; none for "
@@ -608,20 +611,33 @@ def frame_probabilities(predict_batch, img, tile, scale, overlap, blend, batch_s
     return resample_probabilities(probs, img.shape[:2])
 
 
-def open_model(model_dir, config, weights, precision, verify=True):
-    """(model file, batch -> probabilities function, tile shape, tile preparer) of a model
-    folder whose config.json has been read."""
-    path = model_file(model_dir, config, weights)
-    if verify:
-        verify_model_file(path, model_dir, config)
+def open_model(model_dir, config, choices, precision, verify=True):
+    """(model files, batch -> probabilities function, tile shape, tile preparer) of a model
+    folder whose config.json has been read; several --weights choices give the mean of their
+    models' probabilities."""
     from model import with_precision
-    net = with_precision(load_model(path), precision)
+    paths = [model_file(model_dir, config, choice) for choice in choices]
     tile = tuple(config["patch_size"])
-    if tuple(net.input_shape[1:3]) not in (tile, (None, None)):
-        raise PipelineError(f"{path} takes {net.input_shape[1:3]} inputs but config.json says "
-                            f"the patch size is {tile}")
-    return (path, make_predict_batch(net, config["decision"]), tile,
-            TilePreparer(config["preprocessing"]))
+    functions = []
+    for path in paths:
+        if verify:
+            verify_model_file(path, model_dir, config)
+        net = with_precision(load_model(path), precision)
+        if tuple(net.input_shape[1:3]) not in (tile, (None, None)):
+            raise PipelineError(f"{path} takes {net.input_shape[1:3]} inputs but config.json "
+                                f"says the patch size is {tile}")
+        if net.output_shape[-1] != len(config["classes"]):
+            raise PipelineError(f"{path} predicts {net.output_shape[-1]} classes but "
+                                f"config.json lists {len(config['classes'])}")
+        functions.append(make_predict_batch(net, config["decision"]))
+    return paths, mean_probabilities(functions), tile, TilePreparer(config["preprocessing"])
+
+
+def mean_probabilities(functions):
+    """One batch -> probabilities function from several: their mean (an ensemble)."""
+    if len(functions) == 1:
+        return functions[0]
+    return lambda batch: sum(f(batch) for f in functions) / len(functions)
 
 
 def faint_threshold(config, choice):
@@ -700,12 +716,14 @@ def main(argv=None):
     classes, decision = config["classes"], config["decision"]
     intensity = args.intensity or config["intensity"]
     precision = use_precision(args.precision)
-    path, predict_batch, tile, prepare = open_model(model_dir, config, args.weights, precision,
-                                                    verify=not args.no_verify)
+    paths, predict_batch, tile, prepare = open_model(model_dir, config, args.weights, precision,
+                                                     verify=not args.no_verify)
     threshold = faint_threshold(config, args.faint_filter)
     shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
     resampled = "" if config["scale"] == 1 else f", frames resampled by {config['scale']:g}"
-    print(f"model {path} ({decision}, {precision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
+    models = str(paths[0]) if len(paths) == 1 else \
+        f"ensemble of {len(paths)} ({', '.join(str(p) for p in paths)})"
+    print(f"model {models} ({decision}, {precision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
           f"{args.blend} blend{f', {len(transforms)}x TTA' if args.tta else ''}"
           f"{resampled}"
           f"{'' if threshold is None else f', objects of texture under {threshold:.2f} dropped'}; "
@@ -733,7 +751,8 @@ def main(argv=None):
                 total_cm += cm
                 per_image[name] = cm
         record = {
-            "classes": classes, "decision": decision, "model_file": str(path),
+            "classes": classes, "decision": decision, "model_file": str(paths[0]),
+            "model_files": [str(p) for p in paths],
             "input_dir": str((src.parent if src.is_file() else src).resolve()),
             "label_dir": str(label_dir.resolve()) if label_dir else None,
             "intensity": intensity,

@@ -580,7 +580,7 @@ def _calibrate_on_frames(args, model_dir, val_frames, precision):
     start = time.monotonic()
     config = read_config(model_dir)
     classes = config["classes"]
-    _, predict_batch, tile, prepare = predict.open_model(model_dir, config, "best", precision)
+    _, predict_batch, tile, prepare = predict.open_model(model_dir, config, ["best"], precision)
     frames = []
     for name in names:
         label_path = find_label(data / "label", name)

@@ -427,6 +427,37 @@ def test_real_model_on_the_test_set(model_dir, work):
     assert (work / "figures" / "panel_b.png").is_file()
 
 
+def test_several_weights_predict_the_mean_of_their_probabilities(model_dir, work, tmp_path):
+    import keras
+    from model import build_model
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    keras.utils.set_random_seed(1)
+    keras.saving.save_model(build_model((64, 64, 3), 3, weights=None), folder / "m_other.h5",
+                            include_optimizer=False)
+    config = json.loads((folder / "config.json").read_text())
+    config["sha256"]["m_other.h5"] = sha256_of(folder / "m_other.h5")
+    (folder / "config.json").write_text(json.dumps(config))
+    config = P.read_config(folder)
+    batch = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    best, other = (P.open_model(folder, config, [c], "fp32")[1](batch)
+                   for c in ("best", "m_other.h5"))
+    paths, ensemble, _, _ = P.open_model(folder, config, ["best", "m_other.h5"], "fp32")
+    assert [p.name for p in paths] == ["m_best.h5", "m_other.h5"]
+    assert np.abs(best - other).max() > 1e-3          # two different models
+    np.testing.assert_allclose(ensemble(batch), (best + other) / 2, atol=1e-7)
+
+    out = tmp_path / "out"
+    P.main(["--work-dir", str(work), "--model-dir", str(folder), "--weights", "best",
+            "m_other.h5", "--output", str(out)])
+    record = json.loads((out / "predict.json").read_text())
+    assert [Path(p).name for p in record["model_files"]] == ["m_best.h5", "m_other.h5"]
+    (folder / "m_other.h5").write_bytes(b"replaced")     # each file is verified
+    with pytest.raises(PipelineError, match="m_other.h5 is not the file training saved"):
+        P.main(["--work-dir", str(work), "--model-dir", str(folder), "--weights", "best",
+                "m_other.h5", "--output", str(tmp_path / "out2")])
+
+
 def test_a_label_with_a_class_the_model_lacks_is_refused(model_dir, work, tmp_path):
     copy = tmp_path / "work"
     for sub in ("src", "label"):
