@@ -452,6 +452,11 @@ def test_several_weights_predict_the_mean_of_their_probabilities(model_dir, work
             "m_other.h5", "--output", str(out)])
     record = json.loads((out / "predict.json").read_text())
     assert [Path(p).name for p in record["model_files"]] == ["m_best.h5", "m_other.h5"]
+    keras.saving.save_model(build_model((64, 64, 3), 2, weights=None), folder / "m_two.h5",
+                            include_optimizer=False)    # a model of other classes
+    with pytest.raises(PipelineError, match="m_two.h5 predicts 2 classes but config.json "
+                                            "lists 3"):
+        P.open_model(folder, config, ["best", "m_two.h5"], "fp32", verify=False)
     (folder / "m_other.h5").write_bytes(b"replaced")     # each file is verified
     with pytest.raises(PipelineError, match="m_other.h5 is not the file training saved"):
         P.main(["--work-dir", str(work), "--model-dir", str(folder), "--weights", "best",
