@@ -723,7 +723,8 @@ def main(argv=None):
     resampled = "" if config["scale"] == 1 else f", frames resampled by {config['scale']:g}"
     models = str(paths[0]) if len(paths) == 1 else \
         f"ensemble of {len(paths)} ({', '.join(str(p) for p in paths)})"
-    print(f"model {models} ({decision}, {precision}), tiles {tile[1]}x{tile[0]}, overlap {args.overlap}, "
+    print(f"model {models} ({decision}, {precision}), tiles {tile[1]}x{tile[0]}, "
+          f"overlap {args.overlap}, "
           f"{args.blend} blend{f', {len(transforms)}x TTA' if args.tta else ''}"
           f"{resampled}"
           f"{'' if threshold is None else f', objects of texture under {threshold:.2f} dropped'}; "

@@ -71,11 +71,12 @@ class DivergenceGuard(keras.callbacks.Callback):
     the run would train nothing while it looked busy. It checks each step's loss where the
     loop logs it (model.fit, not worker_loop.py) and, at each epoch's end, the epoch's loss
     and every weight (alike on every worker); first in the callback list, so a rolled-back
-    epoch's validation, snapshot and backup are of the weights it returned to. That host's 60-minute bf16 runs rolled back more
-    than once an hour, so the count that ends a run is of rollbacks in a row, with no
-    epoch ending finite between them: max_rollbacks + 1 of them raise PipelineError out of
-    the training loop, before the run is marked finished or its backup deleted, so a rerun
-    resumes from the last good epoch. `rollbacks` counts them all."""
+    epoch's validation, snapshot and backup are of the weights it returned to. That host's
+    60-minute bf16 runs rolled back more than once an hour, so the count that ends a run is
+    of rollbacks in a row, with no epoch ending finite between them: max_rollbacks + 1 of
+    them raise PipelineError out of the training loop, before the run is marked finished or
+    its backup deleted, so a rerun resumes from the last good epoch. `rollbacks` counts them
+    all."""
 
     def __init__(self, max_rollbacks=3):
         super().__init__()
