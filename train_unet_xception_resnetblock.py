@@ -27,8 +27,10 @@ filter calibrated on the held-out frames after training (--faint-filter off).
 Before every validation and every saved model, BatchNorm statistics are re-estimated on
 training batches ("precise BN"; see README), because validation and prediction run in
 inference mode. Rerunning the same command after an interruption resumes training. A step
-whose loss, or an epoch whose weights, are not finite is rolled back to the last epoch's
-end; the fourth time in a row the run stops with an error, to be resumed from there.
+whose loss is not finite costs that step alone where its update was skipped (the default
+nsgd skips a non-finite gradient); otherwise, and for an epoch whose weights are not
+finite, training is rolled back to the last epoch's end; the fourth rollback in a row
+stops the run with an error, to be resumed from there.
 """
 import argparse
 import csv
@@ -875,6 +877,7 @@ def main(argv=None):
         "result": {"best_val_loss": state["best_val_loss"], "epochs_done": state["epochs_done"],
                    "swa_of_epochs": len(snapshots[-args.swa_epochs:]) if args.swa_epochs else 0,
                    "minutes_this_run": round(minutes, 2),
+                   "skipped_steps_this_run": guard.skipped,
                    "rollbacks_this_run": guard.rollbacks,
                    "last_epoch": last_log_row(model_dir / "log.csv")},
     })

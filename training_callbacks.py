@@ -64,25 +64,29 @@ class RunClock(keras.callbacks.Callback):
 
 
 class DivergenceGuard(keras.callbacks.Callback):
-    """Rolls the weights (BatchNorm statistics included) and the optimizer's state back to
-    the end of the last epoch when the loss is not finite, and clears the epoch's metrics:
-    one NaN step (bf16 on a 2-core Xeon with AMX: now and then, at no step that repeats from
-    the same weights and batches) would otherwise turn every weight to NaN, and the rest of
-    the run would train nothing while it looked busy. It checks each step's loss where the
-    loop logs it (model.fit, not worker_loop.py) and, at each epoch's end, the epoch's loss
-    and every weight (alike on every worker); first in the callback list, so a rolled-back
-    epoch's validation, snapshot and backup are of the weights it returned to. That host's
-    60-minute bf16 runs rolled back more than once an hour, so the count that ends a run is
-    of rollbacks in a row, with no epoch ending finite between them: max_rollbacks + 1 of
-    them raise PipelineError out of the training loop, before the run is marked finished or
-    its backup deleted, so a rerun resumes from the last good epoch. `rollbacks` counts them
-    all."""
+    """Keeps a run from training on NaN. One NaN step (bf16 on a 2-core Xeon with AMX: now
+    and then, at no step that repeats from the same weights and batches) would otherwise
+    turn every weight to NaN, and the rest of the run would train nothing while it looked
+    busy. It checks each step's loss where the loop logs it (model.fit, not worker_loop.py)
+    and, at each epoch's end, the epoch's loss and every weight (alike on every worker).
 
-    def __init__(self, max_rollbacks=3):
+    A step whose loss is not finite but whose update left the weights and the optimizer
+    finite (NormalizedSGD skips a non-finite gradient) costs that step alone: the BatchNorm
+    statistics its forward pass made NaN get back their last epoch's values, and the
+    epoch's metrics start again. Anything else, and more than max_skips such steps in a row,
+    rolls the weights (BatchNorm statistics included) and the optimizer's state back to the
+    end of the last epoch. The guard is first in the callback list, so a rolled-back epoch's
+    validation, snapshot and backup are of the weights it returned to. The count that ends
+    a run is of rollbacks in a row, with no epoch ending finite between them: max_rollbacks
+    + 1 of them raise PipelineError out of the training loop, before the run is marked
+    finished or its backup deleted, so a rerun resumes from the last good epoch. `skipped`
+    and `rollbacks` count them all."""
+
+    def __init__(self, max_rollbacks=3, max_skips=3):
         super().__init__()
-        self.max_rollbacks = max_rollbacks
-        self.rollbacks = 0
-        self.in_a_row = 0
+        self.max_rollbacks, self.max_skips = max_rollbacks, max_skips
+        self.rollbacks = self.skipped = 0
+        self.in_a_row = self.skips_in_a_row = 0
         self.kept = None
 
     def _variables(self):
@@ -101,6 +105,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.model.reset_metrics()
         self.rollbacks += 1
         self.in_a_row += 1
+        self.skips_in_a_row = 0
         if self.in_a_row > self.max_rollbacks:
             raise PipelineError(
                 f"training diverged: loss or weights not finite {self.in_a_row} times in a "
@@ -110,10 +115,30 @@ class DivergenceGuard(keras.callbacks.Callback):
         say(f"{where}: loss or weights not finite; weights and optimizer rolled back to the "
             f"last epoch's end ({self.in_a_row} in a row, at most {self.max_rollbacks})")
 
+    def _skip_or_roll_back(self, where):
+        variables = self._variables()
+        finite = [bool(np.isfinite(v).all()) for v in self._values()]
+        learned = {id(v) for v in [*self.model.trainable_variables,
+                                   *self.model.optimizer.variables]}
+        if (self.skips_in_a_row >= self.max_skips
+                or not all(ok for v, ok in zip(variables, finite) if id(v) in learned)):
+            self._roll_back(where)
+            return
+        for variable, ok, value in zip(variables, finite, self.kept):
+            if not ok:
+                variable.assign(value)
+        self.model.reset_metrics()
+        self.skipped += 1
+        self.skips_in_a_row += 1
+        say(f"{where}: loss not finite; the step's update was skipped, the weights are "
+            f"finite ({self.skips_in_a_row} in a row, at most {self.max_skips})")
+
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self._roll_back(f"step {batch + 1} of the epoch")
+        if loss is None or math.isfinite(float(loss)):
+            self.skips_in_a_row = 0
+        else:
+            self._skip_or_roll_back(f"step {batch + 1} of the epoch")
 
     def on_epoch_end(self, epoch, logs=None):
         # The weights too: a last step's NaN update shows in no loss of this epoch.

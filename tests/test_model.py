@@ -178,6 +178,32 @@ def test_nesterov_momentum_on_normalised_gradients():
         np.testing.assert_allclose(var.numpy(), w, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("traced", [False, True])
+def test_a_non_finite_gradient_leaves_its_variable_and_momentum_as_they_were(traced):
+    """One NaN step in bf16 must not spoil the weights: the variable whose gradient is not
+    finite keeps its value and momentum, in a traced step as in an eager one, and a
+    variable with a finite gradient in the same step still moves."""
+    import tensorflow as tf
+    model = _dense_model()
+    optimizer = M.NormalizedSGD(learning_rate=0.1, momentum=0.9)
+    variables = model.trainable_variables
+    finite = _known_gradients(model)
+    step = lambda grads: optimizer.apply_gradients(zip(grads, variables))
+    step = tf.function(step) if traced else step
+    step([tf.constant(g) for g in finite])
+    before = [v.numpy() for v in variables]
+    momentum_before = [m.numpy() for m in optimizer.momentums]
+    spoilt = [g.copy() for g in finite]
+    spoilt[0][0, 0], spoilt[2][1, 1] = np.nan, np.inf
+    step([tf.constant(g) for g in spoilt])
+    for i in (0, 2):
+        np.testing.assert_array_equal(variables[i].numpy(), before[i])
+        np.testing.assert_array_equal(optimizer.momentums[i].numpy(), momentum_before[i])
+    for i in (1, 3):
+        assert not np.allclose(variables[i].numpy(), before[i])
+    assert all(np.isfinite(v.numpy()).all() for v in [*variables, *optimizer.momentums])
+
+
 def test_learning_rate_schedule_drives_the_steps():
     schedule = keras.optimizers.schedules.CosineDecay(0.2, decay_steps=4)
     optimizer = M.NormalizedSGD(schedule, momentum=0)

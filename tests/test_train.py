@@ -215,10 +215,14 @@ def predicts_colour_images_only(model_dir, config, tmp_path):
         predict_lovasz_loss.main(predict)
 
 
-def with_extra_callback(monkeypatch, callback):
+def with_extra_callback(monkeypatch, callback, first=False):
     original = train.make_callbacks
-    monkeypatch.setattr(train, "make_callbacks",
-                        lambda *args, **kwargs: original(*args, **kwargs) + [callback])
+
+    def make_callbacks(*args, **kwargs):
+        callbacks = original(*args, **kwargs)
+        return [callback, *callbacks] if first else [*callbacks, callback]
+
+    monkeypatch.setattr(train, "make_callbacks", make_callbacks)
 
 
 def test_interrupted_training_resumes(tmp_path, monkeypatch):
@@ -289,6 +293,51 @@ def test_a_non_finite_step_is_rolled_back(tmp_path, monkeypatch, capsys):
     assert all(np.isfinite(float(r[k])) for r in rows for k in ("loss", "val_loss"))
     for path in [*model_dir.glob("snapshots/*.h5"), model_dir / train.weights_name("best", "h5")]:
         assert all_finite(path), path
+
+
+class NaNForwardPass(keras.callbacks.Callback):
+    """Makes the given (epoch, step)s' forward pass NaN and gives the weights back their
+    values after it, as one bad bf16 step on finite weights did: a kernel is NaN during the
+    step only. First in the callback list, so the guard sees the weights it left."""
+
+    def __init__(self, when):
+        super().__init__()
+        self.when, self.epoch, self.saved = set(when), 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def kernel(self):
+        return next(v for v in self.model.trainable_variables if len(v.shape) == 4)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) in self.when:
+            self.saved = self.kernel().numpy()
+            self.kernel().assign(np.full(self.saved.shape, np.nan, "float32"))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.saved is not None:
+            self.kernel().assign(self.saved)
+            self.saved = None
+
+
+def test_a_non_finite_forward_pass_costs_one_step(tmp_path, monkeypatch, capsys):
+    """A NaN loss whose update the optimizer skipped costs that step, not the epoch: no
+    rollback, and the BatchNorm statistics the NaN pass spoilt are restored (validation
+    uses them here: --bn-batches 0). More skipped steps in a row than the guard allows roll
+    the epoch back."""
+    limit = training_callbacks.DivergenceGuard().max_skips
+    poisoned = {(0, 1)} | {(1, step) for step in range(limit + 1)}
+    with_extra_callback(monkeypatch, NaNForwardPass(poisoned), first=True)
+    config = short_run(tmp_path, "--epochs", "2", "--steps-per-epoch", str(limit + 2))
+    assert config["result"]["skipped_steps_this_run"] == 1 + limit
+    assert config["result"]["rollbacks_this_run"] == 1
+    out = capsys.readouterr().out
+    assert out.count("loss not finite; the step's update was skipped") == 1 + limit
+    assert f"step {limit + 1} of the epoch: loss or weights not finite; weights and " in out
+    rows = read_log(tmp_path / "work" / "weights")
+    assert all(np.isfinite(float(r[k])) for r in rows for k in ("loss", "val_loss"))
+    assert all_finite(tmp_path / "work" / "weights" / train.weights_name("best", "h5"))
 
 
 def test_a_run_that_keeps_diverging_stops_and_resumes(tmp_path, monkeypatch):
