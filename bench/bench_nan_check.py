@@ -9,7 +9,6 @@ the first. Takes about a minute on 2 CPU cores.
     python bench/bench_nan_check.py
 """
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from model import NormalizedSGD, build_model  # noqa: E402
+from speed import median_seconds  # noqa: E402
 
 
 class UncheckedNormalizedSGD(NormalizedSGD):
@@ -39,14 +39,7 @@ class UncheckedNormalizedSGD(NormalizedSGD):
 def median_update_ms(optimizer, variables, gradients, repeats=40):
     optimizer.build(variables)
     update = tf.function(lambda: optimizer.apply(gradients, variables))
-    update()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        update()
-        variables[0].numpy()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    return 1000 * median_seconds(lambda: update() or variables[0].numpy(), repeats)
 
 
 def main():
