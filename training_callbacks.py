@@ -67,8 +67,8 @@ class DivergenceGuard(keras.callbacks.Callback):
     """Keeps a run from training on NaN. One NaN step (bf16 on a 2-core Xeon with AMX: now
     and then, at no step that repeats from the same weights and batches) would otherwise
     turn every weight to NaN, and the rest of the run would train nothing while it looked
-    busy. It checks each step's loss where the loop logs it (model.fit, not worker_loop.py)
-    and, at each epoch's end, the epoch's loss and every weight (alike on every worker).
+    busy. It checks each step's loss (model.fit and worker_loop.py log it) and, at each
+    epoch's end, the epoch's loss and every weight (alike on every worker).
 
     A step whose loss is not finite but whose update left the weights and the optimizer
     finite (NormalizedSGD skips a non-finite gradient) costs that step alone: the BatchNorm

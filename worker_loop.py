@@ -117,6 +117,12 @@ class WorkerLoop:
     def results(self):
         return {k: float(np.asarray(v)) for k, v in self.model.get_metrics_result().items()}
 
+    def step_logs(self):
+        """The epoch's running loss, as fit hands callbacks after each step: the divergence
+        guard tells a NaN step from it. One metric, not all: each read sums over workers."""
+        loss = next(m for m in self.model.metrics if m.name == "loss")
+        return {"loss": float(np.asarray(loss.result()))}
+
     def fit(self, dataset, epochs, steps_per_epoch, callbacks):
         """model.fit(dataset, epochs, steps_per_epoch, callbacks) for a dataset of global
         batches of global_batch."""
@@ -135,7 +141,7 @@ class WorkerLoop:
                 callbacks.on_train_batch_begin(step)
                 self._agree()
                 self._train(iterator)
-                callbacks.on_train_batch_end(step)
+                callbacks.on_train_batch_end(step, self.step_logs())
                 self._agree()
                 if self.model.stop_training:
                     break
