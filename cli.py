@@ -137,6 +137,21 @@ def non_negative_int(text):
     return value
 
 
+def seed_value(text):
+    """A random seed as numpy, TensorFlow and scikit-learn all take it: 0 .. 2**32 - 1."""
+    value = _parsed(text, int, "a whole number")
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"{text} is not a seed: 0 to {2 ** 32 - 1}")
+    return value
+
+
+def fraction_below_one(text):
+    value = finite_float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
+    return value
+
+
 # ---------------------------------------------------------------- running
 
 def run_cli(main):

@@ -41,6 +41,7 @@ def read_config(model_dir):
     if config["color_mode"] not in COLOR_MODES:
         raise PipelineError(f"{path}: unknown color_mode {config['color_mode']!r}")
     check_preprocessing(config["preprocessing"], f"{path}: preprocessing")
+    check_file_names(config["weights_files"], config.get("sha256", {}), path)
     # Models trained before the rule was recorded read non-8-bit images by today's default.
     config["intensity"] = check_intensity(config.get("intensity", DEFAULT_INTENSITY), path)
     config["orientations"] = check_orientations(config.get("orientations", "all"), path)
@@ -49,6 +50,20 @@ def read_config(model_dir):
     # Models trained before the faint-object filter keep every object.
     config["faint_filter"] = check_faint_filter(config.get("faint_filter"), path)
     return config
+
+
+def check_file_names(weights_files, hashes, where):
+    """weights_files names the best (and swa) model file, sha256 maps file names to digests:
+    both objects of strings, as training writes them."""
+    def strings(value):
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                               for k, v in value.items())
+    if not strings(weights_files) or "best" not in weights_files:
+        raise PipelineError(f"{where}: 'weights_files' must map 'best' (and 'swa') to the "
+                            f"model files' names; got {weights_files!r}")
+    if not strings(hashes):
+        raise PipelineError(f"{where}: 'sha256' must map model file names to their sha256; "
+                            f"got {hashes!r}")
 
 
 def check_faint_filter(value, where):
@@ -87,9 +102,12 @@ def model_file(model_dir, config, choice):
     """Path of the model file that --weights names."""
     model_dir = Path(model_dir)
     if choice in ("best", "swa"):
+        hint = " (trained with --swa-epochs 0?)" if choice == "swa" else ""
+        if choice not in config["weights_files"]:
+            raise PipelineError(f"--weights {choice}: {model_dir / 'config.json'} names no "
+                                f"{choice} model{hint}")
         path = model_dir / config["weights_files"][choice]
         if not path.is_file():
-            hint = " (trained with --swa-epochs 0?)" if choice == "swa" else ""
             raise PipelineError(f"--weights {choice}: {path} not found{hint}")
         return path
     if choice == "last":

@@ -53,8 +53,8 @@ from distribute import STRATEGIES  # noqa: E402
 from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
 from outputs import atomic_write_text, remove_leftovers, sha256_of, write_json  # noqa: E402
 from cli import (IGNORE_LABEL, PipelineError, existing_folder, finite_float,  # noqa: E402
-                 non_negative_float, positive_float, positive_int, read_classes, read_json,
-                 refuse_file, run_cli, WORK_DIR)
+                 fraction_below_one, positive_float, positive_int, read_classes, read_json,
+                 refuse_file, run_cli, seed_value, WORK_DIR)
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
                           model_file, read_config, verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
@@ -106,7 +106,7 @@ def parse_args(argv=None):
                    help="nsgd: SGD on per-variable normalized gradients, as the paper "
                         "(default: %(default)s)")
     g.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default: %(default)s)")
-    g.add_argument("--momentum", type=non_negative_float, default=0.9,
+    g.add_argument("--momentum", type=fraction_below_one, default=0.9,
                    help="momentum of nsgd/sgd, Nesterov (default: %(default)s)")
     g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
                    help="cosine: anneal the learning rate to 0 over the run (planned steps or "
@@ -124,7 +124,7 @@ def parse_args(argv=None):
                         "comes from (needs 3 frames; else patch); patch: a random patch split "
                         "as the original, where validation shares pixels with training "
                         "(default: %(default)s)")
-    g.add_argument("--random-state", type=int, default=2018,
+    g.add_argument("--random-state", type=seed_value, default=2018,
                    help="seed of the train/val split (default: %(default)s)")
     g.add_argument("--steps-per-epoch", type=positive_int,
                    help="training batches per epoch (default: one pass over the patches)")
@@ -148,7 +148,7 @@ def parse_args(argv=None):
                         "dropped, where that raises their mean IoU (prediction applies it; "
                         "see faint_objects.py); off: record none, as the original "
                         "(default: %(default)s)")
-    g.add_argument("--seed", type=int, default=2018,
+    g.add_argument("--seed", type=seed_value, default=2018,
                    help="seed of initialisation and shuffling (default: %(default)s)")
     g.add_argument("--restart", action="store_true",
                    help="train anew in a model folder that holds a model trained with other "

@@ -741,10 +741,32 @@ def truncated_config(model):
     return model / "config.json", "not valid JSON", "write it anew"
 
 
+def edited_config(model, **fields):
+    config = json.loads((model / "config.json").read_text())
+    config.update(fields)
+    (model / "config.json").write_text(json.dumps(config))
+
+
+def weights_files_as_a_list(model):
+    edited_config(model, weights_files=[BEST])
+    return model / "config.json", "'weights_files' must map 'best'"
+
+
+def weights_files_without_best(model):
+    edited_config(model, weights_files={"swa": SWA})
+    return model / "config.json", "'weights_files' must map 'best'"
+
+
+def sha256_as_a_list(model):
+    edited_config(model, sha256=["0" * 64])
+    return model / "config.json", "'sha256' must map model file names"
+
+
 @pytest.mark.parametrize("damage", [nan_statistics, short_equalization_histogram,
                                     unknown_equalization, negative_scale,
                                     random_bytes_in_the_model,
-                                    truncated_config])
+                                    truncated_config, weights_files_as_a_list,
+                                    weights_files_without_best, sha256_as_a_list])
 def test_a_damaged_model_folder_is_refused(model_dir, tmp_path, capsys, damage):
     model = copy_model(model_dir, tmp_path)
     expected_words = damage(model)

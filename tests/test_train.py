@@ -586,3 +586,19 @@ def test_a_finished_model_records_a_changed_faint_filter(tmp_path, capsys):
     config = short_run(tmp_path)
     assert "now has --faint-filter calibrate" in capsys.readouterr().out
     assert config["settings"]["faint_filter"] == "calibrate" and config["faint_filter"] is None
+
+
+@pytest.mark.parametrize("option, value", [("--momentum", "2"), ("--momentum", "-0.1"),
+                                           ("--momentum", "1"), ("--seed", "-1"),
+                                           ("--random-state", "-1"), ("--seed", str(2 ** 32))])
+def test_an_option_keras_or_numpy_would_refuse_is_refused_by_the_parser(option, value, capsys):
+    """Refused before the model folder changes: Keras' own momentum check came after a new
+    folder was made (holding no model) or a --restart had moved the old one aside."""
+    with pytest.raises(SystemExit):
+        train.parse_args([option, value])
+    assert option in capsys.readouterr().err
+
+
+def test_seeds_and_momentum_in_range_are_taken():
+    args = train.parse_args(["--momentum", "0", "--seed", "0", "--random-state", str(2 ** 32 - 1)])
+    assert (args.momentum, args.seed, args.random_state) == (0.0, 0, 2 ** 32 - 1)
