@@ -138,7 +138,8 @@ def parse_args(argv=None):
                         "for the test set; none with --input)")
     g.add_argument("--output", metavar="DIR",
                    help="output folder, replaced as a whole (default: <work-dir>/test/predict, "
-                        "or <work-dir>/predict/<input folder or file name> with --input)")
+                        "or <work-dir>/predict/<input folder or file name> with --input, "
+                        "which replaces only predictions of the same input)")
     g = p.add_argument_group("model")
     g.add_argument("--model-dir", metavar="DIR", help="model folder written by training "
                    "(default: <work-dir>/weights)")
@@ -530,6 +531,20 @@ def folders(args):
             Path(args.output) if args.output else work / "test" / "predict")
 
 
+def check_same_input(out, src):
+    """Refuse to replace the predictions of another folder that has the same name (the
+    default output is named after the input folder: day1/images and day2/images)."""
+    record_path = out / MARKER
+    if not record_path.is_file():
+        return
+    record = read_json(record_path, "prediction record")
+    earlier = record.get("input_dir") if isinstance(record, dict) else None
+    current = str((src.parent if src.is_file() else src).resolve())
+    if earlier is not None and earlier != current:
+        raise PipelineError(f"{out} holds the predictions of {earlier}, another input of the "
+                            f"same name; give --output to keep both, or remove {out}")
+
+
 def tta_transforms(tta, orientations, model_dir):
     """The transforms each tile goes through: with --tta, those the model's training
     patches came in (gen_img_aug.py --orientations), as geometry's transform indices."""
@@ -700,6 +715,8 @@ def main(argv=None):
         images = {name: images[name] for name in shard_names(everything, args.shard)}
         out = out if args.output else shard_folder(out, args.shard)
     check_replaceable(out, MARKER)
+    if args.input and not args.output:
+        check_same_input(out, src)
     streamed = streamed_frames(images, args.stream_above)
     if streamed and (args.save_probs or args.to_labelme):
         raise PipelineError(f"{sorted(streamed)[0]} is larger than --stream-above "

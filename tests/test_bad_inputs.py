@@ -789,6 +789,27 @@ def test_single_image_file_as_input_is_segmented(model_dir, tmp_path, capsys):
     assert mask is not None and mask.shape == (50, 70) and mask.max() < len(CLASSES)
 
 
+def test_another_folder_of_the_same_name_does_not_replace_earlier_predictions(model_dir,
+                                                                               tmp_path, capsys):
+    """day1/images and day2/images both default to W/predict/images: the second is refused
+    and day 1's masks stay; the same input again, or --output, is predicted."""
+    work = tmp_path / "work"
+    day1 = write(tmp_path / "day1" / "images" / "plate1.png", noise(40, 40)).parent
+    day2 = write(tmp_path / "day2" / "images" / "plate2.png", noise(40, 40, 1)).parent
+    accepted(*run(predict_lovasz_loss, predict_args(model_dir, work, "--input", day1),
+                  capsys)[::2])
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, work, "--input", day2), capsys)
+    refusal_line(code, err, str(day1.resolve()), "--output")
+    assert_unchanged(tmp_path, before)
+    accepted(*run(predict_lovasz_loss, predict_args(model_dir, work, "--input", day1),
+                  capsys)[::2])
+    accepted(*run(predict_lovasz_loss, predict_args(model_dir, work, "--input", day2, "--output",
+                                                    work / "predict" / "day2"), capsys)[::2])
+    assert (work / "predict" / "images" / "plate1.png").is_file()
+    assert (work / "predict" / "day2" / "plate2.png").is_file()
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 @pytest.mark.parametrize("image", [noise(1, 1), noise(64, 5000), noise(3, 5000),
                                    noise(40, 50, channels=4)],
