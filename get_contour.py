@@ -98,11 +98,10 @@ def parse_args(argv=None):
                    help="build the masks from <name>_prob_<class>.png (predict --save-probs) "
                         "instead of <name>.png: class c where prob_c * 127 > its threshold, "
                         "later classes over earlier")
-    g.add_argument("--thresholds", type=finite_float, nargs="+",
-                   default=list(ORIGINAL_THRESHOLDS),
-                   metavar="T",
-                   help="one threshold on 0..127 per non-background class, in class order; the "
-                        "original's are 69 for beads and 80 for cells (default: %(default)s)")
+    g.add_argument("--thresholds", type=finite_float, nargs="+", metavar="T",
+                   help="with --from-probs: one threshold on 0..127 per non-background class, "
+                        "in class order; the original's are 69 for beads and 80 for cells "
+                        f"(default: {' '.join(map(str, ORIGINAL_THRESHOLDS))})")
     add_intensity_option(g, "default: the rule prediction used, from predict.json; only "
                             "changes how the image under the outlines looks")
     g = p.add_argument_group("prediction shards (predict_lovasz_loss.py --shard I/N)")
@@ -117,6 +116,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.min_area < 0:
         p.error("--min-area must not be negative")
+    if args.thresholds is not None and not args.from_probs:
+        p.error("--thresholds applies to masks built from probability maps: add --from-probs "
+                "(the masks <name>.png are already decided)")
+    if args.thresholds is None:
+        args.thresholds = list(ORIGINAL_THRESHOLDS)
     args.intensity = parse_intensity(p, args.intensity, None)
     return args
 

@@ -113,6 +113,8 @@ from patch_preprocessing import dataset_lut_for, preprocess_patch  # noqa: E402
 
 SIGMOID_THRESHOLD = 0.51
 DEFAULT_OVERLAP = 0.25
+# Tiles per pixel grow as 1 / (1 - overlap)^2: 100 at 0.9, 10,000 at 0.99.
+MAX_OVERLAP = 0.9
 BLENDS = ("gaussian", "uniform")
 WEIGHT_CHOICES = ("best", "swa", "last")
 MARKER = "predict.json"
@@ -161,8 +163,9 @@ def parse_args(argv=None):
     add_intensity_option(g, "default: the rule the model was trained with, from config.json")
     g = p.add_argument_group("tiling")
     g.add_argument("--overlap", type=finite_float, default=DEFAULT_OVERLAP, metavar="FRACTION",
-                   help="overlap of neighbouring tiles as a fraction of the tile, in [0, 1); "
-                        "0 reproduces the original's tiling (default: %(default)s)")
+                   help=f"overlap of neighbouring tiles as a fraction of the tile, 0 to "
+                        f"{MAX_OVERLAP}; 0 reproduces the original's tiling "
+                        "(default: %(default)s)")
     g.add_argument("--blend", choices=BLENDS, default="gaussian",
                    help="weighting of overlapping tiles' probabilities: gaussian (sigma 1/8 "
                         "of the tile, favours tile centres) or uniform (default: %(default)s)")
@@ -208,8 +211,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.merge and args.shard:
         p.error("--merge takes the folders of finished shards; leave out --shard")
-    if not 0 <= args.overlap < 1:
-        p.error("--overlap must be in [0, 1)")
+    if not 0 <= args.overlap <= MAX_OVERLAP:
+        p.error(f"--overlap must be 0 to {MAX_OVERLAP}: at {MAX_OVERLAP} each pixel already "
+                f"lies in about {round(1 / (1 - MAX_OVERLAP)) ** 2} tiles, and the time grows "
+                "with that count")
     args.intensity = parse_intensity(p, args.intensity, None)
     return args
 

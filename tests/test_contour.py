@@ -156,6 +156,13 @@ def test_from_probs_needs_maps_and_thresholds(pred):
         run(pred, "--from-probs", "--thresholds", "69")
 
 
+def test_thresholds_without_from_probs_are_refused_not_ignored(capsys):
+    with pytest.raises(SystemExit):
+        G.parse_args(["--thresholds", "50", "60"])
+    assert "--from-probs" in capsys.readouterr().err.splitlines()[-1]
+    assert G.parse_args(["--from-probs"]).thresholds == list(G.ORIGINAL_THRESHOLDS)
+
+
 def test_masks_without_predict_json_use_classes_txt(pred):
     (pred / "predict" / "predict.json").unlink()
     (pred / "data").mkdir()
