@@ -854,6 +854,12 @@ def report(rows, per_image, classes, out, label_dir):
     if rows:
         print_iou_table(rows, classes)
         print(f"IoU of {len(per_image)} labelled images: {out / 'iou.csv'}, {out / 'iou.png'}")
+        labelled = sum(np.asarray(cm)[1:].sum() for cm in per_image.values())
+        if labelled == 0:
+            # Most often a 0/255 binary mask: 255 is the ignore label, so its objects vanish.
+            print(f"warning: the labels in {label_dir} hold no pixel of any object class, only "
+                  "background (0) or ignored ones (255): the object classes' IoU counts false "
+                  "pixels alone. A binary mask must hold 0 and 1, not 0 and 255")
     elif label_dir:
         print(f"no labels for these images in {label_dir}; IoU skipped")
 

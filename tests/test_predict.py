@@ -475,6 +475,20 @@ def test_a_label_with_a_class_the_model_lacks_is_refused(model_dir, work, tmp_pa
     assert not (copy / "test" / "predict").exists()
 
 
+def test_labels_with_no_object_pixel_are_warned_of(model_dir, work, tmp_path, capsys):
+    """0/255 masks: 255 is ignored, so no object pixel is scored; said, not left silent."""
+    copy = tmp_path / "work"
+    for sub in ("src", "label"):
+        shutil.copytree(work / "test" / sub, copy / "test" / sub)
+    P.main(["--work-dir", str(copy), "--model-dir", str(model_dir)])
+    assert "hold no pixel of any object class" not in capsys.readouterr().out
+    for path in (copy / "test" / "label").glob("*.png"):
+        label = cv2.imread(str(path), 0)
+        cv2.imwrite(str(path), np.where(label > 0, 255, 0).astype(np.uint8))
+    P.main(["--work-dir", str(copy), "--model-dir", str(model_dir)])
+    assert "0 and 1, not 0 and 255" in capsys.readouterr().out
+
+
 def test_tta_is_refused_for_a_model_trained_on_unturned_patches(work, tmp_path):
     folder = tmp_path / "dic_model"
     folder.mkdir()
