@@ -38,6 +38,7 @@ it out.
 """
 import argparse
 import csv
+import math
 from pathlib import Path
 
 import cv2
@@ -48,10 +49,10 @@ from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,
                       parse_intensity, read_image, read_label, write_image)
 from outputs import atomic_write_text, remove_leftovers, staged_output, write_json
 from cli import (IGNORE_LABEL, PipelineError, finite_float, positive_int, read_classes,
-                 refuse_file, read_name_list, run_cli, WORK_DIR)
+                 refuse_file, read_name_list, run_cli, seed_value, WORK_DIR)
 from figures import colorize, save_figure, pyplot
-from geometry import (MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad, resample_image,
-                      resample_label, scaled_size, transform_image)
+from geometry import (INPUT_MULTIPLE, MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad,
+                      resample_image, resample_label, scaled_size, transform_image)
 from label_outlines import bare_outlines, describe_bare_outlines
 from parallel import default_workers, parallel_map
 
@@ -71,13 +72,14 @@ def parse_args(argv=None):
     g = p.add_argument_group("train/test split (ignored when <data-dir>/test.txt exists)")
     g.add_argument("--test-size", type=finite_float, default=0.1,
                    help="fraction of images held out for test, as the paper (default: %(default)s)")
-    g.add_argument("--random-state", type=int, default=2018,
+    g.add_argument("--random-state", type=seed_value, default=2018,
                    help="seed of train_test_split, as the paper (default: %(default)s)")
     g = p.add_argument_group("patches")
     g.add_argument("--num-patches", type=positive_int, default=75000,
                    help="number of random training patches, as the paper (default: %(default)s)")
     g.add_argument("--patch-size", type=positive_int, default=256,
-                   help="patch side in pixels, as the paper (default: %(default)s)")
+                   help=f"patch side in pixels, a multiple of {INPUT_MULTIPLE} as the network "
+                        "needs, as the paper (default: %(default)s)")
     g.add_argument("--foreground-fraction", type=finite_float, default=0.0,
                    help="fraction of patches forced to contain a foreground pixel; 0 is the "
                         "paper's uniform sampling (default: %(default)s)")
@@ -96,8 +98,10 @@ def parse_args(argv=None):
                    help="resample the frames by this factor before cutting patches, e.g. 0.5 "
                         "where objects are many pixels across and a patch should hold more "
                         "of them; recorded for prediction, which scores and writes masks at "
-                        "the frames' own size (default: %(default)s, the original's)")
-    g.add_argument("--seed", type=int, default=2018,
+                        "the frames' own size. It may not shrink a frame below "
+                        f"{INPUT_MULTIPLE} px on its shorter side, less than one pixel at the "
+                        "network's deepest level (default: %(default)s, the original's)")
+    g.add_argument("--seed", type=seed_value, default=2018,
                    help="seed of crop positions and transforms (default: %(default)s)")
     g.add_argument("--workers", type=positive_int, default=default_workers(),
                    help="processes writing patches; the output does not depend on it "
@@ -111,6 +115,9 @@ def parse_args(argv=None):
     args.intensity = parse_intensity(p, args.intensity, DEFAULT_INTENSITY)
     if not 0 <= args.foreground_fraction <= 1:
         p.error("--foreground-fraction must be between 0 and 1")
+    if args.patch_size % INPUT_MULTIPLE:
+        p.error(f"--patch-size must be a multiple of {INPUT_MULTIPLE}: the network's encoder "
+                "halves the size 5 times, and training refuses other patches")
     if not 0 < args.scale <= MAX_SCALE:
         p.error(f"--scale must be above 0 and at most {MAX_SCALE}")
     if not 0 < args.test_size < 1:
@@ -147,6 +154,35 @@ def labelled_images(data_dir, classes, intensity):
         if found:
             outlines[name] = found
     return table, sorted(values), edges, outlines
+
+
+def check_object_classes(values, classes, data_dir):
+    """Refuse labels that hold no object class: training would never see one (a 0/255 mask
+    marks its objects as pixels to ignore)."""
+    if any(0 < v != IGNORE_LABEL for v in values):
+        return
+    objects = "1" if len(classes) == 2 else f"1..{len(classes) - 1}"
+    raise PipelineError(f"the labels in {Path(data_dir) / 'label'} hold only the value(s) "
+                        f"{', '.join(map(str, values))}, no object class ({objects} in "
+                        f"{Path(data_dir) / 'classes.txt'}); {IGNORE_LABEL} marks pixels to "
+                        "ignore, so a binary mask must be 0 and 1 (more classes: 1, 2, ... in "
+                        "the order classes.txt lists them)")
+
+
+def check_scaled_frames(table, scale):
+    """Refuse a --scale that shrinks a frame below INPUT_MULTIPLE on its shorter side: less
+    than one pixel at the network's deepest level."""
+    if scale >= 1:
+        return
+    name, (_, _, shape) = min(table.items(), key=lambda item: min(item[1][2]))
+    scaled = scaled_size(shape, scale)
+    if min(scaled) >= INPUT_MULTIPLE:
+        return
+    least = min(1.0, math.ceil(100 * INPUT_MULTIPLE / min(shape)) / 100)
+    raise PipelineError(f"--scale {scale:g} shrinks {name} from {shape[1]}x{shape[0]} to "
+                        f"{scaled[1]}x{scaled[0]}: a frame needs {INPUT_MULTIPLE} px on its "
+                        f"shorter side, one pixel at the network's deepest level (its encoder "
+                        f"halves the size 5 times); use --scale {least:g} or more")
 
 
 # Edge relief from which images are taken to have a direction. Measured: 0.49 on bbbc030
@@ -280,6 +316,11 @@ def split_names(names, data_dir, test_size, random_state, stack_of=None):
     if len(groups) < 2:
         raise PipelineError("at least two labelled images (or stacks) are needed to split train "
                             "and test")
+    held_out = math.ceil(test_size * len(groups))     # as train_test_split counts them
+    if held_out >= len(groups):
+        raise PipelineError(f"--test-size {test_size:g} of {len(groups)} images (or stacks) "
+                            f"holds out {held_out}, which leaves no training image; use a "
+                            f"smaller --test-size or list the test images in {fixed}")
     train, test = train_test_split(list(groups), test_size=test_size, random_state=random_state)
     return (sorted(n for g in train for n in groups[g]), sorted(n for g in test for n in groups[g]),
             f"train_test_split(test_size={test_size}, random_state={random_state})"
@@ -464,6 +505,8 @@ def main(argv=None):
     classes = read_classes(args.data_dir)
     table, label_values, edges, outlines = labelled_images(args.data_dir, classes,
                                                            args.intensity)
+    check_object_classes(label_values, classes, args.data_dir)
+    check_scaled_frames(table, args.scale)
     stack_of = {name: source.path.name for name, (source, _, _) in table.items()
                 if isinstance(source, StackPlane)}
     train, test, how = split_names(sorted(table), args.data_dir, args.test_size, args.random_state,

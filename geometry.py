@@ -7,6 +7,9 @@ import numpy as np
 
 from cli import PipelineError
 
+# Sides the network takes are multiples of this: its encoder halves the size 5 times. Here,
+# not in model.py, so that scripts which check sizes need not load TensorFlow.
+INPUT_MULTIPLE = 32
 # A transform t turns an image by the dihedral index t % 8 and, from INVERTED up, also
 # inverts its intensities (labels and probabilities are only turned).
 INVERTED = 8

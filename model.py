@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from geometry import INPUT_MULTIPLE
+
 MODEL_NAME = "unet_xception_resnetblock"
 LEAKY_SLOPE = 0.1
 
@@ -30,7 +32,6 @@ SKIPS = (
 # Decoder filters of the four skip stages, as multiples of start_neurons.
 SKIP_STAGE_WIDTHS = (16, 8, 4, 2)
 BOTTLENECK_WIDTH = 32
-INPUT_MULTIPLE = 32
 
 
 # ---------------------------------------------------------------- network

@@ -168,8 +168,8 @@ def assert_published_mode(folder):
 # ---------------------------------------------------------------- data for gen_img_aug
 
 def make_data(root, images, labels=None, classes=CLASSES, test=None):
-    """<root>/data with the given images ({file name: array}), zero labels unless given
-    ({file name: array}), classes.txt and, with test, a fixed test list."""
+    """<root>/data with the given images ({file name: array}), labels of a class 1 diagonal
+    unless given ({file name: array}), classes.txt and, with test, a fixed test list."""
     data = root / "data"
     (data / "src").mkdir(parents=True)
     (data / "label").mkdir()
@@ -177,7 +177,7 @@ def make_data(root, images, labels=None, classes=CLASSES, test=None):
     for filename, img in images.items():
         write(data / "src" / filename, img)
     labels = labels if labels is not None else {
-        f"{Path(f).stem}.png": np.zeros(img.shape[:2], np.uint8) for f, img in images.items()}
+        f"{Path(f).stem}.png": np.eye(*img.shape[:2], dtype=np.uint8) for f, img in images.items()}
     for filename, lbl in labels.items():
         write(data / "label" / filename, lbl)
     if test:
@@ -954,3 +954,61 @@ def test_contours_remove_a_killed_runs_staging_folder_and_follow_the_umask(tmp_p
     contours = work / "test" / "contours"
     assert sorted(p.name for p in contours.iterdir()) == ["a_contour.png", "objects.csv"]
     assert_published_mode(contours)
+
+
+# ---------------------------------------------------------------- gen_img_aug.py settings
+
+def refused_before_the_work_folder_changes(tmp_path, capsys, data, *extra, patch=32):
+    """The stderr of a gen_img_aug.py run refused (exit 2) with an earlier run's work folder
+    and everything under tmp_path left as it was."""
+    work = earlier_work(tmp_path / "work")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, work, *extra, patch=patch), capsys)
+    assert code == 2, f"exit {code}, expected a refusal (2); stderr:\n{err}"
+    assert_unchanged(tmp_path, before)
+    return err
+
+
+@pytest.mark.parametrize("value, shown", [(cli.IGNORE_LABEL, "0, 255"), (0, "value(s) 0,")],
+                         ids=["binary-0-255", "all-background"])
+def test_labels_without_an_object_class_are_refused(value, shown, tmp_path, capsys):
+    label = np.zeros((40, 40), np.uint8)
+    label[10:20, 10:20] = value
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)},
+                     {"a.png": label, "b.png": label}, classes=["background", "cell"])
+    err = refused_before_the_work_folder_changes(tmp_path, capsys, data)
+    refusal_line(2, err, data / "label", shown, "255 marks pixels to ignore", "0 and 1")
+
+
+@pytest.mark.parametrize("option, value", [("--seed", "-1"), ("--random-state", "-1"),
+                                           ("--random-state", str(2 ** 32))])
+def test_seeds_numpy_or_sklearn_cannot_take_are_refused_by_the_option_parser(
+        option, value, tmp_path, capsys):
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)})
+    err = refused_before_the_work_folder_changes(tmp_path, capsys, data, option, value)
+    argparse_refusal(2, err, option)
+
+
+def test_test_size_that_leaves_no_training_image_is_refused(tmp_path, capsys):
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)})
+    err = refused_before_the_work_folder_changes(tmp_path, capsys, data, "--test-size", "0.99")
+    refusal_line(2, err, "--test-size 0.99", "2 images", "no training image")
+
+
+@pytest.mark.parametrize("size", [1, 33, 48])
+def test_patch_size_the_network_cannot_take_is_refused_by_the_option_parser(size, tmp_path,
+                                                                            capsys):
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)})
+    err = refused_before_the_work_folder_changes(tmp_path, capsys, data, patch=size)
+    argparse_refusal(2, err, "--patch-size")
+    assert "multiple of 32" in err and "halves" in err
+
+
+@pytest.mark.parametrize("scale", ["1e-6", "0.75"])
+def test_scale_that_shrinks_a_frame_below_32_px_is_refused(scale, tmp_path, capsys):
+    data = make_data(tmp_path, {"a.png": noise(100, 100), "b.png": noise(40, 60, 1)})
+    err = refused_before_the_work_folder_changes(tmp_path, capsys, data, "--scale", scale)
+    refusal_line(2, err, f"--scale {float(scale):g} shrinks b from 60x40", "32 px",
+                 "--scale 0.8 or more")
+    code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work", "--scale", "0.8"), capsys)
+    accepted(code, err)

@@ -54,7 +54,7 @@ def dataset(tmp_path_factory):
 
 def run_aug(data, work, *extra):
     gen_img_aug.main(["--data-dir", str(data), "--work-dir", str(work), "--num-patches", "60",
-                      "--patch-size", "48", "--workers", "1", *extra])
+                      "--patch-size", "64", "--workers", "1", *extra])
 
 
 def test_dihedral_has_eight_distinct_invertible_transforms():
@@ -141,7 +141,7 @@ def test_patches_have_valid_labels_and_stay_aligned(dataset, tmp_path):
     for path in src:
         img = read_image(path)
         lbl = read_label(tmp_path / "w" / "train" / "label" / path.name)
-        assert img.shape == lbl.shape == (48, 48)
+        assert img.shape == lbl.shape == (64, 64)
         assert lbl.max() < NUM_CLASSES
         np.testing.assert_array_equal(img // 80, lbl)
 
@@ -162,7 +162,7 @@ def check_recorded_crops(data, work, size, scale=1.0):
 
 def test_patch_matches_its_recorded_crop(dataset, tmp_path):
     run_aug(dataset, tmp_path / "w")
-    check_recorded_crops(dataset, tmp_path / "w", 48)
+    check_recorded_crops(dataset, tmp_path / "w", 64)
 
 
 def test_orientations_none_keeps_the_microscopes_view_of_the_same_crops(dataset, tmp_path):
@@ -174,15 +174,15 @@ def test_orientations_none_keeps_the_microscopes_view_of_the_same_crops(dataset,
     assert len({row.rsplit(",", 1)[1] for row in turned[1:]}) > 4
     # The same crops, only left unturned.
     assert [row.rsplit(",", 1)[0] for row in kept] == [row.rsplit(",", 1)[0] for row in turned]
-    check_recorded_crops(dataset, tmp_path / "kept", 48)
+    check_recorded_crops(dataset, tmp_path / "kept", 64)
     assert json.loads((tmp_path / "kept" / "split.json").read_text())["orientations"] == "none"
     assert json.loads((tmp_path / "turned" / "split.json").read_text())["orientations"] == "all"
 
 
 def test_scaled_patches_are_crops_of_the_resampled_frames(dataset, tmp_path):
-    run_aug(dataset, tmp_path / "w", "--scale", "0.5")
-    check_recorded_crops(dataset, tmp_path / "w", 48, scale=0.5)
-    assert json.loads((tmp_path / "w" / "split.json").read_text())["scale"] == 0.5
+    run_aug(dataset, tmp_path / "w", "--scale", "0.8")
+    check_recorded_crops(dataset, tmp_path / "w", 64, scale=0.8)
+    assert json.loads((tmp_path / "w" / "split.json").read_text())["scale"] == 0.8
     # The image patches are resampled alike: the values still encode the label.
     for path in sorted((tmp_path / "w" / "train" / "src").glob("*.png"))[:20]:
         lbl = read_label(tmp_path / "w" / "train" / "label" / path.name)
@@ -273,7 +273,7 @@ def test_orientations_follow_the_images_relief(tmp_path, capsys, look, angle, ch
     assert ("relief no microscope makes" in capsys.readouterr().out) is warned
     assert {row.rsplit(",", 1)[1] for row in (tmp_path / "w" / "train" /
             "patches.csv").read_text().splitlines()[1:]} == transforms
-    check_recorded_crops(data, tmp_path / "w", 48)
+    check_recorded_crops(data, tmp_path / "w", 64)
 
 
 def test_rotate_invert_patches_show_the_microscopes_relief(tmp_path):
@@ -283,11 +283,11 @@ def test_rotate_invert_patches_show_the_microscopes_relief(tmp_path):
     data = disc_frames(tmp_path / "dic", "dic", 2.5, count=6)
     run_aug(data, tmp_path / "w", "--test-size", "0.25", "--orientations", "rotate-invert")
     work = tmp_path / "w"
-    check_recorded_crops(data, work, 48)
+    check_recorded_crops(data, work, 64)
     kept, turned = [], []
     for row in (work / "train" / "patches.csv").read_text().splitlines()[1:]:
         name, image, y, x, k = row.split(",")
-        crop = read_image(data / "src" / f"{image}.png")[int(y):int(y) + 48, int(x):int(x) + 48]
+        crop = read_image(data / "src" / f"{image}.png")[int(y):int(y) + 64, int(x):int(x) + 64]
         patch = read_image(work / "train" / "src" / name)
         lbl = read_label(work / "train" / "label" / name)
         if k == "10":
@@ -331,7 +331,7 @@ def test_same_patches_for_one_and_two_workers(dataset, tmp_path, foreground_frac
 
 
 def sparse_dataset(root):
-    """Frames with one 6x6 object each, which uniform 48 px crops mostly miss; the last is
+    """Frames with one 6x6 object each, which uniform 64 px crops mostly miss; the last is
     narrower than a patch, so its crops come from a padded frame."""
     (root / "src").mkdir(parents=True)
     (root / "label").mkdir()
@@ -376,11 +376,11 @@ def test_foreground_fraction_puts_objects_in_patches(tmp_path):
     rows = (tmp_path / "zero" / "train" / "patches.csv").read_text().splitlines()[1:]
     for index, row in enumerate(rows):
         _, image, y, x, k = row.split(",")
-        expected = paper_patch_params(2018, index, shapes, 48)
+        expected = paper_patch_params(2018, index, shapes, 64)
         assert (split["train"].index(image), int(y), int(x), int(k)) == expected
     share, labels = foreground_share(tmp_path / "all")
     assert share == 1.0
-    check_recorded_crops(data, tmp_path / "all", 48)
+    check_recorded_crops(data, tmp_path / "all", 64)
     # The object lands anywhere in the crop, not always at one spot.
     positions = {tuple(np.argwhere(lbl)[0] // 12) for lbl in labels}
     assert len(positions) >= 8
@@ -408,7 +408,7 @@ def test_missing_label_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("color_mode", ["grey", "rgb"])
 def test_streamed_statistics_equal_numpy(tmp_path, color_mode):
     data = make_dataset(tmp_path / "data", [(70, 90), (64, 64), (80, 50), (90, 90)], color=True)
-    run_aug(data, tmp_path / "w", "--num-patches", "250", "--patch-size", "40")
+    run_aug(data, tmp_path / "w", "--num-patches", "250", "--patch-size", "32")
     pre_processing.main(["--work-dir", str(tmp_path / "w"), "--color-mode", color_mode,
                          "--workers", "1"])
     stats = json.loads((tmp_path / "w" / "train_mean_std.json").read_text())
@@ -425,7 +425,7 @@ def test_streamed_statistics_equal_numpy(tmp_path, color_mode):
     prep = sorted((tmp_path / "w" / "train" / "prep").glob("*.png"))
     assert len(prep) == 250
     first = read_image(prep[0])
-    assert first.shape == ((40, 40) if color_mode == "grey" else (40, 40, 3))
+    assert first.shape == ((32, 32) if color_mode == "grey" else (32, 32, 3))
 
 
 def test_preprocessing_matches_the_paper_steps():
@@ -542,8 +542,8 @@ def test_prediction_prepares_a_tile_as_training_decodes_its_patch(tmp_path, colo
                                             3 if color_mode == "rgb" else 1, len(rows))))[0]
     for (_, image, y, x, k), patch in zip(rows, np.asarray(decoded)):
         frame = predict_lovasz_loss.model_image(data / "src" / f"{image}.png", color_mode)
-        frame = reflect_pad(frame, 48, 48)
-        tile = dihedral(frame[int(y):int(y) + 48, int(x):int(x) + 48], int(k))
+        frame = reflect_pad(frame, 64, 64)
+        tile = dihedral(frame[int(y):int(y) + 64, int(x):int(x) + 64], int(k))
         np.testing.assert_array_equal(prepare(tile), patch)
         if color_mode == "rgb":    # so that a swap of channels would show
             assert not np.array_equal(patch[..., 0], patch[..., 2])
