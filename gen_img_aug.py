@@ -1,6 +1,6 @@
 """Split the labelled images into train and test, then cut random augmented patches.
 
-Reads   <data-dir>/src/<name>.<png|jpg|tif>, <data-dir>/label/<name>.<png|npy>,
+Reads   <data-dir>/src/<name>.<png|jpg|tif>, <data-dir>/label/<name>.<png|tif|npy>,
         <data-dir>/classes.txt and, if present, <data-dir>/test.txt (the fixed test list).
 Writes  <work-dir>/split.json, train.txt, test.txt      the split, reproducible from files
         <work-dir>/test/src, test/label                 the held-out images and labels

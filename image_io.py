@@ -1,6 +1,7 @@
 """Images and labels as the pipeline reads and writes them: one intensity rule for every image
 that is not 8-bit, palette labels read as their indices, one clear error for a bad file."""
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from outputs import atomic_write_bytes
 from cli import IGNORE_LABEL, PipelineError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-LABEL_EXTS = (".png", ".npy")
+LABEL_EXTS = (".png", ".tif", ".tiff", ".npy")
+LOSSY_EXTS = (".jpg", ".jpeg")
 COLOR_MODES = ("grey", "rgb")
 
 # ---------------------------------------------------------------- intensity rule
@@ -173,9 +175,12 @@ def describe_intensity(intensity):
 #
 # TIFF goes through tifffile, which reads what microscopes write: 8/16/32-bit integer and
 # float pixels, OME-TIFF and ImageJ hyperstacks, compressed pages (with imagecodecs). Only a
-# file's first series is read (in an OME file of several positions or a pyramid, the first
-# position at full resolution). Every plane of that series (each Z, T or C step) is a frame;
-# a colour plane (3 or 4 samples per pixel, chunky or planar) is one RGB frame.
+# format's first series is read (in an OME file of several positions or a pyramid, the first
+# position at full resolution). A file of no format of its own, written a frame at a time
+# (tifffile's append=True or one write() per frame), holds a series per frame: its series are
+# one stack when they are alike, and refused when they are not. Every plane of the stack
+# (each Z, T or C step) is a frame; a colour plane (3 or 4 samples per pixel, chunky or
+# planar) is one RGB frame, grey+alpha one grey frame.
 
 TIFF_EXTS = (".tif", ".tiff")
 
@@ -206,12 +211,21 @@ def open_tiff(path):
         raise PipelineError(f"cannot read TIFF {path}: {err}") from None
 
 
+# tifffile's kinds of files that record no format of their own: 'shaped' (a series per write
+# of tifffile) and 'generic' (a plain TIFF's pages, a series per shape and coding). Other
+# formats' further series are positions, slide labels or macro pictures, not planes of a stack.
+STACK_KINDS = ("shaped", "generic")
+ALPHA = ((1,), (2,))    # extra samples of one alpha: tifffile's EXTRASAMPLE ASSOCALPHA, UNASSALPHA
+
+
 def _series_layout(series, path):
     """(number of frames, axes of one frame) of a TIFF series."""
     axes, shape = series.axes, series.shape
-    if axes.endswith("YXS") and shape[-1] in (3, 4):
+    # Two samples are grey+alpha only where the file says so; else they are two channels.
+    colour = (2, 3, 4) if tuple(series.keyframe.extrasamples) in ALPHA else (3, 4)
+    if axes.endswith("YXS") and shape[-1] in colour:
         frame_axes = 3
-    elif axes.endswith("SYX") and shape[-3] in (3, 4):
+    elif axes.endswith("SYX") and shape[-3] in colour:
         frame_axes = 3
     elif axes.endswith("YX"):
         frame_axes = 2
@@ -221,10 +235,46 @@ def _series_layout(series, path):
 
 
 def first_series(tif, path):
-    """(the first series, its number of frames, the axes of one frame)."""
+    """(the series of the file's frames, their number, the axes of one frame): the first
+    series, or the series of a file written a frame at a time joined into one."""
     if not tif.series:
         raise PipelineError(f"cannot read TIFF {path}: it holds no image")
-    return (tif.series[0], *_series_layout(tif.series[0], path))
+    parts = _stack_parts(tif)
+    if len(parts) == 1:
+        return (parts[0], *_series_layout(parts[0], path))
+    return _joined(parts, path)
+
+
+def _stack_parts(tif):
+    """The series that hold a file's frames. Pyramid levels are no series of their own; a
+    reduced image that is no level (a thumbnail) is skipped, even where it comes first."""
+    if tif.series[0].kind not in STACK_KINDS:
+        return tif.series[:1]
+    return [s for s in tif.series if not s.keyframe.is_reduced] or tif.series[:1]
+
+
+def _joined(parts, path):
+    """Series of alike frames, a page each, as one series of their pages in file order (a plain
+    TIFF's series group pages by coding, so they may interleave); anything else is refused."""
+    import tifffile
+    layouts = [(*_series_layout(s, path), s.shape, s.dtype) for s in parts]
+    frames = {(axes, shape[-len(axes):], dtype) for _, axes, shape, dtype in layouts}
+    # the joined series reads frame k as its page k, so each frame must be one page
+    if len(frames) > 1 or any(len(s) != count for s, (count, *_) in zip(parts, layouts)):
+        counts = Counter(f"{axes} {shape} {dtype}" for _, axes, shape, dtype in layouts)
+        held = ", ".join((f"{n} x " if n > 1 else "") + image for image, n in counts.items())
+        raise PipelineError(f"{path} holds {len(parts)} images that are not planes of one stack "
+                            f"({held}); save each image, or each stack of planes alike, as a "
+                            "file of its own")
+    (axes, shape, dtype), = frames
+    pages = sorted((page for s in parts for page in s), key=_file_order)
+    return (tifffile.TiffPageSeries(pages, (len(pages), *shape), dtype, "I" + axes,
+                                    parent=parts[0].parent, kind=parts[0].kind), len(pages), axes)
+
+
+def _file_order(page):
+    # a page's index is a number, or (page, n) for the n-th SubIFD of a page
+    return np.ravel(page.index).tolist()
 
 
 def tiff_frame_count(path):
@@ -232,13 +282,14 @@ def tiff_frame_count(path):
         return first_series(tif, path)[1]
 
 
-def _read_tiff(path, index):
+def _tiff_plane(path, index):
+    """(frame `index` of a TIFF as stored, samples last; the file's number of frames)."""
     with open_tiff(path) as tif:
         series, count, frame_axes = first_series(tif, path)
         if index >= count:
             raise PipelineError(f"{path} holds {count} planes; there is no plane {index}")
         try:
-            img = series.asarray() if count == 1 else tif.asarray(series=0, key=index)
+            img = series.asarray() if count == 1 else tif.asarray(series=series, key=index)
         except Exception as err:    # tifffile and its codecs raise many kinds
             raise PipelineError(f"cannot read TIFF {path}: {type(err).__name__}: {err}") from None
     img = np.asarray(img)
@@ -246,12 +297,18 @@ def _read_tiff(path, index):
         img = img.reshape(img.shape[-len(frame_axes):])
     if frame_axes == "SYX":
         img = np.moveaxis(img, 0, -1)
-    if img.ndim == 3:
-        img = img[:, :, :3]
-    if img.dtype == np.bool_:
-        img = img.astype(np.uint8) * 255
     if img.dtype.kind == "c" or img.size == 0:
         raise PipelineError(f"cannot read TIFF {path}: {img.dtype} pixels of shape {img.shape}")
+    return img, count
+
+
+def _read_tiff(path, index):
+    """A TIFF frame as an image: alpha dropped, 1-bit pixels as 0 and 255."""
+    img = _tiff_plane(path, index)[0]
+    if img.ndim == 3:
+        img = img[:, :, 0] if img.shape[2] == 2 else img[:, :, :3]
+    if img.dtype == np.bool_:
+        img = img.astype(np.uint8) * 255
     return np.ascontiguousarray(img)
 
 
@@ -352,11 +409,22 @@ def _frames_of(path, page):
 
 
 def find_label(label_dir, name):
-    for ext in LABEL_EXTS:
-        path = Path(label_dir) / f"{name}{ext}"
-        if path.is_file():
-            return path
+    """The label file of frame `name`, or None where it has none. Two labels for one frame are
+    refused, and so is a JPEG one by name: its compression changes the class values."""
+    found = _files_named(label_dir, name, LABEL_EXTS)
+    if len(found) > 1:
+        raise PipelineError(f"{name} has {len(found)} labels in {label_dir}: "
+                            f"{', '.join(p.name for p in found)}; keep one")
+    if found:
+        return found[0]
+    lossy = _files_named(label_dir, name, LOSSY_EXTS)
+    if lossy:
+        raise PipelineError(f"found {lossy[0]}; labels must be lossless: .png, .tif or .npy")
     return None
+
+
+def _files_named(folder, name, exts):
+    return [p for p in (Path(folder) / f"{name}{ext}" for ext in exts) if p.is_file()]
 
 
 def read_raw_image(source):
@@ -412,12 +480,12 @@ def to_color_mode(img, color_mode):
 
 def read_label(path):
     """A class-index label as uint8: PNG (palette PNGs, as LabelMe exports, give their
-    indices), 8/16-bit grey, TIFF (through tifffile), or a numeric .npy."""
+    indices), 8/16-bit grey, a TIFF of one plane (through tifffile), or a numeric .npy."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
         label = _load_npy(path)
     elif path.suffix.lower() in TIFF_EXTS:
-        label = _read_tiff(path, 0)
+        label = _tiff_label(path)
     else:
         label = _palette_indices(path)
         if label is None:
@@ -435,6 +503,16 @@ def read_label(path):
     if label.min() < 0 or label.max() > 255:
         raise PipelineError(f"label {path} holds values outside 0..255")
     return label.astype(np.uint8)
+
+
+def _tiff_label(path):
+    """A TIFF label's plane as stored: samples kept (alpha too) and 1-bit pixels as 0 and 1,
+    where an image's would read as 0 and 255, the ignore value."""
+    label, count = _tiff_plane(path, 0)
+    if count > 1:
+        raise PipelineError(f"label {path} holds {count} planes; a label is one plane of class "
+                            "indices (label each plane of a stack as <name>_p<k>)")
+    return label
 
 
 def _load_npy(path):

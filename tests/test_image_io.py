@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_io import (DEFAULT_INTENSITY, intensity_from_tokens, read_image, read_label,
-                      to_uint8)
+from image_io import (DEFAULT_INTENSITY, find_label, intensity_from_tokens, read_image,
+                      read_label, to_uint8)
 from cli import PipelineError
 
 
@@ -91,3 +91,19 @@ def test_pickled_npy_label_is_one_clear_error(tmp_path):
     np.save(tmp_path / "l.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(PipelineError, match="Python objects"):
         read_label(tmp_path / "l.npy")
+
+
+def test_find_label_takes_tiff_and_names_a_lossy_or_second_label(tmp_path):
+    label = np.zeros((4, 5), np.uint8)
+    for name in ("a.tif", "b.tiff", "c.png", "d.png", "d.tif"):
+        cv2.imwrite(str(tmp_path / name), label)
+    np.save(tmp_path / "e.npy", label)
+    cv2.imwrite(str(tmp_path / "f.jpg"), label)
+    for name, file in (("a", "a.tif"), ("b", "b.tiff"), ("c", "c.png"), ("e", "e.npy")):
+        assert find_label(tmp_path, name) == tmp_path / file
+    assert find_label(tmp_path, "g") is None
+    with pytest.raises(PipelineError, match=r"d has 2 labels in .*: d.png, d.tif; keep one"):
+        find_label(tmp_path, "d")
+    with pytest.raises(PipelineError, match=r"found .*f.jpg; labels must be lossless: .png, "
+                                            r".tif or .npy"):
+        find_label(tmp_path, "f")

@@ -6,11 +6,14 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 import get_contour
 from image_io import (DEFAULT_INTENSITY, StackPlane, copy_frame, list_images, pixel_size_um,
-                      read_image, read_raw_image, to_uint8)
+                      read_image, read_label, read_raw_image, to_color_mode, to_uint8,
+                      write_tiff)
 from cli import PipelineError
+from whole_slide import open_tiff_rows
 
 
 def ramp(h=40, w=50, dtype=np.uint16, scale=37):
@@ -75,6 +78,124 @@ def test_colour_tiff_chunky_and_planar_read_as_rgb(tmp_path):
     assert list(list_images(tmp_path)) == ["chunky", "planar", "rgba"]
     for name in ("chunky", "planar", "rgba"):
         assert np.array_equal(read_raw_image(tmp_path / f"{name}.tif"), rgb), name
+
+
+def frame_at_a_time(path, frames, how):
+    """A file as acquisition loops write it, one series per frame."""
+    if how == "append":
+        for frame in frames:
+            tifffile.imwrite(path, frame, append=True)
+    else:
+        with tifffile.TiffWriter(path) as tif:
+            for frame in frames:
+                tif.write(frame)
+
+
+@pytest.mark.parametrize("how", ["append", "write per frame"])
+@pytest.mark.parametrize("colour", [False, True])
+def test_a_stack_written_a_frame_at_a_time_gives_every_frame(tmp_path, how, colour):
+    planes = stack(3)
+    if colour:
+        planes = np.stack([np.dstack([p, p // 2, p // 3]) for p in planes]).astype(np.uint8)
+    frame_at_a_time(tmp_path / "stack0.tif", planes, how)
+    frames = list_images(tmp_path)
+    assert list(frames) == ["stack0_p0", "stack0_p1", "stack0_p2"]    # as a one-series stack
+    for k in range(3):
+        assert np.array_equal(read_raw_image(frames[f"stack0_p{k}"]), planes[k])
+        with open_tiff_rows(frames[f"stack0_p{k}"]) as rows:    # the whole-slide reader too
+            assert np.array_equal(rows.rows(0, 40), planes[k])
+    assert np.array_equal(read_raw_image(list_images(tmp_path, page=2)["stack0"]), planes[2])
+
+
+def test_pages_of_a_plain_tiff_stay_in_file_order_whatever_their_coding(tmp_path):
+    # tifffile's series of a plain TIFF group pages by coding: here pages 0 and 2, then 1
+    planes = stack(3)
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
+        for plane, compression in zip(planes, (None, "zlib", None)):
+            tif.write(plane, compression=compression, metadata=None)
+    frames = list_images(tmp_path)
+    assert list(frames) == ["mixed_p0", "mixed_p1", "mixed_p2"]
+    for k in range(3):
+        assert np.array_equal(read_raw_image(frames[f"mixed_p{k}"]), planes[k])
+
+
+def test_a_thumbnail_is_no_frame_wherever_it_lies(tmp_path):
+    planes, thumb = stack(2), np.zeros((7, 9), np.uint16)
+    with tifffile.TiffWriter(tmp_path / "first.tif") as tif:
+        tif.write(thumb, subfiletype=1, metadata=None)    # a reduced image, no pyramid level
+        for plane in planes:
+            tif.write(plane, metadata=None)
+    with tifffile.TiffWriter(tmp_path / "between.tif") as tif:
+        tif.write(planes[0])
+        tif.write(thumb, subfiletype=1)
+        tif.write(planes[1])
+    frames = list_images(tmp_path)
+    assert list(frames) == ["between_p0", "between_p1", "first_p0", "first_p1"]
+    for name in ("between", "first"):
+        for k in range(2):
+            assert np.array_equal(read_raw_image(frames[f"{name}_p{k}"]), planes[k])
+
+
+@pytest.mark.parametrize("second, held", [
+    (np.zeros((10, 12), np.uint16), r"YX \(40, 50\) uint16, YX \(10, 12\) uint16"),
+    (ramp().astype(np.float32), r"YX \(40, 50\) uint16, YX \(40, 50\) float32")])
+def test_images_that_are_no_stack_are_refused_naming_what_the_file_holds(tmp_path, second,
+                                                                         held):
+    frame_at_a_time(tmp_path / "odd.tif", [ramp(), second], "append")
+    with pytest.raises(PipelineError, match=rf"odd.tif holds 2 images that are not planes of "
+                                            rf"one stack \({held}\)"):
+        list_images(tmp_path)
+
+
+def test_grey_and_alpha_tiff_is_grey_with_alpha_dropped_as_from_png(tmp_path):
+    grey = ramp(dtype=np.uint8, scale=5)
+    grey_alpha = np.dstack([grey, np.full_like(grey, 200)])
+    tifffile.imwrite(tmp_path / "ga.tif", grey_alpha, photometric="minisblack",
+                     extrasamples=["unassalpha"])
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(grey_alpha, -1, 0),
+                     photometric="minisblack", planarconfig="separate",
+                     extrasamples=["assocalpha"])
+    Image.fromarray(grey_alpha, mode="LA").save(tmp_path / "la.png")
+    for name in ("ga.tif", "planar.tif"):
+        assert np.array_equal(read_raw_image(tmp_path / name), grey), name
+        for mode in ("grey", "rgb"):
+            assert np.array_equal(to_color_mode(read_image(tmp_path / name), mode),
+                                  to_color_mode(read_image(tmp_path / "la.png"), mode))
+    # two samples that the file does not call grey and alpha are two channels: not guessed
+    tifffile.imwrite(tmp_path / "two.tif", grey_alpha, photometric="minisblack",
+                     extrasamples=["unspecified"])
+    with pytest.raises(PipelineError, match="TIFF axes YXS"):
+        read_raw_image(tmp_path / "two.tif")
+
+
+def test_tiff_labels_read_as_class_indices(tmp_path):
+    classes = (np.arange(40 * 50).reshape(40, 50) // 700).astype(np.uint8)     # 0..2
+    write_tiff(tmp_path / "mask.tif", classes, pixel_size=0.5)    # as --mask-format tif does
+    tifffile.imwrite(tmp_path / "sixteen.tiff", classes.astype(np.uint16), compression="zlib")
+    tifffile.imwrite(tmp_path / "bits.tif", classes == 1)           # 1-bit: 1, not 255 (ignore)
+    for name, expected in (("mask.tif", classes), ("sixteen.tiff", classes),
+                           ("bits.tif", (classes == 1).astype(np.uint8))):
+        label = read_label(tmp_path / name)
+        assert label.dtype == np.uint8 and np.array_equal(label, expected), name
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("float", "holds values that are not whole numbers"), ("rgb", "has 3 channels"),
+    ("grey+alpha", "has 2 channels"), ("stack", "holds 3 planes; a label is one plane")])
+def test_a_tiff_label_that_is_no_class_index_plane_is_refused(tmp_path, kind, message):
+    path = tmp_path / "l.tif"
+    values = (np.arange(40 * 50).reshape(40, 50) // 700).astype(np.uint8)
+    if kind == "float":
+        tifffile.imwrite(path, values / 2.0)                        # probabilities, say
+    elif kind == "rgb":
+        tifffile.imwrite(path, np.dstack([values] * 3), photometric="rgb")
+    elif kind == "grey+alpha":
+        tifffile.imwrite(path, np.dstack([values] * 2), photometric="minisblack",
+                         extrasamples=["unassalpha"])
+    else:
+        frame_at_a_time(path, [values] * 3, "append")
+    with pytest.raises(PipelineError, match=f"label .*l.tif {message}"):
+        read_label(path)
 
 
 def test_pixel_size_from_ome_and_imagej_metadata(tmp_path):
