@@ -722,6 +722,9 @@ def main(argv=None):
     check_replaceable(out, MARKER)
     if args.input and not args.output:
         check_same_input(out, src)
+    # Every label is looked up now: a bad one (JPEG, two for a frame) stops the run before
+    # any frame is predicted, not after.
+    label_paths = {name: find_label(label_dir, name) for name in images} if label_dir else {}
     streamed = streamed_frames(images, args.stream_above)
     if streamed and (args.save_probs or args.to_labelme):
         raise PipelineError(f"{sorted(streamed)[0]} is larger than --stream-above "
@@ -767,9 +770,8 @@ def main(argv=None):
     with staged_output(out, MARKER) as staging:
         for name, img_path in tqdm(images.items(), desc="predict", unit="image",
                                    dynamic_ncols=True, disable=None):
-            label_path = find_label(label_dir, name) if label_dir else None
             predict_one = run.streamed if name in streamed else run.in_memory
-            cm = predict_one(staging, out, name, img_path, label_path)
+            cm = predict_one(staging, out, name, img_path, label_paths.get(name))
             if cm is not None:
                 total_cm += cm
                 per_image[name] = cm

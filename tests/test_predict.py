@@ -475,6 +475,23 @@ def test_a_label_with_a_class_the_model_lacks_is_refused(model_dir, work, tmp_pa
     assert not (copy / "test" / "predict").exists()
 
 
+def test_a_lossy_label_stops_the_run_before_any_frame_is_predicted(model_dir, work, tmp_path,
+                                                                  monkeypatch):
+    copy = tmp_path / "work"
+    for sub in ("src", "label"):
+        shutil.copytree(work / "test" / sub, copy / "test" / sub)
+    last = sorted((copy / "test" / "label").glob("*.png"))[-1]
+    cv2.imwrite(str(last.with_suffix(".jpg")), cv2.imread(str(last), 0))
+    last.unlink()
+
+    def predicted(*args):
+        raise AssertionError("a frame was predicted before every label was found")
+    monkeypatch.setattr(P.FrameRun, "in_memory", predicted)
+    with pytest.raises(PipelineError, match="labels must be lossless"):
+        P.main(["--work-dir", str(copy), "--model-dir", str(model_dir)])
+    assert not (copy / "test" / "predict").exists()
+
+
 def test_labels_with_no_object_pixel_are_warned_of(model_dir, work, tmp_path, capsys):
     """0/255 masks: 255 is ignored, so no object pixel is scored; said, not left silent."""
     copy = tmp_path / "work"
