@@ -277,21 +277,54 @@ def _file_order(page):
     return np.ravel(page.index).tolist()
 
 
+# The stack read last, kept open between reads of its frames: opening a TIFF parses its pages,
+# every one of them where the file was written a frame at a time, so reopening it for each
+# frame cost time growing with the square of the frame count.
+_kept_stack = {}
+
+
+def _open_frames(path):
+    """(open TiffFile, the series of its frames, their number, the axes of one frame). A
+    file of several frames stays open for the next call, until another file is read or it
+    changes on disk; the caller closes a single-frame file."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if _kept_stack.get("key") == key:
+        return _kept_stack["frames"]
+    tif = open_tiff(path)
+    try:
+        frames = (tif, *first_series(tif, path))
+    except BaseException:
+        tif.close()
+        raise
+    if frames[2] > 1:
+        if "frames" in _kept_stack:
+            _kept_stack["frames"][0].close()
+        _kept_stack.update(key=key, frames=frames)
+    return frames
+
+
 def tiff_frame_count(path):
-    with open_tiff(path) as tif:
-        return first_series(tif, path)[1]
+    tif, _, count, _ = _open_frames(path)
+    if count == 1:
+        tif.close()
+    return count
 
 
 def _tiff_plane(path, index):
     """(frame `index` of a TIFF as stored, samples last; the file's number of frames)."""
-    with open_tiff(path) as tif:
-        series, count, frame_axes = first_series(tif, path)
+    tif, series, count, frame_axes = _open_frames(path)
+    try:
         if index >= count:
             raise PipelineError(f"{path} holds {count} planes; there is no plane {index}")
-        try:
-            img = series.asarray() if count == 1 else tif.asarray(series=series, key=index)
-        except Exception as err:    # tifffile and its codecs raise many kinds
-            raise PipelineError(f"cannot read TIFF {path}: {type(err).__name__}: {err}") from None
+        img = series.asarray() if count == 1 else tif.asarray(series=series, key=index)
+    except PipelineError:
+        raise
+    except Exception as err:    # tifffile and its codecs raise many kinds
+        raise PipelineError(f"cannot read TIFF {path}: {type(err).__name__}: {err}") from None
+    finally:
+        if count == 1:
+            tif.close()
     img = np.asarray(img)
     if img.ndim != len(frame_axes):
         img = img.reshape(img.shape[-len(frame_axes):])

@@ -107,6 +107,28 @@ def test_a_stack_written_a_frame_at_a_time_gives_every_frame(tmp_path, how, colo
     assert np.array_equal(read_raw_image(list_images(tmp_path, page=2)["stack0"]), planes[2])
 
 
+def test_a_stack_is_opened_once_for_all_its_frames_and_again_when_it_changes(tmp_path,
+                                                                              monkeypatch):
+    """Opening a frame-at-a-time file parses every page: opened once per frame, reading its
+    frames took time growing with the square of their number."""
+    import image_io
+    opened = []
+    monkeypatch.setattr(image_io, "open_tiff",
+                        lambda path, real=image_io.open_tiff: opened.append(path) or real(path))
+    planes = stack(4)
+    frame_at_a_time(tmp_path / "t.tif", planes, "append")
+    frames = list_images(tmp_path)
+    for k in range(4):
+        assert np.array_equal(read_raw_image(frames[f"t_p{k}"]), planes[k])
+    assert len(opened) == 1
+    frame_at_a_time(tmp_path / "u.tif", planes[:2], "append")   # another file: opened apart
+    assert np.array_equal(read_raw_image(StackPlane(tmp_path / "u.tif", 1)), planes[1])
+    (tmp_path / "t.tif").unlink()
+    frame_at_a_time(tmp_path / "t.tif", planes[::-1], "append")  # rewritten: read anew
+    assert np.array_equal(read_raw_image(frames["t_p0"]), planes[3])
+    assert len(opened) == 3
+
+
 def test_pages_of_a_plain_tiff_stay_in_file_order_whatever_their_coding(tmp_path):
     # tifffile's series of a plain TIFF group pages by coding: here pages 0 and 2, then 1
     planes = stack(3)
