@@ -457,7 +457,15 @@ def find_label(label_dir, name):
 
 
 def _files_named(folder, name, exts):
-    return [p for p in (Path(folder) / f"{name}{ext}" for ext in exts) if p.is_file()]
+    # Upper case too, as images are listed: cameras and Windows tools write NAME.TIF. One
+    # file counts once where the file system ignores case (macOS, Windows).
+    found = {}
+    for ext in (v for ext in exts for v in (ext, ext.upper())):
+        path = Path(folder) / f"{name}{ext}"
+        if path.is_file():
+            stat = path.stat()
+            found.setdefault((stat.st_dev, stat.st_ino), path)
+    return list(found.values())
 
 
 def read_raw_image(source):

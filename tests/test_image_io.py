@@ -95,11 +95,12 @@ def test_pickled_npy_label_is_one_clear_error(tmp_path):
 
 def test_find_label_takes_tiff_and_names_a_lossy_or_second_label(tmp_path):
     label = np.zeros((4, 5), np.uint8)
-    for name in ("a.tif", "b.tiff", "c.png", "d.png", "d.tif"):
+    for name in ("a.tif", "b.tiff", "c.png", "d.png", "d.tif", "h.TIF", "i.PNG"):
         cv2.imwrite(str(tmp_path / name), label)
     np.save(tmp_path / "e.npy", label)
     cv2.imwrite(str(tmp_path / "f.jpg"), label)
-    for name, file in (("a", "a.tif"), ("b", "b.tiff"), ("c", "c.png"), ("e", "e.npy")):
+    for name, file in (("a", "a.tif"), ("b", "b.tiff"), ("c", "c.png"), ("e", "e.npy"),
+                       ("h", "h.TIF"), ("i", "i.PNG")):
         assert find_label(tmp_path, name) == tmp_path / file
     assert find_label(tmp_path, "g") is None
     with pytest.raises(PipelineError, match=r"d has 2 labels in .*: d.png, d.tif; keep one"):
