@@ -122,6 +122,37 @@ def model_file(model_dir, config, choice):
                         f"(looked in {model_dir} and the current folder)")
 
 
+# What a model file's inputs and outputs mean: models that differ in any of these cannot be
+# averaged, nor one of them run with the other's config.json.
+RECIPE_KEYS = ("classes", "patch_size", "color_mode", "preprocessing", "decision", "scale",
+               "orientations", "intensity")
+
+
+def own_model_folder(path):
+    """The model folder a model file lies in (its folder, or the one above for snapshots/),
+    or None where neither holds a config.json."""
+    for folder in Path(os.path.abspath(path)).parents[:2]:
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def check_same_recipe(path, model_dir, config):
+    """Refuse a model file from another model folder whose config.json says its inputs or
+    classes differ from those of model_dir (the preprocessing and decision applied to it)."""
+    folder = own_model_folder(path)
+    if folder is None or folder == Path(os.path.abspath(model_dir)):
+        return
+    other = read_config(folder)
+    differ = [k for k in RECIPE_KEYS if other.get(k) != config.get(k)]
+    if differ:
+        key = differ[0]
+        raise PipelineError(f"{path} comes from {folder}, whose config.json differs from "
+                            f"{Path(model_dir) / 'config.json'} in {', '.join(differ)} "
+                            f"({other.get(key)!r} against {config.get(key)!r}): its outputs "
+                            "cannot be read or averaged as this model's")
+
+
 def verify_model_file(path, model_dir, config):
     """Refuse a model file whose sha256 is not the one training recorded in config.json."""
     try:   # abspath, not resolve: a model file linked into the folder is the folder's file

@@ -95,8 +95,8 @@ from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,  # no
                       parse_intensity, pixel_size_um, read_image, read_label, to_color_mode,
                       write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation  # noqa: E402
-from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, load_model, model_file,  # noqa: E402
-                          read_config, verify_model_file)
+from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  # noqa: E402
+                          load_model, model_file, read_config, verify_model_file)
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import atomic_write_text, check_replaceable, staged_output, write_json  # noqa: E402
@@ -640,6 +640,7 @@ def open_model(model_dir, config, choices, precision, verify=True):
     tile = tuple(config["patch_size"])
     functions = []
     for path in paths:
+        check_same_recipe(path, model_dir, config)
         if verify:
             verify_model_file(path, model_dir, config)
         net = with_precision(load_model(path), precision)

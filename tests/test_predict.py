@@ -463,6 +463,25 @@ def test_several_weights_predict_the_mean_of_their_probabilities(model_dir, work
                 "m_other.h5", "--output", str(tmp_path / "out2")])
 
 
+def test_a_model_file_of_another_recipe_is_refused_by_its_own_config(model_dir, work, tmp_path):
+    """A file from another model folder, alone or in an ensemble: its own config.json says
+    what its outputs mean. The class count matching is not enough (bead and cell swapped)."""
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "classes": ["background", "cell",
+                                                                         "bead"]}))
+    with pytest.raises(PipelineError, match=r"m_best.h5 comes from .*other, whose config.json "
+                                            r"differs from .* in classes"):
+        P.main(["--work-dir", str(work), "--model-dir", str(model_dir), "--weights", "best",
+                str(other / "m_best.h5"), "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    (other / "config.json").write_text(json.dumps(config))      # the same recipe: averaged
+    P.main(["--work-dir", str(work), "--model-dir", str(model_dir), "--weights", "best",
+            str(other / "m_best.h5"), "--output", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
 def test_a_label_with_a_class_the_model_lacks_is_refused(model_dir, work, tmp_path):
     copy = tmp_path / "work"
     for sub in ("src", "label"):
