@@ -372,10 +372,24 @@ def prediction_info(pred_dir):
 
 
 def mask_names(pred_dir, info):
+    """The masks' names: predict.json's list, else every PNG but the colour views and
+    probability maps that prediction writes beside a mask (x_color.png beside x.png)."""
     if "images" in info:
         return info["images"]
-    return sorted(p.stem for p in pred_dir.glob("*.png")
-                  if not p.stem.endswith("_color") and "_prob_" not in p.stem)
+    stems = {p.stem for p in pred_dir.glob("*.png")}
+    return sorted(s for s in stems if not beside_a_mask(s, stems))
+
+
+def beside_a_mask(stem, stems):
+    """Whether stem is <mask>_color or <mask>_prob_<class> of a mask among stems."""
+    if stem.endswith("_color") and stem[:-len("_color")] in stems:
+        return True
+    at = stem.find("_prob_")
+    while at != -1:
+        if stem[:at] in stems:
+            return True
+        at = stem.find("_prob_", at + 1)
+    return False
 
 
 def prediction_folder(args):

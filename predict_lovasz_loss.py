@@ -617,7 +617,7 @@ class FrameRun:
 
             write_tiled_mask(staging / f"{name}.tif", frame.shape, masks(),
                              pixel_size_um(source))
-        write_image(staging / f"{name}_color.png", colorize(overview.image), atomic=False)
+        write_image(staging / color_file(name), colorize(overview.image), atomic=False)
         return cm if label is not None else None
 
 
@@ -677,6 +677,34 @@ def frame_label(label_path, shape, source, classes):
     return label
 
 
+def color_file(name):
+    return f"{name}_color.png"
+
+
+def prob_file(name, cls):
+    return f"{name}_prob_{cls}.png"
+
+
+def output_files(name, classes, mask_suffix, save_probs):
+    """The files prediction writes for frame `name` (beside labelme/, a folder of its own)."""
+    return [f"{name}{mask_suffix}", color_file(name),
+            *(prob_file(name, cls) for cls in classes if save_probs)]
+
+
+def check_output_files(names, classes, args, streamed):
+    """Refuse frames whose outputs would overwrite each other's: frames x and x_color (or
+    x_prob_cell with --save-probs) both write x_color.png."""
+    writer = {}
+    for name in names:
+        suffix = ".tif" if name in streamed or args.mask_format == "tif" else ".png"
+        for file in output_files(name, classes, suffix, args.save_probs):
+            other = writer.setdefault(file, name)
+            if other != name:
+                raise PipelineError(f"frames {other} and {name} would both write {file}; "
+                                    "rename one of them, or predict them into separate "
+                                    "--output folders")
+
+
 def write_outputs(staging, out, name, source, img, mask, probs, classes, args):
     if args.mask_format == "tif":
         write_tiff(staging / f"{name}.tif", mask, pixel_size_um(source))
@@ -685,10 +713,10 @@ def write_outputs(staging, out, name, source, img, mask, probs, classes, args):
     if args.to_labelme:
         write_labelme(staging / "labelme", out / "labelme", name, source, img, mask, classes,
                       args.labelme_tolerance)
-    write_image(staging / f"{name}_color.png", colorize(mask), atomic=False)
+    write_image(staging / color_file(name), colorize(mask), atomic=False)
     if args.save_probs:
         for c, cls in enumerate(classes):
-            write_image(staging / f"{name}_prob_{cls}.png",
+            write_image(staging / prob_file(name, cls),
                         np.rint(probs[:, :, c] * 255).astype(np.uint8), atomic=False)
 
 
@@ -740,6 +768,7 @@ def main(argv=None):
                             f"scale {config['scale']:g} (gen_img_aug.py --scale): raise "
                             "--stream-above to predict it in memory")
     classes, decision = config["classes"], config["decision"]
+    check_output_files(images, classes, args, streamed)
     intensity = args.intensity or config["intensity"]
     precision = use_precision(args.precision)
     paths, predict_batch, tile, prepare = open_model(model_dir, config, args.weights, precision,

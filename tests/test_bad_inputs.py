@@ -812,6 +812,20 @@ def test_another_folder_of_the_same_name_does_not_replace_earlier_predictions(mo
     assert (work / "predict" / "day2" / "plate2.png").is_file()
 
 
+@pytest.mark.parametrize("names, extra, clash", [
+    (("s", "s_color"), (), "s_color.png"),
+    (("x", f"x_prob_{CLASSES[1]}"), ("--save-probs",), f"x_prob_{CLASSES[1]}.png")])
+def test_frames_whose_outputs_would_overwrite_each_other_are_refused(names, extra, clash,
+                                                                      model_dir, tmp_path,
+                                                                      capsys):
+    inp = input_folder(tmp_path, {f"{n}.png": noise(40, 40, k) for k, n in enumerate(names)})
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss,
+                       predict_args(model_dir, tmp_path / "work", "--input", inp, *extra), capsys)
+    refusal_line(code, err, *names, clash)
+    assert_unchanged(tmp_path, before)
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 @pytest.mark.parametrize("image", [noise(1, 1), noise(64, 5000), noise(3, 5000),
                                    noise(40, 50, channels=4)],

@@ -173,6 +173,12 @@ def test_masks_without_predict_json_use_classes_txt(pred):
     assert not (pred / "figures").exists()
 
 
+def test_without_predict_json_only_a_masks_colour_view_and_maps_are_passed_over(tmp_path):
+    for stem in ("a", "a_color", "a_prob_cell", "b_color", "c_prob_x"):
+        cv2.imwrite(str(tmp_path / f"{stem}.png"), np.zeros((4, 4), np.uint8))
+    assert G.mask_names(tmp_path, {}) == ["a", "b_color", "c_prob_x"]
+
+
 def test_bad_masks_are_reported(pred):
     cv2.imwrite(str(pred / "predict" / "two.png"), np.full((200, 300), 7, np.uint8))
     with pytest.raises(PipelineError, match="class 7"):
