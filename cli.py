@@ -2,6 +2,7 @@
 import argparse
 import json
 import math
+import unicodedata
 from pathlib import Path
 
 WORK_DIR = "augmented_75k"     # --work-dir default in every script, the original's name
@@ -39,8 +40,14 @@ def read_json(path, what="file"):
                             "fix it or write it anew") from None
 
 
+def numbered_names(path, what="name list"):
+    """(line number, name) of each non-blank line, stripped."""
+    return [(number, line.strip()) for number, line
+            in enumerate(read_text(path, what).splitlines(), 1) if line.strip()]
+
+
 def read_name_list(path, what="name list"):
-    return [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
+    return [name for _, name in numbered_names(path, what)]
 
 
 # Label value of pixels left out of training's loss and metrics and of prediction's scores
@@ -48,17 +55,68 @@ def read_name_list(path, what="name list"):
 IGNORE_LABEL = 255
 
 
+# Class names become parts of file names (<image>_prob_<class>.png) and of iou.csv's header
+# (iou_<class>, joined with commas): no character Windows refuses in a file name (macOS and Linux
+# refuse "/" alone), and no comma.
+UNSAFE_NAME_CHARS = '/\\:*?"<>|,'
+
+
+def class_name_problem(name):
+    """Why name cannot be a class name (a phrase to follow the name), or None."""
+    # Cc: control characters (tab, NUL, newline); Zl, Zp: the other line breaks text splits at.
+    control = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    unsafe = next((c for c in name if c in UNSAFE_NAME_CHARS), None)
+    if control:
+        return f"holds the control character {control!r}, which no file name or line can hold"
+    if unsafe == ",":
+        return "holds a comma, which would split the columns of iou.csv"
+    if unsafe:
+        return (f"holds {unsafe!r}, which a file name cannot hold "
+                + ("anywhere" if unsafe == "/" else "on Windows"))
+    if not name.strip():
+        return "is blank"
+    if name != name.strip():
+        return "starts or ends with a space, which classes.txt drops when it is read"
+    if not name.strip("."):
+        return "is only dots, which reads as a folder ('.' or '..'), not a name"
+    return None
+
+
+def case_clash(names):
+    """(i, j), i < j, of the first two names that are one file name on macOS and Windows
+    (the same but for case), or None."""
+    first = {}
+    for j, name in enumerate(names):
+        key = unicodedata.normalize("NFC", name).casefold()
+        if key in first:
+            return first[key], j
+        first[key] = j
+    return None
+
+
 def read_classes(data_dir):
     path = Path(data_dir) / "classes.txt"
     if not path.is_file():
         raise PipelineError(f"{path} not found: it must list the class names, one per line, "
                             "background first")
-    names = read_name_list(path, "class list")
+    numbered = numbered_names(path, "class list")
+    names = [name for _, name in numbered]
     if len(names) < 2:
         raise PipelineError(f"{path} lists {len(names)} class(es); at least background and one "
                             "object class are needed")
-    if len(set(names)) != len(names):
-        raise PipelineError(f"{path} lists a class name twice; each line must be a new class")
+    for number, name in numbered:
+        problem = class_name_problem(name)
+        if problem:
+            raise PipelineError(f"{path} line {number}: class name {name!r} {problem}; rename it")
+    clash = case_clash(names)
+    if clash:
+        (line_a, a), (line_b, b) = (numbered[i] for i in clash)
+        if a == b:
+            raise PipelineError(f"{path} lists class {a!r} twice (lines {line_a} and {line_b}); "
+                                "each line must be a new class")
+        raise PipelineError(f"{path} lists {a!r} (line {line_a}) and {b!r} (line {line_b}), "
+                            "which differ only in case: one file name on macOS and Windows; "
+                            "rename one")
     if len(names) > IGNORE_LABEL:
         raise PipelineError(f"{path} lists {len(names)} classes; a uint8 label holds "
                             f"{IGNORE_LABEL} at most ({IGNORE_LABEL} marks pixels to ignore)")

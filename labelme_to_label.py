@@ -38,8 +38,8 @@ from tqdm import tqdm
 from image_io import (IMAGE_EXTS, decode_image, lossless_suffix, read_raw_image,
                       write_image)
 from outputs import staged_output
-from cli import (IGNORE_LABEL, PipelineError, positive_float, read_classes, read_json,
-                 refuse_file, run_cli, WORK_DIR)
+from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, finite_numbers,
+                 positive_float, read_classes, read_json, refuse_file, run_cli, WORK_DIR)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -183,8 +183,12 @@ def embedded_mask(shape, points, height, width):
     return mask
 
 
+def type_of(shape):
+    return shape.get("shape_type") or "polygon"   # as LabelMe reads a missing type
+
+
 def shape_mask(shape, height, width, line_width, point_radius):
-    shape_type = shape.get("shape_type") or "polygon"   # as LabelMe reads a missing type
+    shape_type = type_of(shape)
     if shape_type not in POINT_COUNTS:
         raise PipelineError(f"unsupported shape_type {shape_type!r} (label {shape.get('label')!r}); "
                             f"known: {', '.join(POINT_COUNTS)}")
@@ -208,12 +212,12 @@ def check_points(shape, shape_type):
         points = np.asarray(shape.get("points"), dtype=np.float64)
     except (TypeError, ValueError):
         points = np.empty(0)
-    valid = (points.ndim == 2 and points.shape[1] == 2 and np.isfinite(points).all()
-             and fewest <= len(points) <= (most or len(points)))
-    if not valid:
+    what = f"{shape_type} shape labelled {shape.get('label')!r}"
+    if not (points.ndim == 2 and points.shape[1] == 2
+            and fewest <= len(points) <= (most or len(points))):
         wanted = f"exactly {fewest}" if fewest == most else f"at least {fewest}"
-        raise PipelineError(f"{shape_type} shape labelled {shape.get('label')!r} needs {wanted} "
-                            f"[x, y] point(s), got {shape.get('points')!r}")
+        raise PipelineError(f"{what} needs {wanted} [x, y] point(s), got {shape.get('points')!r}")
+    finite_numbers(points.ravel().tolist(), f"the point coordinates of the {what}")
     return points
 
 
@@ -222,14 +226,24 @@ def rasterize_shapes(shapes, height, width, class_index, line_width=DEFAULT_LINE
     """Class-index label (uint8, height x width) of LabelMe shapes, later shapes on top.
 
     class_index maps each label name to its class number (IGNORE_LABEL for ignored ones).
+    A shape that covers no pixel is refused, as a shape with too few points is: whatever the
+    annotator marked with it would be background.
     """
     label = np.zeros((height, width), np.uint8)
-    for shape in shapes:
+    empty = []
+    for number, shape in enumerate(shapes, 1):
         name = shape.get("label")
         if not isinstance(name, str) or name not in class_index:
             raise PipelineError(f"unknown label {name!r}; known classes: "
                                 f"{', '.join(class_index)}")
-        label[shape_mask(shape, height, width, line_width, point_radius)] = class_index[name]
+        mask = shape_mask(shape, height, width, line_width, point_radius)
+        if not mask.any():
+            empty.append(f"{number} ({type_of(shape)} {name!r})")
+        label[mask] = class_index[name]
+    if empty:
+        raise PipelineError(f"shape(s) {', '.join(empty)} cover no pixel of the {height} x "
+                            f"{width} image: outside it, of zero area, or between pixel "
+                            "centres; redraw or delete them in LabelMe")
     return label
 
 
@@ -293,15 +307,21 @@ def load_image(json_path, data, allowed_roots=None):
 
 
 def unknown_labels(annotations, known):
-    """Labels missing from known, in order of first appearance, with their first file."""
+    """Labels missing from known, in order of first appearance, with their first file; each
+    one a valid class name, as --add-unknown-classes makes it one."""
     missing = {}
     for json_path, data in annotations.items():
-        for shape in data["shapes"]:
+        for number, shape in enumerate(data["shapes"], 1):
             name = shape.get("label")
             if not isinstance(name, str) or not name:
                 raise PipelineError(f"{json_path}: a shape has no label")
-            if name not in known and name not in missing:
-                missing[name] = json_path
+            if name in known or name in missing:
+                continue
+            problem = class_name_problem(name)
+            if problem:
+                raise PipelineError(f"{json_path}: the label {name!r} of shape {number} "
+                                    f"({type_of(shape)}) {problem}; rename it in LabelMe")
+            missing[name] = json_path
     return missing
 
 
@@ -322,6 +342,11 @@ def resolve_classes(data_dir, annotations, add_unknown, ignored=()):
         raise PipelineError(f"{json_path}: label {name!r} is not in {classes_path} (known classes: "
                             f"{', '.join(classes)}); add it there or use --add-unknown-classes")
     classes = classes + list(missing)
+    clash = case_clash(classes)
+    if clash:      # classes.txt passed read_classes: the second of the two is a new label
+        first, label = (classes[i] for i in clash)
+        raise PipelineError(f"{missing[label]}: label {label!r} differs from {first!r} only in "
+                            "case: one file name on macOS and Windows; use one spelling")
     if len(classes) > IGNORE_LABEL:
         raise PipelineError(f"{len(classes)} classes do not fit in a uint8 label with "
                             f"{IGNORE_LABEL} kept for ignored pixels")

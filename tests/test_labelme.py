@@ -2,6 +2,7 @@
 import base64
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,81 @@ def test_committed_labels_match_committed_annotations():
         stored = cv2.imread(str(label_dir / f"{path.stem}.png"), cv2.IMREAD_UNCHANGED)
         assert np.array_equal(stored, expected), path.name
         assert {1, 2} <= set(np.unique(stored))
+
+
+# ---------------------------------------------------------------- names and shapes refused
+
+@pytest.mark.parametrize("name", ["bead/x", "cell, big", "a\\b", "x:y", 'say "hi"', "a\tb",
+                                  "..", "ok?"])
+def test_class_names_that_cannot_be_file_name_parts_are_refused(name, tmp_path):
+    # They go into <image>_prob_<class>.png and iou.csv's header, read far down the pipeline.
+    (tmp_path / "classes.txt").write_text(f"background\n\n{name}\ncell\n")
+    with pytest.raises(PipelineError) as err:
+        read_classes(tmp_path)
+    assert f"line 3: class name {name!r}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sample_class_names_are_accepted():
+    folders = [ROOT / "data", *sorted((ROOT.parent / "shared" / "datasets").glob("*"))]
+    for folder in (f for f in folders if (f / "classes.txt").is_file()):
+        assert read_classes(folder)[0] == "background", folder
+
+
+@pytest.mark.parametrize("second, expected", [
+    ("bead", "class 'bead' twice (lines 2 and 4)"),
+    ("Bead", "'bead' (line 2) and 'Bead' (line 4), which differ only in case")])
+def test_a_doubled_class_name_is_named(second, expected, tmp_path):
+    (tmp_path / "classes.txt").write_text(f"background\nbead\ncell\n{second}\n")
+    with pytest.raises(PipelineError, match=re.escape(expected)):
+        read_classes(tmp_path)
+
+
+@pytest.mark.parametrize("label, why", [
+    ("cell ", "of shape 2 (rectangle) starts or ends with a space"),
+    ("nucleus\nbead", "of shape 2 (rectangle) holds the control character '\\n'"),
+    ("   ", "of shape 2 (rectangle) is blank"),
+    ("bead/x", "of shape 2 (rectangle) holds '/'"),
+    ("Cell", "differs from 'cell' only in case")])
+def test_add_unknown_classes_refuses_labels_that_cannot_be_class_names(label, why, tmp_path):
+    data, labelme = make_project(tmp_path, {
+        "a": [shape("cell", [[1, 1], [9, 9]], "rectangle")],
+        "b": [shape("bead", [[1, 1], [9, 9]], "rectangle"),
+              shape(label, [[10, 10], [19, 19]], "rectangle")]})
+    with pytest.raises(PipelineError) as err:
+        run_main(data, labelme, "--add-unknown-classes")
+    assert "b.json" in str(err.value) and repr(label) in str(err.value) and why in str(err.value)
+    assert (data / "classes.txt").read_text() == "\n".join(CLASSES) + "\n"
+    assert not (data / "label").exists()
+
+
+def test_command_line_label_with_a_newline_is_one_error_line(tmp_path):
+    data, labelme = make_project(tmp_path, {
+        "y": [shape("nucleus\nbead", [[1, 1], [9, 9]], "rectangle")]})
+    done = run_script("--input", str(labelme), "--data-dir", str(data), "--add-unknown-classes",
+                      cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "y.json" in done.stderr
+
+
+def test_shapes_that_cover_no_pixel_are_refused_naming_each(tmp_path):
+    """Outside the image, three points on a line, a circle of radius 0: the label would be
+    background where the annotator marked something."""
+    data, labelme = make_project(tmp_path, {
+        "a": [shape("cell", [[1, 1], [9, 9]], "rectangle")],
+        "b": [shape("cell", [[1, 1], [9, 9]], "rectangle"),
+              shape("bead", [[70, 50], [80, 60]], "rectangle"),
+              shape("cell", [[1, 1], [5, 5], [9, 9]], "polygon"),
+              shape("bead", [[20, 20], [20, 20]], "circle")]})
+    with pytest.raises(PipelineError) as err:
+        run_main(data, labelme)
+    assert str(err.value).startswith(str(labelme / "b.json")) and \
+        "2 (rectangle 'bead'), 3 (polygon 'cell'), 4 (circle 'bead') cover no pixel" in \
+        str(err.value)
+    assert not (data / "label").exists()
+
+
+def test_a_coordinate_that_is_not_a_number_is_named_so():
+    bad = shape("cell", [[1, 1], [math.nan, 5], [9, 1]], "polygon")
+    with pytest.raises(PipelineError, match="point coordinates of the polygon shape labelled "
+                                            "'cell' must be finite numbers"):
+        l2l.rasterize_shapes([bad], 10, 10, INDEX)
