@@ -212,9 +212,10 @@ def fraction_below_one(text):
 
 # ---------------------------------------------------------------- running
 
-def run_cli(main):
+def run_cli(main, resumes=False):
     """Run a script's main(); report a PipelineError (or running out of memory, or Ctrl-C) as
-    one line, exit status 2 (130 for Ctrl-C)."""
+    one line, exit status 2 (130 for Ctrl-C). resumes: the script (training) picks up where
+    an interrupted run stopped."""
     import sys
     try:
         main()
@@ -226,6 +227,7 @@ def run_cli(main):
               "more memory (nothing of this run was published)", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; nothing of this run was published (training resumes when rerun)",
-              file=sys.stderr)
+        print("interrupted; nothing of this run was published"
+              + ("; the same command resumes it from its last finished epoch" if resumes
+                 else ", and earlier results are as they were"), file=sys.stderr)
         sys.exit(130)
