@@ -151,6 +151,14 @@ def finite_numbers(values, where, positive=False):
     return numbers
 
 
+def check_split_written(work):
+    """gen_img_aug.py writes split.json last: a work folder without it holds an unfinished
+    run, whose test/ and train/ may be of two different splits."""
+    if not (Path(work) / "split.json").is_file():
+        raise PipelineError(f"{work} has no split.json: gen_img_aug.py did not finish there "
+                            "(interrupted, or still running); run it again first")
+
+
 # ---------------------------------------------------------------- option types
 
 def _parsed(text, cast, kind):

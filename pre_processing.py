@@ -29,7 +29,8 @@ import numpy as np
 
 from image_io import COLOR_MODES, read_image, to_color_mode, write_image
 from outputs import atomic_write_bytes, staged_output, write_json
-from cli import PipelineError, existing_folder, positive_float, positive_int, run_cli, WORK_DIR
+from cli import (PipelineError, check_split_written, existing_folder, positive_float,
+                 positive_int, run_cli, WORK_DIR)
 from parallel import default_workers, parallel_map
 from patch_preprocessing import (DEFAULT_GAMMA, EQUALIZE_MODES, MEAN_STD_NAME, dataset_lut_for,
                                  preprocess_patch, resolve_equalize)
@@ -129,6 +130,7 @@ def main(argv=None):
     paths = sorted(patch_dir.glob("*.png")) if patch_dir.is_dir() else []
     if not paths:
         raise PipelineError(f"no patches in {patch_dir}: run gen_img_aug.py first")
+    check_split_written(work)
 
     hist = streamed_histogram(paths, args.color_mode, args.workers)
     mean, std = stats_from_histogram(hist)

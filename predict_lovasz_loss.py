@@ -102,8 +102,9 @@ from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  #
 from outputs import atomic_write_text, check_replaceable, staged_output, write_json  # noqa: E402
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
-from cli import (PipelineError, read_json, existing_folder, finite_float,  # noqa: E402
-                 non_negative_float, non_negative_int, positive_int, refuse_file, run_cli, WORK_DIR)
+from cli import (PipelineError, check_split_written, read_json, existing_folder,  # noqa: E402
+                 finite_float, non_negative_float, non_negative_int, positive_int, refuse_file,
+                 run_cli, WORK_DIR)
 from figures import colorize, save_figure, pyplot  # noqa: E402
 from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, invert_intensities,  # noqa: E402
                       inverts, resample_image, resample_probabilities, scaled_size)
@@ -741,6 +742,8 @@ def main(argv=None):
     src, label_dir, out = folders(args)
     if not args.input and not src.is_dir():
         raise PipelineError(f"no test set in {src}: run gen_img_aug.py first, or give --input")
+    if not args.input:
+        check_split_written(work)
     images = list_images(src, args.page)
     if not images:
         raise PipelineError(f"no images in {src}")

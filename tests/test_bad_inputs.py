@@ -642,12 +642,28 @@ def test_unreadable_patch_keeps_the_earlier_statistics_and_prep(tmp_path, capsys
     work = tmp_path / "work"
     for i in range(3):
         write(work / "train" / "src" / f"{i:06d}.png", noise(32, 32, i))
+    (work / "split.json").write_text("{}")
     code, _, err = run(pre_processing, ["--work-dir", work, "--workers", 1], capsys)
     accepted(code, err)
     write_bad_image(work / "train" / "src" / "000003.png", "truncated")
     before = snapshot(tmp_path)
     code, _, err = run(pre_processing, ["--work-dir", work, "--workers", 1], capsys)
     refusal_line(code, err, work / "train" / "src" / "000003.png")
+    assert_unchanged(tmp_path, before)
+
+
+def test_a_work_folder_gen_img_aug_did_not_finish_is_refused(tmp_path, capsys):
+    """Killed mid-rerun, gen_img_aug.py leaves new test/ beside old train/ and no split.json:
+    neither statistics nor a test score may come from that folder."""
+    work = tmp_path / "work"
+    for i in range(3):
+        write(work / "train" / "src" / f"{i:06d}.png", noise(32, 32, i))
+    write(work / "test" / "src" / "a.png", noise(32, 32))
+    before = snapshot(tmp_path)
+    code, _, err = run(pre_processing, ["--work-dir", work, "--workers", 1], capsys)
+    refusal_line(code, err, work, "split.json", "gen_img_aug.py")
+    code, _, err = run(predict_lovasz_loss, ["--work-dir", work], capsys)
+    refusal_line(code, err, work, "split.json", "gen_img_aug.py")
     assert_unchanged(tmp_path, before)
 
 

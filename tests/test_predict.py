@@ -371,6 +371,12 @@ def write_config(folder, color_mode, decision, **extra):
         "weights_files": {"best": "m_best.h5", "swa": "m_swa.h5"}}))
 
 
+def copy_test_set(work, copy):
+    for sub in ("src", "label"):
+        shutil.copytree(work / "test" / sub, copy / "test" / sub)
+    shutil.copy(work / "split.json", copy / "split.json")
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """A test set of a 70x90 grey and a 64x64 colour image with labels, a corner of a's
@@ -379,6 +385,7 @@ def work(tmp_path_factory):
     work = tmp_path_factory.mktemp("work")
     for sub in ("test/src", "test/label", "mine"):
         (work / sub).mkdir(parents=True)
+    (work / "split.json").write_text("{}")      # gen_img_aug.py's mark of a finished run
     cv2.imwrite(str(work / "test/src/a.png"), rng.integers(0, 255, (70, 90), dtype=np.uint8))
     cv2.imwrite(str(work / "test/src/b.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     label = rng.integers(0, 3, (70, 90), dtype=np.uint8)
@@ -484,8 +491,7 @@ def test_a_model_file_of_another_recipe_is_refused_by_its_own_config(model_dir, 
 
 def test_a_label_with_a_class_the_model_lacks_is_refused(model_dir, work, tmp_path):
     copy = tmp_path / "work"
-    for sub in ("src", "label"):
-        shutil.copytree(work / "test" / sub, copy / "test" / sub)
+    copy_test_set(work, copy)
     label = cv2.imread(str(copy / "test/label/b.png"), 0)
     label[3, 4] = 7
     cv2.imwrite(str(copy / "test/label/b.png"), label)
@@ -497,8 +503,7 @@ def test_a_label_with_a_class_the_model_lacks_is_refused(model_dir, work, tmp_pa
 def test_a_lossy_label_stops_the_run_before_any_frame_is_predicted(model_dir, work, tmp_path,
                                                                   monkeypatch):
     copy = tmp_path / "work"
-    for sub in ("src", "label"):
-        shutil.copytree(work / "test" / sub, copy / "test" / sub)
+    copy_test_set(work, copy)
     last = sorted((copy / "test" / "label").glob("*.png"))[-1]
     cv2.imwrite(str(last.with_suffix(".jpg")), cv2.imread(str(last), 0))
     last.unlink()
@@ -514,8 +519,7 @@ def test_a_lossy_label_stops_the_run_before_any_frame_is_predicted(model_dir, wo
 def test_labels_with_no_object_pixel_are_warned_of(model_dir, work, tmp_path, capsys):
     """0/255 masks: 255 is ignored, so no object pixel is scored; said, not left silent."""
     copy = tmp_path / "work"
-    for sub in ("src", "label"):
-        shutil.copytree(work / "test" / sub, copy / "test" / sub)
+    copy_test_set(work, copy)
     P.main(["--work-dir", str(copy), "--model-dir", str(model_dir)])
     assert "hold no pixel of any object class" not in capsys.readouterr().out
     for path in (copy / "test" / "label").glob("*.png"):

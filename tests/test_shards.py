@@ -54,6 +54,7 @@ def work(tmp_path):
     frames = sorted((ROOT / "data" / "src").glob("*.png"))[:3]
     for sub in ("test/src", "test/label"):
         (tmp_path / "work" / sub).mkdir(parents=True)
+    (tmp_path / "work" / "split.json").write_text("{}")    # gen_img_aug.py finished
     for frame in frames:
         image = cv2.imread(str(frame), cv2.IMREAD_GRAYSCALE)[100:260, 150:350]
         label = cv2.imread(str(ROOT / "data" / "label" / frame.name),
