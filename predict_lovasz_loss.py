@@ -103,8 +103,8 @@ from outputs import atomic_write_text, check_replaceable, staged_output, write_j
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, read_json, existing_folder,  # noqa: E402
-                 finite_float, non_negative_float, non_negative_int, positive_int, refuse_file,
-                 run_cli, WORK_DIR)
+                 finite_float, non_negative_float, non_negative_int, positive_int, read_classes,
+                 refuse_file, run_cli, WORK_DIR)
 from figures import colorize, save_figure, pyplot  # noqa: E402
 from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, invert_intensities,  # noqa: E402
                       inverts, resample_image, resample_probabilities, scaled_size)
@@ -537,6 +537,18 @@ def folders(args):
             Path(args.output) if args.output else work / "test" / "predict")
 
 
+def check_label_classes(label_dir, classes):
+    """Refuse labels whose data folder's classes.txt lists other classes than the model: the
+    class values would be scored as the model's classes of the same numbers."""
+    listed = Path(label_dir).parent / "classes.txt"
+    if listed.is_file():
+        theirs = read_classes(listed.parent)
+        if theirs != classes:
+            raise PipelineError(f"the labels in {label_dir} are of the classes {theirs} "
+                                f"({listed}), the model's are {classes}: their values would "
+                                "be scored as other classes")
+
+
 def check_same_input(out, src):
     """Refuse to replace the predictions of another folder that has the same name (the
     default output is named after the input folder: day1/images and day2/images)."""
@@ -772,6 +784,8 @@ def main(argv=None):
                             "--stream-above to predict it in memory")
     classes, decision = config["classes"], config["decision"]
     check_output_files(images, classes, args, streamed)
+    if label_dir:
+        check_label_classes(label_dir, classes)
     intensity = args.intensity or config["intensity"]
     precision = use_precision(args.precision)
     paths, predict_batch, tile, prepare = open_model(model_dir, config, args.weights, precision,

@@ -828,6 +828,24 @@ def test_another_folder_of_the_same_name_does_not_replace_earlier_predictions(mo
     assert (work / "predict" / "day2" / "plate2.png").is_file()
 
 
+def test_labels_of_a_data_set_with_other_classes_are_refused(model_dir, tmp_path, capsys):
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    other = tmp_path / "other"
+    write(other / "label" / "a.png", class_blocks(40, 40) % 2)
+    (other / "classes.txt").write_text("background\nnucleus\n")
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
+                                                         inp, "--labels", other / "label"),
+                       capsys)
+    refusal_line(code, err, other / "classes.txt", "nucleus")
+    assert_unchanged(tmp_path, before)
+    (other / "classes.txt").write_text("\n".join(CLASSES) + "\n")     # the model's: scored
+    accepted(*run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
+                                                    inp, "--labels", other / "label"),
+                  capsys)[::2])
+    assert (tmp_path / "work" / "predict" / "inp" / "iou.csv").is_file()
+
+
 @pytest.mark.parametrize("names, extra, clash", [
     (("s", "s_color"), (), "s_color.png"),
     (("x", f"x_prob_{CLASSES[1]}"), ("--save-probs",), f"x_prob_{CLASSES[1]}.png")])
