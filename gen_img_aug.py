@@ -47,7 +47,7 @@ import numpy as np
 from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,
                       check_label_values, copy_frame, describe_intensity, find_label, list_images,
                       parse_intensity, read_image, read_label, write_image)
-from outputs import atomic_write_text, remove_leftovers, staged_output, write_json
+from outputs import atomic_write_text, remove_leftovers, staged_output, work_lock, write_json
 from cli import (IGNORE_LABEL, PipelineError, finite_float, positive_int, read_classes,
                  refuse_file, read_name_list, run_cli, seed_value, WORK_DIR)
 from figures import colorize, save_figure, pyplot
@@ -530,14 +530,16 @@ def main(argv=None):
     # Everything is checked; from here on the work folder changes. The split files go first
     # and come back last, so a folder without them is an unfinished run.
     work.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(work)
-    for name in ("split.json", "train.txt", "test.txt"):
-        (work / name).unlink(missing_ok=True)
-    copy_test_set(table, test, work)
-    write_patches(table, train, work, args.num_patches, args.patch_size, args.seed, args.workers,
-                  args.foreground_fraction, args.intensity, orientations, args.scale)
-    write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
-                orientations, relief, angle, args.scale, outlines)
+    with work_lock(work, "gen_img_aug.py"):
+        remove_leftovers(work)
+        for name in ("split.json", "train.txt", "test.txt"):
+            (work / name).unlink(missing_ok=True)
+        copy_test_set(table, test, work)
+        write_patches(table, train, work, args.num_patches, args.patch_size, args.seed,
+                      args.workers, args.foreground_fraction, args.intensity, orientations,
+                      args.scale)
+        write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
+                    orientations, relief, angle, args.scale, outlines)
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
     scale = "" if args.scale == 1 else f" from frames resampled by {args.scale:g}"

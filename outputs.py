@@ -212,3 +212,53 @@ def sha256_of(path):
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+LOCK_NAME = ".work.lock"
+
+
+@contextmanager
+def work_lock(folder, script):
+    """Hold the work folder for one script run: a second gen_img_aug.py or pre_processing.py
+    on the same folder is refused instead of mixing its files with the first one's. The
+    operating system drops the lock when the process ends, killed or not."""
+    path = Path(folder) / LOCK_NAME
+    handle = open(path, "a+")
+    try:
+        if not _try_lock(handle):
+            raise PipelineError(f"{folder} is being written by {_holder(handle)}; wait for it "
+                                "to finish, or use another --work-dir")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{script} (process {os.getpid()})")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _holder(handle):
+    try:    # Windows keeps a locked byte from other processes' reads
+        handle.seek(0)
+        return handle.read().strip() or "another run"
+    except OSError:
+        return "another run"
+
+
+def _try_lock(handle):
+    """Take an exclusive lock on the open file without waiting; False if another holds it."""
+    try:
+        import fcntl
+    except ImportError:     # Windows
+        import msvcrt
+        try:
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False

@@ -28,7 +28,7 @@ import io
 import numpy as np
 
 from image_io import COLOR_MODES, read_image, to_color_mode, write_image
-from outputs import atomic_write_bytes, staged_output, write_json
+from outputs import atomic_write_bytes, staged_output, work_lock, write_json
 from cli import (PipelineError, check_split_written, existing_folder, positive_float,
                  positive_int, run_cli, WORK_DIR)
 from parallel import default_workers, parallel_map
@@ -131,7 +131,12 @@ def main(argv=None):
     if not paths:
         raise PipelineError(f"no patches in {patch_dir}: run gen_img_aug.py first")
     check_split_written(work)
+    with work_lock(work, "pre_processing.py"):
+        preprocess_patches(work, paths, args)
 
+
+def preprocess_patches(work, paths, args):
+    """The statistics of the patches, then every patch preprocessed into train/prep."""
     hist = streamed_histogram(paths, args.color_mode, args.workers)
     mean, std = stats_from_histogram(hist)
     # Every patch has been read. The old statistics go before train/prep changes and the new

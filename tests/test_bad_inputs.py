@@ -652,6 +652,24 @@ def test_unreadable_patch_keeps_the_earlier_statistics_and_prep(tmp_path, capsys
     assert_unchanged(tmp_path, before)
 
 
+@pytest.mark.parametrize("module", [gen_img_aug, pre_processing],
+                         ids=["gen_img_aug", "pre_processing"])
+def test_a_work_folder_another_run_is_writing_is_refused(module, tmp_path, capsys):
+    """Two gen_img_aug.py runs on one folder mixed one's test/ with the other's train/."""
+    from outputs import LOCK_NAME, work_lock
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)})
+    work = earlier_work(tmp_path / "work")
+    args = aug_args(data, work) if module is gen_img_aug else ["--work-dir", work,
+                                                               "--workers", 1]
+    with work_lock(work, "gen_img_aug.py"):
+        before = snapshot(tmp_path)
+        code, _, err = run(module, args, capsys)
+        refusal_line(code, err, work, "being written by gen_img_aug.py")
+        assert_unchanged(tmp_path, before)
+    accepted(*run(module, args, capsys)[::2])         # free again once the holder is done
+    assert (work / LOCK_NAME).is_file()
+
+
 def test_a_work_folder_gen_img_aug_did_not_finish_is_refused(tmp_path, capsys):
     """Killed mid-rerun, gen_img_aug.py leaves new test/ beside old train/ and no split.json:
     neither statistics nor a test score may come from that folder."""

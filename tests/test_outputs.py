@@ -1,6 +1,7 @@
 """outputs.py: staged folders appear whole or not at all, leftovers of dead runs go, umask."""
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,30 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
         outputs.write_json(tmp_path / "a.json", {"x": float("nan")})
     assert (tmp_path / "a.json").read_text().strip() == '{\n  "x": 1\n}'
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_held_work_folder_is_refused_to_a_second_run_and_freed_after(tmp_path):
+    """Two gen_img_aug.py runs on one folder mixed their test/ and train/; the lock is the
+    operating system's, so a killed holder frees it (here: a child process that exits)."""
+    import subprocess
+    import sys
+    from outputs import work_lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+         "from outputs import work_lock; lock = work_lock(sys.argv[2], 'first.py'); "
+         "lock.__enter__(); print('held', flush=True); time.sleep(60)",
+         str(Path(__file__).resolve().parents[1]), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(PipelineError, match=r"is being written by first.py \(process "
+                                                rf"{holder.pid}\)"):
+            with work_lock(tmp_path, "second.py"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with work_lock(tmp_path, "second.py"):
+        with pytest.raises(PipelineError, match="second.py"):
+            with work_lock(tmp_path, "third.py"):    # one process, two handles: also refused
+                pass
