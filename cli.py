@@ -152,11 +152,16 @@ def finite_numbers(values, where, positive=False):
 
 
 def check_split_written(work):
-    """gen_img_aug.py writes split.json last: a work folder without it holds an unfinished
-    run, whose test/ and train/ may be of two different splits."""
-    if not (Path(work) / "split.json").is_file():
-        raise PipelineError(f"{work} has no split.json: gen_img_aug.py did not finish there "
-                            "(interrupted, or still running); run it again first")
+    """gen_img_aug.py writes split.json last: a work folder holding its output without it is
+    an unfinished run, whose test/ and train/ may be of two different splits. (Patches made
+    elsewhere, with no train/patches.csv and no test/, need none.)"""
+    work = Path(work)
+    marks = [p for p in (work / "train" / "patches.csv", work / "test") if p.exists()]
+    if marks and not (work / "split.json").is_file():
+        raise PipelineError(f"{work} holds output of gen_img_aug.py ({marks[0].relative_to(work)}) "
+                            "but no split.json, which it writes last: its run did not finish "
+                            "(interrupted, or still running); rerun gen_img_aug.py (then "
+                            "pre_processing.py)")
 
 
 # ---------------------------------------------------------------- option types

@@ -537,6 +537,17 @@ def folders(args):
             Path(args.output) if args.output else work / "test" / "predict")
 
 
+def warn_of_training_frames(names, config, model_dir):
+    """Say where frames to be scored are frames the model trained on (config.json's
+    train_frames; models trained before it was recorded list none): their IoU tests
+    nothing, as after a new split of the work folder without training again."""
+    seen = sorted(set(names) & set(config.get("train_frames") or ()))
+    if seen:
+        print(f"warning: {len(seen)} of the {len(names)} frames scored are frames the model in "
+              f"{model_dir} trained on ({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''})"
+              ": their IoU is no test of it")
+
+
 def check_label_classes(label_dir, classes):
     """Refuse labels whose data folder's classes.txt lists other classes than the model: the
     class values would be scored as the model's classes of the same numbers."""
@@ -786,6 +797,7 @@ def main(argv=None):
     check_output_files(images, classes, args, streamed)
     if label_dir:
         check_label_classes(label_dir, classes)
+        warn_of_training_frames(images, config, model_dir)
     intensity = args.intensity or config["intensity"]
     precision = use_precision(args.precision)
     paths, predict_batch, tile, prepare = open_model(model_dir, config, args.weights, precision,

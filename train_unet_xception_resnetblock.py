@@ -13,8 +13,9 @@ Writes  <model-dir>/ (default <work-dir>/weights/), a self-describing model fold
                                        least the last (after every epoch with --keep-snapshots)
           log.csv, curves.png          every epoch's losses, IoUs and minutes since the start;
                                        the curves also in <work-dir>/figures/
-          split.json                   which patches trained and which validated, and the
-                                       validation frames
+          split.json                   which patches trained and which validated, the
+                                       validation frames and the training patches' frames
+                                       (config.json: val_frames, train_frames)
           backup/                      resume state while training runs (BackupAndRestore)
 
 Defaults follow the paper for batch 8, 25 epochs, Lovasz-softmax loss, SGD lr 1e-3 momentum
@@ -52,8 +53,9 @@ import numpy as np  # noqa: E402
 from distribute import STRATEGIES  # noqa: E402
 from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
 from outputs import atomic_write_text, remove_leftovers, sha256_of, write_json  # noqa: E402
-from cli import (IGNORE_LABEL, PipelineError, existing_folder, finite_float,  # noqa: E402
-                 fraction_below_one, positive_float, positive_int, read_classes, read_json,
+from cli import (IGNORE_LABEL, PipelineError, check_split_written, existing_folder,  # noqa: E402
+                 finite_float, fraction_below_one, positive_float, positive_int, read_classes,
+                 read_json,
                  refuse_file, run_cli, seed_value, WORK_DIR)
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
                           model_file, read_config, verify_model_file)
@@ -62,6 +64,9 @@ from geometry import check_scale  # noqa: E402
 
 WEIGHTS_STEM = "unet_xception_resnet_nsgd32_lovaszsoftmax"
 LOSSES = ("lovasz-softmax", "lovasz-hinge", "cross-entropy", "bce-dice")
+# What training writes into a model folder besides its model files (WEIGHTS_STEM_*).
+MODEL_FOLDER_NAMES = {"config.json", "split.json", "state.json", "log.csv", "curves.png",
+                      "curves.pdf", "backup", "snapshots"}
 # Options that change neither the model nor its data: a rerun differing only in these resumes
 # (a finished model folder records a changed --faint-filter without training again).
 UNHASHED_SETTINGS = ("verbose", "pdf", "restart", "faint_filter")
@@ -78,7 +83,8 @@ def parse_args(argv=None):
     g.add_argument("--work-dir", default=WORK_DIR,
                    help="folder written by gen_img_aug.py and pre_processing.py "
                         "(default: %(default)s)")
-    g.add_argument("--model-dir", help="output model folder (default: <work-dir>/weights)")
+    g.add_argument("--model-dir", help="output model folder: new, empty or one training wrote "
+                   "(default: <work-dir>/weights)")
     g = p.add_argument_group("network")
     g.add_argument("--weights", default="imagenet",
                    help="encoder initialisation: 'imagenet' (downloaded by Keras, as the paper), "
@@ -229,7 +235,8 @@ def patch_sources(work, names):
 
 
 def split_patches(work, val_split, random_state, by="image", stack_of=None):
-    """{"by", "val_frames", "train", "val"}: which patches train and which validate.
+    """{"by", "val_frames", "train", "val", "train_frames"}: which patches train and which
+    validate, and the frames of the training patches.
 
     By image (the default), the validation patches are all the patches of round(val_split x
     frames) whole training frames (at least one) that no training patch comes from, so
@@ -240,18 +247,36 @@ def split_patches(work, val_split, random_state, by="image", stack_of=None):
     sides).
     """
     names = patch_names(work)
-    sources = patch_sources(work, names) if by == "image" else {}
-    if sources and stack_of:
-        sources = {n: stack_of.get(frame, frame) for n, frame in sources.items()}
+    frame_of = patch_sources(work, names)
+    split = (split_by_image(names, frame_of, val_split, random_state, stack_of or {})
+             if by == "image" else None) or split_by_patch(names, val_split, random_state)
+    # The frames the model saw, for prediction to tell them from unseen ones (None where no
+    # patches.csv says which they are).
+    split["train_frames"] = sorted({frame_of[n] for n in split["train"]}) if frame_of else None
+    return split
+
+
+def split_by_patch(names, val_split, random_state):
+    """The paper's random patch split, refused where a side would be empty."""
+    from sklearn.model_selection import train_test_split
+    count = math.ceil(val_split * len(names))      # as train_test_split rounds it
+    if not 0 < count < len(names):
+        raise PipelineError(f"--val-split {val_split:g} of the {len(names)} patches leaves "
+                            f"{len(names) - count} to train on and {count} to validate on; "
+                            "each side needs one: give a smaller --val-split or cut more "
+                            "patches")
+    train, val = train_test_split(names, test_size=val_split, random_state=random_state)
+    return {"by": "patch", "val_frames": [], "train": sorted(train), "val": sorted(val)}
+
+
+def split_by_image(names, frame_of, val_split, random_state, stack_of):
+    """split_patches() by whole frames, or None (with a note) where there are too few."""
+    sources = {n: stack_of.get(frame, frame) for n, frame in frame_of.items()}
     frames = sorted({sources[n] for n in names}) if sources else []
-    if by == "image" and len(frames) < MIN_FRAMES_FOR_IMAGE_SPLIT:
+    if len(frames) < MIN_FRAMES_FOR_IMAGE_SPLIT:
         print(f"note: {len(frames) or 'no record of the'} training frames; validating on a random "
               "patch split (--val-split-by patch)")
-        by = "patch"
-    if by == "patch":
-        from sklearn.model_selection import train_test_split
-        train, val = train_test_split(names, test_size=val_split, random_state=random_state)
-        return {"by": "patch", "val_frames": [], "train": sorted(train), "val": sorted(val)}
+        return None
     count = min(len(frames) - 1, max(1, round(val_split * len(frames))))
     val_frames = sorted(np.random.RandomState(random_state).permutation(frames)[:count].tolist())
     held_out = set(val_frames)
@@ -296,6 +321,7 @@ def check_patch_labels(work, names, classes, data_dir, recorded):
 def work_record(work):
     """What gen_img_aug.py recorded in <work>/split.json ({} for patches made elsewhere)."""
     path = work / "split.json"
+    check_split_written(work)
     record = read_json(path, "split file") if path.is_file() else {}
     stack_of = record.get("stack_of", {}) if isinstance(record, dict) else None
     if not (isinstance(stack_of, dict)
@@ -333,6 +359,41 @@ def aside_folder(model_dir):
     return model_dir.with_name(f"{model_dir.name}.previous")
 
 
+def written_by_training(name):
+    """Whether a model folder's entry is one training writes, or a killed run's temporary
+    file of one (outputs.temp_path: .<name>.tmp-...)."""
+    if name.startswith(".") and ".tmp-" in name:
+        name = name[1:].split(".tmp-")[0]
+    return name in MODEL_FOLDER_NAMES or name.startswith(f"{WEIGHTS_STEM}_")
+
+
+def foreign_entries(folder):
+    """What an existing folder holds that training does not write (a file: itself)."""
+    if not folder.is_dir():
+        return [folder.name] if folder.exists() else []
+    return sorted(p.name for p in folder.iterdir() if not written_by_training(p.name))
+
+
+def check_model_dir(model_dir, work, data_dir):
+    """Refuse a --model-dir whose files training would mix with others: the work or data
+    folder, one that holds either, or one holding files training does not write; and a
+    <model-dir>.previous holding such files. A --restart moves the model folder aside, and
+    the first checkpoint deletes the folder aside, whatever they hold."""
+    for folder, option in ((work, "--work-dir"), (Path(data_dir), "--data-dir")):
+        if model_dir.resolve() in (folder.resolve(), *folder.resolve().parents):
+            raise PipelineError(f"--model-dir {model_dir} is or holds the {option} folder "
+                                f"{folder}, which training and --restart would change; choose "
+                                f"a folder of its own, such as {work / 'weights'}")
+    for folder, fate in ((model_dir, "mix its files with them, and --restart delete them"),
+                         (aside_folder(model_dir), "delete that folder")):
+        foreign = foreign_entries(folder)
+        if foreign:
+            named = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise PipelineError(f"{folder} holds files that training does not write ({named}); "
+                                f"training in {model_dir} would {fate}: move them, or choose "
+                                "another --model-dir")
+
+
 def plan_model_folder(model_dir, fingerprint, args):
     """What to do with the model folder: 'fresh', 'resume', 'finish', 'done' or 'restart';
     refuses, before anything changes, to overwrite a model trained with other settings."""
@@ -346,10 +407,12 @@ def plan_model_folder(model_dir, fingerprint, args):
     except PipelineError:
         old = {}
     if old.get("settings_hash") != fingerprint:
-        raise PipelineError(f"{model_dir} holds a model trained {how_it_differs(old, args)}; "
-                            "rerun that command to resume it, add --restart to move it to "
-                            f"{aside_folder(model_dir)} and train anew, or choose another "
-                            "--work-dir or --model-dir")
+        how, resumable = how_it_differs(old, args)
+        rerun = ("; rerun that command to resume it, " if resumable
+                 else ", so this command cannot resume it; ")
+        raise PipelineError(f"{model_dir} holds a model trained {how}{rerun}add --restart "
+                            f"to move it to {aside_folder(model_dir)} and train anew, or choose "
+                            "another --work-dir or --model-dir")
     if "result" in old:
         return "done"
     if (model_dir / "backup").is_dir():
@@ -361,17 +424,21 @@ def plan_model_folder(model_dir, fingerprint, args):
 
 
 def how_it_differs(old, args):
+    """(how the model in a folder was trained otherwise, whether rerunning its own command
+    resumes it: not where the same command now meets other data)."""
     if "settings" not in old:
-        return "by another command (its config.json is missing or unreadable)"
+        return "by another command (its config.json is missing or unreadable)", True
     if "settings_hash" not in old:
-        return "by an earlier version of this script (its config.json has no settings hash)"
+        return ("by an earlier version of this script (its config.json has no settings "
+                "hash)", True)
     changed = [k for k, v in vars(args).items() if k not in UNHASHED_SETTINGS
                and old["settings"].get(k) != v]
     if changed:
         return "with other settings (" + ", ".join(
             f"--{k.replace('_', '-')} {old['settings'].get(k)} -> {getattr(args, k)}"
-            for k in changed[:4]) + ")"
-    return "on other training data (the patches or their statistics changed since)"
+            for k in changed[:4]) + ")", True
+    return ("by this command on other training data (the patches, their statistics or the "
+            "--init-model file changed since)", False)
 
 
 def prepare_model_folder(model_dir, plan):
@@ -722,6 +789,7 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, 
         "weights_files": {k: weights_name(k, args.save_format) for k in ("best", "swa")},
         "num_train_patches": len(split["train"]), "num_val_patches": len(split["val"]),
         "val_split_by": split["by"], "val_frames": split["val_frames"],
+        "train_frames": split["train_frames"],
         "precision": precision,
         "settings": {k: v for k, v in vars(args).items()},
         "settings_hash": fingerprint,
@@ -767,6 +835,7 @@ def main(argv=None):
                            "run gen_img_aug.py and pre_processing.py first")
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
     refuse_file(model_dir, "--model-dir")
+    check_model_dir(model_dir, work, args.data_dir)
     classes, stats, split, patch_shape, recorded, init = check_inputs(args, work)
     train_names, val_names = split["train"], split["val"]
     fingerprint = settings_fingerprint(args, stats, split, init)
@@ -791,6 +860,7 @@ def main(argv=None):
         model_dir, plan = worker_scratch(model_dir, strategy, fingerprint, args)
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas
+    note_large_batch(len(train_names), global_batch)
     distribution = {"strategy": describe(strategy), "replicas": replicas,
                     "global_batch": global_batch}
     keras.utils.set_random_seed(args.seed)
@@ -892,6 +962,15 @@ def main(argv=None):
           f"{model_dir} (config.json, {best_path.name}); curves: {model_dir / 'curves.png'}")
 
 
+def note_large_batch(patches, global_batch):
+    """Training batches come from the patches repeated and shuffled, so a batch larger than
+    the training set works, but holds some patches twice or more: say so."""
+    if global_batch > patches:
+        print(f"note: a batch of {global_batch} is more than the {patches} training patches, "
+              "so each batch holds some of them twice or more; a smaller --batch-size or more "
+              "patches avoids it")
+
+
 def open_strategy(args):
     """(the tf.distribute strategy of --strategy, whether this process is the chief)."""
     if args.strategy == "multiworker":
@@ -926,4 +1005,4 @@ def last_log_row(log_path):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, resumes=True)

@@ -516,6 +516,19 @@ def test_a_lossy_label_stops_the_run_before_any_frame_is_predicted(model_dir, wo
     assert not (copy / "test" / "predict").exists()
 
 
+def test_scoring_frames_the_model_trained_on_is_warned_of(model_dir, work, tmp_path, capsys):
+    """After a new split without training again, the test set holds training frames."""
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "train_frames": ["x", "b"]}))
+    P.main(["--work-dir", str(work), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
+    assert "1 of the 2 frames scored are frames the model" in capsys.readouterr().out
+    (folder / "config.json").write_text(json.dumps({**config, "train_frames": ["x"]}))
+    P.main(["--work-dir", str(work), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
+    assert "frames the model" not in capsys.readouterr().out
+
+
 def test_labels_with_no_object_pixel_are_warned_of(model_dir, work, tmp_path, capsys):
     """0/255 masks: 255 is ignored, so no object pixel is scored; said, not left silent."""
     copy = tmp_path / "work"

@@ -602,3 +602,125 @@ def test_an_option_keras_or_numpy_would_refuse_is_refused_by_the_parser(option, 
 def test_seeds_and_momentum_in_range_are_taken():
     args = train.parse_args(["--momentum", "0", "--seed", "0", "--random-state", str(2 ** 32 - 1)])
     assert (args.momentum, args.seed, args.random_state) == (0.0, 0, 2 ** 32 - 1)
+
+
+@pytest.mark.parametrize("restart", [[], ["--restart"]])
+def test_training_never_mixes_its_files_with_a_folder_of_other_files(tmp_path, restart):
+    """A --model-dir of the user's (here a copy of the data folder), the work or data folder,
+    a folder holding them, or a <model-dir>.previous of the user's is refused before anything
+    changes: training wrote among the user's files, a --restart then moved them aside and
+    deleted them, and the work folder's split.json (gen_img_aug.py's record) was overwritten."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "classes.txt").write_text("background\nbead\ncell\n")
+    make_patch_set(tmp_path / "work", 40)
+    (tmp_path / "work" / "split.json").write_text('{"orientations": "none"}')
+    shutil.copytree(tmp_path / "data", tmp_path / "mine")
+    (tmp_path / "mine" / "src").mkdir()
+    (tmp_path / "mine" / "src" / "frame.png").write_bytes(b"an image of the user's")
+    (tmp_path / "work" / "weights.previous").mkdir()
+    (tmp_path / "work" / "weights.previous" / "notes.txt").write_text("the user's")
+    before = file_digests(tmp_path)
+    for model_dir, match in (
+            ("mine", r"mine holds files that training does not write \(classes.txt, src\)"),
+            ("work", "--model-dir .*work is or holds the --work-dir folder"),
+            ("data", "--model-dir .*data is or holds the --data-dir folder"),
+            (".", "is or holds the --work-dir folder"),
+            ("work/weights", r"weights.previous holds files .* \(notes.txt\); training in "
+                             ".*weights would delete that folder")):
+        with pytest.raises(train.PipelineError, match=match):
+            short_run(tmp_path, "--model-dir", str(tmp_path / model_dir), *restart)
+        assert file_digests(tmp_path) == before, model_dir
+    assert not (tmp_path / "work" / "weights").exists()
+
+
+def test_a_folder_of_training_files_alone_is_a_model_folder(tmp_path):
+    """What training writes, a killed run's temporary files included, is no user's file."""
+    folder = tmp_path / "weights"
+    (folder / "snapshots").mkdir(parents=True)
+    for name in ("config.json", "log.csv", train.weights_name("best", "h5"),
+                 ".config.json.tmp-0123abcd-42-x1y2.json"):
+        (folder / name).write_text("")
+    train.check_model_dir(folder, tmp_path / "work", tmp_path / "data")
+    (folder / "notes.txt").write_text("")
+    with pytest.raises(train.PipelineError, match=r"\(notes.txt\)"):
+        train.check_model_dir(folder, tmp_path / "work", tmp_path / "data")
+
+
+def test_a_val_split_that_leaves_no_training_patch_is_one_line(tmp_path):
+    make_patch_set(tmp_path, 10)
+    with pytest.raises(train.PipelineError, match="--val-split 0.99 of the 10 patches leaves 0 "
+                                                  "to train on and 10 to validate on"):
+        train.split_patches(tmp_path, 0.99, 2018, by="patch")
+    # Too few frames to split by image: the same patch split, the same refusal.
+    with pytest.raises(train.PipelineError, match="leaves 0 to train on"):
+        train.split_patches(tmp_path, 0.99, 2018)
+    assert len(train.split_patches(tmp_path, 0.85, 2018, by="patch")["train"]) == 1
+
+
+def test_a_batch_larger_than_the_training_patches_is_noted(tmp_path, monkeypatch, capsys):
+    class Built(Exception):
+        pass
+
+    def build(*args):
+        raise Built
+
+    monkeypatch.setattr(train, "build", build)      # the note comes before the model is built
+    with pytest.raises(Built):
+        short_run(tmp_path, "--batch-size", "64")
+    assert ("note: a batch of 64 is more than the 32 training patches"
+            in capsys.readouterr().out)
+
+
+def test_the_same_command_on_other_patches_is_not_told_to_rerun_itself(tmp_path):
+    """Where only the patches or statistics changed, the command that trained the model is
+    the one just refused: rerunning it cannot resume anything."""
+    args = train.parse_args(["--work-dir", str(tmp_path)])
+    model_dir = tmp_path / "weights"
+    model_dir.mkdir()
+    (model_dir / "state.json").write_text("{}")
+    (model_dir / "config.json").write_text(json.dumps(
+        {"settings": vars(args), "settings_hash": "of the patches it trained on"}))
+    with pytest.raises(train.PipelineError) as refused:
+        train.plan_model_folder(model_dir, "of these patches", args)
+    message = str(refused.value)
+    assert "other training data" in message and "this command cannot resume it" in message
+    assert "rerun that command" not in message and "add --restart" in message
+    args.lr = 0.5
+    with pytest.raises(train.PipelineError, match="--lr 0.001 -> 0.5.*rerun that command"):
+        train.plan_model_folder(model_dir, "of these patches", args)
+
+
+def test_split_names_the_training_frames(tmp_path):
+    make_patch_set(tmp_path, 20)
+    assert train.split_patches(tmp_path, 0.2, 2018)["train_frames"] is None   # made elsewhere
+    write_patch_sources(tmp_path, ["a", "b"])
+    assert train.split_patches(tmp_path, 0.2, 2018, by="patch")["train_frames"] == ["a", "b"]
+
+
+def test_config_records_the_frames_trained_and_validated_on(tmp_path):
+    """For prediction to tell frames the model trained on from unseen ones."""
+    frames = [f"frame_{i}" for i in range(5)]
+    make_patch_set(tmp_path / "work", 40)
+    write_patch_sources(tmp_path / "work", frames)
+    (tmp_path / "work" / "split.json").write_text("{}")
+    config = short_run(tmp_path, "--faint-filter", "off")
+    assert config["val_split_by"] == "image" and len(config["val_frames"]) == 1
+    assert config["train_frames"] == sorted(set(frames) - set(config["val_frames"]))
+    model_dir = tmp_path / "work" / "weights"
+    split = json.loads((model_dir / "split.json").read_text())
+    assert split["train_frames"] == config["train_frames"]
+    # Models trained before the field was recorded still load.
+    del config["train_frames"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert "train_frames" not in train.read_config(model_dir)
+
+
+def test_patches_of_an_unfinished_gen_img_aug_run_are_refused(tmp_path):
+    """gen_img_aug.py writes split.json last: patches.csv without it is an unfinished run,
+    whose intensity rule, orientations and scale nobody recorded."""
+    make_patch_set(tmp_path / "work", 40)
+    write_patch_sources(tmp_path / "work", ["a", "b", "c"])
+    with pytest.raises(train.PipelineError, match="no split.json, which it writes last.*"
+                                                  "rerun gen_img_aug.py"):
+        short_run(tmp_path)
+    assert not (tmp_path / "work" / "weights").exists()
