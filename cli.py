@@ -225,10 +225,13 @@ def fraction_below_one(text):
 
 # ---------------------------------------------------------------- running
 
-def run_cli(main, resumes=False):
+UNPUBLISHED = "nothing of this run was published, and earlier results are as they were"
+
+
+def run_cli(main, interrupted=UNPUBLISHED):
     """Run a script's main(); report a PipelineError (or running out of memory, or Ctrl-C) as
-    one line, exit status 2 (130 for Ctrl-C). resumes: the script (training) picks up where
-    an interrupted run stopped."""
+    one line, exit status 2 (130 for Ctrl-C). interrupted: what a Ctrl-C leaves, as the
+    script writes its outputs."""
     import sys
     try:
         main()
@@ -240,7 +243,5 @@ def run_cli(main, resumes=False):
               "more memory (nothing of this run was published)", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; nothing of this run was published"
-              + ("; the same command resumes it from its last finished epoch" if resumes
-                 else ", and earlier results are as they were"), file=sys.stderr)
+        print(f"interrupted; {interrupted}", file=sys.stderr)
         sys.exit(130)

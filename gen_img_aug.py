@@ -548,4 +548,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted="the work folder is unfinished (the later steps refuse it) "
+                              "until gen_img_aug.py runs to its end")

@@ -221,18 +221,24 @@ LOCK_NAME = ".work.lock"
 def work_lock(folder, script):
     """Hold the work folder for one script run: a second gen_img_aug.py or pre_processing.py
     on the same folder is refused instead of mixing its files with the first one's. The
-    operating system drops the lock when the process ends, killed or not."""
+    operating system drops the lock when the process ends, killed or not; the file, emptied
+    on release, names the holder while it runs."""
     path = Path(folder) / LOCK_NAME
     handle = open(path, "a+")
     try:
-        if not _try_lock(handle):
+        held = _try_lock(handle, path)
+        if held is False:
             raise PipelineError(f"{folder} is being written by {_holder(handle)}; wait for it "
                                 "to finish, or use another --work-dir")
         handle.seek(0)
         handle.truncate()
         handle.write(f"{script} (process {os.getpid()})")
         handle.flush()
-        yield
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
     finally:
         handle.close()
 
@@ -245,8 +251,10 @@ def _holder(handle):
         return "another run"
 
 
-def _try_lock(handle):
-    """Take an exclusive lock on the open file without waiting; False if another holds it."""
+def _try_lock(handle, path):
+    """Take an exclusive lock on the open file without waiting: True, False where another
+    holds it, None (with a note) where the file system offers no locks (NFS without lockd)."""
+    import errno
     try:
         import fcntl
     except ImportError:     # Windows
@@ -255,10 +263,16 @@ def _try_lock(handle):
             handle.seek(0)
             msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
             return True
-        except OSError:
-            return False
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EDEADLK):
+                return False
+            raise
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
-    except OSError:
-        return False
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        print(f"note: {path} cannot be locked here ({err.strerror}); two runs on this folder "
+              "at once would not be stopped")
+        return None

@@ -126,13 +126,20 @@ def main(argv=None):
     args = parse_args(argv)
     work = existing_folder(args.work_dir, "--work-dir",
                            "run gen_img_aug.py first")
+    patch_paths(work)       # refused before the lock file is made, if nothing is there
+    # Listed again under the lock: a gen_img_aug.py run ending meanwhile changes the patches.
+    with work_lock(work, "pre_processing.py"):
+        preprocess_patches(work, patch_paths(work), args)
+
+
+def patch_paths(work):
+    """The patches of a work folder that a finished gen_img_aug.py run left."""
     patch_dir = work / "train" / "src"
     paths = sorted(patch_dir.glob("*.png")) if patch_dir.is_dir() else []
     if not paths:
         raise PipelineError(f"no patches in {patch_dir}: run gen_img_aug.py first")
     check_split_written(work)
-    with work_lock(work, "pre_processing.py"):
-        preprocess_patches(work, paths, args)
+    return paths
 
 
 def preprocess_patches(work, paths, args):
@@ -164,4 +171,5 @@ def preprocess_patches(work, paths, args):
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, interrupted="the statistics are removed, so training refuses the work "
+                              "folder until pre_processing.py runs to its end")

@@ -1005,4 +1005,5 @@ def last_log_row(log_path):
 
 
 if __name__ == "__main__":
-    run_cli(main, resumes=True)
+    run_cli(main, interrupted="the model folder keeps what its last finished epoch saved; the "
+                              "same command without --restart resumes from there")

@@ -1080,13 +1080,14 @@ def test_scale_that_shrinks_a_frame_below_32_px_is_refused(scale, tmp_path, caps
     accepted(code, err)
 
 
-@pytest.mark.parametrize("resumes, said", [(False, "earlier results are as they were"),
-                                           (True, "the same command resumes it")])
-def test_ctrl_c_is_one_line_that_says_what_a_rerun_does(resumes, said, capsys):
+@pytest.mark.parametrize("kwargs, said", [({}, "earlier results are as they were"),
+                                           ({"interrupted": "the folder is unfinished"},
+                                            "the folder is unfinished")])
+def test_ctrl_c_is_one_line_that_says_what_it_left(kwargs, said, capsys):
     def interrupted():
         raise KeyboardInterrupt
     with pytest.raises(SystemExit) as stop:
-        cli.run_cli(interrupted, resumes=resumes)
+        cli.run_cli(interrupted, **kwargs)
     assert stop.value.code == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and said in err and "Traceback" not in err

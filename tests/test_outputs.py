@@ -120,3 +120,5 @@ def test_a_held_work_folder_is_refused_to_a_second_run_and_freed_after(tmp_path)
         with pytest.raises(PipelineError, match="second.py"):
             with work_lock(tmp_path, "third.py"):    # one process, two handles: also refused
                 pass
+    # emptied on release: a finished run's folder names no holder and hashes alike each run
+    assert (tmp_path / outputs.LOCK_NAME).read_text() == ""
