@@ -1,5 +1,6 @@
 """Images and labels as the pipeline reads and writes them: one intensity rule for every image
 that is not 8-bit, palette labels read as their indices, one clear error for a bad file."""
+import atexit
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -239,7 +240,7 @@ def first_series(tif, path):
     series, or the series of a file written a frame at a time joined into one."""
     if not tif.series:
         raise PipelineError(f"cannot read TIFF {path}: it holds no image")
-    parts = _stack_parts(tif)
+    parts = _without_previews(_stack_parts(tif))
     if len(parts) == 1:
         return (parts[0], *_series_layout(parts[0], path))
     return _joined(parts, path)
@@ -251,6 +252,17 @@ def _stack_parts(tif):
     if tif.series[0].kind not in STACK_KINDS:
         return tif.series[:1]
     return [s for s in tif.series if not s.keyframe.is_reduced] or tif.series[:1]
+
+
+def _without_previews(parts):
+    """The parts but those smaller on both sides than the largest: a preview or overlay page
+    not flagged as reduced, which the file's main image was read without before."""
+    try:
+        sides = [(s.shape[s.axes.index("Y")], s.shape[s.axes.index("X")]) for s in parts]
+    except ValueError:      # a series without Y and X axes: _series_layout refuses it
+        return parts
+    height, width = max(sides, key=lambda hw: hw[0] * hw[1])
+    return [s for s, (h, w) in zip(parts, sides) if not (h < height and w < width)]
 
 
 def _joined(parts, path):
@@ -291,6 +303,7 @@ def _open_frames(path):
     key = (str(Path(path).resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
     if _kept_stack.get("key") == key:
         return _kept_stack["frames"]
+    _close_kept_stack()     # another file, or this one changed: Windows would keep it locked
     tif = open_tiff(path)
     try:
         frames = (tif, *first_series(tif, path))
@@ -298,10 +311,15 @@ def _open_frames(path):
         tif.close()
         raise
     if frames[2] > 1:
-        if "frames" in _kept_stack:
-            _kept_stack["frames"][0].close()
         _kept_stack.update(key=key, frames=frames)
     return frames
+
+
+@atexit.register
+def _close_kept_stack():
+    if "frames" in _kept_stack:
+        _kept_stack.pop("frames")[0].close()
+        _kept_stack.pop("key")
 
 
 def tiff_frame_count(path):

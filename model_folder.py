@@ -129,12 +129,15 @@ RECIPE_KEYS = ("classes", "patch_size", "color_mode", "preprocessing", "decision
 
 
 def own_model_folder(path):
-    """The model folder a model file lies in (its folder, or the one above for snapshots/),
-    or None where neither holds a config.json."""
-    for folder in Path(os.path.abspath(path)).parents[:2]:
-        if (folder / "config.json").is_file():
-            return folder
-    return None
+    """The model folder training saved a model file in (its folder, or the one above for
+    snapshots/), known by its config.json recording the file's sha256; else None."""
+    path = Path(os.path.abspath(path))
+    folder = path.parent.parent if path.parent.name == "snapshots" else path.parent
+    try:
+        config = read_config(folder)
+    except PipelineError:       # no config.json there, or one that is no model's
+        return None
+    return folder if path.relative_to(folder).as_posix() in config.get("sha256", {}) else None
 
 
 def check_same_recipe(path, model_dir, config):

@@ -716,17 +716,21 @@ def output_files(name, classes, mask_suffix, save_probs):
 
 
 def check_output_files(names, classes, args, streamed):
-    """Refuse frames whose outputs would overwrite each other's: frames x and x_color (or
-    x_prob_cell with --save-probs) both write x_color.png."""
-    writer = {}
+    """Refuse frames whose outputs would overwrite each other's or the report's: frames x and
+    x_color (or x_prob_cell with --save-probs) both write x_color.png; x and X are one file
+    on macOS and Windows; a frame named iou would be the chart. All frames, not one shard's:
+    the shards are merged into one folder."""
+    import unicodedata
+    writer = {unicodedata.normalize("NFC", f).casefold(): "the report"
+              for f in (MARKER, *REPORT_FILES)}
     for name in names:
         suffix = ".tif" if name in streamed or args.mask_format == "tif" else ".png"
         for file in output_files(name, classes, suffix, args.save_probs):
-            other = writer.setdefault(file, name)
+            other = writer.setdefault(unicodedata.normalize("NFC", file).casefold(), name)
             if other != name:
-                raise PipelineError(f"frames {other} and {name} would both write {file}; "
-                                    "rename one of them, or predict them into separate "
-                                    "--output folders")
+                who = other if other == "the report" else f"frame {other}"
+                raise PipelineError(f"{who} and frame {name} would both write {file}; rename "
+                                    "the image, or predict them into separate --output folders")
 
 
 def write_outputs(staging, out, name, source, img, mask, probs, classes, args):
@@ -794,7 +798,7 @@ def main(argv=None):
                             f"scale {config['scale']:g} (gen_img_aug.py --scale): raise "
                             "--stream-above to predict it in memory")
     classes, decision = config["classes"], config["decision"]
-    check_output_files(images, classes, args, streamed)
+    check_output_files(everything, classes, args, streamed)
     if label_dir:
         check_label_classes(label_dir, classes)
         warn_of_training_frames(images, config, model_dir)

@@ -39,6 +39,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -220,14 +221,17 @@ def patch_names(work):
     return names
 
 
-def patch_sources(work, names):
-    """{patch name: the frame it was cut from}, from gen_img_aug.py's patches.csv ({} if absent)."""
+def patch_sources(work, names, strict=True):
+    """{patch name: the frame it was cut from}, from gen_img_aug.py's patches.csv ({} if absent,
+    and where it misses a patch and not strict: a patch split needs no frames)."""
     path = work / "train" / "patches.csv"
     if not path.is_file():
         return {}
     with open(path, newline="") as f:
         sources = {row["patch"]: row["image"] for row in csv.DictReader(f)}
     unknown = [n for n in names if n not in sources]
+    if unknown and not strict:
+        return {}
     if unknown:
         raise PipelineError(f"{path} does not list patch {unknown[0]} ({len(unknown)} unlisted); "
                             "rerun gen_img_aug.py and pre_processing.py")
@@ -247,7 +251,7 @@ def split_patches(work, val_split, random_state, by="image", stack_of=None):
     sides).
     """
     names = patch_names(work)
-    frame_of = patch_sources(work, names)
+    frame_of = patch_sources(work, names, strict=by == "image")
     split = (split_by_image(names, frame_of, val_split, random_state, stack_of or {})
              if by == "image" else None) or split_by_patch(names, val_split, random_state)
     # The frames the model saw, for prediction to tell them from unseen ones (None where no
@@ -359,9 +363,15 @@ def aside_folder(model_dir):
     return model_dir.with_name(f"{model_dir.name}.previous")
 
 
+# What file browsers and file systems leave in any folder (Finder, Explorer, NFS).
+SYSTEM_FILES = re.compile(r"\.DS_Store|\._.*|Thumbs\.db|desktop\.ini|\.nfs.*", re.IGNORECASE)
+
+
 def written_by_training(name):
-    """Whether a model folder's entry is one training writes, or a killed run's temporary
-    file of one (outputs.temp_path: .<name>.tmp-...)."""
+    """Whether a model folder's entry is one training writes, a killed run's temporary file
+    of one (outputs.temp_path: .<name>.tmp-...), or one the system leaves anywhere."""
+    if SYSTEM_FILES.fullmatch(name):
+        return True
     if name.startswith(".") and ".tmp-" in name:
         name = name[1:].split(".tmp-")[0]
     return name in MODEL_FOLDER_NAMES or name.startswith(f"{WEIGHTS_STEM}_")

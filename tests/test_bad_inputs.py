@@ -866,7 +866,10 @@ def test_labels_of_a_data_set_with_other_classes_are_refused(model_dir, tmp_path
 
 @pytest.mark.parametrize("names, extra, clash", [
     (("s", "s_color"), (), "s_color.png"),
-    (("x", f"x_prob_{CLASSES[1]}"), ("--save-probs",), f"x_prob_{CLASSES[1]}.png")])
+    (("x", f"x_prob_{CLASSES[1]}"), ("--save-probs",), f"x_prob_{CLASSES[1]}.png"),
+    (("a", "b_color"), ("--shard", "1/2"), None),       # not a clash: the control
+    (("z", "iou"), (), "iou.png"),
+    (("Ab", "ab"), (), "ab.png")], ids=["color", "prob", "none", "report", "case"])
 def test_frames_whose_outputs_would_overwrite_each_other_are_refused(names, extra, clash,
                                                                       model_dir, tmp_path,
                                                                       capsys):
@@ -874,8 +877,21 @@ def test_frames_whose_outputs_would_overwrite_each_other_are_refused(names, extr
     before = snapshot(tmp_path)
     code, _, err = run(predict_lovasz_loss,
                        predict_args(model_dir, tmp_path / "work", "--input", inp, *extra), capsys)
-    refusal_line(code, err, *names, clash)
+    if clash is None:
+        accepted(code, err)
+        return
+    refusal_line(code, err, names[1], clash)
     assert_unchanged(tmp_path, before)
+
+
+def test_frames_that_clash_across_shards_are_refused_in_each(model_dir, tmp_path, capsys):
+    """x in shard 1 and x_color in shard 2 would overwrite each other when merged."""
+    inp = input_folder(tmp_path, {"x.png": noise(40, 40), "x_color.png": noise(40, 40, 1)})
+    for shard in ("1/2", "2/2"):
+        code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
+                                                             "--input", inp, "--shard", shard),
+                           capsys)
+        refusal_line(code, err, "x_color.png")
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.5])

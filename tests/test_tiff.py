@@ -129,6 +129,17 @@ def test_a_stack_is_opened_once_for_all_its_frames_and_again_when_it_changes(tmp
     assert len(opened) == 3
 
 
+def test_an_unflagged_preview_page_is_passed_over_as_before(tmp_path):
+    """A small RGB page after the image, not marked as reduced: the image alone is the frame."""
+    image = ramp(64, 64)
+    with tifffile.TiffWriter(tmp_path / "p.tif") as tif:
+        tif.write(image)
+        tif.write(np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    frames = list_images(tmp_path)
+    assert list(frames) == ["p"]
+    assert np.array_equal(read_raw_image(frames["p"]), image)
+
+
 def test_pages_of_a_plain_tiff_stay_in_file_order_whatever_their_coding(tmp_path):
     # tifffile's series of a plain TIFF group pages by coding: here pages 0 and 2, then 1
     planes = stack(3)
@@ -159,7 +170,7 @@ def test_a_thumbnail_is_no_frame_wherever_it_lies(tmp_path):
 
 
 @pytest.mark.parametrize("second, held", [
-    (np.zeros((10, 12), np.uint16), r"YX \(40, 50\) uint16, YX \(10, 12\) uint16"),
+    (np.zeros((60, 12), np.uint16), r"YX \(40, 50\) uint16, YX \(60, 12\) uint16"),
     (ramp().astype(np.float32), r"YX \(40, 50\) uint16, YX \(40, 50\) float32")])
 def test_images_that_are_no_stack_are_refused_naming_what_the_file_holds(tmp_path, second,
                                                                          held):

@@ -638,7 +638,8 @@ def test_a_folder_of_training_files_alone_is_a_model_folder(tmp_path):
     folder = tmp_path / "weights"
     (folder / "snapshots").mkdir(parents=True)
     for name in ("config.json", "log.csv", train.weights_name("best", "h5"),
-                 ".config.json.tmp-0123abcd-42-x1y2.json"):
+                 ".config.json.tmp-0123abcd-42-x1y2.json",
+                 ".DS_Store", "._log.csv", "Thumbs.db", ".nfs0000000001"):   # the system's
         (folder / name).write_text("")
     train.check_model_dir(folder, tmp_path / "work", tmp_path / "data")
     (folder / "notes.txt").write_text("")
@@ -695,6 +696,12 @@ def test_split_names_the_training_frames(tmp_path):
     assert train.split_patches(tmp_path, 0.2, 2018)["train_frames"] is None   # made elsewhere
     write_patch_sources(tmp_path, ["a", "b"])
     assert train.split_patches(tmp_path, 0.2, 2018, by="patch")["train_frames"] == ["a", "b"]
+    # A patches.csv that misses a patch: a patch split goes on, naming no frames.
+    csv_path = tmp_path / "train" / "patches.csv"
+    csv_path.write_text("\n".join(csv_path.read_text().splitlines()[:-1]))
+    assert train.split_patches(tmp_path, 0.2, 2018, by="patch")["train_frames"] is None
+    with pytest.raises(train.PipelineError, match="does not list patch"):
+        train.split_patches(tmp_path, 0.2, 2018, by="image")
 
 
 def test_config_records_the_frames_trained_and_validated_on(tmp_path):
