@@ -151,6 +151,12 @@ def finite_numbers(values, where, positive=False):
     return numbers
 
 
+def held_out_count(fraction, count):
+    """How many of count items scikit-learn's train_test_split(test_size=fraction) holds
+    out: the fraction rounded up."""
+    return math.ceil(fraction * count)
+
+
 def check_split_written(work):
     """gen_img_aug.py writes split.json last: a work folder holding its output without it is
     an unfinished run, whose test/ and train/ may be of two different splits. (Patches made

@@ -48,8 +48,8 @@ from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,
                       check_label_values, copy_frame, describe_intensity, find_label, list_images,
                       parse_intensity, read_image, read_label, write_image)
 from outputs import atomic_write_text, remove_leftovers, staged_output, work_lock, write_json
-from cli import (IGNORE_LABEL, PipelineError, finite_float, positive_int, read_classes,
-                 refuse_file, read_name_list, run_cli, seed_value, WORK_DIR)
+from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, positive_int,
+                 read_classes, refuse_file, read_name_list, run_cli, seed_value, WORK_DIR)
 from figures import colorize, save_figure, pyplot
 from geometry import (INPUT_MULTIPLE, MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad,
                       resample_image, resample_label, scaled_size, transform_image)
@@ -316,7 +316,7 @@ def split_names(names, data_dir, test_size, random_state, stack_of=None):
     if len(groups) < 2:
         raise PipelineError("at least two labelled images (or stacks) are needed to split train "
                             "and test")
-    held_out = math.ceil(test_size * len(groups))     # as train_test_split counts them
+    held_out = held_out_count(test_size, len(groups))
     if held_out >= len(groups):
         raise PipelineError(f"--test-size {test_size:g} of {len(groups)} images (or stacks) "
                             f"holds out {held_out}, which leaves no training image; use a "

@@ -45,7 +45,7 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity, 
                       list_images, parse_intensity, pixel_size_um, read_image, read_label,
                       to_color_mode, write_image)
 from band_objects import objects_of_class
-from outputs import staged_output, write_json
+from outputs import COLOR_SUFFIX, PROB_INFIX, prob_file, staged_output, write_json
 from shards import copy_shard_files, merge_object_tables, open_shards
 from cli import (PipelineError, finite_float, non_negative_float, positive_float, read_classes,
                  read_json, run_cli, WORK_DIR)
@@ -141,7 +141,7 @@ def mask_from_probs(probs, thresholds):
 def read_prob_maps(pred_dir, name, classes):
     maps = []
     for cls in classes:
-        path = pred_dir / f"{name}_prob_{cls}.png"
+        path = pred_dir / prob_file(name, cls)
         if not path.is_file():
             raise PipelineError(f"{path} not found: --from-probs needs the probability maps of "
                                 "predict_lovasz_loss.py --save-probs")
@@ -382,13 +382,13 @@ def mask_names(pred_dir, info):
 
 def beside_a_mask(stem, stems):
     """Whether stem is <mask>_color or <mask>_prob_<class> of a mask among stems."""
-    if stem.endswith("_color") and stem[:-len("_color")] in stems:
+    if stem.endswith(COLOR_SUFFIX) and stem[:-len(COLOR_SUFFIX)] in stems:
         return True
-    at = stem.find("_prob_")
+    at = stem.find(PROB_INFIX)
     while at != -1:
         if stem[:at] in stems:
             return True
-        at = stem.find("_prob_", at + 1)
+        at = stem.find(PROB_INFIX, at + 1)
     return False
 
 

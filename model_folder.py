@@ -129,24 +129,26 @@ RECIPE_KEYS = ("classes", "patch_size", "color_mode", "preprocessing", "decision
 
 
 def own_model_folder(path):
-    """The model folder training saved a model file in (its folder, or the one above for
-    snapshots/), known by its config.json recording the file's sha256; else None."""
+    """(folder, config) of the model folder training saved a model file in (its folder, or
+    the one above for snapshots/), known by its config.json recording the file's sha256;
+    (None, None) where there is none."""
     path = Path(os.path.abspath(path))
     folder = path.parent.parent if path.parent.name == "snapshots" else path.parent
     try:
         config = read_config(folder)
     except PipelineError:       # no config.json there, or one that is no model's
-        return None
-    return folder if path.relative_to(folder).as_posix() in config.get("sha256", {}) else None
+        return None, None
+    if path.relative_to(folder).as_posix() not in config.get("sha256", {}):
+        return None, None
+    return folder, config
 
 
 def check_same_recipe(path, model_dir, config):
     """Refuse a model file from another model folder whose config.json says its inputs or
     classes differ from those of model_dir (the preprocessing and decision applied to it)."""
-    folder = own_model_folder(path)
+    folder, other = own_model_folder(path)
     if folder is None or folder == Path(os.path.abspath(model_dir)):
         return
-    other = read_config(folder)
     differ = [k for k in RECIPE_KEYS if other.get(k) != config.get(k)]
     if differ:
         key = differ[0]

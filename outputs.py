@@ -39,6 +39,13 @@ def _temp_prefix(name):
     return f".{name}.tmp-{_HOST}-{os.getpid()}-"
 
 
+def temp_target(name):
+    """The name a temporary entry of this pipeline (.<name>.tmp-<host>-<pid>-...) stands in
+    for, or None where name is no such entry."""
+    found = _TEMP_TAG.search(name) if name.startswith(".") else None
+    return name[1:found.start()] if found else None
+
+
 def _process_alive(pid):
     try:
         os.kill(pid, 0)
@@ -212,6 +219,19 @@ def sha256_of(path):
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# What prediction writes beside each mask <name>.<png|tif>: a colour view and, with
+# --save-probs, a probability map per class. get_contour.py and the benches read them back.
+COLOR_SUFFIX, PROB_INFIX = "_color", "_prob_"
+
+
+def color_file(name):
+    return f"{name}{COLOR_SUFFIX}.png"
+
+
+def prob_file(name, cls):
+    return f"{name}{PROB_INFIX}{cls}.png"
 
 
 LOCK_NAME = ".work.lock"

@@ -99,7 +99,8 @@ from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  #
                           load_model, model_file, read_config, verify_model_file)
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
-from outputs import atomic_write_text, check_replaceable, staged_output, write_json  # noqa: E402
+from outputs import (atomic_write_text, check_replaceable, color_file, prob_file,  # noqa: E402
+                     staged_output, write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, read_json, existing_folder,  # noqa: E402
@@ -699,14 +700,6 @@ def frame_label(label_path, shape, source, classes):
                             f"{source} is {shape[1]}x{shape[0]}")
     check_label_values(label, len(classes), label_path, "the model")
     return label
-
-
-def color_file(name):
-    return f"{name}_color.png"
-
-
-def prob_file(name, cls):
-    return f"{name}_prob_{cls}.png"
 
 
 def output_files(name, classes, mask_suffix, save_probs):

@@ -53,11 +53,11 @@ import numpy as np  # noqa: E402
 
 from distribute import STRATEGIES  # noqa: E402
 from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
-from outputs import atomic_write_text, remove_leftovers, sha256_of, write_json  # noqa: E402
+from outputs import (atomic_write_text, remove_leftovers, sha256_of, temp_target,  # noqa: E402
+                     write_json)
 from cli import (IGNORE_LABEL, PipelineError, check_split_written, existing_folder,  # noqa: E402
-                 finite_float, fraction_below_one, positive_float, positive_int, read_classes,
-                 read_json,
-                 refuse_file, run_cli, seed_value, WORK_DIR)
+                 finite_float, fraction_below_one, held_out_count, positive_float, positive_int,
+                 read_classes, read_json, refuse_file, run_cli, seed_value, WORK_DIR)
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
                           model_file, read_config, verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
@@ -263,7 +263,7 @@ def split_patches(work, val_split, random_state, by="image", stack_of=None):
 def split_by_patch(names, val_split, random_state):
     """The paper's random patch split, refused where a side would be empty."""
     from sklearn.model_selection import train_test_split
-    count = math.ceil(val_split * len(names))      # as train_test_split rounds it
+    count = held_out_count(val_split, len(names))
     if not 0 < count < len(names):
         raise PipelineError(f"--val-split {val_split:g} of the {len(names)} patches leaves "
                             f"{len(names) - count} to train on and {count} to validate on; "
@@ -372,8 +372,7 @@ def written_by_training(name):
     of one (outputs.temp_path: .<name>.tmp-...), or one the system leaves anywhere."""
     if SYSTEM_FILES.fullmatch(name):
         return True
-    if name.startswith(".") and ".tmp-" in name:
-        name = name[1:].split(".tmp-")[0]
+    name = temp_target(name) or name
     return name in MODEL_FOLDER_NAMES or name.startswith(f"{WEIGHTS_STEM}_")
 
 

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from image_io import read_label  # noqa: E402
 from cli import read_json  # noqa: E402
+from outputs import prob_file  # noqa: E402
 
 
 def anatomy(pred, label, band):
@@ -77,7 +78,7 @@ def main(argv=None):
             pred = (read_label(args.pred_dir / f"{name}.png") == c) & valid
             for key, value in anatomy(pred, label, args.band).items():
                 total[key] = total.get(key, 0) + value
-            prob_path = args.pred_dir / f"{name}_prob_{cls}.png"
+            prob_path = args.pred_dir / prob_file(name, cls)
             if prob_path.is_file():
                 inside, outside = threshold_counts(read_label(prob_path)[valid], label[valid])
                 hist_in, hist_out = hist_in + inside, hist_out + outside
