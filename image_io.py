@@ -1,6 +1,7 @@
 """Images and labels as the pipeline reads and writes them: one intensity rule for every image
 that is not 8-bit, palette labels read as their indices, one clear error for a bad file."""
 import atexit
+import io
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -497,7 +498,7 @@ def read_raw_image(source):
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise PipelineError(f"cannot read image {path}: empty, truncated or not an image file")
-    return _channels_as_rgb(img, path)
+    return as_shown(_channels_as_rgb(img, path), exif_orientation(path))
 
 
 def read_image(source, intensity=DEFAULT_INTENSITY):
@@ -506,11 +507,11 @@ def read_image(source, intensity=DEFAULT_INTENSITY):
 
 
 def decode_image(data, what, intensity=DEFAULT_INTENSITY, raw=False):
-    """Decode the bytes of an image file (PNG, JPEG, TIFF...) exactly as read_image reads files."""
+    """Decode the bytes of a PNG or JPEG file exactly as read_image reads such files."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise PipelineError(f"{what} is not a readable image")
-    img = _channels_as_rgb(img, what)
+    img = as_shown(_channels_as_rgb(img, what), exif_orientation(bytes(data)))
     return img if raw else to_uint8(img, intensity, what)
 
 
@@ -524,6 +525,56 @@ def _channels_as_rgb(img, what):
             return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         raise PipelineError(f"{what} has {img.shape[2]} channels; grey, RGB or RGBA expected")
     return img
+
+
+# ---------------------------------------------------------------- EXIF orientation
+#
+# A JPEG or PNG may hold its pixels turned and record the turn in its EXIF Orientation tag
+# (phones on an eyepiece, some camera adapters). Viewers and LabelMe show such an image turned
+# as the tag says, and annotations are drawn on what they show; cv2's IMREAD_UNCHANGED, which
+# keeps 16-bit pixels and alpha, ignores the tag. So images and labels that are not TIFF are
+# turned here as viewers turn them, and masks come out as the image is shown. TIFF's own
+# Orientation tag is left alone, as tifffile and ImageJ leave it.
+EXIF_ORIENTATION = 0x0112
+# Each tag value as numpy steps on the stored array: 2-4 mirror or half-turn, 5 and 7 swap
+# rows and columns, 6 turns a quarter clockwise and 8 anticlockwise.
+TURNS_OF_ORIENTATION = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+# PIL decodes a whole PNG to look for the tag. A file holding none of these bytes (EXIF in
+# JPEG and WebP, PNG's eXIf chunk, XMP's tiff:Orientation) has no tag PIL would find, so the
+# patches the pipeline writes are not decoded twice.
+ORIENTATION_MARKERS = (b"Exif", b"eXIf", b"Orientation")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")    # classic and BigTIFF
+
+
+def exif_orientation(source):
+    """The EXIF Orientation tag (1-8) of an image file (path) or its bytes; 1 where it has
+    none or it cannot be parsed (cv2 has read the pixels already: a bad tag is no reason to
+    refuse them)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        if data[:4] in TIFF_MAGIC or not any(m in data for m in ORIENTATION_MARKERS):
+            return 1
+        with Image.open(io.BytesIO(data)) as img:
+            value = img.getexif().get(EXIF_ORIENTATION, 1)
+        return value if value in TURNS_OF_ORIENTATION else 1
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, TypeError, KeyError):
+        return 1
+
+
+def as_shown(img, orientation):
+    """The stored pixels turned as an EXIF Orientation value tells viewers to show them."""
+    turn = TURNS_OF_ORIENTATION.get(orientation)
+    return img if turn is None else np.ascontiguousarray(turn(img))
 
 
 def to_color_mode(img, color_mode):
@@ -551,6 +602,7 @@ def read_label(path):
             label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if label is None:
             raise PipelineError(f"cannot read label {path}: empty, truncated or not an image file")
+        label = as_shown(label, exif_orientation(path))
     if label.ndim == 3:
         raise PipelineError(f"label {path} has {label.shape[2]} channels; a label must hold one "
                             "class index per pixel (a grey or palette PNG)")

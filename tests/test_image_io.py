@@ -108,3 +108,45 @@ def test_find_label_takes_tiff_and_names_a_lossy_or_second_label(tmp_path):
     with pytest.raises(PipelineError, match=r"found .*f.jpg; labels must be lossless: .png, "
                                             r".tif or .npy"):
         find_label(tmp_path, "f")
+
+
+def saved_with_orientation(path, pixels, orientation, **options):
+    """pixels (uint8) saved by PIL with an EXIF Orientation tag."""
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.save(path, exif=exif.tobytes(), **options)
+
+
+def test_images_and_labels_are_read_turned_as_their_exif_orientation_shows_them(tmp_path):
+    from PIL import ImageOps
+    from image_io import decode_image, read_raw_image
+    stored = np.random.default_rng(0).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    label = np.zeros((6, 9), np.uint8)
+    label[0, :2] = 1                       # a corner that every turn moves elsewhere
+    for orientation in range(1, 9):
+        image_path = tmp_path / f"i{orientation}.png"
+        label_path = tmp_path / f"l{orientation}.png"
+        saved_with_orientation(image_path, stored, orientation)
+        saved_with_orientation(label_path, label, orientation)
+        with Image.open(image_path) as img:
+            shown = np.array(ImageOps.exif_transpose(img))
+        with Image.open(label_path) as img:
+            shown_label = np.array(ImageOps.exif_transpose(img))
+        assert np.array_equal(read_raw_image(image_path), shown), orientation
+        assert np.array_equal(decode_image(image_path.read_bytes(), "x", raw=True), shown)
+        assert np.array_equal(read_label(label_path), shown_label), orientation
+    # cv2 turns a JPEG as viewers do when asked for colour: the pipeline's read agrees.
+    saved_with_orientation(tmp_path / "j.jpg", stored, 6, quality=100)
+    viewer = cv2.cvtColor(cv2.imread(str(tmp_path / "j.jpg"), cv2.IMREAD_COLOR),
+                          cv2.COLOR_BGR2RGB)
+    assert read_raw_image(tmp_path / "j.jpg").shape == (9, 6, 3)
+    assert np.array_equal(read_raw_image(tmp_path / "j.jpg"), viewer)
+
+
+def test_a_tiffs_orientation_tag_is_left_alone(tmp_path):
+    stored = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    saved_with_orientation(tmp_path / "t.tif", stored, 3)
+    with Image.open(tmp_path / "t.tif") as img:
+        assert img.getexif().get(0x0112) == 3      # the tag is there, and not used
+    assert np.array_equal(read_image(tmp_path / "t.tif"), stored)

@@ -174,6 +174,30 @@ def test_embedded_image_data_is_used_without_an_image_file(tmp_path):
     assert label.shape == (20, 30) and (label == 1).sum() == 50
 
 
+def test_a_phone_jpeg_is_labelled_as_labelme_showed_it_turned_by_its_exif_tag(tmp_path):
+    """LabelMe shows a JPEG turned as its EXIF Orientation tag says and records the turned
+    size and coordinates; the label must line up with the image as the pipeline reads it."""
+    from PIL import Image
+    from image_io import read_image
+    data, labelme = make_project(tmp_path, {"p": [shape("bead", [[0, 0], [4, 3]], "rectangle")]},
+                                 image_shape=(30, 20))       # the shown size: 30 rows, 20 columns
+    stored = np.full((20, 30), 40, np.uint8)      # as the camera wrote it, a quarter turn away
+    stored[-4:, :3] = 250     # the bright corner that shows at the top left after a clockwise turn
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(labelme / "p.jpg", exif=exif.tobytes(), quality=100)
+    (labelme / "p.png").unlink()
+    doc = json.loads((labelme / "p.json").read_text())
+    doc["imagePath"] = "p.jpg"
+    (labelme / "p.json").write_text(json.dumps(doc))
+    run_main(data, labelme)
+    image = read_image(data / "src" / "p.png")
+    label = cv2.imread(str(data / "label" / "p.png"), cv2.IMREAD_UNCHANGED)
+    assert image.shape == label.shape == (30, 20)
+    assert image[label == 1].min() > 200 and image[label == 0].max() < 100
+
+
 def test_missing_image_is_reported_with_the_json(tmp_path):
     data, labelme = make_project(tmp_path, {"m": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
     (labelme / "m.png").unlink()
