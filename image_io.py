@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from geometry import dihedral
 from outputs import atomic_write_bytes
 from cli import IGNORE_LABEL, PipelineError
 
@@ -536,17 +537,9 @@ def _channels_as_rgb(img, what):
 # turned here as viewers turn them, and masks come out as the image is shown. TIFF's own
 # Orientation tag is left alone, as tifffile and ImageJ leave it.
 EXIF_ORIENTATION = 0x0112
-# Each tag value as numpy steps on the stored array: 2-4 mirror or half-turn, 5 and 7 swap
-# rows and columns, 6 turns a quarter clockwise and 8 anticlockwise.
-TURNS_OF_ORIENTATION = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.swapaxes(0, 1),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
-    8: lambda a: np.rot90(a, 1),
-}
+# Each tag value as the turn of geometry.dihedral that shows the stored array as viewers do
+# (2-4 mirror or half-turn, 5 and 7 swap rows and columns, 6 and 8 turn a quarter).
+DIHEDRAL_OF_ORIENTATION = {2: 4, 3: 2, 4: 6, 5: 7, 6: 3, 7: 5, 8: 1}
 
 # PIL decodes a whole PNG to look for the tag. A file holding none of these bytes (EXIF in
 # JPEG and WebP, PNG's eXIf chunk, XMP's tiff:Orientation) has no tag PIL would find, so the
@@ -566,15 +559,15 @@ def exif_orientation(source):
             return 1
         with Image.open(io.BytesIO(data)) as img:
             value = img.getexif().get(EXIF_ORIENTATION, 1)
-        return value if value in TURNS_OF_ORIENTATION else 1
+        return value if value in DIHEDRAL_OF_ORIENTATION else 1
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, TypeError, KeyError):
         return 1
 
 
 def as_shown(img, orientation):
     """The stored pixels turned as an EXIF Orientation value tells viewers to show them."""
-    turn = TURNS_OF_ORIENTATION.get(orientation)
-    return img if turn is None else np.ascontiguousarray(turn(img))
+    turn = DIHEDRAL_OF_ORIENTATION.get(orientation)
+    return img if turn is None else dihedral(img, turn)
 
 
 def to_color_mode(img, color_mode):
