@@ -123,6 +123,12 @@ def read_classes(data_dir):
     return names
 
 
+def some_names(names, shown=3):
+    """The first few names, comma-separated, with ', ...' where more follow."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
 def refuse_file(path, what):
     """One line when a path meant for a folder names a file."""
     path = Path(path)

@@ -47,9 +47,11 @@ import numpy as np
 from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,
                       check_label_values, copy_frame, describe_intensity, find_label, list_images,
                       parse_intensity, read_image, read_label, write_image)
-from outputs import atomic_write_text, remove_leftovers, staged_output, work_lock, write_json
+from outputs import (atomic_write_text, foreign_entries, remove_leftovers, staged_output,
+                     work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, positive_int,
-                 read_classes, refuse_file, read_name_list, run_cli, seed_value, WORK_DIR)
+                 read_classes, refuse_file, read_name_list, run_cli, seed_value, some_names,
+                 WORK_DIR)
 from figures import colorize, save_figure, pyplot
 from geometry import (INPUT_MULTIPLE, MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad,
                       resample_image, resample_label, scaled_size, transform_image)
@@ -349,14 +351,39 @@ def write_split(work, train, test, how, classes, label_values, intensity, stack_
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 
 
+# What the pipeline writes into <work-dir>/train: this script's patches, pre_processing's.
+TRAIN_FOLDER_NAMES = {"src", "label", "patches.csv", "prep"}
+
+
+def check_work_dir(work, data_dir):
+    """Refuse a work folder whose rewrite would lose the user's files: the data folder itself
+    (its test.txt would become the fixed list of the next run), one whose train/ or test/ holds
+    the data folder, or a train/ holding files the pipeline does not write (train/ is
+    replaced whole). test/ keeps what it holds besides src/ and label/ (predictions and
+    contours of earlier runs)."""
+    data = Path(data_dir).resolve()
+    if work.resolve() == data or any(data == (work / sub).resolve()
+                                     or (work / sub).resolve() in data.parents
+                                     for sub in ("train", "test")):
+        raise PipelineError(f"--work-dir {work} is or holds the --data-dir folder {data_dir}, "
+                            "which this script would change; choose a folder of its own, "
+                            f"such as {WORK_DIR}")
+    foreign = foreign_entries(work / "train", TRAIN_FOLDER_NAMES.__contains__)
+    if foreign:
+        raise PipelineError(f"{work / 'train'} holds files the pipeline does not write "
+                            f"({some_names(foreign)}), and this script replaces that folder "
+                            "whole: move them, or choose another --work-dir")
+
+
 def copy_test_set(table, test, work):
-    with staged_output(work / "test") as staging:
-        (staging / "src").mkdir()
-        (staging / "label").mkdir()
+    # src/ and label/ each replaced whole, so that no frame of an earlier split stays, and
+    # the rest of test/ (earlier predictions and contours, a user's notes) left as it is.
+    with staged_output(work / "test" / "src") as src, \
+            staged_output(work / "test" / "label") as labels:
         for name in test:
             img_path, lbl_path, _ = table[name]
-            copy_frame(img_path, staging / "src", name)
-            write_image(staging / "label" / f"{name}.png", read_label(lbl_path), atomic=False)
+            copy_frame(img_path, src, name)
+            write_image(labels / f"{name}.png", read_label(lbl_path), atomic=False)
 
 
 # ---------------------------------------------------------------- patches
@@ -502,6 +529,7 @@ def plot_samples(table, names, classes, path, pdf=False, count=4, intensity=DEFA
 def main(argv=None):
     args = parse_args(argv)
     work = refuse_file(args.work_dir, "--work-dir")
+    check_work_dir(work, args.data_dir)
     classes = read_classes(args.data_dir)
     table, label_values, edges, outlines = labelled_images(args.data_dir, classes,
                                                            args.intensity)

@@ -46,6 +46,21 @@ def temp_target(name):
     return name[1:found.start()] if found else None
 
 
+# What file browsers and file systems leave in any folder (Finder, Explorer, NFS).
+SYSTEM_FILES = re.compile(r"\.DS_Store|\._.*|Thumbs\.db|desktop\.ini|\.nfs.*", re.IGNORECASE)
+
+
+def foreign_entries(folder, writes):
+    """The names of what an existing folder holds that a script does not write (a file in
+    its place: that file's name): entries whose name fails writes(name), a killed run's
+    temporary entry judged by the name it stands in for, what the system leaves passed over."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return [folder.name] if folder.exists() else []
+    return sorted(p.name for p in folder.iterdir() if not SYSTEM_FILES.fullmatch(p.name)
+                  and not writes(temp_target(p.name) or p.name))
+
+
 def _process_alive(pid):
     try:
         os.kill(pid, 0)

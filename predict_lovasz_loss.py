@@ -105,7 +105,7 @@ from shards import (copy_shard_files, merged_record, open_shards, shard_folder, 
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, read_json, existing_folder,  # noqa: E402
                  finite_float, non_negative_float, non_negative_int, positive_int, read_classes,
-                 refuse_file, run_cli, WORK_DIR)
+                 refuse_file, run_cli, some_names, WORK_DIR)
 from figures import colorize, save_figure, pyplot  # noqa: E402
 from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, invert_intensities,  # noqa: E402
                       inverts, resample_image, resample_probabilities, scaled_size)
@@ -545,7 +545,7 @@ def warn_of_training_frames(names, config, model_dir):
     seen = sorted(set(names) & set(config.get("train_frames") or ()))
     if seen:
         print(f"warning: {len(seen)} of the {len(names)} frames scored are frames the model in "
-              f"{model_dir} trained on ({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''})"
+              f"{model_dir} trained on ({some_names(seen, 5)})"
               ": their IoU is no test of it")
 
 

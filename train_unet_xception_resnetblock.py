@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -53,11 +52,12 @@ import numpy as np  # noqa: E402
 
 from distribute import STRATEGIES  # noqa: E402
 from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
-from outputs import (atomic_write_text, remove_leftovers, sha256_of, temp_target,  # noqa: E402
-                     write_json)
+from outputs import (atomic_write_text, foreign_entries, remove_leftovers,  # noqa: E402
+                     sha256_of, write_json)
 from cli import (IGNORE_LABEL, PipelineError, check_split_written, existing_folder,  # noqa: E402
                  finite_float, fraction_below_one, held_out_count, positive_float, positive_int,
-                 read_classes, read_json, refuse_file, run_cli, seed_value, WORK_DIR)
+                 read_classes, read_json, refuse_file, run_cli, seed_value, some_names,
+                 WORK_DIR)
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
                           model_file, read_config, verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
@@ -363,24 +363,9 @@ def aside_folder(model_dir):
     return model_dir.with_name(f"{model_dir.name}.previous")
 
 
-# What file browsers and file systems leave in any folder (Finder, Explorer, NFS).
-SYSTEM_FILES = re.compile(r"\.DS_Store|\._.*|Thumbs\.db|desktop\.ini|\.nfs.*", re.IGNORECASE)
-
-
 def written_by_training(name):
-    """Whether a model folder's entry is one training writes, a killed run's temporary file
-    of one (outputs.temp_path: .<name>.tmp-...), or one the system leaves anywhere."""
-    if SYSTEM_FILES.fullmatch(name):
-        return True
-    name = temp_target(name) or name
+    """Whether a model folder's entry is one training writes."""
     return name in MODEL_FOLDER_NAMES or name.startswith(f"{WEIGHTS_STEM}_")
-
-
-def foreign_entries(folder):
-    """What an existing folder holds that training does not write (a file: itself)."""
-    if not folder.is_dir():
-        return [folder.name] if folder.exists() else []
-    return sorted(p.name for p in folder.iterdir() if not written_by_training(p.name))
 
 
 def check_model_dir(model_dir, work, data_dir):
@@ -395,10 +380,10 @@ def check_model_dir(model_dir, work, data_dir):
                                 f"a folder of its own, such as {work / 'weights'}")
     for folder, fate in ((model_dir, "mix its files with them, and --restart delete them"),
                          (aside_folder(model_dir), "delete that folder")):
-        foreign = foreign_entries(folder)
+        foreign = foreign_entries(folder, written_by_training)
         if foreign:
-            named = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise PipelineError(f"{folder} holds files that training does not write ({named}); "
+            raise PipelineError(f"{folder} holds files that training does not write "
+                                f"({some_names(foreign)}); "
                                 f"training in {model_dir} would {fate}: move them, or choose "
                                 "another --model-dir")
 

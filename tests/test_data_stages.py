@@ -15,6 +15,7 @@ from geometry import (dihedral, inverse_dihedral, reflect_pad, resample_label,
                       resample_probabilities, scaled_size)
 from patch_preprocessing import dataset_lut, gamma_lut, preprocess_patch
 from outputs import LOCK_NAME
+from cli import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
 BBBC030 = ROOT.parent / "shared" / "datasets" / "bbbc030"
@@ -396,6 +397,39 @@ def test_rerun_replaces_old_patches(dataset, tmp_path):
     # no staging leftovers; the lock file stays (removing it would let two runs lock apart)
     assert not [p for p in tmp_path.joinpath("w").iterdir()
                 if p.name.startswith(".") and p.name != LOCK_NAME]
+
+
+def test_rerun_keeps_earlier_predictions_and_refuses_to_replace_a_users_files(tmp_path):
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 6)
+    work = tmp_path / "w"
+    (data / "test.txt").write_text("im01\nim04\n")
+    run_aug(data, work)
+    for kept in ("predict/im01.png", "contours/objects.csv", "my_notes.txt"):
+        (work / "test" / kept).parent.mkdir(parents=True, exist_ok=True)
+        (work / "test" / kept).write_text("earlier result")
+    (data / "test.txt").write_text("im02\n")
+    run_aug(data, work)
+    assert sorted(p.name for p in (work / "test" / "src").iterdir()) == ["im02.png"]
+    assert sorted(p.name for p in (work / "test" / "label").iterdir()) == ["im02.png"]
+    for kept in ("predict/im01.png", "contours/objects.csv", "my_notes.txt"):
+        assert (work / "test" / kept).read_text() == "earlier result"
+    # train/ is replaced whole (pre_processing's prep/ goes with the old patches): a file of
+    # the user's there is refused before anything changes
+    (work / "train" / "my_list.txt").write_text("mine")
+    before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
+    with pytest.raises(PipelineError, match=r"train holds files the pipeline does not write "
+                                            r"\(my_list\.txt\)"):
+        run_aug(data, work, "--num-patches", "10")
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before
+
+
+@pytest.mark.parametrize("data_sub", [".", "test", "train/x"])
+def test_a_work_folder_that_is_or_holds_the_data_folder_is_refused(tmp_path, data_sub):
+    work = tmp_path / "w"
+    data = make_dataset(work / data_sub, [(60, 60)] * 6)
+    with pytest.raises(PipelineError, match="is or holds the --data-dir folder"):
+        run_aug(data, work)
+    assert not (data / "test.txt").exists() and not (work / "split.json").exists()
 
 
 def test_missing_label_is_a_clear_error(tmp_path):
