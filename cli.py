@@ -82,12 +82,19 @@ def class_name_problem(name):
     return None
 
 
+def nfc(name):
+    """A name in Unicode's composed form: macOS writes file names decomposed (an a and a
+    combining diaeresis for an umlaut), so names typed, listed or copied between machines
+    match only so."""
+    return unicodedata.normalize("NFC", name)
+
+
 def case_clash(names):
     """(i, j), i < j, of the first two names that are one file name on macOS and Windows
     (the same but for case), or None."""
     first = {}
     for j, name in enumerate(names):
-        key = unicodedata.normalize("NFC", name).casefold()
+        key = nfc(name).casefold()
         if key in first:
             return first[key], j
         first[key] = j

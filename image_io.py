@@ -2,7 +2,9 @@
 that is not 8-bit, palette labels read as their indices, one clear error for a bad file."""
 import atexit
 import io
+import os
 import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ import numpy as np
 
 from geometry import dihedral
 from outputs import atomic_write_bytes
-from cli import IGNORE_LABEL, PipelineError
+from cli import IGNORE_LABEL, PipelineError, nfc
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABEL_EXTS = (".png", ".tif", ".tiff", ".npy")
@@ -444,11 +446,18 @@ def list_images(src, page=None):
     return found
 
 
+def frame_stem(file_name):
+    """The frame name of an image file: its name without the extension, and x.ome.tif's
+    without .ome.tif."""
+    stem, suffix = Path(file_name).stem, Path(file_name).suffix.lower()
+    return stem[:-4] if suffix in TIFF_EXTS and stem.lower().endswith(".ome") else stem
+
+
 def _frames_of(path, page):
     """(name, source) of each frame an image file holds; x.ome.tif is named x."""
+    stem = frame_stem(path.name)
     if path.suffix.lower() not in TIFF_EXTS:
-        return [(path.stem, path)]
-    stem = path.stem[:-4] if path.stem.lower().endswith(".ome") else path.stem
+        return [(stem, path)]
     count = tiff_frame_count(path)
     if count == 1:
         return [(stem, path)]
@@ -477,15 +486,57 @@ def find_label(label_dir, name):
 
 
 def _files_named(folder, name, exts):
-    # Upper case too, as images are listed: cameras and Windows tools write NAME.TIF. One
-    # file counts once where the file system ignores case (macOS, Windows).
+    """The files of a folder named `name` plus one of exts, in the order of exts. Suffixes
+    match in any case, as images are listed (cameras and Windows tools write NAME.TIF), and
+    names in either Unicode form (files from a Mac often come in NFD, most tools write NFC)."""
+    listing = _listing(folder)
+    stem = nfc(name)
     found = {}
-    for ext in (v for ext in exts for v in (ext, ext.upper())):
-        path = Path(folder) / f"{name}{ext}"
-        if path.is_file():
+    # The spellings themselves too: a file system that ignores case (macOS, Windows) finds
+    # cell1.png for frame Cell1, as it shows the user.
+    spelled = (Path(folder) / f"{name}{ext}" for ext in exts)
+    listed = (Path(folder) / n for ext in exts for n in listing.get((stem, ext), ()))
+    for path in (*listed, *(p for p in spelled if p.is_file())):
+        try:
             stat = path.stat()
-            found.setdefault((stat.st_dev, stat.st_ino), path)
+        except FileNotFoundError:       # removed since the folder was listed: no label
+            continue
+        # Two names of one file (hard links) are one label, not two.
+        found.setdefault((stat.st_dev, stat.st_ino), path)
     return list(found.values())
+
+
+# Folders as listed by _listing, kept between calls: find_label runs once per image, and a
+# listing per call cost time growing with the square of the number of labels. A listing is
+# used again only while the folder's mtime is unchanged, and kept only where that mtime is
+# older than the listing by RACY_NS: a file created in the same tick of a coarse clock
+# (FAT keeps 2 s, older Linux kernels a few ms) would leave the mtime as it was.
+_listings = {}
+RACY_NS = 3 * 10**9
+
+
+def _listing(folder):
+    """{(NFC stem, lower-case suffix): file names, sorted} of a folder; empty where there is
+    no such folder."""
+    listed_at = time.time_ns()
+    try:
+        stat = os.stat(folder)
+        folder_id = (stat.st_dev, stat.st_ino)
+        if folder_id in _listings and _listings[folder_id][0] == stat.st_mtime_ns:
+            return _listings[folder_id][1]
+        names = sorted(e.name for e in os.scandir(folder) if e.is_file())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as err:
+        raise PipelineError(f"cannot list {folder}: {err.strerror}; check the folder and its "
+                            "permissions") from None
+    listing = {}
+    for n in names:
+        stem, suffix = os.path.splitext(n)
+        listing.setdefault((nfc(stem), suffix.lower()), []).append(n)
+    if listed_at - stat.st_mtime_ns > RACY_NS:
+        _listings[folder_id] = (stat.st_mtime_ns, listing)
+    return listing
 
 
 def read_raw_image(source):
@@ -582,15 +633,16 @@ def to_color_mode(img, color_mode):
 # ---------------------------------------------------------------- labels
 
 def read_label(path):
-    """A class-index label as uint8: PNG (palette PNGs, as LabelMe exports, give their
-    indices), 8/16-bit grey, a TIFF of one plane (through tifffile), or a numeric .npy."""
+    """A class-index label as uint8: PNG (8/16-bit grey; palette PNGs, as LabelMe exports,
+    give their indices, 1-bit ones 0 and 1, grey+alpha ones their grey), a TIFF of one plane
+    (through tifffile), or a numeric .npy."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
         label = _load_npy(path)
     elif path.suffix.lower() in TIFF_EXTS:
         label = _tiff_label(path)
     else:
-        label = _palette_indices(path)
+        label = _indices_by_pil(path)
         if label is None:
             label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if label is None:
@@ -630,14 +682,24 @@ def _load_npy(path):
         raise PipelineError(f"cannot read label {path}: not a valid .npy file ({err})") from None
 
 
-def _palette_indices(path):
-    """A palette (mode P) PNG's indices; None for any other image."""
+# PIL modes whose values are class indices as PIL reads them, where cv2 would give a palette's
+# colours, 1-bit pixels as 0 and 255 (the ignore value) and grey+alpha as four channels. A
+# palette's transparency comes as P too: PIL reads no PNG as PA.
+INDEX_MODES = ("P", "1", "LA")
+
+
+def _indices_by_pil(path):
+    """The class indices of a palette, 1-bit or grey+alpha image (alpha dropped, as images
+    drop it); None for any other image, which cv2 reads."""
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as img:
-            return np.array(img) if img.mode == "P" else None
+            if img.mode not in INDEX_MODES:
+                return None
+            indices = np.array(img)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
         return None
+    return indices[:, :, 0] if indices.ndim == 3 else indices
 
 
 def check_label_values(label, num_classes, path, classes_source):

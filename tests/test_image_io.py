@@ -150,3 +150,93 @@ def test_a_tiffs_orientation_tag_is_left_alone(tmp_path):
     with Image.open(tmp_path / "t.tif") as img:
         assert img.getexif().get(0x0112) == 3      # the tag is there, and not used
     assert np.array_equal(read_image(tmp_path / "t.tif"), stored)
+
+
+def test_a_1_bit_png_label_reads_as_0_and_1_and_an_image_as_0_and_255(tmp_path):
+    from image_io import read_raw_image
+    mask = np.zeros((5, 7), bool)
+    mask[1:3, 2:6] = True
+    Image.fromarray(mask).save(tmp_path / "m.png")      # PIL writes mode 1: one bit a pixel
+    assert np.array_equal(read_label(tmp_path / "m.png"), mask.astype(np.uint8))
+    assert np.array_equal(read_raw_image(tmp_path / "m.png"), mask.astype(np.uint8) * 255)
+
+
+def test_a_grey_alpha_label_reads_as_its_grey_turned_as_shown_and_colour_is_refused(tmp_path):
+    from PIL import ImageOps
+    grey = np.zeros((4, 6), np.uint8)
+    grey[0, :2], grey[3, 5] = 1, 2
+    pixels = np.dstack([grey, np.where(grey > 0, 255, 128).astype(np.uint8)])
+    saved = Image.fromarray(pixels, mode="LA")          # as GIMP exports grey with alpha
+    exif = saved.getexif()
+    exif[0x0112] = 6
+    saved.save(tmp_path / "ga.png", exif=exif.tobytes())
+    with Image.open(tmp_path / "ga.png") as img:
+        assert img.mode == "LA"
+        shown = np.array(ImageOps.exif_transpose(img))[:, :, 0]
+    assert shown.shape == (6, 4)
+    assert np.array_equal(read_label(tmp_path / "ga.png"), shown)
+    for channels, mode in ((3, "RGB"), (4, "RGBA")):
+        Image.fromarray(np.repeat(grey[:, :, None], channels, 2), mode).save(tmp_path / "c.png")
+        with pytest.raises(PipelineError, match=f"c.png has {channels} channels; a label must"):
+            read_label(tmp_path / "c.png")
+
+
+def test_find_label_takes_a_suffix_in_any_case_and_a_file_of_two_names_once(tmp_path):
+    import os
+    label = np.zeros((4, 5), np.uint8)
+    for name in ("i0.Png", "j.tIf", "l.png", "m.Jpeg"):
+        cv2.imwrite(str(tmp_path / name), label)
+    with open(tmp_path / "k.npY", "wb") as file:     # np.save would add .npy to a path
+        np.save(file, label)
+    os.link(tmp_path / "l.png", tmp_path / "l.PNG")     # one file, two names
+    for name, file in (("i0", "i0.Png"), ("j", "j.tIf"), ("k", "k.npY")):
+        assert find_label(tmp_path, name) == tmp_path / file
+    assert find_label(tmp_path, "l") in (tmp_path / "l.png", tmp_path / "l.PNG")
+    assert find_label(tmp_path, "I0") is None           # the name itself keeps its case
+    with pytest.raises(PipelineError, match=r"found .*m.Jpeg; labels must be lossless"):
+        find_label(tmp_path, "m")
+
+
+@pytest.mark.parametrize("image_form, label_form", [("NFD", "NFC"), ("NFC", "NFD")])
+def test_find_label_pairs_names_in_either_unicode_form(tmp_path, image_form, label_form):
+    import unicodedata
+    label_name = unicodedata.normalize(label_form, "zelle_\u00e40") + ".png"
+    cv2.imwrite(str(tmp_path / label_name), np.zeros((4, 5), np.uint8))
+    found = find_label(tmp_path, unicodedata.normalize(image_form, "zelle_\u00e40"))
+    assert found == tmp_path / label_name                 # the file's own spelling
+    assert read_label(found).shape == (4, 5)
+
+
+def test_find_label_lists_a_folder_once_and_sees_the_files_made_after(tmp_path, monkeypatch):
+    import os
+    import image_io
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 5), np.uint8))
+    past = os.stat(tmp_path).st_mtime_ns - 10 * 10**9
+    os.utime(tmp_path, ns=(past, past))                 # a folder left as it was for a while
+    listings = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(image_io.os, "scandir", lambda d: listings.append(d) or real_scandir(d))
+    for _ in range(20):
+        assert find_label(tmp_path, "a") == tmp_path / "a.png"
+        assert find_label(tmp_path, "b") is None
+    assert len(listings) == 1
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((4, 5), np.uint8))
+    assert find_label(tmp_path, "b") == tmp_path / "b.png"
+    # A folder changed just now is listed again, even where the change left its mtime as it
+    # was (a file made in the same tick of a coarse clock).
+    now = os.stat(tmp_path).st_mtime_ns
+    assert find_label(tmp_path, "c") is None
+    cv2.imwrite(str(tmp_path / "c.tif"), np.zeros((4, 5), np.uint8))
+    os.utime(tmp_path, ns=(now, now))
+    assert find_label(tmp_path, "c") == tmp_path / "c.tif"
+
+
+def test_find_label_names_a_folder_it_cannot_list(tmp_path, monkeypatch):
+    import image_io
+
+    def refused(folder):
+        raise PermissionError(13, "Permission denied", str(folder))
+    monkeypatch.setattr(image_io.os, "scandir", refused)
+    with pytest.raises(PipelineError, match=r"cannot list .*: Permission denied; check"):
+        find_label(tmp_path, "a")
+    assert find_label(tmp_path / "none", "a") is None
