@@ -2,6 +2,7 @@
 import argparse
 import json
 import math
+import os
 import unicodedata
 from pathlib import Path
 
@@ -247,11 +248,45 @@ def fraction_below_one(text):
 UNPUBLISHED = "nothing of this run was published, and earlier results are as they were"
 
 
+class ReaderGoneProof:
+    """An output stream that keeps the script working when the reader of its pipe goes away
+    (`script | head`): what it writes after that is dropped, which is all the reader asked
+    for. Python ignores SIGPIPE, so without this the first print after raised
+    BrokenPipeError and stopped the work midway."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop_the_rest()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop_the_rest()
+
+    def _drop_the_rest(self):
+        # The stream's own descriptor now leads to /dev/null, so its buffer and the flush at
+        # exit go there too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def run_cli(main, interrupted=UNPUBLISHED):
     """Run a script's main(); report a PipelineError (or running out of memory, or Ctrl-C) as
     one line, exit status 2 (130 for Ctrl-C). interrupted: what a Ctrl-C leaves, as the
     script writes its outputs."""
     import sys
+    sys.stdout, sys.stderr = ReaderGoneProof(sys.stdout), ReaderGoneProof(sys.stderr)
     try:
         main()
     except PipelineError as err:

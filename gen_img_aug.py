@@ -3,7 +3,8 @@
 Reads   <data-dir>/src/<name>.<png|jpg|tif>, <data-dir>/label/<name>.<png|tif|npy>,
         <data-dir>/classes.txt and, if present, <data-dir>/test.txt (the fixed test list).
 Writes  <work-dir>/split.json, train.txt, test.txt      the split, reproducible from files
-        <work-dir>/test/src, test/label                 the held-out images and labels
+        <work-dir>/test/src, test/label                 the held-out images and labels (the
+                                                        rest of test/ is left as it is)
         <work-dir>/train/src, train/label               the patches (lossless PNG)
         <work-dir>/train/patches.csv                    where each patch came from
         <work-dir>/figures/samples.png                  sample images with their annotations
@@ -45,13 +46,14 @@ import cv2
 import numpy as np
 
 from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,
-                      check_label_values, copy_frame, describe_intensity, find_label, list_images,
-                      parse_intensity, read_image, read_label, write_image)
+                      check_label_values, copy_frame, describe_intensity, find_label,
+                      frame_stem, list_images, parse_intensity, read_image, read_label,
+                      write_image)
 from outputs import (atomic_write_text, foreign_entries, remove_leftovers, staged_output,
                      work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, positive_int,
-                 read_classes, refuse_file, read_name_list, run_cli, seed_value, some_names,
-                 WORK_DIR)
+                 nfc, read_classes, refuse_file, read_name_list, run_cli, seed_value,
+                 some_names, WORK_DIR)
 from figures import colorize, save_figure, pyplot
 from geometry import (INPUT_MULTIPLE, MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad,
                       resample_image, resample_label, scaled_size, transform_image)
@@ -302,16 +304,13 @@ def available_memory():
     return None
 
 
-def split_names(names, data_dir, test_size, random_state, stack_of=None):
+def split_names(names, data_dir, test_size, random_state, stack_of=None, file_of=None):
     """(train, test, how) from <data-dir>/test.txt if present, else the paper's random split,
     which keeps the planes of one TIFF stack (stack_of: frame -> file) on one side."""
     fixed = Path(data_dir) / "test.txt"
     if fixed.is_file():
-        test = read_name_list(fixed)
-        unknown = sorted(set(test) - set(names))
-        if unknown:
-            raise PipelineError(f"{fixed} lists images not in src/: {', '.join(unknown[:10])}")
-        test_set = set(test)
+        test_set = listed_frames(read_name_list(fixed), names, file_of or {}, fixed)
+        warn_of_split_stacks(test_set, stack_of or {}, fixed)
         return [n for n in names if n not in test_set], sorted(test_set), f"fixed list {fixed}"
     from sklearn.model_selection import train_test_split
     groups = frame_groups(names, stack_of or {})
@@ -327,6 +326,33 @@ def split_names(names, data_dir, test_size, random_state, stack_of=None):
     return (sorted(n for g in train for n in groups[g]), sorted(n for g in test for n in groups[g]),
             f"train_test_split(test_size={test_size}, random_state={random_state})"
             + (", planes of a stack kept together" if stack_of else ""))
+
+
+def listed_frames(listed, names, file_of, fixed):
+    """The frames a fixed test list names: a frame by its name, a file by its name with or
+    without its extension (a stack: all its planes), compared in Unicode's composed form."""
+    frames_of = {}
+    for name in names:
+        file = file_of.get(name, name)
+        for key in {name, file, frame_stem(file)}:
+            frames_of.setdefault(nfc(key), set()).add(name)
+    unknown = [entry for entry in listed if nfc(entry) not in frames_of]
+    if unknown:
+        raise PipelineError(f"{fixed} lists images not in src/: {some_names(unknown, 10)} (list "
+                            "a file's name, with or without its extension, or one plane of a "
+                            "stack as <name>_p<k>)")
+    return {frame for entry in listed for frame in frames_of[nfc(entry)]}
+
+
+def warn_of_split_stacks(test, stack_of, fixed):
+    """A stack with planes on both sides scores the test planes against their neighbours."""
+    for stack, planes in frame_groups(sorted(stack_of), stack_of).items():
+        held_out = [p for p in planes if p in test]
+        if 0 < len(held_out) < len(planes):
+            print(f"warning: {fixed} lists {some_names(held_out)} but not the other "
+                  f"{len(planes) - len(held_out)} planes of the stack {stack}, which train; "
+                  "neighbouring planes look alike, so their test scores will flatter the "
+                  "model (list the stack's name to hold out all its planes)")
 
 
 def frame_groups(names, stack_of):
@@ -537,8 +563,10 @@ def main(argv=None):
     check_scaled_frames(table, args.scale)
     stack_of = {name: source.path.name for name, (source, _, _) in table.items()
                 if isinstance(source, StackPlane)}
+    file_of = {name: (source.path if isinstance(source, StackPlane) else source).name
+               for name, (source, _, _) in table.items()}
     train, test, how = split_names(sorted(table), args.data_dir, args.test_size, args.random_state,
-                                   stack_of)
+                                   stack_of, file_of)
     if not train:
         raise PipelineError("no training images left after the split")
     check_memory([scaled_size(table[n][2], args.scale) for n in train], args.patch_size,

@@ -117,6 +117,33 @@ def test_planes_of_a_tiff_stack_are_frames_of_the_data_set(tmp_path):
     assert {"stack_p0", "stack_p2"} <= patched
 
 
+def test_a_fixed_list_names_files_as_users_write_them(tmp_path, capsys):
+    """A stack by its file's name holds out all its planes, a file's name may keep its
+    extension, and a name typed composed finds a file whose name macOS wrote decomposed."""
+    import unicodedata
+    names = ["im00", unicodedata.normalize("NFD", "zelle_\u00e4"), "x"] + \
+        [f"st_p{k}" for k in range(3)]
+    file_of = {"im00": "im00.png", names[1]: f"{names[1]}.png", "x": "x.ome.tif",
+               **{f"st_p{k}": "st.tif" for k in range(3)}}
+    stack_of = {f"st_p{k}": "st.tif" for k in range(3)}
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def fixed_split(listed):
+        (data / "test.txt").write_text("\n".join(listed) + "\n", encoding="utf-8")
+        return gen_img_aug.split_names(names, data, 0.25, 0, stack_of, file_of)[1]
+
+    assert fixed_split(["st"]) == ["st_p0", "st_p1", "st_p2"]
+    assert fixed_split(["st.tif", "im00.png"]) == ["im00", "st_p0", "st_p1", "st_p2"]
+    assert fixed_split(["zelle_\u00e4", "x.ome.tif"]) == ["x", names[1]]
+    assert fixed_split(["x"]) == ["x"]
+    assert "warning" not in capsys.readouterr().out
+    assert fixed_split(["st_p1"]) == ["st_p1"]
+    assert "warning: " in capsys.readouterr().out.replace("\n", " ")
+    with pytest.raises(PipelineError, match=r"lists images not in src/: y\.png \(list a file's"):
+        fixed_split(["y.png"])
+
+
 def test_random_split_keeps_the_planes_of_a_stack_together():
     names = ["a", "b", "c", "d"] + [f"z_p{k}" for k in range(4)]
     stack_of = {f"z_p{k}": "z.tif" for k in range(4)}
@@ -430,6 +457,21 @@ def test_a_work_folder_that_is_or_holds_the_data_folder_is_refused(tmp_path, dat
     with pytest.raises(PipelineError, match="is or holds the --data-dir folder"):
         run_aug(data, work)
     assert not (data / "test.txt").exists() and not (work / "split.json").exists()
+
+
+def test_a_reader_that_stops_reading_does_not_stop_the_work(tmp_path):
+    """`gen_img_aug.py ... | head -1`: once the pipe's reader is gone the rest of the output
+    is dropped, and the run finishes without a traceback."""
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 6)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "gen_img_aug.py"), "--data-dir",
+                             str(data), "--work-dir", str(tmp_path / "w"), "--num-patches", "20",
+                             "--patch-size", "64", "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()         # before the script's first line: every write finds no reader
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert (tmp_path / "w" / "split.json").is_file()
 
 
 def test_missing_label_is_a_clear_error(tmp_path):
