@@ -272,10 +272,13 @@ class ReaderGoneProof:
 
     def _drop_the_rest(self):
         # The stream's own descriptor now leads to /dev/null, so its buffer and the flush at
-        # exit go there too.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, self._stream.fileno())
-        os.close(devnull)
+        # exit go there too; a stream without one is replaced.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):       # io.UnsupportedOperation is both
+            self._stream = open(os.devnull, "w")
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
@@ -286,7 +289,8 @@ def run_cli(main, interrupted=UNPUBLISHED):
     one line, exit status 2 (130 for Ctrl-C). interrupted: what a Ctrl-C leaves, as the
     script writes its outputs."""
     import sys
-    sys.stdout, sys.stderr = ReaderGoneProof(sys.stdout), ReaderGoneProof(sys.stderr)
+    sys.stdout, sys.stderr = (stream if isinstance(stream, ReaderGoneProof)
+                              else ReaderGoneProof(stream) for stream in (sys.stdout, sys.stderr))
     try:
         main()
     except PipelineError as err:
