@@ -5,6 +5,7 @@ import io
 import os
 import shutil
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -436,13 +437,16 @@ def list_images(src, page=None):
                  if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS]
     else:
         raise PipelineError(f"image folder {src} does not exist")
-    found = {}
+    found, composed = {}, {}
     for path in paths:
         for name, source in _frames_of(path, page):
-            if name in found:
+            if nfc(name) in composed:
+                other = composed[nfc(name)]
+                how = "" if other == name else (" (they differ only in how their accented "
+                                                "letters are encoded; rename one)")
                 raise PipelineError(f"two images share the name {name!r} in {src}: "
-                                    f"{found[name].name} and {source.name}")
-            found[name] = source
+                                    f"{found[other].name} and {source.name}{how}")
+            found[name], composed[nfc(name)] = source, name
     return found
 
 
@@ -517,7 +521,7 @@ RACY_NS = 3 * 10**9
 
 def _listing(folder):
     """{(NFC stem, lower-case suffix): file names, sorted} of a folder; empty where there is
-    no such folder."""
+    no such folder or it cannot be listed."""
     listed_at = time.time_ns()
     try:
         stat = os.stat(folder)
@@ -525,11 +529,8 @@ def _listing(folder):
         if folder_id in _listings and _listings[folder_id][0] == stat.st_mtime_ns:
             return _listings[folder_id][1]
         names = sorted(e.name for e in os.scandir(folder) if e.is_file())
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:     # none, or one that can be entered but not listed: the probes find
         return {}
-    except OSError as err:
-        raise PipelineError(f"cannot list {folder}: {err.strerror}; check the folder and its "
-                            "permissions") from None
     listing = {}
     for n in names:
         stem, suffix = os.path.splitext(n)
@@ -592,27 +593,40 @@ EXIF_ORIENTATION = 0x0112
 # (2-4 mirror or half-turn, 5 and 7 swap rows and columns, 6 and 8 turn a quarter).
 DIHEDRAL_OF_ORIENTATION = {2: 4, 3: 2, 4: 6, 5: 7, 6: 3, 7: 5, 8: 1}
 
-# PIL decodes a whole PNG to look for the tag. A file holding none of these bytes (EXIF in
-# JPEG and WebP, PNG's eXIf chunk, XMP's tiff:Orientation) has no tag PIL would find, so the
-# patches the pipeline writes are not decoded twice.
-ORIENTATION_MARKERS = (b"Exif", b"eXIf", b"Orientation")
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")    # classic and BigTIFF
+# Only a file holding one of these bytes has EXIF (JPEG's APP1 segment, PNG's eXIf chunk, the
+# text chunk ImageMagick writes into PNG): the others, the patches the pipeline writes among
+# them, are not opened again by PIL, which decodes a whole PNG to look for its tags.
+EXIF_MARKERS = (b"Exif", b"eXIf", b"Raw profile type exif")
 
 
 def exif_orientation(source):
-    """The EXIF Orientation tag (1-8) of an image file (path) or its bytes; 1 where it has
-    none or it cannot be parsed (cv2 has read the pixels already: a bad tag is no reason to
-    refuse them)."""
-    from PIL import Image, UnidentifiedImageError
+    """The EXIF Orientation tag (1-8) of an image file (path) or its bytes, read as LabelMe
+    reads it to show an image; 1 where it has none or it cannot be parsed (cv2 has read the
+    pixels already: a bad tag is no reason to refuse them)."""
+    from PIL import UnidentifiedImageError
     try:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        if data[:4] in TIFF_MAGIC or not any(m in data for m in ORIENTATION_MARKERS):
+        if not any(m in data for m in EXIF_MARKERS):
             return 1
-        with Image.open(io.BytesIO(data)) as img:
-            value = img.getexif().get(EXIF_ORIENTATION, 1)
+        with warnings.catch_warnings(), pil_open(io.BytesIO(data)) as img:
+            warnings.simplefilter("ignore")         # a damaged tag would warn at every read
+            value = img.getexif().get(EXIF_ORIENTATION, 1)    # a PNG reads all its chunks
+            # LabelMe (PIL's _getexif) turns only an image with EXIF, as PIL reads it: an
+            # XMP tiff:Orientation then stands in for a missing EXIF one, alone it does not,
+            # and neither does a TIFF's own tag.
+            if "exif" not in img.info and "Raw profile type exif" not in img.info:
+                return 1
         return value if value in DIHEDRAL_OF_ORIENTATION else 1
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, TypeError, KeyError):
         return 1
+
+
+def pil_open(source):
+    """PIL's reader of an image file, for what cv2 does not give (tags, label indices). The
+    files are the user's own, and PIL's guard against decompression bombs refuses a slide."""
+    from PIL import Image
+    Image.MAX_IMAGE_PIXELS = None
+    return Image.open(source)
 
 
 def as_shown(img, orientation):
@@ -691,9 +705,9 @@ INDEX_MODES = ("P", "1", "LA")
 def _indices_by_pil(path):
     """The class indices of a palette, 1-bit or grey+alpha image (alpha dropped, as images
     drop it); None for any other image, which cv2 reads."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
     try:
-        with Image.open(path) as img:
+        with pil_open(path) as img:
             if img.mode not in INDEX_MODES:
                 return None
             indices = np.array(img)

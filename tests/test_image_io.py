@@ -146,10 +146,12 @@ def test_images_and_labels_are_read_turned_as_their_exif_orientation_shows_them(
 
 def test_a_tiffs_orientation_tag_is_left_alone(tmp_path):
     stored = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    saved_with_orientation(tmp_path / "t.tif", stored, 3)
+    saved_with_orientation(tmp_path / "t.tif", stored, 3, description="Exif")  # a marker too
     with Image.open(tmp_path / "t.tif") as img:
         assert img.getexif().get(0x0112) == 3      # the tag is there, and not used
     assert np.array_equal(read_image(tmp_path / "t.tif"), stored)
+    from image_io import exif_orientation
+    assert exif_orientation((tmp_path / "t.tif").read_bytes()) == 1
 
 
 def test_a_1_bit_png_label_reads_as_0_and_1_and_an_image_as_0_and_255(tmp_path):
@@ -220,23 +222,75 @@ def test_find_label_lists_a_folder_once_and_sees_the_files_made_after(tmp_path, 
         assert find_label(tmp_path, "a") == tmp_path / "a.png"
         assert find_label(tmp_path, "b") is None
     assert len(listings) == 1
-    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((4, 5), np.uint8))
-    assert find_label(tmp_path, "b") == tmp_path / "b.png"
+    # suffixes in a case only the listing finds, not the probes of a.png, a.PNG
+    cv2.imwrite(str(tmp_path / "b.Png"), np.zeros((4, 5), np.uint8))
+    assert find_label(tmp_path, "b") == tmp_path / "b.Png"
     # A folder changed just now is listed again, even where the change left its mtime as it
     # was (a file made in the same tick of a coarse clock).
     now = os.stat(tmp_path).st_mtime_ns
     assert find_label(tmp_path, "c") is None
-    cv2.imwrite(str(tmp_path / "c.tif"), np.zeros((4, 5), np.uint8))
+    cv2.imwrite(str(tmp_path / "c.Tif"), np.zeros((4, 5), np.uint8))
     os.utime(tmp_path, ns=(now, now))
-    assert find_label(tmp_path, "c") == tmp_path / "c.tif"
+    assert find_label(tmp_path, "c") == tmp_path / "c.Tif"
 
 
-def test_find_label_names_a_folder_it_cannot_list(tmp_path, monkeypatch):
+def test_find_label_in_a_folder_it_may_enter_but_not_list(tmp_path, monkeypatch):
     import image_io
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 5), np.uint8))
 
     def refused(folder):
         raise PermissionError(13, "Permission denied", str(folder))
     monkeypatch.setattr(image_io.os, "scandir", refused)
-    with pytest.raises(PipelineError, match=r"cannot list .*: Permission denied; check"):
-        find_label(tmp_path, "a")
+    assert find_label(tmp_path, "a") == tmp_path / "a.png"
+    assert find_label(tmp_path, "b") is None
     assert find_label(tmp_path / "none", "a") is None
+
+
+def png_with_text(path, key, text, **options):
+    from PIL import PngImagePlugin
+    info = PngImagePlugin.PngInfo()
+    (info.add_itxt if key.startswith("XML") else info.add_text)(key, text, **options)
+    Image.fromarray(np.arange(24, dtype=np.uint8).reshape(4, 6)).save(path, pnginfo=info)
+
+
+def test_exif_in_an_imagemagick_text_chunk_turns_and_xmp_alone_does_not(tmp_path):
+    """As LabelMe shows them (PIL's _getexif): EXIF that ImageMagick wrote into a compressed
+    PNG text chunk counts; an XMP tiff:Orientation without EXIF does not."""
+    from image_io import read_raw_image
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()
+    png_with_text(tmp_path / "r.png", "Raw profile type exif",
+                  f"\nexif\n{len(raw):8d}\n{raw.hex()}\n", zip=True)
+    png_with_text(tmp_path / "x.png", "XML:com.adobe.xmp",
+                  '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/'
+                  '1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/'
+                  'tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    for name, shape in (("r.png", (6, 4)), ("x.png", (4, 6))):
+        with Image.open(tmp_path / name) as img:
+            labelme_turns = (img._getexif() or {}).get(0x0112, 1) != 1
+        assert labelme_turns == (shape == (6, 4))
+        assert read_raw_image(tmp_path / name).shape == shape, name
+
+
+def test_a_camera_jpeg_larger_than_pils_bomb_limit_is_read_and_turned(tmp_path):
+    """PIL refuses files of more than twice its MAX_IMAGE_PIXELS; a slide is the user's own."""
+    from PIL import Image as PILImage
+    from image_io import read_raw_image
+    saved_with_orientation(tmp_path / "big.jpg", np.zeros((2, 3, 3), np.uint8), 8)
+    limit = PILImage.MAX_IMAGE_PIXELS
+    try:
+        PILImage.MAX_IMAGE_PIXELS = 2      # a 6-pixel frame is then a bomb to PIL
+        assert read_raw_image(tmp_path / "big.jpg").shape == (3, 2, 3)
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit
+
+
+def test_two_images_whose_names_differ_only_in_unicode_form_are_named(tmp_path):
+    import unicodedata
+    from image_io import list_images
+    for form in ("NFC", "NFD"):
+        cv2.imwrite(str(tmp_path / (unicodedata.normalize(form, "zelle_\u00e4") + ".png")),
+                    np.zeros((4, 5), np.uint8))
+    with pytest.raises(PipelineError, match="differ only in how their accented letters"):
+        list_images(tmp_path)
