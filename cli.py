@@ -289,7 +289,8 @@ def run_cli(main, interrupted=UNPUBLISHED):
     one line, exit status 2 (130 for Ctrl-C). interrupted: what a Ctrl-C leaves, as the
     script writes its outputs."""
     import sys
-    sys.stdout, sys.stderr = (stream if isinstance(stream, ReaderGoneProof)
+    # None where the descriptor was closed at start (script >&-): print() then writes nothing
+    sys.stdout, sys.stderr = (stream if stream is None or isinstance(stream, ReaderGoneProof)
                               else ReaderGoneProof(stream) for stream in (sys.stdout, sys.stderr))
     try:
         main()

@@ -474,6 +474,35 @@ def test_a_reader_that_stops_reading_does_not_stop_the_work(tmp_path):
     assert (tmp_path / "w" / "split.json").is_file()
 
 
+def test_a_closed_output_is_no_reason_to_stop(tmp_path):
+    """script >&- (a scheduler that gives no output): Python's sys.stdout is None, and
+    print() writes nothing."""
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 6)
+    proc = subprocess.run(f'"{sys.executable}" "{ROOT / "gen_img_aug.py"}" --data-dir "{data}" '
+                          f'--work-dir "{tmp_path / "w"}" --num-patches 20 --patch-size 64 '
+                          "--workers 1 >&-", shell=True, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "w" / "split.json").is_file()
+
+
+def test_output_streams_are_wrapped_once_and_one_without_a_descriptor_is_replaced(capsys):
+    import io
+    import cli
+    seen = []
+    for _ in range(2):
+        cli.run_cli(lambda: seen.append(sys.stdout) or print("kept"))
+    assert seen[0] is seen[1] and isinstance(seen[0], cli.ReaderGoneProof)
+    assert capsys.readouterr().out == "kept\nkept\n"
+
+    class GoneReader(io.StringIO):          # a reader gone, and no descriptor to redirect
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+    stream = cli.ReaderGoneProof(GoneReader())
+    for text in ("dropped", "dropped too"):
+        assert stream.write(text) == len(text)
+    stream.flush()
+
+
 def test_missing_label_is_a_clear_error(tmp_path):
     data = make_dataset(tmp_path / "data", [(40, 40)] * 3)
     (data / "label" / "im01.png").unlink()
