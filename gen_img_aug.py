@@ -46,11 +46,11 @@ import cv2
 import numpy as np
 
 from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,
-                      check_label_values, copy_frame, describe_intensity, find_label,
-                      frame_stem, list_images, parse_intensity, read_image, read_label,
-                      write_image)
-from outputs import (atomic_write_text, foreign_entries, remove_leftovers, staged_output,
-                     work_lock, write_json)
+                      check_label_size, check_label_values, copy_frame, describe_intensity,
+                      find_label, frame_stem, list_images, parse_intensity, read_image,
+                      read_label, write_image)
+from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
+                     same_or_inside, staged_output, work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, positive_int,
                  nfc, read_classes, refuse_file, read_name_list, run_cli, seed_value,
                  some_names, WORK_DIR)
@@ -142,14 +142,12 @@ def labelled_images(data_dir, classes, intensity):
     missing = [n for n in images if find_label(Path(data_dir) / "label", n) is None]
     if missing:
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
-                            f"{', '.join(missing[:10])}")
+                            f"{some_names(missing, 10)}")
     table, values, edges, outlines = {}, set(), {}, {}
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
         img, lbl = read_image(img_path, intensity), read_label(lbl_path)
-        if img.shape[:2] != lbl.shape:
-            raise PipelineError(f"{img_path.name} is {img.shape[1]}x{img.shape[0]} but its label "
-                                f"{lbl_path.name} is {lbl.shape[1]}x{lbl.shape[0]}")
+        check_label_size(lbl, lbl_path, img.shape, img_path)
         values.update(check_label_values(lbl, len(classes), lbl_path,
                                          Path(data_dir) / "classes.txt").tolist())
         table[name] = (img_path, lbl_path, img.shape[:2])
@@ -329,19 +327,29 @@ def split_names(names, data_dir, test_size, random_state, stack_of=None, file_of
 
 
 def listed_frames(listed, names, file_of, fixed):
-    """The frames a fixed test list names: a frame by its name, a file by its name with or
-    without its extension (a stack: all its planes), compared in Unicode's composed form."""
+    """The frames a fixed test list names: a frame by its name; else a file by its name, its
+    extension in any case or none (a stack: all its planes). Names compare in Unicode's
+    composed form."""
+    frame_named = {nfc(name): name for name in names}
     frames_of = {}
     for name in names:
         file = file_of.get(name, name)
-        for key in {name, file, frame_stem(file)}:
-            frames_of.setdefault(nfc(key), set()).add(name)
-    unknown = [entry for entry in listed if nfc(entry) not in frames_of]
+        for key in {file_key(file), nfc(frame_stem(file))}:
+            frames_of.setdefault(key, set()).add(name)
+    found = [{frame_named[nfc(entry)]} if nfc(entry) in frame_named
+             else frames_of.get(file_key(entry)) for entry in listed]
+    unknown = [entry for entry, frames in zip(listed, found) if not frames]
     if unknown:
         raise PipelineError(f"{fixed} lists images not in src/: {some_names(unknown, 10)} (list "
                             "a file's name, with or without its extension, or one plane of a "
                             "stack as <name>_p<k>)")
-    return {frame for entry in listed for frame in frames_of[nfc(entry)]}
+    return set().union(*found)
+
+
+def file_key(file):
+    """A file name as listed names are matched to it: composed, its extension lower case."""
+    path = Path(nfc(file))
+    return path.stem + path.suffix.lower()
 
 
 def warn_of_split_stacks(test, stack_of, fixed):
@@ -387,10 +395,8 @@ def check_work_dir(work, data_dir):
     the data folder, or a train/ holding files the pipeline does not write (train/ is
     replaced whole). test/ keeps what it holds besides src/ and label/ (predictions and
     contours of earlier runs)."""
-    data = Path(data_dir).resolve()
-    if work.resolve() == data or any(data == (work / sub).resolve()
-                                     or (work / sub).resolve() in data.parents
-                                     for sub in ("train", "test")):
+    same = folder_identity(work) is not None and folder_identity(work) == folder_identity(data_dir)
+    if same or any(same_or_inside(data_dir, work / sub) for sub in ("train", "test")):
         raise PipelineError(f"--work-dir {work} is or holds the --data-dir folder {data_dir}, "
                             "which this script would change; choose a folder of its own, "
                             f"such as {WORK_DIR}")
@@ -561,10 +567,10 @@ def main(argv=None):
                                                            args.intensity)
     check_object_classes(label_values, classes, args.data_dir)
     check_scaled_frames(table, args.scale)
-    stack_of = {name: source.path.name for name, (source, _, _) in table.items()
-                if isinstance(source, StackPlane)}
     file_of = {name: (source.path if isinstance(source, StackPlane) else source).name
                for name, (source, _, _) in table.items()}
+    stack_of = {name: file_of[name] for name, (source, _, _) in table.items()
+                if isinstance(source, StackPlane)}
     train, test, how = split_names(sorted(table), args.data_dir, args.test_size, args.random_state,
                                    stack_of, file_of)
     if not train:

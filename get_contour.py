@@ -41,9 +41,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity, find_label,
-                      list_images, parse_intensity, pixel_size_um, read_image, read_label,
-                      to_color_mode, write_image)
+from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
+                      check_label_size, find_label, list_images, parse_intensity, pixel_size_um,
+                      read_image, read_label, to_color_mode, write_image)
 from band_objects import objects_of_class
 from outputs import COLOR_SUFFIX, PROB_INFIX, prob_file, staged_output, write_json
 from shards import copy_shard_files, merge_object_tables, open_shards
@@ -56,8 +56,8 @@ from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, ba
 ORIGINAL_THRESHOLDS = (69, 80)   # beads, cells, on 0..127 maps
 PROB_SCALE = 127
 MARKER = "objects.csv"
-SHARD_RECORD = "shard.json"
-PANEL_SIDE = 1024            # longest side of the views in a whole slide's panel    # beside objects.csv of a prediction shard's contours
+SHARD_RECORD = "shard.json"    # beside objects.csv of a prediction shard's contours
+PANEL_SIDE = 1024              # longest side of the views in a whole slide's panel
 
 
 def parse_args(argv=None):
@@ -457,10 +457,8 @@ class Outliner:
         if args.panels:
             label_path = find_label(self.label_dir, name) if self.label_dir else None
             label = read_label(label_path) if label_path else None
-            if label is not None and label.shape != mask.shape:
-                raise PipelineError(f"label {label_path} is {label.shape[1]}x"
-                                    f"{label.shape[0]}, its image {image.shape[1]}x"
-                                    f"{image.shape[0]}")
+            if label is not None:
+                check_label_size(label, label_path, image.shape, source)
             plot_panel(name, image, label, mask, outlines, classes,
                        panels / f"panel_{name}.png", args.pdf)
 

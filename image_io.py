@@ -716,6 +716,18 @@ def _indices_by_pil(path):
     return indices[:, :, 0] if indices.ndim == 3 else indices
 
 
+def check_label_size(label, label_path, shape, image):
+    """One line where a label is not the size (shape) of its image (a file or stack plane),
+    naming the EXIF turn that explains a label drawn on a turned image's stored pixels."""
+    if label.shape == tuple(shape[:2]):
+        return
+    turned = not isinstance(image, StackPlane) and exif_orientation(image) != 1
+    raise PipelineError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but its "
+                        f"image {image} is {shape[1]}x{shape[0]}" + (
+                            " as shown: its EXIF Orientation tag turns it, and a label must be "
+                            "drawn on the image as viewers and LabelMe show it" if turned else ""))
+
+
 def check_label_values(label, num_classes, path, classes_source):
     """The label's values, sorted, after checking that each is one of the num_classes
     classes that classes_source (a classes.txt, the model) lists, or IGNORE_LABEL."""

@@ -50,6 +50,24 @@ def temp_target(name):
 SYSTEM_FILES = re.compile(r"\.DS_Store|\._.*|Thumbs\.db|desktop\.ini|\.nfs.*", re.IGNORECASE)
 
 
+def same_or_inside(inner, outer):
+    """Whether folder `inner` is folder `outer` or lies inside it, by the folders' identity on
+    disk: a second path to a folder (a link, a bind mount, other letter case on macOS and
+    Windows) is the same folder. False where either does not exist."""
+    target = folder_identity(outer)
+    inner = Path(inner).resolve()
+    return target is not None and any(folder_identity(folder) == target
+                                      for folder in (inner, *inner.parents))
+
+
+def folder_identity(path):
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def foreign_entries(folder, writes):
     """The names of what an existing folder holds that a script does not write (a file in
     its place: that file's name): entries whose name fails writes(name), a killed run's

@@ -91,9 +91,9 @@ prepare_tensorflow()
 import numpy as np  # noqa: E402
 
 from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,  # noqa: E402
-                      check_label_values, describe_intensity, find_label, list_images,
-                      parse_intensity, pixel_size_um, read_image, read_label, to_color_mode,
-                      write_image, write_tiff)
+                      check_label_size, check_label_values, describe_intensity, find_label,
+                      list_images, parse_intensity, pixel_size_um, read_image, read_label,
+                      to_color_mode, write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  # noqa: E402
                           load_model, model_file, read_config, verify_model_file)
@@ -695,9 +695,7 @@ def faint_threshold(config, choice):
 def frame_label(label_path, shape, source, classes):
     """The frame's label, checked against its size and the model's classes."""
     label = read_label(label_path)
-    if label.shape != tuple(shape):
-        raise PipelineError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but "
-                            f"{source} is {shape[1]}x{shape[0]}")
+    check_label_size(label, label_path, shape, source)
     check_label_values(label, len(classes), label_path, "the model")
     return label
 
@@ -814,8 +812,7 @@ def main(argv=None):
 
     if threshold is not None and streamed:
         print(f"note: the faint-object filter needs a frame whole; {len(streamed)} frame(s) "
-              f"predicted band by band keep every object ({', '.join(sorted(streamed)[:3])}"
-              f"{', ...' if len(streamed) > 3 else ''})")
+              f"predicted band by band keep every object ({some_names(sorted(streamed))})")
     run = FrameRun(predict_batch, tile, transforms, prepare, classes, decision,
                    config["color_mode"], intensity, config["scale"], threshold, args)
     # The paper figure is the test set's; a user's folder keeps its chart to itself.

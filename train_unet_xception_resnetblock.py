@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 from distribute import STRATEGIES  # noqa: E402
 from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
 from outputs import (atomic_write_text, foreign_entries, remove_leftovers,  # noqa: E402
-                     sha256_of, write_json)
+                     same_or_inside, sha256_of, write_json)
 from cli import (IGNORE_LABEL, PipelineError, check_split_written, existing_folder,  # noqa: E402
                  finite_float, fraction_below_one, held_out_count, positive_float, positive_int,
                  read_classes, read_json, refuse_file, run_cli, seed_value, some_names,
@@ -374,7 +374,7 @@ def check_model_dir(model_dir, work, data_dir):
     <model-dir>.previous holding such files. A --restart moves the model folder aside, and
     the first checkpoint deletes the folder aside, whatever they hold."""
     for folder, option in ((work, "--work-dir"), (Path(data_dir), "--data-dir")):
-        if model_dir.resolve() in (folder.resolve(), *folder.resolve().parents):
+        if same_or_inside(folder, model_dir):
             raise PipelineError(f"--model-dir {model_dir} is or holds the {option} folder "
                                 f"{folder}, which training and --restart would change; choose "
                                 f"a folder of its own, such as {work / 'weights'}")

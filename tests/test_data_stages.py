@@ -119,13 +119,14 @@ def test_planes_of_a_tiff_stack_are_frames_of_the_data_set(tmp_path):
 
 def test_a_fixed_list_names_files_as_users_write_them(tmp_path, capsys):
     """A stack by its file's name holds out all its planes, a file's name may keep its
-    extension, and a name typed composed finds a file whose name macOS wrote decomposed."""
+    extension (in any case), a frame's own name names that frame alone, and a name typed
+    composed finds a file whose name macOS wrote decomposed."""
     import unicodedata
-    names = ["im00", unicodedata.normalize("NFD", "zelle_\u00e4"), "x"] + \
+    names = ["im00", unicodedata.normalize("NFD", "zelle_\u00e4"), "x", "st", "y_p0", "y_p1"] + \
         [f"st_p{k}" for k in range(3)]
+    stack_of = {"y_p0": "y.tif", "y_p1": "y.tif", **{f"st_p{k}": "st.tif" for k in range(3)}}
     file_of = {"im00": "im00.png", names[1]: f"{names[1]}.png", "x": "x.ome.tif",
-               **{f"st_p{k}": "st.tif" for k in range(3)}}
-    stack_of = {f"st_p{k}": "st.tif" for k in range(3)}
+               "st": "st.png", **stack_of}
     data = tmp_path / "data"
     data.mkdir()
 
@@ -133,7 +134,9 @@ def test_a_fixed_list_names_files_as_users_write_them(tmp_path, capsys):
         (data / "test.txt").write_text("\n".join(listed) + "\n", encoding="utf-8")
         return gen_img_aug.split_names(names, data, 0.25, 0, stack_of, file_of)[1]
 
-    assert fixed_split(["st"]) == ["st_p0", "st_p1", "st_p2"]
+    assert fixed_split(["y"]) == ["y_p0", "y_p1"]
+    assert fixed_split(["st.TIF"]) == ["st_p0", "st_p1", "st_p2"]
+    assert fixed_split(["st"]) == ["st"]            # a frame's own name names that frame alone
     assert fixed_split(["st.tif", "im00.png"]) == ["im00", "st_p0", "st_p1", "st_p2"]
     assert fixed_split(["zelle_\u00e4", "x.ome.tif"]) == ["x", names[1]]
     assert fixed_split(["x"]) == ["x"]

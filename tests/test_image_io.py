@@ -294,3 +294,17 @@ def test_two_images_whose_names_differ_only_in_unicode_form_are_named(tmp_path):
                     np.zeros((4, 5), np.uint8))
     with pytest.raises(PipelineError, match="differ only in how their accented letters"):
         list_images(tmp_path)
+
+
+def test_a_label_drawn_on_a_turned_images_stored_pixels_is_told_why_it_does_not_fit(tmp_path):
+    from image_io import check_label_size, read_raw_image
+    saved_with_orientation(tmp_path / "p.jpg", np.zeros((20, 30, 3), np.uint8), 6)
+    stored_size_label = np.zeros((20, 30), np.uint8)
+    shape = read_raw_image(tmp_path / "p.jpg").shape
+    with pytest.raises(PipelineError, match=r"is 30x20 but its image .*p\.jpg is 20x30 as shown: "
+                                            r"its EXIF Orientation tag turns it"):
+        check_label_size(stored_size_label, "p.png", shape, tmp_path / "p.jpg")
+    check_label_size(stored_size_label.T, "p.png", shape, tmp_path / "p.jpg")
+    saved_with_orientation(tmp_path / "q.png", np.zeros((20, 30, 3), np.uint8), 1)
+    with pytest.raises(PipelineError, match=r"is 20x30 but its image .*q\.png is 30x20$"):
+        check_label_size(stored_size_label.T, "q.png", (20, 30), tmp_path / "q.png")

@@ -122,3 +122,20 @@ def test_a_held_work_folder_is_refused_to_a_second_run_and_freed_after(tmp_path)
                 pass
     # emptied on release: a finished run's folder names no holder and hashes alike each run
     assert (tmp_path / outputs.LOCK_NAME).read_text() == ""
+
+
+def test_a_folder_reached_by_a_second_path_is_the_same_folder(tmp_path, monkeypatch):
+    """A bind mount (or other letter case on macOS) gives one folder two paths that resolve()
+    does not join; the file system's identity of the folder does."""
+    (tmp_path / "work" / "test" / "data").mkdir(parents=True)
+    (tmp_path / "mount").mkdir()
+    real_identity = outputs.folder_identity
+
+    def identity(path):     # "mount" stands for a second path to work/test
+        path = Path(path)
+        return real_identity(tmp_path / "work" / "test" if path == tmp_path / "mount" else path)
+    monkeypatch.setattr(outputs, "folder_identity", identity)
+    assert outputs.same_or_inside(tmp_path / "mount" / "data", tmp_path / "work" / "test")
+    assert outputs.same_or_inside(tmp_path / "work" / "test", tmp_path / "work" / "test")
+    assert not outputs.same_or_inside(tmp_path / "work", tmp_path / "work" / "test")
+    assert not outputs.same_or_inside(tmp_path / "none", tmp_path / "work")
