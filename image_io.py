@@ -647,9 +647,9 @@ def to_color_mode(img, color_mode):
 # ---------------------------------------------------------------- labels
 
 def read_label(path):
-    """A class-index label as uint8: PNG (8/16-bit grey; palette PNGs, as LabelMe exports,
-    give their indices, 1-bit ones 0 and 1, grey+alpha ones their grey), a TIFF of one plane
-    (through tifffile), or a numeric .npy."""
+    """A class-index label as uint8: PNG (grey of 1 to 16 bits, its values as stored; palette
+    PNGs, as LabelMe exports, give their indices, grey+alpha ones their grey), a TIFF of one
+    plane (through tifffile), or a numeric .npy."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
         label = _load_npy(path)
@@ -661,7 +661,7 @@ def read_label(path):
             label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if label is None:
             raise PipelineError(f"cannot read label {path}: empty, truncated or not an image file")
-        label = as_shown(label, exif_orientation(path))
+        label = as_shown(_unstretched(label, _png_grey_depth(path)), exif_orientation(path))
     if label.ndim == 3:
         raise PipelineError(f"label {path} has {label.shape[2]} channels; a label must hold one "
                             "class index per pixel (a grey or palette PNG)")
@@ -694,6 +694,22 @@ def _load_npy(path):
                             "label.astype(np.uint8))") from None
     except (OSError, EOFError) as err:
         raise PipelineError(f"cannot read label {path}: not a valid .npy file ({err})") from None
+
+
+def _png_grey_depth(path):
+    """The bits per pixel of a grey PNG (colour type 0); None for any other file."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(26)
+    except OSError:
+        return None
+    is_grey_png = head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25:] == b"\0"
+    return head[24] if is_grey_png else None
+
+
+def _unstretched(label, depth):
+    """A 2- or 4-bit grey PNG's indices: cv2 and PIL stretch 0..3 and 0..15 to 0..255."""
+    return label // (255 // (2 ** depth - 1)) if depth in (2, 4) else label
 
 
 # PIL modes whose values are class indices as PIL reads them, where cv2 would give a palette's

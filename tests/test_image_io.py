@@ -308,3 +308,31 @@ def test_a_label_drawn_on_a_turned_images_stored_pixels_is_told_why_it_does_not_
     saved_with_orientation(tmp_path / "q.png", np.zeros((20, 30, 3), np.uint8), 1)
     with pytest.raises(PipelineError, match=r"is 20x30 but its image .*q\.png is 30x20$"):
         check_label_size(stored_size_label.T, "q.png", (20, 30), tmp_path / "q.png")
+
+
+def grey_png_of_depth(path, values, depth):
+    """A grey PNG of `depth` bits a pixel, which neither cv2 nor PIL writes."""
+    import struct
+    import zlib
+    per_byte = 8 // depth
+    rows = b""
+    for row in values:
+        padded = list(row) + [0] * (-len(row) % per_byte)
+        rows += b"\0" + bytes(sum(int(v) << (8 - depth * (k + 1)) for k, v in
+                                  enumerate(padded[i:i + per_byte]))
+                              for i in range(0, len(padded), per_byte))
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", values.shape[1], values.shape[0], depth, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("depth, top", [(1, 1), (2, 3), (4, 15)])
+def test_a_grey_png_label_of_fewer_bits_reads_as_its_values(tmp_path, depth, top):
+    values = np.array([[0, 1, top, 0, 1], [top, 0, 0, 1, top]], np.uint8)
+    grey_png_of_depth(tmp_path / "l.png", values, depth)
+    assert cv2.imread(str(tmp_path / "l.png"), cv2.IMREAD_UNCHANGED).max() == 255  # stretched
+    assert np.array_equal(read_label(tmp_path / "l.png"), values)
