@@ -104,8 +104,8 @@ from outputs import (atomic_write_text, check_replaceable, color_file, prob_file
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, read_json, existing_folder,  # noqa: E402
-                 finite_float, non_negative_float, non_negative_int, positive_int, read_classes,
-                 refuse_file, run_cli, some_names, WORK_DIR)
+                 finite_float, nfc, non_negative_float, non_negative_int, positive_int,
+                 read_classes, refuse_file, run_cli, some_names, WORK_DIR)
 from figures import colorize, save_figure, pyplot  # noqa: E402
 from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, invert_intensities,  # noqa: E402
                       inverts, resample_image, resample_probabilities, scaled_size)
@@ -711,13 +711,12 @@ def check_output_files(names, classes, args, streamed):
     x_color (or x_prob_cell with --save-probs) both write x_color.png; x and X are one file
     on macOS and Windows; a frame named iou would be the chart. All frames, not one shard's:
     the shards are merged into one folder."""
-    import unicodedata
-    writer = {unicodedata.normalize("NFC", f).casefold(): "the report"
+    writer = {nfc(f).casefold(): "the report"
               for f in (MARKER, *REPORT_FILES)}
     for name in names:
         suffix = ".tif" if name in streamed or args.mask_format == "tif" else ".png"
         for file in output_files(name, classes, suffix, args.save_probs):
-            other = writer.setdefault(unicodedata.normalize("NFC", file).casefold(), name)
+            other = writer.setdefault(nfc(file).casefold(), name)
             if other != name:
                 who = other if other == "the report" else f"frame {other}"
                 raise PipelineError(f"{who} and frame {name} would both write {file}; rename "
