@@ -96,6 +96,8 @@ def synchronize_batchnorm(model):
                 raise PipelineError("this Keras version's BatchNormalization has no _moments; "
                                     "train with --strategy one")
             layer._moments = types.MethodType(global_moments, layer)
+            # The fused kernel makes its own, per-replica moments.
+            layer.fused = False
 
 
 def start_localhost_workers(argv, count=2, **popen_options):

@@ -135,6 +135,18 @@ def use_precision(choice):
     return precision
 
 
+def keep_nan_visible():
+    """Turn grappler's remapper off for the graphs this process traces from now on.
+
+    It fuses each fused BatchNorm of a training step with the ReLU after it (Xception's)
+    into one oneDNN kernel whose ReLU turns NaN into 0: a weight gone NaN then gave a finite
+    loss, and training's divergence guard saw it only in the weights at the epoch's end,
+    after the epoch had trained on zeros. A training step measured no slower without it
+    (bench/README.md, "Fused BatchNorm")."""
+    import tensorflow as tf
+    tf.config.optimizer.set_experimental_options({"remapping": False})
+
+
 def add_precision_option(group):
     group.add_argument("--precision", choices=PRECISIONS, default="auto",
                        help="numeric precision: fp32; bf16 (bfloat16 compute, float32 weights "

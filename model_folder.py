@@ -180,10 +180,12 @@ def load_model(path):
     import absl.logging
     import keras
     import lovasz_losses_tf  # noqa: F401  (registers the losses a saved model may name)
-    import model  # noqa: F401  (registers NormalizedSGD)
+    import model  # also registers NormalizedSGD and FusedBatchNormalization
     absl.logging.set_verbosity(absl.logging.ERROR)
     try:
-        return keras.saving.load_model(path, compile=False)
+        net = keras.saving.load_model(path, compile=False)
     except Exception as err:     # h5py, Keras and zipfile each raise their own types
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise PipelineError(f"cannot load model {path}: {first_line}") from None
+    # A model saved before the fused layer existed computes as it did, in the faster kernel.
+    return model.with_fused_batchnorm(net)

@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from hardware import add_precision_option, prepare_tensorflow, use_precision
+from hardware import add_precision_option, keep_nan_visible, prepare_tensorflow, use_precision
 
 prepare_tensorflow()
 
@@ -860,6 +860,7 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     # The weights are loaded (ImageNet downloaded) before the model folder changes at all.
     precision = use_precision(args.precision)
+    keep_nan_visible()
     with strategy.scope():
         model = build(args, patch_shape, len(classes))
         if init:

@@ -69,6 +69,7 @@ def training_model(size, precision, jit):
     import train_unet_xception_resnetblock as train
     from model import NormalizedSGD, build_model
     keras.mixed_precision.set_global_policy(hardware.POLICIES[precision])
+    hardware.keep_nan_visible()
     keras.utils.set_random_seed(0)
     net = build_model((size, size, 3), len(CLASSES), weights=None)
     net.compile(optimizer=NormalizedSGD(0.01), loss=train.make_loss("lovasz-softmax", 3, "softmax"),

@@ -132,6 +132,99 @@ def test_save_and_reload_give_identical_logits(model64, image64, tmp_path):
     np.testing.assert_array_equal(reloaded.predict(image64, verbose=0), expected)
 
 
+def test_every_batchnorm_of_the_network_is_fused(model64):
+    batchnorms = [layer for layer in model64.layers
+                  if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(batchnorms) == 85        # Xception's 38 and the decoder's 47
+    assert all(type(layer) is M.FusedBatchNormalization for layer in batchnorms)
+
+
+def _batchnorm_pair(dtype):
+    """A Keras BatchNormalization and a fused one with the same, non-trivial weights."""
+    rng = np.random.default_rng(5)
+    weights = [rng.uniform(0.5, 2.0, 6), rng.normal(0.0, 1.0, 6), rng.normal(1.0, 0.5, 6),
+               rng.uniform(0.5, 3.0, 6)]
+    pair = []
+    for kind in (keras.layers.BatchNormalization, M.FusedBatchNormalization):
+        layer = kind(momentum=0.9, dtype=dtype)
+        layer.build((None, 2, 3, 6))
+        layer.set_weights(weights)
+        pair.append(layer)
+    return pair
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_fused_layer_computes_what_keras_layer_does(training):
+    """Outputs, gradients and the moving statistics' update; 2 x 2 x 3 values per channel,
+    so the kernel's unbiased variance (12/11 of the biased one) would show."""
+    import tensorflow as tf
+    x = tf.constant(np.random.default_rng(6).normal(2.0, 3.0, (2, 2, 3, 6)), tf.float32)
+    results = []
+    for layer in _batchnorm_pair("float32"):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * tf.range(6, dtype=tf.float32))
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance])
+    for keras_value, fused_value in zip(*results):
+        np.testing.assert_allclose(np.asarray(fused_value), np.asarray(keras_value),
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_fused_layer_in_bfloat16_keeps_float32_statistics(training):
+    import tensorflow as tf
+    x = tf.constant(np.random.default_rng(7).normal(2.0, 3.0, (2, 2, 3, 6)), tf.float32)
+    plain, fused = _batchnorm_pair("mixed_bfloat16")
+    expected, y = plain(x, training=training), fused(x, training=training)
+    assert y.dtype == tf.bfloat16 and fused.moving_variance.dtype == "float32"
+    np.testing.assert_allclose(np.asarray(tf.cast(y, tf.float32)),
+                               np.asarray(tf.cast(expected, tf.float32)), atol=0.02)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(),
+                               rtol=1e-2)
+
+
+def test_one_value_per_channel_gives_a_zero_variance_not_nan():
+    layer = M.FusedBatchNormalization(momentum=0.0)
+    y = layer(np.ones((1, 1, 1, 4), "float32"), training=True)
+    assert np.isfinite(np.asarray(y)).all()
+    np.testing.assert_array_equal(layer.moving_variance.numpy(), np.zeros(4))
+
+
+def test_moments_made_elsewhere_take_keras_path():
+    """distribute.synchronize_batchnorm hands the layer moments of the global batch and
+    sets fused False; the fused kernel would make its own."""
+    import types
+    plain, fused = _batchnorm_pair("float32")
+    x = np.random.default_rng(8).normal(size=(2, 2, 3, 6)).astype("float32")
+    given = (np.full(6, 1.5, "float32"), np.full(6, 4.0, "float32"))
+    for layer in (plain, fused):
+        layer._moments = types.MethodType(lambda self, inputs, mask: given, layer)
+    fused.fused = False
+    np.testing.assert_allclose(np.asarray(fused(x, training=True)),
+                               np.asarray(plain(x, training=True)), rtol=1e-6)
+
+
+def test_a_model_saved_with_keras_batchnorm_loads_fused(model64, image64, tmp_path):
+    """Models trained before the fused layer load with it, computing as before."""
+    from model_folder import load_model
+    config = model64.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "FusedBatchNormalization":
+            layer.update(module="keras.layers", class_name="BatchNormalization",
+                         registered_name=None)
+    plain = keras.Model.from_config(config)
+    plain.set_weights(model64.get_weights())
+    assert not any(isinstance(layer, M.FusedBatchNormalization) for layer in plain.layers)
+    plain.save(tmp_path / "old.h5")
+    loaded = load_model(tmp_path / "old.h5")
+    assert all(type(layer) is M.FusedBatchNormalization for layer in loaded.layers
+               if isinstance(layer, keras.layers.BatchNormalization))
+    np.testing.assert_allclose(loaded.predict(image64, verbose=0),
+                               plain.predict(image64, verbose=0), rtol=1e-4, atol=1e-4)
+
+
 # ---------------------------------------------------------------- optimizer
 
 def _dense_model():
