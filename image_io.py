@@ -548,10 +548,10 @@ def read_raw_image(source):
     path = Path(source)
     if path.suffix.lower() in TIFF_EXTS:
         return _read_tiff(path, 0)
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    img = _decoded(_file_bytes(path, "image"), path)
     if img is None:
         raise PipelineError(f"cannot read image {path}: empty, truncated or not an image file")
-    return as_shown(_channels_as_rgb(img, path), exif_orientation(path))
+    return img
 
 
 def read_image(source, intensity=DEFAULT_INTENSITY):
@@ -561,11 +561,25 @@ def read_image(source, intensity=DEFAULT_INTENSITY):
 
 def decode_image(data, what, intensity=DEFAULT_INTENSITY, raw=False):
     """Decode the bytes of a PNG or JPEG file exactly as read_image reads such files."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    img = _decoded(bytes(data), what)
     if img is None:
         raise PipelineError(f"{what} is not a readable image")
-    img = as_shown(_channels_as_rgb(img, what), exif_orientation(bytes(data)))
     return img if raw else to_uint8(img, intensity, what)
+
+
+def _file_bytes(path, kind):
+    """A file's bytes, read once for every step that needs them (pixels, tags, header)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise PipelineError(f"cannot read {kind} {path}: {err.strerror or err}") from None
+
+
+def _decoded(data, what):
+    """A PNG, JPEG or other cv2 image file's bytes as its pixels are shown (EXIF turn), RGB;
+    None where cv2 cannot decode them."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    return None if img is None else as_shown(_channels_as_rgb(img, what), exif_orientation(data))
 
 
 def _channels_as_rgb(img, what):
@@ -656,12 +670,13 @@ def read_label(path):
     elif path.suffix.lower() in TIFF_EXTS:
         label = _tiff_label(path)
     else:
-        label = _indices_by_pil(path)
-        if label is None:
-            label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        data = _file_bytes(path, "label")
+        label = _indices_by_pil(data)
+        if label is None and data:
+            label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if label is None:
             raise PipelineError(f"cannot read label {path}: empty, truncated or not an image file")
-        label = as_shown(_unstretched(label, _png_grey_depth(path)), exif_orientation(path))
+        label = as_shown(_unstretched(label, _png_grey_depth(data)), exif_orientation(data))
     if label.ndim == 3:
         raise PipelineError(f"label {path} has {label.shape[2]} channels; a label must hold one "
                             "class index per pixel (a grey or palette PNG)")
@@ -696,13 +711,10 @@ def _load_npy(path):
         raise PipelineError(f"cannot read label {path}: not a valid .npy file ({err})") from None
 
 
-def _png_grey_depth(path):
-    """The bits per pixel of a grey PNG (colour type 0); None for any other file."""
-    try:
-        with open(path, "rb") as file:
-            head = file.read(26)
-    except OSError:
-        return None
+def _png_grey_depth(data):
+    """The bits per pixel of a grey PNG (colour type 0), from a file's bytes; None for any
+    other file."""
+    head = data[:26]
     is_grey_png = head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25:] == b"\0"
     return head[24] if is_grey_png else None
 
@@ -718,12 +730,12 @@ def _unstretched(label, depth):
 INDEX_MODES = ("P", "1", "LA")
 
 
-def _indices_by_pil(path):
-    """The class indices of a palette, 1-bit or grey+alpha image (alpha dropped, as images
-    drop it); None for any other image, which cv2 reads."""
+def _indices_by_pil(data):
+    """The class indices of a palette, 1-bit or grey+alpha image file's bytes (alpha dropped,
+    as images drop it); None for any other image, which cv2 reads."""
     from PIL import UnidentifiedImageError
     try:
-        with pil_open(path) as img:
+        with pil_open(io.BytesIO(data)) as img:
             if img.mode not in INDEX_MODES:
                 return None
             indices = np.array(img)
