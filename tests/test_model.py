@@ -208,14 +208,12 @@ def test_moments_made_elsewhere_take_keras_path():
 
 def test_a_model_saved_with_keras_batchnorm_loads_fused(model64, image64, tmp_path):
     """Models trained before the fused layer load with it, computing as before."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_fused_bn import with_keras_batchnorm
     from model_folder import load_model
-    config = model64.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] == "FusedBatchNormalization":
-            layer.update(module="keras.layers", class_name="BatchNormalization",
-                         registered_name=None)
-    plain = keras.Model.from_config(config)
-    plain.set_weights(model64.get_weights())
+    plain = with_keras_batchnorm(model64)
     assert not any(isinstance(layer, M.FusedBatchNormalization) for layer in plain.layers)
     plain.save(tmp_path / "old.h5")
     loaded = load_model(tmp_path / "old.h5")
