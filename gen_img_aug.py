@@ -396,7 +396,8 @@ def check_work_dir(work, data_dir):
     replaced whole). test/ keeps what it holds besides src/ and label/ (predictions and
     contours of earlier runs)."""
     work_id = folder_identity(work)
-    if work_id is not None and work_id == folder_identity(data_dir) or any(same_or_inside(data_dir, work / sub) for sub in ("train", "test")):
+    is_data = work_id is not None and work_id == folder_identity(data_dir)
+    if is_data or any(same_or_inside(data_dir, work / sub) for sub in ("train", "test")):
         raise PipelineError(f"--work-dir {work} is or holds the --data-dir folder {data_dir}, "
                             "which this script would change; choose a folder of its own, "
                             f"such as {WORK_DIR}")

@@ -311,7 +311,7 @@ def forward_flops(net):
     return total
 
 
-def _rebuilt(net, edit):
+def rebuilt(net, edit):
     """net rebuilt from its config after edit(layer_config), which says whether it changed
     that layer, with net's weights; net itself when nothing changed."""
     config = net.get_config()
@@ -343,7 +343,7 @@ def with_precision(net, precision):
         layer["config"]["dtype"] = target
         return True
 
-    return _rebuilt(net, set_policy)
+    return rebuilt(net, set_policy)
 
 
 def with_fused_batchnorm(net):
@@ -360,7 +360,7 @@ def with_fused_batchnorm(net):
         layer.update(fused)
         return True
 
-    return _rebuilt(net, fuse)
+    return rebuilt(net, fuse)
 
 
 # ---------------------------------------------------------------- precise BN

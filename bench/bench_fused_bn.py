@@ -36,15 +36,16 @@ FRAME = (1032, 1376)
 
 def with_keras_batchnorm(net):
     """The same network and weights with Keras' own BatchNormalization layers."""
-    import keras
-    config = net.get_config()
-    for layer in config["layers"]:
-        if layer["class_name"] == "FusedBatchNormalization":
-            layer.update(module="keras.layers", class_name="BatchNormalization",
-                         registered_name=None)
-    plain = keras.Model.from_config(config)
-    plain.set_weights(net.get_weights())
-    return plain
+    from model import rebuilt
+
+    def unfuse(layer):
+        if layer["class_name"] != "FusedBatchNormalization":
+            return False
+        layer.update(module="keras.layers", class_name="BatchNormalization",
+                     registered_name=None)
+        return True
+
+    return rebuilt(net, unfuse)
 
 
 def both_networks(size, precision, compiled):
