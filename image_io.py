@@ -676,7 +676,7 @@ def read_label(path):
             label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if label is None:
             raise PipelineError(f"cannot read label {path}: empty, truncated or not an image file")
-        label = as_shown(_unstretched(label, _png_grey_depth(data)), exif_orientation(data))
+        label = as_shown(_png_grey(label, data), exif_orientation(data))
     if label.ndim == 3:
         raise PipelineError(f"label {path} has {label.shape[2]} channels; a label must hold one "
                             "class index per pixel (a grey or palette PNG)")
@@ -711,17 +711,27 @@ def _load_npy(path):
         raise PipelineError(f"cannot read label {path}: not a valid .npy file ({err})") from None
 
 
-def _png_grey_depth(data):
-    """The bits per pixel of a grey PNG (colour type 0), from a file's bytes; None for any
-    other file."""
+PNG_GREY, PNG_GREY_ALPHA = 0, 4
+
+
+def _png_header(data):
+    """(bits per sample, colour type) from a PNG file's bytes; None for any other file."""
     head = data[:26]
-    is_grey_png = head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[25:] == b"\0"
-    return head[24] if is_grey_png else None
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
 
 
-def _unstretched(label, depth):
-    """A 2- or 4-bit grey PNG's indices: cv2 and PIL stretch 0..3 and 0..15 to 0..255."""
-    return label // (255 // (2 ** depth - 1)) if depth in (2, 4) else label
+def _png_grey(label, data):
+    """A grey PNG label's indices as stored. cv2 and PIL stretch a 2- or 4-bit grey PNG's
+    0..3 and 0..15 to 0..255, and cv2 gives a 16-bit grey+alpha one (which PIL reads as
+    8-bit RGBA) as four channels, grey in the first three."""
+    depth, colour = _png_header(data) or (None, None)
+    if colour == PNG_GREY and depth in (2, 4):
+        return label // (255 // (2 ** depth - 1))
+    if colour == PNG_GREY_ALPHA and label.ndim == 3:
+        return label[:, :, 0]
+    return label
 
 
 # PIL modes whose values are class indices as PIL reads them, where cv2 would give a palette's

@@ -310,10 +310,22 @@ def test_a_label_drawn_on_a_turned_images_stored_pixels_is_told_why_it_does_not_
         check_label_size(stored_size_label.T, "q.png", (20, 30), tmp_path / "q.png")
 
 
-def grey_png_of_depth(path, values, depth):
-    """A grey PNG of `depth` bits a pixel, which neither cv2 nor PIL writes."""
+def write_png(path, shape, depth, colour_type, rows):
+    """A PNG written chunk by chunk, for the kinds neither cv2 nor PIL writes. rows: the
+    filtered scanlines' bytes (filter byte 0 before each)."""
     import struct
     import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", shape[1], shape[0], depth, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def grey_png_of_depth(path, values, depth):
+    """A grey PNG of `depth` bits a pixel (1, 2 or 4)."""
     per_byte = 8 // depth
     rows = b""
     for row in values:
@@ -321,13 +333,7 @@ def grey_png_of_depth(path, values, depth):
         rows += b"\0" + bytes(sum(int(v) << (8 - depth * (k + 1)) for k, v in
                                   enumerate(padded[i:i + per_byte]))
                               for i in range(0, len(padded), per_byte))
-
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    header = struct.pack(">IIBBBBB", values.shape[1], values.shape[0], depth, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    write_png(path, values.shape, depth, 0, rows)
 
 
 @pytest.mark.parametrize("depth, top", [(1, 1), (2, 3), (4, 15)])
@@ -336,3 +342,15 @@ def test_a_grey_png_label_of_fewer_bits_reads_as_its_values(tmp_path, depth, top
     grey_png_of_depth(tmp_path / "l.png", values, depth)
     assert cv2.imread(str(tmp_path / "l.png"), cv2.IMREAD_UNCHANGED).max() == 255  # stretched
     assert np.array_equal(read_label(tmp_path / "l.png"), values)
+
+
+def test_a_16_bit_grey_alpha_png_label_reads_as_its_grey(tmp_path):
+    # PIL reads this kind as 8-bit RGBA (the high bytes, all 0 here) and cv2 as four 16-bit
+    # channels; the label is the grey one.
+    grey = np.array([[0, 1, 2, 1, 0], [3, 0, 0, 2, 1]], np.uint16)
+    alpha = np.where(grey > 0, 65535, 0).astype(np.uint16)
+    samples = np.dstack([grey, alpha]).astype(">u2")
+    write_png(tmp_path / "ga16.png", grey.shape, 16, 4,
+              b"".join(b"\0" + row.tobytes() for row in samples))
+    assert cv2.imread(str(tmp_path / "ga16.png"), cv2.IMREAD_UNCHANGED).shape == (2, 5, 4)
+    assert np.array_equal(read_label(tmp_path / "ga16.png"), grey)
