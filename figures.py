@@ -26,6 +26,8 @@ def pyplot():
     display."""
     import matplotlib
     matplotlib.use("Agg")
+    # File and class names are the user's: a '$' in one is text, not a formula to parse.
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
     return plt
 

@@ -133,8 +133,8 @@ def parse_args(argv=None):
 
 def labelled_images(data_dir, classes, intensity):
     """name -> (image path, label path, (h, w)) for every image, checking every image and label
-    (readable, same size, classes within classes.txt); also the set of label values seen, each
-    image's edge sums and, for the images that have any, the objects labelled by a bare outline
+    (readable, same size, classes within classes.txt); also each label's values, each image's
+    edge sums and, for the images that have any, the objects labelled by a bare outline
     (label_outlines.bare_outlines)."""
     images = list_images(Path(data_dir) / "src")
     if not images:
@@ -143,19 +143,19 @@ def labelled_images(data_dir, classes, intensity):
     if missing:
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}")
-    table, values, edges, outlines = {}, set(), {}, {}
+    table, values, edges, outlines = {}, {}, {}, {}
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
         img, lbl = read_image(img_path, intensity), read_label(lbl_path)
         check_label_size(lbl, lbl_path, img.shape, img_path)
-        values.update(check_label_values(lbl, len(classes), lbl_path,
-                                         Path(data_dir) / "classes.txt").tolist())
+        values[name] = check_label_values(lbl, len(classes), lbl_path,
+                                          Path(data_dir) / "classes.txt").tolist()
         table[name] = (img_path, lbl_path, img.shape[:2])
         edges[name] = edge_sums(img, lbl)
         found, _ = bare_outlines(lbl)
         if found:
             outlines[name] = found
-    return table, sorted(values), edges, outlines
+    return table, values, edges, outlines
 
 
 def check_object_classes(values, classes, data_dir):
@@ -169,6 +169,20 @@ def check_object_classes(values, classes, data_dir):
                         f"{Path(data_dir) / 'classes.txt'}); {IGNORE_LABEL} marks pixels to "
                         "ignore, so a binary mask must be 0 and 1 (more classes: 1, 2, ... in "
                         "the order classes.txt lists them)")
+
+
+def check_training_classes(values_of, train, classes):
+    """Refuse a split whose training images hold no object (every one went to the test set)
+    and warn of each class no training image holds: the network can never learn it."""
+    seen = {v for name in train for v in values_of[name]}
+    if not any(0 < v != IGNORE_LABEL for v in seen):
+        raise PipelineError(f"none of the {len(train)} training images holds an object; the "
+                            "labelled objects are all in test images: list fewer or other "
+                            "images in test.txt, or label objects in the training images")
+    absent = [f"{classes[i]} ({i})" for i in range(1, len(classes)) if i not in seen]
+    if absent:
+        print(f"warning: no training image holds class(es) {', '.join(absent)}: the network "
+              "cannot learn them (they are only in test images or in no label)")
 
 
 def check_scaled_frames(table, scale):
@@ -393,8 +407,8 @@ def check_work_dir(work, data_dir):
     """Refuse a work folder whose rewrite would lose the user's files: the data folder itself
     (its test.txt would become the fixed list of the next run), one whose train/ or test/ holds
     the data folder, or a train/ holding files the pipeline does not write (train/ is
-    replaced whole). test/ keeps what it holds besides src/ and label/ (predictions and
-    contours of earlier runs)."""
+    replaced whole; test/src and test/label, checked by check_test_folders, too). test/ keeps
+    what it holds besides src/ and label/ (predictions and contours of earlier runs)."""
     work_id = folder_identity(work)
     is_data = work_id is not None and work_id == folder_identity(data_dir)
     if is_data or any(same_or_inside(data_dir, work / sub) for sub in ("train", "test")):
@@ -406,6 +420,28 @@ def check_work_dir(work, data_dir):
         raise PipelineError(f"{work / 'train'} holds files the pipeline does not write "
                             f"({some_names(foreign)}), and this script replaces that folder "
                             "whole: move them, or choose another --work-dir")
+
+
+def check_test_folders(work, frames):
+    """Refuse a test/src or test/label holding files the pipeline does not write: both are
+    replaced whole, and test/src is where prediction looks by default, so a user may have put
+    images of their own there. Frames of the data set, and those of the last split (test.txt)
+    for a frame since removed, are the pipeline's."""
+    try:
+        earlier = (work / "test.txt").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeError):
+        earlier = []
+    ours = set(frames) | set(earlier)
+    writes = {"src": lambda n: frame_stem(n) in ours,
+              "label": lambda n: n.endswith(".png") and n[:-4] in ours}
+    for sub, written in writes.items():
+        foreign = foreign_entries(work / "test" / sub, written)
+        if foreign:
+            raise PipelineError(f"{work / 'test' / sub} holds files the pipeline does not "
+                                f"write ({some_names(foreign)}), and this script replaces that "
+                                "folder whole: move them (to predict images of your own, "
+                                "give predict_lovasz_loss.py --input), or choose another "
+                                "--work-dir")
 
 
 def copy_test_set(table, test, work):
@@ -564,8 +600,8 @@ def main(argv=None):
     work = refuse_file(args.work_dir, "--work-dir")
     check_work_dir(work, args.data_dir)
     classes = read_classes(args.data_dir)
-    table, label_values, edges, outlines = labelled_images(args.data_dir, classes,
-                                                           args.intensity)
+    table, values_of, edges, outlines = labelled_images(args.data_dir, classes, args.intensity)
+    label_values = sorted({v for values in values_of.values() for v in values})
     check_object_classes(label_values, classes, args.data_dir)
     check_scaled_frames(table, args.scale)
     file_of = {name: (source.path if isinstance(source, StackPlane) else source).name
@@ -576,6 +612,8 @@ def main(argv=None):
                                    stack_of, file_of)
     if not train:
         raise PipelineError("no training images left after the split")
+    check_training_classes(values_of, train, classes)
+    check_test_folders(work, table)
     check_memory([scaled_size(table[n][2], args.scale) for n in train], args.patch_size,
                  args.workers)
     sums = [edges[n] for n in train]

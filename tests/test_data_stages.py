@@ -453,6 +453,51 @@ def test_rerun_keeps_earlier_predictions_and_refuses_to_replace_a_users_files(tm
     assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before
 
 
+def test_a_users_images_in_test_src_are_refused_before_anything_changes(tmp_path):
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 6)
+    work = tmp_path / "w"
+    (data / "test.txt").write_text("im01\nim04\n")
+    run_aug(data, work)
+    (data / "src" / "im04.png").unlink()        # a frame of the last split, since removed
+    (data / "label" / "im04.png").unlink()
+    (data / "test.txt").write_text("im02\n")
+    run_aug(data, work)
+    assert sorted(p.name for p in (work / "test" / "src").iterdir()) == ["im02.png"]
+    for sub, mine in (("src", "my_slide.png"), ("label", "my_slide.png"), ("src", "notes.txt")):
+        (work / "test" / sub / mine).write_text("mine")
+        before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
+        with pytest.raises(PipelineError, match=rf"test.{sub} holds files the pipeline does not "
+                                                rf"write \({mine.replace('.', '[.]')}\)"):
+            run_aug(data, work, "--num-patches", "10")
+        assert sorted(str(p.relative_to(work)) for p in work.rglob("*")) == before
+        (work / "test" / sub / mine).unlink()
+
+
+def test_training_images_without_objects_are_refused_and_a_class_they_lack_warned(tmp_path,
+                                                                                   capsys):
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 4)
+    for i in (1, 2, 3):
+        cv2.imwrite(str(data / "label" / f"im{i:02d}.png"), np.zeros((60, 60), np.uint8))
+    (data / "test.txt").write_text("im00\n")
+    with pytest.raises(PipelineError, match="none of the 3 training images holds an object"):
+        run_aug(data, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+    lbl = np.zeros((60, 60), np.uint8)
+    lbl[10:30, 10:30] = 1
+    cv2.imwrite(str(data / "label" / "im01.png"), lbl)
+    run_aug(data, tmp_path / "w")
+    assert "no training image holds class(es) cell (2)" in capsys.readouterr().out
+
+
+def test_names_with_dollar_signs_are_drawn_as_text_not_formulas(tmp_path):
+    data = make_dataset(tmp_path / "data", [(60, 60)])
+    name = "x$_$1"
+    table = {name: (data / "src" / "im00.png", data / "label" / "im00.png", (60, 60))}
+    gen_img_aug.plot_samples(table, [name], ["background", "CD4$^$", "cell"],
+                             tmp_path / "samples.png")
+    assert (tmp_path / "samples.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("data_sub", [".", "test", "train/x"])
 def test_a_work_folder_that_is_or_holds_the_data_folder_is_refused(tmp_path, data_sub):
     work = tmp_path / "w"
