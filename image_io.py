@@ -222,11 +222,18 @@ def open_tiff(path):
 # formats' further series are positions, slide labels or macro pictures, not planes of a stack.
 STACK_KINDS = ("shaped", "generic")
 ALPHA = ((1,), (2,))    # extra samples of one alpha: tifffile's EXTRASAMPLE ASSOCALPHA, UNASSALPHA
+# Colour spaces whose samples are not red, green, blue (or grey): tifffile hands them out as
+# stored, and read as RGB a CMYK image loses its black and its colours invert.
+NOT_RGB = {5: "CMYK (separated)", 8: "CIELab", 9: "ICCLab", 10: "ITULab"}
 
 
 def _series_layout(series, path):
     """(number of frames, axes of one frame) of a TIFF series."""
     axes, shape = series.axes, series.shape
+    space = NOT_RGB.get(int(series.keyframe.photometric))
+    if space:
+        raise PipelineError(f"{path}: TIFF of {space} colours, which are not read; save it as "
+                            "RGB or grey")
     # Two samples are grey+alpha only where the file says so; else they are two channels.
     colour = (2, 3, 4) if tuple(series.keyframe.extrasamples) in ALPHA else (3, 4)
     if axes.endswith("YXS") and shape[-1] in colour:
@@ -671,6 +678,10 @@ def read_label(path):
         label = _tiff_label(path)
     else:
         data = _file_bytes(path, "label")
+        if data.startswith(JPEG_START):
+            raise PipelineError(f"label {path} holds JPEG data whatever its name says; labels "
+                                "must be lossless (JPEG changes class values along every "
+                                "edge): save it as PNG from the original")
         label = _indices_by_pil(data)
         if label is None and data:
             label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -712,6 +723,7 @@ def _load_npy(path):
 
 
 PNG_GREY, PNG_GREY_ALPHA = 0, 4
+JPEG_START = b"\xff\xd8\xff"
 
 
 def _png_header(data):

@@ -344,6 +344,15 @@ def test_a_grey_png_label_of_fewer_bits_reads_as_its_values(tmp_path, depth, top
     assert np.array_equal(read_label(tmp_path / "l.png"), values)
 
 
+def test_a_label_of_jpeg_data_is_refused_whatever_its_name(tmp_path):
+    label = np.zeros((16, 16), np.uint8)
+    label[4:12, 4:12] = 2
+    ok, data = cv2.imencode(".jpg", label)
+    (tmp_path / "l.png").write_bytes(data.tobytes())
+    with pytest.raises(PipelineError, match=r"l\.png holds JPEG data .* labels must be lossless"):
+        read_label(tmp_path / "l.png")
+
+
 def test_a_16_bit_grey_alpha_png_label_reads_as_its_grey(tmp_path):
     # PIL reads this kind as 8-bit RGBA (the high bytes, all 0 here) and cv2 as four 16-bit
     # channels; the label is the grey one.

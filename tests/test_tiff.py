@@ -80,6 +80,15 @@ def test_colour_tiff_chunky_and_planar_read_as_rgb(tmp_path):
         assert np.array_equal(read_raw_image(tmp_path / f"{name}.tif"), rgb), name
 
 
+def test_cmyk_and_lab_tiffs_are_refused_not_read_as_rgb(tmp_path):
+    cmyk = np.dstack([ramp(dtype=np.uint8, scale=k) for k in (1, 3, 5, 7)])
+    tifffile.imwrite(tmp_path / "cmyk.tif", cmyk, photometric="separated")
+    tifffile.imwrite(tmp_path / "lab.tif", cmyk[:, :, :3], photometric="cielab")
+    for name, space in (("cmyk", "CMYK"), ("lab", "CIELab")):
+        with pytest.raises(PipelineError, match=rf"{name}\.tif: TIFF of {space}.* save it as RGB"):
+            read_raw_image(tmp_path / f"{name}.tif")
+
+
 def frame_at_a_time(path, frames, how):
     """A file as acquisition loops write it, one series per frame."""
     if how == "append":
