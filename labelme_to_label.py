@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from image_io import (IMAGE_EXTS, decode_image, lossless_suffix, read_raw_image,
+from image_io import (IMAGE_EXTS, LABEL_EXTS, decode_image, lossless_suffix, read_raw_image,
                       write_image)
 from outputs import staged_output
 from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, finite_numbers,
@@ -363,20 +363,48 @@ def already_in_src(json_path, data, src_dir, name):
         path.resolve().parent == src_dir.resolve()
 
 
+def others_named(folder, name, target, exts):
+    """The files of `folder` named name.<one of exts> other than target."""
+    return [p for p in folder.glob("*") if p.stem == name and p != target
+            and p.suffix.lower() in exts] if folder.is_dir() else []
+
+
+def holds_pixels(path, image):
+    """Whether the image file at path stores exactly these pixels."""
+    try:
+        stored = read_raw_image(path)
+    except PipelineError:
+        return False
+    return stored.shape == image.shape and stored.dtype == image.dtype and \
+        np.array_equal(stored, image)
+
+
 def write_pair(json_path, data, image, label, data_dir, staging):
     """The image (lossless, its own bit depth) and label into the staging folder, after
-    checking that data/src holds no other image of that name."""
+    checking that data/src holds no other image of that name and that an image file of the
+    target's name holds these pixels (it is left as it is: a rerun, or the embedded copy of
+    the user's file; another picture there would be lost), and that data/label holds no
+    other label of that name."""
     name = json_path.stem
     src_dir = Path(data_dir) / "src"
     if not already_in_src(json_path, data, src_dir, name):
         target = src_dir / f"{name}{lossless_suffix(image)}"
-        clash = [p for p in src_dir.glob("*") if p.stem == name and p != target
-                 and p.suffix.lower() in IMAGE_EXTS] if src_dir.is_dir() else []
+        clash = others_named(src_dir, name, target, IMAGE_EXTS)
         if clash:
             raise PipelineError(f"{json_path}: would write {target} but {clash[0]} already holds "
                                 f"an image named {name!r}")
-        write_image(staging / "src" / target.name, image, atomic=False)
-    write_image(staging / "label" / f"{name}.png", label, atomic=False)
+        if not target.exists():
+            write_image(staging / "src" / target.name, image, atomic=False)
+        elif not holds_pixels(target, image):
+            raise PipelineError(f"{json_path}: would replace {target}, whose pixels are not "
+                                "those of the image this annotation holds (imageData); move "
+                                "that file away, or set imagePath to it")
+    label_path = Path(data_dir) / "label" / f"{name}.png"
+    clash = others_named(label_path.parent, name, label_path, LABEL_EXTS)
+    if clash:
+        raise PipelineError(f"{json_path}: would write {label_path} but {clash[0]} already is "
+                            f"the label of {name!r}; move one of them away")
+    write_image(staging / "label" / label_path.name, label, atomic=False)
 
 
 def convert(json_path, data, class_index, data_dir, line_width, point_radius, staging,

@@ -174,6 +174,31 @@ def test_embedded_image_data_is_used_without_an_image_file(tmp_path):
     assert label.shape == (20, 30) and (label == 1).sum() == 50
 
 
+def test_another_picture_of_the_name_in_src_is_never_replaced_by_the_embedded_image(tmp_path):
+    data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]},
+                                 image_shape=(20, 30), embed=True)
+    run_main(data, labelme)
+    first = (data / "src" / "e.png").stat().st_mtime_ns
+    run_main(data, labelme)                 # a rerun: the same pixels, the file left as it is
+    assert (data / "src" / "e.png").stat().st_mtime_ns == first
+    original = np.random.default_rng(1).integers(0, 4096, (20, 30)).astype(np.uint16)
+    cv2.imwrite(str(data / "src" / "e.png"), original)      # the user's 16-bit original
+    (data / "label" / "e.png").unlink()
+    with pytest.raises(PipelineError, match=r"would replace .*e\.png, whose pixels are not"):
+        run_main(data, labelme)
+    assert np.array_equal(cv2.imread(str(data / "src" / "e.png"), cv2.IMREAD_UNCHANGED), original)
+    assert not (data / "label" / "e.png").exists()
+
+
+def test_a_label_of_another_format_for_the_name_is_refused(tmp_path):
+    data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
+    (data / "label").mkdir()
+    np.save(data / "label" / "e.npy", np.zeros((40, 60), np.uint8))
+    with pytest.raises(PipelineError, match=r"e\.npy already is the label of 'e'"):
+        run_main(data, labelme)
+    assert not (data / "label" / "e.png").exists()
+
+
 def test_a_phone_jpeg_is_labelled_as_labelme_showed_it_turned_by_its_exif_tag(tmp_path):
     """LabelMe shows a JPEG turned as its EXIF Orientation tag says and records the turned
     size and coordinates; the label must line up with the image as the pipeline reads it."""
