@@ -45,10 +45,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,
-                      check_label_size, check_label_values, copy_frame, describe_intensity,
-                      find_label, frame_stem, list_images, parse_intensity, read_image,
-                      read_label, write_image)
+from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
+                      add_intensity_option, check_label_size, check_label_values, copy_frame,
+                      describe_intensity, find_label, frame_stem, list_images, parse_intensity,
+                      read_image, read_label, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, positive_int,
@@ -143,6 +143,7 @@ def labelled_images(data_dir, classes, intensity):
     if missing:
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}")
+    report_unused_labels(Path(data_dir), images)
     table, values, edges, outlines = {}, {}, {}, {}
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
@@ -156,6 +157,23 @@ def labelled_images(data_dir, classes, intensity):
         if found:
             outlines[name] = found
     return table, values, edges, outlines
+
+
+def report_unused_labels(data_dir, images):
+    """Warn of label files that no image's name matches: left out of the data set, most
+    often because their image is of a format not read (GIF, WebP) or was removed."""
+    frames = {nfc(n) for n in images}
+    unused = [p for p in sorted((data_dir / "label").iterdir()) if not p.name.startswith(".")
+              and p.suffix.lower() in LABEL_EXTS and nfc(frame_stem(p.name)) not in frames]
+    if not unused:
+        return
+    stems = {nfc(p.stem) for p in unused}
+    unread = [p.name for p in sorted((data_dir / "src").iterdir())
+              if nfc(frame_stem(p.name)) in stems and p.suffix.lower() not in IMAGE_EXTS]
+    print(f"warning: {len(unused)} label(s) in {data_dir / 'label'} match no image in "
+          f"{data_dir / 'src'} and are left out: {some_names(p.name for p in unused)}"
+          + (f"; their images {some_names(unread)} are of a format not read (images are "
+             f"{', '.join(IMAGE_EXTS)})" if unread else ""))
 
 
 def check_object_classes(values, classes, data_dir):

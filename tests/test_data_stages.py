@@ -489,6 +489,18 @@ def test_training_images_without_objects_are_refused_and_a_class_they_lack_warne
     assert "no training image holds class(es) cell (2)" in capsys.readouterr().out
 
 
+def test_a_label_whose_image_is_of_a_format_not_read_is_named_in_a_warning(tmp_path, capsys):
+    from PIL import Image
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 5)
+    Image.open(data / "src" / "im00.png").save(data / "src" / "im00.gif")
+    (data / "src" / "im00.png").unlink()
+    run_aug(data, tmp_path / "w")
+    out = capsys.readouterr().out
+    assert "1 label(s) in" in out and "left out: im00.png; their images im00.gif are of a " \
+        "format not read" in out
+    assert "4 labelled images" in out
+
+
 def test_names_with_dollar_signs_are_drawn_as_text_not_formulas(tmp_path):
     data = make_dataset(tmp_path / "data", [(60, 60)])
     name = "x$_$1"
