@@ -171,5 +171,6 @@ def preprocess_patches(work, paths, args):
 
 
 if __name__ == "__main__":
-    run_cli(main, interrupted="the statistics are removed, so training refuses the work "
-                              "folder until pre_processing.py runs to its end")
+    run_cli(main, interrupted="the earlier statistics stay until every patch has been read; "
+                              "once they are gone training refuses the work folder until "
+                              "pre_processing.py runs to its end")
