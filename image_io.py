@@ -242,6 +242,8 @@ def _series_layout(series, path):
         frame_axes = 3
     elif axes.endswith("YX"):
         frame_axes = 2
+    elif axes[-3:-1] == "YX" and shape[-1] == 1:
+        frame_axes = 3      # one sample on an axis of its own, as tifffile saves a[..., None]
     else:
         raise PipelineError(f"{path}: TIFF axes {axes} {shape} are not planes of Y x X pixels")
     return int(np.prod(shape[:-frame_axes], dtype=np.int64)), axes[-frame_axes:]
@@ -360,6 +362,8 @@ def _tiff_plane(path, index):
         img = img.reshape(img.shape[-len(frame_axes):])
     if frame_axes == "SYX":
         img = np.moveaxis(img, 0, -1)
+    elif frame_axes[:2] == "YX" and img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
     if img.dtype.kind == "c" or img.size == 0:
         raise PipelineError(f"cannot read TIFF {path}: {img.dtype} pixels of shape {img.shape}")
     return img, count
@@ -712,14 +716,18 @@ def _tiff_label(path):
 
 
 def _load_npy(path):
+    """A .npy label; an axis of one, as a[None] or a[..., None] leaves it, dropped."""
     try:
-        return np.load(path, allow_pickle=False)
+        label = np.load(path, allow_pickle=False)
     except ValueError:
         raise PipelineError(f"label {path} holds Python objects, which are not loaded (they "
                             "could run code); save a numeric array, e.g. np.save(path, "
                             "label.astype(np.uint8))") from None
     except (OSError, EOFError) as err:
         raise PipelineError(f"cannot read label {path}: not a valid .npy file ({err})") from None
+    if label.ndim == 3 and 1 in (label.shape[0], label.shape[2]):
+        label = label[0] if label.shape[0] == 1 else label[:, :, 0]
+    return label
 
 
 PNG_GREY, PNG_GREY_ALPHA = 0, 4

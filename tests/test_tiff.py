@@ -80,6 +80,20 @@ def test_colour_tiff_chunky_and_planar_read_as_rgb(tmp_path):
         assert np.array_equal(read_raw_image(tmp_path / f"{name}.tif"), rgb), name
 
 
+def test_a_trailing_axis_of_one_sample_reads_as_a_plane(tmp_path):
+    plane = ramp()
+    tifffile.imwrite(tmp_path / "one.tif", plane[..., None])        # axes YXQ
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([plane, plane + 1])[..., None])
+    assert list(list_images(tmp_path)) == ["one", "two_p0", "two_p1"]
+    assert np.array_equal(read_raw_image(tmp_path / "one.tif"), plane)
+    assert np.array_equal(read_raw_image(StackPlane(tmp_path / "two.tif", 1)), plane + 1)
+    tifffile.imwrite(tmp_path / "label.tif", (plane % 3).astype(np.uint8)[..., None])
+    assert np.array_equal(read_label(tmp_path / "label.tif"), plane % 3)
+    for saved in ((plane % 3)[None], (plane % 3)[..., None]):
+        np.save(tmp_path / "label.npy", saved.astype(np.uint8))
+        assert np.array_equal(read_label(tmp_path / "label.npy"), plane % 3)
+
+
 def test_cmyk_and_lab_tiffs_are_refused_not_read_as_rgb(tmp_path):
     cmyk = np.dstack([ramp(dtype=np.uint8, scale=k) for k in (1, 3, 5, 7)])
     tifffile.imwrite(tmp_path / "cmyk.tif", cmyk, photometric="separated")
