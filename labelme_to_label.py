@@ -299,11 +299,26 @@ def load_image(json_path, data, allowed_roots=None):
         img = decode_embedded(data["imageData"], f"{json_path}: imageData")
     else:
         img = read_raw_image(image_file(json_path, data, allowed_roots))
-    stated = (data.get("imageHeight"), data.get("imageWidth"))
-    if None not in stated and tuple(stated) != img.shape[:2]:
-        raise PipelineError(f"{json_path}: imageHeight x imageWidth is {stated[0]} x {stated[1]} "
-                            f"but the image is {img.shape[0]} x {img.shape[1]}")
+    stated = stated_size(json_path, data)
+    if stated is not None and stated != img.shape[:2]:
+        raise PipelineError(f"{json_path}: imageHeight x imageWidth is {stated[0]:g} x "
+                            f"{stated[1]:g} but the image is {img.shape[0]} x {img.shape[1]}")
     return img
+
+
+def stated_size(json_path, data):
+    """(imageHeight, imageWidth) as numbers, numbers written as strings too (as point
+    coordinates are read); None where the file leaves either out."""
+    size = []
+    for key in ("imageHeight", "imageWidth"):
+        value = data.get(key)
+        if value is None:
+            return None
+        try:
+            size.append(float(value))
+        except (TypeError, ValueError):
+            raise PipelineError(f"{json_path}: {key} {value!r} is not a number") from None
+    return tuple(size)
 
 
 def unknown_labels(annotations, known):

@@ -190,6 +190,22 @@ def test_another_picture_of_the_name_in_src_is_never_replaced_by_the_embedded_im
     assert not (data / "label" / "e.png").exists()
 
 
+@pytest.mark.parametrize("height, width, error", [
+    ("40", "60", None), (40.0, 60, None), ("41", "60", r"is 41 x 60 but the image is 40 x 60"),
+    ("forty", 60, r"imageHeight 'forty' is not a number")])
+def test_the_stated_image_size_is_read_as_a_number(tmp_path, height, width, error):
+    data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
+    doc = json.loads((labelme / "e.json").read_text())
+    doc.update(imageHeight=height, imageWidth=width)
+    (labelme / "e.json").write_text(json.dumps(doc))
+    if error is None:
+        run_main(data, labelme)
+        assert (data / "label" / "e.png").is_file()
+    else:
+        with pytest.raises(PipelineError, match=error):
+            run_main(data, labelme)
+
+
 def test_a_label_of_another_format_for_the_name_is_refused(tmp_path):
     data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
     (data / "label").mkdir()
