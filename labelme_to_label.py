@@ -452,9 +452,16 @@ def main(argv=None):
                             + (" (it is a file; give the folder that holds the .json files)"
                                if input_dir.exists() else ""))
     data_dir = refuse_file(args.data_dir, "--data-dir")
-    json_paths = sorted(p for p in input_dir.glob("*.json") if not p.name.startswith("."))
+    json_paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".json"
+                        and not p.name.startswith(".") and p.is_file())
     if not json_paths:
         raise PipelineError(f"no LabelMe .json files in {input_dir}")
+    stems = [p.stem for p in json_paths]
+    doubled = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if doubled:
+        raise PipelineError(f"two LabelMe files of the name {doubled[0]!r} in {input_dir} (their "
+                            "extensions differ only in case); each writes label/<name>.png, so "
+                            "keep one")
     allowed_roots = None if args.allow_outside_paths else [input_dir, data_dir]
     annotations = {p: load_annotation(p) for p in json_paths}
     for json_path, data in annotations.items():

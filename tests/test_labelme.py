@@ -206,6 +206,17 @@ def test_the_stated_image_size_is_read_as_a_number(tmp_path, height, width, erro
             run_main(data, labelme)
 
 
+def test_a_json_suffix_in_upper_case_is_read_and_two_files_of_one_name_refused(tmp_path):
+    data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
+    (labelme / "e.json").rename(labelme / "e.JSON")
+    run_main(data, labelme)
+    assert (data / "label" / "e.png").is_file()
+    (labelme / "e.json").write_text((labelme / "e.JSON").read_text())
+    if len(list(labelme.iterdir())) == 3:           # a file system that tells case apart
+        with pytest.raises(PipelineError, match="two LabelMe files of the name 'e'"):
+            run_main(data, labelme)
+
+
 def test_a_label_of_another_format_for_the_name_is_refused(tmp_path):
     data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
     (data / "label").mkdir()
