@@ -10,7 +10,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from cli import PipelineError, refuse_file
+from cli import PipelineError, refuse_file, some_names
 
 # Every temporary file or folder this pipeline makes carries this tag, its host and its process
 # id, so a later run can tell the leftovers of a killed run from the work of a live one.
@@ -167,6 +167,27 @@ def check_replaceable(final_dir, marker):
     if final_dir.is_dir() and any(final_dir.iterdir()) and not (final_dir / marker).is_file():
         raise PipelineError(f"output folder {final_dir} exists and was not written by this "
                             f"script (no {marker}); it would be replaced, so choose another")
+
+
+# Coarse file-system clocks (FAT: 2 s) must not make a script's own file look changed later.
+MTIME_SLACK_S = 2.0
+
+
+def check_unchanged_since(final_dir, marker, what="--output"):
+    """Refuse to replace a folder holding files changed after its `marker` was written, where
+    the script writes the marker last: hand-corrected outputs (LabelMe polygons fixed for
+    retraining) or files a user put there would be lost with the folder."""
+    final_dir = Path(final_dir)
+    if not (final_dir / marker).is_file():
+        return
+    since = (final_dir / marker).stat().st_mtime + MTIME_SLACK_S
+    changed = sorted(str(p.relative_to(final_dir)) for p in final_dir.rglob("*")
+                     if p.is_file() and not p.is_symlink() and p.stat().st_mtime > since)
+    if changed:
+        raise PipelineError(f"output folder {final_dir} holds files changed or added after this "
+                            f"script wrote it ({some_names(changed)}); a new run replaces the "
+                            f"folder whole and would lose them: move them, or choose another "
+                            f"{what}")
 
 
 def _fresh_dir(final_dir):

@@ -99,8 +99,8 @@ from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  #
                           load_model, model_file, read_config, verify_model_file)
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
-from outputs import (atomic_write_text, check_replaceable, color_file, prob_file,  # noqa: E402
-                     staged_output, write_json)
+from outputs import (atomic_write_text, check_replaceable, check_unchanged_since,  # noqa: E402
+                     color_file, prob_file, staged_output, write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, read_json, existing_folder,  # noqa: E402
@@ -769,6 +769,7 @@ def main(argv=None):
         images = {name: images[name] for name in shard_names(everything, args.shard)}
         out = out if args.output else shard_folder(out, args.shard)
     check_replaceable(out, MARKER)
+    check_unchanged_since(out, MARKER)
     if args.input and not args.output:
         check_same_input(out, src)
     # Every label is looked up now: a bad one (JPEG, two for a frame) stops the run before
@@ -849,9 +850,10 @@ def main(argv=None):
             # merged later; the chart goes to figures/ then, with every image in it
             record.update(shard=list(args.shard), all_images=everything,
                           chart_copy=str(chart_copy) if chart_copy else None)
-        write_json(staging / MARKER, record)
         rows = publish_report(staging, None if args.shard else chart_copy, per_image, total_cm,
                               classes, args.pdf)
+        # Last: a file in the folder newer than the record was changed after the run.
+        write_json(staging / MARKER, record)
 
     print(f"wrote {len(images)} masks to {out}")
     report(rows, per_image, classes, out, label_dir)
@@ -861,6 +863,7 @@ def merge(args):
     """--merge: the shards' folders as the one folder a single run writes."""
     folders, records, everything, out = open_shards(args.merge, args.output, MARKER)
     check_replaceable(out, MARKER)
+    check_unchanged_since(out, MARKER)
     classes = records[0]["classes"]
     per_image = {}
     for folder in folders:
@@ -870,9 +873,9 @@ def merge(args):
     chart_copy = records[0].get("chart_copy")
     with staged_output(out, MARKER) as staging:
         copy_shard_files(folders, staging, skip={MARKER, *REPORT_FILES})
-        write_json(staging / MARKER, merged_record(records, everything))
         rows = publish_report(staging, Path(chart_copy) if chart_copy else None, per_image,
                               total_cm, classes, any((f / "iou.pdf").is_file() for f in folders))
+        write_json(staging / MARKER, merged_record(records, everything))
     print(f"merged {len(folders)} shards: {len(everything)} masks in {out}")
     report(rows, per_image, classes, out, records[0]["label_dir"])
 

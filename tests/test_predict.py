@@ -574,6 +574,24 @@ def test_real_model_on_a_users_folder(model_dir, work, tmp_path):
     assert info["tta"] and info["tta_transforms"] == [0, 7]   # only the mirror it trained on
 
 
+def test_a_file_changed_after_the_prediction_stops_a_rerun_that_would_lose_it(model_dir, work,
+                                                                              tmp_path):
+    out = tmp_path / "out"
+    args = ("--work-dir", str(work), "--model-dir", str(model_dir), "--input",
+            str(work / "mine"), "--output", str(out), "--to-labelme")
+    for _ in range(2):                          # a rerun of an unchanged folder goes ahead
+        result = run_predict(*args)
+        assert result.returncode == 0, result.stderr
+    corrected = out / "labelme" / "c.json"      # polygons fixed by hand for retraining
+    corrected.write_text("{}")
+    later = (out / "predict.json").stat().st_mtime + 10
+    os.utime(corrected, (later, later))
+    refused = run_predict(*args)
+    assert refused.returncode == 2 and "holds files changed or added after this script wrote " \
+        "it (labelme/c.json)" in refused.stderr
+    assert corrected.read_text() == "{}"
+
+
 def test_a_stack_is_predicted_plane_by_plane(model_dir, work, tmp_path):
     """Each plane of an OME stack gets the mask its pixels get as a file of their own; the
     TIFF masks carry the stack's pixel size; --page predicts one plane."""
