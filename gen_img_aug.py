@@ -143,7 +143,6 @@ def labelled_images(data_dir, classes, intensity):
     if missing:
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}")
-    report_unused_labels(Path(data_dir), images)
     table, values, edges, outlines = {}, {}, {}, {}
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
@@ -156,24 +155,40 @@ def labelled_images(data_dir, classes, intensity):
         found, _ = bare_outlines(lbl)
         if found:
             outlines[name] = found
+    report_unused_labels(Path(data_dir), [lbl for _, lbl, _ in table.values()])
     return table, values, edges, outlines
 
 
-def report_unused_labels(data_dir, images):
-    """Warn of label files that no image's name matches: left out of the data set, most
-    often because their image is of a format not read (GIF, WebP) or was removed."""
-    frames = {nfc(n) for n in images}
-    unused = [p for p in sorted((data_dir / "label").iterdir()) if not p.name.startswith(".")
-              and p.suffix.lower() in LABEL_EXTS and nfc(frame_stem(p.name)) not in frames]
+def report_unused_labels(data_dir, used):
+    """Warn of label files that find_label found for no image (used: the label paths it
+    found): left out of the data set, most often because their image is of a format not read
+    (GIF, WebP) or was removed."""
+    used = {file_id(p) for p in used}
+    unused = [p for p in listed(data_dir / "label") if not p.name.startswith(".")
+              and p.suffix.lower() in LABEL_EXTS and file_id(p) not in used]
     if not unused:
         return
     stems = {nfc(p.stem) for p in unused}
-    unread = [p.name for p in sorted((data_dir / "src").iterdir())
+    unread = [p.name for p in listed(data_dir / "src")
               if nfc(frame_stem(p.name)) in stems and p.suffix.lower() not in IMAGE_EXTS]
     print(f"warning: {len(unused)} label(s) in {data_dir / 'label'} match no image in "
           f"{data_dir / 'src'} and are left out: {some_names(p.name for p in unused)}"
           + (f"; their images {some_names(unread)} are of a format not read (images are "
              f"{', '.join(IMAGE_EXTS)})" if unread else ""))
+
+
+def file_id(path):
+    stat = Path(path).stat()
+    return stat.st_dev, stat.st_ino
+
+
+def listed(folder):
+    """A folder's files, sorted; none where it cannot be listed (the checks that need it
+    have read what they need through find_label)."""
+    try:
+        return sorted(p for p in Path(folder).iterdir() if p.is_file())
+    except OSError:
+        return []
 
 
 def check_object_classes(values, classes, data_dir):
@@ -195,8 +210,9 @@ def check_training_classes(values_of, train, classes):
     seen = {v for name in train for v in values_of[name]}
     if not any(0 < v != IGNORE_LABEL for v in seen):
         raise PipelineError(f"none of the {len(train)} training images holds an object; the "
-                            "labelled objects are all in test images: list fewer or other "
-                            "images in test.txt, or label objects in the training images")
+                            "labelled objects are all in test images: split otherwise "
+                            "(test.txt in the data folder, or --random-state, --test-size), "
+                            "or label objects in the training images")
     absent = [f"{classes[i]} ({i})" for i in range(1, len(classes)) if i not in seen]
     if absent:
         print(f"warning: no training image holds class(es) {', '.join(absent)}: the network "
@@ -443,14 +459,17 @@ def check_work_dir(work, data_dir):
 def check_test_folders(work, frames):
     """Refuse a test/src or test/label holding files the pipeline does not write: both are
     replaced whole, and test/src is where prediction looks by default, so a user may have put
-    images of their own there. Frames of the data set, and those of the last split (test.txt)
-    for a frame since removed, are the pipeline's."""
+    images of their own there. The pipeline's are the image files of frames of the data set,
+    of the last split (test.txt) for a frame since removed, and of any image with its label
+    beside it (as copy_test_set writes them, where a stopped run removed test.txt)."""
     try:
         earlier = (work / "test.txt").read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeError):
         earlier = []
-    ours = set(frames) | set(earlier)
-    writes = {"src": lambda n: frame_stem(n) in ours,
+    labelled = {frame_stem(p.name) for p in listed(work / "test" / "src")
+                if (work / "test" / "label" / f"{frame_stem(p.name)}.png").is_file()}
+    ours = set(frames) | set(earlier) | labelled
+    writes = {"src": lambda n: Path(n).suffix.lower() in IMAGE_EXTS and frame_stem(n) in ours,
               "label": lambda n: n.endswith(".png") and n[:-4] in ours}
     for sub, written in writes.items():
         foreign = foreign_entries(work / "test" / sub, written)

@@ -488,19 +488,19 @@ def _frames_of(path, page):
 def find_label(label_dir, name):
     """The label file of frame `name`, or None where it has none. Two labels for one frame are
     refused, and so is a JPEG one by name: its compression changes the class values."""
-    found = _files_named(label_dir, name, LABEL_EXTS)
+    found = files_named(label_dir, name, LABEL_EXTS)
     if len(found) > 1:
         raise PipelineError(f"{name} has {len(found)} labels in {label_dir}: "
                             f"{', '.join(p.name for p in found)}; keep one")
     if found:
         return found[0]
-    lossy = _files_named(label_dir, name, LOSSY_EXTS)
+    lossy = files_named(label_dir, name, LOSSY_EXTS)
     if lossy:
         raise PipelineError(f"found {lossy[0]}; labels must be lossless: .png, .tif or .npy")
     return None
 
 
-def _files_named(folder, name, exts):
+def files_named(folder, name, exts):
     """The files of a folder named `name` plus one of exts, in the order of exts. Suffixes
     match in any case, as images are listed (cameras and Windows tools write NAME.TIF), and
     names in either Unicode form (files from a Mac often come in NFD, most tools write NFC)."""

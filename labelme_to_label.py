@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from image_io import (IMAGE_EXTS, LABEL_EXTS, decode_image, lossless_suffix, read_raw_image,
-                      write_image)
+from image_io import (IMAGE_EXTS, LABEL_EXTS, decode_image, files_named, lossless_suffix,
+                      read_raw_image, write_image)
 from outputs import staged_output
 from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, finite_numbers,
-                 positive_float, read_classes, read_json, refuse_file, run_cli, WORK_DIR)
+                 nfc, positive_float, read_classes, read_json, refuse_file, run_cli, WORK_DIR)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -379,9 +379,10 @@ def already_in_src(json_path, data, src_dir, name):
 
 
 def others_named(folder, name, target, exts):
-    """The files of `folder` named name.<one of exts> other than target."""
-    return [p for p in folder.glob("*") if p.stem == name and p != target
-            and p.suffix.lower() in exts] if folder.is_dir() else []
+    """The files of `folder` named name.<one of exts> (as find_label matches names) other
+    than target."""
+    return [p for p in files_named(folder, name, exts)
+            if p != target and not (target.exists() and p.samefile(target))]
 
 
 def holds_pixels(path, image):
@@ -452,15 +453,19 @@ def main(argv=None):
                             + (" (it is a file; give the folder that holds the .json files)"
                                if input_dir.exists() else ""))
     data_dir = refuse_file(args.data_dir, "--data-dir")
-    json_paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".json"
-                        and not p.name.startswith(".") and p.is_file())
+    try:
+        json_paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".json"
+                            and not p.name.startswith(".") and p.is_file())
+    except OSError as err:
+        raise PipelineError(f"cannot list {input_dir}: {err.strerror or err}") from None
     if not json_paths:
         raise PipelineError(f"no LabelMe .json files in {input_dir}")
-    stems = [p.stem for p in json_paths]
+    stems = [nfc(p.stem) for p in json_paths]
     doubled = sorted({stem for stem in stems if stems.count(stem) > 1})
     if doubled:
         raise PipelineError(f"two LabelMe files of the name {doubled[0]!r} in {input_dir} (their "
-                            "extensions differ only in case); each writes label/<name>.png, so "
+                            "names differ only in the case of the extension or in how accented "
+                            "letters are encoded); each writes label/<name>.png, so "
                             "keep one")
     allowed_roots = None if args.allow_outside_paths else [input_dir, data_dir]
     annotations = {p: load_annotation(p) for p in json_paths}

@@ -463,7 +463,17 @@ def test_a_users_images_in_test_src_are_refused_before_anything_changes(tmp_path
     (data / "test.txt").write_text("im02\n")
     run_aug(data, work)
     assert sorted(p.name for p in (work / "test" / "src").iterdir()) == ["im02.png"]
-    for sub, mine in (("src", "my_slide.png"), ("label", "my_slide.png"), ("src", "notes.txt")):
+    # a run stopped after removing the split files, then a frame removed from the data: the
+    # test copies are still known as the pipeline's by their labels beside them
+    for name in ("split.json", "train.txt", "test.txt"):
+        (work / name).unlink()
+    (data / "src" / "im02.png").unlink()
+    (data / "label" / "im02.png").unlink()
+    (data / "test.txt").write_text("im03\n")
+    run_aug(data, work)
+    assert sorted(p.name for p in (work / "test" / "src").iterdir()) == ["im03.png"]
+    for sub, mine in (("src", "my_slide.png"), ("label", "my_slide.png"), ("src", "notes.txt"),
+                      ("src", "im03.json")):     # LabelMe's file beside an image it opened
         (work / "test" / sub / mine).write_text("mine")
         before = sorted(str(p.relative_to(work)) for p in work.rglob("*"))
         with pytest.raises(PipelineError, match=rf"test.{sub} holds files the pipeline does not "
