@@ -116,6 +116,11 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.min_area < 0:
         p.error("--min-area must not be negative")
+    if args.pixel_size is not None and not PIXEL_SIZE_RANGE[0] <= args.pixel_size <= \
+            PIXEL_SIZE_RANGE[1]:
+        p.error(f"--pixel-size is in micrometres per pixel; {args.pixel_size:g} is outside "
+                f"{PIXEL_SIZE_RANGE[0]:g}..{PIXEL_SIZE_RANGE[1]:g} (a size in metres or "
+                "nanometres?)")
     if args.thresholds is not None and not args.from_probs:
         p.error("--thresholds applies to masks built from probability maps: add --from-probs "
                 "(the masks <name>.png are already decided)")
@@ -232,14 +237,19 @@ def csv_columns(um):
 
 
 def csv_record(image, classes, row, pixel_size):
+    """One row of objects.csv: pixel measures to 4 decimals, micrometre ones to 6 significant
+    digits (an electron microscope's 0.001 um pixels would round to 0)."""
     record = {"image": image, "class": classes[row["class_index"]], **row}
     del record["class_index"]
+    record = {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
     if pixel_size is not None:
         record["area_um2"] = row["area_px"] * pixel_size ** 2
         record["equivalent_diameter_um"] = row["equivalent_diameter_px"] * pixel_size
         record["perimeter_um"] = row["perimeter_px"] * pixel_size
         record["pixel_size_um"] = pixel_size
-    return {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+        for key in ("area_um2", "equivalent_diameter_um", "perimeter_um", "pixel_size_um"):
+            record[key] = float(f"{record[key]:.6g}")
+    return record
 
 
 class ObjectTally:
@@ -320,6 +330,12 @@ def with_legend(canvas, classes):
     return np.vstack([canvas, strip])
 
 
+# Micrometres per pixel that --pixel-size accepts: below, a size in metres by mistake; above,
+# a metre a pixel, and areas overflow.
+PIXEL_SIZE_RANGE = (1e-6, 1e6)
+MAX_PANEL_ASPECT = 4.0      # height over width of one view of a panel, at the most
+
+
 def plot_panel(name, image, label, mask, outlines, classes, path, pdf):
     """input | ground truth | prediction | contours, sized for a full-width paper figure.
 
@@ -336,7 +352,9 @@ def plot_panel(name, image, label, mask, outlines, classes, path, pdf):
     views += [("prediction", colorize(mask)),
               ("contours", draw_outlines(shown, outlines, max(1, round(max(h, w) / 250))))]
     panel_w = 7.0 / len(views)
-    fig, axes = plt.subplots(1, len(views), figsize=(7.0, panel_w * h / w + 0.8))
+    # A kymograph or a line scan (5000 x 2 px) would ask for a figure metres tall.
+    aspect = min(h / w, MAX_PANEL_ASPECT)
+    fig, axes = plt.subplots(1, len(views), figsize=(7.0, panel_w * aspect + 0.8))
     for ax, (title, view) in zip(axes, views):
         ax.imshow(view, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(title, fontsize=9)

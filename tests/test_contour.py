@@ -211,6 +211,30 @@ def test_objects_found_band_by_band_are_the_whole_masks(seed, monkeypatch):
         assert list(found) == whole, band_rows
 
 
+@pytest.mark.parametrize("size", ["6.5e-8", "1e200"])
+def test_a_pixel_size_in_the_wrong_unit_is_refused(size, capsys):
+    with pytest.raises(SystemExit):
+        G.parse_args(["--pixel-size", size])
+    assert "is in micrometres per pixel" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_micrometre_columns_keep_their_digits_at_an_electron_microscopes_pixel_size():
+    row = G.object_row(1, 1, 2, 4.0, 1.5, 2.5, 1, 2, 2, 1)
+    record = G.csv_record("a", ["background", "cell"], row, 0.0065)
+    assert record["area_um2"] == pytest.approx(2 * 0.0065 ** 2, rel=1e-5) and \
+        record["area_um2"] > 0
+    assert record["pixel_size_um"] == 0.0065 and record["centroid_x"] == 1.5
+
+
+def test_the_panel_of_a_line_scan_stays_a_page_high(tmp_path):
+    image = np.random.default_rng(0).integers(0, 255, (5000, 2), dtype=np.uint8)
+    mask = (image > 128).astype(np.uint8)
+    G.plot_panel("scan", image, None, mask, {}, ["background", "cell"], tmp_path / "p.png",
+                 False)
+    height, width = cv2.imread(str(tmp_path / "p.png")).shape[:2]
+    assert height < 3000 and width < 1200
+
+
 def test_object_ids_follow_the_raster_order_of_first_pixels():
     mask = np.zeros((4, 12), np.uint8)
     mask[1, 2] = 1          # first pixel in row 1
