@@ -6,7 +6,7 @@ from pathlib import Path
 
 from image_io import COLOR_MODES, DEFAULT_INTENSITY, check_intensity
 from outputs import sha256_of
-from cli import PipelineError, read_json
+from cli import PipelineError, case_clash, class_name_problem, read_json
 from geometry import ORIENTATIONS, check_scale
 from patch_preprocessing import check_preprocessing
 
@@ -32,6 +32,16 @@ def read_config(model_dir):
     if not (isinstance(classes, list) and len(classes) >= 2
             and all(isinstance(c, str) for c in classes)):
         raise PipelineError(f"{path}: 'classes' must list at least two class names")
+    # The names make file names (<name>_prob_<class>.png) and columns, as classes.txt's do.
+    for name in classes:
+        problem = class_name_problem(name)
+        if problem:
+            raise PipelineError(f"{path}: class name {name!r} {problem}; rename it")
+    clash = case_clash(classes)
+    if clash:
+        a, b = (classes[i] for i in clash)
+        raise PipelineError(f"{path}: class names {a!r} and {b!r} are one file name on macOS "
+                            "and Windows (the same but for case); rename one")
     if not (isinstance(size, list) and len(size) == 2
             and all(isinstance(v, int) and v > 0 for v in size)):
         raise PipelineError(f"{path}: 'patch_size' must be [height, width] in pixels")
