@@ -16,7 +16,8 @@ are overviews at most 4096 pixels on a side (no ground-truth panel).
 
 Defaults follow the test set: <pred-dir> <work-dir>/test/predict, <output>
 <work-dir>/test/contours. For another --pred-dir the output is <pred-dir>_contours beside
-it, and the images and labels are found where predict_lovasz_loss.py read them.
+it, the panels go to <work-dir>/figures/<name of the pred-dir>/, and the images and labels
+are found where predict_lovasz_loss.py read them.
 
 Objects are the 8-connected components of each non-background class. objects.csv: image,
 class, object_id (per image and class, from 1, in raster order of first pixels), area_px
@@ -80,7 +81,8 @@ def parse_args(argv=None):
     g.add_argument("--output", metavar="DIR", help="output folder, replaced as a whole (default: "
                    "<work-dir>/test/contours, or <pred-dir>_contours for another --pred-dir)")
     g.add_argument("--figures-dir", metavar="DIR", help="folder of the panel figures (default: "
-                   "<work-dir>/figures)")
+                   "<work-dir>/figures, or <work-dir>/figures/<name of the --pred-dir> for "
+                   "another --pred-dir)")
     g = p.add_argument_group("objects")
     g.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
                    help="drop objects smaller than this many pixels, e.g. specks of noise; "
@@ -424,13 +426,17 @@ def folders(args, pred, info):
     images = Path(args.image_dir or info.get("input_dir") or work / "test" / "src")
     labels = args.label_dir or info.get("label_dir")
     test_pred = work / "test" / "predict"
+    is_test_set = pred.resolve() == test_pred.resolve()
     if args.output:
         out = Path(args.output)
-    elif pred.resolve() == test_pred.resolve():
+    elif is_test_set:
         out = work / "test" / "contours"
     else:
         out = pred.parent / f"{pred.name}_contours"
-    figures = Path(args.figures_dir) if args.figures_dir else work / "figures"
+    # Another folder's panels apart from the test set's: frames of one name (img001) in two
+    # folders would replace each other's panels.
+    figures = Path(args.figures_dir) if args.figures_dir else \
+        work / "figures" if is_test_set else work / "figures" / pred.resolve().name
     return images, Path(labels) if labels else None, out, figures
 
 

@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -233,6 +234,17 @@ def test_the_panel_of_a_line_scan_stays_a_page_high(tmp_path):
                  False)
     height, width = cv2.imread(str(tmp_path / "p.png")).shape[:2]
     assert height < 3000 and width < 1200
+
+
+def test_panels_of_another_prediction_folder_go_to_a_figures_folder_of_its_name(tmp_path):
+    work = tmp_path / "w"
+    for pred, figures in ((work / "test" / "predict", work / "figures"),
+                          (work / "predict" / "new", work / "figures" / "new")):
+        pred.mkdir(parents=True)
+        args = G.parse_args(["--work-dir", str(work), "--pred-dir", str(pred)])
+        assert G.folders(args, pred, {})[3] == figures
+    args = G.parse_args(["--work-dir", str(work), "--pred-dir", str(pred), "--figures-dir", "f"])
+    assert G.folders(args, pred, {})[3] == Path("f")
 
 
 def test_object_ids_follow_the_raster_order_of_first_pixels():
