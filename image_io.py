@@ -225,6 +225,7 @@ ALPHA = ((1,), (2,))    # extra samples of one alpha: tifffile's EXTRASAMPLE ASS
 # Colour spaces whose samples are not red, green, blue (or grey): tifffile hands them out as
 # stored, and read as RGB a CMYK image loses its black and its colours invert.
 NOT_RGB = {5: "CMYK (separated)", 8: "CIELab", 9: "ICCLab", 10: "ITULab"}
+GREY_PHOTOMETRIC = (0, 1)   # MINISWHITE, MINISBLACK
 
 
 def _series_layout(series, path):
@@ -246,6 +247,12 @@ def _series_layout(series, path):
         frame_axes = 3      # one sample on an axis of its own, as tifffile saves a[..., None]
     else:
         raise PipelineError(f"{path}: TIFF axes {axes} {shape} are not planes of Y x X pixels")
+    samples = shape[-1] if axes.endswith("YXS") else shape[-3] if axes.endswith("SYX") else 1
+    if samples == 4 and int(series.keyframe.photometric) in GREY_PHOTOMETRIC:
+        # Four grey channels (fluorescence), not RGB and alpha: read as RGBA the fourth
+        # would be dropped and the others mixed into one grey.
+        raise PipelineError(f"{path}: TIFF of 4 grey channels, which are not read as one "
+                            "image; save them as planes of a stack (a frame each) or as RGB")
     return int(np.prod(shape[:-frame_axes], dtype=np.int64)), axes[-frame_axes:]
 
 

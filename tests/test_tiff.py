@@ -94,6 +94,17 @@ def test_a_trailing_axis_of_one_sample_reads_as_a_plane(tmp_path):
         assert np.array_equal(read_label(tmp_path / "label.npy"), plane % 3)
 
 
+def test_four_grey_channels_are_refused_not_read_as_rgb_and_alpha(tmp_path):
+    channels = np.dstack([ramp(dtype=np.uint8, scale=k) for k in (1, 3, 5, 7)])
+    tifffile.imwrite(tmp_path / "four.tif", channels, photometric="minisblack",
+                     planarconfig="contig", extrasamples=["unspecified"] * 3)
+    with pytest.raises(PipelineError, match=r"four\.tif: TIFF of 4 grey channels"):
+        read_raw_image(tmp_path / "four.tif")
+    tifffile.imwrite(tmp_path / "rgba.tif", channels, photometric="rgb",
+                     extrasamples=["unassalpha"])
+    assert np.array_equal(read_raw_image(tmp_path / "rgba.tif"), channels[:, :, :3])
+
+
 def test_cmyk_and_lab_tiffs_are_refused_not_read_as_rgb(tmp_path):
     cmyk = np.dstack([ramp(dtype=np.uint8, scale=k) for k in (1, 3, 5, 7)])
     tifffile.imwrite(tmp_path / "cmyk.tif", cmyk, photometric="separated")
