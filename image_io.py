@@ -440,6 +440,21 @@ def _positive(value, scale):
 
 # ---------------------------------------------------------------- reading images
 
+# Image formats a microscope or a viewer may leave beside the images, which are not read: a
+# folder holding them is listed without them, and the scripts say so.
+UNREAD_IMAGE_EXTS = (".gif", ".webp", ".jp2", ".j2k", ".heic", ".heif", ".avif", ".czi",
+                     ".nd2", ".lif", ".lsm", ".ims", ".vsi", ".pgm", ".ppm")
+
+
+def unread_images(folder):
+    """The names of a folder's files in an image format the pipeline does not read."""
+    try:
+        return sorted(p.name for p in Path(folder).iterdir()
+                      if p.suffix.lower() in UNREAD_IMAGE_EXTS and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
 def list_images(src, page=None):
     """Map frame name to source for every image in a folder, sorted by name; a single image
     file gives itself. A source is the file's path, or a StackPlane for each plane of a TIFF

@@ -90,10 +90,11 @@ prepare_tensorflow()
 
 import numpy as np  # noqa: E402
 
-from image_io import (DEFAULT_INTENSITY, StackPlane, add_intensity_option,  # noqa: E402
-                      check_label_size, check_label_values, describe_intensity, find_label,
-                      list_images, parse_intensity, pixel_size_um, read_image, read_label,
-                      to_color_mode, write_image, write_tiff)
+from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
+                      add_intensity_option, check_label_size, check_label_values,
+                      describe_intensity, find_label, list_images, parse_intensity,
+                      pixel_size_um, read_image, read_label, to_color_mode, unread_images,
+                      write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  # noqa: E402
                           load_model, model_file, read_config, verify_model_file)
@@ -762,6 +763,11 @@ def main(argv=None):
     if not args.input:
         check_split_written(work)
     images = list_images(src, args.page)
+    skipped = unread_images(src) if src.is_dir() else []
+    if skipped:
+        print(f"note: {len(skipped)} file(s) in {src} are of an image format not read and "
+              f"are skipped: {some_names(skipped)} (images are {', '.join(IMAGE_EXTS)}; save "
+              "them as PNG or TIFF)")
     if not images:
         raise PipelineError(f"no images in {src}")
     everything = list(images)

@@ -582,6 +582,7 @@ def test_a_file_changed_after_the_prediction_stops_a_rerun_that_would_lose_it(mo
     for _ in range(2):                          # a rerun of an unchanged folder goes ahead
         result = run_predict(*args)
         assert result.returncode == 0, result.stderr
+    assert "note: 1 file(s) in" not in result.stdout
     corrected = out / "labelme" / "c.json"      # polygons fixed by hand for retraining
     corrected.write_text("{}")
     later = (out / "predict.json").stat().st_mtime + 10
@@ -590,6 +591,14 @@ def test_a_file_changed_after_the_prediction_stops_a_rerun_that_would_lose_it(mo
     assert refused.returncode == 2 and "holds files changed or added after this script wrote " \
         "it (labelme/c.json)" in refused.stderr
     assert corrected.read_text() == "{}"
+    (work / "mine" / "d.gif").write_bytes(b"GIF89a")      # beside the images, not read
+    try:
+        shutil.rmtree(out)
+        noted = run_predict(*args)
+    finally:
+        (work / "mine" / "d.gif").unlink()
+    assert noted.returncode == 0 and "note: 1 file(s) in" in noted.stdout and \
+        "skipped: d.gif" in noted.stdout
 
 
 def test_a_stack_is_predicted_plane_by_plane(model_dir, work, tmp_path):
