@@ -62,10 +62,15 @@ IGNORE_LABEL = 255
 UNSAFE_NAME_CHARS = '/\\:*?"<>|,'
 
 
+def control_character(name):
+    """The first character of name that no line of a list or table can hold, or None."""
+    # Cc: control characters (tab, NUL, newline); Zl, Zp: the other line breaks text splits at.
+    return next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+
+
 def class_name_problem(name):
     """Why name cannot be a class name (a phrase to follow the name), or None."""
-    # Cc: control characters (tab, NUL, newline); Zl, Zp: the other line breaks text splits at.
-    control = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    control = control_character(name)
     unsafe = next((c for c in name if c in UNSAFE_NAME_CHARS), None)
     if control:
         return f"holds the control character {control!r}, which no file name or line can hold"

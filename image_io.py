@@ -15,7 +15,7 @@ import numpy as np
 
 from geometry import dihedral
 from outputs import atomic_write_bytes
-from cli import IGNORE_LABEL, PipelineError, nfc
+from cli import IGNORE_LABEL, PipelineError, control_character, nfc
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABEL_EXTS = (".png", ".tif", ".tiff", ".npy")
@@ -470,6 +470,12 @@ def list_images(src, page=None):
                  if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS]
     else:
         raise PipelineError(f"image folder {src} does not exist")
+    for path in paths:
+        # A frame's name is a line of train.txt and test.txt and a cell of the CSV files.
+        if control_character(path.name):
+            raise PipelineError(f"image file name {path.name!r} in {path.parent} holds the "
+                                f"control character {control_character(path.name)!r}; "
+                                "rename the file")
     found, composed = {}, {}
     for path in paths:
         for name, source in _frames_of(path, page):

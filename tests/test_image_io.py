@@ -183,6 +183,14 @@ def test_a_grey_alpha_label_reads_as_its_grey_turned_as_shown_and_colour_is_refu
             read_label(tmp_path / "c.png")
 
 
+def test_an_image_name_holding_a_line_break_is_refused(tmp_path):
+    from image_io import list_images
+    cv2.imwrite(str(tmp_path / "a\nb.png"), np.zeros((4, 5), np.uint8))
+    with pytest.raises(PipelineError, match=r"image file name 'a\\nb.png' .* holds the control "
+                                            r"character '\\n'; rename the file"):
+        list_images(tmp_path)
+
+
 def test_find_label_takes_a_suffix_in_any_case_and_a_file_of_two_names_once(tmp_path):
     import os
     label = np.zeros((4, 5), np.uint8)
