@@ -47,8 +47,8 @@ import numpy as np
 
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       add_intensity_option, check_label_size, check_label_values, copy_frame,
-                      describe_intensity, find_label, frame_stem, list_images, parse_intensity,
-                      read_image, read_label, write_image)
+                      describe_intensity, files_in, find_label, frame_stem, list_images,
+                      parse_intensity, read_image, read_label, unread_images, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, positive_int,
@@ -163,32 +163,17 @@ def report_unused_labels(data_dir, used):
     """Warn of label files that find_label found for no image (used: the label paths it
     found): left out of the data set, most often because their image is of a format not read
     (GIF, WebP) or was removed."""
-    used = {file_id(p) for p in used}
-    unused = [p for p in listed(data_dir / "label") if not p.name.startswith(".")
-              and p.suffix.lower() in LABEL_EXTS and file_id(p) not in used]
+    used = {folder_identity(p) for p in used}
+    unused = [p for p in files_in(data_dir / "label") if not p.name.startswith(".")
+              and p.suffix.lower() in LABEL_EXTS and folder_identity(p) not in used]
     if not unused:
         return
     stems = {nfc(p.stem) for p in unused}
-    unread = [p.name for p in listed(data_dir / "src")
-              if nfc(frame_stem(p.name)) in stems and p.suffix.lower() not in IMAGE_EXTS]
+    unread = [n for n in unread_images(data_dir / "src") if nfc(frame_stem(n)) in stems]
     print(f"warning: {len(unused)} label(s) in {data_dir / 'label'} match no image in "
           f"{data_dir / 'src'} and are left out: {some_names(p.name for p in unused)}"
           + (f"; their images {some_names(unread)} are of a format not read (images are "
              f"{', '.join(IMAGE_EXTS)})" if unread else ""))
-
-
-def file_id(path):
-    stat = Path(path).stat()
-    return stat.st_dev, stat.st_ino
-
-
-def listed(folder):
-    """A folder's files, sorted; none where it cannot be listed (the checks that need it
-    have read what they need through find_label)."""
-    try:
-        return sorted(p for p in Path(folder).iterdir() if p.is_file())
-    except OSError:
-        return []
 
 
 def check_object_classes(values, classes, data_dir):
@@ -466,7 +451,7 @@ def check_test_folders(work, frames):
         earlier = (work / "test.txt").read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeError):
         earlier = []
-    labelled = {frame_stem(p.name) for p in listed(work / "test" / "src")
+    labelled = {frame_stem(p.name) for p in files_in(work / "test" / "src")
                 if (work / "test" / "label" / f"{frame_stem(p.name)}.png").is_file()}
     ours = set(frames) | set(earlier) | labelled
     writes = {"src": lambda n: Path(n).suffix.lower() in IMAGE_EXTS and frame_stem(n) in ours,

@@ -446,13 +446,19 @@ UNREAD_IMAGE_EXTS = (".gif", ".webp", ".jp2", ".j2k", ".heic", ".heif", ".avif",
                      ".nd2", ".lif", ".lsm", ".ims", ".vsi", ".pgm", ".ppm")
 
 
-def unread_images(folder):
-    """The names of a folder's files in an image format the pipeline does not read."""
+def files_in(folder):
+    """A folder's files, sorted; none where there is no such folder or it cannot be listed
+    (what must be read is read through list_images and find_label, which say so)."""
     try:
-        return sorted(p.name for p in Path(folder).iterdir()
-                      if p.suffix.lower() in UNREAD_IMAGE_EXTS and not p.name.startswith("."))
+        return sorted(p for p in Path(folder).iterdir() if p.is_file())
     except OSError:
         return []
+
+
+def unread_images(folder):
+    """The names of a folder's files in an image format the pipeline does not read."""
+    return [p.name for p in files_in(folder)
+            if p.suffix.lower() in UNREAD_IMAGE_EXTS and not p.name.startswith(".")]
 
 
 def list_images(src, page=None):

@@ -40,7 +40,8 @@ def read_config(model_dir):
     clash = case_clash(classes)
     if clash:
         a, b = (classes[i] for i in clash)
-        raise PipelineError(f"{path}: class names {a!r} and {b!r} are one file name on macOS "
+        raise PipelineError(f"{path}: 'classes' lists {a!r} twice" if a == b else
+                            f"{path}: class names {a!r} and {b!r} are one file name on macOS "
                             "and Windows (the same but for case); rename one")
     if not (isinstance(size, list) and len(size) == 2
             and all(isinstance(v, int) and v > 0 for v in size)):

@@ -804,6 +804,12 @@ def a_class_named_twice(model):
     return model / "config.json", "are one file name on macOS"
 
 
+def a_class_listed_twice(model):
+    classes = json.loads((model / "config.json").read_text())["classes"]
+    edited_config(model, classes=[classes[0], classes[1], classes[1]][:len(classes)])
+    return model / "config.json", f"'classes' lists {classes[1]!r} twice"
+
+
 def a_class_name_with_a_slash(model):
     classes = json.loads((model / "config.json").read_text())["classes"]
     edited_config(model, classes=[classes[0], "be/ad", *classes[2:]])
@@ -815,7 +821,8 @@ def a_class_name_with_a_slash(model):
                                     random_bytes_in_the_model,
                                     truncated_config, weights_files_as_a_list,
                                     weights_files_without_best, sha256_as_a_list,
-                                    a_class_named_twice, a_class_name_with_a_slash])
+                                    a_class_named_twice, a_class_listed_twice,
+                                    a_class_name_with_a_slash])
 def test_a_damaged_model_folder_is_refused(model_dir, tmp_path, capsys, damage):
     model = copy_model(model_dir, tmp_path)
     expected_words = damage(model)
