@@ -173,7 +173,7 @@ def check_replaceable(final_dir, marker):
 MTIME_SLACK_S = 2.0
 
 
-def check_unchanged_since(final_dir, marker, what="--output"):
+def check_unchanged_since(final_dir, marker):
     """Refuse to replace a folder holding files changed after its `marker` was written, where
     the script writes the marker last: hand-corrected outputs (LabelMe polygons fixed for
     retraining) or files a user put there would be lost with the folder."""
@@ -186,8 +186,8 @@ def check_unchanged_since(final_dir, marker, what="--output"):
     if changed:
         raise PipelineError(f"output folder {final_dir} holds files changed or added after this "
                             f"script wrote it ({some_names(changed)}); a new run replaces the "
-                            f"folder whole and would lose them: move them, or choose another "
-                            f"{what}")
+                            "folder whole and would lose them: move them, or choose another "
+                            "--output")
 
 
 def _fresh_dir(final_dir):
