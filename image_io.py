@@ -225,7 +225,8 @@ ALPHA = ((1,), (2,))    # extra samples of one alpha: tifffile's EXTRASAMPLE ASS
 # Colour spaces whose samples are not red, green, blue (or grey): tifffile hands them out as
 # stored, and read as RGB a CMYK image loses its black and its colours invert.
 NOT_RGB = {5: "CMYK (separated)", 8: "CIELab", 9: "ICCLab", 10: "ITULab"}
-GREY_PHOTOMETRIC = (0, 1)   # MINISWHITE, MINISBLACK
+MINISWHITE = 0
+GREY_PHOTOMETRIC = (MINISWHITE, 1)   # and MINISBLACK
 
 
 def _series_layout(series, path):
@@ -351,7 +352,8 @@ def tiff_frame_count(path):
 
 
 def _tiff_plane(path, index):
-    """(frame `index` of a TIFF as stored, samples last; the file's number of frames)."""
+    """(frame `index` of a TIFF as stored, samples last; the file's number of frames; the
+    frame's tifffile page, for its tags)."""
     tif, series, count, frame_axes = _open_frames(path)
     try:
         if index >= count:
@@ -373,17 +375,36 @@ def _tiff_plane(path, index):
         img = img[:, :, 0]
     if img.dtype.kind == "c" or img.size == 0:
         raise PipelineError(f"cannot read TIFF {path}: {img.dtype} pixels of shape {img.shape}")
-    return img, count
+    return img, count, series.keyframe
 
 
 def _read_tiff(path, index):
-    """A TIFF frame as an image: alpha dropped, 1-bit pixels as 0 and 255."""
-    img = _tiff_plane(path, index)[0]
-    if img.ndim == 3:
-        img = img[:, :, 0] if img.shape[2] == 2 else img[:, :, :3]
+    """A TIFF frame as an image: as shown (tiff_pixels_as_shown), 1-bit pixels as 0 and 255."""
+    img, _, key = _tiff_plane(path, index)
+    img = tiff_pixels_as_shown(img, key)
     if img.dtype == np.bool_:
         img = img.astype(np.uint8) * 255
     return np.ascontiguousarray(img)
+
+
+def tiff_pixels_as_shown(img, key):
+    """Stored samples of a TIFF plane (or rows of one) whose tifffile page is key, as an
+    image: alpha dropped, and a MinIsWhite grey plane (0 stored for white, as scanners and
+    some older microscope software write it) turned so that higher is brighter, as viewers
+    and cv2 show it and as every other format stores grey: read as stored, its objects would
+    be the inverse of the same picture saved as PNG."""
+    if img.ndim == 3:
+        img = img[:, :, 0] if img.shape[2] == 2 else img[:, :, :3]
+    if int(key.photometric) != MINISWHITE:
+        return img
+    if img.dtype == np.bool_:
+        return ~img
+    if img.dtype.kind == "u":       # 12 bits stored in 16 turn within 0..4095
+        top = min((1 << int(key.bitspersample)) - 1, int(np.iinfo(img.dtype).max))
+        return (top - np.minimum(img, top)).astype(img.dtype)
+    if img.dtype.kind == "i":
+        return ~img                 # -1 - v: the type's range onto itself, reversed
+    return -img
 
 
 def pixel_size_um(source):
@@ -742,7 +763,7 @@ def read_label(path):
 def _tiff_label(path):
     """A TIFF label's plane as stored: samples kept (alpha too) and 1-bit pixels as 0 and 1,
     where an image's would read as 0 and 255, the ignore value."""
-    label, count = _tiff_plane(path, 0)
+    label, count, _ = _tiff_plane(path, 0)
     if count > 1:
         raise PipelineError(f"label {path} holds {count} planes; a label is one plane of class "
                             "indices (label each plane of a stack as <name>_p<k>)")

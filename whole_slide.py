@@ -7,7 +7,7 @@ import numpy as np
 
 from image_io import (TIFF_EXTS, StackPlane, check_finite, first_series, has_histogram,
                       open_tiff, pixel_histogram, range_from_histogram, read_raw_image,
-                      scale_to_uint8, to_color_mode)
+                      scale_to_uint8, tiff_pixels_as_shown, to_color_mode)
 from cli import PipelineError
 
 # Frames of more megapixels than this are streamed by default (predict_lovasz_loss.py and
@@ -71,6 +71,10 @@ class TiffRows:
         block = parts[0] if len(parts) == 1 else np.concatenate(parts)
         start = first * self.chunk_rows
         return block[y0 - start:y1 - start]
+
+    def image_rows(self, y0, y1):
+        """Rows y0..y1-1 as an image (image_io.tiff_pixels_as_shown): a mask's are as stored."""
+        return tiff_pixels_as_shown(self.rows(y0, y1), self.key)
 
     def _chunk_row(self, r):
         if r in self._decoded:
@@ -145,10 +149,6 @@ def bands(height, rows=None):
     return [(y, min(height, y + rows)) for y in range(0, height, rows)]
 
 
-def _without_alpha(rows):
-    return rows[:, :, :3] if rows.ndim == 3 else rows
-
-
 def streamed_intensity_range(reader, intensity, what):
     """(low, high) of the intensity rule for a whole plane read band by band, or None for
     8-bit planes (used as stored). Integer planes of up to 16 bits get the exact range of
@@ -161,13 +161,13 @@ def streamed_intensity_range(reader, intensity, what):
     if has_histogram(reader.dtype):
         # whole rows of strips or tiles, so each is decoded once
         rows = reader.chunk_rows * max(1, BAND_ROWS // 4 // reader.chunk_rows)
-        hist = sum(pixel_histogram(_without_alpha(reader.rows(y0, y1)))
+        hist = sum(pixel_histogram(reader.image_rows(y0, y1))
                    for y0, y1 in bands(reader.height, rows))
         return range_from_histogram(hist, reader.dtype, intensity)
     low, high, sample = math.inf, -math.inf, []
     step = max(1, math.ceil(math.sqrt(math.prod(reader.shape) / SAMPLE_PIXELS)))
     for y0, y1 in bands(reader.height):
-        block = _without_alpha(reader.rows(y0, y1))
+        block = reader.image_rows(y0, y1)
         check_finite(block, what)
         low, high = min(low, float(block.min())), max(high, float(block.max()))
         first = -y0 % step
@@ -192,7 +192,7 @@ class StreamedFrame:
     def rows(self, y0, y1, step=1):
         """Rows y0..y1-1 within the plane (every step-th row and column from y0), as uint8
         in the model's colour mode."""
-        raw = _without_alpha(self.reader.rows(y0, y1)[::step, ::step])
+        raw = self.reader.image_rows(y0, y1)[::step, ::step]
         if self.range is not None:
             check_finite(raw, self.what)
             raw = scale_to_uint8(raw, *self.range)

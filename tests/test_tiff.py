@@ -2,6 +2,7 @@
 and a stack carried from prediction to the object table in micrometres."""
 import csv
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ from PIL import Image
 
 import get_contour
 from image_io import (DEFAULT_INTENSITY, StackPlane, copy_frame, list_images, pixel_size_um,
-                      read_image, read_label, read_raw_image, to_color_mode, to_uint8,
-                      write_tiff)
+                      read_image, read_label, read_raw_image, tiff_pixels_as_shown,
+                      to_color_mode, to_uint8, write_tiff)
 from cli import PipelineError
 from whole_slide import open_tiff_rows
 
@@ -112,6 +113,36 @@ def test_cmyk_and_lab_tiffs_are_refused_not_read_as_rgb(tmp_path):
     for name, space in (("cmyk", "CMYK"), ("lab", "CIELab")):
         with pytest.raises(PipelineError, match=rf"{name}\.tif: TIFF of {space}.* save it as RGB"):
             read_raw_image(tmp_path / f"{name}.tif")
+
+
+def test_min_is_white_grey_is_read_as_shown_and_labels_as_stored(tmp_path):
+    """A MinIsWhite plane (0 stored for white) reads as viewers and cv2 show it, brighter
+    higher, as the same picture saved as PNG would; a label's values are indices, kept."""
+    sixteen = ramp()
+    tifffile.imwrite(tmp_path / "sixteen.tif", 65535 - sixteen, photometric="miniswhite")
+    assert np.array_equal(read_raw_image(tmp_path / "sixteen.tif"), sixteen)
+    twelve = SimpleNamespace(photometric=0, bitspersample=12)  # 12 bits stored in 16
+    assert np.array_equal(tiff_pixels_as_shown(4095 - sixteen % 4096, twelve), sixteen % 4096)
+    eight = ramp(dtype=np.uint8, scale=3)
+    tifffile.imwrite(tmp_path / "eight.tif", 255 - eight, photometric="miniswhite")
+    assert np.array_equal(read_raw_image(tmp_path / "eight.tif"), eight)
+    signed = (ramp(dtype=np.int16) - 2000).astype(np.int16)
+    tifffile.imwrite(tmp_path / "signed.tif", signed, photometric="miniswhite")
+    assert np.array_equal(read_raw_image(tmp_path / "signed.tif"), -1 - signed)
+    floats = ramp().astype(np.float32) / 4096
+    tifffile.imwrite(tmp_path / "float.tif", floats, photometric="miniswhite")
+    assert np.array_equal(read_raw_image(tmp_path / "float.tif"), -floats)
+    bits = ramp() % 2 == 1
+    tifffile.imwrite(tmp_path / "bits.tif", bits, photometric="miniswhite")
+    assert np.array_equal(read_raw_image(tmp_path / "bits.tif"), np.where(bits, 0, 255))
+    # the rule maps each to the black-is-low picture a MinIsBlack file of it gives
+    tifffile.imwrite(tmp_path / "black.tif", eight)
+    assert np.array_equal(read_image(tmp_path / "eight.tif"), read_image(tmp_path / "black.tif"))
+    with open_tiff_rows(tmp_path / "eight.tif") as rows:
+        assert np.array_equal(rows.image_rows(3, 9), eight[3:9])
+    tifffile.imwrite(tmp_path / "label.tif", (eight % 3).astype(np.uint8),
+                     photometric="miniswhite")
+    assert np.array_equal(read_label(tmp_path / "label.tif"), eight % 3)
 
 
 def frame_at_a_time(path, frames, how):
