@@ -131,6 +131,9 @@ def use_precision(choice):
     if precision == "bf16" and not cpu_has_native_bf16() and not gpu_names():
         print("note: this CPU has no native bf16 (AVX-512 BF16 or AMX); --precision bf16 is "
               "emulated here and slower than fp32")
+    if precision == "fp16" and not gpu_names():
+        print("note: --precision fp16 is for GPUs; a CPU emulates float16 and runs it many times "
+              "slower than fp32 (bf16 or auto there)")
     keras.mixed_precision.set_global_policy(POLICIES[precision])
     return precision
 

@@ -91,12 +91,17 @@ def test_a_sequential_model_changes_precision_too():
     np.testing.assert_allclose(np.asarray(bf16(x), np.float32), np.asarray(net(x)), atol=0.05)
 
 
-def test_forced_bf16_without_native_support_says_it_is_slow(monkeypatch, capsys):
+def test_a_forced_precision_the_device_emulates_says_it_is_slow(monkeypatch, capsys):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2"})
     monkeypatch.setattr(hardware, "gpu_names", lambda: [])
     assert hardware.use_precision("bf16") == "bf16"
     assert "no native bf16" in capsys.readouterr().out
     assert hardware.use_precision("auto") == "fp32"
+    assert capsys.readouterr().out == ""
+    assert hardware.use_precision("fp16") == "fp16"
+    assert "fp16 is for GPUs" in capsys.readouterr().out
+    monkeypatch.setattr(hardware, "gpu_names", lambda: ["GPU:0"])
+    assert hardware.use_precision("fp16") == "fp16"
     assert capsys.readouterr().out == ""
 
 
