@@ -789,19 +789,24 @@ PNG_GREY, PNG_GREY_ALPHA = 0, 4
 JPEG_START = b"\xff\xd8\xff"
 
 
-def _png_header(data):
-    """(bits per sample, colour type) from a PNG file's bytes; None for any other file."""
-    head = data[:26]
-    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+PNG_HEADER_BYTES = 26
+
+
+def png_header(data):
+    """(height, width, bits per sample, colour type) from the first PNG_HEADER_BYTES of a PNG
+    file; None for any other file."""
+    head = data[:PNG_HEADER_BYTES]
+    if len(head) < PNG_HEADER_BYTES or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
         return None
-    return head[24], head[25]
+    return (int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[24],
+            head[25])
 
 
 def _png_grey(label, data):
     """A grey PNG label's indices as stored. cv2 and PIL stretch a 2- or 4-bit grey PNG's
     0..3 and 0..15 to 0..255, and cv2 gives a 16-bit grey+alpha one (which PIL reads as
     8-bit RGBA) as four channels, grey in the first three."""
-    depth, colour = _png_header(data) or (None, None)
+    depth, colour = (png_header(data) or (None,) * 4)[2:]
     if colour == PNG_GREY and depth in (2, 4):
         return label // (255 // (2 ** depth - 1))
     if colour == PNG_GREY_ALPHA and label.ndim == 3:

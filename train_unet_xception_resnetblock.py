@@ -51,7 +51,8 @@ prepare_tensorflow()
 import numpy as np  # noqa: E402
 
 from distribute import STRATEGIES  # noqa: E402
-from image_io import DEFAULT_INTENSITY, check_intensity, check_label_values, read_image  # noqa: E402
+from image_io import (DEFAULT_INTENSITY, PNG_HEADER_BYTES, check_intensity,  # noqa: E402
+                      check_label_values, png_header, read_image)
 from outputs import (atomic_write_text, foreign_entries, remove_leftovers,  # noqa: E402
                      same_or_inside, sha256_of, write_json)
 from cli import (IGNORE_LABEL, PipelineError, check_split_written, existing_folder,  # noqa: E402
@@ -71,6 +72,10 @@ MODEL_FOLDER_NAMES = {"config.json", "split.json", "state.json", "log.csv", "cur
 # Options that change neither the model nor its data: a rerun differing only in these resumes
 # (a finished model folder records a changed --faint-filter without training again).
 UNHASHED_SETTINGS = ("verbose", "pdf", "restart", "faint_filter")
+# Where the folders are: the data they hold is hashed instead (patch names, statistics, label
+# bytes, class names), so a project moved or named by another path still resumes, and the
+# same folder given as --model-dir or by default is one model folder.
+PATH_SETTINGS = ("data_dir", "work_dir", "model_dir")
 OPTIMIZERS = ("nsgd", "sgd", "adam")
 MIN_FRAMES_FOR_IMAGE_SPLIT = 3
 
@@ -228,7 +233,13 @@ def patch_sources(work, names, strict=True):
     if not path.is_file():
         return {}
     with open(path, newline="") as f:
-        sources = {row["patch"]: row["image"] for row in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        missing = {"patch", "image"} - set(reader.fieldnames or ())
+        if missing:
+            raise PipelineError(f"{path} has no column {sorted(missing)[0]!r} (it starts "
+                                f"{','.join(reader.fieldnames or [])!r}); rerun gen_img_aug.py "
+                                "and pre_processing.py")
+        sources = {row["patch"]: row["image"] for row in reader}
     unknown = [n for n in names if n not in sources]
     if unknown and not strict:
         return {}
@@ -322,6 +333,38 @@ def check_patch_labels(work, names, classes, data_dir, recorded):
         check_label_values(label, len(classes), path, classes_file)
 
 
+def check_patch_sizes(work, names, patch_shape):
+    """Refuse a preprocessed patch or label patch of another size than the first patch (a
+    stray file, or labels cut for another --patch-size): batching them fails mid-training."""
+    for name in names:
+        for sub in ("prep", "label"):
+            path = work / "train" / sub / name
+            with open(path, "rb") as f:
+                size = (png_header(f.read(PNG_HEADER_BYTES)) or (None,) * 4)[:2]
+            if size != tuple(patch_shape):
+                found = "not a PNG image" if size[0] is None else f"{size[1]}x{size[0]}"
+                raise PipelineError(f"{path} is {found}, the patches are {patch_shape[1]}x"
+                                    f"{patch_shape[0]}; rerun gen_img_aug.py and "
+                                    "pre_processing.py")
+
+
+def check_statistics_fit(stats, patch, work):
+    """Refuse a train_mean_std.json that is not of these preprocessed patches' run (another
+    colour mode, or written by an older version without it): config.json hands its colour
+    mode and statistics to prediction."""
+    where = work / f"{MEAN_STD_NAME}.json"
+    channels = 1 if patch.ndim == 2 else patch.shape[2]
+    declared = {"grey": 1, "rgb": 3}.get(stats.get("color_mode"))
+    if declared is None or stats.get("channels") != declared or declared != len(
+            np.atleast_1d(stats["mean"])):
+        raise PipelineError(f"{where} does not say its colour mode and channels; rerun "
+                            "pre_processing.py")
+    if stats["channels"] != channels:
+        raise PipelineError(f"{where} is of {stats['channels']}-channel ({stats['color_mode']}) "
+                            f"patches, but the patches in {work / 'train' / 'prep'} have "
+                            f"{channels}; rerun pre_processing.py")
+
+
 def work_record(work):
     """What gen_img_aug.py recorded in <work>/split.json ({} for patches made elsewhere)."""
     path = work / "split.json"
@@ -336,17 +379,27 @@ def work_record(work):
 
 # ---------------------------------------------------------------- the model folder
 
-def settings_fingerprint(args, stats, split, init=None):
-    """A hash of everything that decides the trained model: the settings, the data and the
-    model it starts from."""
-    settings = {k: v for k, v in vars(args).items() if k not in UNHASHED_SETTINGS}
-    for key in ("data_dir", "work_dir", "model_dir"):
-        settings[key] = str(Path(settings[key]).resolve()) if settings[key] else None
-    data = {"statistics": stats, "train": split["train"], "val": split["val"]}
+def settings_fingerprint(args, stats, split, init, classes, labels):
+    """A hash of everything that decides the trained model: the settings, the data (patch
+    names, statistics, the class names and the digest of the label patches) and the model it
+    starts from; not where the folders are."""
+    settings = {k: v for k, v in vars(args).items()
+                if k not in UNHASHED_SETTINGS and k not in PATH_SETTINGS}
+    data = {"statistics": stats, "train": split["train"], "val": split["val"],
+            "classes": classes, "labels_sha256": labels}
     if init:
         data["init_model_sha256"] = init["sha256"]
     text = json.dumps({"settings": settings, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def labels_digest(work, names):
+    """sha256 of the label patches of the given names, in order: relabelled frames cut again
+    give the same image patches and statistics, but other labels, so another model."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(f"{name}\0{sha256_of(work / 'train' / 'label' / name)}\0".encode())
+    return digest.hexdigest()
 
 
 def holds_checkpoint(model_dir):
@@ -422,17 +475,20 @@ def how_it_differs(old, args):
     resumes it: not where the same command now meets other data)."""
     if "settings" not in old:
         return "by another command (its config.json is missing or unreadable)", True
-    if "settings_hash" not in old:
-        return ("by an earlier version of this script (its config.json has no settings "
-                "hash)", True)
+    # this version hashes the label patches, which earlier ones did not: none of its
+    # commands resumes their folders
+    earlier = "settings_hash" not in old or "labels_sha256" not in old
     changed = [k for k, v in vars(args).items() if k not in UNHASHED_SETTINGS
-               and old["settings"].get(k) != v]
+               and k not in PATH_SETTINGS and old["settings"].get(k) != v]
     if changed:
         return "with other settings (" + ", ".join(
             f"--{k.replace('_', '-')} {old['settings'].get(k)} -> {getattr(args, k)}"
-            for k in changed[:4]) + ")", True
-    return ("by this command on other training data (the patches, their statistics or the "
-            "--init-model file changed since)", False)
+            for k in changed[:4]) + ")", not earlier
+    if earlier:
+        return ("by an earlier version of this script, whose settings hash this one does not "
+                "make", False)
+    return ("by this command on other training data (the patches, their labels or "
+            "statistics, classes.txt or the --init-model file changed since)", False)
 
 
 def prepare_model_folder(model_dir, plan):
@@ -763,7 +819,7 @@ def init_from_model(model, path, new_head):
 
 
 def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, fingerprint,
-                 precision, extra=None):
+                 labels, precision, extra=None):
     """config.json; `recorded` is what gen_img_aug.py wrote into split.json and prediction
     must repeat: {"intensity", "orientations", "scale"}."""
     old = model_dir / "config.json"
@@ -786,7 +842,7 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, 
         "train_frames": split["train_frames"],
         "precision": precision,
         "settings": {k: v for k, v in vars(args).items()},
-        "settings_hash": fingerprint,
+        "settings_hash": fingerprint, "labels_sha256": labels,
         "sha256": hashes,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     }
@@ -810,10 +866,13 @@ def check_inputs(args, work):
     split = split_patches(work, args.val_split, args.random_state, args.val_split_by,
                           recorded.get("stack_of"))
     check_patch_labels(work, split["train"] + split["val"], classes, args.data_dir, recorded)
-    patch_shape = read_image(work / "train" / "prep" / split["train"][0]).shape[:2]
+    first = read_image(work / "train" / "prep" / split["train"][0])
+    patch_shape = first.shape[:2]
     if patch_shape[0] % 32 or patch_shape[1] % 32:
         raise PipelineError(f"patches are {patch_shape[1]}x{patch_shape[0]}; the network needs "
                             "sides that are multiples of 32 (gen_img_aug.py --patch-size)")
+    check_statistics_fit(stats, first, work)
+    check_patch_sizes(work, split["train"] + split["val"], patch_shape)
     resolve_weights(args.weights)
     if args.new_head and not args.init_model:
         raise PipelineError("--new-head needs --init-model")
@@ -832,8 +891,15 @@ def main(argv=None):
     check_model_dir(model_dir, work, args.data_dir)
     classes, stats, split, patch_shape, recorded, init = check_inputs(args, work)
     train_names, val_names = split["train"], split["val"]
-    fingerprint = settings_fingerprint(args, stats, split, init)
+    labels = labels_digest(work, train_names + val_names)
+    fingerprint = settings_fingerprint(args, stats, split, init, classes, labels)
     plan = plan_model_folder(model_dir, fingerprint, args)
+    if plan == "fresh" and holds_training(aside_folder(model_dir)):
+        # Left by a --restart stopped before its first checkpoint: the model it replaces.
+        raise PipelineError(f"{aside_folder(model_dir)} holds the model folder a --restart "
+                            "moved aside, which this run would delete once it has a "
+                            "checkpoint: add --restart to train anew and let it go, or move "
+                            f"it back to {model_dir} (or elsewhere) to keep it")
     if plan == "done":
         if not refilter_finished(args, model_dir, split["val_frames"]):
             print(f"{model_dir} already holds the model this command trains; nothing to do "
@@ -873,7 +939,7 @@ def main(argv=None):
         align_with_backup(model_dir)
     write_json(model_dir / "split.json", split)
     write_config(args, model_dir, classes, stats, patch_shape, split, recorded,
-                 fingerprint, precision, {"init_model": init, "distribution": distribution})
+                 fingerprint, labels, precision, {"init_model": init, "distribution": distribution})
     if resuming:
         # A kill between publishing a model file and recording its hash leaves a stale entry;
         # every published file is whole, so hashing them all again is safe.
@@ -907,8 +973,7 @@ def main(argv=None):
     if plan == "finish":
         print("training had finished; writing the final models")
     else:
-        # Every worker validates on all validation batches it is given: a fixed count.
-        val_steps = args.val_steps or (max(1, len(val_names) // global_batch) if loop else None)
+        val_steps = validation_steps(args.val_steps, len(val_names), global_batch, bool(loop))
         callbacks = make_callbacks(args, model_dir, bn_images, val_ds, val_steps,
                                    steps * args.epochs, cosine, resuming, guard, chief,
                                    loop.evaluate if loop else None)
@@ -937,7 +1002,7 @@ def main(argv=None):
              if chief else None)
     state = read_json(state_path, "training state")
     write_config(args, model_dir, classes, stats, patch_shape, split, recorded,
-                 fingerprint, precision, {
+                 fingerprint, labels, precision, {
         "init_model": init, "distribution": distribution, "faint_filter": faint,
         "result": {"best_val_loss": state["best_val_loss"], "epochs_done": state["epochs_done"],
                    "swa_of_epochs": len(snapshots[-args.swa_epochs:]) if args.swa_epochs else 0,
@@ -955,6 +1020,19 @@ def main(argv=None):
         return
     print(f"done in {minutes:.1f} min; best val_loss {state['best_val_loss']:.4f}. Model folder: "
           f"{model_dir} (config.json, {best_path.name}); curves: {model_dir / 'curves.png'}")
+
+
+def validation_steps(asked, patches, global_batch, fixed_count):
+    """Validation batches per epoch: --val-steps, at most all the validation patches' batches
+    (beyond them Keras warns that training is interrupted, which it is not); None for all
+    of them, except where the loop needs a count (every worker validates on all the
+    batches it is given, each a whole global batch)."""
+    batches = max(1, patches // global_batch) if fixed_count else math.ceil(patches / global_batch)
+    if asked and asked > batches:
+        print(f"note: --val-steps {asked} is more than the {batches} batches of the {patches} "
+              f"validation patches; each validation runs those {batches}")
+        return batches
+    return asked or (batches if fixed_count else None)
 
 
 def note_large_batch(patches, global_batch):

@@ -679,13 +679,22 @@ def test_the_same_command_on_other_patches_is_not_told_to_rerun_itself(tmp_path)
     model_dir = tmp_path / "weights"
     model_dir.mkdir()
     (model_dir / "state.json").write_text("{}")
-    (model_dir / "config.json").write_text(json.dumps(
-        {"settings": vars(args), "settings_hash": "of the patches it trained on"}))
+    config = {"settings": vars(args), "settings_hash": "of the patches it trained on",
+              "labels_sha256": "of their labels"}
+    (model_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(train.PipelineError) as refused:
         train.plan_model_folder(model_dir, "of these patches", args)
     message = str(refused.value)
     assert "other training data" in message and "this command cannot resume it" in message
     assert "rerun that command" not in message and "add --restart" in message
+    # A folder of a version that hashed no labels: no command of this one resumes it.
+    del config["labels_sha256"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(train.PipelineError, match="earlier version of this script.*"
+                                                  "this command cannot resume it; add --restart"):
+        train.plan_model_folder(model_dir, "of these patches", args)
+    config["labels_sha256"] = "of their labels"
+    (model_dir / "config.json").write_text(json.dumps(config))
     args.lr = 0.5
     with pytest.raises(train.PipelineError, match="--lr 0.001 -> 0.5.*rerun that command"):
         train.plan_model_folder(model_dir, "of these patches", args)
@@ -731,3 +740,87 @@ def test_patches_of_an_unfinished_gen_img_aug_run_are_refused(tmp_path):
                                                   "rerun gen_img_aug.py"):
         short_run(tmp_path)
     assert not (tmp_path / "work" / "weights").exists()
+
+
+def test_the_fingerprint_sees_labels_and_classes_not_folder_paths(tmp_path):
+    """Relabelled frames cut again give the same image patches and statistics: the model
+    folder must not call itself done. The same folder named otherwise (--model-dir given or
+    by default, a moved project) is the same model."""
+    make_patch_set(tmp_path / "work", 12)
+    work = tmp_path / "work"
+    stats = json.loads((work / "train_mean_std.json").read_text())
+    split = train.split_patches(work, 0.2, 2018, "patch")
+    names = split["train"] + split["val"]
+    classes = ["background", "bead", "cell"]
+
+    def fingerprint(argv, classes=classes):
+        args = train.parse_args(["--work-dir", str(work), *argv])
+        return train.settings_fingerprint(args, stats, split, None, classes,
+                                          train.labels_digest(work, names))
+
+    before = fingerprint([])
+    assert fingerprint(["--model-dir", str(work / "weights")]) == before
+    assert fingerprint(["--data-dir", str(tmp_path / "elsewhere")]) == before
+    assert fingerprint([], ["background", "cell", "bead"]) != before
+    label = work / "train" / "label" / names[0]
+    swapped = cv2.imread(str(label), cv2.IMREAD_UNCHANGED)
+    swapped[swapped == 1], swapped[swapped == 2] = 9, 1
+    swapped[swapped == 9] = 2
+    cv2.imwrite(str(label), swapped)
+    assert fingerprint([]) != before
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("csv", "has no column 'image'"),
+    ("label size", r"000003.png is 128x128, the patches are 64x64"),
+    ("rgb stats", r"of 3-channel \(rgb\) patches, but the patches .* have 1"),
+    ("old stats", "does not say its colour mode"),
+])
+def test_a_damaged_work_folder_is_one_line_before_training(tmp_path, damage, message):
+    work = tmp_path / "work"
+    make_patch_set(work, 12)
+    stats_path = work / "train_mean_std.json"
+    stats = json.loads(stats_path.read_text())
+    if damage == "csv":
+        (work / "train" / "patches.csv").write_text(
+            "patch,y,x,transform\n" + "".join(f"{i:06d}.png,0,0,0\n" for i in range(12)))
+        (work / "split.json").write_text("{}")
+    elif damage == "label size":
+        cv2.imwrite(str(work / "train" / "label" / "000003.png"), np.zeros((128, 128), np.uint8))
+    elif damage == "rgb stats":
+        stats.update(mean=[120.0] * 3, std=[30.0] * 3, channels=3, color_mode="rgb")
+    else:
+        del stats["color_mode"], stats["channels"]
+    stats_path.write_text(json.dumps(stats))
+    with pytest.raises(train.PipelineError, match=message):
+        short_run(tmp_path)
+    assert not (work / "weights").exists()
+
+
+def test_a_model_moved_aside_by_a_stopped_restart_is_not_deleted_by_another_run(tmp_path):
+    """A --restart killed before its first checkpoint leaves the earlier model in
+    <model-dir>.previous; a later run without --restart must not delete it unasked."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "classes.txt").write_text("background\nbead\ncell\n")
+    make_patch_set(tmp_path / "work", 40)
+    aside = tmp_path / "work" / "weights.previous"
+    (aside / "snapshots").mkdir(parents=True)
+    (aside / train.weights_name("best", "h5")).write_bytes(b"the earlier model")
+    (aside / "config.json").write_text("{}")
+    (tmp_path / "work" / "weights").mkdir()
+    (tmp_path / "work" / "weights" / "config.json").write_text("{}")   # the stopped restart's
+    before = file_digests(aside)
+    with pytest.raises(train.PipelineError, match=r"weights.previous holds the model folder a "
+                                                  r"--restart moved aside.*add --restart"):
+        short_run(tmp_path, "--lr", "0.02")
+    assert file_digests(aside) == before
+
+
+def test_validation_steps_are_at_most_the_validation_batches(capsys):
+    assert train.validation_steps(None, 20, 8, False) is None      # Keras runs them all
+    assert train.validation_steps(None, 20, 8, True) == 2           # whole global batches
+    assert train.validation_steps(2, 20, 8, False) == 2
+    assert capsys.readouterr().out == ""
+    assert train.validation_steps(100, 20, 8, False) == 3
+    assert "--val-steps 100 is more than the 3 batches" in capsys.readouterr().out
+    assert train.validation_steps(100, 5, 8, True) == 1
