@@ -375,7 +375,17 @@ def _tiff_plane(path, index):
         img = img[:, :, 0]
     if img.dtype.kind == "c" or img.size == 0:
         raise PipelineError(f"cannot read TIFF {path}: {img.dtype} pixels of shape {img.shape}")
-    return img, count, series.keyframe
+    return img, count, _plane_keyframe(series, count, index)
+
+
+def _plane_keyframe(series, count, index):
+    """The tifffile page whose tags describe frame `index`: its own page's keyframe where the
+    frame is a page of its own (a plain TIFF's pages joined into one series may differ in
+    photometric or bits per sample, as whole_slide.TiffRows reads them), else the series'."""
+    pages = series.pages
+    if count > 1 and len(pages) == count and pages[index] is not None:
+        return pages[index].keyframe
+    return series.keyframe
 
 
 def _read_tiff(path, index):

@@ -217,6 +217,21 @@ def test_pages_of_a_plain_tiff_stay_in_file_order_whatever_their_coding(tmp_path
         assert np.array_equal(read_raw_image(frames[f"mixed_p{k}"]), planes[k])
 
 
+def test_each_plane_is_shown_by_its_own_page_photometric(tmp_path):
+    """A plain TIFF whose second page is MinIsWhite and first MinIsBlack: each plane reads as
+    shown by its own page's tags, in memory as row by row (whole_slide)."""
+    planes = stack(2).astype(np.uint16) * 200
+    with tifffile.TiffWriter(tmp_path / "photo.tif") as tif:
+        tif.write(planes[0], photometric="minisblack", metadata=None)
+        tif.write(65535 - planes[1], photometric="miniswhite", metadata=None)
+    frames = list_images(tmp_path)
+    assert list(frames) == ["photo_p0", "photo_p1"]
+    for k in range(2):
+        assert np.array_equal(read_raw_image(frames[f"photo_p{k}"]), planes[k]), k
+        with open_tiff_rows(frames[f"photo_p{k}"]) as rows:
+            assert np.array_equal(rows.image_rows(0, rows.height), planes[k]), k
+
+
 def test_a_thumbnail_is_no_frame_wherever_it_lies(tmp_path):
     planes, thumb = stack(2), np.zeros((7, 9), np.uint16)
     with tifffile.TiffWriter(tmp_path / "first.tif") as tif:
