@@ -205,8 +205,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("many images over many processes or machines")
     g.add_argument("--shard", type=shard_option, metavar="I/N",
                    help="segment only shard I of N (I from 1): every N-th image from the I-th, "
-                        "into <output>_shardIofN unless --output says otherwise; run all N "
-                        "(at once, anywhere that sees the files), then --merge")
+                        "into <output>_shardIofN (of the default output or --output); run all "
+                        "N (at once, anywhere that sees the files), then --merge")
     g.add_argument("--merge", nargs="+", metavar="DIR",
                    help="merge the N shard folders of one run into the folder a single run "
                         "writes (masks, predict.json, IoU report), byte for byte; the output "
@@ -773,7 +773,8 @@ def main(argv=None):
     everything = list(images)
     if args.shard:
         images = {name: images[name] for name in shard_names(everything, args.shard)}
-        out = out if args.output else shard_folder(out, args.shard)
+        # also after --output: N array jobs given one command line write N folders
+        out = shard_folder(out, args.shard)
     check_replaceable(out, MARKER)
     check_unchanged_since(out, MARKER)
     if args.input and not args.output:

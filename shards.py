@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from cli import PipelineError, existing_folder, read_json
+from outputs import same_or_inside
 
 # Keys a shard adds to the record of its run; the merged record is the single run's.
 SHARD_KEYS = ("shard", "all_images", "chart_copy")
@@ -86,6 +87,10 @@ def open_shards(dirs, output, marker):
     if out is None:
         raise PipelineError("the shard folders' names do not say where the merged folder goes; "
                             "give --output")
+    for folder in folders:
+        if same_or_inside(out, folder) or same_or_inside(folder, out):
+            raise PipelineError(f"--output {out} is or holds the shard folder {folder}, which "
+                                "the merge reads; give another --output")
     return folders, records, everything, out
 
 

@@ -83,6 +83,12 @@ def test_sharded_and_merged_is_a_single_run(model_dir, work, tmp_path):
     merged = work / "test" / "predict"
     assert files_of(merged) == files_of(tmp_path / "single")
     assert chart.read_bytes() == single_chart
+    # array jobs of one command line with --output: a folder each, merged back into it
+    for i in (1, 2):
+        P.main([*base, "--shard", f"{i}/2", "--output", str(tmp_path / "screen")])
+    P.main(["--work-dir", str(work), "--merge",
+            *(str(tmp_path / f"screen_shard{i}of2") for i in (1, 2))])
+    assert files_of(tmp_path / "screen") == files_of(tmp_path / "single")
 
     get_contour.main(["--work-dir", str(work), "--pred-dir", str(tmp_path / "single"),
                       "--output", str(tmp_path / "single_contours"), "--no-panels"])
@@ -98,10 +104,18 @@ def test_sharded_and_merged_is_a_single_run(model_dir, work, tmp_path):
         P.main(["--work-dir", str(work), "--merge", str(shards[0]),
                 "--output", str(tmp_path / "half")])
     P.main([*base, "--shard", "2/2", "--overlap", "0.5", "--output", str(tmp_path / "other")])
+    other = tmp_path / "other_shard2of2"    # the shard's suffix follows --output too
     with pytest.raises(PipelineError, match="other settings.*overlap"):
-        P.main(["--work-dir", str(work), "--merge", str(shards[0]), str(tmp_path / "other"),
+        P.main(["--work-dir", str(work), "--merge", str(shards[0]), str(other),
                 "--output", str(tmp_path / "mixed")])
     assert not (tmp_path / "half").exists() and not (tmp_path / "mixed").exists()
+    # the merge never writes over a shard it reads
+    before = files_of(shards[0])
+    for output in (shards[0], work / "test"):
+        with pytest.raises(PipelineError, match="is or holds the shard folder"):
+            P.main(["--work-dir", str(work), "--merge", *map(str, shards),
+                    "--output", str(output)])
+    assert files_of(shards[0]) == before
     mask = cv2.imread(str(merged / sorted(p.name for p in (work / "test/src").iterdir())[0]),
                       cv2.IMREAD_UNCHANGED)
     assert mask.shape == (160, 200) and np.all(mask < 3)
