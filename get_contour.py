@@ -27,7 +27,9 @@ perimeter^2, 1 for a disc; unreliable below a few tens of pixels), centroid_x, c
 bbox_x, bbox_y, bbox_w, bbox_h (pixels, origin top-left). The area, diameter and perimeter
 are also given in micrometres (area_um2, equivalent_diameter_um, perimeter_um) with
 --pixel-size, or, by default, for each image whose TIFF records its pixel size (OME
-PhysicalSizeX, or ImageJ's resolution and unit); pixel_size_um says which size was used.
+PhysicalSizeX and Y, or ImageJ's resolution and unit) and whose pixels are square (a note
+names images of other pixels, measured in pixels only); pixel_size_um says which size was
+used.
 
 --from-probs rebuilds the masks as the original get_contour did, from the per-class
 probability maps of predict_lovasz_loss.py --save-probs: each map is scaled to 0..127 and
@@ -43,8 +45,8 @@ import cv2
 import numpy as np
 
 from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
-                      check_label_size, find_label, list_images, parse_intensity, pixel_size_um,
-                      read_image, read_label, to_color_mode, write_image)
+                      check_label_size, find_label, list_images, parse_intensity, pixel_sizes_um,
+                      read_image, read_label, square_side, to_color_mode, write_image)
 from band_objects import objects_of_class
 from outputs import COLOR_SUFFIX, PROB_INFIX, prob_file, staged_output, write_json
 from shards import copy_shard_files, merge_object_tables, open_shards
@@ -236,6 +238,22 @@ def csv_columns(um):
             + (["pixel_size_um"] if um else [])
             + ["circularity", "centroid_x", "centroid_y", "bbox_x", "bbox_y", "bbox_w",
                "bbox_h"])
+
+
+def image_pixel_sizes(images, names, given):
+    """Each image's pixel side in micrometres: --pixel-size, else what its TIFF records. An
+    image of pixels that are not square gets none, and a note: one size would give its
+    areas and lengths wrong."""
+    if given is not None:
+        return dict.fromkeys(names, given)
+    sizes = {name: pixel_sizes_um(images[name]) for name in names}
+    uneven = [name for name, size in sizes.items() if size and square_side(size) is None]
+    if uneven:
+        width, height = sizes[uneven[0]]
+        print(f"note: {len(uneven)} image(s) record pixels that are not square ({uneven[0]}: "
+              f"{width:.6g} x {height:.6g} \u00b5m): their objects are measured in pixels "
+              f"only; --pixel-size gives one size for every image")
+    return {name: square_side(size) for name, size in sizes.items()}
 
 
 def csv_record(image, classes, row, pixel_size):
@@ -560,7 +578,7 @@ def main(argv=None):
     intensity = args.intensity or info.get("intensity", DEFAULT_INTENSITY)
     outliner = Outliner(pred_dir, info, classes, intensity, label_dir, args)
 
-    pixel_sizes = {name: args.pixel_size or pixel_size_um(images[name]) for name in names}
+    pixel_sizes = image_pixel_sizes(images, names, args.pixel_size)
     measured_in_um = any(size is not None for size in pixel_sizes.values())
     tally = ObjectTally(classes)
 

@@ -192,7 +192,8 @@ TIFF_EXTS = (".tif", ".tiff")
 
 # Length units of OME (PhysicalSizeXUnit) and ImageJ ('unit'), in micrometres.
 MICROMETRES = {"um": 1.0, "\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-               "micrometre": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+               "micrometre": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
+               "\u00e5": 1e-4, "angstrom": 1e-4, "pm": 1e-6}
 
 
 @dataclass(frozen=True)
@@ -418,20 +419,34 @@ def tiff_pixels_as_shown(img, key):
 
 
 def pixel_size_um(source):
-    """The pixel width in micrometres a TIFF records (OME PhysicalSizeX, or ImageJ's
-    resolution and unit); None where none is recorded or the unit is not a length."""
+    """The side in micrometres of a TIFF's square pixels (pixel_sizes_um); None where none is
+    recorded, and where the pixels are not square: no one size measures them."""
+    return square_side(pixel_sizes_um(source))
+
+
+def square_side(sizes):
+    """The side of a pixel of (width, height) sizes where it is square, else None."""
+    if sizes is None or not np.isclose(*sizes, rtol=1e-3, atol=0):
+        return None
+    return sizes[0]
+
+
+def pixel_sizes_um(source):
+    """(width, height) of a pixel in micrometres as a TIFF records them (OME PhysicalSizeX and
+    Y, or ImageJ's X and Y resolution and unit; the height as the width where only that is
+    given); None where none is recorded or the unit is not a length."""
     path = source.path if isinstance(source, StackPlane) else Path(source)
     if path.suffix.lower() not in TIFF_EXTS:
         return None
     with open_tiff(path) as tif:
         if tif.is_ome:
-            return _ome_pixel_size(tif.ome_metadata)
+            return _ome_pixel_sizes(tif.ome_metadata)
         if tif.is_imagej:
-            return _imagej_pixel_size(tif.imagej_metadata or {}, tif.pages[0])
+            return _imagej_pixel_sizes(tif.imagej_metadata or {}, tif.pages[0])
     return None
 
 
-def _ome_pixel_size(xml):
+def _ome_pixel_sizes(xml):
     import xml.etree.ElementTree as ET
     try:
         root = ET.fromstring(xml)
@@ -440,17 +455,30 @@ def _ome_pixel_size(xml):
     pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
     if pixels is None or "PhysicalSizeX" not in pixels.attrib:
         return None
-    scale = _micrometres(pixels.attrib.get("PhysicalSizeXUnit", "µm"))
-    return _positive(pixels.attrib["PhysicalSizeX"], scale)
+
+    def side(axis, default):
+        if f"PhysicalSize{axis}" not in pixels.attrib:
+            return default
+        scale = _micrometres(pixels.attrib.get(f"PhysicalSize{axis}Unit", "µm"))
+        return _positive(pixels.attrib[f"PhysicalSize{axis}"], scale)
+
+    width = side("X", None)
+    height = side("Y", width)
+    return None if width is None or height is None else (width, height)
 
 
-def _imagej_pixel_size(metadata, page):
-    tag = page.tags.get("XResolution")
+def _imagej_pixel_sizes(metadata, page):
     scale = _micrometres(metadata.get("unit", ""))
-    if tag is None or scale is None:
+    if "XResolution" not in page.tags or scale is None:
         return None
-    numerator, denominator = tag.value
-    return _positive(denominator / numerator if numerator else 0, scale)
+
+    def side(tag):
+        numerator, denominator = page.tags[tag].value
+        return _positive(denominator / numerator if numerator else 0, scale)
+
+    width = side("XResolution")
+    height = side("YResolution") if "YResolution" in page.tags else width
+    return None if width is None or height is None else (width, height)
 
 
 def _micrometres(unit):

@@ -11,8 +11,8 @@ from PIL import Image
 
 import get_contour
 from image_io import (DEFAULT_INTENSITY, StackPlane, copy_frame, list_images, pixel_size_um,
-                      read_image, read_label, read_raw_image, tiff_pixels_as_shown,
-                      to_color_mode, to_uint8, write_tiff)
+                      pixel_sizes_um, read_image, read_label, read_raw_image,
+                      tiff_pixels_as_shown, to_color_mode, to_uint8, write_tiff)
 from cli import PipelineError
 from whole_slide import open_tiff_rows
 
@@ -311,7 +311,7 @@ def test_a_tiff_label_that_is_no_class_index_plane_is_refused(tmp_path, kind, me
         read_label(path)
 
 
-def test_pixel_size_from_ome_and_imagej_metadata(tmp_path):
+def test_pixel_size_from_ome_and_imagej_metadata(tmp_path, capsys):
     img = ramp()
     tifffile.imwrite(tmp_path / "um.ome.tif", img, ome=True,
                      metadata={"PhysicalSizeX": 0.65, "PhysicalSizeXUnit": "µm"})
@@ -324,10 +324,27 @@ def test_pixel_size_from_ome_and_imagej_metadata(tmp_path):
     tifffile.imwrite(tmp_path / "ij_pixels.tif", img, imagej=True, resolution=(2.0, 2.0),
                      metadata={"unit": "pixel"})
     tifffile.imwrite(tmp_path / "plain.tif", img, resolution=(2.0, 2.0))
+    tifffile.imwrite(tmp_path / "angstrom.ome.tif", img, ome=True,
+                     metadata={"PhysicalSizeX": 2500, "PhysicalSizeXUnit": "\u00c5",
+                               "PhysicalSizeY": 2500, "PhysicalSizeYUnit": "\u00c5"})
+    # pixels twice as tall as wide: no one size measures them
+    tifffile.imwrite(tmp_path / "tall.ome.tif", img, ome=True,
+                     metadata={"PhysicalSizeX": 0.2, "PhysicalSizeY": 0.4})
+    tifffile.imwrite(tmp_path / "tall_ij.tif", img, imagej=True, resolution=(5.0, 2.5),
+                     metadata={"unit": "um"})
     expected = {"um.ome.tif": 0.65, "nm.ome.tif": 0.325, "ij.tif": 0.1625,
-                "ij_escaped.tif": 0.5, "ij_pixels.tif": None, "plain.tif": None}
+                "ij_escaped.tif": 0.5, "ij_pixels.tif": None, "plain.tif": None,
+                "angstrom.ome.tif": 0.25, "tall.ome.tif": None, "tall_ij.tif": None}
     for name, size in expected.items():
         assert pixel_size_um(tmp_path / name) == pytest.approx(size), name
+    for name in ("tall.ome.tif", "tall_ij.tif"):
+        assert pixel_sizes_um(tmp_path / name) == pytest.approx((0.2, 0.4)), name
+    images = {name: tmp_path / name for name in ("um.ome.tif", "tall.ome.tif")}
+    sizes = get_contour.image_pixel_sizes(images, list(images), None)
+    assert sizes == {"um.ome.tif": pytest.approx(0.65), "tall.ome.tif": None}
+    assert "1 image(s) record pixels that are not square (tall.ome.tif: 0.2 x 0.4" in \
+        capsys.readouterr().out
+    assert get_contour.image_pixel_sizes(images, list(images), 0.3) == dict.fromkeys(images, 0.3)
 
 
 def test_a_copied_plane_keeps_its_pixels_and_pixel_size(tmp_path):
