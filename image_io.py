@@ -263,29 +263,51 @@ def first_series(tif, path):
     series, or the series of a file written a frame at a time joined into one."""
     if not tif.series:
         raise PipelineError(f"cannot read TIFF {path}: it holds no image")
-    parts = _without_previews(_stack_parts(tif))
+    parts = _without_previews(_stack_parts(tif, path))
     if len(parts) == 1:
         return (parts[0], *_series_layout(parts[0], path))
     return _joined(parts, path)
 
 
-def _stack_parts(tif):
+def _stack_parts(tif, path):
     """The series that hold a file's frames. Pyramid levels are no series of their own; a
-    reduced image that is no level (a thumbnail) is skipped, even where it comes first."""
-    if tif.series[0].kind not in STACK_KINDS:
+    reduced image that is no level (a thumbnail) is skipped, even where it comes first. A
+    format's further series are read only where they differ from the first (a slide's label
+    or macro picture): series alike are positions or wells, which are not one frame."""
+    first = tif.series[0]
+    if first.kind not in STACK_KINDS:
+        alike = [s for s in tif.series[1:]
+                 if _plane_side(s) == _plane_side(first) and s.dtype == first.dtype]
+        if alike:
+            height, width = _plane_side(first)
+            raise PipelineError(f"{path} holds {len(alike) + 1} images of {width}x{height} "
+                                "pixels (positions or wells of one acquisition), which are not "
+                                "read as one: save each as a file of its own")
         return tif.series[:1]
     return [s for s in tif.series if not s.keyframe.is_reduced] or tif.series[:1]
 
 
+def _plane_side(series):
+    """(height, width) of a series' planes; None for a series without Y and X axes."""
+    if "Y" not in series.axes or "X" not in series.axes:
+        return None
+    return series.shape[series.axes.index("Y")], series.shape[series.axes.index("X")]
+
+
 def _without_previews(parts):
-    """The parts but those smaller on both sides than the largest: a preview or overlay page
-    not flagged as reduced, which the file's main image was read without before."""
-    try:
-        sides = [(s.shape[s.axes.index("Y")], s.shape[s.axes.index("X")]) for s in parts]
-    except ValueError:      # a series without Y and X axes: _series_layout refuses it
+    """The parts but those smaller on both sides than the largest that come before or after
+    every other in the file: a preview or overlay page not flagged as reduced, which the
+    file's main image was read without before. A smaller plane between planes stays, so a
+    stack that holds one is refused (_joined) rather than read without it and renumbered."""
+    sides = [_plane_side(s) for s in parts]
+    if None in sides:       # _series_layout refuses it
         return parts
     height, width = max(sides, key=lambda hw: hw[0] * hw[1])
-    return [s for s, (h, w) in zip(parts, sides) if not (h < height and w < width)]
+    order = sorted(range(len(parts)), key=lambda i: _file_order(parts[i].pages[0]))
+    small = [sides[i][0] < height and sides[i][1] < width for i in order]
+    first = small.index(False)
+    last = len(small) - small[::-1].index(False)
+    return [parts[i] for i in sorted(order[first:last])]
 
 
 def _joined(parts, path):

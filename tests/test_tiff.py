@@ -205,6 +205,36 @@ def test_an_unflagged_preview_page_is_passed_over_as_before(tmp_path):
     assert np.array_equal(read_raw_image(frames["p"]), image)
 
 
+def test_a_smaller_plane_between_planes_is_refused_not_dropped(tmp_path):
+    """Dropped, the planes after it would be renumbered: plane 2 read as _p1."""
+    planes = stack(2)
+    frame_at_a_time(tmp_path / "mid.tif", [planes[0], planes[1][:20, :25], planes[1]], "append")
+    with pytest.raises(PipelineError, match=r"mid.tif holds 3 images that are not planes"):
+        list_images(tmp_path)
+    (tmp_path / "mid.tif").unlink()
+    small = np.zeros((16, 16), np.uint16)
+    frame_at_a_time(tmp_path / "ends.tif", [small, planes[0], planes[1], small], "append")
+    frames = list_images(tmp_path)
+    assert list(frames) == ["ends_p0", "ends_p1"]
+    assert np.array_equal(read_raw_image(frames["ends_p1"]), planes[1])
+
+
+def test_positions_of_an_ome_file_are_refused_its_label_picture_skipped(tmp_path):
+    planes = stack(2)
+    with tifffile.TiffWriter(tmp_path / "positions.ome.tif", ome=True) as tif:
+        for plane in planes:
+            tif.write(plane, metadata={"axes": "YX"})
+    with pytest.raises(PipelineError, match=r"positions.ome.tif holds 2 images of 50x40 "
+                                            r"pixels .*save each as a file of its own"):
+        list_images(tmp_path / "positions.ome.tif")
+    with tifffile.TiffWriter(tmp_path / "slide.ome.tif", ome=True) as tif:
+        tif.write(planes, metadata={"axes": "ZYX"})
+        tif.write(np.zeros((30, 90, 3), np.uint8), photometric="rgb")    # a label picture
+    frames = list_images(tmp_path / "slide.ome.tif")
+    assert list(frames) == ["slide_p0", "slide_p1"]
+    assert np.array_equal(read_raw_image(frames["slide_p1"]), planes[1])
+
+
 def test_pages_of_a_plain_tiff_stay_in_file_order_whatever_their_coding(tmp_path):
     # tifffile's series of a plain TIFF group pages by coding: here pages 0 and 2, then 1
     planes = stack(3)
