@@ -3,6 +3,7 @@ that is not 8-bit, palette labels read as their indices, one clear error for a b
 import atexit
 import io
 import os
+import re
 import shutil
 import time
 import warnings
@@ -542,11 +543,12 @@ def unread_images(folder):
             if p.suffix.lower() in UNREAD_IMAGE_EXTS and not p.name.startswith(".")]
 
 
-def list_images(src, page=None):
+def list_images(src, page=None, frames=None):
     """Map frame name to source for every image in a folder, sorted by name; a single image
     file gives itself. A source is the file's path, or a StackPlane for each plane of a TIFF
     stack, named <stem>_p<k> (k from 0, zero-padded), or only plane `page` of every stack,
-    named <stem>. Hidden files are skipped."""
+    named <stem>. Hidden files are skipped. With `frames`, a collection of frame names, only
+    the files that may hold them are opened (others beside them are not read at all)."""
     src = Path(src)
     if src.is_file():
         if src.suffix.lower() not in IMAGE_EXTS:
@@ -555,6 +557,9 @@ def list_images(src, page=None):
     elif src.is_dir():
         paths = [p for p in sorted(src.iterdir())
                  if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS]
+        if frames is not None:
+            stems = {stem for name in frames for stem in (name, PLANE_SUFFIX.sub("", name))}
+            paths = [p for p in paths if frame_stem(p.name) in stems]
     else:
         raise PipelineError(f"image folder {src} does not exist")
     for path in paths:
@@ -574,6 +579,9 @@ def list_images(src, page=None):
                                     f"{found[other].name} and {source.name}{how}")
             found[name], composed[nfc(name)] = source, name
     return found
+
+
+PLANE_SUFFIX = re.compile(r"_p\d+$")     # of a stack's frame names, <stem>_p<k>
 
 
 def frame_stem(file_name):

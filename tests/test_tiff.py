@@ -235,6 +235,18 @@ def test_positions_of_an_ome_file_are_refused_its_label_picture_skipped(tmp_path
     assert np.array_equal(read_raw_image(frames["slide_p1"]), planes[1])
 
 
+def test_only_the_files_of_the_frames_asked_for_are_opened(tmp_path):
+    """get_contour reads the images of the masks it has, never files beside them that
+    prediction did not read (a damaged one would stop it)."""
+    tifffile.imwrite(tmp_path / "s.tif", stack(2))
+    tifffile.imwrite(tmp_path / "a.tif", ramp())
+    (tmp_path / "broken.tif").write_bytes(b"II*\0 not a tiff")
+    with pytest.raises(PipelineError, match="broken.tif"):
+        list_images(tmp_path)
+    assert list(list_images(tmp_path, frames=["a", "s_p1"])) == ["a", "s_p0", "s_p1"]
+    assert list(list_images(tmp_path, page=1, frames=["s"])) == ["s"]
+
+
 def test_pages_of_a_plain_tiff_stay_in_file_order_whatever_their_coding(tmp_path):
     # tifffile's series of a plain TIFF group pages by coding: here pages 0 and 2, then 1
     planes = stack(3)
