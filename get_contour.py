@@ -295,6 +295,8 @@ class ObjectTally:
             self.area_um2[cls][1] += 1
 
     def print(self, num_images, um):
+        if not num_images:
+            return
         print(f"{'class':<14}{'objects':>9}{'per image':>11}{'mean area px':>14}"
               + (f"{'mean area um2':>15}" if um else ""))
         for cls in self.classes[1:]:
@@ -568,9 +570,9 @@ def main(argv=None):
         raise PipelineError(f"--thresholds needs one value per object class "
                             f"({', '.join(classes[1:])}), got {len(args.thresholds)}")
     names = mask_names(pred_dir, info)
-    if not names:
+    if not names and "shard" not in info:     # a shard of fewer images than shards has none
         raise PipelineError(f"no masks in {pred_dir}")
-    images = list_images(image_dir, info.get("page"))
+    images = list_images(image_dir, info.get("page"), frames=names)
     missing = [n for n in names if n not in images]
     if missing:
         raise PipelineError(f"no original image in {image_dir} for {len(missing)} mask(s), e.g. "

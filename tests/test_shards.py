@@ -119,3 +119,17 @@ def test_sharded_and_merged_is_a_single_run(model_dir, work, tmp_path):
     mask = cv2.imread(str(merged / sorted(p.name for p in (work / "test/src").iterdir())[0]),
                       cv2.IMREAD_UNCHANGED)
     assert mask.shape == (160, 200) and np.all(mask < 3)
+
+
+def test_a_shard_without_images_still_merges(model_dir, work, tmp_path):
+    """Three images in four shards: the fourth has none, and its contours merge all the same."""
+    base = ["--work-dir", str(work), "--model-dir", str(model_dir)]
+    for i in range(1, 5):
+        P.main([*base, "--shard", f"{i}/4"])
+        get_contour.main(["--work-dir", str(work), "--no-panels",
+                          "--pred-dir", str(work / "test" / f"predict_shard{i}of4")])
+    empty = work / "test" / "predict_shard4of4_contours" / "objects.csv"
+    assert empty.read_text().count("\n") == 1          # the header alone
+    get_contour.main(["--merge", *(str(work / "test" / f"predict_shard{i}of4_contours")
+                                   for i in range(1, 5))])
+    assert (work / "test" / "predict_contours" / "objects.csv").read_text().count("\n") > 3
