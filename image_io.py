@@ -386,7 +386,9 @@ def _tiff_plane(path, index):
     except PipelineError:
         raise
     except Exception as err:    # tifffile and its codecs raise many kinds
-        raise PipelineError(f"cannot read TIFF {path}: {type(err).__name__}: {err}") from None
+        where = f" (plane {index} of {count})" if count > 1 else ""
+        raise PipelineError(f"cannot read TIFF {path}{where}: {type(err).__name__}: "
+                            f"{err}") from None
     finally:
         if count == 1:
             tif.close()
