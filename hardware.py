@@ -133,7 +133,7 @@ def use_precision(choice):
               "emulated here and slower than fp32")
     if precision == "fp16" and not gpu_names():
         print("note: --precision fp16 is for GPUs; a CPU emulates float16 and runs it many times "
-              "slower than fp32 (bf16 or auto there)")
+              "slower than fp32 (auto picks what this CPU runs fastest)")
     keras.mixed_precision.set_global_policy(POLICIES[precision])
     return precision
 

@@ -277,8 +277,9 @@ def _stack_parts(tif, path):
     or macro picture): series alike are positions or wells, which are not one frame."""
     first = tif.series[0]
     if first.kind not in STACK_KINDS:
-        alike = [s for s in tif.series[1:]
-                 if _plane_side(s) == _plane_side(first) and s.dtype == first.dtype]
+        alike = [s for s in tif.series[1:] if _plane_side(first) is not None
+                 and _plane_side(s) == _plane_side(first) and s.dtype == first.dtype
+                 and not s.keyframe.is_reduced]
         if alike:
             height, width = _plane_side(first)
             raise PipelineError(f"{path} holds {len(alike) + 1} images of {width}x{height} "
@@ -301,10 +302,10 @@ def _without_previews(parts):
     file's main image was read without before. A smaller plane between planes stays, so a
     stack that holds one is refused (_joined) rather than read without it and renumbered."""
     sides = [_plane_side(s) for s in parts]
-    if None in sides:       # _series_layout refuses it
+    if len(parts) == 1 or None in sides:       # _series_layout refuses a part without Y, X
         return parts
     height, width = max(sides, key=lambda hw: hw[0] * hw[1])
-    order = sorted(range(len(parts)), key=lambda i: _file_order(parts[i].pages[0]))
+    order = sorted(range(len(parts)), key=lambda i: _file_order(parts[i].keyframe))
     small = [sides[i][0] < height and sides[i][1] < width for i in order]
     first = small.index(False)
     last = len(small) - small[::-1].index(False)
@@ -404,14 +405,19 @@ def _tiff_plane(path, index):
     return img, count, _plane_keyframe(series, count, index)
 
 
-def _plane_keyframe(series, count, index):
-    """The tifffile page whose tags describe frame `index`: its own page's keyframe where the
-    frame is a page of its own (a plain TIFF's pages joined into one series may differ in
-    photometric or bits per sample, as whole_slide.TiffRows reads them), else the series'."""
+def frame_page(series, count, index):
+    """The tifffile page of frame `index` of a series of `count` frames, where each frame is
+    a page of its own; else None (a frame of several pages, or a page tifffile cannot find)."""
     pages = series.pages
-    if count > 1 and len(pages) == count and pages[index] is not None:
-        return pages[index].keyframe
-    return series.keyframe
+    return pages[index] if len(pages) == count and index < count else None
+
+
+def _plane_keyframe(series, count, index):
+    """The page whose tags describe frame `index`: its own page's, as whole_slide.TiffRows
+    reads it (a plain TIFF's pages joined into one series may differ in photometric or bits
+    per sample), else the series'."""
+    page = frame_page(series, count, index)
+    return series.keyframe if page is None else page.keyframe
 
 
 def _read_tiff(path, index):
@@ -560,7 +566,9 @@ def list_images(src, page=None, frames=None):
         paths = [p for p in sorted(src.iterdir())
                  if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS]
         if frames is not None:
-            stems = {stem for name in frames for stem in (name, PLANE_SUFFIX.sub("", name))}
+            # a frame named as a file is that file; else it may be a plane of <stem>_p<k>
+            held = {frame_stem(p.name) for p in paths}
+            stems = {name if name in held else PLANE_SUFFIX.sub("", name) for name in frames}
             paths = [p for p in paths if frame_stem(p.name) in stems]
     else:
         raise PipelineError(f"image folder {src} does not exist")
@@ -677,8 +685,8 @@ def _listing(folder):
 
 
 def read_raw_image(source):
-    """The stored pixels of an image file or stack plane, in their own type: HxW or HxWx3 RGB
-    (alpha dropped)."""
+    """The pixels of an image file or stack plane as viewers show them (EXIF turns, MinIsWhite
+    grey turned to brighter-higher), in their own type: HxW or HxWx3 RGB (alpha dropped)."""
     if isinstance(source, StackPlane):
         return _read_tiff(source.path, source.index)
     path = Path(source)
@@ -971,8 +979,8 @@ def write_tiff(path, img, pixel_size=None):
 
 
 def copy_frame(source, folder, name):
-    """Copy a frame into a folder as it is stored: a whole file as a copy (its metadata kept),
-    a stack plane as <name>.tif with the stack's pixel size."""
+    """Copy a frame into a folder: a whole file as a copy (its metadata kept), a stack plane
+    as <name>.tif of its pixels as read_raw_image reads them, with the stack's pixel size."""
     if isinstance(source, StackPlane):
         write_tiff(Path(folder) / f"{name}.tif", read_raw_image(source), pixel_size_um(source))
     else:

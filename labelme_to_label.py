@@ -292,7 +292,7 @@ def check_image_source(json_path, data, allowed_roots):
 
 
 def load_image(json_path, data, allowed_roots=None):
-    """The annotated image's stored pixels (any bit depth, RGB order)."""
+    """The annotated image's pixels as read_raw_image reads them (any bit depth, RGB order)."""
     if data.get("imageData"):
         if not isinstance(data["imageData"], str):
             raise PipelineError(f"{json_path}: imageData must be a base64 string")

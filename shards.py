@@ -89,8 +89,8 @@ def open_shards(dirs, output, marker):
                             "give --output")
     for folder in folders:
         if same_or_inside(out, folder) or same_or_inside(folder, out):
-            raise PipelineError(f"--output {out} is or holds the shard folder {folder}, which "
-                                "the merge reads; give another --output")
+            raise PipelineError(f"--output {out} is, holds or lies inside the shard folder "
+                                f"{folder}, which the merge reads; give another --output")
     return folders, records, everything, out
 
 

@@ -72,10 +72,10 @@ MODEL_FOLDER_NAMES = {"config.json", "split.json", "state.json", "log.csv", "cur
 # Options that change neither the model nor its data: a rerun differing only in these resumes
 # (a finished model folder records a changed --faint-filter without training again).
 UNHASHED_SETTINGS = ("verbose", "pdf", "restart", "faint_filter")
-# Where the folders are: the data they hold is hashed instead (patch names, statistics, label
-# bytes, class names), so a project moved or named by another path still resumes, and the
-# same folder given as --model-dir or by default is one model folder.
-PATH_SETTINGS = ("data_dir", "work_dir", "model_dir")
+# Where the folders and files are: what they hold is hashed instead (patch names, statistics,
+# label bytes, class names, the --init-model file), so a project moved or named by another path
+# still resumes, and the same folder given as --model-dir or by default is one model folder.
+PATH_SETTINGS = ("data_dir", "work_dir", "model_dir", "init_model")
 OPTIMIZERS = ("nsgd", "sgd", "adam")
 MIN_FRAMES_FOR_IMAGE_SPLIT = 3
 
@@ -387,6 +387,22 @@ def settings_fingerprint(args, stats, split, init, classes, labels):
                 if k not in UNHASHED_SETTINGS and k not in PATH_SETTINGS}
     data = {"statistics": stats, "train": split["train"], "val": split["val"],
             "classes": classes, "labels_sha256": labels}
+    return _digest(settings, data, init)
+
+
+def earlier_fingerprint(args, stats, split, init):
+    """The hash the versions before labels_sha256 made (the settings with the folders'
+    resolved paths, the patch names and statistics): a model folder of theirs that it matches
+    was trained by this command on these patches, as far as they recorded, and is resumed,
+    finished or refiltered as before."""
+    settings = {k: v for k, v in vars(args).items() if k not in UNHASHED_SETTINGS}
+    for key in ("data_dir", "work_dir", "model_dir"):
+        settings[key] = str(Path(settings[key]).resolve()) if settings[key] else None
+    return _digest(settings, {"statistics": stats, "train": split["train"],
+                              "val": split["val"]}, init)
+
+
+def _digest(settings, data, init):
     if init:
         data["init_model_sha256"] = init["sha256"]
     text = json.dumps({"settings": settings, "data": data}, sort_keys=True, default=str)
@@ -441,9 +457,10 @@ def check_model_dir(model_dir, work, data_dir):
                                 "another --model-dir")
 
 
-def plan_model_folder(model_dir, fingerprint, args):
+def plan_model_folder(model_dir, fingerprint, args, earlier=None):
     """What to do with the model folder: 'fresh', 'resume', 'finish', 'done' or 'restart';
-    refuses, before anything changes, to overwrite a model trained with other settings."""
+    refuses, before anything changes, to overwrite a model trained with other settings.
+    A folder of a version that hashed no labels is matched by its rule (earlier)."""
     if not holds_training(model_dir):
         return "fresh"
     if args.restart:
@@ -453,7 +470,7 @@ def plan_model_folder(model_dir, fingerprint, args):
         old = read_json(config_path, "model config") if config_path.is_file() else {}
     except PipelineError:
         old = {}
-    if old.get("settings_hash") != fingerprint:
+    if old.get("settings_hash") != (fingerprint if "labels_sha256" in old else earlier):
         how, resumable = how_it_differs(old, args)
         rerun = ("; rerun that command to resume it, " if resumable
                  else ", so this command cannot resume it; ")
@@ -475,18 +492,15 @@ def how_it_differs(old, args):
     resumes it: not where the same command now meets other data)."""
     if "settings" not in old:
         return "by another command (its config.json is missing or unreadable)", True
-    # this version hashes the label patches, which earlier ones did not: none of its
-    # commands resumes their folders
-    earlier = "settings_hash" not in old or "labels_sha256" not in old
+    if "settings_hash" not in old:
+        return ("by an earlier version of this script (its config.json has no settings "
+                "hash)", True)
     changed = [k for k, v in vars(args).items() if k not in UNHASHED_SETTINGS
                and k not in PATH_SETTINGS and old["settings"].get(k) != v]
     if changed:
         return "with other settings (" + ", ".join(
             f"--{k.replace('_', '-')} {old['settings'].get(k)} -> {getattr(args, k)}"
-            for k in changed[:4]) + ")", not earlier
-    if earlier:
-        return ("by an earlier version of this script, whose settings hash this one does not "
-                "make", False)
+            for k in changed[:4]) + ")", True
     return ("by this command on other training data (the patches, their labels or "
             "statistics, classes.txt or the --init-model file changed since)", False)
 
@@ -893,8 +907,9 @@ def main(argv=None):
     train_names, val_names = split["train"], split["val"]
     labels = labels_digest(work, train_names + val_names)
     fingerprint = settings_fingerprint(args, stats, split, init, classes, labels)
-    plan = plan_model_folder(model_dir, fingerprint, args)
-    if plan == "fresh" and holds_training(aside_folder(model_dir)):
+    earlier = earlier_fingerprint(args, stats, split, init)
+    plan = plan_model_folder(model_dir, fingerprint, args, earlier)
+    if plan == "fresh" and not args.restart and holds_training(aside_folder(model_dir)):
         # Left by a --restart stopped before its first checkpoint: the model it replaces.
         raise PipelineError(f"{aside_folder(model_dir)} holds the model folder a --restart "
                             "moved aside, which this run would delete once it has a "
@@ -917,7 +932,7 @@ def main(argv=None):
             print("training had finished; the chief writes the final models")
             return
         # Every worker computes and saves alike; only the chief's folder stays.
-        model_dir, plan = worker_scratch(model_dir, strategy, fingerprint, args)
+        model_dir, plan = worker_scratch(model_dir, strategy, fingerprint, args, earlier)
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas
     note_large_batch(len(train_names), global_batch)
@@ -1054,14 +1069,14 @@ def open_strategy(args):
     return make_strategy(args.strategy, args.cpu_devices), True
 
 
-def worker_scratch(model_dir, strategy, fingerprint, args):
+def worker_scratch(model_dir, strategy, fingerprint, args, earlier):
     """(folder, plan) of a worker that is not the chief: a scratch folder beside the model
     folder for the same saves the chief makes (and its own resume backup), removed when the
     run ends; one left by a run of other settings is cleared."""
     from worker_loop import worker_name
     scratch = model_dir.with_name(f".{model_dir.name}.{worker_name(strategy)}")
     try:
-        plan = plan_model_folder(scratch, fingerprint, args)
+        plan = plan_model_folder(scratch, fingerprint, args, earlier)
     except PipelineError:
         plan = "restart"
     if plan in ("done", "restart"):

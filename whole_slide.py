@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from image_io import (TIFF_EXTS, StackPlane, check_finite, first_series, has_histogram,
-                      open_tiff, pixel_histogram, range_from_histogram, read_raw_image,
-                      scale_to_uint8, tiff_pixels_as_shown, to_color_mode)
+from image_io import (TIFF_EXTS, StackPlane, check_finite, first_series, frame_page,
+                      has_histogram, open_tiff, pixel_histogram, range_from_histogram,
+                      read_raw_image, scale_to_uint8, tiff_pixels_as_shown, to_color_mode)
 from cli import PipelineError
 
 # Frames of more megapixels than this are streamed by default (predict_lovasz_loss.py and
@@ -118,8 +118,7 @@ def open_tiff_rows(source):
     tif = open_tiff(path)
     try:
         series, count, _ = first_series(tif, path)
-        pages = series.pages
-        page = pages[index] if len(pages) == count and index < count else None
+        page = frame_page(series, count, index)
         key = page.keyframe if page is not None else None
         if (key is None or key.planarconfig == 2 and key.samplesperpixel > 1
                 or key.imagedepth > 1 or key.samplesperpixel not in (1, 3, 4)

@@ -112,7 +112,7 @@ def test_sharded_and_merged_is_a_single_run(model_dir, work, tmp_path):
     # the merge never writes over a shard it reads
     before = files_of(shards[0])
     for output in (shards[0], work / "test"):
-        with pytest.raises(PipelineError, match="is or holds the shard folder"):
+        with pytest.raises(PipelineError, match="is, holds or lies inside the shard folder"):
             P.main(["--work-dir", str(work), "--merge", *map(str, shards),
                     "--output", str(output)])
     assert files_of(shards[0]) == before

@@ -4,12 +4,14 @@ import csv
 import json
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
 import get_contour
+import image_io
 from image_io import (DEFAULT_INTENSITY, StackPlane, copy_frame, list_images, pixel_size_um,
                       pixel_sizes_um, read_image, read_label, read_raw_image,
                       tiff_pixels_as_shown, to_color_mode, to_uint8, write_tiff)
@@ -245,6 +247,15 @@ def test_only_the_files_of_the_frames_asked_for_are_opened(tmp_path):
         list_images(tmp_path)
     assert list(list_images(tmp_path, frames=["a", "s_p1"])) == ["a", "s_p0", "s_p1"]
     assert list(list_images(tmp_path, page=1, frames=["s"])) == ["s"]
+    # a file named like a plane is that file, not a plane of the stack beside it
+    cv2.imwrite(str(tmp_path / "s_p1.png"), np.zeros((8, 8), np.uint8))
+    assert list_images(tmp_path, frames=["s_p1"]) == {"s_p1": tmp_path / "s_p1.png"}
+
+
+def test_a_series_of_one_part_is_kept_whatever_its_pages():
+    """tifffile lists a page it cannot find (an OME plane in a missing file) as None."""
+    lone = SimpleNamespace(axes="ZYX", shape=(2, 40, 50), pages=[None, None])
+    assert image_io._without_previews([lone]) == [lone]
 
 
 def test_pages_of_a_plain_tiff_stay_in_file_order_whatever_their_coding(tmp_path):

@@ -687,12 +687,14 @@ def test_the_same_command_on_other_patches_is_not_told_to_rerun_itself(tmp_path)
     message = str(refused.value)
     assert "other training data" in message and "this command cannot resume it" in message
     assert "rerun that command" not in message and "add --restart" in message
-    # A folder of a version that hashed no labels: no command of this one resumes it.
+    # A folder of a version that hashed no labels is matched by that version's rule.
     del config["labels_sha256"]
     (model_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(train.PipelineError, match="earlier version of this script.*"
-                                                  "this command cannot resume it; add --restart"):
-        train.plan_model_folder(model_dir, "of these patches", args)
+    assert train.plan_model_folder(model_dir, "of these patches", args,
+                                   earlier="of the patches it trained on") == "fresh"
+    with pytest.raises(train.PipelineError, match="other training data"):
+        train.plan_model_folder(model_dir, "of the patches it trained on", args,
+                                earlier="of these patches")
     config["labels_sha256"] = "of their labels"
     (model_dir / "config.json").write_text(json.dumps(config))
     args.lr = 0.5
@@ -814,6 +816,8 @@ def test_a_model_moved_aside_by_a_stopped_restart_is_not_deleted_by_another_run(
                                                   r"--restart moved aside.*add --restart"):
         short_run(tmp_path, "--lr", "0.02")
     assert file_digests(aside) == before
+    short_run(tmp_path, "--lr", "0.02", "--restart")     # as the message says: it lets it go
+    assert not aside.exists()
 
 
 def test_validation_steps_are_at_most_the_validation_batches(capsys):
