@@ -44,11 +44,28 @@ def mask_shapes(mask, classes, tolerance=DEFAULT_TOLERANCE):
 
 
 def polygon_points(contour, tolerance):
-    """Canvas coordinates of a contour traced on the 2x mask, simplified; None if degenerate."""
+    """Canvas coordinates of a contour traced on the 2x mask, simplified; None if degenerate.
+
+    A simplification that folds a small object onto itself (an 8-connected V or zigzag of a
+    few pixels) covers no pixel centre, which labelme_to_label.py refuses: such a contour is
+    kept unsimplified, as it covers its pixels exactly."""
+    traced = contour
     if tolerance > 0:
         contour = cv2.approxPolyDP(contour, 2 * tolerance, closed=True)
     points = (contour.reshape(-1, 2).astype(np.float64) + 0.5) / 2
-    return points if len(points) >= 3 else _as_square(points)
+    points = points if len(points) >= 3 else _as_square(points)
+    if tolerance > 0 and not _covers_a_pixel(points):
+        return polygon_points(traced, 0)
+    return points
+
+
+def _covers_a_pixel(points):
+    """Whether labelme_to_label.py's rasterizer takes any pixel centre inside the polygon
+    (tested in a window of its bounding box: whole-pixel shifts keep the pixel grid)."""
+    from labelme_to_label import polygon_mask
+    x0, y0 = np.floor(points.min(axis=0))
+    x1, y1 = np.ceil(points.max(axis=0))
+    return polygon_mask(points - (x0, y0), int(y1 - y0) + 1, int(x1 - x0) + 1).any()
 
 
 def _as_square(points):

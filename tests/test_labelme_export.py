@@ -54,6 +54,16 @@ def test_simplified_drawn_scene_keeps_every_object_and_hole():
     assert iou_per_class(confusion_matrix(mask, back, 3)).min() >= 0.97
 
 
+def test_a_small_object_that_simplification_folds_flat_is_kept_unsimplified():
+    """An 8-connected V of four pixels simplifies to a polygon around no pixel centre, which
+    labelme_to_label.py refuses: the export must never write a shape its reader refuses."""
+    mask = np.zeros((8, 8), np.uint8)
+    for x, y in [(2, 2), (3, 3), (2, 4), (4, 4)]:
+        mask[y, x] = 1
+    back, _ = round_trip(mask)
+    np.testing.assert_array_equal(back, mask)
+
+
 def test_document_is_what_labelme_writes(tmp_path):
     (tmp_path / "img").mkdir()
     doc = annotation(drawn_scene(), CLASSES, tmp_path / "img" / "a.tif", tmp_path / "json")
