@@ -30,6 +30,7 @@ in LabelMe's own export.
 import argparse
 import base64
 import binascii
+import json
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ from tqdm import tqdm
 
 from image_io import (IMAGE_EXTS, LABEL_EXTS, decode_image, files_named, lossless_suffix,
                       read_raw_image, write_image)
-from outputs import staged_output
+from outputs import sha256_of, staged_output
 from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, finite_numbers,
                  nfc, positive_float, read_classes, read_json, refuse_file, run_cli, WORK_DIR)
 
@@ -66,6 +67,10 @@ def parse_args(argv=None):
     g.add_argument("--work-dir", default=WORK_DIR,
                    help="accepted like every pipeline script; this one writes nothing there "
                         "(default: %(default)s)")
+    g.add_argument("--replace-labels", action="store_true",
+                   help="replace labels in <data-dir>/label that this script did not write "
+                        "(drawn by hand, or made elsewhere) where a .json of the same name "
+                        "gives other pixels; refused by default, as they would be lost")
     g = p.add_argument_group("drawing")
     g.add_argument("--line-width", type=positive_float, default=DEFAULT_LINE_WIDTH,
                    help="width in pixels of line and linestrip shapes: pixels whose centre is "
@@ -395,12 +400,43 @@ def holds_pixels(path, image):
         np.array_equal(stored, image)
 
 
-def write_pair(json_path, data, image, label, data_dir, staging):
+class WrittenLabels:
+    """The labels this script wrote into data/label, each by its file's sha256, kept in
+    data/labelme_to_label.json: a rerun after a JSON was edited replaces its own label, but a
+    label drawn by hand or made elsewhere only with --replace-labels."""
+    FILE = "labelme_to_label.json"
+
+    def __init__(self, data_dir, replace):
+        self.replace, self.digests = replace, {}
+        try:
+            record = json.loads((Path(data_dir) / self.FILE).read_text())
+            self.digests = record if isinstance(record, dict) else {}
+        except (OSError, ValueError):
+            pass
+
+    def check(self, json_path, label_path, label):
+        if (self.replace or not label_path.exists()
+                or self.digests.get(label_path.name) == sha256_of(label_path)
+                or holds_pixels(label_path, label)):
+            return
+        raise PipelineError(f"{json_path}: would replace {label_path}, a label this script did "
+                            "not write (drawn by hand or made elsewhere), with other pixels; "
+                            "move it away to keep it, or add --replace-labels")
+
+    def add(self, staged_label):
+        self.digests[staged_label.name] = sha256_of(staged_label)
+
+    def save(self, staging):
+        (Path(staging) / self.FILE).write_text(
+            json.dumps(self.digests, indent=1, sort_keys=True) + "\n")
+
+
+def write_pair(json_path, data, image, label, data_dir, staging, written):
     """The image (lossless, its own bit depth) and label into the staging folder, after
     checking that data/src holds no other image of that name and that an image file of the
     target's name holds these pixels (it is left as it is: a rerun, or the embedded copy of
     the user's file; another picture there would be lost), and that data/label holds no
-    other label of that name."""
+    other label of that name, nor one that `written` (WrittenLabels) says it may not replace."""
     name = json_path.stem
     src_dir = Path(data_dir) / "src"
     if not already_in_src(json_path, data, src_dir, name):
@@ -420,18 +456,20 @@ def write_pair(json_path, data, image, label, data_dir, staging):
     if clash:
         raise PipelineError(f"{json_path}: would write {label_path} but {clash[0]} already is "
                             f"the label of {name!r}; move one of them away")
+    written.check(json_path, label_path, label)
     write_image(staging / "label" / label_path.name, label, atomic=False)
+    written.add(staging / "label" / label_path.name)
 
 
 def convert(json_path, data, class_index, data_dir, line_width, point_radius, staging,
-            allowed_roots):
+            allowed_roots, written):
     image = load_image(json_path, data, allowed_roots)
     try:
         label = rasterize_shapes(data["shapes"], image.shape[0], image.shape[1], class_index,
                                  line_width, point_radius)
     except PipelineError as err:
         raise PipelineError(f"{json_path}: {err}") from None
-    write_pair(json_path, data, image, label, data_dir, staging)
+    write_pair(json_path, data, image, label, data_dir, staging, written)
     return np.bincount(label.ravel(), minlength=IGNORE_LABEL + 1)
 
 
@@ -476,6 +514,7 @@ def main(argv=None):
     class_index = {name: i for i, name in enumerate(classes)}
     class_index.update((name, IGNORE_LABEL) for name in args.ignore_labels)
     counts = np.zeros(IGNORE_LABEL + 1, np.int64)
+    written = WrittenLabels(data_dir, args.replace_labels)
     # Every file is converted into a staging folder first: one bad file leaves data/ as it was.
     with staged_output(data_dir, merge=True) as staging:
         (staging / "src").mkdir()
@@ -483,7 +522,8 @@ def main(argv=None):
         for json_path, data in tqdm(annotations.items(), desc="labels", unit="image",
                                     disable=None):
             counts += convert(json_path, data, class_index, data_dir, args.line_width,
-                              args.point_radius, staging, allowed_roots)
+                              args.point_radius, staging, allowed_roots, written)
+        written.save(staging)
         if added:
             (staging / "classes.txt").write_text("\n".join(classes) + "\n")
     if added:

@@ -226,6 +226,28 @@ def test_a_label_of_another_format_for_the_name_is_refused(tmp_path):
     assert not (data / "label" / "e.png").exists()
 
 
+def test_a_label_not_written_here_is_replaced_only_when_asked(tmp_path):
+    """A rerun after a JSON was edited replaces the label it wrote; a hand-drawn label of the
+    name (predictions of training frames converted into data/) is kept unless
+    --replace-labels."""
+    data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
+    run_main(data, labelme)
+    doc = json.loads((labelme / "e.json").read_text())
+    doc["shapes"][0]["points"] = [[2, 3], [20, 8]]            # edited in LabelMe
+    (labelme / "e.json").write_text(json.dumps(doc))
+    run_main(data, labelme)
+    assert (cv2.imread(str(data / "label" / "e.png"), cv2.IMREAD_UNCHANGED) == 1).sum() == 90
+    hand = np.zeros((40, 60), np.uint8)
+    hand[10:20, 10:20] = 2
+    cv2.imwrite(str(data / "label" / "e.png"), hand)          # drawn elsewhere
+    with pytest.raises(PipelineError, match=r"would replace .*e\.png, a label this script did "
+                                            r"not write.*--replace-labels"):
+        run_main(data, labelme)
+    assert np.array_equal(cv2.imread(str(data / "label" / "e.png"), cv2.IMREAD_UNCHANGED), hand)
+    run_main(data, labelme, "--replace-labels")
+    assert (cv2.imread(str(data / "label" / "e.png"), cv2.IMREAD_UNCHANGED) == 1).sum() == 90
+
+
 def test_a_phone_jpeg_is_labelled_as_labelme_showed_it_turned_by_its_exif_tag(tmp_path):
     """LabelMe shows a JPEG turned as its EXIF Orientation tag says and records the turned
     size and coordinates; the label must line up with the image as the pipeline reads it."""
