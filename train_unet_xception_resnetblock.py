@@ -437,11 +437,17 @@ def written_by_training(name):
     return name in MODEL_FOLDER_NAMES or name.startswith(f"{WEIGHTS_STEM}_")
 
 
-def check_model_dir(model_dir, work, data_dir):
+def check_model_dir(model_dir, work, data_dir, init_model):
     """Refuse a --model-dir whose files training would mix with others: the work or data
     folder, one that holds either, or one holding files training does not write; and a
     <model-dir>.previous holding such files. A --restart moves the model folder aside, and
-    the first checkpoint deletes the folder aside, whatever they hold."""
+    the first checkpoint deletes the folder aside, whatever they hold. The --init-model
+    folder cannot be either: its model would be overwritten while it is fine-tuned."""
+    for folder in (model_dir, aside_folder(model_dir)):
+        if init_model and same_or_inside(init_model, folder):
+            raise PipelineError(f"--init-model {init_model} is the folder this run writes "
+                                f"({folder}), whose model training would replace; fine-tune "
+                                "into another --work-dir or --model-dir")
     for folder, option in ((work, "--work-dir"), (Path(data_dir), "--data-dir")):
         if same_or_inside(folder, model_dir):
             raise PipelineError(f"--model-dir {model_dir} is or holds the {option} folder "
@@ -902,7 +908,7 @@ def main(argv=None):
                            "run gen_img_aug.py and pre_processing.py first")
     model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
     refuse_file(model_dir, "--model-dir")
-    check_model_dir(model_dir, work, args.data_dir)
+    check_model_dir(model_dir, work, args.data_dir, args.init_model)
     classes, stats, split, patch_shape, recorded, init = check_inputs(args, work)
     train_names, val_names = split["train"], split["val"]
     labels = labels_digest(work, train_names + val_names)

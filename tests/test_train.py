@@ -453,6 +453,9 @@ def test_fine_tuning_starts_from_the_trained_model(trained_model, tmp_path):
     start = kernels(source_dir / source["weights_files"]["best"])
     frozen = ["--epochs", "1", "--steps-per-epoch", "1", "--lr", "1e-12", "--swa-epochs", "0"]
 
+    with pytest.raises(train.PipelineError, match="--init-model .* is the folder this run "
+                                                  "writes .*another --work-dir or --model-dir"):
+        train.main(args + frozen + ["--init-model", str(source_dir)])     # into itself
     train.main(args + frozen + ["--init-model", str(source_dir), "--model-dir",
                                 str(tmp_path / "same")])
     config = json.loads((tmp_path / "same" / "config.json").read_text())
@@ -641,10 +644,10 @@ def test_a_folder_of_training_files_alone_is_a_model_folder(tmp_path):
                  ".config.json.tmp-0123abcd-42-x1y2.json",
                  ".DS_Store", "._log.csv", "Thumbs.db", ".nfs0000000001"):   # the system's
         (folder / name).write_text("")
-    train.check_model_dir(folder, tmp_path / "work", tmp_path / "data")
+    train.check_model_dir(folder, tmp_path / "work", tmp_path / "data", None)
     (folder / "notes.txt").write_text("")
     with pytest.raises(train.PipelineError, match=r"\(notes.txt\)"):
-        train.check_model_dir(folder, tmp_path / "work", tmp_path / "data")
+        train.check_model_dir(folder, tmp_path / "work", tmp_path / "data", None)
 
 
 def test_a_val_split_that_leaves_no_training_patch_is_one_line(tmp_path):
