@@ -2,7 +2,10 @@
 
 Reads   <input>/*.json                   LabelMe files; each finds its image through
                                          embedded base64 imageData (preferred: it is exactly
-                                         what was annotated) or imagePath, relative to the JSON
+                                         what was annotated) or imagePath, relative to the JSON;
+                                         the imagePath file where imageData is a lossy or
+                                         8-bit copy of it (LabelMe embeds a 16-bit TIFF as an
+                                         8-bit JPEG)
         <data-dir>/classes.txt           class names, background first; a shape's label
                                          is its class's line number (0-based)
 Writes  <data-dir>/src/<name>.png        the image, grey or colour as stored; not rewritten
@@ -36,8 +39,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from image_io import (IMAGE_EXTS, LABEL_EXTS, decode_image, files_named, lossless_suffix,
-                      read_raw_image, write_image)
+from image_io import (IMAGE_EXTS, JPEG_START, LABEL_EXTS, decode_image, files_named,
+                      lossless_suffix, read_raw_image, write_image)
 from outputs import sha256_of, staged_output
 from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, finite_numbers,
                  nfc, positive_float, read_classes, read_json, refuse_file, run_cli, WORK_DIR)
@@ -254,13 +257,17 @@ def rasterize_shapes(shapes, height, width, class_index, line_width=DEFAULT_LINE
 
 # ---------------------------------------------------------------- LabelMe files
 
+def embedded_bytes(b64, what):
+    """The image file's bytes of LabelMe's base64-encoded imageData."""
+    try:
+        return base64.b64decode(b64, validate=False)
+    except (binascii.Error, TypeError, ValueError) as err:
+        raise PipelineError(f"{what} is not valid base64 ({err})") from None
+
+
 def decode_embedded(b64, what):
     """Pixels of LabelMe's base64-encoded imageData."""
-    try:
-        data = base64.b64decode(b64, validate=False)
-    except (binascii.Error, TypeError, ValueError) as err:
-        raise PipelineError(f"{what} is not valid base64 ({err})")
-    return decode_image(data, what, raw=True)
+    return decode_image(embedded_bytes(b64, what), what, raw=True)
 
 
 def load_annotation(json_path):
@@ -301,7 +308,10 @@ def load_image(json_path, data, allowed_roots=None):
     if data.get("imageData"):
         if not isinstance(data["imageData"], str):
             raise PipelineError(f"{json_path}: imageData must be a base64 string")
-        img = decode_embedded(data["imageData"], f"{json_path}: imageData")
+        raw = embedded_bytes(data["imageData"], f"{json_path}: imageData")
+        img = decode_image(raw, f"{json_path}: imageData", raw=True)
+        original = lossless_original(json_path, data, allowed_roots, img, raw)
+        img = img if original is None else original
     else:
         img = read_raw_image(image_file(json_path, data, allowed_roots))
     stated = stated_size(json_path, data)
@@ -309,6 +319,22 @@ def load_image(json_path, data, allowed_roots=None):
         raise PipelineError(f"{json_path}: imageHeight x imageWidth is {stated[0]:g} x "
                             f"{stated[1]:g} but the image is {img.shape[0]} x {img.shape[1]}")
     return img
+
+
+def lossless_original(json_path, data, allowed_roots, embedded, raw):
+    """The imagePath file's pixels where the embedded image is a lossy or shallower copy of
+    them: LabelMe embeds an image it cannot show as it is (a 16-bit TIFF) as an 8-bit JPEG,
+    and training on that copy would train on other pixels than prediction reads. Same
+    height and width, and either JPEG bytes or more bits per sample in the file; else None."""
+    try:
+        path = image_file(json_path, data, allowed_roots)
+        original = read_raw_image(path) if path is not None else None
+    except PipelineError:       # outside the folders allowed, or not readable: the copy stands
+        return None
+    if original is None or original.shape[:2] != embedded.shape[:2]:
+        return None
+    deeper = original.dtype.kind == "f" or original.dtype.itemsize > embedded.dtype.itemsize
+    return original if raw.startswith(JPEG_START) or deeper else None
 
 
 def stated_size(json_path, data):

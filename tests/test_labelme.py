@@ -174,6 +174,26 @@ def test_embedded_image_data_is_used_without_an_image_file(tmp_path):
     assert label.shape == (20, 30) and (label == 1).sum() == 50
 
 
+def test_a_16_bit_original_wins_over_labelmes_8_bit_jpeg_copy_of_it(tmp_path):
+    """LabelMe embeds a TIFF it cannot show (16-bit) as an 8-bit JPEG: data/src gets the
+    file's own pixels, which prediction reads too."""
+    import tifffile
+    data, labelme = make_project(tmp_path, {"f": [shape("bead", [[2, 3], [12, 8]], "rectangle")]},
+                                 image_shape=(20, 30))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    deep = np.random.default_rng(1).integers(200, 4200, (20, 30)).astype(np.uint16)
+    tifffile.imwrite(frames / "f.tif", deep)
+    shown = ((deep - 200) / 4000 * 255).astype(np.uint8)
+    doc = json.loads((labelme / "f.json").read_text())
+    doc.update(imagePath="../frames/f.tif",
+               imageData=base64.b64encode(cv2.imencode(".jpg", shown)[1].tobytes()).decode())
+    (labelme / "f.json").write_text(json.dumps(doc))
+    run_main(data, labelme, "--allow-outside-paths")
+    assert np.array_equal(cv2.imread(str(data / "src" / "f.png"), cv2.IMREAD_UNCHANGED), deep)
+    assert (cv2.imread(str(data / "label" / "f.png"), cv2.IMREAD_UNCHANGED) == 1).sum() == 50
+
+
 def test_another_picture_of_the_name_in_src_is_never_replaced_by_the_embedded_image(tmp_path):
     data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]},
                                  image_shape=(20, 30), embed=True)
