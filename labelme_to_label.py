@@ -214,18 +214,29 @@ def shape_mask(shape, height, width, line_width, point_radius):
     return embedded_mask(shape, points, height, width)
 
 
+# Farther than any image reaches (a whole slide is 1e5-1e6 pixels): beyond it the float
+# arithmetic of the fills loses the pixels, or overflows.
+MAX_COORDINATE = 1e8
+
+
 def check_points(shape, shape_type):
     fewest, most = POINT_COUNTS[shape_type]
+    what = f"{shape_type} shape labelled {shape.get('label')!r}"
     try:
         points = np.asarray(shape.get("points"), dtype=np.float64)
     except (TypeError, ValueError):
         points = np.empty(0)
-    what = f"{shape_type} shape labelled {shape.get('label')!r}"
+    except OverflowError:
+        points = np.full((1, 2), np.inf)
     if not (points.ndim == 2 and points.shape[1] == 2
             and fewest <= len(points) <= (most or len(points))):
         wanted = f"exactly {fewest}" if fewest == most else f"at least {fewest}"
         raise PipelineError(f"{what} needs {wanted} [x, y] point(s), got {shape.get('points')!r}")
     finite_numbers(points.ravel().tolist(), f"the point coordinates of the {what}")
+    if np.abs(points).max() > MAX_COORDINATE:
+        raise PipelineError(f"the {what} has a point {np.abs(points).max():.3g} pixels from the "
+                            "image's corner, which no image has: the file is damaged; redraw "
+                            "the shape in LabelMe")
     return points
 
 

@@ -132,6 +132,12 @@ def test_bad_points_are_reported():
         l2l.rasterize_shapes([shape("bead", [[1, 1]], "circle")], 10, 10, INDEX)
     with pytest.raises(PipelineError, match="unsupported shape_type 'blob'"):
         l2l.rasterize_shapes([shape("bead", [[1, 1]], "blob")], 10, 10, INDEX)
+    # a damaged file: beyond any image, where the fills' float arithmetic fails
+    for far in ([[0, 0], [1e308, 5], [5, 1e308]], [[10 ** 400, 10], [1, 1], [5, 5]]):
+        with pytest.raises(PipelineError, match="polygon shape labelled 'bead'"):
+            l2l.rasterize_shapes([shape("bead", far, "polygon")], 40, 60, INDEX)
+    assert l2l.rasterize_shapes([shape("bead", [[0, 0], [1e6, 0], [0, 1e6]], "polygon")],
+                                40, 60, INDEX).sum() == 40 * 60
 
 
 # ---------------------------------------------------------------- files and classes
