@@ -382,6 +382,17 @@ def unknown_labels(annotations, known):
     return missing
 
 
+def spell_like(annotations, names):
+    """Write every shape's label as the name of `names` it is, and new ones composed: a label
+    typed on macOS may store its accents decomposed, which looks the same and matched no
+    class (cli.nfc)."""
+    spelled = {nfc(name): name for name in names}
+    for data in annotations.values():
+        for shape in data["shapes"]:
+            if isinstance(shape.get("label"), str):
+                shape["label"] = spelled.get(nfc(shape["label"]), nfc(shape["label"]))
+
+
 def resolve_classes(data_dir, annotations, add_unknown, ignored=()):
     """(class names after checking every label, whether unknown ones were appended).
 
@@ -393,6 +404,7 @@ def resolve_classes(data_dir, annotations, add_unknown, ignored=()):
     if both:
         raise PipelineError(f"{both[0]!r} is both a class in {classes_path} and an "
                             "--ignore-labels label; remove it from one of them")
+    spell_like(annotations, [*classes, *ignored])
     missing = unknown_labels(annotations, [*classes, *ignored])
     if missing and not add_unknown:
         name, json_path = next(iter(missing.items()))

@@ -153,6 +153,16 @@ def test_unknown_label_names_file_label_and_classes(tmp_path):
     assert not (data / "label").exists()        # checked before anything is written
 
 
+def test_a_label_of_decomposed_accents_is_its_class(tmp_path):
+    """macOS may store a typed 'é' as 'e' and a combining accent: the same name to the eye."""
+    import unicodedata
+    name = unicodedata.normalize("NFD", "cellule_\u00e9")
+    data, labelme = make_project(tmp_path, {"e": [shape(name, [[2, 3], [12, 8]], "rectangle")]})
+    (data / "classes.txt").write_text("background\ncellule_\u00e9\n")
+    run_main(data, labelme)
+    assert (cv2.imread(str(data / "label" / "e.png"), cv2.IMREAD_UNCHANGED) == 1).sum() == 50
+
+
 def test_add_unknown_classes_appends_in_order_of_first_appearance(tmp_path):
     data, labelme = make_project(tmp_path, {
         "a": [shape("dog", [[0, 0], [10, 10]], "rectangle"),
