@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Set up .venv if needed, then run all six pipeline scripts in order on the bundled sample
-# data with a short training run. Output goes to $WORK_DIR (default demo_work/).
-# The training is a fixed amount of work (EPOCHS x 40 steps, EPOCHS default 15), so the result
-# does not depend on the host's speed; only the time does (see README).
-source "$(dirname "$0")/setup_env.sh"
-WORK="${WORK_DIR:-demo_work}"
+# data with a short training run. Output goes to $WORK_DIR (default demo_work/ in the
+# repository, demo_work_e<EPOCHS>/ for other EPOCHS; a relative WORK_DIR is taken from the
+# folder the script is run from). The training is a fixed amount of work (EPOCHS x 40 steps,
+# EPOCHS default 15), so the result does not depend on the host's speed; only the time does
+# (see README).
+[ -n "${BASH_VERSION:-}" ] || exec bash "$0" "$@"     # `sh run_demo.sh` ran no step right
+set -euo pipefail
 EPOCHS="${EPOCHS:-15}"
+if ! [[ $EPOCHS =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: EPOCHS must be a whole number of epochs, 1 or more; got '$EPOCHS'" >&2
+    exit 2
+fi
+# each number of epochs trains its own model folder: a quick EPOCHS=1 try is not in the way
+WORK="${WORK_DIR:-demo_work$([ "$EPOCHS" = 15 ] || echo "_e$EPOCHS")}"
+[[ $WORK = /* ]] || [ -z "${WORK_DIR:-}" ] || WORK="$PWD/$WORK"
+source "$(dirname "$0")/setup_env.sh"
 step() { printf '\n=== %s\n' "$*"; "$@"; }
 start=$SECONDS
 
@@ -28,6 +38,7 @@ for row in csv.reader(open(sys.argv[1])):
     print(f"  {cells[0]:<14}" + "".join(f"{c:>16}" for c in cells[1:]))
 PY
 printf '\nDemo finished in %d min %d s.\n' $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60))
+WORK="$(cd "$WORK" && pwd)"     # the lines below, wherever the script was run from
 echo "Masks:    $WORK/test/predict/   IoU: $WORK/test/predict/iou.csv"
 echo "Contours: $WORK/test/contours/  objects: $WORK/test/contours/objects.csv"
 echo "Figures:  $WORK/figures/        model: $WORK/weights/"
