@@ -277,11 +277,11 @@ def _stack_parts(tif, path):
     or macro picture): series alike are positions or wells, which are not one frame."""
     first = tif.series[0]
     if first.kind not in STACK_KINDS:
-        alike = [s for s in tif.series[1:] if _plane_side(first) is not None
-                 and _plane_side(s) == _plane_side(first) and s.dtype == first.dtype
-                 and not s.keyframe.is_reduced]
+        side = _plane_side(first)
+        alike = [s for s in tif.series[1:] if side is not None and _plane_side(s) == side
+                 and s.dtype == first.dtype and not s.keyframe.is_reduced]
         if alike:
-            height, width = _plane_side(first)
+            height, width = side
             raise PipelineError(f"{path} holds {len(alike) + 1} images of {width}x{height} "
                                 "pixels (positions or wells of one acquisition), which are not "
                                 "read as one: save each as a file of its own")

@@ -72,9 +72,10 @@ class TiffRows:
         start = first * self.chunk_rows
         return block[y0 - start:y1 - start]
 
-    def image_rows(self, y0, y1):
-        """Rows y0..y1-1 as an image (image_io.tiff_pixels_as_shown): a mask's are as stored."""
-        return tiff_pixels_as_shown(self.rows(y0, y1), self.key)
+    def image_rows(self, y0, y1, step=1):
+        """Rows y0..y1-1 (every step-th row and column from y0) as an image
+        (image_io.tiff_pixels_as_shown); a mask's are rows() as stored."""
+        return tiff_pixels_as_shown(self.rows(y0, y1)[::step, ::step], self.key)
 
     def _chunk_row(self, r):
         if r in self._decoded:
@@ -191,7 +192,7 @@ class StreamedFrame:
     def rows(self, y0, y1, step=1):
         """Rows y0..y1-1 within the plane (every step-th row and column from y0), as uint8
         in the model's colour mode."""
-        raw = self.reader.image_rows(y0, y1)[::step, ::step]
+        raw = self.reader.image_rows(y0, y1, step)
         if self.range is not None:
             check_finite(raw, self.what)
             raw = scale_to_uint8(raw, *self.range)
