@@ -1,5 +1,6 @@
 """Reading the user's files and settings, option types, and running a script's main()."""
 import argparse
+import errno
 import json
 import math
 import os
@@ -252,6 +253,12 @@ def fraction_below_one(text):
 
 UNPUBLISHED = "nothing of this run was published, and earlier results are as they were"
 
+# What the system refuses to a user's file or folder (permissions, a read-only or full disk):
+# the user's to mend, so one line wherever it happens; any other OSError is a bug to show.
+_REFUSED_BY_THE_SYSTEM = {getattr(errno, name)
+                          for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT")
+                          if hasattr(errno, name)}      # Windows has no EDQUOT
+
 
 class ReaderGoneProof:
     """An output stream that keeps the script working when the reader of its pipe goes away
@@ -309,3 +316,9 @@ def run_cli(main, interrupted=UNPUBLISHED):
     except KeyboardInterrupt:
         print(f"interrupted; {interrupted}", file=sys.stderr)
         sys.exit(130)
+    except OSError as err:
+        if err.errno not in _REFUSED_BY_THE_SYSTEM:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot use{where}: {err.strerror}", file=sys.stderr)
+        sys.exit(2)

@@ -173,16 +173,24 @@ def check_replaceable(final_dir, marker):
 MTIME_SLACK_S = 2.0
 
 
+def _last_change(path):
+    """When an entry last changed: the later of its content's time and its inode's, so a
+    file copied or moved in with its old modification time (cp -p, mv, rsync -a, unzip)
+    counts from when it arrived."""
+    stat = path.lstat()
+    return max(stat.st_mtime, stat.st_ctime)
+
+
 def check_unchanged_since(final_dir, marker):
-    """Refuse to replace a folder holding files changed after its `marker` was written, where
-    the script writes the marker last: hand-corrected outputs (LabelMe polygons fixed for
-    retraining) or files a user put there would be lost with the folder."""
+    """Refuse to replace a folder holding entries changed or added after its `marker` was
+    written, where the script writes the marker last: hand-corrected outputs (LabelMe polygons
+    fixed for retraining) or files a user put there would be lost with the folder."""
     final_dir = Path(final_dir)
     if not (final_dir / marker).is_file():
         return
-    since = (final_dir / marker).stat().st_mtime + MTIME_SLACK_S
+    since = _last_change(final_dir / marker) + MTIME_SLACK_S
     changed = sorted(str(p.relative_to(final_dir)) for p in final_dir.rglob("*")
-                     if p.is_file() and not p.is_symlink() and p.stat().st_mtime > since)
+                     if not SYSTEM_FILES.fullmatch(p.name) and _last_change(p) > since)
     if changed:
         raise PipelineError(f"output folder {final_dir} holds files changed or added after this "
                             f"script wrote it ({some_names(changed)}); a new run replaces the "
@@ -194,7 +202,10 @@ def _fresh_dir(final_dir):
     """A new empty staging folder beside final_dir, after removing killed runs' leftovers."""
     final_dir = Path(final_dir)
     remove_leftovers(final_dir.parent)
-    return Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=_temp_prefix(final_dir.name)))
+    try:
+        return Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=_temp_prefix(final_dir.name)))
+    except OSError as err:
+        raise PipelineError(f"cannot write {final_dir}: {err.strerror}") from None
 
 
 def _publish_dir(staging, final_dir):
@@ -227,8 +238,11 @@ def staged_output(final_dir, marker=None, merge=False):
     final_dir whole or, with merge, its files are moved into final_dir (same relative paths),
     leaving final_dir's other files alone. With `marker`, an existing final_dir must be one
     this script wrote (check_replaceable)."""
+    # Through a link to the folder: the link stays and its target is what gets replaced.
+    final_dir = Path(os.path.realpath(final_dir)) if os.path.islink(final_dir) else Path(final_dir)
     if marker:
         check_replaceable(final_dir, marker)
+        check_unchanged_since(final_dir, marker)
     made = _missing_ancestors(final_dir)
     ensure_folder(Path(final_dir).parent)
     staging = _fresh_dir(final_dir)

@@ -1127,3 +1127,17 @@ def test_ctrl_c_is_one_line_that_says_what_it_left(kwargs, said, capsys):
     assert stop.value.code == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and said in err and "Traceback" not in err
+
+
+def test_what_the_system_refuses_is_one_line_and_other_os_errors_stay_tracebacks(capsys):
+    def read_only():
+        raise OSError(30, "Read-only file system", "/mnt/ro/out")
+    with pytest.raises(SystemExit) as stop:
+        cli.run_cli(read_only)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: cannot use /mnt/ro/out: Read-only file system\n"
+
+    def a_bug():
+        raise OSError(9, "Bad file descriptor")
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        cli.run_cli(a_bug)

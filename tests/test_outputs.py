@@ -139,3 +139,60 @@ def test_a_folder_reached_by_a_second_path_is_the_same_folder(tmp_path, monkeypa
     assert outputs.same_or_inside(tmp_path / "work" / "test", tmp_path / "work" / "test")
     assert not outputs.same_or_inside(tmp_path / "work", tmp_path / "work" / "test")
     assert not outputs.same_or_inside(tmp_path / "none", tmp_path / "work")
+
+
+def published_with_marker(final):
+    with outputs.staged_output(final, "marker") as staging:
+        (staging / "mask.png").write_text("mask")
+        (staging / "marker").write_text("")
+
+
+def test_files_copied_in_with_old_times_stop_a_rerun(tmp_path, monkeypatch):
+    """cp -p, mv, rsync -a and unzip keep a file's old modification time: it counts from
+    when it arrived, or a rerun would delete it with the folder. (No slack: this test adds
+    them within the seconds a coarse clock is allowed.)"""
+    monkeypatch.setattr(outputs, "MTIME_SLACK_S", 0.0)
+    final = tmp_path / "out"
+    published_with_marker(final)
+    long_ago = (final / "marker").stat().st_mtime - 3600
+    (final / "notes").mkdir()
+    for path in (final / "photo.png", final / "notes" / "plan.txt"):
+        path.write_text("mine")
+        os.utime(path, (long_ago, long_ago))
+    os.utime(final / "notes", (long_ago, long_ago))
+    with pytest.raises(PipelineError, match=r"changed or added after .*notes.*photo\.png"):
+        with outputs.staged_output(final, "marker"):
+            pass
+    assert (final / "photo.png").read_text() == "mine"
+
+
+def test_what_file_browsers_leave_does_not_stop_a_rerun(tmp_path):
+    final = tmp_path / "out"
+    published_with_marker(final)
+    later = (final / "marker").stat().st_mtime + 60
+    (final / ".DS_Store").write_text("")
+    os.utime(final / ".DS_Store", (later, later))
+    published_with_marker(final)
+    assert sorted(p.name for p in final.iterdir()) == ["marker", "mask.png"]
+
+
+def test_an_output_given_as_a_link_stays_a_link(tmp_path):
+    target = tmp_path / "big" / "results"
+    published_with_marker(target)
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    with outputs.staged_output(link, "marker") as staging:
+        (staging / "new.png").write_text("new")
+        (staging / "marker").write_text("")
+    assert link.is_symlink() and (target / "new.png").is_file()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["results"]
+
+
+def test_a_folder_the_system_will_not_let_us_write_is_one_line(tmp_path, monkeypatch):
+    def refused(**kwargs):
+        raise OSError(30, "Read-only file system", kwargs["dir"])
+    monkeypatch.setattr(outputs.tempfile, "mkdtemp", refused)
+    with pytest.raises(PipelineError, match="cannot write .*out: Read-only file system"):
+        with outputs.staged_output(tmp_path / "out"):
+            pass
+    assert list(tmp_path.iterdir()) == []
