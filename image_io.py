@@ -1,6 +1,7 @@
 """Images and labels as the pipeline reads and writes them: one intensity rule for every image
 that is not 8-bit, palette labels read as their indices, one clear error for a bad file."""
 import atexit
+import errno
 import io
 import os
 import re
@@ -10,6 +11,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 
 import cv2
 import numpy as np
@@ -251,11 +253,11 @@ def _series_layout(series, path):
     else:
         raise PipelineError(f"{path}: TIFF axes {axes} {shape} are not planes of Y x X pixels")
     samples = shape[-1] if axes.endswith("YXS") else shape[-3] if axes.endswith("SYX") else 1
-    if samples == 4 and int(series.keyframe.photometric) in GREY_PHOTOMETRIC:
-        # Four grey channels (fluorescence), not RGB and alpha: read as RGBA the fourth
-        # would be dropped and the others mixed into one grey.
-        raise PipelineError(f"{path}: TIFF of 4 grey channels, which are not read as one "
-                            "image; save them as planes of a stack (a frame each) or as RGB")
+    if samples in (3, 4) and int(series.keyframe.photometric) in GREY_PHOTOMETRIC:
+        # Grey channels (DIC, fluorescence), not RGB (and alpha): read as colour they would be
+        # mixed into one grey, a fourth dropped.
+        raise PipelineError(f"{path}: TIFF of {samples} grey channels, which are not read as "
+                            "one image; save them as planes of a stack (a frame each) or as RGB")
     return int(np.prod(shape[:-frame_axes], dtype=np.int64)), axes[-frame_axes:]
 
 
@@ -558,11 +560,7 @@ def list_images(src, page=None, frames=None):
     named <stem>. Hidden files are skipped. With `frames`, a collection of frame names, only
     the files that may hold them are opened (others beside them are not read at all)."""
     src = Path(src)
-    if src.is_file():
-        if src.suffix.lower() not in IMAGE_EXTS:
-            raise PipelineError(f"{src} is not an image file ({', '.join(IMAGE_EXTS)})")
-        paths = [src]
-    elif src.is_dir():
+    if src.is_dir():
         paths = [p for p in sorted(src.iterdir())
                  if not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS]
         if frames is not None:
@@ -570,6 +568,10 @@ def list_images(src, page=None, frames=None):
             held = {frame_stem(p.name) for p in paths}
             stems = {name if name in held else PLANE_SUFFIX.sub("", name) for name in frames}
             paths = [p for p in paths if frame_stem(p.name) in stems]
+    elif os.path.lexists(src):      # a FIFO or a broken link too: check_regular_file says so
+        if src.suffix.lower() not in IMAGE_EXTS:
+            raise PipelineError(f"{src} is not an image file ({', '.join(IMAGE_EXTS)})")
+        paths = [src]
     else:
         raise PipelineError(f"image folder {src} does not exist")
     for path in paths:
@@ -578,6 +580,7 @@ def list_images(src, page=None, frames=None):
             raise PipelineError(f"image file name {path.name!r} in {path.parent} holds the "
                                 f"control character {control_character(path.name)!r}; "
                                 "rename the file")
+        check_regular_file(path)
     found, composed = {}, {}
     for path in paths:
         for name, source in _frames_of(path, page):
@@ -589,6 +592,37 @@ def list_images(src, page=None, frames=None):
                                     f"{found[other].name} and {source.name}{how}")
             found[name], composed[nfc(name)] = source, name
     return found
+
+
+# What an entry named like an image may be instead of a file. Read, a FIFO or a device waits
+# for a writer and the run hangs; the others fail only after the frames before them have been
+# predicted, and that work is thrown away.
+NOT_FILES = ((S_ISDIR, "a folder"), (S_ISFIFO, "a FIFO"), (S_ISSOCK, "a socket"),
+             (S_ISCHR, "a character device"), (S_ISBLK, "a block device"))
+
+
+def check_regular_file(path):
+    """Refuse an image entry that is no regular file or link to one."""
+    what = _not_a_file(path)
+    if what:
+        raise PipelineError(f"{path.name} in {path.parent} is not a regular file ({what}); "
+                            "images must be files or links to files")
+
+
+def _not_a_file(path):
+    """What an entry is where it is no regular file or link to one, else None: from its mode
+    alone, so that a FIFO is never opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link in a loop"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR) and os.path.islink(path):
+            return "a broken symbolic link"
+        return err.strerror or str(err)
+    if S_ISREG(mode):
+        return None
+    return next((kind for is_kind, kind in NOT_FILES if is_kind(mode)), "of no known kind")
 
 
 PLANE_SUFFIX = re.compile(r"_p\d+$")     # of a stack's frame names, <stem>_p<k>
@@ -604,15 +638,14 @@ def frame_stem(file_name):
 def _frames_of(path, page):
     """(name, source) of each frame an image file holds; x.ome.tif is named x."""
     stem = frame_stem(path.name)
-    if path.suffix.lower() not in TIFF_EXTS:
-        return [(stem, path)]
-    count = tiff_frame_count(path)
+    count = tiff_frame_count(path) if path.suffix.lower() in TIFF_EXTS else 1
+    # a file of one plane too: else --page 5 would predict its plane 0 as if it were plane 5
+    if page is not None and page >= count:
+        planes = "1 plane" if count == 1 else f"{count} planes (0..{count - 1})"
+        raise PipelineError(f"{path} holds {planes}; there is no plane {page} (--page)")
     if count == 1:
         return [(stem, path)]
     if page is not None:
-        if page >= count:
-            raise PipelineError(f"{path} holds {count} planes (0..{count - 1}); there is no "
-                                f"plane {page} (--page)")
         return [(stem, StackPlane(path, page))]
     digits = len(str(count - 1))
     return [(f"{stem}_p{k:0{digits}d}", StackPlane(path, k)) for k in range(count)]

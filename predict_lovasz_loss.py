@@ -137,7 +137,8 @@ def parse_args(argv=None):
                         "colour, labels not needed (default: the test set, <work-dir>/test/src)")
     g.add_argument("--page", type=non_negative_int, metavar="K",
                    help="TIFF stacks: segment only plane K (from 0) of each, named like its "
-                        "file (default: every plane, each a frame named <name>_p<k>)")
+                        "file; K above 0 is refused for a file of one plane (default: every "
+                        "plane, each a frame named <name>_p<k>)")
     g.add_argument("--labels", metavar="DIR",
                    help="folder of labels <name>.png/.npy for IoU (default: <work-dir>/test/label "
                         "for the test set; none with --input)")

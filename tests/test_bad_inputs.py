@@ -950,7 +950,7 @@ def test_unreadable_image_in_input_folder_is_refused(kind, suffix, model_dir, tm
 
 
 def test_page_beyond_a_stack_is_refused(model_dir, tmp_path, capsys):
-    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    inp = input_folder(tmp_path, {})
     multipage_tiff(inp / "stack.tif")
     earlier_prediction(tmp_path / "work" / "predict" / "inp")
     before = snapshot(tmp_path)
@@ -958,6 +958,33 @@ def test_page_beyond_a_stack_is_refused(model_dir, tmp_path, capsys):
                                                          "--input", inp, "--page", 2), capsys)
     refusal_line(code, err, inp / "stack.tif", "holds 2 planes", "no plane 2")
     assert_unchanged(tmp_path, before)
+
+
+def test_page_beyond_a_single_plane_image_is_refused(model_dir, tmp_path, capsys):
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    earlier_prediction(tmp_path / "work" / "predict" / "inp")
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
+                                                         "--input", inp, "--page", 1), capsys)
+    refusal_line(code, err, inp / "a.png", "holds 1 plane", "no plane 1")
+    assert_unchanged(tmp_path, before)
+
+
+@pytest.mark.parametrize("kind", ["a folder", "a broken symbolic link"])
+def test_an_input_entry_that_is_no_file_is_refused_before_any_frame(kind, model_dir, tmp_path,
+                                                                     capsys):
+    """Refused when the folder is listed, not after a.png was predicted and thrown away."""
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    if kind == "a folder":
+        (inp / "b.png").mkdir()
+    else:
+        (inp / "b.png").symlink_to(inp / "gone.png")
+    earlier_prediction(tmp_path / "work" / "predict" / "inp")
+    before = snapshot(tmp_path / "work")
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
+                                                         "--input", inp), capsys)
+    refusal_line(code, err, f"b.png in {inp} is not a regular file ({kind})")
+    assert_unchanged(tmp_path / "work", before)
 
 
 def test_failed_prediction_creates_no_output_folder(model_dir, tmp_path, capsys):

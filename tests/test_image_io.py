@@ -1,4 +1,9 @@
 """image_io.py: the intensity rule for images that are not 8-bit, and labels as indices."""
+import contextlib
+import os
+import re
+import signal
+
 import cv2
 import numpy as np
 import pytest
@@ -189,6 +194,52 @@ def test_an_image_name_holding_a_line_break_is_refused(tmp_path):
     with pytest.raises(PipelineError, match=r"image file name 'a\\nb.png' .* holds the control "
                                             r"character '\\n'; rename the file"):
         list_images(tmp_path)
+
+
+def make_entry(path, kind):
+    """An entry named like an image that is no image file to read."""
+    if kind == "a FIFO":
+        os.mkfifo(path)
+    elif kind == "a folder":
+        path.mkdir()
+    elif kind == "a broken symbolic link":
+        path.symlink_to(path.parent / "gone.png")
+    else:
+        path.symlink_to(path)                   # a link that leads to itself
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and symbolic links of POSIX")
+@pytest.mark.parametrize("kind", ["a FIFO", "a folder", "a broken symbolic link",
+                                  "a symbolic link in a loop"])
+@pytest.mark.parametrize("name", ["b.png", "b.tif"])
+def test_an_image_entry_that_is_no_regular_file_is_refused_when_listed(tmp_path, kind, name):
+    """Read, a FIFO would hang the run and the others stop it after the frames before them
+    were predicted; listed, they are refused before any is read (a FIFO by its mode alone)."""
+    from image_io import list_images
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 5), np.uint8))
+    (tmp_path / "c.png").symlink_to(tmp_path / "a.png")    # a link to a file is an image
+    assert list(list_images(tmp_path)) == ["a", "c"]
+    make_entry(tmp_path / name, kind)
+    given = [] if kind == "a folder" else [tmp_path / name]   # given itself, a folder is read
+    refusal = rf"^{name} in {re.escape(str(tmp_path))} is not a regular file \({kind}\); images"
+    for src in (tmp_path, *given):
+        with pytest.raises(PipelineError, match=refusal), within_seconds(10):
+            list_images(src)
+
+
+@contextlib.contextmanager
+def within_seconds(seconds):
+    """Fail where the block waits longer, as reading a FIFO waits for a writer: a test that
+    hung would never report."""
+    def interrupt(signum, frame):
+        raise TimeoutError(f"still waiting after {seconds} s")
+    before = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
 
 
 def test_find_label_takes_a_suffix_in_any_case_and_a_file_of_two_names_once(tmp_path):

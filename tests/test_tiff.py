@@ -61,6 +61,19 @@ def test_page_picks_one_plane_per_stack_named_like_the_file(tmp_path):
         list_images(tmp_path, page=3)
 
 
+@pytest.mark.parametrize("name", ["single.tif", "single.png"])
+def test_page_beyond_a_file_of_one_plane_is_refused_not_read_as_plane_0(tmp_path, name):
+    plane = ramp(dtype=np.uint8)
+    if name.endswith(".tif"):
+        tifffile.imwrite(tmp_path / name, plane)
+    else:
+        cv2.imwrite(str(tmp_path / name), plane)
+    for page in (None, 0):
+        assert list_images(tmp_path, page=page) == {"single": tmp_path / name}
+    with pytest.raises(PipelineError, match=rf"{name} holds 1 plane; there is no plane 5"):
+        list_images(tmp_path, page=5)
+
+
 def test_ome_hyperstack_planes_in_file_order(tmp_path):
     data = np.arange(2 * 3 * 2 * 20 * 30, dtype=np.uint16).reshape(2, 3, 2, 20, 30)
     tifffile.imwrite(tmp_path / "cells.ome.tif", data, ome=True, metadata={"axes": "TZCYX"})
@@ -106,6 +119,35 @@ def test_four_grey_channels_are_refused_not_read_as_rgb_and_alpha(tmp_path):
     tifffile.imwrite(tmp_path / "rgba.tif", channels, photometric="rgb",
                      extrasamples=["unassalpha"])
     assert np.array_equal(read_raw_image(tmp_path / "rgba.tif"), channels[:, :, :3])
+
+
+@pytest.mark.parametrize("layout", ["chunky", "planar", "stack", "miniswhite"])
+def test_three_grey_channels_are_refused_not_mixed_into_one_grey(tmp_path, layout):
+    """DIC, fluorescence and fluorescence/2 stored as the samples of a grey TIFF."""
+    channels = np.dstack([ramp(dtype=np.uint8, scale=k) for k in (1, 3, 5)])
+    options = {"photometric": "minisblack", "extrasamples": ["unspecified"] * 2}
+    if layout == "planar":
+        channels = np.moveaxis(channels, -1, 0)
+        options["planarconfig"] = "separate"
+    elif layout == "stack":
+        channels = np.stack([channels, channels])
+    elif layout == "miniswhite":
+        options["photometric"] = "miniswhite"
+    tifffile.imwrite(tmp_path / "three.tif", channels, **options)
+    with pytest.raises(PipelineError, match=r"three\.tif: TIFF of 3 grey channels, which are "
+                                            r"not read as one image"):
+        list_images(tmp_path)
+
+
+def test_channels_on_an_axis_of_their_own_stay_frames(tmp_path):
+    """ImageJ and OME store channels as planes, a frame each, whatever their number."""
+    planes = stack(3).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "ij.tif", planes, imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "c.ome.tif", planes, ome=True, metadata={"axes": "CYX"})
+    frames = list_images(tmp_path)
+    assert list(frames) == ["c_p0", "c_p1", "c_p2", "ij_p0", "ij_p1", "ij_p2"]
+    for name in ("c", "ij"):
+        assert np.array_equal(read_raw_image(frames[f"{name}_p2"]), planes[2]), name
 
 
 def test_cmyk_and_lab_tiffs_are_refused_not_read_as_rgb(tmp_path):
