@@ -32,8 +32,9 @@ models by default), or through the training set's equalization table and gamma (
 models by default; pre_processing.py --equalize), the tiles run through the model
 --batch-size at a time, and the
 class probabilities of overlapping tiles are averaged, weighted by a window that is
-largest at the tile centre (--blend gaussian) or flat (uniform). The padding is then
-cropped off. --tta also averages the rotations/flips of every tile that the model's training
+largest at the tile centre (--blend gaussian) or flat (uniform); a tile of one value (a
+blank or saturated area) shows nothing, so the others decide the pixels it shares with them
+and a pixel only such tiles cover is background. The padding is then cropped off. --tta also averages the rotations/flips of every tile that the model's training
 patches came in: all 8 for turned patches (gen_img_aug.py's default for most images), the
 mirror across the relief's axis for DIC patches kept in the microscope's view and mirrored,
 the half turn with inverted intensities for DIC patches made with --orientations
@@ -299,9 +300,27 @@ class RowAccumulator:
         return probs
 
 
+# A tile of one value in each channel (a blank or saturated area, a constant frame) shows
+# nothing to segment: per-tile preprocessing maps it to zeros, on which the network draws
+# objects along the tile's borders. Its weight is a trace, so any tile that shows something
+# decides a pixel it covers, and a pixel only flat tiles cover is background.
+FLAT_TILE_WEIGHT = 1e-9
+
+
+def is_flat(raw):
+    return bool(np.all(raw == raw.reshape(-1, *raw.shape[2:])[0]))
+
+
+def background_only(prob):
+    """Probabilities of class 0 (background) alone, shaped as prob."""
+    only = np.zeros_like(prob)
+    only[..., 0] = 1
+    return only
+
+
 def _model_inputs(read_rows, positions, tile, transforms, prepare):
-    """((y, x, k), input) for every tile and transform, preparing each tile once (once more
-    with its intensities inverted where a transform inverts them: preprocessing is not
+    """((y, x, k, flat), input) for every tile and transform, preparing each tile once (once
+    more with its intensities inverted where a transform inverts them: preprocessing is not
     symmetric in intensity) and reading the image one row of tiles at a time."""
     th, tw = tile
     inversions = sorted({inverts(k) for k in transforms})
@@ -310,10 +329,11 @@ def _model_inputs(read_rows, positions, tile, transforms, prepare):
         if y != strip_y:
             strip_y, strip = y, read_rows(y, y + th)
         raw = strip[:, x:x + tw]
+        flat = is_flat(raw)
         ready = {inverted: prepare(invert_intensities(raw) if inverted else raw)
                  for inverted in inversions}
         for k in transforms:
-            yield (y, x, k), dihedral(ready[inverts(k)], k)
+            yield (y, x, k, flat), dihedral(ready[inverts(k)], k)
 
 
 def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="gaussian",
@@ -329,7 +349,8 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
     one raw tile into the model input, so per-tile preprocessing sees exactly the pixels of
     its tile. Every tile goes through each of the `transforms` (geometry's transform
     indices: a rotation/flip, its intensities inverted from INVERTED up; (0,) none) and
-    their back-transformed outputs are averaged.
+    their back-transformed outputs are averaged. A tile of one value counts for a trace
+    (FLAT_TILE_WEIGHT), as background.
     """
     th, tw = tile = tile_shape(tile)
     if any(k % 2 for k in transforms) and th != tw:
@@ -343,8 +364,11 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
     while batch := list(itertools.islice(inputs, batch_size)):
         where, tiles = zip(*batch)
         probs = np.asarray(predict_batch_fn(np.stack(tiles)), np.float64)
-        for (y, x, k), prob in zip(where, probs):
-            rows.add(y, x, inverse_dihedral(prob, k), window)
+        for (y, x, k, flat), prob in zip(where, probs):
+            if flat:
+                rows.add(y, x, background_only(prob), window * FLAT_TILE_WEIGHT)
+            else:
+                rows.add(y, x, inverse_dihedral(prob, k), window)
         done += len(batch)
         # Tiles come row by row: rows above the top of the next (or unfinished) tile are final.
         next_tile = done // len(transforms)

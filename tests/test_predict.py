@@ -81,6 +81,32 @@ def test_identity_model_is_reassembled_exactly(h, w, tile, overlap, blend):
     np.testing.assert_array_equal(probs, image)
 
 
+def everything_is_a_cell(batch):
+    """A model that draws objects on any input, as the network does on a tile of zeros."""
+    probs = np.zeros((*batch.shape[:3], 2), np.float32)
+    probs[..., 1] = 1
+    return probs
+
+
+@pytest.mark.parametrize("overlap", [0, 0.5])
+def test_tiles_of_one_value_show_nothing_and_leave_pixels_to_the_others(overlap):
+    """A blank or saturated area: a pixel that only tiles of one value cover is background,
+    one that any other tile covers is what that tile says."""
+    image = np.full((96, 160), 7, np.uint8)
+    image[:, 100:] = np.random.default_rng(2).integers(0, 255, (96, 60))
+    probs = P.predict_frame(everything_is_a_cell, image, 32, overlap, "gaussian", batch_size=3,
+                            prepare=as_float_tile)
+    shown = np.zeros(image.shape, bool)
+    for y, x in P.tile_positions(96, 160, 32, overlap):
+        if not P.is_flat(image[y:y + 32, x:x + 32]):
+            shown[y:y + 32, x:x + 32] = True
+    assert 0 < shown.mean() < 1
+    assert np.all(probs[shown, 1] > 0.999) and np.all(probs[~shown, 0] == 1)
+    blank = P.predict_frame(everything_is_a_cell, np.zeros((50, 70, 3), np.uint16), 32,
+                            overlap, "gaussian", prepare=as_float_tile)
+    assert np.all(blank[..., 0] == 1)
+
+
 @pytest.mark.parametrize("overlap", [0, 0.25])
 def test_continuous_input_survives_blending(overlap):
     image = np.random.default_rng(1).random((130, 75, 2)).astype(np.float32)
@@ -144,6 +170,7 @@ def test_blending_weights_overlapping_tiles_by_the_window():
 
     image = np.zeros((32, 56, 1), np.float32)
     image[:, 24:] = 1.0    # the second tile (x 24..55) starts at 1, the first at 0
+    image[-1] = 0.5        # neither is of one value, which would count as showing nothing
     uniform = P.predict_frame(tile_constant, image, 32, 0.25, "uniform", batch_size=2,
                               prepare=as_float_tile)
     gaussian = P.predict_frame(tile_constant, image, 32, 0.25, "gaussian", batch_size=2,
