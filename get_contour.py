@@ -443,7 +443,8 @@ def prediction_folder(args):
 def folders(args, pred, info):
     """(images, labels or None, output, figures) folders from options and defaults."""
     work = Path(args.work_dir)
-    images = Path(args.image_dir or info.get("input_dir") or work / "test" / "src")
+    images = Path(args.image_dir or info.get("input_file") or info.get("input_dir")
+                  or work / "test" / "src")
     labels = args.label_dir or info.get("label_dir")
     test_pred = work / "test" / "predict"
     is_test_set = pred.resolve() == test_pred.resolve()

@@ -34,7 +34,8 @@ models by default; pre_processing.py --equalize), the tiles run through the mode
 class probabilities of overlapping tiles are averaged, weighted by a window that is
 largest at the tile centre (--blend gaussian) or flat (uniform); a tile of one value (a
 blank or saturated area) shows nothing, so the others decide the pixels it shares with them
-and a pixel only such tiles cover is background. The padding is then cropped off. --tta also averages the rotations/flips of every tile that the model's training
+and a pixel only such tiles cover is background. The padding is then cropped off. --tta
+also averages the rotations/flips of every tile that the model's training
 patches came in: all 8 for turned patches (gen_img_aug.py's default for most images), the
 mirror across the relief's axis for DIC patches kept in the microscope's view and mirrored,
 the half turn with inverted intensities for DIC patches made with --orientations
@@ -216,7 +217,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.merge and args.shard:
         p.error("--merge takes the folders of finished shards; leave out --shard")
-    if not 0 <= args.overlap <= MAX_OVERLAP:
+    if args.overlap < 0:
+        p.error(f"--overlap is a fraction of the tile from 0 (tiles side by side) to "
+                f"{MAX_OVERLAP}, not {args.overlap:g}")
+    if args.overlap > MAX_OVERLAP:
         p.error(f"--overlap must be 0 to {MAX_OVERLAP}: at {MAX_OVERLAP} each pixel already "
                 f"lies in about {round(1 / (1 - MAX_OVERLAP)) ** 2} tiles, and the time grows "
                 "with that count")
@@ -594,8 +598,14 @@ def check_same_input(out, src):
     if not record_path.is_file():
         return
     record = read_json(record_path, "prediction record")
-    earlier = record.get("input_dir") if isinstance(record, dict) else None
-    current = str((src.parent if src.is_file() else src).resolve())
+    if not isinstance(record, dict):
+        return
+    if "input_file" in record:      # a single image is recorded itself: x.png and x.tif
+        earlier = record["input_file"] or record.get("input_dir")
+        current = str(src.resolve())
+    else:                           # a record of before: its folder alone
+        earlier = record.get("input_dir")
+        current = str((src.parent if src.is_file() else src).resolve())
     if earlier is not None and earlier != current:
         raise PipelineError(f"{out} holds the predictions of {earlier}, another input of the "
                             f"same name; give --output to keep both, or remove {out}")
@@ -688,6 +698,10 @@ def open_model(model_dir, config, choices, precision, verify=True):
     models' probabilities."""
     from model import with_precision
     paths = [model_file(model_dir, config, choice) for choice in choices]
+    twice = [str(p) for i, p in enumerate(paths)
+             if p.resolve() in {q.resolve() for q in paths[:i]}]
+    if twice:   # an ensemble of one model with itself is that model at twice the time
+        raise PipelineError(f"--weights names {twice[0]} twice; give each model once")
     tile = tuple(config["patch_size"])
     functions = []
     for path in paths:
@@ -864,6 +878,7 @@ def main(argv=None):
             "classes": classes, "decision": decision, "model_file": str(paths[0]),
             "model_files": [str(p) for p in paths],
             "input_dir": str((src.parent if src.is_file() else src).resolve()),
+            "input_file": str(src.resolve()) if src.is_file() else None,
             "label_dir": str(label_dir.resolve()) if label_dir else None,
             "intensity": intensity,
             "tile": list(tile), "scale": config["scale"], "overlap": args.overlap,

@@ -625,6 +625,21 @@ def test_nan_option_values_are_refused_by_the_option_parser(module, option, valu
     assert not any(tmp_path.iterdir())
 
 
+def test_a_negative_overlap_is_told_what_overlap_is(tmp_path, capsys):
+    code, _, err = run(predict_lovasz_loss, ["--work-dir", tmp_path / "work", "--overlap=-0.1"],
+                       capsys)
+    argparse_refusal(code, err, "--overlap")
+    assert "from 0 (tiles side by side)" in err and "not -0.1" in err
+
+
+def test_one_model_named_twice_is_refused_not_run_twice(model_dir, tmp_path, capsys):
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
+                                                         inp, "--weights", "best", "best"),
+                       capsys)
+    refusal_line(code, err, "--weights", "twice")
+
+
 @pytest.mark.parametrize("module", [gen_img_aug, pre_processing, train, predict_lovasz_loss],
                          ids=["gen_img_aug", "pre_processing", "train", "predict"])
 def test_work_folder_that_is_a_file_is_refused(module, tmp_path, capsys):
@@ -864,6 +879,23 @@ def test_another_folder_of_the_same_name_does_not_replace_earlier_predictions(mo
                                                     work / "predict" / "day2"), capsys)[::2])
     assert (work / "predict" / "images" / "plate1.png").is_file()
     assert (work / "predict" / "day2" / "plate2.png").is_file()
+
+
+def test_another_image_of_the_same_name_does_not_replace_earlier_predictions(model_dir,
+                                                                              tmp_path, capsys):
+    """in/x.png and in/x.tif both default to W/predict/x: the second is refused, and the
+    contours of the first find their own image although a second one shares its name."""
+    work = tmp_path / "work"
+    png = write(tmp_path / "in" / "x.png", noise(40, 40))
+    tif = write(tmp_path / "in" / "x.tif", noise(40, 40, 1))
+    accepted(*run(predict_lovasz_loss, predict_args(model_dir, work, "--input", png),
+                  capsys)[::2])
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, work, "--input", tif), capsys)
+    refusal_line(code, err, str(png.resolve()), "--output")
+    assert_unchanged(tmp_path, before)
+    accepted(*run(get_contour, ["--pred-dir", work / "predict" / "x", "--work-dir", work],
+                  capsys)[::2])
 
 
 def test_labels_of_a_data_set_with_other_classes_are_refused(model_dir, tmp_path, capsys):
