@@ -445,6 +445,16 @@ def model_image(path, color_mode, intensity=DEFAULT_INTENSITY):
     return to_color_mode(img, color_mode)
 
 
+def check_frames_readable(images, streamed, color_mode, intensity):
+    """Read every frame held in memory once before the model loads: a truncated file or a
+    grey frame for a colour model stops the run before any frame is predicted, not after
+    the frames before it (whose work an error throws away)."""
+    from tqdm import tqdm
+    for name in tqdm([n for n in images if n not in streamed], desc="reading", unit="image",
+                     dynamic_ncols=True, disable=None, leave=False):
+        model_image(images[name], color_mode, intensity)
+
+
 def check_color_mode(ndim, path, color_mode):
     if color_mode == "rgb" and ndim == 2:
         raise PipelineError(f"{path} is a grey image but the model was trained on colour (rgb) "
@@ -840,6 +850,7 @@ def main(argv=None):
         check_label_classes(label_dir, classes)
         warn_of_training_frames(images, config, model_dir)
     intensity = args.intensity or config["intensity"]
+    check_frames_readable(images, streamed, config["color_mode"], intensity)
     precision = use_precision(args.precision)
     paths, predict_batch, tile, prepare = open_model(model_dir, config, args.weights, precision,
                                                      verify=not args.no_verify)

@@ -728,6 +728,15 @@ def copy_model(model_dir, root):
     return Path(shutil.copytree(model_dir, root / "model"))
 
 
+def colour_model(model_dir, root):
+    model = copy_model(model_dir, root)
+    config = json.loads((model / "config.json").read_text())
+    config.update(color_mode="rgb", image_channels=3)
+    config["preprocessing"].update(mean=[120.0] * 3, std=[30.0] * 3, input_scale="prep / 255")
+    (model / "config.json").write_text(json.dumps(config, indent=2))
+    return model
+
+
 def earlier_prediction(out):
     """An output folder of an earlier prediction run."""
     write(out / "old.png", class_blocks(40, 40))
@@ -1017,6 +1026,26 @@ def test_an_input_entry_that_is_no_file_is_refused_before_any_frame(kind, model_
                                                          "--input", inp), capsys)
     refusal_line(code, err, f"b.png in {inp} is not a regular file ({kind})")
     assert_unchanged(tmp_path / "work", before)
+
+
+@pytest.mark.parametrize("bad", ["truncated", "grey for a colour model"])
+def test_a_frame_that_cannot_be_predicted_stops_the_run_before_the_model_loads(
+        bad, model_dir, tmp_path, capsys, monkeypatch):
+    """Not after the frames before it were predicted, whose work the error throws away."""
+    if bad == "truncated":
+        inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+        write_bad_image(inp / "b.png", "truncated")
+        model, said = model_dir, inp / "b.png"
+    else:
+        inp = input_folder(tmp_path, {"a.png": noise(40, 40, 0, 3), "b.png": noise(40, 40)})
+        model, said = colour_model(model_dir, tmp_path), "is a grey image"
+
+    def loads_the_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before every frame was read")
+    monkeypatch.setattr(predict_lovasz_loss, "open_model", loads_the_model)
+    code, _, err = run(predict_lovasz_loss, predict_args(model, tmp_path / "work", "--input",
+                                                         inp), capsys)
+    refusal_line(code, err, said)
 
 
 def test_failed_prediction_creates_no_output_folder(model_dir, tmp_path, capsys):
