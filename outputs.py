@@ -8,7 +8,7 @@ import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from cli import PipelineError, refuse_file, some_names
 
@@ -155,11 +155,13 @@ def write_json(path, obj):
 
 
 def check_replaceable(final_dir, marker):
-    """Refuse to replace an existing folder that this pipeline did not write.
+    """Refuse to replace an existing folder that this pipeline did not write, or one holding
+    what was changed or added after it did.
 
     A published folder replaces the old one whole, so a user's --output pointing at a folder
     of their own would be lost; a folder holding `marker` (a file the script always writes)
-    or an empty one is safe to replace.
+    or an empty one is safe to replace, unless check_unchanged_since finds work of the user's
+    in it.
     """
     final_dir = Path(final_dir)
     if final_dir.exists() and not final_dir.is_dir():
@@ -167,35 +169,66 @@ def check_replaceable(final_dir, marker):
     if final_dir.is_dir() and any(final_dir.iterdir()) and not (final_dir / marker).is_file():
         raise PipelineError(f"output folder {final_dir} exists and was not written by this "
                             f"script (no {marker}); it would be replaced, so choose another")
+    check_unchanged_since(final_dir, marker)
 
 
 # Coarse file-system clocks (FAT: 2 s) must not make a script's own file look changed later.
 MTIME_SLACK_S = 2.0
 
 
-def _last_change(path):
-    """When an entry last changed: the later of its content's time and its inode's, so a
-    file copied or moved in with its old modification time (cp -p, mv, rsync -a, unzip)
-    counts from when it arrived."""
-    stat = path.lstat()
-    return max(stat.st_mtime, stat.st_ctime)
+def manifest_name(marker):
+    """The hidden list, beside a staged folder's marker, of the files it was published with."""
+    return f".{marker}.files"
+
+
+def _write_manifest(staging, marker):
+    """List every file of the finished staging folder, and make the marker its newest file:
+    what arrives later is then told by its name, what is edited later by its time."""
+    files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*")
+                   if (not p.is_dir() or p.is_symlink()) and p.name != manifest_name(marker))
+    (staging / manifest_name(marker)).write_text(json.dumps(files) + "\n", encoding="utf-8")
+    if (staging / marker).is_file():
+        os.utime(staging / marker)
+
+
+def _published_paths(final_dir, marker):
+    """The files a folder's manifest lists and the folders that hold them; None for a folder
+    published before manifests, or whose manifest is gone."""
+    try:
+        files = json.loads((final_dir / manifest_name(marker)).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(files, list):
+        return None
+    folders = {parent.as_posix() for name in files for parent in PurePosixPath(name).parents}
+    return set(files) | folders
 
 
 def check_unchanged_since(final_dir, marker):
-    """Refuse to replace a folder holding entries changed or added after its `marker` was
-    written, where the script writes the marker last: hand-corrected outputs (LabelMe polygons
-    fixed for retraining) or files a user put there would be lost with the folder."""
+    """Refuse to replace a folder holding files edited after its `marker` was written, or
+    added since (by name: cp -p, mv, rsync -a and unzip keep a file's old time):
+    hand-corrected outputs (LabelMe polygons fixed for retraining) or files a user put there
+    would be lost with the folder."""
     final_dir = Path(final_dir)
     if not (final_dir / marker).is_file():
         return
-    since = _last_change(final_dir / marker) + MTIME_SLACK_S
-    changed = sorted(str(p.relative_to(final_dir)) for p in final_dir.rglob("*")
-                     if not SYSTEM_FILES.fullmatch(p.name) and _last_change(p) > since)
+    since = (final_dir / marker).stat().st_mtime + MTIME_SLACK_S
+    published = _published_paths(final_dir, marker)
+    changed = []
+    for path in final_dir.rglob("*"):
+        name = path.relative_to(final_dir).as_posix()
+        if SYSTEM_FILES.fullmatch(path.name) or name == manifest_name(marker):
+            continue
+        added = published is not None and name not in published
+        # A folder's time moves whenever anything, Finder's .DS_Store too, is made in it.
+        edited = not path.is_dir() and path.lstat().st_mtime > since
+        if added or edited:
+            changed.append(name)
     if changed:
         raise PipelineError(f"output folder {final_dir} holds files changed or added after this "
-                            f"script wrote it ({some_names(changed)}); a new run replaces the "
-                            "folder whole and would lose them: move them, or choose another "
-                            "--output")
+                            f"script wrote it ({some_names(sorted(changed))}); a new run "
+                            "replaces the folder whole and would lose them: move them, or choose "
+                            "another --output")
 
 
 def _fresh_dir(final_dir):
@@ -242,12 +275,15 @@ def staged_output(final_dir, marker=None, merge=False):
     final_dir = Path(os.path.realpath(final_dir)) if os.path.islink(final_dir) else Path(final_dir)
     if marker:
         check_replaceable(final_dir, marker)
-        check_unchanged_since(final_dir, marker)
     made = _missing_ancestors(final_dir)
     ensure_folder(Path(final_dir).parent)
     staging = _fresh_dir(final_dir)
     try:
         yield staging
+        if marker and not merge:
+            # Again: a correction saved in the old folder while this run worked is kept too.
+            check_unchanged_since(final_dir, marker)
+            _write_manifest(staging, marker)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         for folder in made:

@@ -102,7 +102,7 @@ from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  #
                           load_model, model_file, read_config, verify_model_file)
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
-from outputs import (atomic_write_text, check_replaceable, check_unchanged_since,  # noqa: E402
+from outputs import (atomic_write_text, check_replaceable,  # noqa: E402
                      color_file, prob_file, staged_output, write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
@@ -825,7 +825,6 @@ def main(argv=None):
         # also after --output: N array jobs given one command line write N folders
         out = shard_folder(out, args.shard)
     check_replaceable(out, MARKER)
-    check_unchanged_since(out, MARKER)
     if args.input and not args.output:
         check_same_input(out, src)
     # Every label is looked up now: a bad one (JPEG, two for a frame) stops the run before
@@ -921,7 +920,6 @@ def merge(args):
     """--merge: the shards' folders as the one folder a single run writes."""
     folders, records, everything, out = open_shards(args.merge, args.output, MARKER)
     check_replaceable(out, MARKER)
-    check_unchanged_since(out, MARKER)
     classes = records[0]["classes"]
     per_image = {}
     for folder in folders:

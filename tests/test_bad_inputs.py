@@ -1079,7 +1079,8 @@ def test_prediction_removes_a_killed_runs_staging_folder_and_follows_the_umask(
     accepted(code, err)
     assert not dead.exists()
     assert live.exists()
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_color.png", "predict.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".predict.json.files", "a.png",
+                                                     "a_color.png", "predict.json"]
     assert_published_mode(out)
 
 
@@ -1142,7 +1143,8 @@ def test_contours_remove_a_killed_runs_staging_folder_and_follow_the_umask(tmp_p
     assert not dead.exists()
     assert live.exists()
     contours = work / "test" / "contours"
-    assert sorted(p.name for p in contours.iterdir()) == ["a_contour.png", "objects.csv"]
+    assert sorted(p.name for p in contours.iterdir()) == [".objects.csv.files", "a_contour.png",
+                                                          "objects.csv"]
     assert_published_mode(contours)
 
 

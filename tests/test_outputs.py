@@ -24,7 +24,7 @@ def test_published_folder_replaces_the_old_one_whole(tmp_path):
         (staging / "new.txt").write_text("new")
         (staging / "marker").write_text("")
         assert not (final / "new.txt").exists()       # invisible until the end
-    assert sorted(p.name for p in final.iterdir()) == ["marker", "new.txt"]
+    assert sorted(p.name for p in final.iterdir()) == [".marker.files", "marker", "new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
@@ -147,11 +147,9 @@ def published_with_marker(final):
         (staging / "marker").write_text("")
 
 
-def test_files_copied_in_with_old_times_stop_a_rerun(tmp_path, monkeypatch):
-    """cp -p, mv, rsync -a and unzip keep a file's old modification time: it counts from
-    when it arrived, or a rerun would delete it with the folder. (No slack: this test adds
-    them within the seconds a coarse clock is allowed.)"""
-    monkeypatch.setattr(outputs, "MTIME_SLACK_S", 0.0)
+def test_files_copied_in_with_old_times_stop_a_rerun(tmp_path):
+    """cp -p, mv, rsync -a and unzip keep a file's old modification time: it is told by its
+    name, which the folder's manifest does not list, or a rerun would delete it."""
     final = tmp_path / "out"
     published_with_marker(final)
     long_ago = (final / "marker").stat().st_mtime - 3600
@@ -159,21 +157,51 @@ def test_files_copied_in_with_old_times_stop_a_rerun(tmp_path, monkeypatch):
     for path in (final / "photo.png", final / "notes" / "plan.txt"):
         path.write_text("mine")
         os.utime(path, (long_ago, long_ago))
-    os.utime(final / "notes", (long_ago, long_ago))
     with pytest.raises(PipelineError, match=r"changed or added after .*notes.*photo\.png"):
         with outputs.staged_output(final, "marker"):
             pass
     assert (final / "photo.png").read_text() == "mine"
 
 
-def test_what_file_browsers_leave_does_not_stop_a_rerun(tmp_path):
+def test_what_file_browsers_leave_and_new_permissions_do_not_stop_a_rerun(tmp_path):
+    """Finder's .DS_Store also moves the time of the folder it lands in; chmod -R for
+    colleagues moves every file's inode time."""
+    final = tmp_path / "out"
+    with outputs.staged_output(final, "marker") as staging:
+        (staging / "labelme").mkdir()
+        (staging / "labelme" / "a.json").write_text("{}")
+        (staging / "marker").write_text("")
+    later = (final / "marker").stat().st_mtime + 60
+    for folder in (final, final / "labelme"):
+        (folder / ".DS_Store").write_text("")
+        os.utime(folder / ".DS_Store", (later, later))
+        os.utime(folder, (later, later))
+    os.chmod(final / "labelme" / "a.json", 0o600)
+    published_with_marker(final)
+    assert sorted(p.name for p in final.iterdir()) == [".marker.files", "marker", "mask.png"]
+
+
+def test_a_file_added_while_the_run_works_is_kept_and_the_run_stops(tmp_path):
     final = tmp_path / "out"
     published_with_marker(final)
-    later = (final / "marker").stat().st_mtime + 60
-    (final / ".DS_Store").write_text("")
-    os.utime(final / ".DS_Store", (later, later))
+    with pytest.raises(PipelineError, match=r"changed or added after .*fixed\.json"):
+        with outputs.staged_output(final, "marker") as staging:
+            (final / "fixed.json").write_text("{}")     # a correction saved meanwhile
+            (staging / "marker").write_text("")
+    assert (final / "fixed.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_the_marker_written_first_is_made_the_newest_file(tmp_path):
+    """get_contour opens its table first and closes it last: what it wrote in between, a slow
+    overview among them, is its own, not a later change."""
+    final = tmp_path / "out"
+    with outputs.staged_output(final, "marker") as staging:
+        (staging / "marker").write_text("")
+        long_ago = (staging / "marker").stat().st_mtime - 60
+        os.utime(staging / "marker", (long_ago, long_ago))
+        (staging / "overview.png").write_text("written after the marker")
     published_with_marker(final)
-    assert sorted(p.name for p in final.iterdir()) == ["marker", "mask.png"]
 
 
 def test_an_output_given_as_a_link_stays_a_link(tmp_path):
