@@ -573,7 +573,8 @@ def list_images(src, page=None, frames=None):
             raise PipelineError(f"{src} is not an image file ({', '.join(IMAGE_EXTS)})")
         paths = [src]
     else:
-        raise PipelineError(f"image folder {src} does not exist")
+        what = "image" if src.suffix.lower() in IMAGE_EXTS else "image folder"
+        raise PipelineError(f"{what} {src} does not exist")
     for path in paths:
         # A frame's name is a line of train.txt and test.txt and a cell of the CSV files.
         if control_character(path.name):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from image_io import (DEFAULT_INTENSITY, find_label, intensity_from_tokens, read_image,
-                      read_label, to_uint8)
+from image_io import (DEFAULT_INTENSITY, find_label, intensity_from_tokens, list_images,
+                      read_image, read_label, to_uint8)
 from cli import PipelineError
 
 
@@ -422,3 +422,10 @@ def test_a_16_bit_grey_alpha_png_label_reads_as_its_grey(tmp_path):
               b"".join(b"\0" + row.tobytes() for row in samples))
     assert cv2.imread(str(tmp_path / "ga16.png"), cv2.IMREAD_UNCHANGED).shape == (2, 5, 4)
     assert np.array_equal(read_label(tmp_path / "ga16.png"), grey)
+
+
+def test_a_missing_image_is_not_called_a_folder(tmp_path):
+    with pytest.raises(PipelineError, match=r"^image \S*gone\.png does not exist"):
+        list_images(tmp_path / "gone.png")
+    with pytest.raises(PipelineError, match=r"^image folder \S*gone does not exist"):
+        list_images(tmp_path / "gone")
