@@ -869,6 +869,18 @@ def test_single_image_file_as_input_is_segmented(model_dir, tmp_path, capsys):
     assert mask is not None and mask.shape == (50, 70) and mask.max() < len(CLASSES)
 
 
+def second_input_of_the_name_is_refused(model_dir, work, first, second, capsys):
+    """Predict first, then see second, whose default output is first's, refused and nothing
+    beside the work folder's parent changed."""
+    accepted(*run(predict_lovasz_loss, predict_args(model_dir, work, "--input", first),
+                  capsys)[::2])
+    before = snapshot(work.parent)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, work, "--input", second),
+                       capsys)
+    refusal_line(code, err, str(first.resolve()), "--output")
+    assert_unchanged(work.parent, before)
+
+
 def test_another_folder_of_the_same_name_does_not_replace_earlier_predictions(model_dir,
                                                                                tmp_path, capsys):
     """day1/images and day2/images both default to W/predict/images: the second is refused
@@ -876,12 +888,7 @@ def test_another_folder_of_the_same_name_does_not_replace_earlier_predictions(mo
     work = tmp_path / "work"
     day1 = write(tmp_path / "day1" / "images" / "plate1.png", noise(40, 40)).parent
     day2 = write(tmp_path / "day2" / "images" / "plate2.png", noise(40, 40, 1)).parent
-    accepted(*run(predict_lovasz_loss, predict_args(model_dir, work, "--input", day1),
-                  capsys)[::2])
-    before = snapshot(tmp_path)
-    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, work, "--input", day2), capsys)
-    refusal_line(code, err, str(day1.resolve()), "--output")
-    assert_unchanged(tmp_path, before)
+    second_input_of_the_name_is_refused(model_dir, work, day1, day2, capsys)
     accepted(*run(predict_lovasz_loss, predict_args(model_dir, work, "--input", day1),
                   capsys)[::2])
     accepted(*run(predict_lovasz_loss, predict_args(model_dir, work, "--input", day2, "--output",
@@ -897,12 +904,7 @@ def test_another_image_of_the_same_name_does_not_replace_earlier_predictions(mod
     work = tmp_path / "work"
     png = write(tmp_path / "in" / "x.png", noise(40, 40))
     tif = write(tmp_path / "in" / "x.tif", noise(40, 40, 1))
-    accepted(*run(predict_lovasz_loss, predict_args(model_dir, work, "--input", png),
-                  capsys)[::2])
-    before = snapshot(tmp_path)
-    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, work, "--input", tif), capsys)
-    refusal_line(code, err, str(png.resolve()), "--output")
-    assert_unchanged(tmp_path, before)
+    second_input_of_the_name_is_refused(model_dir, work, png, tif, capsys)
     accepted(*run(get_contour, ["--pred-dir", work / "predict" / "x", "--work-dir", work],
                   capsys)[::2])
 
@@ -990,24 +992,19 @@ def test_unreadable_image_in_input_folder_is_refused(kind, suffix, model_dir, tm
     assert_unchanged(tmp_path, before)
 
 
-def test_page_beyond_a_stack_is_refused(model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("file, page, said", [("stack.tif", 2, "holds 2 planes"),
+                                               ("a.png", 1, "holds 1 plane")])
+def test_page_beyond_a_file_is_refused(file, page, said, model_dir, tmp_path, capsys):
     inp = input_folder(tmp_path, {})
-    multipage_tiff(inp / "stack.tif")
+    if file == "stack.tif":
+        multipage_tiff(inp / file)
+    else:
+        write(inp / file, noise(40, 40))
     earlier_prediction(tmp_path / "work" / "predict" / "inp")
     before = snapshot(tmp_path)
     code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
-                                                         "--input", inp, "--page", 2), capsys)
-    refusal_line(code, err, inp / "stack.tif", "holds 2 planes", "no plane 2")
-    assert_unchanged(tmp_path, before)
-
-
-def test_page_beyond_a_single_plane_image_is_refused(model_dir, tmp_path, capsys):
-    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
-    earlier_prediction(tmp_path / "work" / "predict" / "inp")
-    before = snapshot(tmp_path)
-    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work",
-                                                         "--input", inp, "--page", 1), capsys)
-    refusal_line(code, err, inp / "a.png", "holds 1 plane", "no plane 1")
+                                                         "--input", inp, "--page", page), capsys)
+    refusal_line(code, err, inp / file, said, f"no plane {page}")
     assert_unchanged(tmp_path, before)
 
 
