@@ -128,6 +128,17 @@ def lovasz_hinge(logits, labels, per_image=True, ignore=None):
     return tf.reduce_mean(_lovasz_extension(errors, fg))
 
 
+def replica_share(loss):
+    """A loss reduced to one value for a replica's batch, as its share of the global loss.
+
+    Keras divides a loss it reduces itself (one value per pixel or sample) by the replicas
+    in sync and sums their gradients and logged values; a loss that is already one scalar is
+    left whole, so under --strategy mirrored or multiworker its value and gradient would be
+    the replica count times too large."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss
+
+
 def _labels_hw(y_true):
     """Keras hands y_true as float [B,H,W] or [B,H,W,1]; return int [B,H,W]."""
     if len(y_true.shape) == 4:
@@ -156,8 +167,8 @@ class LovaszSoftmaxLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         probas = tf.nn.softmax(y_pred, axis=-1) if self.from_logits else y_pred
-        return lovasz_softmax(probas, _labels_hw(y_true), classes=self.classes,
-                              per_image=self.per_image, ignore=self.ignore)
+        return replica_share(lovasz_softmax(probas, _labels_hw(y_true), classes=self.classes,
+                                            per_image=self.per_image, ignore=self.ignore))
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits,
@@ -186,8 +197,8 @@ class LovaszHingeLoss(keras.losses.Loss):
         self.ignore = ignore
 
     def call(self, y_true, y_pred):
-        return lovasz_hinge(binary_logit(y_pred), _labels_hw(y_true),
-                            per_image=self.per_image, ignore=self.ignore)
+        return replica_share(lovasz_hinge(binary_logit(y_pred), _labels_hw(y_true),
+                                          per_image=self.per_image, ignore=self.ignore))
 
     def get_config(self):
         return {**super().get_config(), "per_image": self.per_image, "ignore": self.ignore}
@@ -219,7 +230,7 @@ class BceDiceLoss(keras.losses.Loss):
         intersection = tf.reduce_sum(onehot * probas, axis=axes)
         total = tf.reduce_sum(onehot, axis=axes) + tf.reduce_sum(probas, axis=axes)
         dice = (2.0 * intersection + self.smooth) / (total + self.smooth)
-        return bce + 1.0 - tf.reduce_mean(dice)
+        return replica_share(bce + 1.0 - tf.reduce_mean(dice))
 
     def get_config(self):
         return {**super().get_config(), "smooth": self.smooth, "ignore": self.ignore}

@@ -12,6 +12,7 @@ from distribute import start_localhost_workers
 from synthetic_patches import make_patch_set
 
 keras = pytest.importorskip("keras")
+import model  # noqa: E402,F401  registers the network's layers, which load_model needs
 
 pytestmark = pytest.mark.trains
 
@@ -125,6 +126,40 @@ def test_normalized_sgd_steps_on_the_summed_gradient():
     same, apart = map(float, result.stdout.split())
     assert apart > 1e-2
     assert same < 1e-5
+
+
+BATCH_LOSS_UNDER_REPLICAS = """
+import sys
+sys.path.insert(0, {root!r})
+from distribute import make_strategy
+mirrored = make_strategy("mirrored", 2)
+import keras, numpy as np, tensorflow as tf
+from lovasz_losses_tf import BceDiceLoss, LovaszHingeLoss, LovaszSoftmaxLoss
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(4, 8, 8, 1)).astype("float32")
+y = rng.integers(0, 2, (4, 8, 8))
+for loss in (LovaszSoftmaxLoss(), LovaszHingeLoss(), BceDiceLoss()):
+    keras.utils.set_random_seed(3)
+    with mirrored.scope():
+        net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, padding="same")])
+        net.compile(loss=loss)
+    logged = net.evaluate(tf.data.Dataset.from_tensor_slices((x, y)).batch(4), verbose=0)
+    halves = (loss(y[:2], net(x[:2])) + loss(y[2:], net(x[2:]))) / 2
+    print(logged, float(halves))
+"""
+
+
+def test_a_loss_of_one_value_per_batch_is_each_replicas_share():
+    """The Lovasz losses (and BCE-Dice) return one value for a replica's batch: two replicas
+    log and step on the mean of their halves' losses, not on their sum (a Lovasz loss above
+    1 was the sign)."""
+    result = subprocess.run([sys.executable, "-c", BATCH_LOSS_UNDER_REPLICAS.format(
+        root=str(ROOT))], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in result.stdout.split("\n")[-4:-1]:
+        logged, halves = map(float, line.split())
+        assert logged == pytest.approx(halves, rel=1e-5)
 
 
 WORKER_LOOP_NAN_STEP = """
