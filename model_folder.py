@@ -15,11 +15,12 @@ from patch_preprocessing import check_preprocessing
 ARGMAX, SIGMOID_RULE = DECISIONS = ("argmax", "sigmoid>0.51")
 
 
-def read_config(model_dir):
-    """The model folder's config.json, checked field by field."""
+def read_config(model_dir, option="--model-dir"):
+    """The model folder's config.json, checked field by field; `option` names where the
+    folder came from."""
     path = Path(model_dir) / "config.json"
     if not path.is_file():
-        raise PipelineError(f"{path} not found: train a model first, or point --model-dir at "
+        raise PipelineError(f"{path} not found: train a model first, or point {option} at "
                             "a model folder")
     config = read_json(path, "model config")
     if not isinstance(config, dict):
@@ -169,8 +170,9 @@ def check_same_recipe(path, model_dir, config):
                             "cannot be read or averaged as this model's")
 
 
-def verify_model_file(path, model_dir, config):
-    """Refuse a model file whose sha256 is not the one training recorded in config.json."""
+def verify_model_file(path, model_dir, config, unchecked=" (--no-verify loads it anyway)"):
+    """Refuse a model file whose sha256 is not the one training recorded in config.json;
+    `unchecked` says how to load it all the same, where the script can."""
     try:   # abspath, not resolve: a model file linked into the folder is the folder's file
         name = Path(os.path.abspath(path)).relative_to(os.path.abspath(model_dir)).as_posix()
     except ValueError:
@@ -179,12 +181,11 @@ def verify_model_file(path, model_dir, config):
     expected = config.get("sha256", {}).get(name)
     if expected is None:
         raise PipelineError(f"{path}: config.json records no sha256 for {name} (trained by an "
-                            "older version, or not written by training); --no-verify loads it "
-                            "unchecked")
+                            f"older version, or not written by training){unchecked}")
     if sha256_of(path) != expected:
         raise PipelineError(f"{path} is not the file training saved (its sha256 differs from "
-                            "config.json's): it is damaged or was replaced; train again, or "
-                            "--no-verify to load it anyway")
+                            "config.json's): it is damaged or was replaced; train again"
+                            f"{unchecked}")
 
 
 def load_model(path):

@@ -802,9 +802,9 @@ def build(args, patch_shape, num_classes):
 def check_init_model(args, classes, scale):
     """(best model file, its sha256) of --init-model, after checking that it fits this run."""
     folder = existing_folder(args.init_model, "--init-model")
-    config = read_config(folder)
+    config = read_config(folder, "--init-model")
     path = model_file(folder, config, "best")
-    verify_model_file(path, folder, config)
+    verify_model_file(path, folder, config, unchecked="")
     theirs = config.get("settings", {}).get("start_neurons", args.start_neurons)
     if theirs != args.start_neurons:
         raise PipelineError(f"--init-model {folder} was built with --start-neurons {theirs}; "

@@ -10,21 +10,57 @@ import tensorflow as tf
 from cli import PipelineError
 
 
+# What TensorFlow raises on a cluster it cannot use (a task outside the cluster, a chief-less
+# chief, SLURM ranks beyond its tasks, no nvidia-smi to count a node's GPUs): the user's to mend.
+CLUSTER_ERRORS = (KeyError, IndexError, TypeError, ValueError, RuntimeError, OSError)
+
+
 def make_multiworker_strategy(cluster):
     """MultiWorkerMirroredStrategy over the cluster that TF_CONFIG or SLURM describes."""
     if cluster == "slurm":
         try:
             resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
-        except (KeyError, RuntimeError, ValueError) as err:
-            raise PipelineError(f"--cluster slurm: not inside a SLURM job step ({err}); start "
-                                "the training with srun") from None
+        except CLUSTER_ERRORS as err:
+            raise PipelineError(f"--cluster slurm: not inside a SLURM job step, or one this "
+                                f"node cannot join ({err}); start the training with "
+                                "srun") from None
     else:
+        check_tf_config()
         resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
         if not resolver.cluster_spec().as_dict():
             raise PipelineError("--strategy multiworker needs the cluster in TF_CONFIG (see "
                                 "README, 'Running on several GPUs or a cluster') or "
                                 "--cluster slurm")
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except CLUSTER_ERRORS as err:
+        raise PipelineError(f"--cluster {cluster}: TensorFlow cannot use this cluster: "
+                            f"{err}") from None
+
+
+def check_tf_config():
+    """TF_CONFIG as TensorFlow needs it, or one line naming what is wrong: JSON, a cluster of
+    task lists, and this process's task (type and index) in it."""
+    import json
+    import os
+    text = os.environ.get("TF_CONFIG", "")
+    if not text.strip():
+        return
+    try:
+        config = json.loads(text)
+    except ValueError as err:
+        raise PipelineError(f"TF_CONFIG is not JSON ({err})") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not all(isinstance(v, list) for v in cluster.values()):
+        raise PipelineError('TF_CONFIG needs "cluster": {"worker": ["host:port", ...], ...}')
+    task = config.get("task")
+    if not isinstance(task, dict):
+        raise PipelineError('TF_CONFIG needs this process\'s "task": {"type": "worker", '
+                            '"index": 0}')
+    kind, index = task.get("type"), task.get("index")
+    if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        listed = ", ".join(f"{k} 0..{len(v) - 1}" for k, v in cluster.items())
+        raise PipelineError(f"TF_CONFIG's task {kind} {index} is not in its cluster ({listed})")
 
 
 def is_chief(strategy):

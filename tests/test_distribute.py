@@ -1,6 +1,7 @@
 """Training under tf.distribute: two replicas (two logical CPU devices) take the step one
 device takes on the same global batch."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,28 @@ def test_normalized_sgd_steps_on_the_summed_gradient():
     same, apart = map(float, result.stdout.split())
     assert apart > 1e-2
     assert same < 1e-5
+
+
+@pytest.mark.parametrize("tf_config, said", [
+    ('{"cluster": {', "TF_CONFIG is not JSON"),
+    ('{"cluster": ["a:1"], "task": {"type": "worker", "index": 0}}', '"cluster": {"worker"'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', 'needs this process\'s "task"'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 5}}',
+     "task worker 5 is not in its cluster (worker 0..1)"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+     "task chief 0 is not in its cluster"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": "x"}}',
+     "task worker x is not in its cluster"),
+])
+def test_a_malformed_tf_config_is_one_line(tf_config, said, monkeypatch):
+    from cli import PipelineError
+    from worker_loop import check_tf_config
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(PipelineError, match=re.escape(said)):
+        check_tf_config()
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    check_tf_config()
 
 
 BATCH_LOSS_UNDER_REPLICAS = """

@@ -497,6 +497,19 @@ def test_several_weights_predict_the_mean_of_their_probabilities(model_dir, work
                 "m_other.h5", "--output", str(tmp_path / "out2")])
 
 
+def test_a_model_folder_is_refused_in_the_words_of_the_option_that_named_it(tmp_path):
+    """Training's --init-model has no --no-verify to offer and is not --model-dir."""
+    from model_folder import read_config, verify_model_file
+    with pytest.raises(PipelineError, match="point --init-model at a model folder"):
+        read_config(tmp_path, "--init-model")
+    (tmp_path / "m.h5").write_bytes(b"replaced")
+    config = {"sha256": {"m.h5": "0" * 64}}
+    with pytest.raises(PipelineError, match=r"train again$"):
+        verify_model_file(tmp_path / "m.h5", tmp_path, config, unchecked="")
+    with pytest.raises(PipelineError, match=r"train again \(--no-verify loads it anyway\)$"):
+        verify_model_file(tmp_path / "m.h5", tmp_path, config)
+
+
 def test_a_model_file_of_another_recipe_is_refused_by_its_own_config(model_dir, work, tmp_path):
     """A file from another model folder, alone or in an ensemble: its own config.json says
     what its outputs mean. The class count matching is not enough (bead and cell swapped)."""
