@@ -4,6 +4,9 @@ metrics along an axis they lack, tensorflow#72388). This loop runs the model's o
 train_step and test_step through strategy.run (the same loss, metrics and optimizer as
 fit) and calls the same callbacks at the same moments; the metrics' totals are summed over
 every replica of every worker when read."""
+import json
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -41,8 +44,6 @@ def make_multiworker_strategy(cluster):
 def check_tf_config():
     """TF_CONFIG as TensorFlow needs it, or one line naming what is wrong: JSON, a cluster of
     task lists, and this process's task (type and index) in it."""
-    import json
-    import os
     text = os.environ.get("TF_CONFIG", "")
     if not text.strip():
         return
