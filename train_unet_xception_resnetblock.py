@@ -207,6 +207,12 @@ def parse_args(argv=None):
         p.error("--dropout must be in [0, 1)")
     if args.bn_batches < 0 or args.swa_epochs < 0:
         p.error("--bn-batches and --swa-epochs must not be negative")
+    # Refused rather than ignored: a user who asked for them would believe they took effect.
+    if args.cluster != "tf-config" and args.strategy != "multiworker":
+        p.error(f"--cluster {args.cluster} needs --strategy multiworker")
+    if args.cpu_devices > 1 and args.strategy not in ("auto", "mirrored"):
+        p.error(f"--cpu-devices {args.cpu_devices} needs --strategy mirrored (or auto): "
+                f"--strategy {args.strategy} does not split the CPU")
     return args
 
 

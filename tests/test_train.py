@@ -602,6 +602,23 @@ def test_an_option_keras_or_numpy_would_refuse_is_refused_by_the_parser(option, 
     assert option in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, named", [
+    (["--cluster", "slurm"], "--cluster slurm needs --strategy multiworker"),
+    (["--strategy", "mirrored", "--cluster", "slurm"], "--cluster slurm needs"),
+    (["--strategy", "one", "--cpu-devices", "2"], "--cpu-devices 2 needs --strategy mirrored"),
+    (["--strategy", "multiworker", "--cpu-devices", "2"], "--strategy multiworker does not")])
+def test_a_device_option_the_strategy_would_ignore_is_refused(argv, named, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert named in capsys.readouterr().err
+
+
+def test_device_options_their_strategy_uses_are_taken():
+    assert train.parse_args(["--strategy", "multiworker", "--cluster", "slurm"]).cluster == "slurm"
+    assert train.parse_args(["--cpu-devices", "2"]).cpu_devices == 2
+    assert train.parse_args(["--strategy", "mirrored", "--cpu-devices", "2"]).cpu_devices == 2
+
+
 def test_seeds_and_momentum_in_range_are_taken():
     args = train.parse_args(["--momentum", "0", "--seed", "0", "--random-state", str(2 ** 32 - 1)])
     assert (args.momentum, args.seed, args.random_state) == (0.0, 0, 2 ** 32 - 1)
