@@ -253,6 +253,14 @@ def fraction_below_one(text):
 
 UNPUBLISHED = "nothing of this run was published, and earlier results are as they were"
 
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C whose advice depends on how far the run had got (run_cli prints it)."""
+
+    def __init__(self, advice):
+        super().__init__(advice)
+        self.advice = advice
+
 # What the system refuses to a user's file or folder (permissions, a read-only or full disk):
 # the user's to mend, so one line wherever it happens; any other OSError is a bug to show.
 _REFUSED_BY_THE_SYSTEM = {getattr(errno, name)
@@ -313,8 +321,8 @@ def run_cli(main, interrupted=UNPUBLISHED):
         print("error: out of memory; use smaller images, patches or batches, or a machine with "
               "more memory (nothing of this run was published)", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"interrupted; {interrupted}", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        print(f"interrupted; {getattr(stop, 'advice', interrupted)}", file=sys.stderr)
         sys.exit(130)
     except OSError as err:
         if err.errno not in _REFUSED_BY_THE_SYSTEM:

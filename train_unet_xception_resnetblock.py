@@ -55,10 +55,10 @@ from image_io import (DEFAULT_INTENSITY, PNG_HEADER_BYTES, check_intensity,  # n
                       check_label_values, png_header, read_image)
 from outputs import (atomic_write_text, foreign_entries, remove_leftovers,  # noqa: E402
                      same_or_inside, sha256_of, write_json)
-from cli import (IGNORE_LABEL, PipelineError, check_split_written, existing_folder,  # noqa: E402
-                 finite_float, fraction_below_one, held_out_count, positive_float, positive_int,
-                 read_classes, read_json, refuse_file, run_cli, seed_value, some_names,
-                 WORK_DIR)
+from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written,  # noqa: E402
+                 existing_folder, finite_float, fraction_below_one, held_out_count,
+                 positive_float, positive_int, read_classes, read_json, refuse_file, run_cli,
+                 seed_value, some_names, WORK_DIR)
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
                           model_file, read_config, verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
@@ -910,9 +910,26 @@ def check_inputs(args, work):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        train_model(args)
+    except KeyboardInterrupt:
+        aside = aside_folder(model_folder(args))
+        if aside.exists():
+            raise Interrupted(f"{aside} still holds the earlier model folder, as this run saved "
+                              "no checkpoint: rerun with --restart to train anew (it is then "
+                              f"deleted), or move it back to {model_folder(args)} to keep it"
+                              ) from None
+        raise
+
+
+def model_folder(args):
+    return Path(args.model_dir) if args.model_dir else Path(args.work_dir) / "weights"
+
+
+def train_model(args):
     work = existing_folder(args.work_dir, "--work-dir",
                            "run gen_img_aug.py and pre_processing.py first")
-    model_dir = Path(args.model_dir) if args.model_dir else work / "weights"
+    model_dir = model_folder(args)
     refuse_file(model_dir, "--model-dir")
     check_model_dir(model_dir, work, args.data_dir, args.init_model)
     classes, stats, split, patch_shape, recorded, init = check_inputs(args, work)

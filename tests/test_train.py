@@ -11,7 +11,7 @@ keras = pytest.importorskip("keras")
 
 import train_unet_xception_resnetblock as train  # noqa: E402
 import training_callbacks  # noqa: E402
-from cli import IGNORE_LABEL  # noqa: E402
+from cli import IGNORE_LABEL, Interrupted  # noqa: E402
 from outputs import sha256_of  # noqa: E402
 from metrics import confusion_matrix, iou_per_class  # noqa: E402
 from synthetic_patches import (SIZE, held_out, make_patch_set, mean_iou,  # noqa: E402
@@ -838,6 +838,29 @@ def test_a_model_moved_aside_by_a_stopped_restart_is_not_deleted_by_another_run(
     assert file_digests(aside) == before
     short_run(tmp_path, "--lr", "0.02", "--restart")     # as the message says: it lets it go
     assert not aside.exists()
+
+
+class CtrlC(keras.callbacks.Callback):
+    def on_train_batch_begin(self, batch, logs=None):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_before_a_restarts_first_checkpoint_says_where_the_earlier_model_is(
+        tmp_path, monkeypatch):
+    """The usual advice (the same command without --restart resumes) is wrong there: that
+    command is refused while <model-dir>.previous holds the earlier model."""
+    short_run(tmp_path)
+    with_extra_callback(monkeypatch, CtrlC(), first=True)
+    with pytest.raises(Interrupted, match=r"weights.previous still holds the earlier model "
+                                          r"folder.*rerun with --restart.*move it back to"):
+        short_run(tmp_path, "--lr", "0.02", "--restart")
+    monkeypatch.undo()
+    short_run(tmp_path, "--lr", "0.02", "--restart")     # as it says: it lets it go
+    assert not (tmp_path / "work" / "weights.previous").exists()
+    with_extra_callback(monkeypatch, CtrlC(), first=True)
+    with pytest.raises(KeyboardInterrupt) as stop:
+        short_run(tmp_path, "--model-dir", str(tmp_path / "another"))
+    assert not isinstance(stop.value, Interrupted)      # the script's usual advice
 
 
 def test_validation_steps_are_at_most_the_validation_batches(capsys):
