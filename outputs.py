@@ -341,19 +341,24 @@ def prob_file(name, cls):
 LOCK_NAME = ".work.lock"
 
 
-@contextmanager
 def work_lock(folder, script):
     """Hold the work folder for one script run: a second gen_img_aug.py or pre_processing.py
-    on the same folder is refused instead of mixing its files with the first one's. The
-    operating system drops the lock when the process ends, killed or not; the file, emptied
-    on release, names the holder while it runs."""
-    path = Path(folder) / LOCK_NAME
+    on the same folder is refused instead of mixing its files with the first one's."""
+    return exclusive_lock(Path(folder) / LOCK_NAME, script,
+                          lambda holder: f"{folder} is being written by {holder}; wait for it "
+                                         "to finish, or use another --work-dir")
+
+
+@contextmanager
+def exclusive_lock(path, script, refusal):
+    """Hold the lock file at path for one script run; another run that asks for it is
+    refused with refusal(holder). The operating system drops the lock when the process
+    ends, killed or not; the file, emptied on release, names the holder while it runs."""
     handle = open(path, "a+")
     try:
         held = _try_lock(handle, path)
         if held is False:
-            raise PipelineError(f"{folder} is being written by {_holder(handle)}; wait for it "
-                                "to finish, or use another --work-dir")
+            raise PipelineError(refusal(_holder(handle)))
         handle.seek(0)
         handle.truncate()
         handle.write(f"{script} (process {os.getpid()})")

@@ -42,6 +42,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from hardware import add_precision_option, keep_nan_visible, prepare_tensorflow, use_precision
@@ -53,8 +54,8 @@ import numpy as np  # noqa: E402
 from distribute import STRATEGIES  # noqa: E402
 from image_io import (DEFAULT_INTENSITY, PNG_HEADER_BYTES, check_intensity,  # noqa: E402
                       check_label_values, png_header, read_image)
-from outputs import (atomic_write_text, foreign_entries, remove_leftovers,  # noqa: E402
-                     same_or_inside, sha256_of, write_json)
+from outputs import (atomic_write_text, exclusive_lock, foreign_entries,  # noqa: E402
+                     remove_leftovers, same_or_inside, sha256_of, write_json)
 from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written,  # noqa: E402
                  existing_folder, finite_float, fraction_below_one, held_out_count,
                  positive_float, positive_int, read_classes, read_json, refuse_file, run_cli,
@@ -911,7 +912,8 @@ def check_inputs(args, work):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        train_model(args)
+        with ExitStack() as held:
+            train_model(args, held)
     except KeyboardInterrupt:
         aside = aside_folder(model_folder(args))
         if aside.exists():
@@ -923,10 +925,27 @@ def main(argv=None):
 
 
 def model_folder(args):
-    return Path(args.model_dir) if args.model_dir else Path(args.work_dir) / "weights"
+    """--model-dir, or the work folder's weights/, as an absolute path: its name makes the
+    names of the folders and the lock file beside it."""
+    path = Path(os.path.abspath(args.model_dir or Path(args.work_dir) / "weights"))
+    if not path.name:
+        raise PipelineError(f"--model-dir {args.model_dir} is the file system's root; choose "
+                            "a folder of its own")
+    return path
 
 
-def train_model(args):
+def model_folder_lock(model_dir):
+    """Held while training writes model_dir: a second training into it is refused instead of
+    mixing its checkpoints, log and config with this one's."""
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = model_dir.with_name(f".{model_dir.name.lstrip('.')}.lock")   # a worker's: hidden
+    return exclusive_lock(lock, Path(__file__).name,
+                          lambda holder: f"{model_dir} is being trained by {holder}; wait for "
+                                         "it to finish, or use another --model-dir")
+
+
+def train_model(args, held):
+    """Train as args say, the lock on the model folder entered into the ExitStack held."""
     work = existing_folder(args.work_dir, "--work-dir",
                            "run gen_img_aug.py and pre_processing.py first")
     model_dir = model_folder(args)
@@ -937,6 +956,10 @@ def train_model(args):
     labels = labels_digest(work, train_names + val_names)
     fingerprint = settings_fingerprint(args, stats, split, init, classes, labels)
     earlier = earlier_fingerprint(args, stats, split, init)
+    # A multiworker process knows the folder it writes (the chief's, or a scratch one) only
+    # once the cluster has formed.
+    if args.strategy != "multiworker":
+        held.enter_context(model_folder_lock(model_dir))
     plan = plan_model_folder(model_dir, fingerprint, args, earlier)
     if plan == "fresh" and not args.restart and holds_training(aside_folder(model_dir)):
         # Left by a --restart stopped before its first checkpoint: the model it replaces.
@@ -962,6 +985,11 @@ def train_model(args):
             return
         # Every worker computes and saves alike; only the chief's folder stays.
         model_dir, plan = worker_scratch(model_dir, strategy, fingerprint, args, earlier)
+    if args.strategy == "multiworker":
+        held.enter_context(model_folder_lock(model_dir))
+        if chief and plan_model_folder(model_dir, fingerprint, args, earlier) != plan:
+            raise PipelineError(f"{model_dir} changed while the cluster formed (another "
+                                "training?); rerun the command on every worker")
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas
     note_large_batch(len(train_names), global_batch)

@@ -298,4 +298,8 @@ def test_two_workers_train_as_one_process_and_resume_after_a_kill(patch_work, on
     assert config["result"]["epochs_done"] == 3
     assert config["distribution"]["replicas"] == 2
     assert config["distribution"]["global_batch"] == 4
-    assert not (model_dir / "backup").exists() and not list(patch_work.glob(".workers.*"))
+    assert not (model_dir / "backup").exists()
+    # The workers' scratch folders are gone; the lock files stay, emptied, as .work.lock does.
+    assert sorted(p.name for p in patch_work.glob(".workers.*")) == [".workers.lock",
+                                                                    ".workers.worker1.lock"]
+    assert all(p.read_text() == "" for p in patch_work.glob(".workers.*"))

@@ -840,6 +840,39 @@ def test_a_model_moved_aside_by_a_stopped_restart_is_not_deleted_by_another_run(
     assert not aside.exists()
 
 
+def test_a_training_into_a_model_folder_another_is_training_is_refused(tmp_path):
+    short_run(tmp_path)
+    model_dir = tmp_path / "work" / "weights"
+    before = file_digests(model_dir)
+    with train.model_folder_lock(model_dir):     # as another process would hold it
+        with pytest.raises(train.PipelineError,
+                           match=r"weights is being trained by train_unet_xception_resnetblock"
+                                 r"\.py \(process \d+\); wait for it to finish, or use "
+                                 r"another --model-dir"):
+            short_run(tmp_path, "--lr", "0.02", "--restart")
+    assert file_digests(model_dir) == before
+    assert not (tmp_path / "work" / "weights.previous").exists()
+    short_run(tmp_path, "--lr", "0.02", "--restart")        # released when that run ended
+
+
+@pytest.mark.parametrize("model_dir", ["/", "//"])
+def test_the_root_as_model_folder_is_refused(tmp_path, model_dir):
+    make_patch_set(tmp_path / "work", 4)
+    with pytest.raises(train.PipelineError, match="is the file system's root"):
+        train.main(["--work-dir", str(tmp_path / "work"), "--model-dir", model_dir])
+
+
+def test_a_relative_model_folder_names_its_neighbours_by_its_real_name(tmp_path, monkeypatch):
+    """'.' and '..' have no name of their own to put .previous or .lock after."""
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    args = train.parse_args(["--model-dir", "."])
+    assert train.aside_folder(train.model_folder(args)) == tmp_path / "sub.previous"
+    args = train.parse_args(["--model-dir", ".."])
+    assert train.aside_folder(train.model_folder(args)) == tmp_path.with_name(
+        f"{tmp_path.name}.previous")
+
+
 class CtrlC(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         raise KeyboardInterrupt
