@@ -944,6 +944,15 @@ def model_folder_lock(model_dir):
                                          "it to finish, or use another --model-dir")
 
 
+def hold_model_folder(held, model_dir, plan, *fingerprints):
+    """Take the model folder's lock into the ExitStack held, once the plan's refusals have
+    left it untouched; the plan, made before, must still hold."""
+    held.enter_context(model_folder_lock(model_dir))
+    if plan_model_folder(model_dir, *fingerprints) != plan:
+        raise PipelineError(f"{model_dir} changed while this run prepared (another training "
+                            "finished in it?); run the command again")
+
+
 def train_model(args, held):
     """Train as args say, the lock on the model folder entered into the ExitStack held."""
     work = existing_folder(args.work_dir, "--work-dir",
@@ -956,10 +965,6 @@ def train_model(args, held):
     labels = labels_digest(work, train_names + val_names)
     fingerprint = settings_fingerprint(args, stats, split, init, classes, labels)
     earlier = earlier_fingerprint(args, stats, split, init)
-    # A multiworker process knows the folder it writes (the chief's, or a scratch one) only
-    # once the cluster has formed.
-    if args.strategy != "multiworker":
-        held.enter_context(model_folder_lock(model_dir))
     plan = plan_model_folder(model_dir, fingerprint, args, earlier)
     if plan == "fresh" and not args.restart and holds_training(aside_folder(model_dir)):
         # Left by a --restart stopped before its first checkpoint: the model it replaces.
@@ -967,6 +972,10 @@ def train_model(args, held):
                             "moved aside, which this run would delete once it has a "
                             "checkpoint: add --restart to train anew and let it go, or move "
                             f"it back to {model_dir} (or elsewhere) to keep it")
+    # A multiworker process knows the folder it writes (the chief's, or a scratch one) only
+    # once the cluster has formed.
+    if args.strategy != "multiworker":
+        hold_model_folder(held, model_dir, plan, fingerprint, args, earlier)
     if plan == "done":
         if not refilter_finished(args, model_dir, split["val_frames"]):
             print(f"{model_dir} already holds the model this command trains; nothing to do "
@@ -986,10 +995,7 @@ def train_model(args, held):
         # Every worker computes and saves alike; only the chief's folder stays.
         model_dir, plan = worker_scratch(model_dir, strategy, fingerprint, args, earlier)
     if args.strategy == "multiworker":
-        held.enter_context(model_folder_lock(model_dir))
-        if chief and plan_model_folder(model_dir, fingerprint, args, earlier) != plan:
-            raise PipelineError(f"{model_dir} changed while the cluster formed (another "
-                                "training?); rerun the command on every worker")
+        hold_model_folder(held, model_dir, plan, fingerprint, args, earlier)
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas
     note_large_batch(len(train_names), global_batch)

@@ -1203,14 +1203,14 @@ def test_scale_that_shrinks_a_frame_below_32_px_is_refused(scale, tmp_path, caps
     accepted(code, err)
 
 
-@pytest.mark.parametrize("kwargs, stop, said", [
+@pytest.mark.parametrize("kwargs, ctrl_c, said", [
     ({}, KeyboardInterrupt, "earlier results are as they were"),
     ({"interrupted": "the folder is unfinished"}, KeyboardInterrupt, "the folder is unfinished"),
     ({"interrupted": "the folder is unfinished"}, cli.Interrupted("it got further"),
      "it got further")])
-def test_ctrl_c_is_one_line_that_says_what_it_left(kwargs, stop, said, capsys):
+def test_ctrl_c_is_one_line_that_says_what_it_left(kwargs, ctrl_c, said, capsys):
     def interrupted():
-        raise stop
+        raise ctrl_c
     with pytest.raises(SystemExit) as stop:
         cli.run_cli(interrupted, **kwargs)
     assert stop.value.code == 130
