@@ -39,6 +39,7 @@ classes overwrite earlier ones; other pixels are background.
 import argparse
 import csv
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -48,8 +49,9 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
                       check_label_size, find_label, list_images, parse_intensity, pixel_sizes_um,
                       read_image, read_label, square_side, to_color_mode, write_image)
 from band_objects import objects_of_class
-from outputs import COLOR_SUFFIX, PROB_INFIX, prob_file, staged_output, write_json
-from shards import copy_shard_files, merge_object_tables, open_shards
+from outputs import (COLOR_SUFFIX, PROB_INFIX, prob_file, same_or_inside, staged_output,
+                     write_json)
+from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
 from cli import (PipelineError, finite_float, non_negative_float, positive_float, read_classes,
                  read_json, run_cli, WORK_DIR)
 from figures import PALETTE, colorize, save_figure, pyplot
@@ -253,7 +255,19 @@ def image_pixel_sizes(images, names, given):
         print(f"note: {len(uneven)} image(s) record pixels that are not square ({uneven[0]}: "
               f"{width:.6g} x {height:.6g} \u00b5m): their objects are measured in pixels "
               f"only; --pixel-size gives one size for every image")
-    return {name: square_side(size) for name, size in sizes.items()}
+    return without_absurd_sizes({name: square_side(size) for name, size in sizes.items()})
+
+
+def without_absurd_sizes(sides):
+    """The recorded sides, less those outside PIXEL_SIZE_RANGE (broken metadata: a side of
+    1e300 um overflows the areas, one of 1e-300 um rounds them to 0), with a note."""
+    lo, hi = PIXEL_SIZE_RANGE
+    absurd = [name for name, side in sides.items() if side is not None and not lo <= side <= hi]
+    if absurd:
+        print(f"note: {len(absurd)} image(s) record a pixel size outside {lo:g}..{hi:g} \u00b5m "
+              f"({absurd[0]}: {sides[absurd[0]]:.6g} \u00b5m), which is no microscope's: their "
+              "objects are measured in pixels only; --pixel-size gives one size for every image")
+    return {name: None if name in absurd else side for name, side in sides.items()}
 
 
 def csv_record(image, classes, row, pixel_size):
@@ -453,12 +467,26 @@ def folders(args, pred, info):
     elif is_test_set:
         out = work / "test" / "contours"
     else:
-        out = pred.parent / f"{pred.name}_contours"
+        # Spelled out first: --pred-dir . (run inside the folder) has no name to add to.
+        whole = Path(os.path.abspath(pred))
+        out = whole.parent / f"{whole.name}_contours"
     # Another folder's panels apart from the test set's: frames of one name (img001) in two
     # folders would replace each other's panels.
     figures = Path(args.figures_dir) if args.figures_dir else \
         work / "figures" if is_test_set else work / "figures" / pred.resolve().name
+    if args.panels:
+        check_figures_outside(figures, out)
     return images, Path(labels) if labels else None, out, figures
+
+
+def check_figures_outside(figures, out):
+    """Refuse a figures folder that is the output folder or lies inside it: the output is
+    replaced whole after the panels are written, which would lose them."""
+    inside = Path(os.path.abspath(figures)).is_relative_to(os.path.abspath(out))
+    if inside or same_or_inside(figures, out):
+        raise PipelineError(f"--figures-dir {figures} is or lies inside the output folder "
+                            f"{out}, which is replaced whole and would lose the panels; give "
+                            "another --figures-dir or --output")
 
 
 class Outliner:
@@ -600,17 +628,43 @@ def main(argv=None):
 
             outliner(name, images[name], staging, panels, write_row)
         if "shard" in info:
-            write_json(staging / SHARD_RECORD, {"shard": info["shard"], "images": names,
-                                                "all_images": info["all_images"]})
+            write_json(staging / SHARD_RECORD, {
+                "shard": info["shard"], "images": names, "all_images": info["all_images"],
+                "prediction": run_settings(info), **contour_settings(args, intensity)})
 
     print(f"{tally.total} objects in {len(names)} images -> {out / MARKER}, contours in {out}"
           + (f", panels in {figures}" if args.panels else ""))
     tally.print(len(names), measured_in_um)
 
 
+def contour_settings(args, intensity):
+    """The options that shape objects.csv and the pictures, which a shard's contours record:
+    shards outlined with other options would merge into a table no single run writes."""
+    return {"min_area": args.min_area, "pixel_size_um": args.pixel_size,
+            "from_probs": args.from_probs,
+            "thresholds": args.thresholds if args.from_probs else None,
+            "intensity": intensity, "stream_above_mp": args.stream_above}
+
+
+def check_object_table(folder):
+    """A shard's objects.csv as this script writes it: present, with its own header (not
+    saved again by a spreadsheet, which changes the separator or adds columns)."""
+    path = folder / MARKER
+    if not path.is_file():
+        raise PipelineError(f"{path} is missing: run get_contour.py on that shard again")
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), None)
+    if header not in (csv_columns(False), csv_columns(True)):
+        raise PipelineError(f"{path} is not the table get_contour.py wrote (its header differs; "
+                            "saved again by a spreadsheet?): run get_contour.py on that shard "
+                            "again")
+
+
 def merge(args):
     """--merge: the contour folders of prediction shards as the folder one run writes."""
     folders, _, everything, out = open_shards(args.merge, args.output, SHARD_RECORD)
+    for folder in folders:
+        check_object_table(folder)
     with staged_output(out, MARKER) as staging:
         copy_shard_files(folders, staging, skip={MARKER, SHARD_RECORD})
         count = merge_object_tables([f / MARKER for f in folders], everything, staging / MARKER)

@@ -84,3 +84,16 @@ def annotation(mask, classes, image_path, json_dir, tolerance=DEFAULT_TOLERANCE)
             "imagePath": os.path.relpath(Path(image_path).resolve(), Path(json_dir).resolve()),
             "imageData": None, "imageHeight": int(mask.shape[0]),
             "imageWidth": int(mask.shape[1])}
+
+
+def moved_image_path(image_path, json_dir, new_json_dir):
+    """imagePath of an annotation saved in json_dir, for a copy saved in new_json_dir: the
+    same image, relative to the copy; an image beside the annotation (a stack plane's PNG)
+    or given whole stays as it is."""
+    if os.path.isabs(image_path):
+        return image_path
+    json_dir = Path(json_dir).resolve()
+    image = (json_dir / image_path).resolve()
+    if image.parent == json_dir:
+        return image_path
+    return os.path.relpath(image, Path(new_json_dir).resolve())

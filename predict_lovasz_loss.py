@@ -97,7 +97,7 @@ from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       describe_intensity, find_label, list_images, parse_intensity,
                       pixel_size_um, read_image, read_label, to_color_mode, unread_images,
                       write_image, write_tiff)
-from labelme_export import DEFAULT_TOLERANCE, annotation  # noqa: E402
+from labelme_export import DEFAULT_TOLERANCE, annotation, moved_image_path  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  # noqa: E402
                           load_model, model_file, read_config, verify_model_file)
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
@@ -919,6 +919,8 @@ def main(argv=None):
 def merge(args):
     """--merge: the shards' folders as the one folder a single run writes."""
     folders, records, everything, out = open_shards(args.merge, args.output, MARKER)
+    for folder, record in zip(folders, records):
+        check_shard_files(folder, record)
     check_replaceable(out, MARKER)
     classes = records[0]["classes"]
     per_image = {}
@@ -929,6 +931,7 @@ def merge(args):
     chart_copy = records[0].get("chart_copy")
     with staged_output(out, MARKER) as staging:
         copy_shard_files(folders, staging, skip={MARKER, *REPORT_FILES})
+        relocate_labelme(folders, staging / "labelme", out / "labelme")
         rows = publish_report(staging, Path(chart_copy) if chart_copy else None, per_image,
                               total_cm, classes, any((f / "iou.pdf").is_file() for f in folders))
         write_json(staging / MARKER, merged_record(records, everything))
@@ -937,6 +940,36 @@ def merge(args):
 
 
 REPORT_FILES = ("iou.csv", "iou.json", "iou.png", "iou.pdf")
+
+
+def check_shard_files(folder, record):
+    """Refuse a shard folder that lacks a file its run wrote (deleted or moved since): the
+    merged folder would list a frame whose mask is not there."""
+    streamed = set(record.get("streamed") or ())
+    for name in record["images"]:
+        suffix = ".tif" if name in streamed or record.get("mask_format") == "tif" else ".png"
+        files = output_files(name, record["classes"], suffix, record.get("probability_maps"))
+        if record.get("labelme"):
+            files.append(f"labelme/{name}.json")
+        missing = [file for file in files if not (folder / file).is_file()]
+        if missing:
+            raise PipelineError(f"{folder} lacks {missing[0]}, which its run wrote for frame "
+                                f"{name}: put it back, or predict that shard again")
+
+
+def relocate_labelme(folders, staging, final):
+    """The shards' LabelMe files, copied into staging, with their imagePath relative to the
+    merged folder `final` (--output may lie elsewhere than the shards): LabelMe would find
+    no image, and labelme_to_label.py none or another one of the same name."""
+    for folder in folders:
+        for path in sorted((folder / "labelme").glob("*.json")):
+            document = read_json(path, "LabelMe file")
+            image = document.get("imagePath") if isinstance(document, dict) else None
+            if not isinstance(image, str):
+                continue
+            moved = moved_image_path(image, folder / "labelme", final)
+            if moved != image:
+                write_json(staging / path.name, {**document, "imagePath": moved})
 
 
 def shard_confusion_matrices(folder, num_classes):

@@ -47,6 +47,9 @@ def read_shards(folders, marker):
         record = read_json(path, "shard record")
         if not isinstance(record, dict) or "shard" not in record:
             raise PipelineError(f"{path} is not a shard's record (run with --shard I/N)")
+        if not well_formed(record):
+            raise PipelineError(f"{path} is not a shard's record as this pipeline writes it "
+                                "(changed by hand?); run that shard again")
         records.append(record)
     counts = {tuple(r["shard"])[1] for r in records}
     found = sorted(tuple(r["shard"])[0] for r in records)
@@ -66,6 +69,15 @@ def read_shards(folders, marker):
     if sorted(covered) != sorted(everything):
         raise PipelineError("the shards do not cover the run's images exactly once")
     return records, everything
+
+
+def well_formed(record):
+    """Whether a shard's record holds its shard I/N and lists of image names."""
+    shard, lists = record["shard"], (record.get("images"), record.get("all_images"))
+    return (isinstance(shard, list) and len(shard) == 2
+            and all(type(k) is int for k in shard) and 1 <= shard[0] <= shard[1]
+            and all(isinstance(names, list) and all(isinstance(n, str) for n in names)
+                    for names in lists))
 
 
 def run_settings(record):

@@ -287,3 +287,93 @@ def test_image_overview_keeps_every_step_th_pixel_of_the_mapped_image(tmp_path, 
     tifffile.imwrite(tmp_path / "a.tif", image, tile=(32, 32))
     overview = G.image_overview(tmp_path / "a.tif", DEFAULT_INTENSITY, image.shape)
     assert np.array_equal(overview, read_image(tmp_path / "a.tif")[::5, ::5])
+
+
+# ---------------------------------------------------------------- folders and shards
+
+@pytest.mark.parametrize("inside", ["", "panels"])
+def test_panels_in_the_output_folder_are_refused_not_lost(pred, inside):
+    """--figures-dir = --output (or a folder in it): the output replaced whole after the
+    panels were written dropped them (first run) or left them in the old output (later)."""
+    figures = pred / "contours" / inside
+    for _ in range(2):
+        with pytest.raises(PipelineError, match="--figures-dir .* inside the output folder"):
+            run(pred, "--figures-dir", str(figures))
+        assert not (pred / "contours").exists()
+    run(pred, "--figures-dir", str(figures), "--no-panels")      # no panels, nothing to lose
+
+
+def test_the_prediction_folder_given_as_dot_gets_its_contours_beside_it(pred, monkeypatch):
+    monkeypatch.chdir(pred / "predict")
+    G.main(["--work-dir", str(pred / "work"), "--pred-dir", ".", "--no-panels"])
+    assert (pred / "predict_contours" / "objects.csv").is_file()
+    assert sorted(p.name for p in (pred / "predict").iterdir()) == \
+        ["one.png", "predict.json", "two.png"]
+
+
+def test_a_pixel_size_no_microscope_has_is_measured_in_pixels(pred, capsys):
+    """An OME-TIFF recording 1e300 um pixels overflowed the areas (a traceback), one of
+    1e-300 um gave areas of 0."""
+    import tifffile
+    image = cv2.imread(str(pred / "src" / "one.png"), cv2.IMREAD_GRAYSCALE)
+    for name, size in (("one", 1e300), ("two", 1e-300)):
+        (pred / "src" / f"{name}.png").unlink()
+        tifffile.imwrite(pred / "src" / f"{name}.ome.tif", image,
+                         metadata={"PhysicalSizeX": size, "PhysicalSizeY": size})
+    rows = run(pred, "--no-panels")
+    assert "area_um2" not in rows[0]
+    assert "2 image(s) record a pixel size outside" in capsys.readouterr().out
+
+
+def contour_shards(pred, *options):
+    """The prediction folder split into shards 1/2 and 2/2 as predict --shard writes them,
+    each outlined with its options (a list per shard)."""
+    info = json.loads((pred / "predict" / "predict.json").read_text())
+    folders = []
+    for i, name in ((1, "one"), (2, "two")):
+        shard = pred / f"predict_shard{i}of2"
+        shard.mkdir()
+        (shard / f"{name}.png").write_bytes((pred / "predict" / f"{name}.png").read_bytes())
+        (shard / "predict.json").write_text(json.dumps(
+            {**info, "images": [name], "shard": [i, 2], "all_images": ["one", "two"]}))
+        G.main(["--work-dir", str(pred / "work"), "--pred-dir", str(shard), "--no-panels",
+                *options[i - 1]])
+        folders.append(str(shard) + "_contours")
+    return folders
+
+
+@pytest.mark.parametrize("options, differs", [
+    ((["--min-area", "10"], []), "min_area"),
+    ((["--pixel-size", "0.5"], []), "pixel_size_um"),
+])
+def test_contours_of_shards_outlined_otherwise_are_not_merged(pred, options, differs):
+    """A table with specks dropped, or micrometres given, in one shard only is no table a
+    single run writes."""
+    folders = contour_shards(pred, *options)
+    with pytest.raises(PipelineError, match=f"other settings .*{differs}"):
+        G.main(["--merge", *folders])
+    assert not (pred / "predict_contours").exists()
+
+
+def test_contours_of_shards_of_two_predictions_are_not_merged(pred):
+    folders = contour_shards(pred, [], [])
+    record = pred / "predict_shard2of2" / "predict.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "model_file": "other.h5"}))
+    G.main(["--work-dir", str(pred / "work"), "--pred-dir", str(record.parent), "--no-panels"])
+    with pytest.raises(PipelineError, match=r"other settings .*\(prediction\)"):
+        G.main(["--merge", *folders])
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda f: (f / "objects.csv").unlink(), "objects.csv is missing"),
+    (lambda f: (f / "objects.csv").write_text((f / "objects.csv").read_text().replace(",", ";")),
+     "not the table get_contour.py wrote"),
+    (lambda f: (f / "shard.json").write_text('{"shard": 1}'), "not a shard's record as"),
+])
+def test_a_shards_contours_changed_by_hand_are_refused_in_one_line(pred, spoil, message):
+    folders = contour_shards(pred, [], [])
+    G.main(["--merge", *folders, "--output", str(pred / "merged")])       # the control
+    spoil(Path(folders[0]))
+    with pytest.raises(PipelineError, match=message):
+        G.main(["--merge", *folders, "--output", str(pred / "again")])
+    assert not (pred / "again").exists()

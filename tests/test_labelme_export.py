@@ -111,3 +111,17 @@ def test_sample_masks_round_trip():
 def test_bbbc030_masks_round_trip():
     paths = sorted((BBBC030 / "label").glob("*.png"))[:20]
     assert per_class_round_trip_iou(paths, ["background", "cell"]).min() >= 0.98
+
+
+def test_an_annotation_copied_elsewhere_still_finds_its_image(tmp_path):
+    """predict --merge --output DIR copies the shards' LabelMe files to another depth."""
+    from labelme_export import moved_image_path
+    image = tmp_path / "work" / "test" / "src" / "a.png"
+    shard = tmp_path / "work" / "test" / "predict_shard1of2" / "labelme"
+    elsewhere = tmp_path / "results" / "run1" / "predict" / "labelme"
+    moved = moved_image_path("../../src/a.png", shard, elsewhere)
+    assert (elsewhere / moved).resolve() == image.resolve()
+    beside = tmp_path / "work" / "test" / "predict" / "labelme"        # the default: as it was
+    assert moved_image_path("../../src/a.png", shard, beside) == "../../src/a.png"
+    # a stack plane's PNG, saved beside its annotation, travels with it
+    assert moved_image_path("a_p0.png", shard, elsewhere) == "a_p0.png"

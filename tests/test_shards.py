@@ -133,3 +133,27 @@ def test_a_shard_without_images_still_merges(model_dir, work, tmp_path):
     get_contour.main(["--merge", *(str(work / "test" / f"predict_shard{i}of4_contours")
                                    for i in range(1, 5))])
     assert (work / "test" / "predict_contours" / "objects.csv").read_text().count("\n") > 3
+
+
+def test_a_merge_elsewhere_keeps_labelme_files_on_their_images_and_refuses_a_lost_mask(
+        model_dir, work, tmp_path):
+    """The shards' LabelMe files pointed at their image relative to the shard folder, so a
+    merge to an --output at another depth left LabelMe without its image; a shard missing
+    a mask merged into a folder that lacked it."""
+    import json
+    base = ["--work-dir", str(work), "--model-dir", str(model_dir), "--to-labelme",
+            "--labelme-tolerance", "2"]
+    for i in (1, 2):
+        P.main([*base, "--shard", f"{i}/2"])
+    shards = [str(work / "test" / f"predict_shard{i}of2") for i in (1, 2)]
+    out = tmp_path / "results" / "run1" / "predict"
+    P.main(["--work-dir", str(work), "--merge", *shards, "--output", str(out)])
+    for path in (out / "labelme").glob("*.json"):
+        image = out / "labelme" / json.loads(path.read_text())["imagePath"]
+        assert image.resolve() == (work / "test" / "src" / f"{path.stem}.png").resolve()
+    assert len(list((out / "labelme").glob("*.json"))) == 3
+    first = sorted(p.name for p in (work / "test" / "src").iterdir())[0]
+    (Path(shards[0]) / first).unlink()
+    with pytest.raises(PipelineError, match=f"lacks {first}"):
+        P.main(["--work-dir", str(work), "--merge", *shards, "--output", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()
