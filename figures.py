@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import IGNORE_LABEL
+from outputs import ensure_folder
 
 # One colour per class index for masks and figures (RGB). Index 1 green and 2 red
 # follow the paper's contour colours for beads and cells.
@@ -38,7 +39,7 @@ def save_figure(fig, paths, pdf=False):
     import matplotlib.pyplot as plt
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(path.parent, "figures folder")
         fig.savefig(path, dpi=150, bbox_inches="tight")
         if pdf:
             fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")

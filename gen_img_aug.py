@@ -58,6 +58,7 @@ from figures import colorize, save_figure, pyplot
 from geometry import (INPUT_MULTIPLE, MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad,
                       resample_image, resample_label, scaled_size, transform_image)
 from label_outlines import bare_outlines, describe_bare_outlines
+from label_record import check_drawn_classes, read_record
 from parallel import default_workers, parallel_map
 
 MAX_SCALE = 4               # beyond, upsampled frames hold no detail worth the memory
@@ -133,7 +134,8 @@ def parse_args(argv=None):
 
 def labelled_images(data_dir, classes, intensity):
     """name -> (image path, label path, (h, w)) for every image, checking every image and label
-    (readable, same size, classes within classes.txt); also each label's values, each image's
+    (readable, same size, classes within classes.txt and, for a label labelme_to_label.py drew,
+    at the indices it drew them); also each label's values, each image's
     edge sums and, for the images that have any, the objects labelled by a bare outline
     (label_outlines.bare_outlines)."""
     images = list_images(Path(data_dir) / "src")
@@ -144,12 +146,13 @@ def labelled_images(data_dir, classes, intensity):
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}")
     table, values, edges, outlines = {}, {}, {}, {}
+    classes_path, drawn = Path(data_dir) / "classes.txt", read_record(data_dir)
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
         img, lbl = read_image(img_path, intensity), read_label(lbl_path)
         check_label_size(lbl, lbl_path, img.shape, img_path)
-        values[name] = check_label_values(lbl, len(classes), lbl_path,
-                                          Path(data_dir) / "classes.txt").tolist()
+        values[name] = check_label_values(lbl, len(classes), lbl_path, classes_path).tolist()
+        check_drawn_classes(drawn, lbl_path, values[name], classes, classes_path)
         table[name] = (img_path, lbl_path, img.shape[:2])
         edges[name] = edge_sums(img, lbl)
         found, _ = bare_outlines(lbl)
@@ -426,14 +429,20 @@ def check_work_dir(work, data_dir):
     """Refuse a work folder whose rewrite would lose the user's files: the data folder itself
     (its test.txt would become the fixed list of the next run), one whose train/ or test/ holds
     the data folder, or a train/ holding files the pipeline does not write (train/ is
-    replaced whole; test/src and test/label, checked by check_test_folders, too). test/ keeps
-    what it holds besides src/ and label/ (predictions and contours of earlier runs)."""
+    replaced whole; test/src and test/label, checked by check_test_folders, too), or a file
+    where the figures folder goes. test/ keeps what it holds besides src/ and label/
+    (predictions and contours of earlier runs)."""
     work_id = folder_identity(work)
     is_data = work_id is not None and work_id == folder_identity(data_dir)
     if is_data or any(same_or_inside(data_dir, work / sub) for sub in ("train", "test")):
         raise PipelineError(f"--work-dir {work} is or holds the --data-dir folder {data_dir}, "
                             "which this script would change; choose a folder of its own, "
                             f"such as {WORK_DIR}")
+    figures = work / "figures"
+    if figures.exists() and not figures.is_dir():     # found only after publishing the split
+        raise PipelineError(f"{figures} is a file, and this script writes its samples figure "
+                            "into a folder of that name: move the file, or choose another "
+                            "--work-dir")
     foreign = foreign_entries(work / "train", TRAIN_FOLDER_NAMES.__contains__)
     if foreign:
         raise PipelineError(f"{work / 'train'} holds files the pipeline does not write "

@@ -882,6 +882,11 @@ def _tiff_label(path):
     return label
 
 
+# numpy dtype kinds a .npy label may hold: bool, integers, floats (whole numbers). Strings,
+# dates and records are no class indices, and complex values would lose their imaginary part.
+NUMERIC_KINDS = "biuf"
+
+
 def _load_npy(path):
     """A .npy label; an axis of one, as a[None] or a[..., None] leaves it, dropped."""
     try:
@@ -892,8 +897,15 @@ def _load_npy(path):
                             "label.astype(np.uint8))") from None
     except (OSError, EOFError) as err:
         raise PipelineError(f"cannot read label {path}: not a valid .npy file ({err})") from None
+    if label.dtype.kind not in NUMERIC_KINDS:
+        raise PipelineError(f"label {path} holds {label.dtype} values, not class indices; save "
+                            "a numeric array, e.g. np.save(path, label.astype(np.uint8))")
     if label.ndim == 3 and 1 in (label.shape[0], label.shape[2]):
         label = label[0] if label.shape[0] == 1 else label[:, :, 0]
+    if label.ndim == 3:
+        raise PipelineError(f"label {path} is a {' x '.join(map(str, label.shape))} array; a "
+                            "label is one H x W plane of class indices (of a one-hot or "
+                            "per-class array, save its argmax over the class axis)")
     return label
 
 

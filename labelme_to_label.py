@@ -41,9 +41,11 @@ from tqdm import tqdm
 
 from image_io import (IMAGE_EXTS, JPEG_START, LABEL_EXTS, decode_image, files_named,
                       lossless_suffix, read_raw_image, write_image)
+from label_record import RECORD, read_record
 from outputs import sha256_of, staged_output
-from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, finite_numbers,
-                 nfc, positive_float, read_classes, read_json, refuse_file, run_cli, WORK_DIR)
+from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, control_character,
+                 finite_numbers, nfc, positive_float, read_classes, read_json, refuse_file,
+                 run_cli, WORK_DIR)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -450,22 +452,17 @@ def holds_pixels(path, image):
 
 
 class WrittenLabels:
-    """The labels this script wrote into data/label, each by its file's sha256, kept in
-    data/labelme_to_label.json: a rerun after a JSON was edited replaces its own label, but a
-    label drawn by hand or made elsewhere only with --replace-labels."""
-    FILE = "labelme_to_label.json"
+    """The labels this script wrote into data/label, each by its file's sha256 and the classes
+    it was drawn with, kept in data/labelme_to_label.json: a rerun after a JSON was edited
+    replaces its own label, but a label drawn by hand or made elsewhere only with
+    --replace-labels; gen_img_aug.py refuses a label whose classes moved since."""
 
-    def __init__(self, data_dir, replace):
-        self.replace, self.digests = replace, {}
-        try:
-            record = json.loads((Path(data_dir) / self.FILE).read_text())
-            self.digests = record if isinstance(record, dict) else {}
-        except (OSError, ValueError):
-            pass
+    def __init__(self, data_dir, replace, classes):
+        self.replace, self.classes, self.entries = replace, list(classes), read_record(data_dir)
 
     def check(self, json_path, label_path, label):
         if (self.replace or not label_path.exists()
-                or self.digests.get(label_path.name) == sha256_of(label_path)
+                or self.entries.get(label_path.name, {}).get("sha256") == sha256_of(label_path)
                 or holds_pixels(label_path, label)):
             return
         raise PipelineError(f"{json_path}: would replace {label_path}, a label this script did "
@@ -473,11 +470,12 @@ class WrittenLabels:
                             "move it away to keep it, or add --replace-labels")
 
     def add(self, staged_label):
-        self.digests[staged_label.name] = sha256_of(staged_label)
+        self.entries[staged_label.name] = {"sha256": sha256_of(staged_label),
+                                           "classes": self.classes}
 
     def save(self, staging):
-        (Path(staging) / self.FILE).write_text(
-            json.dumps(self.digests, indent=1, sort_keys=True) + "\n")
+        (Path(staging) / RECORD).write_text(
+            json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
 
 
 def write_pair(json_path, data, image, label, data_dir, staging, written):
@@ -547,6 +545,12 @@ def main(argv=None):
         raise PipelineError(f"cannot list {input_dir}: {err.strerror or err}") from None
     if not json_paths:
         raise PipelineError(f"no LabelMe .json files in {input_dir}")
+    # <name> becomes a frame name, a line of train.txt and test.txt: gen_img_aug.py would
+    # refuse the image written for it.
+    odd = next((p for p in json_paths if control_character(p.name)), None)
+    if odd:
+        raise PipelineError(f"LabelMe file name {odd.name!r} in {input_dir} holds the control "
+                            f"character {control_character(odd.name)!r}; rename the file")
     stems = [nfc(p.stem) for p in json_paths]
     doubled = sorted({stem for stem in stems if stems.count(stem) > 1})
     if doubled:
@@ -563,7 +567,7 @@ def main(argv=None):
     class_index = {name: i for i, name in enumerate(classes)}
     class_index.update((name, IGNORE_LABEL) for name in args.ignore_labels)
     counts = np.zeros(IGNORE_LABEL + 1, np.int64)
-    written = WrittenLabels(data_dir, args.replace_labels)
+    written = WrittenLabels(data_dir, args.replace_labels, classes)
     # Every file is converted into a staging folder first: one bad file leaves data/ as it was.
     with staged_output(data_dir, merge=True) as staging:
         (staging / "src").mkdir()

@@ -405,6 +405,25 @@ def test_pickled_npy_label_is_refused_without_loading_it(tmp_path, capsys):
     assert_unchanged(tmp_path, before)
 
 
+@pytest.mark.parametrize("array, said", [
+    (np.eye(40, dtype=np.uint8).astype(str), "<U3 values"),
+    (np.eye(40, dtype=np.complex64) * (1 + 2j), "complex64 values"),
+    (np.eye(40, dtype=np.uint8).astype("datetime64[s]"), "datetime64[s] values"),
+    (np.stack([1 - np.eye(40, dtype=np.uint8), np.eye(40, dtype=np.uint8)]), "2 x 40 x 40 array")],
+    ids=["strings", "complex", "dates", "one-hot"])
+def test_npy_label_of_no_class_indices_is_refused(array, said, tmp_path, capsys):
+    """Strings and dates gave a traceback, complex values lost their imaginary part unsaid,
+    and a one-hot (classes, H, W) array was said to have W channels."""
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)},
+                     labels={"a.png": np.eye(40, dtype=np.uint8)})
+    np.save(data / "label" / "b.npy", array)
+    earlier_work(tmp_path / "work")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    refusal_line(code, err, data / "label" / "b.npy", said)
+    assert_unchanged(tmp_path, before)
+
+
 # ---------------------------------------------------------------- labelme_to_label.py
 
 def shape(label, points, shape_type="rectangle"):
@@ -648,6 +667,18 @@ def test_work_folder_that_is_a_file_is_refused(module, tmp_path, capsys):
     before = snapshot(tmp_path)
     code, _, err = run(module, ["--work-dir", work, "--data-dir", tmp_path / "data"], capsys)
     refusal_line(code, err, "--work-dir", work)
+    assert_unchanged(tmp_path, before)
+
+
+def test_a_file_where_the_figures_folder_goes_is_refused_before_anything_changes(tmp_path,
+                                                                               capsys):
+    """It gave a traceback once the split and patches were already replaced."""
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)})
+    work = earlier_work(tmp_path / "work")
+    (work / "figures").write_text("notes\n")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, work), capsys)
+    refusal_line(code, err, work / "figures", "--work-dir")
     assert_unchanged(tmp_path, before)
 
 

@@ -284,6 +284,65 @@ def test_a_label_not_written_here_is_replaced_only_when_asked(tmp_path):
     assert (cv2.imread(str(data / "label" / "e.png"), cv2.IMREAD_UNCHANGED) == 1).sum() == 90
 
 
+def test_a_json_name_with_a_control_character_is_refused_before_anything_is_written(tmp_path):
+    """It became data/src/a<TAB>b.png and a label, which gen_img_aug.py then refused."""
+    data, labelme = make_project(tmp_path, {"a": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
+    (labelme / "a.json").rename(labelme / "a\tb.json")
+    with pytest.raises(PipelineError, match=r"LabelMe file name 'a\\tb\.json' .* holds the control "
+                                            r"character '\\t'; rename the file"):
+        run_main(data, labelme)
+    assert sorted(p.name for p in data.iterdir()) == ["classes.txt"]
+
+
+def test_a_label_written_before_classes_were_recorded_is_still_replaced(tmp_path):
+    """The record of an earlier version (a digest alone per label) still says whose it is."""
+    data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
+    run_main(data, labelme)
+    record = json.loads((data / l2l.RECORD).read_text())
+    (data / l2l.RECORD).write_text(json.dumps({n: e["sha256"] for n, e in record.items()}))
+    doc = json.loads((labelme / "e.json").read_text())
+    doc["shapes"][0]["points"] = [[2, 3], [20, 8]]            # edited in LabelMe
+    (labelme / "e.json").write_text(json.dumps(doc))
+    run_main(data, labelme)
+    assert (cv2.imread(str(data / "label" / "e.png"), cv2.IMREAD_UNCHANGED) == 1).sum() == 90
+    assert json.loads((data / l2l.RECORD).read_text())["e.png"]["classes"] == CLASSES
+
+
+@pytest.mark.parametrize("listed, refused", [
+    (["background", "cell", "bead"], "'bead' as class 1, but .* now lists 'bead' as class 2, "
+                                     "and class 1 as 'cell'"),
+    (["background", "nucleus", "bead", "cell"], "'bead' as class 1, .* as class 2, and class 1 "
+                                                "as 'nucleus'"),
+    (["background", "bead", "cell", "nucleus"], None),      # appended: each index keeps its class
+    (["background", "beads", "cell"], None)],               # renamed: no class moved
+    ids=["reordered", "inserted", "appended", "renamed"])
+def test_labels_whose_classes_moved_in_classes_txt_since_they_were_drawn_are_refused(
+        tmp_path, listed, refused):
+    """classes.txt edited after the conversion gave the labels' values other classes: bead
+    pixels were learnt as cells, unsaid. A label redrawn (or drawn by hand since) passes."""
+    import gen_img_aug
+    data, labelme = make_project(tmp_path, {
+        name: [shape("bead", [[2, 3], [12, 8]], "rectangle"),
+               shape("cell", [[30, 20], [50, 35]], "rectangle")] for name in ("a", "b")})
+    run_main(data, labelme)
+    (data / "classes.txt").write_text("\n".join(listed) + "\n")
+    work = tmp_path / "work"
+    args = ["--data-dir", str(data), "--work-dir", str(work), "--num-patches", "4",
+            "--patch-size", "32", "--workers", "1"]
+    if refused is None:
+        gen_img_aug.main(args)
+        return
+    with pytest.raises(PipelineError, match=r"label .*a\.png was drawn by labelme_to_label\.py "
+                                            rf"with {refused}: .*run labelme_to_label\.py again"):
+        gen_img_aug.main(args)
+    assert not work.exists()
+    run_main(data, labelme)                                     # redrawn with the new order
+    gen_img_aug.main(args)
+    split = json.loads((work / "split.json").read_text())
+    assert split["classes"] == listed
+    assert split["label_values"] == sorted([0, listed.index("bead"), listed.index("cell")])
+
+
 def test_a_phone_jpeg_is_labelled_as_labelme_showed_it_turned_by_its_exif_tag(tmp_path):
     """LabelMe shows a JPEG turned as its EXIF Orientation tag says and records the turned
     size and coordinates; the label must line up with the image as the pipeline reads it."""
