@@ -577,6 +577,14 @@ def patch_dataset(work, names, channels, batch_size, shuffle_seed=None, with_lab
     return ds.batch(batch_size, drop_remainder=shuffle_seed is not None).prefetch(tf.data.AUTOTUNE)
 
 
+def split_evenly(names, replicas):
+    """The validation patches, the first ones repeated (at most replicas - 1) so that the last
+    batch splits evenly: tf.distribute hands a short batch to some replicas only, and a
+    replica given no patch failed in BatchNorm."""
+    count = -(-len(names) // replicas) * replicas
+    return [names[i % len(names)] for i in range(count)]
+
+
 # ---------------------------------------------------------------- loss, optimizer, metrics
 
 def make_loss(name, num_classes, lovasz_on):
@@ -1028,7 +1036,7 @@ def train_model(args, held):
     steps = args.steps_per_epoch or max(1, len(train_names) // global_batch)
     # Each replica takes its share of a global batch (each worker its shard of them).
     train_ds = patch_dataset(work, train_names, channels, global_batch, shuffle_seed=args.seed)
-    val_ds = patch_dataset(work, val_names, channels, global_batch)
+    val_ds = patch_dataset(work, split_evenly(val_names, replicas), channels, global_batch)
     bn_images = iter(patch_dataset(work, train_names, channels, args.batch_size,
                                    shuffle_seed=args.seed + 1, with_labels=False))
 

@@ -1,5 +1,6 @@
 """Training under tf.distribute: two replicas (two logical CPU devices) take the step one
 device takes on the same global batch."""
+import csv
 import json
 import re
 import subprocess
@@ -87,6 +88,26 @@ def test_two_replicas_take_the_step_of_one_device_on_the_same_global_batch(patch
     # The tolerance is a hundredth of what a different global batch changes.
     same = largest_difference(one, two)
     assert same < apart / 100, (same, apart)
+
+
+def test_a_last_validation_batch_too_small_for_every_replica_still_validates(patch_work):
+    """9 validation patches in global batches of 4 leave a last batch of 1, which
+    tf.distribute handed to one replica alone: the other's BatchNorm failed on no patch."""
+    train_run(patch_work, "uneven", "--strategy", "mirrored", "--cpu-devices", "2",
+              "--batch-size", "2", "--val-split-by", "patch", "--val-split", "0.225",
+              "--val-steps", "3")
+    split = json.loads((patch_work / "uneven" / "split.json").read_text())
+    assert len(split["val"]) == 9
+    with open(patch_work / "uneven" / "log.csv") as f:
+        assert np.isfinite(float(next(csv.DictReader(f))["val_loss"]))
+
+
+def test_validation_patches_are_repeated_only_to_split_the_last_batch_evenly():
+    from train_unet_xception_resnetblock import split_evenly
+    assert split_evenly(list("abcde"), 1) == list("abcde")
+    assert split_evenly(list("abcde"), 2) == list("abcdea")
+    assert split_evenly(list("abcd"), 4) == list("abcd")
+    assert split_evenly(["a"], 4) == ["a"] * 4
 
 
 NSGD_STEPS = """
