@@ -58,7 +58,7 @@ from figures import colorize, save_figure, pyplot
 from geometry import (INPUT_MULTIPLE, MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad,
                       resample_image, resample_label, scaled_size, transform_image)
 from label_outlines import bare_outlines, describe_bare_outlines
-from label_record import check_drawn_classes, read_record
+from label_record import check_drawn_classes, drawn_as_recorded, read_record
 from parallel import default_workers, parallel_map
 
 MAX_SCALE = 4               # beyond, upsampled frames hold no detail worth the memory
@@ -179,10 +179,15 @@ def report_unused_labels(data_dir, used):
              f"{', '.join(IMAGE_EXTS)})" if unread else ""))
 
 
+def has_object(values):
+    """Whether a label's values hold an object class (neither background nor ignored)."""
+    return any(0 < v != IGNORE_LABEL for v in values)
+
+
 def check_object_classes(values, classes, data_dir):
     """Refuse labels that hold no object class: training would never see one (a 0/255 mask
     marks its objects as pixels to ignore)."""
-    if any(0 < v != IGNORE_LABEL for v in values):
+    if has_object(values):
         return
     objects = "1" if len(classes) == 2 else f"1..{len(classes) - 1}"
     raise PipelineError(f"the labels in {Path(data_dir) / 'label'} hold only the value(s) "
@@ -192,11 +197,35 @@ def check_object_classes(values, classes, data_dir):
                         "the order classes.txt lists them)")
 
 
+def check_mask_labels(values_of, table, data_dir):
+    """Refuse labels of 0 and 255 alone among labels of object classes (check_object_classes
+    passed): most likely 0/255 masks, whose objects would train as ignored pixels. One that
+    labelme_to_label.py drew is an --ignore-labels region in a frame without objects; where
+    other labels mark ignored pixels too, it may be such a region drawn elsewhere: a note."""
+    drawn = read_record(data_dir)
+    masks = sorted(table[name][1].name for name, values in values_of.items()
+                   if IGNORE_LABEL in values and set(values) <= {0, IGNORE_LABEL}
+                   and not drawn_as_recorded(drawn, table[name][1]))
+    if not masks:
+        return
+    advice = (f"save labels as class indices: 0 background, 1, 2, ... in the order of "
+              f"{Path(data_dir) / 'classes.txt'} ({IGNORE_LABEL} only for pixels to ignore)")
+    if any(IGNORE_LABEL in values and has_object(values) for values in values_of.values()):
+        print(f"note: {len(masks)} label(s) in {Path(data_dir) / 'label'} hold only background "
+              f"and ignored pixels ({some_names(masks)}); if they are 0/{IGNORE_LABEL} masks, "
+              f"their objects train as ignored pixels: {advice}")
+        return
+    raise PipelineError(f"{len(masks)} label(s) in {Path(data_dir) / 'label'} hold only the "
+                        f"values 0 and {IGNORE_LABEL} ({some_names(masks)}) while other labels "
+                        f"hold object classes: as 0/{IGNORE_LABEL} masks, their objects would "
+                        f"train as ignored pixels and the rest as background; {advice}")
+
+
 def check_training_classes(values_of, train, classes):
     """Refuse a split whose training images hold no object (every one went to the test set)
     and warn of each class no training image holds: the network can never learn it."""
     seen = {v for name in train for v in values_of[name]}
-    if not any(0 < v != IGNORE_LABEL for v in seen):
+    if not has_object(seen):
         raise PipelineError(f"none of the {len(train)} training images holds an object; the "
                             "labelled objects are all in test images: split otherwise "
                             "(test.txt in the data folder, or --random-state, --test-size), "
@@ -343,7 +372,12 @@ def split_names(names, data_dir, test_size, random_state, stack_of=None, file_of
     which keeps the planes of one TIFF stack (stack_of: frame -> file) on one side."""
     fixed = Path(data_dir) / "test.txt"
     if fixed.is_file():
-        test_set = listed_frames(read_name_list(fixed), names, file_of or {}, fixed)
+        listed = read_name_list(fixed)
+        if not listed:      # a list emptied by mistake, or meant: usable either way
+            print(f"note: {fixed} lists no image, so all {len(names)} images train and none is "
+                  "held out for testing (prediction finds no test image to score); list test "
+                  "images there, or remove it for the paper's random split")
+        test_set = listed_frames(listed, names, file_of or {}, fixed)
         warn_of_split_stacks(test_set, stack_of or {}, fixed)
         return [n for n in names if n not in test_set], sorted(test_set), f"fixed list {fixed}"
     from sklearn.model_selection import train_test_split
@@ -634,6 +668,7 @@ def main(argv=None):
     table, values_of, edges, outlines = labelled_images(args.data_dir, classes, args.intensity)
     label_values = sorted({v for values in values_of.values() for v in values})
     check_object_classes(label_values, classes, args.data_dir)
+    check_mask_labels(values_of, table, args.data_dir)
     check_scaled_frames(table, args.scale)
     file_of = {name: (source.path if isinstance(source, StackPlane) else source).name
                for name, (source, _, _) in table.items()}

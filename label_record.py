@@ -24,6 +24,12 @@ def read_record(data_dir):
             for name, entry in record.items() if isinstance(entry, (str, dict))}
 
 
+def drawn_as_recorded(record, label_path):
+    """Whether label_path is, byte for byte, a label labelme_to_label.py wrote (read_record)."""
+    digest = record.get(label_path.name, {}).get("sha256")
+    return digest is not None and digest == sha256_of(label_path)
+
+
 def check_drawn_classes(record, label_path, values, classes, classes_path):
     """Refuse a label labelme_to_label.py drew, its file as written (read_record), whose values
     meant classes that classes_path now lists at other indices: a class moved in classes.txt
@@ -35,7 +41,7 @@ def check_drawn_classes(record, label_path, values, classes, classes_path):
         return
     moved = [(int(v), drawn[v]) for v in values if v < len(drawn) and drawn[v] in classes
              and classes.index(drawn[v]) != v]
-    if not moved or entry.get("sha256") != sha256_of(label_path):
+    if not moved or not drawn_as_recorded(record, label_path):
         return
     value, name = moved[0]
     now = f", and class {value} as {classes[value]!r}" if value < len(classes) else ""

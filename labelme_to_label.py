@@ -1,6 +1,7 @@
 """Turn LabelMe annotations into the pipeline's image and class-index label pairs.
 
-Reads   <input>/*.json                   LabelMe files; each finds its image through
+Reads   <input>/*.json                   LabelMe files (not those of its subfolders, which
+                                         a note counts); each finds its image through
                                          embedded base64 imageData (preferred: it is exactly
                                          what was annotated) or imagePath, relative to the JSON;
                                          the imagePath file where imageData is a lossy or
@@ -34,18 +35,20 @@ import argparse
 import base64
 import binascii
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from image_io import (IMAGE_EXTS, JPEG_START, LABEL_EXTS, decode_image, files_named,
-                      lossless_suffix, read_raw_image, write_image)
+from image_io import (IMAGE_EXTS, JPEG_START, LABEL_EXTS, TIFF_EXTS, decode_image,
+                      files_named, lossless_suffix, read_raw_image, tiff_frame_count,
+                      write_image)
 from label_record import RECORD, read_record
 from outputs import sha256_of, staged_output
 from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, control_character,
                  finite_numbers, nfc, positive_float, read_classes, read_json, refuse_file,
-                 run_cli, WORK_DIR)
+                 run_cli, some_names, WORK_DIR)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -311,9 +314,37 @@ def image_file(json_path, data, allowed_roots=None):
 
 
 def check_image_source(json_path, data, allowed_roots):
-    if not data.get("imageData") and image_file(json_path, data, allowed_roots) is None:
+    """Refuse an annotation without an image, or whose imagePath file is a TIFF stack."""
+    embedded = bool(data.get("imageData"))
+    try:
+        path = image_file(json_path, data, allowed_roots)
+    except PipelineError:
+        if not embedded:
+            raise
+        path = None     # outside the folders allowed: the embedded image is read alone
+    if path is None and not embedded:
         raise PipelineError(f"{json_path}: image not found: no embedded imageData and imagePath "
                             f"{data.get('imagePath')!r} is not a file next to it")
+    if path is not None:
+        check_one_plane(json_path, path)
+
+
+def check_one_plane(json_path, path):
+    """Refuse a TIFF of several planes: LabelMe shows one of them (its first page), while
+    the pipeline takes each plane as a frame <name>_p<k> with a label of its own, so a stack
+    in src/ would get a label of no frame's name, and one copied from here would lose its
+    other planes."""
+    if path.suffix.lower() not in TIFF_EXTS:
+        return
+    try:
+        planes = tiff_frame_count(path)
+    except PipelineError:       # unreadable: load_image says so where the file is needed
+        return
+    if planes > 1:
+        raise PipelineError(f"{json_path}: its image {path} is a TIFF stack of {planes} planes "
+                            "and an annotation is of one: save the plane you annotated "
+                            "(LabelMe shows the first page) as an image of its own and point "
+                            "imagePath at it")
 
 
 def load_image(json_path, data, allowed_roots=None):
@@ -530,6 +561,19 @@ def summary(counts, classes, n_images, label_dir):
     return f"{n_images} image(s) -> {label_dir}; pixels per class: {parts}"
 
 
+def nested_json(input_dir):
+    """The .json files in input_dir's subfolders, relative to it: this script reads only
+    those directly in input_dir, and would otherwise leave these out without a word. Hidden
+    files and folders are left out, as they are directly in input_dir."""
+    found = []
+    for folder, subfolders, files in os.walk(input_dir):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        if Path(folder) != input_dir:
+            found += [(Path(folder) / f).relative_to(input_dir).as_posix() for f in sorted(files)
+                      if f.lower().endswith(".json") and not f.startswith(".")]
+    return found
+
+
 def main(argv=None):
     args = parse_args(argv)
     input_dir = Path(args.input)
@@ -543,8 +587,15 @@ def main(argv=None):
                             and not p.name.startswith(".") and p.is_file())
     except OSError as err:
         raise PipelineError(f"cannot list {input_dir}: {err.strerror or err}") from None
+    nested = nested_json(input_dir)
     if not json_paths:
-        raise PipelineError(f"no LabelMe .json files in {input_dir}")
+        raise PipelineError(f"no LabelMe .json files in {input_dir}" + (
+            f" ({len(nested)} in its subfolders: {some_names(nested)}; give --input the "
+            "folder that holds them)" if nested else ""))
+    if nested:
+        print(f"note: {len(nested)} .json file(s) in subfolders of {input_dir} are not read "
+              f"({some_names(nested)}): only the files directly in it are; move them there, "
+              "or run this script with --input on each subfolder")
     # <name> becomes a frame name, a line of train.txt and test.txt: gen_img_aug.py would
     # refuse the image written for it.
     odd = next((p for p in json_paths if control_character(p.name)), None)

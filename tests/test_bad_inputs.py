@@ -5,6 +5,7 @@ that are merely unusual (16-bit, float, palette, BOM, RGBA, odd sizes) are accep
 Scripts run in-process through cli.run_cli, as their `__main__` does, so the exit code
 and stderr are the ones a user sees. Nothing here trains the network.
 """
+import base64
 import csv
 import hashlib
 import json
@@ -539,6 +540,39 @@ def test_empty_labelme_folder_is_refused(tmp_path, capsys):
     before = snapshot(tmp_path)
     code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
     refusal_line(code, err, labelme)
+    assert_unchanged(tmp_path, before)
+
+
+def test_labelme_files_in_subfolders_are_counted_in_a_note(tmp_path, capsys):
+    data, labelme = labelme_project(tmp_path, {"a": labelme_doc("a", GOOD_SHAPES)})
+    for folder in ("batch2", ".hidden"):
+        write(labelme / folder / "b.png", noise(30, 40, 3))
+        (labelme / folder / "b.json").write_text(json.dumps(labelme_doc("b", GOOD_SHAPES)))
+    code, out, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
+    accepted(code, err)
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "1 .json file(s)" in notes[0] and "batch2/b.json" in notes[0]
+    assert not (data / "label" / "b.png").exists()
+
+    (labelme / "a.json").unlink()
+    code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
+    refusal_line(code, err, labelme, "1 in its subfolders", "batch2/b.json", "--input")
+
+
+@pytest.mark.parametrize("where, embed", [("labelme", False), ("src", False), ("src", True)],
+                         ids=["beside-the-json", "in-data-src", "in-data-src-embedded"])
+def test_labelme_image_that_is_a_tiff_stack_is_refused(where, embed, tmp_path, capsys):
+    # gen_img_aug.py wants a label per plane (stack_p0, stack_p1): a label stack.png fits none.
+    data, labelme = labelme_project(tmp_path, {})
+    stack = multipage_tiff((labelme if where == "labelme" else data / "src") / "stack.tif")
+    doc = labelme_doc("stack", GOOD_SHAPES, size=(40, 40),
+                      image_path="stack.tif" if where == "labelme" else "../data/src/stack.tif")
+    if embed:
+        doc["imageData"] = base64.b64encode(cv2.imencode(".png", noise(40, 40, 1))[1]).decode()
+    (labelme / "stack.json").write_text(json.dumps(doc))
+    before = snapshot(tmp_path)
+    code, _, err = run(labelme_to_label, ["--input", labelme, "--data-dir", data], capsys)
+    refusal_line(code, err, labelme / "stack.json", stack.name, "2 planes", "imagePath")
     assert_unchanged(tmp_path, before)
 
 
@@ -1198,6 +1232,54 @@ def test_labels_without_an_object_class_are_refused(value, shown, tmp_path, caps
                      {"a.png": label, "b.png": label}, classes=["background", "cell"])
     err = refused_before_the_work_folder_changes(tmp_path, capsys, data)
     refusal_line(2, err, data / "label", shown, "255 marks pixels to ignore", "0 and 1")
+
+
+def labels_beside(other):
+    """Labels a: a cell, b: background alone, c: `other`."""
+    cell = np.zeros((40, 40), np.uint8)
+    cell[10:20, 10:20] = 1
+    return {"a.png": cell, "b.png": np.zeros((40, 40), np.uint8), "c.png": other}
+
+
+def test_a_0_255_mask_among_class_index_labels_is_refused_naming_it(tmp_path, capsys):
+    mask = labels_beside(None)["a.png"] * cli.IGNORE_LABEL
+    data = make_data(tmp_path, {f"{n}.png": noise(40, 40, i) for i, n in enumerate("abc")},
+                     labels_beside(mask), classes=["background", "cell"])
+    err = refused_before_the_work_folder_changes(tmp_path, capsys, data)
+    refusal_line(2, err, "1 label(s)", data / "label", "(c.png)", "only the values 0 and 255",
+                 "0 background, 1, 2, ...", data / "classes.txt")
+
+
+def test_ignored_regions_are_not_taken_for_a_0_255_mask_where_other_labels_mark_them(
+        tmp_path, capsys):
+    """Background alone, and ignored pixels beside objects, are no masks; a label of
+    background and ignored pixels is one only where no other label marks ignored pixels, and
+    is named in a note where others do."""
+    labels = labels_beside(np.zeros((40, 40), np.uint8))
+    labels["a.png"][30:35, 30:35] = cli.IGNORE_LABEL
+    data = make_data(tmp_path, {f"{n}.png": noise(40, 40, i) for i, n in enumerate("abc")},
+                     labels, classes=["background", "cell"])
+    code, out, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    accepted(code, err)
+    assert "note:" not in out
+    labels["c.png"][5:9, 5:9] = cli.IGNORE_LABEL
+    write(data / "label" / "c.png", labels["c.png"])
+    code, out, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    accepted(code, err)
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "1 label(s)" in notes[0] and "(c.png)" in notes[0]
+
+
+@pytest.mark.parametrize("listed", ["", " \n\t\n"], ids=["empty", "blank-lines"])
+def test_a_test_list_of_no_name_trains_every_image_with_a_note(listed, tmp_path, capsys):
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)})
+    (data / "test.txt").write_text(listed)
+    code, out, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    accepted(code, err)
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and f"{data / 'test.txt'} lists no image" in notes[0]
+    assert "all 2 images train" in notes[0]
+    assert json.loads((tmp_path / "work" / "split.json").read_text())["test"] == []
 
 
 @pytest.mark.parametrize("option, value", [("--seed", "-1"), ("--random-state", "-1"),

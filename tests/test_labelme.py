@@ -416,6 +416,25 @@ def test_unsure_regions_become_ignored_pixels_that_patches_never_aim_at(tmp_path
     assert all(((p > 0) & (p < IGNORE_LABEL)).any() for p in patches)
 
 
+def test_a_frame_of_unsure_regions_alone_is_no_0_255_mask(tmp_path, capsys):
+    """A label this script drew with ignored pixels and no object is class indices, though a
+    label of 0 and 255 alone beside labels of objects is refused where made elsewhere."""
+    import gen_img_aug
+    data, labelme = make_project(tmp_path, {
+        "a": [shape("cell", [[2, 30], [6, 34]], "rectangle")],
+        "b": [shape("unsure", [[20, 4], [58, 38]], "rectangle")]})
+    run_main(data, labelme, "--ignore-labels", "unsure")
+    args = ["--data-dir", str(data), "--work-dir", str(tmp_path / "work"), "--num-patches", "4",
+            "--patch-size", "32", "--workers", "1"]
+    capsys.readouterr()
+    gen_img_aug.main(args)
+    assert "note:" not in capsys.readouterr().out
+    label = cv2.imread(str(data / "label" / "b.png"), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(data / "label" / "b.png"), label[::-1])     # as if drawn elsewhere
+    with pytest.raises(PipelineError, match=r"only the values 0 and 255 \(b\.png\)"):
+        gen_img_aug.main(args)
+
+
 def test_an_ignored_label_that_is_also_a_class_is_refused(tmp_path):
     data, labelme = make_project(tmp_path, {"a": [shape("cell", [[1, 1], [9, 9]], "rectangle")]})
     with pytest.raises(PipelineError, match="'cell' is both a class in .* and an --ignore-label"):
