@@ -58,8 +58,8 @@ from outputs import (atomic_write_text, exclusive_lock, foreign_entries,  # noqa
                      remove_leftovers, same_or_inside, sha256_of, write_json)
 from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written,  # noqa: E402
                  existing_folder, finite_float, fraction_below_one, held_out_count,
-                 positive_float, positive_int, read_classes, read_json, refuse_file, run_cli,
-                 seed_value, some_names, WORK_DIR)
+                 non_negative_float, positive_float, positive_int, read_classes, read_json,
+                 refuse_file, run_cli, seed_value, some_names, WORK_DIR)
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
                           model_file, read_config, verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
@@ -72,12 +72,15 @@ MODEL_FOLDER_NAMES = {"config.json", "split.json", "state.json", "log.csv", "cur
                       "curves.pdf", "backup", "snapshots"}
 # Options that change neither the model nor its data: a rerun differing only in these resumes
 # (a finished model folder records a changed --faint-filter without training again).
-UNHASHED_SETTINGS = ("verbose", "pdf", "restart", "faint_filter")
+UNHASHED_SETTINGS = ("verbose", "pdf", "restart", "faint_filter", "cluster_timeout")
 # Where the folders and files are: what they hold is hashed instead (patch names, statistics,
 # label bytes, class names, the --init-model file), so a project moved or named by another path
 # still resumes, and the same folder given as --model-dir or by default is one model folder.
 PATH_SETTINGS = ("data_dir", "work_dir", "model_dir", "init_model")
 OPTIMIZERS = ("nsgd", "sgd", "adam")
+# Workers started by hand, one machine after another, join within minutes; a wait beyond this
+# is a worker that never started or cannot be reached.
+CLUSTER_TIMEOUT_S = 600
 MIN_FRAMES_FOR_IMAGE_SPLIT = 3
 
 
@@ -180,6 +183,10 @@ def parse_args(argv=None):
                    help="with --strategy multiworker, where the workers are listed: the "
                         "TF_CONFIG variable of each process, or the SLURM job step (srun) "
                         "(default: %(default)s)")
+    g.add_argument("--cluster-timeout", type=non_negative_float, metavar="SECONDS",
+                   help="with --strategy multiworker, how long to wait for every worker to "
+                        "join before giving up with an error; 0 waits as long as it takes "
+                        f"(default: {CLUSTER_TIMEOUT_S})")
     g.add_argument("--cpu-devices", type=positive_int, default=1, metavar="N",
                    help="split the CPU into N logical devices, for a mirrored run without "
                         "GPUs (tests, and measuring the strategy's overhead; they share the "
@@ -211,6 +218,8 @@ def parse_args(argv=None):
     # Refused rather than ignored: a user who asked for them would believe they took effect.
     if args.cluster != "tf-config" and args.strategy != "multiworker":
         p.error(f"--cluster {args.cluster} needs --strategy multiworker")
+    if args.cluster_timeout is not None and args.strategy != "multiworker":
+        p.error("--cluster-timeout needs --strategy multiworker")
     if args.cpu_devices > 1 and args.strategy not in ("auto", "mirrored"):
         p.error(f"--cpu-devices {args.cpu_devices} needs --strategy mirrored (or auto): "
                 f"--strategy {args.strategy} does not split the CPU")
@@ -1134,7 +1143,8 @@ def open_strategy(args):
     """(the tf.distribute strategy of --strategy, whether this process is the chief)."""
     if args.strategy == "multiworker":
         from worker_loop import is_chief, make_multiworker_strategy
-        strategy = make_multiworker_strategy(args.cluster)
+        timeout = CLUSTER_TIMEOUT_S if args.cluster_timeout is None else args.cluster_timeout
+        strategy = make_multiworker_strategy(args.cluster, timeout or None)
         return strategy, is_chief(strategy)
     from distribute import make_strategy
     return make_strategy(args.strategy, args.cpu_devices), True

@@ -6,6 +6,9 @@ fit) and calls the same callbacks at the same moments; the metrics' totals are s
 every replica of every worker when read."""
 import json
 import os
+import signal
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 import tensorflow as tf
@@ -18,8 +21,9 @@ from cli import PipelineError
 CLUSTER_ERRORS = (KeyError, IndexError, TypeError, ValueError, RuntimeError, OSError)
 
 
-def make_multiworker_strategy(cluster):
-    """MultiWorkerMirroredStrategy over the cluster that TF_CONFIG or SLURM describes."""
+def make_multiworker_strategy(cluster, timeout):
+    """MultiWorkerMirroredStrategy over the cluster that TF_CONFIG or SLURM describes, given
+    up after timeout seconds (None: no limit) without every worker."""
     if cluster == "slurm":
         try:
             resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
@@ -35,10 +39,59 @@ def make_multiworker_strategy(cluster):
                                 "README, 'Running on several GPUs or a cluster') or "
                                 "--cluster slurm")
     try:
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        tasks = [f"{kind} {index} at {address}" for kind, addresses in
+                 sorted(resolver.cluster_spec().as_dict().items())
+                 for index, address in enumerate(addresses)]
+        if timeout and resolver.task_type in COORDINATED_JOBS:
+            register_within(resolver.cluster_spec(), timeout)
+        print(f"waiting for the {len(tasks)} tasks of the cluster to join"
+              + (f" (at most {timeout:g} s)" if timeout else ""), flush=True)
+        with ended_by_ctrl_c():
+            return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    except tf.errors.DeadlineExceededError:
+        raise PipelineError(f"the cluster did not form within {timeout:g} s ({', '.join(tasks)}): "
+                            "start the training on every task, check that each can reach the "
+                            "others' host and port, or give a longer --cluster-timeout") from None
     except CLUSTER_ERRORS as err:
         raise PipelineError(f"--cluster {cluster}: TensorFlow cannot use this cluster: "
                             f"{err}") from None
+
+
+# The jobs whose tasks TensorFlow's coordination service waits for.
+COORDINATED_JOBS = ("chief", "worker")
+
+
+def register_within(cluster_spec, timeout):
+    """Make TensorFlow give up (DeadlineExceededError) where not every task of the cluster
+    has joined within timeout seconds: by default it waits forever. This is the coordination
+    service MultiWorkerMirroredStrategy sets up, which it leaves alone where one is set up
+    already, with the limit added."""
+    from tensorflow.compiler.xla.tsl.protobuf.coordination_config_pb2 import CoordinatedJob
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+    jobs = [CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+            for job in COORDINATED_JOBS if job in cluster_spec.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        coordinated_jobs=jobs, cluster_register_timeout_in_ms=round(timeout * 1000))
+    context.context().coordination_service.cluster_register_with_barrier = True
+
+
+@contextmanager
+def ended_by_ctrl_c():
+    """While TensorFlow waits for the cluster it holds the interpreter in C++, where Python's
+    handler of SIGINT never runs: a Ctrl-C went unheard. Its default action ends the process
+    at once instead; nothing has been written by then. (SIGTERM TensorFlow catches itself,
+    as notice of a preemption: --cluster-timeout bounds that wait.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield       # handlers belong to the main thread
+        return
+    earlier = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, earlier)
 
 
 def check_tf_config():

@@ -2,15 +2,18 @@
 device takes on the same global batch."""
 import csv
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from distribute import start_localhost_workers
+from distribute import free_ports, localhost_tf_config, start_localhost_workers
 from synthetic_patches import make_patch_set
 
 keras = pytest.importorskip("keras")
@@ -265,6 +268,38 @@ def start_workers(root, name, *extra):
     return start_localhost_workers(
         [sys.executable, ROOT / "train_unet_xception_resnetblock.py", *map(str, args)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def lone_worker(root, *extra):
+    """Worker 0 of a cluster of two whose worker 1 never starts."""
+    args = [*plain_arithmetic(root, "lone"), "--strategy", "multiworker", "--batch-size", "2",
+            *extra]
+    return subprocess.Popen(
+        [sys.executable, ROOT / "train_unet_xception_resnetblock.py", *map(str, args)],
+        cwd=ROOT, env={**os.environ, "TF_CONFIG": localhost_tf_config(free_ports(2), 0)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_worker_whose_peer_never_starts_gives_up_with_one_line(patch_work):
+    """TensorFlow waits for every task forever, in C++ code no Python exception reaches."""
+    proc = lone_worker(patch_work, "--cluster-timeout", "3")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    assert err.rstrip().splitlines()[-1].startswith(
+        "error: the cluster did not form within 3 s (worker 0 at 127.0.0.1:")
+    assert "Traceback" not in err and not (patch_work / "lone").exists()
+
+
+def test_ctrl_c_while_waiting_for_the_cluster_ends_the_run_at_once(patch_work):
+    proc = lone_worker(patch_work, "--cluster-timeout", "120")
+    for line in proc.stdout:
+        if line.startswith("waiting for the 2 tasks of the cluster to join"):
+            break
+    time.sleep(2)       # into TensorFlow's wait
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGINT, err[-3000:]     # ended by it, as a shell shows
+    assert "Traceback" not in err and not (patch_work / "lone").exists()
 
 
 def finish(procs, timeout=600):

@@ -606,7 +606,9 @@ def test_an_option_keras_or_numpy_would_refuse_is_refused_by_the_parser(option, 
     (["--cluster", "slurm"], "--cluster slurm needs --strategy multiworker"),
     (["--strategy", "mirrored", "--cluster", "slurm"], "--cluster slurm needs"),
     (["--strategy", "one", "--cpu-devices", "2"], "--cpu-devices 2 needs --strategy mirrored"),
-    (["--strategy", "multiworker", "--cpu-devices", "2"], "--strategy multiworker does not")])
+    (["--strategy", "multiworker", "--cpu-devices", "2"], "--strategy multiworker does not"),
+    (["--cluster-timeout", "60"], "--cluster-timeout needs --strategy multiworker"),
+    (["--strategy", "multiworker", "--cluster-timeout", "-1"], "--cluster-timeout")])
 def test_a_device_option_the_strategy_would_ignore_is_refused(argv, named, capsys):
     with pytest.raises(SystemExit):
         train.parse_args(argv)
