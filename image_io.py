@@ -6,6 +6,7 @@ import io
 import os
 import re
 import shutil
+import struct
 import time
 import warnings
 from collections import Counter
@@ -264,12 +265,67 @@ def _series_layout(series, path):
 def first_series(tif, path):
     """(the series of the file's frames, their number, the axes of one frame): the first
     series, or the series of a file written a frame at a time joined into one."""
-    if not tif.series:
+    try:
+        found = tif.series
+    except Exception as err:    # tifffile raises many kinds on a damaged file
+        raise PipelineError(f"cannot read TIFF {path}: {type(err).__name__}: {err}") from None
+    if not found:
         raise PipelineError(f"cannot read TIFF {path}: it holds no image")
     parts = _without_previews(_stack_parts(tif, path))
-    if len(parts) == 1:
-        return (parts[0], *_series_layout(parts[0], path))
-    return _joined(parts, path)
+    frames = ((parts[0], *_series_layout(parts[0], path)) if len(parts) == 1
+              else _joined(parts, path))
+    _refuse_cut(tif, path, frames[1])
+    return frames
+
+
+def _refuse_cut(tif, path, count):
+    """Refuse a TIFF cut short (a copy or save that did not finish), which tifffile reads as
+    the images before the cut: a stack of planes as its first plane alone, named as a file
+    of one plane, with a line in the log at most."""
+    cut = _cut_chain(tif) or _missing_imagej_planes(tif, count)
+    if cut:
+        raise _cut_short(path, cut)
+
+
+def refuse_cut_plane(tif, page, path):
+    """Refuse a plane whose data runs past the end of the file: read row by row, a whole
+    slide cut short would fail only once prediction reached the cut, after hours."""
+    ends = np.add(np.asarray(page.dataoffsets, np.uint64), page.databytecounts)
+    if len(ends) and int(ends.max()) > tif.filehandle.size:
+        raise _cut_short(path, f"its pixels run to byte {int(ends.max())}, the file ends at "
+                               f"{tif.filehandle.size}")
+
+
+def _cut_short(path, what):
+    return PipelineError(f"TIFF {path} is cut short ({what}): a copy or save that did not "
+                         "finish? Copy or save it again")
+
+
+def _cut_chain(tif):
+    """What is wrong with the chain of the file's images, each header pointing to the next:
+    None where the last one ends it (points to 0), as a whole file's does."""
+    fmt = tif.tiff
+    try:
+        tif.filehandle.seek(tif.pages.next_page_offset)
+        data = tif.filehandle.read(fmt.offsetsize)
+    except (OSError, TypeError, ValueError) as err:
+        return f"the header of its image {len(tif.pages)} cannot be read: {err}"
+    if len(data) < fmt.offsetsize:
+        return f"the header of its image {len(tif.pages)} runs past its end"
+    if struct.unpack(fmt.offsetformat, data)[0]:
+        return f"the header of its image {len(tif.pages) + 1} lies past its end or is damaged"
+    return None
+
+
+def _missing_imagej_planes(tif, count):
+    """The planes an ImageJ file's header lists that tifffile found no data for (a file of
+    over 4 GiB has one image header for all its planes, so a cut leaves the chain whole)."""
+    try:
+        listed = int((tif.imagej_metadata or {}).get("images", 1)) if tif.is_imagej else 1
+    except (TypeError, ValueError):
+        return None
+    return f"its ImageJ header lists {listed} planes, it holds {count}" if listed > count \
+        else None
 
 
 def _stack_parts(tif, path):
@@ -385,7 +441,8 @@ def _tiff_plane(path, index):
     try:
         if index >= count:
             raise PipelineError(f"{path} holds {count} planes; there is no plane {index}")
-        img = series.asarray() if count == 1 else tif.asarray(series=series, key=index)
+        img = series.asarray() if count == 1 else _stack_plane(tif, series, count, index,
+                                                                    len(frame_axes))
     except PipelineError:
         raise
     except Exception as err:    # tifffile and its codecs raise many kinds
@@ -407,6 +464,18 @@ def _tiff_plane(path, index):
     return img, count, _plane_keyframe(series, count, index)
 
 
+def _stack_plane(tif, series, count, index, frame_ndim):
+    """Plane `index` of a stack as stored: through its page, or, where the file holds no page
+    of its own for it but stores the planes one after another (ImageJ's files of over
+    4 GiB, tifffile's truncate=True: one IFD for them all), read from where it lies."""
+    if frame_page(series, count, index) is not None or series.dataoffset is None:
+        return tif.asarray(series=series, key=index)
+    size = int(np.prod(series.shape, dtype=np.int64)) // count
+    tif.filehandle.seek(series.dataoffset + index * size * series.dtype.itemsize)
+    plane = tif.filehandle.read_array(series.dtype.newbyteorder(tif.byteorder), size)
+    return plane.reshape(series.shape[-frame_ndim:])
+
+
 def frame_page(series, count, index):
     """The tifffile page of frame `index` of a series of `count` frames, where each frame is
     a page of its own; else None (a frame of several pages, or a page tifffile cannot find)."""
@@ -423,12 +492,21 @@ def _plane_keyframe(series, count, index):
 
 
 def _read_tiff(path, index):
-    """A TIFF frame as an image: as shown (tiff_pixels_as_shown), 1-bit pixels as 0 and 255."""
+    """A TIFF frame as an image (tiff_image)."""
     img, _, key = _tiff_plane(path, index)
+    return np.ascontiguousarray(tiff_image(img, key))
+
+
+def tiff_image(img, key):
+    """Stored samples of a TIFF plane (or rows of one) as an image: as shown
+    (tiff_pixels_as_shown), 1-bit pixels as 0 and 255, 8-bit pixels used as they are."""
     img = tiff_pixels_as_shown(img, key)
-    if img.dtype == np.bool_:
-        img = img.astype(np.uint8) * 255
-    return np.ascontiguousarray(img)
+    return img.astype(np.uint8) * 255 if img.dtype == np.bool_ else img
+
+
+def tiff_image_dtype(dtype):
+    """The pixel type of tiff_image of stored pixels of type dtype."""
+    return np.dtype(np.uint8) if np.dtype(dtype) == np.bool_ else np.dtype(dtype)
 
 
 def tiff_pixels_as_shown(img, key):

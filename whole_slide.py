@@ -7,7 +7,8 @@ import numpy as np
 
 from image_io import (TIFF_EXTS, StackPlane, check_finite, first_series, frame_page,
                       has_histogram, open_tiff, pixel_histogram, range_from_histogram,
-                      read_raw_image, scale_to_uint8, tiff_pixels_as_shown, to_color_mode)
+                      read_raw_image, refuse_cut_plane, scale_to_uint8, tiff_image,
+                      tiff_image_dtype, to_color_mode)
 from cli import PipelineError
 
 # Frames of more megapixels than this are streamed by default (predict_lovasz_loss.py and
@@ -36,6 +37,7 @@ class TiffRows:
         key = page.keyframe
         self.key = key
         self.dtype = key.dtype
+        self.image_dtype = tiff_image_dtype(key.dtype)     # of image_rows: 1-bit as uint8
         samples = key.samplesperpixel
         self.shape = (key.imagelength, key.imagewidth) + ((samples,) if samples > 1 else ())
         self.chunk_rows = key.tilelength if key.is_tiled else key.rowsperstrip
@@ -73,9 +75,9 @@ class TiffRows:
         return block[y0 - start:y1 - start]
 
     def image_rows(self, y0, y1, step=1):
-        """Rows y0..y1-1 (every step-th row and column from y0) as an image
-        (image_io.tiff_pixels_as_shown); a mask's are rows() as stored."""
-        return tiff_pixels_as_shown(self.rows(y0, y1)[::step, ::step], self.key)
+        """Rows y0..y1-1 (every step-th row and column from y0) as an image, of image_dtype
+        (image_io.tiff_image, as the plane read whole); a mask's are rows() as stored."""
+        return tiff_image(self.rows(y0, y1)[::step, ::step], self.key)
 
     def _chunk_row(self, r):
         if r in self._decoded:
@@ -127,6 +129,7 @@ def open_tiff_rows(source):
                 or key.compression in (65000, 65001, 65002) or tif.is_ndpi):
             tif.close()
             return None
+        refuse_cut_plane(tif, page, path)
         return TiffRows(tif, page, path)
     except BaseException:
         tif.close()
@@ -154,16 +157,17 @@ def streamed_intensity_range(reader, intensity, what):
     8-bit planes (used as stored). Integer planes of up to 16 bits get the exact range of
     the in-memory path from a histogram; float and 32-bit planes get exact minimum and
     maximum, and percentiles from SAMPLE_PIXELS pixels spread over the plane."""
-    if reader.dtype == np.uint8:
+    dtype = reader.image_dtype
+    if dtype == np.uint8:       # 1-bit planes too, as 0 and 255
         return None
     if intensity["rule"] == "fixed":
         return intensity["low"], intensity["high"]
-    if has_histogram(reader.dtype):
+    if has_histogram(dtype):
         # whole rows of strips or tiles, so each is decoded once
         rows = reader.chunk_rows * max(1, BAND_ROWS // 4 // reader.chunk_rows)
         hist = sum(pixel_histogram(reader.image_rows(y0, y1))
                    for y0, y1 in bands(reader.height, rows))
-        return range_from_histogram(hist, reader.dtype, intensity)
+        return range_from_histogram(hist, dtype, intensity)
     low, high, sample = math.inf, -math.inf, []
     step = max(1, math.ceil(math.sqrt(math.prod(reader.shape) / SAMPLE_PIXELS)))
     for y0, y1 in bands(reader.height):

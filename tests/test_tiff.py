@@ -458,9 +458,36 @@ def test_a_damaged_tiff_is_one_clear_error(tmp_path, damage):
     data = (tmp_path / "good.tif").read_bytes()
     bad = tmp_path / "bad.tif"
     bad.write_bytes(data[:len(data) // 3] if damage == "truncated" else b"II*\0garbage" * 9)
-    where = r" \(plane 2 of 3\)" if damage == "truncated" else ""
-    with pytest.raises(PipelineError, match=f"cannot read TIFF .*bad.tif{where}"):
+    said = "TIFF .*bad.tif is cut short" if damage == "truncated" else \
+        "cannot read TIFF .*bad.tif"
+    with pytest.raises(PipelineError, match=said):
         read_raw_image(list_images(bad).popitem()[1])
+
+
+@pytest.mark.parametrize("how", [dict(imagej=True, metadata={"axes": "ZYX"}),
+                                 dict(imagej=True, truncate=True, metadata={"axes": "ZYX"}),
+                                 dict(ome=True, metadata={"axes": "ZYX"})])
+def test_a_stack_cut_short_is_refused_not_read_as_its_first_plane(tmp_path, how):
+    """tifffile reads an ImageJ or OME stack cut short (a copy that did not finish) as a file
+    of its first plane alone, which was predicted as such, named as a file of one plane."""
+    tifffile.imwrite(tmp_path / "good.tif", stack(4), **how)
+    data = (tmp_path / "good.tif").read_bytes()
+    for fraction in (0.3, 0.6):
+        (tmp_path / "cut.tif").write_bytes(data[:int(len(data) * fraction)])
+        with pytest.raises(PipelineError, match="TIFF .*cut.tif is cut short .*save it again"):
+            list_images(tmp_path / "cut.tif")
+
+
+def test_an_imagej_stack_with_one_header_for_all_its_planes_gives_every_plane(tmp_path):
+    """ImageJ saves a stack of over 4 GiB with one image header for all its planes, stored
+    one after another: planes after the first were refused (IndexError)."""
+    planes = stack(9).reshape(3, 3, 40, 50).astype(">u2")
+    tifffile.imwrite(tmp_path / "big.tif", planes, imagej=True, truncate=True, byteorder=">",
+                     metadata={"axes": "TZYX"})
+    frames = list_images(tmp_path / "big.tif")
+    assert len(frames) == 9
+    for k, source in enumerate(frames.values()):
+        assert np.array_equal(read_raw_image(source), planes.reshape(9, *planes.shape[2:])[k])
 
 
 def test_stack_masks_as_tiff_and_objects_in_micrometres(tmp_path):

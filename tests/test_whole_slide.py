@@ -126,6 +126,19 @@ def test_streamed_rows_are_the_in_memory_frames_rows(tmp_path, color_mode):
             assert np.array_equal(W.mirrored_rows(frame, y0, y1, width), expected)
 
 
+@pytest.mark.parametrize("rule", RULES)
+def test_a_1_bit_plane_streams_as_0_and_255_as_read_whole(tmp_path, rule):
+    """1-bit pixels are 0 and 255, 8-bit pixels used as they are, whatever the rule: read as
+    0 and 1 through --intensity fixed, a streamed plane came out all 0."""
+    img = np.random.default_rng(10).random((70, 50)) > 0.5
+    tifffile.imwrite(tmp_path / "b.tif", img, rowsperstrip=16)
+    whole = read_image(tmp_path / "b.tif", rule)
+    assert set(np.unique(whole)) == {0, 255}
+    with W.open_tiff_rows(tmp_path / "b.tif") as rows:
+        frame = W.StreamedFrame(rows, rule, "grey", "b")
+        assert frame.range is None and np.array_equal(frame.rows(0, 70), whole)
+
+
 def test_tiled_mask_written_band_by_band(tmp_path):
     rng = np.random.default_rng(7)
     mask = rng.integers(0, 3, (600, 530), dtype=np.uint8)
@@ -149,14 +162,29 @@ def test_overview_keeps_every_step_th_pixel(monkeypatch):
 
 
 def test_a_damaged_plane_is_one_clear_error(tmp_path):
-    """Strips or tiles cut off by a truncated file: a PipelineError naming the file, raised
-    when the rows are reached (the header was whole)."""
+    """Strips or tiles damaged in the file: a PipelineError naming the file, raised when the
+    rows are reached (the header was whole)."""
     img = np.random.default_rng(9).integers(0, 60000, (300, 200), dtype=np.uint16)
-    path = tmp_path / "cut.tif"
+    path = tmp_path / "bad.tif"
     tifffile.imwrite(path, img, tile=(64, 64), compression="zlib")
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) * 2 // 3])
+    path.write_bytes(data[:len(data) * 2 // 3] + b"\xff" * (len(data) - len(data) * 2 // 3))
     with W.open_tiff_rows(path) as rows:
         assert np.array_equal(rows.rows(0, 10), img[:10])
-        with pytest.raises(PipelineError, match="cannot read TIFF .*cut.tif"):
+        with pytest.raises(PipelineError, match="cannot read TIFF .*bad.tif"):
             rows.rows(250, 300)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_plane_cut_short_is_refused_when_opened_not_when_its_rows_are_reached(tmp_path,
+                                                                                dtype):
+    """A slide whose copy did not finish: refused before the model loads
+    (predict_lovasz_loss.streamed_frames opens every TIFF), not after the hours of
+    prediction the rows before the cut take (8-bit planes have no first pass)."""
+    img = np.random.default_rng(9).integers(0, 200, (300, 200)).astype(dtype)
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, img, rowsperstrip=16)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(PipelineError, match="TIFF .*cut.tif is cut short .*save it again"):
+        W.open_tiff_rows(path)
