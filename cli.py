@@ -143,6 +143,11 @@ def some_names(names, shown=3):
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
+def count_of(count, noun):
+    """'1 image', '2 images': a count with its noun, plural where it is not one."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def refuse_file(path, what):
     """One line when a path meant for a folder names a file."""
     path = Path(path)

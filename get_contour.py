@@ -52,8 +52,8 @@ from band_objects import objects_of_class
 from outputs import (COLOR_SUFFIX, PROB_INFIX, prob_file, same_or_inside, staged_output,
                      write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
-from cli import (PipelineError, finite_float, non_negative_float, positive_float, read_classes,
-                 read_json, run_cli, WORK_DIR)
+from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
+                 read_classes, read_json, run_cli, WORK_DIR)
 from figures import PALETTE, colorize, save_figure, pyplot
 from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
                          megapixels, open_tiff_rows, plane_shape)
@@ -632,7 +632,8 @@ def main(argv=None):
                 "shard": info["shard"], "images": names, "all_images": info["all_images"],
                 "prediction": run_settings(info), **contour_settings(args, intensity)})
 
-    print(f"{tally.total} objects in {len(names)} images -> {out / MARKER}, contours in {out}"
+    print(f"{count_of(tally.total, 'object')} in {count_of(len(names), 'image')} -> "
+          f"{out / MARKER}, contours in {out}"
           + (f", panels in {figures}" if args.panels else ""))
     tally.print(len(names), measured_in_um)
 
@@ -668,7 +669,8 @@ def merge(args):
     with staged_output(out, MARKER) as staging:
         copy_shard_files(folders, staging, skip={MARKER, SHARD_RECORD})
         count = merge_object_tables([f / MARKER for f in folders], everything, staging / MARKER)
-    print(f"merged {len(folders)} shards: {count} objects in {len(everything)} images -> "
+    print(f"merged {len(folders)} shards: {count_of(count, 'object')} in "
+          f"{count_of(len(everything), 'image')} -> "
           f"{out / MARKER}")
 
 

@@ -106,9 +106,9 @@ from outputs import (atomic_write_text, check_replaceable,  # noqa: E402
                      color_file, prob_file, staged_output, write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
-from cli import (PipelineError, check_split_written, read_json, existing_folder,  # noqa: E402
-                 finite_float, nfc, non_negative_float, non_negative_int, positive_int,
-                 read_classes, refuse_file, run_cli, some_names, WORK_DIR)
+from cli import (PipelineError, check_split_written, count_of, read_json,  # noqa: E402
+                 existing_folder, finite_float, nfc, non_negative_float, non_negative_int,
+                 positive_int, read_classes, refuse_file, run_cli, some_names, WORK_DIR)
 from figures import colorize, save_figure, pyplot  # noqa: E402
 from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, invert_intensities,  # noqa: E402
                       inverts, resample_image, resample_probabilities, scaled_size)
@@ -553,7 +553,7 @@ def plot_iou(dataset_row, classes, num_images, paths, pdf):
     ax.bar_label(bars, fmt="%.3f", fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("IoU")
-    ax.set_title(f"IoU per class, {num_images} images (mean {dataset_row[-1]:.3f})",
+    ax.set_title(f"IoU per class, {count_of(num_images, 'image')} (mean {dataset_row[-1]:.3f})",
                  fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -863,7 +863,7 @@ def main(argv=None):
           f"{args.blend} blend{f', {len(transforms)}x TTA' if args.tta else ''}"
           f"{resampled}"
           f"{'' if threshold is None else f', objects of texture under {threshold:.2f} dropped'}; "
-          f"{len(images)} images from {src}"
+          f"{count_of(len(images), 'image')} from {src}"
           f"{shard}; intensity of non-8-bit images: {describe_intensity(intensity)}")
 
     if threshold is not None and streamed:
@@ -912,7 +912,7 @@ def main(argv=None):
         # Last: a file in the folder newer than the record was changed after the run.
         write_json(staging / MARKER, record)
 
-    print(f"wrote {len(images)} masks to {out}")
+    print(f"wrote {count_of(len(images), 'mask')} to {out}")
     report(rows, per_image, classes, out, label_dir)
 
 
@@ -935,7 +935,7 @@ def merge(args):
         rows = publish_report(staging, Path(chart_copy) if chart_copy else None, per_image,
                               total_cm, classes, any((f / "iou.pdf").is_file() for f in folders))
         write_json(staging / MARKER, merged_record(records, everything))
-    print(f"merged {len(folders)} shards: {len(everything)} masks in {out}")
+    print(f"merged {len(folders)} shards: {count_of(len(everything), 'mask')} in {out}")
     report(rows, per_image, classes, out, records[0]["label_dir"])
 
 

@@ -104,7 +104,7 @@ def test_contour_outputs(pipeline):
     assert (work / "figures" / "panel_sample_02.png").is_file()
     with open(out / "objects.csv") as f:
         count = len(list(csv.DictReader(f)))
-    assert count > 0 and f"{count} objects in 1 images" in contour_out
+    assert count > 0 and f"{count} objects in 1 image -> " in contour_out
 
 
 def test_own_images_without_labels(pipeline):
