@@ -176,16 +176,21 @@ def verify_model_file(path, model_dir, config, unchecked=" (--no-verify loads it
     try:   # abspath, not resolve: a model file linked into the folder is the folder's file
         name = Path(os.path.abspath(path)).relative_to(os.path.abspath(model_dir)).as_posix()
     except ValueError:
-        print(f"note: {path} lies outside the model folder; its integrity is not checked")
-        return
+        # A file of another model folder (an ensemble's second seed): its own config.json
+        # recorded its sha256.
+        folder, own = own_model_folder(path)
+        if folder is None:
+            print(f"note: {path} lies outside the model folder; its integrity is not checked")
+            return
+        return verify_model_file(path, folder, own, unchecked)
     expected = config.get("sha256", {}).get(name)
     if expected is None:
         raise PipelineError(f"{path}: config.json records no sha256 for {name} (trained by an "
                             f"older version, or not written by training){unchecked}")
     if sha256_of(path) != expected:
         raise PipelineError(f"{path} is not the file training saved (its sha256 differs from "
-                            "config.json's): it is damaged or was replaced; train again"
-                            f"{unchecked}")
+                            f"{Path(model_dir) / 'config.json'}'s): it is damaged or was "
+                            f"replaced; train again{unchecked}")
 
 
 def load_model(path):

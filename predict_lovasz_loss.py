@@ -103,7 +103,7 @@ from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  #
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import (atomic_write_text, check_replaceable,  # noqa: E402
-                     color_file, prob_file, staged_output, write_json)
+                     color_file, prob_file, same_or_inside, staged_output, write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, count_of, read_json,  # noqa: E402
@@ -445,14 +445,19 @@ def model_image(path, color_mode, intensity=DEFAULT_INTENSITY):
     return to_color_mode(img, color_mode)
 
 
-def check_frames_readable(images, streamed, color_mode, intensity):
-    """Read every frame held in memory once before the model loads: a truncated file or a
-    grey frame for a colour model stops the run before any frame is predicted, not after
-    the frames before it (whose work an error throws away)."""
+def check_frames_readable(images, streamed, color_mode, intensity, label_paths=None,
+                          classes=None):
+    """Read every frame held in memory, and its label, once before the model loads: a
+    truncated file, a grey frame for a colour model, or a label of another size or of a
+    class the model lacks stops the run before any frame is predicted, not after the frames
+    before it (whose work an error throws away)."""
     from tqdm import tqdm
+    label_paths = label_paths or {}
     for name in tqdm([n for n in images if n not in streamed], desc="reading", unit="image",
                      dynamic_ncols=True, disable=None, leave=False):
-        model_image(images[name], color_mode, intensity)
+        img = model_image(images[name], color_mode, intensity)
+        if label_paths.get(name) is not None:
+            frame_label(label_paths[name], img.shape[:2], images[name], classes)
 
 
 def check_color_mode(ndim, path, color_mode):
@@ -599,6 +604,16 @@ def check_label_classes(label_dir, classes):
             raise PipelineError(f"the labels in {label_dir} are of the classes {theirs} "
                                 f"({listed}), the model's are {classes}: their values would "
                                 "be scored as other classes")
+
+
+def check_not_in_output(out, src, label_dir):
+    """Refuse images or labels read from the output folder (an earlier run's masks), which
+    this run replaces whole: they would be gone once it has read them."""
+    for option, path in (("--input", src), ("--labels", label_dir)):
+        if path is not None and same_or_inside(path if path.is_dir() else path.parent, out):
+            raise PipelineError(f"{option} {path} lies in the output folder {out}, which this "
+                                "run replaces whole: copy it elsewhere first, or give another "
+                                "--output")
 
 
 def check_same_input(out, src):
@@ -825,6 +840,7 @@ def main(argv=None):
         # also after --output: N array jobs given one command line write N folders
         out = shard_folder(out, args.shard)
     check_replaceable(out, MARKER)
+    check_not_in_output(out, src, label_dir)
     if args.input and not args.output:
         check_same_input(out, src)
     # Every label is looked up now: a bad one (JPEG, two for a frame) stops the run before
@@ -849,7 +865,8 @@ def main(argv=None):
         check_label_classes(label_dir, classes)
         warn_of_training_frames(images, config, model_dir)
     intensity = args.intensity or config["intensity"]
-    check_frames_readable(images, streamed, config["color_mode"], intensity)
+    check_frames_readable(images, streamed, config["color_mode"], intensity, label_paths,
+                          classes)
     precision = use_precision(args.precision)
     paths, predict_batch, tile, prepare = open_model(model_dir, config, args.weights, precision,
                                                      verify=not args.no_verify)
@@ -907,6 +924,9 @@ def main(argv=None):
             # merged later; the chart goes to figures/ then, with every image in it
             record.update(shard=list(args.shard), all_images=everything,
                           chart_copy=str(chart_copy) if chart_copy else None)
+        if args.input and not args.output:
+            # Again: another input of the name may have been predicted there while this ran.
+            check_same_input(out, src)
         rows = publish_report(staging, None if args.shard else chart_copy, per_image, total_cm,
                               classes, args.pdf)
         # Last: a file in the folder newer than the record was changed after the run.

@@ -974,6 +974,90 @@ def test_another_image_of_the_same_name_does_not_replace_earlier_predictions(mod
                   capsys)[::2])
 
 
+def test_an_input_of_the_name_predicted_meanwhile_is_not_replaced(model_dir, tmp_path, capsys,
+                                                                 monkeypatch):
+    """day2/images predicted to W/predict/images while day1/images, begun before, still runs:
+    day 1's run, which found the folder empty, is refused when it would publish over day 2's
+    masks (it said they were written), not replace them."""
+    work = tmp_path / "work"
+    day1 = write(tmp_path / "day1" / "images" / "plate1.png", noise(40, 40)).parent
+    day2 = write(tmp_path / "day2" / "images" / "plate2.png", noise(40, 40, 1)).parent
+    day2_masks = tmp_path / "day2_masks"    # what day 2's run publishes, made beforehand
+    accepted(*run(predict_lovasz_loss, predict_args(model_dir, work, "--input", day2,
+                                                    "--output", day2_masks), capsys)[::2])
+    real = predict_lovasz_loss.FrameRun.in_memory
+
+    def day2_finishes_meanwhile(self, *args):
+        shutil.copytree(day2_masks, work / "predict" / "images")
+        return real(self, *args)
+    monkeypatch.setattr(predict_lovasz_loss.FrameRun, "in_memory", day2_finishes_meanwhile)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, work, "--input", day1),
+                       capsys)
+    refusal_line(code, err, str(day2.resolve()), "--output")
+    assert (work / "predict" / "images" / "plate2.png").is_file()
+    assert not (work / "predict" / "images" / "plate1.png").exists()
+
+
+def test_a_model_file_of_another_folder_is_verified_by_its_own_config(model_dir, tmp_path,
+                                                                      capsys):
+    """--weights best ../seed2/weights/<best>: the second seed's config.json recorded its
+    sha256, so a file replaced there (here by another, loadable model) is refused like one
+    of --model-dir, not averaged in with a note that it goes unchecked."""
+    keras = pytest.importorskip("keras")
+    seed2 = Path(shutil.copytree(model_dir, tmp_path / "seed2"))
+    keras.utils.set_random_seed(1)
+    net = keras.Sequential([keras.Input((TILE, TILE, 3)),
+                            keras.layers.Conv2D(len(CLASSES), 3, padding="same")])
+    keras.saving.save_model(net, seed2 / BEST, include_optimizer=False)
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    args = predict_args(model_dir, tmp_path / "work", "--input", inp, "--weights", "best",
+                        seed2 / BEST)
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, args, capsys)
+    refusal_line(code, err, seed2 / BEST, seed2 / "config.json", "--no-verify")
+    assert_unchanged(tmp_path, before)
+    accepted(*run(predict_lovasz_loss, [*args, "--no-verify"], capsys)[::2])
+
+
+@pytest.mark.parametrize("bad_label, said", [((30, 30), "is 30x30"), ((40, 40), "class 7")],
+                         ids=["other-size", "other-class"])
+def test_a_bad_label_stops_the_run_before_the_model_loads(bad_label, said, model_dir, tmp_path,
+                                                         capsys, monkeypatch):
+    """A label of another size, or holding a class the model lacks, for the last frame: not
+    found after every frame before it was predicted, whose work the error throws away."""
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)})
+    label = class_blocks(*bad_label)
+    if said == "class 7":
+        label[0, 0] = 7
+    write(tmp_path / "labels" / "a.png", class_blocks(40, 40))
+    write(tmp_path / "labels" / "b.png", label)
+
+    def loads_the_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before every label was read")
+    monkeypatch.setattr(predict_lovasz_loss, "open_model", loads_the_model)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
+                                                         inp, "--labels", tmp_path / "labels"),
+                       capsys)
+    refusal_line(code, err, tmp_path / "labels" / "b.png", said)
+
+
+@pytest.mark.parametrize("option", ["--input", "--labels"])
+def test_images_or_labels_read_from_the_output_folder_are_refused(option, model_dir, tmp_path,
+                                                                  capsys):
+    """An earlier run's mask given as an image, or its masks as labels to compare with, with
+    --output that run's folder: the run would replace the folder whole, and with it what it
+    read."""
+    out = earlier_prediction(tmp_path / "out")
+    inp = input_folder(tmp_path, {"old.png": noise(40, 40)})
+    read = ["--input", out / "old.png"] if option == "--input" else \
+        ["--input", inp, "--labels", out]
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", *read,
+                                                         "--output", out), capsys)
+    refusal_line(code, err, option, out, "--output")
+    assert_unchanged(tmp_path, before)
+
+
 def test_labels_of_a_data_set_with_other_classes_are_refused(model_dir, tmp_path, capsys):
     inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
     other = tmp_path / "other"
