@@ -319,13 +319,21 @@ def _cut_chain(tif):
 
 def _missing_imagej_planes(tif, count):
     """The planes an ImageJ file's header lists that tifffile found no data for (a file of
-    over 4 GiB has one image header for all its planes, so a cut leaves the chain whole)."""
+    over 4 GiB has one image header for all its planes, its planes stored one after another
+    behind it, so a cut leaves the chain whole). One image that carries a stack's header (its
+    first plane saved by tiffsplit or with the stack's tags) lists planes it never held: its
+    file ends where its pixels do, or holds its header after them."""
     try:
         listed = int((tif.imagej_metadata or {}).get("images", 1)) if tif.is_imagej else 1
     except (TypeError, ValueError):
         return None
-    return f"its ImageJ header lists {listed} planes, it holds {count}" if listed > count \
-        else None
+    if listed <= count or len(tif.pages) != 1:     # several headers: _cut_chain's to judge
+        return None
+    page, size = tif.pages.first, tif.filehandle.size
+    end = max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    if end > size or (size > end and page.offset < end):
+        return f"its ImageJ header lists {listed} planes, it holds {count}"
+    return None
 
 
 def _stack_parts(tif, path):

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from image_io import (IMAGE_EXTS, JPEG_START, LABEL_EXTS, TIFF_EXTS, decode_image,
                       files_named, lossless_suffix, read_raw_image, tiff_frame_count,
                       write_image)
-from label_record import RECORD, read_record
+from label_record import RECORD, drawn_as_recorded, read_record
 from outputs import sha256_of, staged_output
 from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, control_character,
                  finite_numbers, nfc, positive_float, read_classes, read_json, refuse_file,
@@ -492,8 +492,7 @@ class WrittenLabels:
         self.replace, self.classes, self.entries = replace, list(classes), read_record(data_dir)
 
     def check(self, json_path, label_path, label):
-        if (self.replace or not label_path.exists()
-                or self.entries.get(label_path.name, {}).get("sha256") == sha256_of(label_path)
+        if (self.replace or not label_path.exists() or drawn_as_recorded(self.entries, label_path)
                 or holds_pixels(label_path, label)):
             return
         raise PipelineError(f"{json_path}: would replace {label_path}, a label this script did "

@@ -771,6 +771,11 @@ def output_files(name, classes, mask_suffix, save_probs):
             *(prob_file(name, cls) for cls in classes if save_probs)]
 
 
+def mask_file_suffix(name, streamed, mask_format):
+    """The suffix of frame `name`'s mask: a TIFF where it is streamed or --mask-format tif."""
+    return ".tif" if name in streamed or mask_format == "tif" else ".png"
+
+
 def check_output_files(names, classes, args, streamed):
     """Refuse frames whose outputs would overwrite each other's or the report's: frames x and
     x_color (or x_prob_cell with --save-probs) both write x_color.png; x and X are one file
@@ -779,7 +784,7 @@ def check_output_files(names, classes, args, streamed):
     writer = {nfc(f).casefold(): "the report"
               for f in (MARKER, *REPORT_FILES)}
     for name in names:
-        suffix = ".tif" if name in streamed or args.mask_format == "tif" else ".png"
+        suffix = mask_file_suffix(name, streamed, args.mask_format)
         for file in output_files(name, classes, suffix, args.save_probs):
             other = writer.setdefault(nfc(file).casefold(), name)
             if other != name:
@@ -967,8 +972,9 @@ def check_shard_files(folder, record):
     merged folder would list a frame whose mask is not there."""
     streamed = set(record.get("streamed") or ())
     for name in record["images"]:
-        suffix = ".tif" if name in streamed or record.get("mask_format") == "tif" else ".png"
-        files = output_files(name, record["classes"], suffix, record.get("probability_maps"))
+        files = output_files(name, record["classes"],
+                             mask_file_suffix(name, streamed, record.get("mask_format")),
+                             record.get("probability_maps"))
         if record.get("labelme"):
             files.append(f"labelme/{name}.json")
         missing = [file for file in files if not (folder / file).is_file()]

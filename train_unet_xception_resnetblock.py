@@ -1010,8 +1010,8 @@ def train_model(args, held):
             print("training had finished; the chief writes the final models")
             return
         # Every worker computes and saves alike; only the chief's folder stays.
-        model_dir, plan = worker_scratch(model_dir, strategy, fingerprint, args, earlier)
-    if args.strategy == "multiworker":
+        model_dir, plan = worker_scratch(held, model_dir, strategy, fingerprint, args, earlier)
+    elif args.strategy == "multiworker":
         hold_model_folder(held, model_dir, plan, fingerprint, args, earlier)
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas
@@ -1150,12 +1150,14 @@ def open_strategy(args):
     return make_strategy(args.strategy, args.cpu_devices), True
 
 
-def worker_scratch(model_dir, strategy, fingerprint, args, earlier):
+def worker_scratch(held, model_dir, strategy, fingerprint, args, earlier):
     """(folder, plan) of a worker that is not the chief: a scratch folder beside the model
     folder for the same saves the chief makes (and its own resume backup), removed when the
-    run ends; one left by a run of other settings is cleared."""
+    run ends; one left by a run of other settings is cleared. Its lock is entered into the
+    ExitStack held first: the same worker of a run still training may be writing it."""
     from worker_loop import worker_name
     scratch = model_dir.with_name(f".{model_dir.name}.{worker_name(strategy)}")
+    held.enter_context(model_folder_lock(scratch))
     try:
         plan = plan_model_folder(scratch, fingerprint, args, earlier)
     except PipelineError:

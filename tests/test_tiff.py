@@ -478,6 +478,36 @@ def test_a_stack_cut_short_is_refused_not_read_as_its_first_plane(tmp_path, how)
             list_images(tmp_path / "cut.tif")
 
 
+def test_a_stack_with_one_header_cut_within_its_first_plane_is_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "good.tif", stack(4), imagej=True, truncate=True,
+                     metadata={"axes": "ZYX"})
+    data = (tmp_path / "good.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[:int(len(data) * 0.15)])
+    with pytest.raises(PipelineError, match="TIFF .*cut.tif is cut short"):
+        list_images(tmp_path / "cut.tif")
+
+
+@pytest.mark.parametrize("writer", ["tifffile", "pillow"])
+def test_a_plane_saved_with_its_stacks_imagej_header_is_read_not_taken_for_a_cut(tmp_path,
+                                                                               writer):
+    """The first plane of an ImageJ stack saved with the stack's tags (Pillow's save with
+    tiffinfo=im.tag_v2, tiffsplit) keeps 'images=4' in its description: a whole file of one
+    plane, refused as a stack cut short."""
+    planes = stack(4)
+    tifffile.imwrite(tmp_path / "stack.tif", planes, imagej=True, metadata={"axes": "ZYX"})
+    if writer == "pillow":
+        with Image.open(tmp_path / "stack.tif") as im:
+            im.save(tmp_path / "plane.tif", tiffinfo=im.tag_v2)
+    else:
+        with tifffile.TiffFile(tmp_path / "stack.tif") as tif:
+            description = tif.pages.first.description
+        tifffile.imwrite(tmp_path / "plane.tif", planes[0], description=description,
+                         metadata=None)
+    frames = list_images(tmp_path / "plane.tif")
+    assert len(frames) == 1
+    assert np.array_equal(read_raw_image(frames.popitem()[1]), planes[0])
+
+
 def test_an_imagej_stack_with_one_header_for_all_its_planes_gives_every_plane(tmp_path):
     """ImageJ saves a stack of over 4 GiB with one image header for all its planes, stored
     one after another: planes after the first were refused (IndexError)."""

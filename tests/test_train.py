@@ -2,6 +2,7 @@
 import csv
 import json
 import shutil
+from contextlib import ExitStack
 
 import cv2
 import numpy as np
@@ -855,6 +856,26 @@ def test_a_training_into_a_model_folder_another_is_training_is_refused(tmp_path)
     assert file_digests(model_dir) == before
     assert not (tmp_path / "work" / "weights.previous").exists()
     short_run(tmp_path, "--lr", "0.02", "--restart")        # released when that run ended
+
+
+def test_a_workers_scratch_folder_another_run_is_training_in_is_left_alone(tmp_path):
+    """A second cluster run with --restart (or other settings) cleared worker 1's scratch
+    folder of the run still training, and was refused by its lock only after."""
+    from types import SimpleNamespace
+    model_dir = tmp_path / "weights"
+    scratch = tmp_path / ".weights.worker1"
+    scratch.mkdir()
+    (scratch / "state.json").write_text("{}")
+    worker1 = SimpleNamespace(cluster_resolver=SimpleNamespace(task_type="worker", task_id=1))
+    args = train.parse_args(["--strategy", "multiworker", "--restart"])
+    with train.model_folder_lock(scratch), ExitStack() as held:   # as worker 1 holds it
+        with pytest.raises(train.PipelineError, match=r"\.weights\.worker1 is being trained"):
+            train.worker_scratch(held, model_dir, worker1, "hash", args, "hash")
+    assert (scratch / "state.json").is_file()
+    with ExitStack() as held:                                       # that run ended
+        assert train.worker_scratch(held, model_dir, worker1, "hash", args, "hash") == \
+            (scratch, "fresh")
+    assert not scratch.exists()
 
 
 @pytest.mark.parametrize("model_dir", ["/", "//"])
