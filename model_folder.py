@@ -123,7 +123,7 @@ def model_file(model_dir, config, choice):
             raise PipelineError(f"--weights {choice}: {path} not found{hint}")
         return path
     if choice == "last":
-        snapshots = sorted((model_dir / "snapshots").glob("epoch_*.*"))
+        snapshots = snapshot_files(model_dir / "snapshots")
         if not snapshots:
             raise PipelineError(f"--weights last: no snapshots in {model_dir / 'snapshots'}")
         return snapshots[-1]
@@ -132,6 +132,17 @@ def model_file(model_dir, config, choice):
             return path
     raise PipelineError(f"--weights {choice}: not best, swa, last or an existing model file "
                         f"(looked in {model_dir} and the current folder)")
+
+
+def snapshot_files(folder):
+    """The snapshots epoch_NNN.* in a folder in epoch order, not name order: the numbers have
+    three digits up to epoch 999 and more after, and by name epoch_1000 came before epoch_999,
+    so the newest snapshot was taken for the oldest (deleted as one, left out of SWA, passed
+    over by --weights last)."""
+    def epoch(path):
+        number = path.stem[len("epoch_"):]
+        return (int(number) if number.isdigit() else -1, path.name)
+    return sorted(Path(folder).glob("epoch_*.*"), key=epoch)
 
 
 # What a model file's inputs and outputs mean: models that differ in any of these cannot be

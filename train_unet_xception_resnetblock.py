@@ -61,7 +61,8 @@ from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written, 
                  non_negative_float, positive_float, positive_int, read_classes, read_json,
                  refuse_file, run_cli, seed_value, some_names, WORK_DIR)
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
-                          model_file, read_config, verify_model_file)
+                          model_file, own_model_folder, read_config, snapshot_files,
+                          verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
 from geometry import check_scale  # noqa: E402
 
@@ -492,9 +493,12 @@ def plan_model_folder(model_dir, fingerprint, args, earlier=None):
         old = read_json(config_path, "model config") if config_path.is_file() else {}
     except PipelineError:
         old = {}
+    if not isinstance(old, dict):
+        old = {}
     if old.get("settings_hash") != (fingerprint if "labels_sha256" in old else earlier):
         how, resumable = how_it_differs(old, args)
-        rerun = ("; rerun that command to resume it, " if resumable
+        rerun = ("; its training has finished, " if "result" in old
+                 else "; rerun that command to resume it, " if resumable
                  else ", so this command cannot resume it; ")
         raise PipelineError(f"{model_dir} holds a model trained {how}{rerun}add --restart "
                             f"to move it to {aside_folder(model_dir)} and train anew, or choose "
@@ -512,8 +516,11 @@ def plan_model_folder(model_dir, fingerprint, args, earlier=None):
 def how_it_differs(old, args):
     """(how the model in a folder was trained otherwise, whether rerunning its own command
     resumes it: not where the same command now meets other data)."""
+    if not old:     # no command can be matched to it, this one included: none resumes it
+        return ("by a command its config.json no longer records (the file is missing or "
+                "unreadable)", False)
     if "settings" not in old:
-        return "by another command (its config.json is missing or unreadable)", True
+        return "by another command (its config.json records no settings)", True
     if "settings_hash" not in old:
         return ("by an earlier version of this script (its config.json has no settings "
                 "hash)", True)
@@ -825,6 +832,7 @@ def build(args, patch_shape, num_classes):
 
 def check_init_model(args, classes, scale):
     """(best model file, its sha256) of --init-model, after checking that it fits this run."""
+    refuse_model_file(Path(args.init_model))
     folder = existing_folder(args.init_model, "--init-model")
     config = read_config(folder, "--init-model")
     path = model_file(folder, config, "best")
@@ -842,6 +850,17 @@ def check_init_model(args, classes, scale):
                             f"{config['classes']}, {args.data_dir}/classes.txt lists {classes}; "
                             "add --new-head to train a new last layer for these classes")
     return {"file": str(path.resolve()), "sha256": config["sha256"][path.name]}
+
+
+def refuse_model_file(path):
+    """--init-model names a model folder: a model file given instead (its best .h5, say) was
+    refused as a file where a folder goes, without saying which folder."""
+    if not path.is_file():
+        return
+    folder, _ = own_model_folder(path)
+    where = f" ({folder})" if folder else ", the one holding its config.json"
+    raise PipelineError(f"--init-model {path} is a model file; give the model folder training "
+                        f"wrote{where}: fine-tuning starts from that folder's best model")
 
 
 def init_from_model(model, path, new_head):
@@ -1087,7 +1106,7 @@ def train_model(args, held):
     best_path = model_dir / weights_name("best", args.save_format)
     if not best_path.is_file():
         raise PipelineError(f"no epoch gave a finite val_loss; nothing saved in {model_dir}")
-    snapshots = sorted((model_dir / "snapshots").glob("epoch_*.*"))
+    snapshots = snapshot_files(model_dir / "snapshots")
     if args.swa_epochs:
         swa_path = model_dir / weights_name("swa", args.save_format)
         stochastic_weight_average(model, snapshots[-args.swa_epochs:], bn_images,

@@ -15,6 +15,7 @@ import tensorflow as tf
 from outputs import atomic_file, write_json
 from cli import PipelineError, read_json
 from figures import save_figure, pyplot
+from model_folder import snapshot_files
 
 
 @keras.saving.register_keras_serializable(package="microseg")
@@ -215,7 +216,7 @@ class Checkpoints(keras.callbacks.Callback):
         save_model(self.model, snapshot)
         saved = [snapshot]
         if self.keep is not None:
-            for old in sorted(snap_dir.glob("epoch_*.*"))[:-self.keep]:
+            for old in snapshot_files(snap_dir)[:-self.keep]:
                 old.unlink()
         val_loss = logs.get("val_loss", math.inf)
         if val_loss < self.best:
@@ -312,7 +313,25 @@ class ProgressBar(keras.callbacks.Callback):
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """Keras' BackupAndRestore, its files replaced atomically: a kill -9 while it saves leaves
     the previous epoch's backup whole (Keras overwrites in place, and a torn file cannot be
-    resumed)."""
+    resumed). A backup that cannot be restored is one error line: Keras raised h5py's
+    traceback for a damaged weights file, and where its record stood without the weights it
+    skipped the epochs the record names and trained the rest from fresh weights, silently."""
+
+    def _load_model(self):
+        weights, record = Path(self._weights_path), Path(self._training_metadata_path)
+        if record.is_file() and not weights.is_file():
+            raise self._unusable(f"{weights.name} is missing")
+        try:
+            super()._load_model()
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise self._unusable(str(err).splitlines()[0] if str(err)
+                                 else type(err).__name__) from None
+
+    def _unusable(self, why):
+        backup = Path(self.backup_dir)
+        return PipelineError(f"the resume backup {backup} cannot be restored ({why}): it is "
+                             "damaged or was copied incompletely; copy the model folder again "
+                             "from where it trained, or add --restart to train anew")
 
     def _save_model(self):
         # Keras insists on the .weights.h5 suffix.

@@ -927,3 +927,98 @@ def test_validation_steps_are_at_most_the_validation_batches(capsys):
     assert train.validation_steps(100, 20, 8, False) == 3
     assert "--val-steps 100 is more than the 3 batches" in capsys.readouterr().out
     assert train.validation_steps(100, 5, 8, True) == 1
+
+
+def tiny_model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def test_snapshots_beyond_epoch_999_are_kept_and_taken_in_epoch_order(tmp_path):
+    """epoch_1000 sorts before epoch_999 by name: the newest snapshot was deleted as the
+    oldest, and --weights last and SWA took older ones."""
+    from model_folder import model_file
+    snaps = tmp_path / "snapshots"
+    snaps.mkdir()
+    for epoch in (999, 1000):
+        (snaps / f"epoch_{epoch}.h5").write_bytes(b"")
+    checkpoints = training_callbacks.Checkpoints(tmp_path, tmp_path / "best.h5", "h5", 2,
+                                                 lambda saved: None)
+    checkpoints.set_model(tiny_model())
+    checkpoints.on_epoch_end(1000, {"val_loss": 1.0, "minutes": 0.0})
+    assert sorted(p.name for p in snaps.iterdir()) == ["epoch_1000.h5", "epoch_1001.h5"]
+    (snaps / "epoch_999.h5").write_bytes(b"")
+    assert [p.name for p in train.snapshot_files(snaps)] == [
+        "epoch_999.h5", "epoch_1000.h5", "epoch_1001.h5"]
+    assert model_file(tmp_path, {}, "last").name == "epoch_1001.h5"
+
+
+@pytest.mark.parametrize("damage", ["weights missing", "weights truncated"])
+def test_a_backup_that_cannot_be_restored_is_one_line(tmp_path, damage):
+    """Keras trained on from fresh weights where the backup's record stood without its
+    weights (having skipped the epochs the record names), and raised h5py's traceback for a
+    weights file cut short (a project copied incompletely)."""
+    backup = tmp_path / "backup"
+    saving = training_callbacks.AtomicBackupAndRestore(str(backup))
+    saving.set_model(tiny_model())
+    saving.on_epoch_end(0)
+    weights = backup / "latest.weights.h5"
+    if damage == "weights missing":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:500])
+    resuming = training_callbacks.AtomicBackupAndRestore(str(backup))
+    resuming.set_model(tiny_model())
+    with pytest.raises(train.PipelineError, match=f"the resume backup {backup} cannot be "
+                                                  "restored .*copy the model folder again.*"
+                                                  "--restart"):
+        resuming.on_train_begin()
+
+
+@pytest.mark.parametrize("config", [None, "{not json", "[]"])
+def test_a_model_folder_whose_config_is_lost_is_not_told_to_rerun_its_command(tmp_path,
+                                                                               config):
+    """No command matches a folder whose config.json is missing or unreadable, the one just
+    refused included: rerunning it cannot resume the model."""
+    args = train.parse_args(["--work-dir", str(tmp_path)])
+    model_dir = tmp_path / "weights"
+    (model_dir / "backup").mkdir(parents=True)
+    if config is not None:
+        (model_dir / "config.json").write_text(config)
+    with pytest.raises(train.PipelineError) as refused:
+        train.plan_model_folder(model_dir, "of these patches", args, "of the old rule")
+    message = str(refused.value)
+    assert "config.json no longer records" in message and "cannot resume it" in message
+    assert "rerun that command" not in message and "add --restart" in message
+
+
+def test_a_finished_model_of_other_settings_is_not_told_to_resume(tmp_path):
+    args = train.parse_args(["--work-dir", str(tmp_path)])
+    model_dir = tmp_path / "weights"
+    model_dir.mkdir()
+    (model_dir / "state.json").write_text('{"finished": true}')
+    config = {"settings": {**vars(args), "lr": 0.5}, "settings_hash": "of lr 0.5",
+              "labels_sha256": "of their labels", "result": {"epochs_done": 25}}
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(train.PipelineError) as refused:
+        train.plan_model_folder(model_dir, "of lr 0.001", args)
+    message = str(refused.value)
+    assert "(--lr 0.5 -> 0.001); its training has finished, add --restart" in message
+    assert "resume" not in message
+
+
+def test_a_model_file_given_as_init_model_is_told_to_give_its_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "classes.txt").write_text("background\nbead\ncell\n")
+    make_patch_set(tmp_path / "w", 4)
+    best = tmp_path / "old" / train.weights_name("best", "h5")
+    best.parent.mkdir()
+    best.write_bytes(b"\x89HDF")
+    with pytest.raises(train.PipelineError, match="--init-model .*_best.h5 is a model file; give "
+                                                  "the model folder training wrote, the one "
+                                                  "holding its config.json"):
+        train.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "w"),
+                    "--weights", "none", "--init-model", str(best),
+                    "--model-dir", str(tmp_path / "new")])
+    assert not (tmp_path / "new").exists()
