@@ -11,8 +11,8 @@ texture is the mean of that over its pixels.
 Training (train_unet_xception_resnetblock.py) predicts its held-out validation frames whole,
 and calibrate() picks the threshold that maximizes their mean IoU, set in the middle of the
 gap between the last object it drops and the first it keeps (the widest margin the frames
-allow), among thresholds at least MARGIN below the first object they keep; where none raises
-it by MIN_GAIN, no filter. Prediction applies the threshold recorded in the model folder.
+allow), among thresholds at least MARGIN below the first object they keep and that keep
+one at least; where none raises it by MIN_GAIN, no filter. Prediction applies the threshold recorded in the model folder.
 """
 import cv2
 import numpy as np
@@ -113,24 +113,27 @@ def calibrate(frames, num_classes):
               "threshold": None, "dropped": 0}
     kept = float(iou_per_class(total).mean())
     result.update(mean_iou_kept=kept, mean_iou_filtered=kept)
-    if not textures:
+    textures = np.concatenate(textures) if textures else np.zeros(0)
+    if len(textures) < 2:
         return result
-    textures = np.concatenate(textures)
     order = np.argsort(textures, kind="stable")
     textures = textures[order]
-    # The confusion matrix after dropping the k faintest objects, k = 1..n.
-    after = total + np.cumsum(np.concatenate(changes)[order], axis=0)
+    # The confusion matrix after dropping the k faintest objects, k = 1..n-1. Never every
+    # object: where dropping them all scores best, the model's objects on these frames are
+    # false throughout (too little training, say), which no texture threshold mends, and
+    # prediction would write empty masks without a word.
+    after = total + np.cumsum(np.concatenate(changes)[order], axis=0)[:-1]
     scores = np.array([iou_per_class(cm).mean() for cm in after])
     # A threshold falls in the gap after the k-th faintest object (ties drop together), and
     # must leave MARGIN to the first object it keeps.
-    highs = np.append(textures[1:], max(2.0 * textures[-1], 1.0))
-    thresholds = np.where(textures > 0, np.sqrt(textures * highs), highs / 2)
-    allowed = (highs > textures) & (highs >= MARGIN * thresholds)
+    lows, highs = textures[:-1], textures[1:]
+    thresholds = np.where(lows > 0, np.sqrt(lows * highs), highs / 2)
+    allowed = (highs > lows) & (highs >= MARGIN * thresholds)
     scores = np.where(allowed, scores, -np.inf)
     best = int(np.argmax(scores))
     if scores[best] < kept + MIN_GAIN:
         return result
     result.update(threshold=float(thresholds[best]), dropped=best + 1,
                   mean_iou_filtered=float(scores[best]),
-                  gap=[float(textures[best]), float(highs[best])])
+                  gap=[float(lows[best]), float(highs[best])])
     return result

@@ -77,6 +77,17 @@ def test_calibration_drops_what_the_labels_call_background():
     assert result["mean_iou_kept"] == pytest.approx(iou_per_class(total).mean())
 
 
+def test_no_filter_drops_every_object():
+    """Held-out frames whose predicted objects are all false (a model trained for two steps
+    on one held-out frame recorded such a threshold) set no filter: masks would be empty."""
+    img, cell, smear = frame()
+    nothing = np.zeros(img.shape, np.uint8)
+    result = calibrate([(img, cell.astype(np.uint8), nothing)], 2)
+    assert result["objects"] == 1 and result["threshold"] is None and result["dropped"] == 0
+    result = calibrate([(img, ((cell | smear) * 1).astype(np.uint8), nothing)], 2)
+    assert result["objects"] == 2 and result["dropped"] == 1      # the faint one at most
+
+
 def texture_of(one_frame, labelled):
     """The mean texture of the frame's one labelled (or one unlabelled) predicted object."""
     img, mask, label = one_frame
