@@ -74,7 +74,8 @@ def register_within(cluster_spec, timeout):
     context.context().configure_coordination_service(
         service_type="standalone",
         service_leader=multi_worker_util.coordination_leader(cluster_spec),
-        coordinated_jobs=jobs, cluster_register_timeout_in_ms=round(timeout * 1000))
+        coordinated_jobs=jobs,
+        cluster_register_timeout_in_ms=max(1, round(timeout * 1000)))    # 0 would mean none
     context.context().coordination_service.cluster_register_with_barrier = True
 
 
