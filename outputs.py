@@ -343,22 +343,41 @@ LOCK_NAME = ".work.lock"
 
 def work_lock(folder, script):
     """Hold the work folder for one script run: a second gen_img_aug.py or pre_processing.py
-    on the same folder is refused instead of mixing its files with the first one's."""
+    on the same folder, or one while a training reads its patches (work_read_lock), is
+    refused instead of changing the files under the other."""
     return exclusive_lock(Path(folder) / LOCK_NAME, script,
-                          lambda holder: f"{folder} is being written by {holder}; wait for it "
-                                         "to finish, or use another --work-dir")
+                          lambda holder: f"{folder} is in use by {holder}; wait for it to "
+                                         "finish, or use another --work-dir",
+                          unnamed="a training that reads its patches")
 
 
 @contextmanager
-def exclusive_lock(path, script, refusal):
+def work_read_lock(folder):
+    """Held while training reads the work folder's patches, with any other training: a
+    gen_img_aug.py or pre_processing.py cutting them again meanwhile made the training stop
+    with TensorFlow's traceback on a patch gone."""
+    path = Path(folder) / LOCK_NAME
+    handle = open(path, "a+")
+    try:
+        if _try_lock(handle, path, shared=True) is False:
+            raise PipelineError(f"{folder} is being written by {_holder(handle)}; wait for it "
+                                "to finish, or use another --work-dir")
+        yield
+    finally:
+        handle.close()
+
+
+@contextmanager
+def exclusive_lock(path, script, refusal, unnamed="another run"):
     """Hold the lock file at path for one script run; another run that asks for it is
     refused with refusal(holder). The operating system drops the lock when the process
-    ends, killed or not; the file, emptied on release, names the holder while it runs."""
+    ends, killed or not; the file, emptied on release, names the holder while it runs
+    (unnamed: who holds it where the file names none, shared holders)."""
     handle = open(path, "a+")
     try:
         held = _try_lock(handle, path)
         if held is False:
-            raise PipelineError(refusal(_holder(handle)))
+            raise PipelineError(refusal(_holder(handle, unnamed)))
         handle.seek(0)
         handle.truncate()
         handle.write(f"{script} (process {os.getpid()})")
@@ -372,21 +391,24 @@ def exclusive_lock(path, script, refusal):
         handle.close()
 
 
-def _holder(handle):
+def _holder(handle, unnamed="another run"):
     try:    # Windows keeps a locked byte from other processes' reads
         handle.seek(0)
-        return handle.read().strip() or "another run"
+        return handle.read().strip() or unnamed
     except OSError:
         return "another run"
 
 
-def _try_lock(handle, path):
-    """Take an exclusive lock on the open file without waiting: True, False where another
-    holds it, None (with a note) where the file system offers no locks (NFS without lockd)."""
+def _try_lock(handle, path, shared=False):
+    """Take an exclusive (or shared) lock on the open file without waiting: True, False where
+    another holds it, None (with a note) where the file system offers no locks (NFS without
+    lockd); Windows has no shared locks, so readers go unguarded there (None)."""
     import errno
     try:
         import fcntl
     except ImportError:     # Windows
+        if shared:
+            return None
         import msvcrt
         try:
             handle.seek(0)
@@ -397,7 +419,8 @@ def _try_lock(handle, path):
                 return False
             raise
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        fcntl.flock(handle.fileno(), mode | fcntl.LOCK_NB)
         return True
     except OSError as err:
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):

@@ -55,7 +55,7 @@ from distribute import STRATEGIES  # noqa: E402
 from image_io import (DEFAULT_INTENSITY, PNG_HEADER_BYTES, check_intensity,  # noqa: E402
                       check_label_values, png_header, read_image)
 from outputs import (atomic_write_text, exclusive_lock, foreign_entries,  # noqa: E402
-                     remove_leftovers, same_or_inside, sha256_of, write_json)
+                     remove_leftovers, same_or_inside, sha256_of, work_read_lock, write_json)
 from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written,  # noqa: E402
                  existing_folder, finite_float, fraction_below_one, held_out_count,
                  non_negative_float, positive_float, positive_int, read_classes, read_json,
@@ -990,9 +990,11 @@ def hold_model_folder(held, model_dir, plan, *fingerprints):
 
 
 def train_model(args, held):
-    """Train as args say, the lock on the model folder entered into the ExitStack held."""
+    """Train as args say, the locks on the work and model folders entered into the
+    ExitStack held."""
     work = existing_folder(args.work_dir, "--work-dir",
                            "run gen_img_aug.py and pre_processing.py first")
+    held.enter_context(work_read_lock(work))
     model_dir = model_folder(args)
     refuse_file(model_dir, "--model-dir")
     check_model_dir(model_dir, work, args.data_dir, args.init_model)

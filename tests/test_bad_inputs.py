@@ -744,7 +744,7 @@ def test_a_work_folder_another_run_is_writing_is_refused(module, tmp_path, capsy
     with work_lock(work, "gen_img_aug.py"):
         before = snapshot(tmp_path)
         code, _, err = run(module, args, capsys)
-        refusal_line(code, err, work, "being written by gen_img_aug.py")
+        refusal_line(code, err, work, "is in use by gen_img_aug.py")
         assert_unchanged(tmp_path, before)
     accepted(*run(module, args, capsys)[::2])         # free again once the holder is done
     assert (work / LOCK_NAME).is_file()

@@ -109,7 +109,7 @@ def test_a_held_work_folder_is_refused_to_a_second_run_and_freed_after(tmp_path)
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(PipelineError, match=r"is being written by first.py \(process "
+        with pytest.raises(PipelineError, match=r"is in use by first.py \(process "
                                                 rf"{holder.pid}\)"):
             with work_lock(tmp_path, "second.py"):
                 pass
@@ -122,6 +122,24 @@ def test_a_held_work_folder_is_refused_to_a_second_run_and_freed_after(tmp_path)
                 pass
     # emptied on release: a finished run's folder names no holder and hashes alike each run
     assert (tmp_path / outputs.LOCK_NAME).read_text() == ""
+
+
+def test_trainings_share_the_work_folder_that_its_writers_hold_alone(tmp_path):
+    """gen_img_aug.py cutting the patches again under a training stopped it with
+    TensorFlow's traceback; two trainings on one work folder are fine."""
+    from outputs import work_lock, work_read_lock
+    with work_read_lock(tmp_path), work_read_lock(tmp_path):
+        with pytest.raises(PipelineError, match="is in use by a training that reads its "
+                                                "patches; wait for it to finish"):
+            with work_lock(tmp_path, "gen_img_aug.py"):
+                pass
+    with work_lock(tmp_path, "pre_processing.py"):
+        with pytest.raises(PipelineError, match=r"is being written by pre_processing.py "
+                                                r"\(process \d+\)"):
+            with work_read_lock(tmp_path):
+                pass
+    with work_lock(tmp_path, "gen_img_aug.py"):     # both released
+        pass
 
 
 def test_a_folder_reached_by_a_second_path_is_the_same_folder(tmp_path, monkeypatch):

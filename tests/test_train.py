@@ -878,6 +878,16 @@ def test_a_workers_scratch_folder_another_run_is_training_in_is_left_alone(tmp_p
     assert not scratch.exists()
 
 
+def test_training_refuses_a_work_folder_whose_patches_are_being_cut_again(tmp_path):
+    from outputs import work_lock
+    make_patch_set(tmp_path / "work", 40)
+    with work_lock(tmp_path / "work", "gen_img_aug.py"):
+        with pytest.raises(train.PipelineError, match=r"work is being written by gen_img_aug"
+                                                      r"\.py \(process \d+\); wait"):
+            short_run(tmp_path)
+    assert not (tmp_path / "work" / "weights").exists()
+
+
 @pytest.mark.parametrize("model_dir", ["/", "//"])
 def test_the_root_as_model_folder_is_refused(tmp_path, model_dir):
     make_patch_set(tmp_path / "work", 4)
