@@ -48,7 +48,8 @@ import numpy as np
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       add_intensity_option, check_label_size, check_label_values, copy_frame,
                       describe_intensity, files_in, find_label, frame_stem, list_images,
-                      parse_intensity, read_image, read_label, unread_images, write_image)
+                      parse_intensity, read_image, read_label, read_raw_image, to_uint8,
+                      unread_images, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, positive_int,
@@ -61,6 +62,7 @@ from label_outlines import bare_outlines, describe_bare_outlines
 from label_record import check_drawn_classes, drawn_as_recorded, read_record
 from parallel import default_workers, parallel_map
 
+TEST_SIZE, RANDOM_STATE = 0.1, 2018     # the paper's split
 MAX_SCALE = 4               # beyond, upsampled frames hold no detail worth the memory
 CHUNK = 200                 # patches per task: big enough to amortise, small for a smooth bar
 CACHE_BYTES = 1 << 30       # per worker: images stay cached up to this, whatever the patch count
@@ -75,9 +77,9 @@ def parse_args(argv=None):
     g.add_argument("--work-dir", default=WORK_DIR,
                    help="output folder for split, test copy and patches (default: %(default)s)")
     g = p.add_argument_group("train/test split (ignored when <data-dir>/test.txt exists)")
-    g.add_argument("--test-size", type=finite_float, default=0.1,
+    g.add_argument("--test-size", type=finite_float, default=TEST_SIZE,
                    help="fraction of images held out for test, as the paper (default: %(default)s)")
-    g.add_argument("--random-state", type=seed_value, default=2018,
+    g.add_argument("--random-state", type=seed_value, default=RANDOM_STATE,
                    help="seed of train_test_split, as the paper (default: %(default)s)")
     g = p.add_argument_group("patches")
     g.add_argument("--num-patches", type=positive_int, default=75000,
@@ -145,11 +147,15 @@ def labelled_images(data_dir, classes, intensity):
     if missing:
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}")
-    table, values, edges, outlines = {}, {}, {}, {}
+    table, values, edges, outlines, flattened, wide = {}, {}, {}, {}, {}, 0
     classes_path, drawn = Path(data_dir) / "classes.txt", read_record(data_dir)
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
-        img, lbl = read_image(img_path, intensity), read_label(lbl_path)
+        raw, lbl = read_raw_image(img_path), read_label(lbl_path)
+        img = to_uint8(raw, intensity, f"image {img_path}")
+        wide += raw.dtype != np.uint8
+        if flattened_by_fixed_range(raw, intensity):
+            flattened[frame_file(img_path)] = (raw.min(), raw.max())
         check_label_size(lbl, lbl_path, img.shape, img_path)
         values[name] = check_label_values(lbl, len(classes), lbl_path, classes_path).tolist()
         check_drawn_classes(drawn, lbl_path, values[name], classes, classes_path)
@@ -159,7 +165,49 @@ def labelled_images(data_dir, classes, intensity):
         if found:
             outlines[name] = found
     report_unused_labels(Path(data_dir), [lbl for _, lbl, _ in table.values()])
+    check_flattened(flattened, wide, intensity)
     return table, values, edges, outlines
+
+
+def frame_file(source):
+    """The name a frame is shown by: its file's, a stack plane's file and plane."""
+    if isinstance(source, StackPlane):
+        return f"{source.path.name} plane {source.index}"
+    return Path(source).name
+
+
+def flattened_by_fixed_range(raw, intensity):
+    """Whether --intensity fixed LO HI flattens a frame that is not 8-bit: clips nearly all
+    of its pixel values to 0 or 255, or fits all of them into one grey level (float frames
+    of 0..1 under 'fixed 0 4095'). Clipping a background on purpose leaves the objects'
+    pixels (a percent or more) in range. The other rules follow each frame's own values."""
+    if raw.dtype == np.uint8 or intensity["rule"] != "fixed":
+        return False
+    low, high = intensity["low"], intensity["high"]
+    outside = np.mean((raw < low) | (raw > high))
+    span = (float(raw.max()) - float(raw.min())) * 255 / (high - low)
+    return bool(outside > 0.99 or 0 < span < 1)
+
+
+def check_flattened(flattened, wide, intensity):
+    """Refuse an --intensity fixed LO HI that flattens every frame that is not 8-bit
+    (flattened_by_fixed_range; flattened: file -> its (lowest, highest) value; wide: how many
+    frames are not 8-bit): every patch would be blank or saturated. Where only some are, a
+    warning names them (a dark frame may be meant)."""
+    if not flattened:
+        return
+    low = min(float(lo) for lo, _ in flattened.values())
+    high = max(float(hi) for _, hi in flattened.values())
+    what = (f"--intensity {describe_intensity(intensity)} flattens {len(flattened)} of the "
+            f"{wide} images that are not 8-bit ({some_names(sorted(flattened))}, values within "
+            f"{low:g}..{high:g}): nearly all of their pixels lie outside "
+            f"{intensity['low']:g}..{intensity['high']:g}, or all within one grey level of it")
+    if len(flattened) < wide:
+        print(f"warning: {what}; they train as blank or saturated frames")
+        return
+    raise PipelineError(f"{what}, so every patch would be blank or saturated; give --intensity "
+                        "fixed the range of the images' values, or use 'percentile 0.1 99.9' "
+                        "or 'full'")
 
 
 def report_unused_labels(data_dir, used):
@@ -396,6 +444,18 @@ def split_names(names, data_dir, test_size, random_state, stack_of=None, file_of
             + (", planes of a stack kept together" if stack_of else ""))
 
 
+def note_unused_split_options(args):
+    """A note where --test-size or --random-state was given but a fixed test list decides the
+    split, so that neither is taken for having been applied."""
+    fixed = Path(args.data_dir) / "test.txt"
+    given = [f"{option} {value:g}" for option, value, default in
+             (("--test-size", args.test_size, TEST_SIZE),
+              ("--random-state", args.random_state, RANDOM_STATE)) if value != default]
+    if given and fixed.is_file():
+        print(f"note: {' and '.join(given)} not used: {fixed} lists the test images (remove "
+              "it for a random split)")
+
+
 def listed_frames(listed, names, file_of, fixed):
     """The frames a fixed test list names: a frame by its name; else a file by its name, its
     extension in any case or none (a stack: all its planes). Names compare in Unicode's
@@ -614,6 +674,11 @@ class PatchWriter:
         return len(rows), rows
 
 
+def patch_writers(workers, num_patches):
+    """The processes that write patches: --workers, but no more than there are chunks."""
+    return min(workers, math.ceil(num_patches / CHUNK))
+
+
 def write_patches(table, train, work, num_patches, patch_size, seed, workers,
                   foreground_fraction=0.0, intensity=DEFAULT_INTENSITY, orientations="all",
                   scale=1.0):
@@ -630,7 +695,7 @@ def write_patches(table, train, work, num_patches, patch_size, seed, workers,
         with open(staging / "patches.csv", "w", newline="") as f:
             out = csv.writer(f)
             out.writerow(["patch", "image", "y", "x", "transform"])
-            for rows in parallel_map(writer, spans, min(workers, len(spans)), "patches",
+            for rows in parallel_map(writer, spans, patch_writers(workers, num_patches), "patches",
                                      total=num_patches, unit="patch"):
                 out.writerows((name, train[i], y, x, k) for name, i, y, x, k in rows)
 
@@ -678,10 +743,11 @@ def main(argv=None):
                                    stack_of, file_of)
     if not train:
         raise PipelineError("no training images left after the split")
+    note_unused_split_options(args)
     check_training_classes(values_of, train, classes)
     check_test_folders(work, table)
     check_memory([scaled_size(table[n][2], args.scale) for n in train], args.patch_size,
-                 args.workers)
+                 patch_writers(args.workers, args.num_patches))
     sums = [edges[n] for n in train]
     relief, angle = edge_relief(sums), relief_angle(sums)
     orientations = choose_orientations(args.orientations, relief)

@@ -1381,6 +1381,83 @@ def test_test_size_that_leaves_no_training_image_is_refused(tmp_path, capsys):
     refusal_line(2, err, "--test-size 0.99", "2 images", "no training image")
 
 
+def test_split_options_a_fixed_test_list_leaves_unused_are_noted(tmp_path, capsys):
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1),
+                                "c.png": noise(40, 40, 2)}, test=["b"])
+    code, out, err = run(gen_img_aug, aug_args(data, tmp_path / "work", "--test-size", "0.5",
+                                               "--random-state", "7"), capsys)
+    accepted(code, err)
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1, out
+    for said in ("--test-size 0.5", "--random-state 7", "not used", str(data / "test.txt")):
+        assert said in notes[0], notes[0]
+    assert json.loads((tmp_path / "work" / "split.json").read_text())["test"] == ["b"]
+    code, out, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    accepted(code, err)
+    assert "note:" not in out
+
+
+def ramp(low, high, dtype):
+    return np.linspace(low, high, 40 * 40).reshape(40, 40).astype(dtype)
+
+
+@pytest.mark.parametrize("images, rule, said", [
+    ({"a.tif": ramp(0, 1, np.float32), "b.tif": ramp(0.2, 0.9, np.float32)},
+     ["fixed", "0", "4095"], "values within 0..1"),
+    ({"a.png": ramp(1000, 4000, np.uint16), "b.png": ramp(500, 3000, np.uint16)},
+     ["fixed", "0", "255"], "values within 500..4000")], ids=["float-squeezed", "16bit-clipped"])
+def test_a_fixed_intensity_range_that_flattens_every_frame_is_refused(images, rule, said,
+                                                                     tmp_path, capsys):
+    data = make_data(tmp_path, images)
+    err = refused_before_the_work_folder_changes(tmp_path, capsys, data, "--intensity", *rule)
+    refusal_line(2, err, f"--intensity {' '.join(rule)} flattens 2 of the 2 images", said,
+                 "every patch would be blank or saturated")
+
+
+def test_a_fixed_intensity_range_that_flattens_some_frames_is_warned_of(tmp_path, capsys):
+    data = make_data(tmp_path, {"a.png": ramp(0, 4095, np.uint16),
+                                "dim.png": ramp(6000, 9000, np.uint16)})
+    code, out, err = run(gen_img_aug, aug_args(data, tmp_path / "work", "--intensity", "fixed",
+                                               "0", "4095"), capsys)
+    accepted(code, err)
+    warnings = [line for line in out.splitlines() if "--intensity" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: --intensity fixed 0 4095 "
+                                                         "flattens 1 of the 2 images"), out
+    assert "dim.png" in warnings[0] and "a.png" not in warnings[0]
+
+
+def test_a_fixed_intensity_range_that_clips_a_background_on_purpose_is_taken(tmp_path, capsys):
+    """Fluorescence: a background of 100 clipped to 0 by 'fixed 110 4000', the cells (4 % of
+    the pixels) in range."""
+    frames = {}
+    for i in range(2):
+        img = np.full((40, 40), 100, np.uint16)
+        img[10:18, 10:18] = 2000 + 100 * i
+        frames[f"f{i}.png"] = img
+    data = make_data(tmp_path, frames)
+    code, out, err = run(gen_img_aug, aug_args(data, tmp_path / "work", "--intensity", "fixed",
+                                               "110", "4000"), capsys)
+    accepted(code, err)
+    assert "flattens" not in out
+
+
+def test_memory_is_counted_for_the_processes_that_write_patches(tmp_path, capsys, monkeypatch):
+    # 4 patches are one chunk, written by one process whatever --workers says.
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)})
+    one_worker = 40 * 40 * 8 + 4 * 32 ** 2
+    monkeypatch.setattr(gen_img_aug, "available_memory", lambda: 10 * one_worker)
+    args = aug_args(data, tmp_path / "work")
+    args[args.index("--workers") + 1] = 64
+    code, _, err = run(gen_img_aug, args, capsys)
+    accepted(code, err)
+    # As many chunks as workers: all 64 write, and that is refused before any is written.
+    args[args.index("--num-patches") + 1] = 64 * gen_img_aug.CHUNK
+    args[args.index("--work-dir") + 1] = tmp_path / "other"
+    code, _, err = run(gen_img_aug, args, capsys)
+    refusal_line(code, err, "--patch-size 32", "64 worker(s)", "fewer --workers")
+    assert not (tmp_path / "other").exists()
+
+
 @pytest.mark.parametrize("size", [1, 33, 48])
 def test_patch_size_the_network_cannot_take_is_refused_by_the_option_parser(size, tmp_path,
                                                                             capsys):
