@@ -16,6 +16,17 @@ fi
 WORK="${WORK_DIR:-demo_work$([ "$EPOCHS" = 15 ] || echo "_e$EPOCHS")}"
 [[ $WORK = /* ]] || [ -z "${WORK_DIR:-}" ] || WORK="$PWD/$WORK"
 source "$(dirname "$0")/setup_env.sh"
+# A second demo on the same work folder would cut its patches again under the first one's
+# training (which then stops with TensorFlow's traceback): hold the folder for the whole run.
+if command -v flock >/dev/null 2>&1; then
+    mkdir -p "$WORK"
+    exec 8<"$WORK"
+    if ! flock -n 8; then
+        echo "error: $WORK is in use by another run_demo.sh; wait for it to finish, or set" \
+             "another WORK_DIR" >&2
+        exit 1
+    fi
+fi
 step() { printf '\n=== %s\n' "$*"; "$@"; }
 start=$SECONDS
 

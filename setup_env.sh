@@ -23,14 +23,22 @@ if needs_setup; then
     fi
     if needs_setup; then
         if ! python3 -c "import sys; sys.exit(sys.version_info < (${MIN_PYTHON/./, }))" 2>/dev/null; then
-            echo "error: needs Python $MIN_PYTHON or newer; python3 here is" \
-                 "$(python3 -V 2>&1 || echo missing): put a newer python3 first on PATH" >&2
+            # one line: no python3 at all, or a pyenv shim's screenful, would make it several
+            found="$(command -v python3 >/dev/null && python3 -V 2>&1 || true)"
+            found="${found%%$'\n'*}"
+            echo "error: needs Python $MIN_PYTHON or newer; python3 here is ${found:-missing}:" \
+                 "put a newer python3 first on PATH" >&2
             exit 1
         fi
         if [ -f .venv/.installed ] && [ -x .venv/bin/python ] && venv_works; then
             echo "requirements.txt changed: installing it into .venv..."
         else
-            echo "Setting up .venv from requirements.txt (first run only; a few minutes)..."
+            if [ -e .venv ]; then       # not "first run only": this one is not the first
+                echo "Making .venv anew from requirements.txt (an install cut short, or the" \
+                     "Python that made it gone; a few minutes)..."
+            else
+                echo "Setting up .venv from requirements.txt (first run only; a few minutes)..."
+            fi
             rm -rf .venv        # half-made, or made by an interpreter that is gone
             python3 -m venv .venv
         fi
