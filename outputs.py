@@ -357,7 +357,10 @@ def work_read_lock(folder):
     gen_img_aug.py or pre_processing.py cutting them again meanwhile made the training stop
     with TensorFlow's traceback on a patch gone."""
     path = Path(folder) / LOCK_NAME
-    handle = open(path, "a+")
+    if not path.is_file():      # gen_img_aug.py leaves one: a folder it never wrote has none
+        yield
+        return
+    handle = open(path)
     try:
         if _try_lock(handle, path, shared=True) is False:
             raise PipelineError(f"{folder} is being written by {_holder(handle)}; wait for it "

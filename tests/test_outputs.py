@@ -128,6 +128,7 @@ def test_trainings_share_the_work_folder_that_its_writers_hold_alone(tmp_path):
     """gen_img_aug.py cutting the patches again under a training stopped it with
     TensorFlow's traceback; two trainings on one work folder are fine."""
     from outputs import work_lock, work_read_lock
+    (tmp_path / outputs.LOCK_NAME).touch()      # as gen_img_aug.py leaves it
     with work_read_lock(tmp_path), work_read_lock(tmp_path):
         with pytest.raises(PipelineError, match="is in use by a training that reads its "
                                                 "patches; wait for it to finish"):
