@@ -12,7 +12,8 @@ Training (train_unet_xception_resnetblock.py) predicts its held-out validation f
 and calibrate() picks the threshold that maximizes their mean IoU, set in the middle of the
 gap between the last object it drops and the first it keeps (the widest margin the frames
 allow), among thresholds at least MARGIN below the first object they keep and that keep
-one at least; where none raises it by MIN_GAIN, no filter. Prediction applies the threshold recorded in the model folder.
+one at least; where none raises it by MIN_GAIN, no filter. Prediction applies the threshold
+recorded in the model folder.
 """
 import cv2
 import numpy as np
