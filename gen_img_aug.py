@@ -363,9 +363,15 @@ def choose_orientations(requested, relief):
     return "none" if relief >= DIRECTED_RELIEF else "all"
 
 
-def mirror_warning(orientations, relief, angle):
-    """A line of warning where a chosen mirror's axis misses the images' relief, whose
-    mirrored patches would then show relief no microscope makes; else None."""
+def orientation_warning(orientations, relief, angle):
+    """A line of warning where the chosen orientations make patches no microscope makes: a
+    mirror whose axis misses the images' relief, or inverted intensities of images without
+    relief (the inverse of a stain or a fluorescence is no image of either); else None."""
+    if orientations == "rotate-invert" and relief < DIRECTED_RELIEF:
+        return (f"warning: --orientations rotate-invert inverts the intensities of half the "
+                f"patches, which maps only DIC relief onto itself, but these images show none "
+                f"(edge relief {relief:.2f}, under {DIRECTED_RELIEF}): its inverted patches "
+                "show images no microscope makes; 'auto' turns them to the 8 rotations/flips")
     axis = MIRROR_AXES.get(orientations)
     if axis is None or relief < DIRECTED_RELIEF:
         return None
@@ -756,7 +762,7 @@ def main(argv=None):
     print(f"edge relief of the training images {relief:.2f} along {angle:.0f} degrees: "
           f"patches {describe_orientations(orientations)}"
           + ("" if args.orientations == "auto" else f" (--orientations {orientations})"))
-    warning = mirror_warning(orientations, relief, angle)
+    warning = orientation_warning(orientations, relief, angle)
     if warning:
         print(warning)
     report_outlines(outlines)
