@@ -4,6 +4,8 @@ import errno
 import json
 import math
 import os
+import shlex
+import sys
 import unicodedata
 from pathlib import Path
 
@@ -141,6 +143,11 @@ def some_names(names, shown=3):
     """The first few names, comma-separated, with ', ...' where more follow."""
     names = list(names)
     return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def command_line():
+    """The command that runs this script, as a shell would take it back."""
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def count_of(count, noun):

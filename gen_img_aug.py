@@ -52,9 +52,9 @@ from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       unread_images, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
-from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, positive_int,
-                 nfc, read_classes, refuse_file, read_name_list, run_cli, seed_value,
-                 some_names, WORK_DIR)
+from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count,
+                 positive_int, nfc, read_classes, refuse_file, read_name_list, run_cli,
+                 seed_value, some_names, WORK_DIR)
 from figures import colorize, save_figure, pyplot
 from geometry import (INPUT_MULTIPLE, MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad,
                       resample_image, resample_label, scaled_size, transform_image)
@@ -507,8 +507,14 @@ def frame_groups(names, stack_of):
     return groups
 
 
+def patch_settings(args):
+    """What decides the patches beyond the split, recorded so that they can be cut again."""
+    return {"num_patches": args.num_patches, "patch_size": args.patch_size, "seed": args.seed,
+            "foreground_fraction": args.foreground_fraction}
+
+
 def write_split(work, train, test, how, classes, label_values, intensity, stack_of,
-                orientations, relief, angle, scale, outlines):
+                orientations, relief, angle, scale, outlines, patches):
     """The split files, written last: their presence marks a complete run."""
     write_json(work / "split.json", {"method": how, "train": train, "test": test,
                                      "classes": classes, "label_values": label_values,
@@ -516,7 +522,7 @@ def write_split(work, train, test, how, classes, label_values, intensity, stack_
                                      "orientations": orientations,
                                      "edge_relief": round(relief, 4),
                                      "relief_angle": round(angle, 1), "scale": scale,
-                                     "bare_outlines": outlines})
+                                     "bare_outlines": outlines, "patches": patches})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 
@@ -778,7 +784,7 @@ def main(argv=None):
                       args.workers, args.foreground_fraction, args.intensity, orientations,
                       args.scale)
         write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
-                    orientations, relief, angle, args.scale, outlines)
+                    orientations, relief, angle, args.scale, outlines, patch_settings(args))
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
     scale = "" if args.scale == 1 else f" from frames resampled by {args.scale:g}"

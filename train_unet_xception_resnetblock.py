@@ -57,9 +57,10 @@ from image_io import (DEFAULT_INTENSITY, PNG_HEADER_BYTES, check_intensity,  # n
 from outputs import (atomic_write_text, exclusive_lock, foreign_entries,  # noqa: E402
                      remove_leftovers, same_or_inside, sha256_of, work_read_lock, write_json)
 from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written,  # noqa: E402
-                 existing_folder, finite_float, fraction_below_one, held_out_count,
-                 non_negative_float, positive_float, positive_int, read_classes, read_json,
-                 refuse_file, run_cli, seed_value, some_names, WORK_DIR)
+                 command_line, existing_folder, finite_float, fraction_below_one,
+                 held_out_count, non_negative_float, positive_float, positive_int,
+                 read_classes, read_json, refuse_file, run_cli, seed_value, some_names,
+                 WORK_DIR)
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
                           model_file, own_model_folder, read_config, snapshot_files,
                           verify_model_file)
@@ -907,7 +908,7 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, 
         "settings": {k: v for k, v in vars(args).items()},
         "settings_hash": fingerprint, "labels_sha256": labels,
         "sha256": hashes,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command_line(),
     }
     config.update(extra or {})
     write_json(model_dir / "config.json", config)

@@ -73,6 +73,8 @@ def test_split_is_deterministic_and_follows_the_paper(dataset, tmp_path):
     a = json.loads((tmp_path / "a" / "split.json").read_text())
     b = json.loads((tmp_path / "b" / "split.json").read_text())
     assert a == b
+    assert a["patches"] == {"num_patches": 60, "patch_size": 64, "seed": 2018,
+                            "foreground_fraction": 0.0}
     from sklearn.model_selection import train_test_split
     names = sorted(p.stem for p in (dataset / "src").glob("*.png"))
     _, expected_test = train_test_split(names, test_size=0.1, random_state=2018)
