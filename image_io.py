@@ -20,6 +20,7 @@ import numpy as np
 from geometry import dihedral
 from outputs import atomic_write_bytes
 from cli import IGNORE_LABEL, PipelineError, control_character, nfc
+from native_messages import caught_native_stderr
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABEL_EXTS = (".png", ".tif", ".tiff", ".npy")
@@ -812,10 +813,7 @@ def read_raw_image(source):
     path = Path(source)
     if path.suffix.lower() in TIFF_EXTS:
         return _read_tiff(path, 0)
-    img = _decoded(_file_bytes(path, "image"), path)
-    if img is None:
-        raise PipelineError(f"cannot read image {path}: empty, truncated or not an image file")
-    return img
+    return _decoded(_file_bytes(path, "image"), f"image {path}")
 
 
 def read_image(source, intensity=DEFAULT_INTENSITY):
@@ -826,8 +824,6 @@ def read_image(source, intensity=DEFAULT_INTENSITY):
 def decode_image(data, what, intensity=DEFAULT_INTENSITY, raw=False):
     """Decode the bytes of a PNG or JPEG file exactly as read_image reads such files."""
     img = _decoded(bytes(data), what)
-    if img is None:
-        raise PipelineError(f"{what} is not a readable image")
     return img if raw else to_uint8(img, intensity, what)
 
 
@@ -840,10 +836,32 @@ def _file_bytes(path, kind):
 
 
 def _decoded(data, what):
-    """A PNG, JPEG or other cv2 image file's bytes as its pixels are shown (EXIF turn), RGB;
-    None where cv2 cannot decode them."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    return None if img is None else as_shown(_channels_as_rgb(img, what), exif_orientation(data))
+    """A PNG, JPEG or other cv2 image file's bytes as its pixels are shown (EXIF turn), RGB."""
+    return as_shown(_channels_as_rgb(_imdecode(data, what), what), exif_orientation(data))
+
+
+# Lines by which libpng and libjpeg report a damaged file. A JPEG decoded despite one has
+# pixels the decoder made up (grey or shifted blocks), so it is refused like one that fails.
+DAMAGE_MESSAGES = ("libpng error", "Corrupt JPEG data", "Premature end of JPEG file")
+
+
+def _reports_damage(line):
+    return line.startswith(DAMAGE_MESSAGES)
+
+
+def _imdecode(data, what):
+    """cv2's pixels of a file's bytes, as stored; one error line naming the file, with what
+    its decoder said (printed bare otherwise), where they are unreadable or damaged."""
+    img = None
+    with caught_native_stderr(_reports_damage) as damage:
+        if data:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or damage:
+        why = ("empty, truncated or not an image file" if img is None else
+               "the file is damaged and its decoder made up some of its pixels")
+        said = f" ({'; '.join(damage)})" if damage else ""
+        raise PipelineError(f"cannot read {what}: {why}{said}")
+    return img
 
 
 def _channels_as_rgb(img, what):
@@ -940,10 +958,8 @@ def read_label(path):
                                 "must be lossless (JPEG changes class values along every "
                                 "edge): save it as PNG from the original")
         label = _indices_by_pil(data)
-        if label is None and data:
-            label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if label is None:
-            raise PipelineError(f"cannot read label {path}: empty, truncated or not an image file")
+            label = _imdecode(data, f"label {path}")
         label = as_shown(_png_grey(label, data), exif_orientation(data))
     if label.ndim == 3:
         raise PipelineError(f"label {path} has {label.shape[2]} channels; a label must hold one "

@@ -429,3 +429,34 @@ def test_a_missing_image_is_not_called_a_folder(tmp_path):
         list_images(tmp_path / "gone.png")
     with pytest.raises(PipelineError, match=r"^image folder \S*gone does not exist"):
         list_images(tmp_path / "gone")
+
+
+def damaged(encoded, at):
+    data = bytearray(encoded.tobytes())
+    data[at:at + 3] = bytes([data[at] ^ 0xFF, 0xFF, 0xD0])
+    return bytes(data)
+
+
+def test_a_damaged_png_or_jpeg_is_one_error_naming_the_file_and_what_its_decoder_said(
+        tmp_path, capfd):
+    img = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
+    png, jpeg = (cv2.imencode(ext, img)[1] for ext in (".png", ".jpg"))
+    # A flipped byte in the compressed pixels: libpng's check fails; libjpeg decodes on,
+    # making up what follows.
+    (tmp_path / "a.png").write_bytes(damaged(png, len(png) // 2))
+    (tmp_path / "b.jpg").write_bytes(damaged(jpeg, len(jpeg) // 2))
+    (tmp_path / "c.png").write_bytes(damaged(png, len(png) // 2))
+    for name, said in (("a.png", "libpng error"), ("b.jpg", "Corrupt JPEG data")):
+        with pytest.raises(PipelineError, match=rf"cannot read image .*{name}: .*\({said}"):
+            read_image(tmp_path / name)
+    with pytest.raises(PipelineError, match=r"cannot read label .*c.png: .*\(libpng error"):
+        read_label(tmp_path / "c.png")
+    assert capfd.readouterr().err == ""
+
+
+def test_native_lines_not_kept_reach_stderr_as_they_came(capfd):
+    from native_messages import caught_native_stderr
+    with caught_native_stderr(lambda line: line.startswith("libpng")) as kept:
+        os.write(2, b"libpng error: bad\nsomething else\n")
+    assert kept == ["libpng error: bad"]
+    assert capfd.readouterr().err == "something else\n"
