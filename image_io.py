@@ -25,6 +25,8 @@ from native_messages import caught_native_stderr
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LABEL_EXTS = (".png", ".tif", ".tiff", ".npy")
 LOSSY_EXTS = (".jpg", ".jpeg")
+# Label files of other kinds that a user may save (Paint, ImageJ, GIMP): named, not passed over.
+OTHER_LABEL_EXTS = (".bmp", ".gif", ".webp", ".pgm", ".ppm", ".jp2")
 COLOR_MODES = ("grey", "rgb")
 
 # ---------------------------------------------------------------- intensity rule
@@ -751,6 +753,10 @@ def find_label(label_dir, name):
     lossy = files_named(label_dir, name, LOSSY_EXTS)
     if lossy:
         raise PipelineError(f"found {lossy[0]}; labels must be lossless: .png, .tif or .npy")
+    other = files_named(label_dir, name, OTHER_LABEL_EXTS)
+    if other:
+        raise PipelineError(f"found {other[0]}, a label of a kind not read; save it as .png, "
+                            ".tif or .npy")
     return None
 
 

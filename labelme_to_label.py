@@ -246,14 +246,16 @@ def check_points(shape, shape_type):
 
 
 def rasterize_shapes(shapes, height, width, class_index, line_width=DEFAULT_LINE_WIDTH,
-                     point_radius=DEFAULT_POINT_RADIUS):
+                     point_radius=DEFAULT_POINT_RADIUS, hidden=None):
     """Class-index label (uint8, height x width) of LabelMe shapes, later shapes on top.
 
     class_index maps each label name to its class number (IGNORE_LABEL for ignored ones).
     A shape that covers no pixel is refused, as a shape with too few points is: whatever the
-    annotator marked with it would be background.
+    annotator marked with it would be background. With a list as hidden, the shapes wholly
+    drawn over by later ones are appended to it.
     """
     label = np.zeros((height, width), np.uint8)
+    owner = np.zeros((height, width), np.int32)     # the shape each pixel shows, 0 = none
     empty = []
     for number, shape in enumerate(shapes, 1):
         name = shape.get("label")
@@ -264,10 +266,15 @@ def rasterize_shapes(shapes, height, width, class_index, line_width=DEFAULT_LINE
         if not mask.any():
             empty.append(f"{number} ({type_of(shape)} {name!r})")
         label[mask] = class_index[name]
+        owner[mask] = number
     if empty:
         raise PipelineError(f"shape(s) {', '.join(empty)} cover no pixel of the {height} x "
                             f"{width} image: outside it, of zero area, or between pixel "
                             "centres; redraw or delete them in LabelMe")
+    if hidden is not None:
+        shown = set(np.unique(owner).tolist())
+        hidden += [f"{n} ({type_of(s)} {s.get('label')!r})" for n, s in enumerate(shapes, 1)
+                   if n not in shown]
     return label
 
 
@@ -324,9 +331,23 @@ def check_image_source(json_path, data, allowed_roots):
         path = None     # outside the folders allowed: the embedded image is read alone
     if path is None and not embedded:
         raise PipelineError(f"{json_path}: image not found: no embedded imageData and imagePath "
-                            f"{data.get('imagePath')!r} is not a file next to it")
+                            f"{data.get('imagePath')!r} is not a file next to it"
+                            + image_nearby(json_path, data))
     if path is not None:
         check_one_plane(json_path, path)
+
+
+def image_nearby(json_path, data):
+    """'; X lies beside it ...' where an image beside the JSON has imagePath's file name (a
+    Windows path, another case) or the JSON's name with any image extension; else ''."""
+    rel = data.get("imagePath") if isinstance(data.get("imagePath"), str) else ""
+    base = rel.replace("\\", "/").rsplit("/", 1)[-1]
+    stems = {Path(base).stem.lower(), json_path.stem.lower()} - {""}
+    found = sorted(p.name for p in json_path.parent.iterdir() if p.is_file()
+                   and (p.name.lower() == base.lower() or (p.stem.lower() in stems
+                        and p.suffix.lower() in IMAGE_EXTS)))
+    return (f"; {found[0]} lies beside it: if that is the image annotated, set imagePath to "
+            f"{found[0]!r} (open and save it in LabelMe, or edit the JSON)") if found else ""
 
 
 def check_one_plane(json_path, path):
@@ -378,7 +399,34 @@ def lossless_original(json_path, data, allowed_roots, embedded, raw):
     if original is None or original.shape[:2] != embedded.shape[:2]:
         return None
     deeper = original.dtype.kind == "f" or original.dtype.itemsize > embedded.dtype.itemsize
-    return original if raw.startswith(JPEG_START) or deeper else None
+    if not (raw.startswith(JPEG_START) or deeper):
+        return None
+    if not same_picture(original, embedded):
+        raise PipelineError(f"{json_path}: imageData is not a copy of the imagePath file {path} "
+                            "(same size, other picture): the shapes were drawn on imageData; "
+                            "point imagePath at the image annotated, or open the file in LabelMe "
+                            "and save the annotation again")
+    return original
+
+
+def same_picture(original, embedded, least=0.5, most_pixels=200_000):
+    """Whether a lossy or shallower copy shows the original's picture: their grey levels rise
+    together (rank correlation: near 1 for a JPEG or any monotone mapping of deeper pixels,
+    clipped or not; near 0 for another picture or the same one turned). A flat picture passes:
+    nothing tells."""
+    a, b = (np.asarray(x, np.float64) for x in (original, embedded))
+    a, b = (x.mean(axis=2) if x.ndim == 3 else x for x in (a, b))
+    step = max(1, a.size // most_pixels)
+    a, b = a.ravel()[::step], b.ravel()[::step]
+    if a.std() == 0 or b.std() == 0:
+        return True
+    return np.corrcoef(ranks(a), ranks(b))[0, 1] >= least
+
+
+def ranks(values):
+    """Each value's rank among them, tied values sharing the mean of their ranks."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2)[inverse]
 
 
 def stated_size(json_path, data):
@@ -396,6 +444,45 @@ def stated_size(json_path, data):
     return tuple(size)
 
 
+# LabelMe's own labels.txt (examples/semantic_segmentation) lists "__ignore__" first (class -1,
+# left out) and "_background_" second (class 0); labelme_json_to_dataset maps "_background_" to 0.
+# Read as plain lines they would shift every class by one and train holes and ignored regions as
+# object classes.
+LABELME_IGNORE, LABELME_BACKGROUND = "__ignore__", "_background_"
+BACKGROUND_NAMES = {"background", "_background_", "bg", "back ground", "backgrounds"}
+# Names a class 0 may have that no shape is expected to use for an object either.
+CLASS_ZERO_NAMES = BACKGROUND_NAMES | {"none", "void", "empty", "unlabeled", "unlabelled",
+                                       "nothing", "medium"}
+
+
+def labelme_conventions(classes, classes_path, annotations):
+    """Refuse LabelMe's labels.txt conventions this script would read otherwise."""
+    if LABELME_IGNORE in classes:
+        raise PipelineError(f"{classes_path} lists {LABELME_IGNORE!r} (line "
+                            f"{classes.index(LABELME_IGNORE) + 1}), LabelMe's labels.txt entry for "
+                            "regions left out: here it would be a class (line 1 is class 0, "
+                            f"background); remove that line and convert with --ignore-labels "
+                            f"{LABELME_IGNORE}")
+    if LABELME_BACKGROUND in classes[1:]:
+        raise PipelineError(f"{classes_path} lists {LABELME_BACKGROUND!r} as class "
+                            f"{classes.index(LABELME_BACKGROUND)}, an object class: background "
+                            "must be the first line")
+    if nfc(classes[0]).lower() in CLASS_ZERO_NAMES:
+        return
+    later = next((name for name in classes[1:] if nfc(name).lower() in BACKGROUND_NAMES), None)
+    if later:
+        raise PipelineError(f"{classes_path} lists {later!r} as class {classes.index(later)} and "
+                            f"{classes[0]!r} on its first line, which is class 0, background: "
+                            "put the background first (a comment line is read as a class too)")
+    for json_path, data in annotations.items():
+        for number, shape in enumerate(data["shapes"], 1):
+            if shape.get("label") == classes[0]:
+                raise PipelineError(f"{json_path}: shape {number} is labelled {classes[0]!r}, the "
+                                    f"first line of {classes_path}, which is class 0, background: "
+                                    "it would be drawn as background; put 'background' on the "
+                                    "first line of the class list")
+
+
 def unknown_labels(annotations, known):
     """Labels missing from known, in order of first appearance, with their first file; each
     one a valid class name, as --add-unknown-classes makes it one."""
@@ -407,6 +494,12 @@ def unknown_labels(annotations, known):
                 raise PipelineError(f"{json_path}: a shape has no label")
             if name in known or name in missing:
                 continue
+            if name in (LABELME_IGNORE, LABELME_BACKGROUND):
+                raise PipelineError(f"{json_path}: shape {number} is labelled {name!r}, LabelMe's "
+                                    "name for " + ("regions left out: convert with "
+                                    f"--ignore-labels {name}" if name == LABELME_IGNORE else
+                                    "background (class 0): relabel it with the first name of "
+                                    "classes.txt") + "; as a new class it would train as an object")
             problem = class_name_problem(name)
             if problem:
                 raise PipelineError(f"{json_path}: the label {name!r} of shape {number} "
@@ -438,6 +531,7 @@ def resolve_classes(data_dir, annotations, add_unknown, ignored=()):
         raise PipelineError(f"{both[0]!r} is both a class in {classes_path} and an "
                             "--ignore-labels label; remove it from one of them")
     spell_like(annotations, [*classes, *ignored])
+    labelme_conventions(classes, classes_path, annotations)
     missing = unknown_labels(annotations, [*classes, *ignored])
     if missing and not add_unknown:
         name, json_path = next(iter(missing.items()))
@@ -508,6 +602,17 @@ class WrittenLabels:
             json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
 
 
+def check_src_shows(json_path, in_src, image):
+    """Refuse an imagePath file in data/src, the frame the pipeline trains on, that no longer
+    shows the picture the shapes were drawn on (imageData, saved mirrored or replaced since)."""
+    stored = read_raw_image(in_src)
+    if stored.shape[:2] != image.shape[:2] or not same_picture(stored, image):
+        raise PipelineError(f"{json_path}: imageData shows another picture than its imagePath "
+                            f"file {in_src}, which the pipeline trains on: the shapes were drawn "
+                            "on imageData; open the file in LabelMe and check the shapes, or "
+                            "replace the file with the image annotated")
+
+
 def write_pair(json_path, data, image, label, data_dir, staging, written):
     """The image (lossless, its own bit depth) and label into the staging folder, after
     checking that data/src holds no other image of that name and that an image file of the
@@ -516,7 +621,14 @@ def write_pair(json_path, data, image, label, data_dir, staging, written):
     other label of that name, nor one that `written` (WrittenLabels) says it may not replace."""
     name = json_path.stem
     src_dir = Path(data_dir) / "src"
-    if not already_in_src(json_path, data, src_dir, name):
+    named = image_file(json_path, data)
+    if named is not None and named.stem != name and named.resolve().parent == src_dir.resolve():
+        raise PipelineError(f"{json_path}: its image {named.name} is in {src_dir} under another "
+                            f"name: a copy named {name!r} would make two images of one picture, "
+                            f"{named.stem!r} without a label; rename the JSON {named.stem}.json")
+    if already_in_src(json_path, data, src_dir, name):
+        check_src_shows(json_path, image_file(json_path, data), image)
+    else:
         target = src_dir / f"{name}{lossless_suffix(image)}"
         clash = others_named(src_dir, name, target, IMAGE_EXTS)
         if clash:
@@ -541,11 +653,16 @@ def write_pair(json_path, data, image, label, data_dir, staging, written):
 def convert(json_path, data, class_index, data_dir, line_width, point_radius, staging,
             allowed_roots, written):
     image = load_image(json_path, data, allowed_roots)
+    hidden = []
     try:
         label = rasterize_shapes(data["shapes"], image.shape[0], image.shape[1], class_index,
-                                 line_width, point_radius)
+                                 line_width, point_radius, hidden)
     except PipelineError as err:
         raise PipelineError(f"{json_path}: {err}") from None
+    if hidden:
+        print(f"note: {json_path}: shape(s) {some_names(hidden)} are wholly covered by later "
+              "shapes, which are drawn over earlier ones (as LabelMe's export does): move them "
+              "up in LabelMe's list if they should show")
     write_pair(json_path, data, image, label, data_dir, staging, written)
     return np.bincount(label.ravel(), minlength=IGNORE_LABEL + 1)
 

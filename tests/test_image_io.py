@@ -113,6 +113,9 @@ def test_find_label_takes_tiff_and_names_a_lossy_or_second_label(tmp_path):
     with pytest.raises(PipelineError, match=r"found .*f.jpg; labels must be lossless: .png, "
                                             r".tif or .npy"):
         find_label(tmp_path, "f")
+    cv2.imwrite(str(tmp_path / "k.bmp"), label)      # saved from Paint: named, not passed over
+    with pytest.raises(PipelineError, match=r"found .*k.bmp, a label of a kind not read"):
+        find_label(tmp_path, "k")
 
 
 def saved_with_orientation(path, pixels, orientation, **options):

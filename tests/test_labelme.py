@@ -574,3 +574,99 @@ def test_a_coordinate_that_is_not_a_number_is_named_so():
     with pytest.raises(PipelineError, match="point coordinates of the polygon shape labelled "
                                             "'cell' must be finite numbers"):
         l2l.rasterize_shapes([bad], 10, 10, INDEX)
+
+
+# ---------------------------------------------------------------- found by a probe, 2026-12-07
+
+@pytest.mark.parametrize("classes, labels, error", [
+    (["__ignore__", "_background_", "cell"], ["cell"], r"lists '__ignore__' \(line 1\).*"
+     r"--ignore-labels __ignore__"),
+    (["background", "cell", "_background_"], ["cell"], r"'_background_' as class 2"),
+    (["cell", "bead", "background"], ["cell"], r"'background' as class 2 and 'cell' on its first"),
+    (["cell", "bead"], ["bead", "cell"], r"shape 2 is labelled 'cell', the first line"),
+    (["background", "cell"], ["cell", "_background_"], r"shape 2 is labelled '_background_', "
+     r"LabelMe's name for background"),
+    (["_background_", "cell"], ["cell", "_background_"], None),     # LabelMe's own list
+    (["void", "bead"], ["bead"], None)])
+def test_class_lists_that_would_shift_or_swallow_classes_are_refused(tmp_path, classes, labels,
+                                                                     error):
+    data, labelme = make_project(tmp_path, {"a": [
+        shape(name, [[2 + 3 * i, 3], [14 + 3 * i, 12]], "rectangle")
+        for i, name in enumerate(labels)]})
+    (data / "classes.txt").write_text("\n".join(classes) + "\n")
+    if error is None:
+        run_main(data, labelme)
+        assert (data / "label" / "a.png").is_file()
+        return
+    with pytest.raises(PipelineError, match=error):
+        run_main(data, labelme, "--add-unknown-classes")
+    assert not (data / "label").exists()
+
+
+def test_a_src_file_that_no_longer_shows_the_embedded_picture_is_refused(tmp_path):
+    data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]},
+                                 image_shape=(20, 30), embed=True)
+    doc = json.loads((labelme / "e.json").read_text())
+    picture = cv2.imdecode(np.frombuffer(base64.b64decode(doc["imageData"]), np.uint8),
+                           cv2.IMREAD_UNCHANGED)
+    (data / "src").mkdir()
+    doc["imagePath"] = "../data/src/e.png"
+    (labelme / "e.json").write_text(json.dumps(doc))
+    cv2.imwrite(str(data / "src" / "e.png"), picture)
+    run_main(data, labelme)                 # the same picture: the label is drawn on it
+    (data / "label" / "e.png").unlink()
+    cv2.imwrite(str(data / "src" / "e.png"), picture[:, ::-1])     # saved mirrored since
+    with pytest.raises(PipelineError, match=r"imageData shows another picture than its "
+                                            r"imagePath file"):
+        run_main(data, labelme)
+    assert not (data / "label" / "e.png").exists()
+
+
+def test_a_jpeg_copy_stands_for_its_own_picture_but_not_for_another(tmp_path):
+    data, labelme = make_project(tmp_path, {"f": [shape("bead", [[2, 3], [12, 8]], "rectangle")]},
+                                 image_shape=(60, 80))
+    yy, xx = np.mgrid[:60, :80]
+    picture = (20 + 2 * xx + 30 * np.sin(yy / 5.0)).astype(np.uint8)
+    other = np.ascontiguousarray(picture[:, ::-1])          # the same scene, mirrored
+    doc = json.loads((labelme / "f.json").read_text())
+    doc["imageData"] = base64.b64encode(cv2.imencode(".jpg", picture)[1].tobytes()).decode()
+    (labelme / "f.json").write_text(json.dumps(doc))
+    cv2.imwrite(str(labelme / "f.png"), other)
+    with pytest.raises(PipelineError, match=r"imageData is not a copy of the imagePath file"):
+        run_main(data, labelme)
+    cv2.imwrite(str(labelme / "f.png"), picture)
+    run_main(data, labelme)
+    assert np.array_equal(cv2.imread(str(data / "src" / "f.png"), cv2.IMREAD_UNCHANGED), picture)
+
+
+def test_an_image_in_src_under_another_name_than_its_json_is_refused(tmp_path):
+    data, labelme = make_project(tmp_path, {"annot01": [shape("bead", [[2, 3], [12, 8]],
+                                                              "rectangle")]})
+    (data / "src").mkdir()
+    (labelme / "annot01.png").rename(data / "src" / "scan 01.png")
+    doc = json.loads((labelme / "annot01.json").read_text())
+    doc["imagePath"] = "../data/src/scan 01.png"
+    (labelme / "annot01.json").write_text(json.dumps(doc))
+    with pytest.raises(PipelineError, match=r"its image scan 01.png is in .* under another name"
+                                            r".*rename the JSON scan 01.json"):
+        run_main(data, labelme)
+    assert sorted(p.name for p in (data / "src").iterdir()) == ["scan 01.png"]
+
+
+@pytest.mark.parametrize("image_path", [r"C:\Users\me\scans\m.png", "M.PNG", "m.jpg"])
+def test_a_missing_image_names_the_one_beside_the_json(tmp_path, image_path):
+    data, labelme = make_project(tmp_path, {"m": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
+    doc = json.loads((labelme / "m.json").read_text())
+    doc["imagePath"] = image_path
+    (labelme / "m.json").write_text(json.dumps(doc))
+    with pytest.raises(PipelineError, match=r"image not found.*; m\.png lies beside it"):
+        run_main(data, labelme)
+
+
+def test_a_shape_wholly_drawn_over_is_noted(tmp_path, capsys):
+    data, labelme = make_project(tmp_path, {"h": [
+        shape("bead", [[10, 10], [14, 14]], "rectangle"),
+        shape("cell", [[2, 2], [30, 30]], "rectangle")]})
+    run_main(data, labelme)
+    out = capsys.readouterr().out
+    assert re.search(r"note: .*h\.json: shape\(s\) 1 \(rectangle 'bead'\) are wholly covered", out)
