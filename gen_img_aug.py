@@ -147,7 +147,7 @@ def labelled_images(data_dir, classes, intensity):
     if missing:
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}")
-    table, values, edges, outlines, flattened, wide = {}, {}, {}, {}, {}, 0
+    table, values, edges, outlines, flattened, wide, renamed = {}, {}, {}, {}, {}, 0, set()
     classes_path, drawn = Path(data_dir) / "classes.txt", read_record(data_dir)
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
@@ -158,13 +158,17 @@ def labelled_images(data_dir, classes, intensity):
             flattened[frame_file(img_path)] = (raw.min(), raw.max())
         check_label_size(lbl, lbl_path, img.shape, img_path)
         values[name] = check_label_values(lbl, len(classes), lbl_path, classes_path).tolist()
-        check_drawn_classes(drawn, lbl_path, values[name], classes, classes_path)
+        renamed |= check_drawn_classes(drawn, lbl_path, values[name], classes, classes_path)
         table[name] = (img_path, lbl_path, img.shape[:2])
         edges[name] = edge_sums(img, lbl)
         found, _ = bare_outlines(lbl)
         if found:
             outlines[name] = found
     report_unused_labels(Path(data_dir), [lbl for _, lbl, _ in table.values()])
+    for value, before, now in sorted(renamed):
+        print(f"note: labels drawn by labelme_to_label.py with class {value} as {before!r} "
+              f"train it as {now!r}, the name {classes_path} now gives it (renamed?); if "
+              f"{before!r} is another class, rerun labelme_to_label.py")
     check_flattened(flattened, wide, intensity)
     return table, values, edges, outlines
 

@@ -34,15 +34,20 @@ def check_drawn_classes(record, label_path, values, classes, classes_path):
     """Refuse a label labelme_to_label.py drew, its file as written (read_record), whose values
     meant classes that classes_path now lists at other indices: a class moved in classes.txt
     after the conversion (the list reordered, a class put before it) would be learnt as
-    another. A class no longer listed (renamed or removed) cannot be told apart and passes."""
+    another. A class no longer listed was renamed or removed, which cannot be told apart: the
+    (value, name drawn, name now) of each are returned, for a note."""
     entry = record.get(label_path.name, {})
     drawn = entry.get("classes")
     if not isinstance(drawn, list):
-        return
+        return set()
     moved = [(int(v), drawn[v]) for v in values if v < len(drawn) and drawn[v] in classes
              and classes.index(drawn[v]) != v]
-    if not moved or not drawn_as_recorded(record, label_path):
-        return
+    renamed = {(int(v), drawn[v], classes[v]) for v in values
+               if v < min(len(drawn), len(classes)) and drawn[v] not in classes}
+    if not (moved or renamed) or not drawn_as_recorded(record, label_path):
+        return set()
+    if not moved:
+        return renamed
     value, name = moved[0]
     now = f", and class {value} as {classes[value]!r}" if value < len(classes) else ""
     raise PipelineError(f"label {label_path} was drawn by labelme_to_label.py with {name!r} as "

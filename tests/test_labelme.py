@@ -317,7 +317,7 @@ def test_a_label_written_before_classes_were_recorded_is_still_replaced(tmp_path
     (["background", "beads", "cell"], None)],               # renamed: no class moved
     ids=["reordered", "inserted", "appended", "renamed"])
 def test_labels_whose_classes_moved_in_classes_txt_since_they_were_drawn_are_refused(
-        tmp_path, listed, refused):
+        tmp_path, capsys, listed, refused):
     """classes.txt edited after the conversion gave the labels' values other classes: bead
     pixels were learnt as cells, unsaid. A label redrawn (or drawn by hand since) passes."""
     import gen_img_aug
@@ -331,6 +331,9 @@ def test_labels_whose_classes_moved_in_classes_txt_since_they_were_drawn_are_ref
             "--patch-size", "32", "--workers", "1"]
     if refused is None:
         gen_img_aug.main(args)
+        renamed = "note: labels drawn by labelme_to_label.py with class 1 as 'bead' train it " \
+                  "as 'beads'"
+        assert (renamed in capsys.readouterr().out) is ("beads" in listed)
         return
     with pytest.raises(PipelineError, match=r"label .*a\.png was drawn by labelme_to_label\.py "
                                             rf"with {refused}: .*run labelme_to_label\.py again"):
