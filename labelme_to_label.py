@@ -350,6 +350,24 @@ def image_nearby(json_path, data):
             f"{found[0]!r} (open and save it in LabelMe, or edit the JSON)") if found else ""
 
 
+def check_one_annotation_per_image(annotations, allowed_roots):
+    """Refuse two LabelMe files of one image (one imagePath file, or one embedded image and
+    no file): each would make a frame of its own with part of the picture's objects labelled
+    (the rest trained as background), and the two could fall on both sides of the split."""
+    seen = {}
+    for json_path, data in annotations.items():
+        try:
+            path = image_file(json_path, data, allowed_roots)
+        except PipelineError:           # outside the folders allowed: the embedded image is read
+            path = None
+        key = path.resolve() if path is not None else data.get("imageData") or json_path
+        if key in seen:
+            raise PipelineError(f"{seen[key].name} and {json_path.name} in {json_path.parent} "
+                                "annotate the same image: each would be a frame with part of "
+                                "its objects; merge their shapes into one file")
+        seen[key] = json_path
+
+
 def check_one_plane(json_path, path):
     """Refuse a TIFF of several planes: LabelMe shows one of them (its first page), while
     the pipeline takes each plane as a frame <name>_p<k> with a label of its own, so a stack
@@ -535,8 +553,11 @@ def resolve_classes(data_dir, annotations, add_unknown, ignored=()):
     missing = unknown_labels(annotations, [*classes, *ignored])
     if missing and not add_unknown:
         name, json_path = next(iter(missing.items()))
+        meant = [c for c in classes if c.casefold() == name.casefold()]
+        fix = (f"did you mean {meant[0]!r}? rename the label in LabelMe" if meant else
+               "add it there or use --add-unknown-classes")
         raise PipelineError(f"{json_path}: label {name!r} is not in {classes_path} (known classes: "
-                            f"{', '.join(classes)}); add it there or use --add-unknown-classes")
+                            f"{', '.join(classes)}); {fix}")
     classes = classes + list(missing)
     clash = case_clash(classes)
     if clash:      # classes.txt passed read_classes: the second of the two is a new label
@@ -729,6 +750,7 @@ def main(argv=None):
     annotations = {p: load_annotation(p) for p in json_paths}
     for json_path, data in annotations.items():
         check_image_source(json_path, data, allowed_roots)
+    check_one_annotation_per_image(annotations, allowed_roots)
     classes, added = resolve_classes(data_dir, annotations, args.add_unknown_classes,
                                      args.ignore_labels)
     class_index = {name: i for i, name in enumerate(classes)}

@@ -153,6 +153,13 @@ def test_unknown_label_names_file_label_and_classes(tmp_path):
     assert not (data / "label").exists()        # checked before anything is written
 
 
+def test_a_label_of_a_class_in_another_case_is_asked_whether_it_means_that_class(tmp_path):
+    data, labelme = make_project(tmp_path, {"a": [shape("Cell", [[1, 1], [9, 9]], "rectangle")]})
+    with pytest.raises(PipelineError, match=r"label 'Cell' is not in .*did you mean 'cell'\? "
+                                            r"rename the label in LabelMe"):
+        run_main(data, labelme)
+
+
 def test_a_label_of_decomposed_accents_is_its_class(tmp_path):
     """macOS may store a typed 'é' as 'e' and a combining accent: the same name to the eye."""
     import unicodedata
@@ -673,3 +680,16 @@ def test_a_shape_wholly_drawn_over_is_noted(tmp_path, capsys):
     run_main(data, labelme)
     out = capsys.readouterr().out
     assert re.search(r"note: .*h\.json: shape\(s\) 1 \(rectangle 'bead'\) are wholly covered", out)
+
+
+@pytest.mark.parametrize("embed", [False, True])
+def test_two_annotations_of_one_image_are_refused(tmp_path, embed):
+    data, labelme = make_project(tmp_path, {"img": [shape("cell", [[1, 1], [9, 9]], "rectangle")]},
+                                 embed=embed)
+    doc = json.loads((labelme / "img.json").read_text())
+    doc["shapes"] = [shape("bead", [[20, 20], [25, 25]], "rectangle")]
+    (labelme / "img_beads.json").write_text(json.dumps(doc))
+    with pytest.raises(PipelineError, match=r"img.json and img_beads.json in .* annotate the "
+                                            r"same image.*merge their shapes"):
+        run_main(data, labelme)
+    assert not (data / "label").exists()
