@@ -39,6 +39,7 @@ it out.
 """
 import argparse
 import csv
+import hashlib
 import math
 from pathlib import Path
 
@@ -47,9 +48,9 @@ import numpy as np
 
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       add_intensity_option, check_label_size, check_label_values, copy_frame,
-                      describe_intensity, files_in, find_label, frame_stem, list_images,
-                      parse_intensity, read_image, read_label, read_raw_image, to_uint8,
-                      unread_images, write_image)
+                      describe_intensity, files_in, find_label, frame_stem,
+                      label_fits_stored_pixels, list_images, parse_intensity, read_image,
+                      read_label, read_raw_image, to_uint8, unread_images, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count,
@@ -148,15 +149,21 @@ def labelled_images(data_dir, classes, intensity):
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}")
     table, values, edges, outlines, flattened, wide, renamed = {}, {}, {}, {}, {}, 0, set()
+    stored, twins = [], {}
     classes_path, drawn = Path(data_dir) / "classes.txt", read_record(data_dir)
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
         raw, lbl = read_raw_image(img_path), read_label(lbl_path)
         img = to_uint8(raw, intensity, f"image {img_path}")
         wide += raw.dtype != np.uint8
+        if raw.min() != raw.max():      # blank frames may well repeat
+            twins.setdefault(pixel_digest(raw), []).append(name)
         if flattened_by_fixed_range(raw, intensity):
             flattened[frame_file(img_path)] = (raw.min(), raw.max())
         check_label_size(lbl, lbl_path, img.shape, img_path)
+        orientation = label_fits_stored_pixels(lbl, img, img_path)
+        if orientation:
+            stored.append(f"{lbl_path.name} (EXIF Orientation {orientation})")
         values[name] = check_label_values(lbl, len(classes), lbl_path, classes_path).tolist()
         renamed |= check_drawn_classes(drawn, lbl_path, values[name], classes, classes_path)
         table[name] = (img_path, lbl_path, img.shape[:2])
@@ -164,13 +171,42 @@ def labelled_images(data_dir, classes, intensity):
         found, _ = bare_outlines(lbl)
         if found:
             outlines[name] = found
+    if stored:
+        raise PipelineError(f"{len(stored)} label(s) line up with their image's stored pixels, "
+                            f"not with the image as its EXIF Orientation tag shows it: "
+                            f"{some_names(stored)}; draw or turn the labels on the image as "
+                            "viewers and LabelMe show it")
     report_unused_labels(Path(data_dir), [lbl for _, lbl, _ in table.values()])
     for value, before, now in sorted(renamed):
         print(f"note: labels drawn by labelme_to_label.py with class {value} as {before!r} "
               f"train it as {now!r}, the name {classes_path} now gives it (renamed?); if "
               f"{before!r} is another class, rerun labelme_to_label.py")
     check_flattened(flattened, wide, intensity)
-    return table, values, edges, outlines
+    return table, values, edges, outlines, [names for names in twins.values() if len(names) > 1]
+
+
+def pixel_digest(raw):
+    return hashlib.sha256(bytes(f"{raw.dtype} {raw.shape}", "ascii") + raw.tobytes()).digest()
+
+
+def check_twin_frames(twins, test, table):
+    """Frames of the same pixels (a copy, or a link to the other) on both sides of the split
+    would test the model on a frame it trained on: refused. On one side they are noted: such
+    a frame weighs twice in the patches."""
+    for names in twins:
+        held = [n for n in names if n in test]
+        if held and len(held) < len(names):
+            kept = next(n for n in names if n not in test)
+            raise PipelineError(f"{frame_file(table[held[0]][0])} (test) and "
+                                f"{frame_file(table[kept][0])} (train) hold the same pixels (a "
+                                "copy, or a link to the other): the test would score a frame "
+                                "the model trained on; remove one")
+    if twins:
+        shown = "; ".join(" = ".join(frame_file(table[n][0]) for n in names)
+                          for names in twins[:3])
+        print(f"note: frames of the same pixels, a copy or a link ({shown}"
+              + (f"; {len(twins) - 3} more" if len(twins) > 3 else "")
+              + "): each weighs as that many frames in the patches")
 
 
 def frame_file(source):
@@ -746,7 +782,8 @@ def main(argv=None):
     work = refuse_file(args.work_dir, "--work-dir")
     check_work_dir(work, args.data_dir)
     classes = read_classes(args.data_dir)
-    table, values_of, edges, outlines = labelled_images(args.data_dir, classes, args.intensity)
+    table, values_of, edges, outlines, twins = labelled_images(args.data_dir, classes,
+                                                               args.intensity)
     label_values = sorted({v for values in values_of.values() for v in values})
     check_object_classes(label_values, classes, args.data_dir)
     check_mask_labels(values_of, table, args.data_dir)
@@ -760,6 +797,7 @@ def main(argv=None):
     if not train:
         raise PipelineError("no training images left after the split")
     note_unused_split_options(args)
+    check_twin_frames(twins, test, table)
     check_training_classes(values_of, train, classes)
     check_test_folders(work, table)
     check_memory([scaled_size(table[n][2], args.scale) for n in train], args.patch_size,

@@ -846,6 +846,11 @@ def _decoded(data, what):
     return as_shown(_channels_as_rgb(_imdecode(data, what), what), exif_orientation(data))
 
 
+# OpenCV's own log line for a file it cannot decode (a BMP cut short: '[ERROR:0@0.05] global
+# loadsave.cpp ... Unexpected end of input stream') would come bare before the one error
+# line that says so.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 # Lines by which libpng and libjpeg report a damaged file. A JPEG decoded despite one has
 # pixels the decoder made up (grey or shifted blocks), so it is refused like one that fails.
 DAMAGE_MESSAGES = ("libpng error", "Corrupt JPEG data", "Premature end of JPEG file")
@@ -1076,6 +1081,31 @@ def check_label_size(label, label_path, shape, image):
                         f"image {image} is {shape[1]}x{shape[0]}" + (
                             " as shown: its EXIF Orientation tag turns it, and a label must be "
                             "drawn on the image as viewers and LabelMe show it" if turned else ""))
+
+
+def label_fits_stored_pixels(label, image, source, ratio=1.1):
+    """Whether a label lines up better with an EXIF-turned image's stored pixels than with
+    the image as shown. A label drawn on the stored pixels (in Fiji or napari, which ignore
+    the tag, or by a script) has the shape of the shown image too where the turn is a half
+    turn or mirror, or a quarter turn of a square image, so check_label_size cannot tell.
+    The fit of a label is the image's gradient along the label's object edges against the
+    frame's mean gradient; the label turned as the tag turns the pixels is tried too."""
+    if isinstance(source, StackPlane) or Path(source).suffix.lower() in TIFF_EXTS:
+        return None
+    orientation = exif_orientation(source)
+    turned = as_shown(label, orientation)
+    if orientation == 1 or turned.shape != label.shape:
+        return None
+    grey = to_color_mode(image, "grey").astype(np.float32)
+    gradient = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+    mean = float(gradient.mean())
+
+    def fit(lbl):
+        edges = cv2.morphologyEx(np.ascontiguousarray(lbl), cv2.MORPH_GRADIENT,
+                                 np.ones((3, 3), np.uint8)) > 0
+        return float(gradient[edges].mean()) / mean if edges.any() and mean > 0 else 0.0
+
+    return orientation if fit(turned) > ratio * fit(label) else None
 
 
 def check_label_values(label, num_classes, path, classes_source):

@@ -42,8 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 from image_io import (IMAGE_EXTS, JPEG_START, LABEL_EXTS, TIFF_EXTS, decode_image,
-                      files_named, lossless_suffix, read_raw_image, tiff_frame_count,
-                      write_image)
+                      files_named, lossless_suffix, pixel_size_um, read_raw_image,
+                      tiff_frame_count, write_image, write_tiff)
 from label_record import RECORD, drawn_as_recorded, read_record
 from outputs import sha256_of, staged_output
 from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, control_character,
@@ -634,7 +634,19 @@ def check_src_shows(json_path, in_src, image):
                             "replace the file with the image annotated")
 
 
-def write_pair(json_path, data, image, label, data_dir, staging, written):
+def source_pixel_size(json_path, data, image, allowed_roots):
+    """The pixel size (micrometres) the imagePath TIFF records where its pixels are those
+    written: a PNG copy would lose it, and get_contour.py its micrometre columns."""
+    try:
+        path = image_file(json_path, data, allowed_roots)
+    except PipelineError:
+        return None
+    if path is None or path.suffix.lower() not in TIFF_EXTS or not holds_pixels(path, image):
+        return None
+    return pixel_size_um(path)
+
+
+def write_pair(json_path, data, image, label, data_dir, staging, written, pixel_size=None):
     """The image (lossless, its own bit depth) and label into the staging folder, after
     checking that data/src holds no other image of that name and that an image file of the
     target's name holds these pixels (it is left as it is: a rerun, or the embedded copy of
@@ -650,12 +662,17 @@ def write_pair(json_path, data, image, label, data_dir, staging, written):
     if already_in_src(json_path, data, src_dir, name):
         check_src_shows(json_path, image_file(json_path, data), image)
     else:
-        target = src_dir / f"{name}{lossless_suffix(image)}"
+        keeps_size = pixel_size and image.dtype in (np.uint8, np.uint16, np.float32)
+        target = src_dir / f"{name}{'.tif' if keeps_size else lossless_suffix(image)}"
         clash = others_named(src_dir, name, target, IMAGE_EXTS)
-        if clash:
+        if clash and holds_pixels(clash[0], image):
+            target = clash[0]       # written by an earlier run in another format: left as it is
+        elif clash:
             raise PipelineError(f"{json_path}: would write {target} but {clash[0]} already holds "
                                 f"an image named {name!r}")
-        if not target.exists():
+        if not target.exists() and keeps_size:
+            write_tiff(staging / "src" / target.name, image, pixel_size)
+        elif not target.exists():
             write_image(staging / "src" / target.name, image, atomic=False)
         elif not holds_pixels(target, image):
             raise PipelineError(f"{json_path}: would replace {target}, whose pixels are not "
@@ -684,7 +701,8 @@ def convert(json_path, data, class_index, data_dir, line_width, point_radius, st
         print(f"note: {json_path}: shape(s) {some_names(hidden)} are wholly covered by later "
               "shapes, which are drawn over earlier ones (as LabelMe's export does): move them "
               "up in LabelMe's list if they should show")
-    write_pair(json_path, data, image, label, data_dir, staging, written)
+    write_pair(json_path, data, image, label, data_dir, staging, written,
+               source_pixel_size(json_path, data, image, allowed_roots))
     return np.bincount(label.ravel(), minlength=IGNORE_LABEL + 1)
 
 

@@ -736,3 +736,48 @@ def test_frames_one_pixel_high_or_wide_are_patched_like_any_other(tmp_path):
     assert len(list((tmp_path / "w" / "train" / "src").iterdir())) == 60
     assert gen_img_aug.edge_sums(np.zeros((1, 40), np.uint8), np.ones((1, 40), np.uint8)) == [
         0.0, 0.0, 0.0]
+
+
+def test_two_frames_of_the_same_pixels_across_the_split_are_refused(tmp_path, capsys):
+    """A copy or a link on the other side of the split: a test frame trained on."""
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 4)
+    (data / "src" / "link.png").symlink_to("im01.png")
+    (data / "label" / "link.png").symlink_to("im01.png")
+    (data / "test.txt").write_text("link\n")
+    with pytest.raises(PipelineError, match=r"link.png \(test\) and im01.png \(train\) hold the "
+                                            r"same pixels"):
+        run_aug(data, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+    (data / "test.txt").write_text("im00\n")          # both train: noted
+    for name in ("blank1", "blank2"):                 # blank frames may repeat
+        cv2.imwrite(str(data / "src" / f"{name}.png"), np.full((60, 60), 7, np.uint8))
+        cv2.imwrite(str(data / "label" / f"{name}.png"), np.zeros((60, 60), np.uint8))
+    run_aug(data, tmp_path / "w")
+    assert "note: frames of the same pixels, a copy or a link (im01.png = link.png)" in \
+        capsys.readouterr().out
+
+
+@pytest.mark.parametrize("orientation, stored_label, refused", [
+    (6, True, True), (3, True, True), (6, False, False), (3, False, False)])
+def test_a_label_drawn_on_a_turned_squares_stored_pixels_is_refused(tmp_path, orientation,
+                                                                    stored_label, refused):
+    """Fiji and napari ignore EXIF: a label drawn there on a square frame has the size of the
+    frame as shown, so only where its objects' edges lie can tell."""
+    from PIL import Image
+    from image_io import DIHEDRAL_OF_ORIENTATION
+    turn = DIHEDRAL_OF_ORIENTATION[orientation]
+    data = make_dataset(tmp_path / "data", [(96, 96)] * 3)
+    for name in ("im00", "im01", "im02"):
+        shown = cv2.imread(str(data / "src" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        img = Image.fromarray(inverse_dihedral(shown, turn))
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        img.save(data / "src" / f"{name}.png", exif=exif.tobytes())
+        if stored_label:
+            label = cv2.imread(str(data / "label" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(data / "label" / f"{name}.png"), inverse_dihedral(label, turn))
+    if refused:
+        with pytest.raises(PipelineError, match=r"line up with their image's stored pixels"):
+            run_aug(data, tmp_path / "w")
+    else:
+        run_aug(data, tmp_path / "w")

@@ -463,3 +463,12 @@ def test_native_lines_not_kept_reach_stderr_as_they_came(capfd):
         os.write(2, b"libpng error: bad\nsomething else\n")
     assert kept == ["libpng error: bad"]
     assert capfd.readouterr().err == "something else\n"
+
+
+def test_a_bmp_cut_short_is_one_error_without_opencvs_log_line(tmp_path, capfd):
+    img = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    data = cv2.imencode(".bmp", img)[1].tobytes()
+    (tmp_path / "a.bmp").write_bytes(data[:len(data) * 6 // 10])
+    with pytest.raises(PipelineError, match=r"cannot read image .*a.bmp: empty, truncated"):
+        read_image(tmp_path / "a.bmp")
+    assert capfd.readouterr().err == ""

@@ -693,3 +693,32 @@ def test_two_annotations_of_one_image_are_refused(tmp_path, embed):
                                             r"same image.*merge their shapes"):
         run_main(data, labelme)
     assert not (data / "label").exists()
+
+
+def test_a_tiff_beside_its_json_keeps_its_pixel_size_in_src(tmp_path):
+    """A PNG copy lost the micrometres per pixel that get_contour.py reports sizes in."""
+    import tifffile
+    from image_io import pixel_size_um, read_raw_image
+    data, labelme = make_project(tmp_path, {"t": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
+    frame = read_raw_image(labelme / "t.png")
+    (labelme / "t.png").unlink()
+    tifffile.imwrite(labelme / "t.tif", frame, imagej=True, resolution=(1 / 0.65, 1 / 0.65),
+                     metadata={"unit": "um"})
+    doc = json.loads((labelme / "t.json").read_text())
+    doc["imagePath"] = "t.tif"
+    (labelme / "t.json").write_text(json.dumps(doc))
+    run_main(data, labelme)
+    assert sorted(p.name for p in (data / "src").iterdir()) == ["t.tif"]
+    assert np.array_equal(read_raw_image(data / "src" / "t.tif"), frame)
+    assert pixel_size_um(data / "src" / "t.tif") == pytest.approx(0.65)
+    run_main(data, labelme)                 # a rerun finds its own copy
+
+
+def test_a_copy_an_earlier_run_wrote_in_another_format_is_kept(tmp_path):
+    data, labelme = make_project(tmp_path, {"t": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
+    run_main(data, labelme)
+    frame = cv2.imread(str(data / "src" / "t.png"), cv2.IMREAD_UNCHANGED)
+    (data / "src" / "t.png").unlink()
+    cv2.imwrite(str(data / "src" / "t.bmp"), frame)     # as an earlier version might have
+    run_main(data, labelme)
+    assert sorted(p.name for p in (data / "src").iterdir()) == ["t.bmp"]
