@@ -23,11 +23,13 @@ luminance first; --color-mode rgb keeps three channels and treats each channel o
 (per-channel statistics, min-max and equalization).
 """
 import argparse
+import csv
 import io
 
 import numpy as np
 
-from image_io import COLOR_MODES, read_image, to_color_mode, write_image
+from image_io import (COLOR_MODES, list_images, read_image, read_raw_image, to_color_mode,
+                      write_image)
 from outputs import atomic_write_bytes, staged_output, work_lock, write_json
 from cli import (PipelineError, check_split_written, existing_folder, positive_float,
                  positive_int, run_cli, WORK_DIR)
@@ -68,10 +70,38 @@ def channel_histograms(paths, color_mode):
     channels = 1 if color_mode == "grey" else 3
     hist = np.zeros((channels, 256), np.int64)
     for path in paths:
-        img = to_color_mode(read_image(path), color_mode).reshape(-1, channels)
+        img = read_image(path)
+        if color_mode == "rgb" and img.ndim == 2:
+            raise grey_for_colour(f"the patch {path} (of the frame {patch_frame(path)})")
+        img = to_color_mode(img, color_mode).reshape(-1, channels)
         for c in range(channels):
             hist[c] += np.bincount(img[:, c], minlength=256)
     return hist
+
+
+def patch_frame(path):
+    """The frame a patch was cut from, as gen_img_aug.py's patches.csv says (None unsaid)."""
+    try:
+        with open(path.parent.parent / "patches.csv", newline="") as f:
+            return next((row.get("image") for row in csv.DictReader(f)
+                         if row.get("patch") == path.name), None)
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return None
+
+
+def grey_for_colour(what):
+    return PipelineError(f"--color-mode rgb: {what} is grey, and a colour model refuses grey "
+                         "frames at prediction; save the grey frames in colour (their grey in "
+                         "three channels) and rerun gen_img_aug.py, or use --color-mode grey")
+
+
+def check_test_frames_in_colour(work):
+    """Refuse a grey test frame for a colour model before training, which would be refused
+    only at prediction, after the training."""
+    test = work / "test" / "src"
+    for name, source in (list_images(test) if test.is_dir() else {}).items():
+        if read_raw_image(source).ndim == 2:
+            raise grey_for_colour(f"the test frame {name}")
 
 
 class HistogramTask:
@@ -144,6 +174,8 @@ def patch_paths(work):
 
 def preprocess_patches(work, paths, args):
     """The statistics of the patches, then every patch preprocessed into train/prep."""
+    if args.color_mode == "rgb":
+        check_test_frames_in_colour(work)
     hist = streamed_histogram(paths, args.color_mode, args.workers)
     mean, std = stats_from_histogram(hist)
     # Every patch has been read. The old statistics go before train/prep changes and the new

@@ -781,3 +781,22 @@ def test_a_label_drawn_on_a_turned_squares_stored_pixels_is_refused(tmp_path, or
             run_aug(data, tmp_path / "w")
     else:
         run_aug(data, tmp_path / "w")
+
+
+@pytest.mark.parametrize("grey", ["train", "test"])
+def test_a_grey_frame_for_a_colour_model_is_refused_before_training(tmp_path, grey):
+    """Training took a grey frame as grey in three channels; prediction of a colour model
+    refuses grey frames, so the dead end showed only after the training."""
+    data = make_dataset(tmp_path / "data", [(64, 64)] * 4, color=True)
+    (data / "test.txt").write_text("im03\n")
+    name = "im03" if grey == "test" else "im00"
+    img = cv2.imread(str(data / "src" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(data / "src" / f"{name}.png"), img)
+    run_aug(data, tmp_path / "w", "--num-patches", "40", "--patch-size", "32")
+    with pytest.raises(PipelineError, match=rf"--color-mode rgb: the (patch|test frame) "
+                                            rf".*{name}.* is grey.*or use --color-mode grey"):
+        pre_processing.main(["--work-dir", str(tmp_path / "w"), "--color-mode", "rgb",
+                             "--workers", "1"])
+    assert not (tmp_path / "w" / "train" / "prep").exists()
+    pre_processing.main(["--work-dir", str(tmp_path / "w"), "--color-mode", "grey",
+                         "--workers", "1"])
