@@ -757,6 +757,11 @@ def find_label(label_dir, name):
     if other:
         raise PipelineError(f"found {other[0]}, a label of a kind not read; save it as .png, "
                             ".tif or .npy")
+    for path in (Path(label_dir) / f"{name}{ext}" for ext in LABEL_EXTS):
+        kind = _not_a_file(path) if os.path.lexists(path) else None
+        if kind:
+            raise PipelineError(f"label {path} is not a regular file ({kind}); make it the "
+                                f"label file of {name}, or remove it")
     return None
 
 

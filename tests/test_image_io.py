@@ -113,6 +113,12 @@ def test_find_label_takes_tiff_and_names_a_lossy_or_second_label(tmp_path):
     with pytest.raises(PipelineError, match=r"found .*f.jpg; labels must be lossless: .png, "
                                             r".tif or .npy"):
         find_label(tmp_path, "f")
+    (tmp_path / "m.png").mkdir()
+    (tmp_path / "n.png").symlink_to("nothere.png")
+    for name, kind in (("m", "a folder"), ("n", "a broken symbolic link")):
+        with pytest.raises(PipelineError, match=rf"label .*{name}.png is not a regular file "
+                                                rf"\({kind}\)"):
+            find_label(tmp_path, name)
     cv2.imwrite(str(tmp_path / "k.bmp"), label)      # saved from Paint: named, not passed over
     with pytest.raises(PipelineError, match=r"found .*k.bmp, a label of a kind not read"):
         find_label(tmp_path, "k")
