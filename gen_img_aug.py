@@ -434,6 +434,17 @@ def describe_orientations(orientations):
     return f"as the microscope saw them, half of them mirrored ({orientations})"
 
 
+def note_small_frames(sizes, patch_size):
+    """A note naming the training frames smaller than a patch: each of their patches is
+    mostly the frame mirrored to fill it, and drawn as often as a patch of a full frame."""
+    small = {name: (h, w) for name, (h, w) in sizes.items() if h < patch_size or w < patch_size}
+    if small:
+        shown = some_names([f"{name} {w}x{h}" for name, (h, w) in sorted(small.items())])
+        print(f"note: {len(small)} of {len(sizes)} training frames are smaller than the "
+              f"{patch_size} px patches ({shown}): their patches are filled with the frame "
+              "mirrored; use a smaller --patch-size, or leave them out")
+
+
 def check_memory(shapes, patch_size, workers):
     """Refuse a patch size whose padded images would not fit in memory, before writing."""
     h, w = max(shapes, key=lambda s: max(s[0], patch_size) * max(s[1], patch_size))
@@ -800,8 +811,10 @@ def main(argv=None):
     check_twin_frames(twins, test, table)
     check_training_classes(values_of, train, classes)
     check_test_folders(work, table)
-    check_memory([scaled_size(table[n][2], args.scale) for n in train], args.patch_size,
+    sizes = {n: scaled_size(table[n][2], args.scale) for n in train}
+    check_memory(list(sizes.values()), args.patch_size,
                  patch_writers(args.workers, args.num_patches))
+    note_small_frames(sizes, args.patch_size)
     sums = [edges[n] for n in train]
     relief, angle = edge_relief(sums), relief_angle(sums)
     orientations = choose_orientations(args.orientations, relief)

@@ -800,3 +800,11 @@ def test_a_grey_frame_for_a_colour_model_is_refused_before_training(tmp_path, gr
     assert not (tmp_path / "w" / "train" / "prep").exists()
     pre_processing.main(["--work-dir", str(tmp_path / "w"), "--color-mode", "grey",
                          "--workers", "1"])
+
+
+def test_training_frames_smaller_than_a_patch_are_noted(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", [(40, 60), (100, 100), (100, 90), (70, 70)])
+    (data / "test.txt").write_text("im03\n")
+    run_aug(data, tmp_path / "w", "--patch-size", "64")
+    assert "note: 1 of 3 training frames are smaller than the 64 px patches (im00 60x40)" in \
+        capsys.readouterr().out
