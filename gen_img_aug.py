@@ -138,9 +138,10 @@ def parse_args(argv=None):
 def labelled_images(data_dir, classes, intensity):
     """name -> (image path, label path, (h, w)) for every image, checking every image and label
     (readable, same size, classes within classes.txt and, for a label labelme_to_label.py drew,
-    at the indices it drew them); also each label's values, each image's
-    edge sums and, for the images that have any, the objects labelled by a bare outline
-    (label_outlines.bare_outlines)."""
+    at the indices it drew them; drawn on the image as shown where an EXIF tag turns it);
+    also each label's values, each image's edge sums, for the images that have any, the
+    objects labelled by a bare outline (label_outlines.bare_outlines), and the groups of
+    frames of the same pixels."""
     images = list_images(Path(data_dir) / "src")
     if not images:
         raise PipelineError(f"no images found in {Path(data_dir) / 'src'}")
