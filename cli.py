@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 import unicodedata
+from contextlib import contextmanager
 from pathlib import Path
 
 WORK_DIR = "augmented_75k"     # --work-dir default in every script, the original's name
@@ -275,8 +276,11 @@ class Interrupted(KeyboardInterrupt):
 
 # What the system refuses to a user's file or folder (permissions, a read-only or full disk):
 # the user's to mend, so one line wherever it happens; any other OSError is a bug to show.
+# EFBIG: a file size limit (ulimit -f, FAT32); ENAMETOOLONG: a name over 255 bytes;
+# EISDIR, ENOTDIR: a folder where a file belongs, or the other way round.
 _REFUSED_BY_THE_SYSTEM = {getattr(errno, name)
-                          for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT")
+                          for name in ("EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT",
+                                       "EFBIG", "ENAMETOOLONG", "EISDIR", "ENOTDIR")
                           if hasattr(errno, name)}      # Windows has no EDQUOT
 
 
@@ -316,10 +320,49 @@ class ReaderGoneProof:
         return getattr(self._stream, name)
 
 
+def _expand_home(argv):
+    """Options the shell did not expand ('--work-dir=~/w', "--work-dir '~/w'", a batch
+    script's quotes) name the home folder, not a folder '~' in the current one."""
+    def expand(arg):
+        option, equals, value = arg.partition("=")
+        if arg.startswith("--") and equals and value.startswith("~"):
+            return option + "=" + os.path.expanduser(value)
+        return os.path.expanduser(arg) if arg.startswith("~") else arg
+    return [expand(arg) for arg in argv]
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_cli(main, interrupted=UNPUBLISHED):
-    """Run a script's main(); report a PipelineError (or running out of memory, or Ctrl-C) as
-    one line, exit status 2 (130 for Ctrl-C). interrupted: what a Ctrl-C leaves, as the
-    script writes its outputs."""
+    """Run a script's main(); report a PipelineError (or running out of memory, or Ctrl-C, or
+    SIGTERM) as one line, exit status 2 (130 for Ctrl-C). interrupted: what a Ctrl-C leaves,
+    as the script writes its outputs."""
+    import sys
+    sys.argv[1:] = _expand_home(sys.argv[1:])
+    with _sigterm_as_ctrl_c():
+        _run_reporting(main, interrupted)
+
+
+@contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (kill, scancel, a batch job's time limit) stops a script as Ctrl-C does, with
+    its line and its clean-up, where nothing else handles it; as before afterwards."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _run_reporting(main, interrupted):
     import sys
     # None where the descriptor was closed at start (script >&-): print() then writes nothing
     sys.stdout, sys.stderr = (stream if stream is None or isinstance(stream, ReaderGoneProof)

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import IGNORE_LABEL
-from outputs import ensure_folder
+from outputs import atomic_file, ensure_folder
 
 # One colour per class index for masks and figures (RGB). Index 1 green and 2 red
 # follow the paper's contour colours for beads and cells.
@@ -40,7 +40,10 @@ def save_figure(fig, paths, pdf=False):
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
         path = Path(path)
         ensure_folder(path.parent, "figures folder")
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        # A kill or a full disk while saving leaves the earlier figure, not a torn one.
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
         if pdf:
-            fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+            with atomic_file(path.with_suffix(".pdf")) as tmp:
+                fig.savefig(tmp, bbox_inches="tight")
     plt.close(fig)

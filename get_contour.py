@@ -38,6 +38,7 @@ classes overwrite earlier ones; other pixels are background.
 """
 import argparse
 import csv
+from contextlib import nullcontext
 import math
 import os
 from pathlib import Path
@@ -615,7 +616,8 @@ def main(argv=None):
 
     from tqdm import tqdm
     # Panels are staged too and join figures/ only when every image has gone through.
-    with staged_output(out, MARKER) as staging, staged_output(figures, merge=True) as panels, \
+    panels_output = staged_output(figures, merge=True) if args.panels else nullcontext()
+    with staged_output(out, MARKER) as staging, panels_output as panels, \
             open(staging / MARKER, "w", newline="") as table:
         writer = csv.DictWriter(table, fieldnames=csv_columns(measured_in_um), restval="")
         writer.writeheader()

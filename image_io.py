@@ -670,6 +670,9 @@ def list_images(src, page=None, frames=None):
             raise PipelineError(f"image file name {path.name!r} in {path.parent} holds the "
                                 f"control character {control_character(path.name)!r}; "
                                 "rename the file")
+        if any("\udc80" <= c <= "\udcff" for c in path.name):
+            raise PipelineError(f"image file name {path.name!r} in {path.parent} is not UTF-8 "
+                                "(copied from an older system or an archive); rename the file")
         check_regular_file(path)
     found, composed = {}, {}
     for path in paths:

@@ -4,8 +4,11 @@ time budget that drive the cosine schedule, precise-BN validation, checkpoints, 
 state, curves and the progress bar."""
 import csv
 import math
+import os
+import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -181,9 +184,23 @@ class PreciseBNValidation(keras.callbacks.Callback):
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
+@contextmanager
+def h5_write_errors(path):
+    """h5py reports a failed write (a full disk, a file size limit) as a RuntimeError naming
+    the errno in its text: raise it as that OSError, which the scripts report in one line."""
+    try:
+        yield
+    except RuntimeError as err:
+        found = re.search(r"errno = (\d+)", str(err))
+        if not found:
+            raise
+        code = int(found[1])
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
 def save_model(model, path):
     """Save architecture and weights (not the optimizer) for inference, atomically."""
-    with atomic_file(path) as tmp:
+    with atomic_file(path) as tmp, h5_write_errors(path):
         if path.suffix == ".h5":
             keras.saving.save_model(model, tmp, include_optimizer=False, overwrite=True)
         else:
@@ -335,7 +352,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _save_model(self):
         # Keras insists on the .weights.h5 suffix.
-        with atomic_file(self._weights_path, suffix=".weights.h5") as tmp:
+        with atomic_file(self._weights_path, suffix=".weights.h5") as tmp, \
+                h5_write_errors(self._weights_path):
             self.model.save_weights(str(tmp), overwrite=True)
         write_json(Path(self._training_metadata_path),
                    {"epoch": self._current_epoch, "batch": self._last_batch_seen})

@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -35,6 +37,7 @@ CLASSES = ["background", "bead", "cell"]
 BEST = "unet_xception_resnet_nsgd32_lovaszsoftmax_best.h5"
 SWA = "unet_xception_resnet_nsgd32_lovaszsoftmax_swa.h5"
 TILE = 32
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- running and checking
@@ -1504,3 +1507,81 @@ def test_what_the_system_refuses_is_one_line_and_other_os_errors_stay_tracebacks
         raise OSError(9, "Bad file descriptor")
     with pytest.raises(OSError, match="Bad file descriptor"):
         cli.run_cli(a_bug)
+
+
+@pytest.mark.parametrize("code, name", [(27, "File too large"), (36, "File name too long"),
+                                        (21, "Is a directory"), (20, "Not a directory")])
+def test_a_file_size_limit_a_long_name_or_a_folder_in_a_files_place_is_one_line(code, name,
+                                                                               capsys):
+    def refused():
+        raise OSError(code, name, "/data/w/split.json")
+    with pytest.raises(SystemExit) as stop:
+        cli.run_cli(refused)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == f"error: cannot use /data/w/split.json: {name}\n"
+
+
+def test_sigterm_stops_a_script_as_ctrl_c_does_with_one_line(tmp_path):
+    """kill, scancel and a batch job's time limit send SIGTERM: it ended the script with no
+    line and its staging folders left behind."""
+    script = ("import os, signal, sys, time; sys.path.insert(0, sys.argv[1]); import cli\n"
+              "def main():\n"
+              "    try:\n"
+              "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)\n"
+              "    finally:\n"
+              "        print('cleaned up')\n"
+              "cli.run_cli(main, interrupted='nothing was published')\n"
+              "assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 130
+    assert proc.stdout == "cleaned up\n"
+    assert proc.stderr == "interrupted; nothing was published\n"
+
+
+def test_a_quoted_tilde_names_the_home_folder_not_a_folder_named_tilde(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/lab")
+    assert cli._expand_home(["--work-dir", "~/w", "--output=~/out", "--x=a~b", "a~"]) == \
+        ["--work-dir", "/home/lab/w", "--output=/home/lab/out", "--x=a~b", "a~"]
+
+
+def test_an_image_name_that_is_not_utf_8_is_refused_before_anything_is_written(tmp_path,
+                                                                              capsys):
+    data = make_data(tmp_path, {"a.png": np.eye(64, dtype=np.uint8) * 200,
+                                "b.png": np.eye(64, dtype=np.uint8)[::-1] * 200})
+    os.rename(data / "src" / "b.png", os.fsencode(data / "src") + b"/\xe42.png")
+    os.rename(data / "label" / "b.png", os.fsencode(data / "label") + b"/\xe42.png")
+    code, _, err = run(gen_img_aug, aug_args(data, tmp_path / "work"), capsys)
+    refusal_line(code, err, "is not UTF-8", "rename the file")
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_failed_figure_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    from figures import pyplot, save_figure
+    plt = pyplot()
+    path = tmp_path / "figures" / "samples.png"
+    fig = plt.figure()
+    save_figure(fig, path)
+    before = path.read_bytes()
+    fig = plt.figure()
+
+    def torn(target, **kwargs):
+        Path(target).write_bytes(before[:100])
+        raise OSError(27, "File too large", str(target))
+    monkeypatch.setattr(fig, "savefig", torn)
+    with pytest.raises(OSError):
+        save_figure(fig, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["samples.png"]
+
+
+def test_an_h5_write_failure_is_the_oserror_it_names():
+    from training_callbacks import h5_write_errors
+    with pytest.raises(OSError) as err:
+        with h5_write_errors("/m/best.h5"):
+            raise RuntimeError("Can't decrement id ref count (unable to extend file properly, "
+                               "errno = 28, error message = 'No space left on device')")
+    assert err.value.errno == 28 and err.value.filename == "/m/best.h5"
+    with pytest.raises(RuntimeError, match="other"):
+        with h5_write_errors("/m/best.h5"):
+            raise RuntimeError("other")

@@ -131,7 +131,7 @@ def outline_dataset(root, outlined):
         label = disc(np.zeros((120, 120), np.uint8), (90, 90), 15)
         if f"f{i}" in outlined:
             ring(label, (35, 35), 25)
-        image = (60 + 120 * disc(np.zeros_like(label), (90, 90), 15)).astype(np.uint8)
+        image = (60 + i + 120 * disc(np.zeros_like(label), (90, 90), 15)).astype(np.uint8)
         cv2.imwrite(str(root / "src" / f"f{i}.png"), image)
         cv2.imwrite(str(root / "label" / f"f{i}.png"), label)
     return root
