@@ -458,11 +458,15 @@ def prediction_folder(args):
 def folders(args, pred, info):
     """(images, labels or None, output, figures) folders from options and defaults."""
     work = Path(args.work_dir)
-    images = Path(args.image_dir or info.get("input_file") or info.get("input_dir")
-                  or work / "test" / "src")
-    labels = args.label_dir or info.get("label_dir")
     test_pred = work / "test" / "predict"
     is_test_set = pred.resolve() == test_pred.resolve()
+    recorded = in_this_work(info.get("input_file") or info.get("input_dir"), work, is_test_set,
+                            "src")
+    if not args.image_dir and recorded and not Path(recorded).exists():
+        raise PipelineError(f"image folder {recorded}, which {pred / 'predict.json'} records, "
+                            "does not exist (moved or renamed since?): give --image-dir")
+    images = Path(args.image_dir or recorded or work / "test" / "src")
+    labels = args.label_dir or in_this_work(info.get("label_dir"), work, is_test_set, "label")
     if args.output:
         out = Path(args.output)
     elif is_test_set:
@@ -478,6 +482,38 @@ def folders(args, pred, info):
     if args.panels:
         check_figures_outside(figures, out)
     return images, Path(labels) if labels else None, out, figures
+
+
+# In a figures folder, which prediction folder each panel was drawn from: two prediction
+# folders of one name (day1/pred, day2/pred) share figures/pred, where frames of one name
+# would replace each other's panels without a word.
+PANEL_RECORD = ".panels_of.json"
+
+
+def panel_owners(figures, pred_dir, names):
+    """The figures folder's record of panel -> prediction folder, after refusing to replace
+    a panel of one of `names` that another prediction folder drew."""
+    path = Path(figures) / PANEL_RECORD
+    record = read_json(path, "panel record") if path.is_file() else {}
+    if not isinstance(record, dict):
+        record = {}
+    mine = str(Path(pred_dir).resolve())
+    taken = [n for n in names if record.get(f"panel_{n}.png", mine) != mine]
+    if taken:
+        raise PipelineError(f"{figures} holds panel_{taken[0]}.png drawn from "
+                            f"{record[f'panel_{taken[0]}.png']}, another prediction folder "
+                            f"({count_of(len(taken), 'panel')} in all); give --figures-dir to "
+                            "keep both, or --no-panels")
+    return record
+
+
+def in_this_work(recorded, work, is_test_set, sub):
+    """A folder predict.json records, or for the test set's test/src and test/label the ones
+    of this --work-dir: a work folder moved or copied elsewhere keeps the absolute paths of
+    where it was, whose images (gone, or those of the old copy) are not this folder's."""
+    if recorded and is_test_set and Path(recorded).parts[-2:] == ("test", sub):
+        return str(work / "test" / sub)
+    return recorded
 
 
 def check_figures_outside(figures, out):
@@ -610,6 +646,7 @@ def main(argv=None):
     intensity = args.intensity or info.get("intensity", DEFAULT_INTENSITY)
     outliner = Outliner(pred_dir, info, classes, intensity, label_dir, args)
 
+    owners = panel_owners(figures, pred_dir, names) if args.panels else None
     pixel_sizes = image_pixel_sizes(images, names, args.pixel_size)
     measured_in_um = any(size is not None for size in pixel_sizes.values())
     tally = ObjectTally(classes)
@@ -629,6 +666,10 @@ def main(argv=None):
                 tally.add(record)
 
             outliner(name, images[name], staging, panels, write_row)
+        if args.panels:
+            mine = str(pred_dir.resolve())
+            write_json(panels / PANEL_RECORD,
+                       {**owners, **{f"panel_{name}.png": mine for name in names}})
         if "shard" in info:
             write_json(staging / SHARD_RECORD, {
                 "shard": info["shard"], "images": names, "all_images": info["all_images"],

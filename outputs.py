@@ -212,7 +212,13 @@ def check_unchanged_since(final_dir, marker):
     final_dir = Path(final_dir)
     if not (final_dir / marker).is_file():
         return
-    since = (final_dir / marker).stat().st_mtime + MTIME_SLACK_S
+    # The manifest is written just before the marker is touched last (_write_manifest), so
+    # its time is the publication's: measured from the marker's own time, an edit of the
+    # marker itself (objects.csv saved again from a spreadsheet, notes added to
+    # predict.json) moved the yardstick with it and was never seen.
+    manifest = final_dir / manifest_name(marker)
+    reference = manifest if manifest.is_file() else final_dir / marker
+    since = reference.stat().st_mtime + MTIME_SLACK_S
     published = _published_paths(final_dir, marker)
     changed = []
     for path in final_dir.rglob("*"):

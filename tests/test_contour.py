@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -377,3 +378,38 @@ def test_a_shards_contours_changed_by_hand_are_refused_in_one_line(pred, spoil, 
     with pytest.raises(PipelineError, match=message):
         G.main(["--merge", *folders, "--output", str(pred / "again")])
     assert not (pred / "again").exists()
+
+
+def test_panels_of_two_prediction_folders_of_one_name_do_not_replace_each_other(pred):
+    """day1/pred and day2/pred both send their panels to figures/pred: the second run's
+    panel of a frame of the same name is refused, not drawn over the first's."""
+    other = pred / "day2" / "predict"
+    shutil.copytree(pred / "predict", other)
+    G.main(["--work-dir", str(pred / "work"), "--pred-dir", str(pred / "predict"),
+            "--output", str(pred / "c1"), "--figures-dir", str(pred / "figures")])
+    before = (pred / "figures" / "panel_one.png").read_bytes()
+    with pytest.raises(PipelineError, match=r"panel_one\.png drawn from .*another prediction"):
+        G.main(["--work-dir", str(pred / "work"), "--pred-dir", str(other),
+                "--output", str(pred / "c2"), "--figures-dir", str(pred / "figures")])
+    assert (pred / "figures" / "panel_one.png").read_bytes() == before
+    G.main(["--work-dir", str(pred / "work"), "--pred-dir", str(pred / "predict"),
+            "--output", str(pred / "c1"), "--figures-dir", str(pred / "figures")])  # a rerun
+
+
+def test_a_work_folder_moved_elsewhere_outlines_its_own_test_set(tmp_path):
+    """predict.json records absolute paths: after the work folder moved (to a cluster's
+    scratch disk, say), its test set's images and labels are the ones beside it."""
+    old = tmp_path / "old" / "test"
+    for sub in ("src", "label", "predict"):
+        (old / sub).mkdir(parents=True)
+    mask = drawn_mask()
+    cv2.imwrite(str(old / "src" / "one.png"), np.full(mask.shape, 60, np.uint8))
+    cv2.imwrite(str(old / "label" / "one.png"), mask)
+    cv2.imwrite(str(old / "predict" / "one.png"), mask)
+    (old / "predict" / "predict.json").write_text(json.dumps({
+        "classes": CLASSES, "images": ["one"], "input_dir": str(old / "src"),
+        "label_dir": str(old / "label")}))
+    new = tmp_path / "new"
+    (tmp_path / "old").rename(new)
+    G.main(["--work-dir", str(new)])
+    assert (new / "test" / "contours" / "objects.csv").is_file()

@@ -243,3 +243,17 @@ def test_a_folder_the_system_will_not_let_us_write_is_one_line(tmp_path, monkeyp
         with outputs.staged_output(tmp_path / "out"):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_marker_edited_after_the_run_stops_a_rerun(tmp_path):
+    """objects.csv (get_contour's marker) saved again from a spreadsheet, or predict.json with
+    a note added: the marker is the file most often edited, and was measured against itself."""
+    final = tmp_path / "out"
+    published_with_marker(final)
+    later = (final / "marker").stat().st_mtime + 60
+    (final / "marker").write_text("edited by hand")
+    os.utime(final / "marker", (later, later))
+    with pytest.raises(PipelineError, match=r"changed or added after .*marker"):
+        with outputs.staged_output(final, "marker"):
+            pass
+    assert (final / "marker").read_text() == "edited by hand"
