@@ -50,8 +50,8 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
                       check_label_size, find_label, list_images, parse_intensity, pixel_sizes_um,
                       read_image, read_label, square_side, to_color_mode, write_image)
 from band_objects import objects_of_class
-from outputs import (COLOR_SUFFIX, PROB_INFIX, prob_file, same_or_inside, staged_output,
-                     write_json)
+from outputs import (COLOR_SUFFIX, PROB_INFIX, output_lock, prob_file, same_or_inside,
+                     staged_output, write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
 from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
                  read_classes, read_json, run_cli, WORK_DIR)
@@ -654,7 +654,8 @@ def main(argv=None):
     from tqdm import tqdm
     # Panels are staged too and join figures/ only when every image has gone through.
     panels_output = staged_output(figures, merge=True) if args.panels else nullcontext()
-    with staged_output(out, MARKER) as staging, panels_output as panels, \
+    with output_lock(out, Path(__file__).name), staged_output(out, MARKER) as staging, \
+            panels_output as panels, \
             open(staging / MARKER, "w", newline="") as table:
         writer = csv.DictWriter(table, fieldnames=csv_columns(measured_in_um), restval="")
         writer.writeheader()
@@ -709,7 +710,7 @@ def merge(args):
     folders, _, everything, out = open_shards(args.merge, args.output, SHARD_RECORD)
     for folder in folders:
         check_object_table(folder)
-    with staged_output(out, MARKER) as staging:
+    with output_lock(out, Path(__file__).name), staged_output(out, MARKER) as staging:
         copy_shard_files(folders, staging, skip={MARKER, SHARD_RECORD})
         count = merge_object_tables([f / MARKER for f in folders], everything, staging / MARKER)
     print(f"merged {len(folders)} shards: {count_of(count, 'object')} in "

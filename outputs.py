@@ -376,6 +376,22 @@ def work_read_lock(folder):
         handle.close()
 
 
+def lock_beside(folder):
+    """The lock file of a folder a script writes: hidden, beside it (inside, it would be part
+    of what the folder holds)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder.with_name(f".{folder.name.lstrip('.')}.lock")
+
+
+def output_lock(folder, script):
+    """Held while a script writes an output folder: a second run into it is refused, where
+    both used to publish and the first one's result vanished."""
+    return exclusive_lock(lock_beside(folder), script,
+                          lambda holder: f"{folder} is being written by {holder}; wait for it "
+                                         "to finish, or use another --output")
+
+
 @contextmanager
 def exclusive_lock(path, script, refusal, unnamed="another run"):
     """Hold the lock file at path for one script run; another run that asks for it is

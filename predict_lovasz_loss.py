@@ -103,7 +103,8 @@ from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  #
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import (atomic_write_text, check_replaceable,  # noqa: E402
-                     color_file, prob_file, same_or_inside, staged_output, write_json)
+                     color_file, output_lock, prob_file, same_or_inside, staged_output,
+                     write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, count_of, read_json,  # noqa: E402
@@ -898,7 +899,7 @@ def main(argv=None):
 
     from tqdm import tqdm
     per_image, total_cm = {}, np.zeros((len(classes), len(classes)), np.int64)
-    with staged_output(out, MARKER) as staging:
+    with output_lock(out, Path(__file__).name), staged_output(out, MARKER) as staging:
         for name, img_path in tqdm(images.items(), desc="predict", unit="image",
                                    dynamic_ncols=True, disable=None):
             predict_one = run.streamed if name in streamed else run.in_memory
@@ -954,7 +955,7 @@ def merge(args):
     per_image = {name: per_image[name] for name in everything if name in per_image}
     total_cm = sum(per_image.values(), np.zeros((len(classes),) * 2, np.int64))
     chart_copy = records[0].get("chart_copy")
-    with staged_output(out, MARKER) as staging:
+    with output_lock(out, Path(__file__).name), staged_output(out, MARKER) as staging:
         copy_shard_files(folders, staging, skip={MARKER, *REPORT_FILES})
         relocate_labelme(folders, staging / "labelme", out / "labelme")
         rows = publish_report(staging, Path(chart_copy) if chart_copy else None, per_image,

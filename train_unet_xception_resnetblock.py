@@ -55,7 +55,7 @@ from distribute import STRATEGIES  # noqa: E402
 from image_io import (DEFAULT_INTENSITY, PNG_HEADER_BYTES, check_intensity,  # noqa: E402
                       check_label_values, png_header, read_image)
 from outputs import (atomic_write_text, exclusive_lock, foreign_entries,  # noqa: E402
-                     remove_leftovers, same_or_inside, sha256_of, work_read_lock, write_json)
+                     lock_beside, remove_leftovers, same_or_inside, sha256_of, work_read_lock, write_json)
 from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written,  # noqa: E402
                  command_line, existing_folder, finite_float, fraction_below_one,
                  held_out_count, non_negative_float, positive_float, positive_int,
@@ -974,9 +974,7 @@ def model_folder(args):
 def model_folder_lock(model_dir):
     """Held while training writes model_dir: a second training into it is refused instead of
     mixing its checkpoints, log and config with this one's."""
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = model_dir.with_name(f".{model_dir.name.lstrip('.')}.lock")   # a worker's: hidden
-    return exclusive_lock(lock, Path(__file__).name,
+    return exclusive_lock(lock_beside(model_dir), Path(__file__).name,
                           lambda holder: f"{model_dir} is being trained by {holder}; wait for "
                                          "it to finish, or use another --model-dir")
 

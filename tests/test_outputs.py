@@ -257,3 +257,17 @@ def test_the_marker_edited_after_the_run_stops_a_rerun(tmp_path):
         with outputs.staged_output(final, "marker"):
             pass
     assert (final / "marker").read_text() == "edited by hand"
+
+
+def test_a_second_run_into_an_output_being_written_is_refused(tmp_path):
+    """Two predictions into one --output at once both said they wrote it, and the first
+    one's result vanished."""
+    out = tmp_path / "pred"
+    with outputs.output_lock(out, "predict_lovasz_loss.py"):
+        with pytest.raises(PipelineError, match=r"pred is being written by "
+                                                r"predict_lovasz_loss.py \(process \d+\)"):
+            with outputs.output_lock(out, "get_contour.py"):
+                pass
+    with outputs.output_lock(out, "get_contour.py"):      # released at the end
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".pred.lock"]
