@@ -469,6 +469,12 @@ def folders(args, pred, info):
     labels = args.label_dir or in_this_work(info.get("label_dir"), work, is_test_set, "label")
     if args.output:
         out = Path(args.output)
+        if same_or_inside(out, pred) or \
+                Path(os.path.abspath(out)).is_relative_to(os.path.abspath(pred)):
+            raise PipelineError(f"--output {out} is or lies inside the prediction folder "
+                                f"{pred}, which a rerun of prediction replaces whole (refused "
+                                "while it holds files it did not write); give a folder beside "
+                                "it")
     elif is_test_set:
         out = work / "test" / "contours"
     else:

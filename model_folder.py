@@ -19,9 +19,14 @@ def read_config(model_dir, option="--model-dir"):
     """The model folder's config.json, checked field by field; `option` names where the
     folder came from."""
     path = Path(model_dir) / "config.json"
+    if Path(model_dir).is_file():
+        raise PipelineError(f"{option} {model_dir} is a file; give the model folder that holds "
+                            f"config.json and the weights ({Path(model_dir).parent})")
     if not path.is_file():
+        inside = Path(model_dir) / "weights" / "config.json"
+        hint = f" ({inside.parent} holds one)" if inside.is_file() else ""
         raise PipelineError(f"{path} not found: train a model first, or point {option} at "
-                            "a model folder")
+                            f"a model folder{hint}")
     config = read_json(path, "model config")
     if not isinstance(config, dict):
         raise PipelineError(f"{path} is not a model config written by training")

@@ -152,7 +152,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("model")
     g.add_argument("--model-dir", metavar="DIR", help="model folder written by training "
                    "(default: <work-dir>/weights)")
-    g.add_argument("--weights", nargs="+", default=["best"], metavar="best|swa|last|FILE",
+    g.add_argument("--weights", nargs="+", action="extend", metavar="best|swa|last|FILE",
                    help="best: lowest validation loss; swa: the weight average of the last "
                         "epochs; last: the newest snapshot; or the path of a model file, "
                         "e.g. snapshots/epoch_020.h5 (relative to the model folder or the "
@@ -216,6 +216,7 @@ def parse_args(argv=None):
                         "writes (masks, predict.json, IoU report), byte for byte; the output "
                         "is the shards' name without _shardIofN, or --output. No model needed")
     args = p.parse_args(argv)
+    args.weights = args.weights or ["best"]     # --weights given twice adds, as one list does
     if args.merge and args.shard:
         p.error("--merge takes the folders of finished shards; leave out --shard")
     if args.overlap < 0:

@@ -1585,3 +1585,16 @@ def test_an_h5_write_failure_is_the_oserror_it_names():
     with pytest.raises(RuntimeError, match="other"):
         with h5_write_errors("/m/best.h5"):
             raise RuntimeError("other")
+
+
+def test_a_model_dir_given_as_its_config_file_or_its_work_folder_is_told_where_to_point(
+        tmp_path):
+    from model_folder import read_config
+    (tmp_path / "w" / "weights").mkdir(parents=True)
+    (tmp_path / "w" / "weights" / "config.json").write_text("{}")
+    with pytest.raises(cli.PipelineError, match=r"config.json is a file; give the model "
+                                                r"folder .*\(.*weights\)"):
+        read_config(tmp_path / "w" / "weights" / "config.json")
+    with pytest.raises(cli.PipelineError, match=r"not found: .*a model folder \(.*weights "
+                                                r"holds one\)"):
+        read_config(tmp_path / "w")

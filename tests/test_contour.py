@@ -413,3 +413,13 @@ def test_a_work_folder_moved_elsewhere_outlines_its_own_test_set(tmp_path):
     (tmp_path / "old").rename(new)
     G.main(["--work-dir", str(new)])
     assert (new / "test" / "contours" / "objects.csv").is_file()
+
+
+@pytest.mark.parametrize("inside", ["predict/contours", "predict"])
+def test_contours_inside_the_prediction_folder_are_refused(pred, inside):
+    """A rerun of the prediction would then be refused for the folder it did not write."""
+    with pytest.raises(PipelineError, match=r"is or lies inside the prediction folder"):
+        G.main(["--work-dir", str(pred / "work"), "--pred-dir", str(pred / "predict"),
+                "--output", str(pred / inside), "--no-panels"])
+    assert sorted(p.name for p in (pred / "predict").iterdir()) == ["one.png", "predict.json",
+                                                                  "two.png"]

@@ -789,3 +789,9 @@ def test_the_recorded_faint_filter_drops_objects_unless_turned_off(model_dir, wo
         P.main(["--work-dir", str(work), "--model-dir", str(strict),
                 "--output", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()
+
+
+def test_weights_given_twice_add_up_as_one_list_does():
+    args = P.parse_args(["--weights", "best", "--weights", "swa"])
+    assert args.weights == ["best", "swa"]
+    assert P.parse_args([]).weights == ["best"]
