@@ -633,15 +633,12 @@ def check_test_folders(work, frames):
                                 "--work-dir")
 
 
-def copy_test_set(table, test, work):
-    # src/ and label/ each replaced whole, so that no frame of an earlier split stays, and
-    # the rest of test/ (earlier predictions and contours, a user's notes) left as it is.
-    with staged_output(work / "test" / "src") as src, \
-            staged_output(work / "test" / "label") as labels:
-        for name in test:
-            img_path, lbl_path, _ = table[name]
-            copy_frame(img_path, src, name)
-            write_image(labels / f"{name}.png", read_label(lbl_path), atomic=False)
+def copy_test_set(table, test, src, labels):
+    """The test frames and labels into the staging folders of test/src and test/label."""
+    for name in test:
+        img_path, lbl_path, _ = table[name]
+        copy_frame(img_path, src, name)
+        write_image(labels / f"{name}.png", read_label(lbl_path), atomic=False)
 
 
 # ---------------------------------------------------------------- patches
@@ -743,25 +740,25 @@ def patch_writers(workers, num_patches):
     return min(workers, math.ceil(num_patches / CHUNK))
 
 
-def write_patches(table, train, work, num_patches, patch_size, seed, workers,
+def write_patches(table, train, staging, num_patches, patch_size, seed, workers,
                   foreground_fraction=0.0, intensity=DEFAULT_INTENSITY, orientations="all",
                   scale=1.0):
+    """The patches, their labels and patches.csv into the staging folder of train/."""
     sources = [table[n][:2] for n in train]
     shapes = [scaled_size(table[n][2], scale) for n in train]
-    with staged_output(work / "train") as staging:
-        (staging / "src").mkdir()
-        (staging / "label").mkdir()
-        writer = PatchWriter(sources, shapes, staging, patch_size, seed,
-                             digits=max(6, len(str(num_patches - 1))),
-                             foreground_fraction=foreground_fraction, intensity=intensity,
-                             orientations=orientations)
-        spans = [(s, min(s + CHUNK, num_patches)) for s in range(0, num_patches, CHUNK)]
-        with open(staging / "patches.csv", "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(["patch", "image", "y", "x", "transform"])
-            for rows in parallel_map(writer, spans, patch_writers(workers, num_patches), "patches",
-                                     total=num_patches, unit="patch"):
-                out.writerows((name, train[i], y, x, k) for name, i, y, x, k in rows)
+    (staging / "src").mkdir()
+    (staging / "label").mkdir()
+    writer = PatchWriter(sources, shapes, staging, patch_size, seed,
+                         digits=max(6, len(str(num_patches - 1))),
+                         foreground_fraction=foreground_fraction, intensity=intensity,
+                         orientations=orientations)
+    spans = [(s, min(s + CHUNK, num_patches)) for s in range(0, num_patches, CHUNK)]
+    with open(staging / "patches.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["patch", "image", "y", "x", "transform"])
+        for rows in parallel_map(writer, spans, patch_writers(workers, num_patches), "patches",
+                                 total=num_patches, unit="patch"):
+            out.writerows((name, train[i], y, x, k) for name, i, y, x, k in rows)
 
 
 # ---------------------------------------------------------------- figure
@@ -828,17 +825,23 @@ def main(argv=None):
     if warning:
         print(warning)
     report_outlines(outlines)
-    # Everything is checked; from here on the work folder changes. The split files go first
-    # and come back last, so a folder without them is an unfinished run.
+    # Everything is checked. test/src, test/label (the rest of test/, earlier predictions and
+    # contours, is left as it is) and train/ are written into staging folders while the
+    # earlier run's stay usable; then the split files go, the three folders replace the
+    # earlier ones whole, and the split files come back last: a folder without them is an
+    # unfinished run.
     work.mkdir(parents=True, exist_ok=True)
     with work_lock(work, "gen_img_aug.py"):
         remove_leftovers(work)
-        for name in ("split.json", "train.txt", "test.txt"):
-            (work / name).unlink(missing_ok=True)
-        copy_test_set(table, test, work)
-        write_patches(table, train, work, args.num_patches, args.patch_size, args.seed,
-                      args.workers, args.foreground_fraction, args.intensity, orientations,
-                      args.scale)
+        with staged_output(work / "test" / "src") as src, \
+                staged_output(work / "test" / "label") as labels, \
+                staged_output(work / "train") as patches:
+            copy_test_set(table, test, src, labels)
+            write_patches(table, train, patches, args.num_patches, args.patch_size, args.seed,
+                          args.workers, args.foreground_fraction, args.intensity, orientations,
+                          args.scale)
+            for name in ("split.json", "train.txt", "test.txt"):
+                (work / name).unlink(missing_ok=True)
         write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
                     orientations, relief, angle, args.scale, outlines, patch_settings(args))
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
@@ -849,5 +852,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_cli(main, interrupted="the work folder is unfinished (the later steps refuse it) "
-                              "until gen_img_aug.py runs to its end")
+    run_cli(main, interrupted="the work folder is as it was, or, where the interruption came "
+                              "as its folders were being replaced, unfinished (the later steps "
+                              "refuse it) until gen_img_aug.py runs to its end")

@@ -384,12 +384,22 @@ def lock_beside(folder):
     return folder.with_name(f".{folder.name.lstrip('.')}.lock")
 
 
+@contextmanager
 def output_lock(folder, script):
     """Held while a script writes an output folder: a second run into it is refused, where
-    both used to publish and the first one's result vanished."""
-    return exclusive_lock(lock_beside(folder), script,
-                          lambda holder: f"{folder} is being written by {holder}; wait for it "
-                                         "to finish, or use another --output")
+    both used to publish and the first one's result vanished. A lock file this run made is
+    removed again while still held (a run that opens it later finds no such file and makes
+    its own), so that a run leaves beside the folder only what it publishes."""
+    path = lock_beside(folder)
+    made = not path.exists()
+    with exclusive_lock(path, script,
+                        lambda holder: f"{folder} is being written by {holder}; wait for it "
+                                       "to finish, or use another --output"):
+        try:
+            yield
+        finally:
+            if made:
+                path.unlink(missing_ok=True)
 
 
 @contextmanager

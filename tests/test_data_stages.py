@@ -808,3 +808,22 @@ def test_training_frames_smaller_than_a_patch_are_noted(tmp_path, capsys):
     run_aug(data, tmp_path / "w", "--patch-size", "64")
     assert "note: 1 of 3 training frames are smaller than the 64 px patches (im00 60x40)" in \
         capsys.readouterr().out
+
+
+def test_a_rerun_that_fails_while_writing_leaves_the_earlier_work_folder_usable(
+        tmp_path, monkeypatch):
+    """The split files used to go first: a rerun stopped by a full disk or Ctrl-C made the
+    earlier run's folder, 75,000 patches, unusable until a whole new run finished."""
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 4)
+    run_aug(data, tmp_path / "w")
+    before = {p.relative_to(tmp_path / "w"): p.read_bytes()
+              for p in (tmp_path / "w").rglob("*") if p.is_file() and "figures" not in p.parts}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(gen_img_aug, "write_patches", full_disk)
+    with pytest.raises(OSError):
+        run_aug(data, tmp_path / "w", "--seed", "7")
+    after = {p.relative_to(tmp_path / "w"): p.read_bytes()
+             for p in (tmp_path / "w").rglob("*") if p.is_file() and "figures" not in p.parts}
+    assert after == before
