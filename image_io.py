@@ -850,8 +850,12 @@ def _file_bytes(path, kind):
 
 
 def _decoded(data, what):
-    """A PNG, JPEG or other cv2 image file's bytes as its pixels are shown (EXIF turn), RGB."""
-    return as_shown(_channels_as_rgb(_imdecode(data, what), what), exif_orientation(data))
+    """A PNG, JPEG or other cv2 image file's bytes as its pixels are shown (EXIF turn), RGB;
+    a grey+alpha PNG, which cv2 gives as four channels, grey (as a grey+alpha TIFF is)."""
+    img = _imdecode(data, what)
+    if img.ndim == 3 and (png_header(data) or (None,) * 4)[3] == PNG_GREY_ALPHA:
+        img = img[:, :, 0]
+    return as_shown(_channels_as_rgb(img, what), exif_orientation(data))
 
 
 # OpenCV's own log line for a file it cannot decode (a BMP cut short: '[ERROR:0@0.05] global

@@ -478,3 +478,14 @@ def test_a_bmp_cut_short_is_one_error_without_opencvs_log_line(tmp_path, capfd):
     with pytest.raises(PipelineError, match=r"cannot read image .*a.bmp: empty, truncated"):
         read_image(tmp_path / "a.bmp")
     assert capfd.readouterr().err == ""
+
+
+def test_a_grey_alpha_png_image_is_grey_as_a_grey_alpha_tiff_is(tmp_path):
+    """cv2 gave it as four channels: a colour frame, which a grey-only check let through."""
+    from image_io import read_raw_image
+    grey = np.arange(24, dtype=np.uint8).reshape(4, 6) * 10
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), mode="LA").save(
+        tmp_path / "ga.png")
+    img = read_raw_image(tmp_path / "ga.png")
+    assert img.ndim == 2
+    np.testing.assert_array_equal(img, grey)
