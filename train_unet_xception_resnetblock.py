@@ -222,6 +222,15 @@ def parse_args(argv=None):
         p.error(f"--cluster {args.cluster} needs --strategy multiworker")
     if args.cluster_timeout is not None and args.strategy != "multiworker":
         p.error("--cluster-timeout needs --strategy multiworker")
+    if args.optimizer == "adam" and args.momentum != 0.9:
+        p.error(f"--momentum {args.momentum:g} has no effect with --optimizer adam (it is "
+                "nsgd's and sgd's)")
+    if args.lovasz_on != "probabilities" and args.loss != "lovasz-softmax":
+        p.error(f"--lovasz-on {args.lovasz_on} has no effect with --loss {args.loss} (it is "
+                "the Lovasz-softmax loss's input)")
+    if args.init_model and args.weights.lower() not in ("imagenet", "none"):
+        p.error(f"--weights {args.weights} has no effect with --init-model, whose model gives "
+                "every weight; leave --weights out")
     if args.cpu_devices > 1 and args.strategy not in ("auto", "mirrored"):
         p.error(f"--cpu-devices {args.cpu_devices} needs --strategy mirrored (or auto): "
                 f"--strategy {args.strategy} does not split the CPU")
@@ -267,7 +276,7 @@ def patch_sources(work, names, strict=True):
     return sources
 
 
-def split_patches(work, val_split, random_state, by="image", stack_of=None):
+def split_patches(work, val_split, random_state, by="image", stack_of=None, recorded=None):
     """{"by", "val_frames", "train", "val", "train_frames"}: which patches train and which
     validate, and the frames of the training patches.
 
@@ -280,6 +289,15 @@ def split_patches(work, val_split, random_state, by="image", stack_of=None):
     sides).
     """
     names = patch_names(work)
+    cut = (recorded or {}).get("patches", {}).get("num_patches")
+    if isinstance(cut, int) and len(names) != cut:
+        raise PipelineError(f"{work / 'train' / 'prep'} holds {len(names)} preprocessed patches, "
+                            f"gen_img_aug.py cut {cut} ({work / 'split.json'}); rerun "
+                            "pre_processing.py (and gen_img_aug.py if train/src lacks some)")
+    if cut is not None and not (work / "train" / "patches.csv").is_file():
+        raise PipelineError(f"{work / 'train' / 'patches.csv'} is missing, which says the frame of "
+                            "every patch (without it validation would share frames with "
+                            "training); rerun gen_img_aug.py and pre_processing.py")
     frame_of = patch_sources(work, names, strict=by == "image")
     split = (split_by_image(names, frame_of, val_split, random_state, stack_of or {})
              if by == "image" else None) or split_by_patch(names, val_split, random_state)
@@ -373,10 +391,13 @@ def check_statistics_fit(stats, patch, work):
     where = work / f"{MEAN_STD_NAME}.json"
     channels = 1 if patch.ndim == 2 else patch.shape[2]
     declared = {"grey": 1, "rgb": 3}.get(stats.get("color_mode"))
-    if declared is None or stats.get("channels") != declared or declared != len(
-            np.atleast_1d(stats["mean"])):
+    if declared is None or stats.get("channels") != declared:
         raise PipelineError(f"{where} does not say its colour mode and channels; rerun "
                             "pre_processing.py")
+    if declared != len(np.atleast_1d(stats["mean"])):
+        raise PipelineError(f"{where} is of {stats['color_mode']} patches ({declared} "
+                            f"channel(s)) but holds {len(np.atleast_1d(stats['mean']))} means; "
+                            "the file is damaged: rerun pre_processing.py")
     if stats["channels"] != channels:
         raise PipelineError(f"{where} is of {stats['channels']}-channel ({stats['color_mode']}) "
                             f"patches, but the patches in {work / 'train' / 'prep'} have "
@@ -427,12 +448,24 @@ def _digest(settings, data, init):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def labels_digest(work, names):
+def labels_digest(work, names, classes=None, data_dir=None):
     """sha256 of the label patches of the given names, in order: relabelled frames cut again
-    give the same image patches and statistics, but other labels, so another model."""
+    give the same image patches and statistics, but other labels, so another model. With
+    classes, each label patch is also checked to hold no class beyond them (split.json
+    records the values gen_img_aug.py wrote, not a label patch edited since: Lovasz-softmax
+    trained on such a value silently, cross-entropy stopped with a traceback)."""
+    import cv2
     digest = hashlib.sha256()
     for name in names:
-        digest.update(f"{name}\0{sha256_of(work / 'train' / 'label' / name)}\0".encode())
+        path = work / "train" / "label" / name
+        data = path.read_bytes()
+        digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\0".encode())
+        if classes is not None:
+            label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if label is None or label.ndim != 2:
+                raise PipelineError(f"label patch {path} is not a readable one-channel image; "
+                                    "rerun gen_img_aug.py")
+            check_label_values(label, len(classes), path, Path(data_dir) / "classes.txt")
     return digest.hexdigest()
 
 
@@ -928,7 +961,7 @@ def check_inputs(args, work):
             "orientations": check_orientations(recorded.get("orientations", "all"), where),
             "scale": check_scale(recorded.get("scale", 1.0), where)}
     split = split_patches(work, args.val_split, args.random_state, args.val_split_by,
-                          recorded.get("stack_of"))
+                          recorded.get("stack_of"), recorded)
     check_patch_labels(work, split["train"] + split["val"], classes, args.data_dir, recorded)
     first = read_image(work / "train" / "prep" / split["train"][0])
     patch_shape = first.shape[:2]
@@ -956,7 +989,8 @@ def main(argv=None):
         if aside.exists():
             raise Interrupted(f"{aside} still holds the earlier model folder, as this run saved "
                               "no checkpoint: rerun with --restart to train anew (it is then "
-                              f"deleted), or move it back to {model_folder(args)} to keep it"
+                              f"deleted), or remove {model_folder(args)} (it holds no model yet) "
+                              "and move the earlier folder back in its place to keep it"
                               ) from None
         raise
 
@@ -999,7 +1033,7 @@ def train_model(args, held):
     check_model_dir(model_dir, work, args.data_dir, args.init_model)
     classes, stats, split, patch_shape, recorded, init = check_inputs(args, work)
     train_names, val_names = split["train"], split["val"]
-    labels = labels_digest(work, train_names + val_names)
+    labels = labels_digest(work, train_names + val_names, classes, args.data_dir)
     fingerprint = settings_fingerprint(args, stats, split, init, classes, labels)
     earlier = earlier_fingerprint(args, stats, split, init)
     plan = plan_model_folder(model_dir, fingerprint, args, earlier)
@@ -1007,8 +1041,9 @@ def train_model(args, held):
         # Left by a --restart stopped before its first checkpoint: the model it replaces.
         raise PipelineError(f"{aside_folder(model_dir)} holds the model folder a --restart "
                             "moved aside, which this run would delete once it has a "
-                            "checkpoint: add --restart to train anew and let it go, or move "
-                            f"it back to {model_dir} (or elsewhere) to keep it")
+                            "checkpoint: add --restart to train anew and let it go, or "
+                            f"remove {model_dir} (it holds no model) and move the earlier "
+                            "folder back in its place (or elsewhere) to keep it")
     # A multiworker process knows the folder it writes (the chief's, or a scratch one) only
     # once the cluster has formed.
     if args.strategy != "multiworker":
@@ -1040,7 +1075,7 @@ def train_model(args, held):
                     "global_batch": global_batch}
     keras.utils.set_random_seed(args.seed)
     # The weights are loaded (ImageNet downloaded) before the model folder changes at all.
-    precision = use_precision(args.precision)
+    precision = use_precision(resumed_precision(args, model_dir, plan))
     keep_nan_visible()
     with strategy.scope():
         model = build(args, patch_shape, len(classes))
@@ -1157,6 +1192,21 @@ def note_large_batch(patches, global_batch):
         print(f"note: a batch of {global_batch} is more than the {patches} training patches, "
               "so each batch holds some of them twice or more; a smaller --batch-size or more "
               "patches avoids it")
+
+
+def resumed_precision(args, model_dir, plan):
+    """The --precision choice for this run: a resumed run keeps the precision that --precision
+    auto chose when the run began (recorded in config.json), as auto decides by a timing that
+    another host, or a busy one, answers otherwise: half a run in bf16 and half in fp32,
+    recorded as the last one alone."""
+    if args.precision != "auto" or plan not in ("resume", "finish"):
+        return args.precision
+    config = model_dir / "config.json"
+    recorded = read_json(config, "model config").get("precision") if config.is_file() else None
+    if recorded not in ("fp32", "bf16", "fp16"):
+        return args.precision
+    print(f"--precision auto: {recorded}, as the run being resumed began")
+    return recorded
 
 
 def open_strategy(args):

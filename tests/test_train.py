@@ -918,7 +918,9 @@ def test_ctrl_c_before_a_restarts_first_checkpoint_says_where_the_earlier_model_
     short_run(tmp_path)
     with_extra_callback(monkeypatch, CtrlC(), first=True)
     with pytest.raises(Interrupted, match=r"weights.previous still holds the earlier model "
-                                          r"folder.*rerun with --restart.*move it back to"):
+                                          r"folder.*rerun with --restart.*remove .*weights "
+                                          r"\(it holds no model yet\) and move the earlier "
+                                          r"folder back in its place"):
         short_run(tmp_path, "--lr", "0.02", "--restart")
     monkeypatch.undo()
     short_run(tmp_path, "--lr", "0.02", "--restart")     # as it says: it lets it go
@@ -1032,3 +1034,58 @@ def test_a_model_file_given_as_init_model_is_told_to_give_its_folder(tmp_path):
                     "--weights", "none", "--init-model", str(best),
                     "--model-dir", str(tmp_path / "new")])
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--optimizer", "adam", "--momentum", "0.5"], "--momentum 0.5 has no effect with "
+                                                   "--optimizer adam"),
+    (["--loss", "cross-entropy", "--lovasz-on", "logits"], "--lovasz-on logits has no effect"),
+    (["--init-model", "m", "--weights", "x.h5"], "--weights x.h5 has no effect with "
+                                                 "--init-model")])
+def test_an_option_the_others_make_void_is_refused_not_recorded_as_used(argv, named, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    assert named in capsys.readouterr().err
+
+
+def test_label_patches_edited_to_a_class_beyond_the_list_are_refused(tmp_path):
+    """split.json records the values gen_img_aug.py wrote; a label patch edited since trained
+    silently with Lovasz-softmax and stopped cross-entropy with a traceback."""
+    work = tmp_path / "work"
+    make_patch_set(work, 12)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "classes.txt").write_text("background\nbead\ncell\n")
+    (work / "split.json").write_text(json.dumps(
+        {"classes": ["background", "bead", "cell"], "label_values": [0, 1, 2]}))
+    label = cv2.imread(str(work / "train" / "label" / "000005.png"), cv2.IMREAD_UNCHANGED)
+    label[:4, :4] = 5
+    cv2.imwrite(str(work / "train" / "label" / "000005.png"), label)
+    with pytest.raises(train.PipelineError, match=r"000005.png holds class 5 but .* lists only 3"):
+        short_run(tmp_path)
+    assert not (work / "weights").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("prep", r"prep holds 9 preprocessed patches, gen_img_aug.py cut 12"),
+    ("csv", r"patches.csv is missing, which says the frame of every patch")])
+def test_a_work_folder_missing_what_gen_img_aug_recorded_is_refused(tmp_path, damage, message):
+    work = tmp_path / "work"
+    make_patch_set(work, 12)
+    (work / "split.json").write_text(json.dumps({"patches": {"num_patches": 12}}))
+    if damage == "prep":
+        for i in range(3):
+            (work / "train" / "prep" / f"{i:06d}.png").unlink()
+    # make_patch_set writes no patches.csv, as one deleted since
+    with pytest.raises(train.PipelineError, match=message):
+        short_run(tmp_path)
+
+
+def test_a_resumed_auto_precision_keeps_the_one_the_run_began_in(tmp_path, capsys):
+    """auto decides by a timing, which another host or a busy one answers otherwise."""
+    args = train.parse_args([])
+    (tmp_path / "config.json").write_text(json.dumps({"precision": "bf16"}))
+    assert train.resumed_precision(args, tmp_path, "resume") == "bf16"
+    assert "--precision auto: bf16, as the run being resumed began" in capsys.readouterr().out
+    assert train.resumed_precision(args, tmp_path, "new") == "auto"
+    assert train.resumed_precision(train.parse_args(["--precision", "fp32"]), tmp_path,
+                                   "resume") == "fp32"
