@@ -531,12 +531,14 @@ def plan_model_folder(model_dir, fingerprint, args, earlier=None):
         old = {}
     if old.get("settings_hash") != (fingerprint if "labels_sha256" in old else earlier):
         how, resumable = how_it_differs(old, args)
-        rerun = ("; its training has finished, " if "result" in old
+        rerun = ("; its training has finished (to train it on, give --init-model "
+                 f"{model_dir} and another --model-dir), " if "result" in old
                  else "; rerun that command to resume it, " if resumable
                  else ", so this command cannot resume it; ")
         raise PipelineError(f"{model_dir} holds a model trained {how}{rerun}add --restart "
-                            f"to move it to {aside_folder(model_dir)} and train anew, or choose "
-                            "another --work-dir or --model-dir")
+                            f"to move it to {aside_folder(model_dir)} and train anew (it is "
+                            "deleted at the new run's first checkpoint), or choose another "
+                            "--work-dir or --model-dir")
     if "result" in old:
         return "done"
     if (model_dir / "backup").is_dir():

@@ -1016,7 +1016,9 @@ def test_a_finished_model_of_other_settings_is_not_told_to_resume(tmp_path):
     with pytest.raises(train.PipelineError) as refused:
         train.plan_model_folder(model_dir, "of lr 0.001", args)
     message = str(refused.value)
-    assert "(--lr 0.5 -> 0.001); its training has finished, add --restart" in message
+    assert "(--lr 0.5 -> 0.001); its training has finished (to train it on, give " \
+           f"--init-model {model_dir} and another --model-dir), add --restart" in message
+    assert "deleted at the new run's first checkpoint" in message
     assert "resume" not in message
 
 
