@@ -23,8 +23,8 @@ Objects are the 8-connected components of each non-background class. objects.csv
 class, object_id (per image and class, from 1, in raster order of first pixels), area_px
 (pixel count), equivalent_diameter_px (of the disc of that area), perimeter_px (length of
 the outer outline through the boundary pixels' centres), circularity (4 pi area /
-perimeter^2, 1 for a disc; unreliable below a few tens of pixels), centroid_x, centroid_y,
-bbox_x, bbox_y, bbox_w, bbox_h (pixels, origin top-left). The area, diameter and perimeter
+perimeter^2, 1 for a disc; unreliable below a few tens of pixels, empty for one pixel),
+centroid_x, centroid_y, bbox_x, bbox_y, bbox_w, bbox_h (pixels, origin top-left). The area, diameter and perimeter
 are also given in micrometres (area_um2, equivalent_diameter_um, perimeter_um) with
 --pixel-size, or, by default, for each image whose TIFF records its pixel size (OME
 PhysicalSizeX and Y, or ImageJ's resolution and unit) and whose pixels are square (a note
@@ -229,7 +229,9 @@ def object_row(class_index, object_id, area, perimeter, centroid_x, centroid_y, 
     return {"class_index": class_index, "object_id": object_id, "area_px": area,
             "equivalent_diameter_px": math.sqrt(4 * area / math.pi),
             "perimeter_px": perimeter,
-            "circularity": 4 * math.pi * area / perimeter ** 2 if perimeter > 0 else float("nan"),
+            # None, an empty cell: a one-pixel object's outline has no length ("nan" in a
+            # spreadsheet is text)
+            "circularity": 4 * math.pi * area / perimeter ** 2 if perimeter > 0 else None,
             "centroid_x": float(centroid_x), "centroid_y": float(centroid_y),
             "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h}
 

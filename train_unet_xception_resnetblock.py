@@ -136,7 +136,9 @@ def parse_args(argv=None):
                    help="patches per step on each replica (one without --strategy "
                         "mirrored) (default: %(default)s)")
     g.add_argument("--val-split", type=finite_float, default=0.2,
-                   help="fraction of patches for validation (default: %(default)s)")
+                   help="fraction held out for validation: of the training frames with "
+                        "--val-split-by image (at least one frame), of the patches with patch "
+                        "(default: %(default)s)")
     g.add_argument("--val-split-by", choices=("image", "patch"), default="image",
                    help="image: validate on whole training frames that no training patch "
                         "comes from (needs 3 frames; else patch); patch: a random patch split "

@@ -63,6 +63,8 @@ def test_areas_of_drawn_discs_and_squares():
         assert row["equivalent_diameter_px"] == pytest.approx(2 * radius, rel=0.01)
         assert (row["centroid_x"], row["centroid_y"]) == pytest.approx((cx, cy), abs=0.01)
         assert 0.85 < row["circularity"] < 1.05
+    dots = [r for r in rows if r["area_px"] == 1]
+    assert dots and all(r["circularity"] is None for r in dots)   # an empty cell, not "nan"
     cells = [r for r in rows if r["class_index"] == 2]
     for ((x, y), side), row in zip(SQUARES, cells):
         assert row["area_px"] == side ** 2
