@@ -103,8 +103,8 @@ from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  #
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import (atomic_write_text, check_replaceable,  # noqa: E402
-                     color_file, output_lock, prob_file, same_or_inside, staged_output,
-                     write_json)
+                     color_file, output_lock, prob_file, same_or_inside, sha256_of,
+                     staged_output, write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, count_of, read_json,  # noqa: E402
@@ -729,12 +729,20 @@ def open_model(model_dir, config, choices, precision, verify=True):
              if p.resolve() in {q.resolve() for q in paths[:i]}]
     if twice:   # an ensemble of one model with itself is that model at twice the time
         raise PipelineError(f"--weights names {twice[0]} twice; give each model once")
-    tile = tuple(config["patch_size"])
-    functions = []
     for path in paths:
         check_same_recipe(path, model_dir, config)
         if verify:
             verify_model_file(path, model_dir, config)
+    if len(paths) > 1:      # two names of one model: best and the snapshot it was saved from
+        digests = [sha256_of(p) for p in paths]
+        same = next(((paths[digests.index(d)], p) for i, (d, p) in enumerate(zip(digests, paths))
+                     if d in digests[:i]), None)
+        if same:
+            raise PipelineError(f"--weights {same[0].name} and {same[1].name} are the same "
+                                "model (their files are identical); give each model once")
+    tile = tuple(config["patch_size"])
+    functions = []
+    for path in paths:
         net = with_precision(load_model(path), precision)
         if tuple(net.input_shape[1:3]) not in (tile, (None, None)):
             raise PipelineError(f"{path} takes {net.input_shape[1:3]} inputs but config.json "

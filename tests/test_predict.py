@@ -523,7 +523,16 @@ def test_a_model_file_of_another_recipe_is_refused_by_its_own_config(model_dir, 
         P.main(["--work-dir", str(work), "--model-dir", str(model_dir), "--weights", "best",
                 str(other / "m_best.h5"), "--output", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
-    (other / "config.json").write_text(json.dumps(config))      # the same recipe: averaged
+    (other / "config.json").write_text(json.dumps(config))      # the same recipe
+    with pytest.raises(PipelineError, match=r"m_best.h5 and m_best.h5 are the same model"):
+        P.main(["--work-dir", str(work), "--model-dir", str(model_dir), "--weights", "best",
+                str(other / "m_best.h5"), "--output", str(tmp_path / "out")])
+    import keras
+    from model import build_model
+    keras.utils.set_random_seed(1)
+    keras.saving.save_model(build_model((64, 64, 3), 3, weights=None), other / "m_best.h5",
+                            include_optimizer=False)
+    write_config(other, "grey", "argmax")                       # another seed's: averaged
     P.main(["--work-dir", str(work), "--model-dir", str(model_dir), "--weights", "best",
             str(other / "m_best.h5"), "--output", str(tmp_path / "out")])
     assert (tmp_path / "out" / "a.png").is_file()
