@@ -55,7 +55,8 @@ from distribute import STRATEGIES  # noqa: E402
 from image_io import (DEFAULT_INTENSITY, PNG_HEADER_BYTES, check_intensity,  # noqa: E402
                       check_label_values, png_header, read_image)
 from outputs import (atomic_write_text, exclusive_lock, foreign_entries,  # noqa: E402
-                     lock_beside, remove_leftovers, same_or_inside, sha256_of, work_read_lock, write_json)
+                     lock_beside, remove_leftovers, same_or_inside, sha256_of,
+                     work_read_lock, write_json)
 from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written,  # noqa: E402
                  command_line, existing_folder, finite_float, fraction_below_one,
                  held_out_count, non_negative_float, positive_float, positive_int,
@@ -341,34 +342,23 @@ def split_by_image(names, frame_of, val_split, random_state, stack_of):
             "train": [n for n in names if sources[n] not in held_out], "val": val}
 
 
-def check_patch_labels(work, names, classes, data_dir, recorded):
-    """Refuse labels with classes beyond classes.txt, and patches cut for another class list.
-
-    gen_img_aug.py records the class list and every label value it saw in split.json; patches
-    from elsewhere (no record) are read one by one.
-    """
-    classes_file = Path(data_dir) / "classes.txt"
-    if "classes" in recorded:
-        if recorded["classes"] != classes:
-            raise PipelineError(f"the patches in {work} were cut for the classes "
-                                f"{recorded['classes']} ({work / 'split.json'}) but {classes_file} "
-                                f"lists {classes}; give the --data-dir they came from, or rerun "
-                                "gen_img_aug.py")
-        values = [v for v in recorded.get("label_values") or [0] if v != IGNORE_LABEL] or [0]
-        if max(values) >= len(classes):
-            raise PipelineError(f"the labels of {work} hold class {max(values)} but "
-                                f"{classes_file} lists only {len(classes)} classes; fix "
-                                "classes.txt or the labels and rerun gen_img_aug.py")
+def check_patch_labels(work, classes, data_dir, recorded):
+    """Refuse patches cut for another class list, and labels with classes beyond
+    classes.txt as gen_img_aug.py recorded them in split.json (the class list and every label
+    value it saw); labels_digest checks each label patch as it reads it, recorded or not."""
+    if "classes" not in recorded:
         return
-    import cv2
-    from tqdm import tqdm
-    for name in tqdm(names, desc="check labels", unit="patch", disable=None, leave=False):
-        path = work / "train" / "label" / name
-        label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if label is None or label.ndim != 2:
-            raise PipelineError(f"label patch {path} is not a readable one-channel image; rerun "
-                                "gen_img_aug.py")
-        check_label_values(label, len(classes), path, classes_file)
+    classes_file = Path(data_dir) / "classes.txt"
+    if recorded["classes"] != classes:
+        raise PipelineError(f"the patches in {work} were cut for the classes "
+                            f"{recorded['classes']} ({work / 'split.json'}) but {classes_file} "
+                            f"lists {classes}; give the --data-dir they came from, or rerun "
+                            "gen_img_aug.py")
+    values = [v for v in recorded.get("label_values") or [0] if v != IGNORE_LABEL] or [0]
+    if max(values) >= len(classes):
+        raise PipelineError(f"the labels of {work} hold class {max(values)} but "
+                            f"{classes_file} lists only {len(classes)} classes; fix "
+                            "classes.txt or the labels and rerun gen_img_aug.py")
 
 
 def check_patch_sizes(work, names, patch_shape):
@@ -450,24 +440,24 @@ def _digest(settings, data, init):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def labels_digest(work, names, classes=None, data_dir=None):
+def labels_digest(work, names, classes, data_dir):
     """sha256 of the label patches of the given names, in order: relabelled frames cut again
-    give the same image patches and statistics, but other labels, so another model. With
-    classes, each label patch is also checked to hold no class beyond them (split.json
+    give the same image patches and statistics, but other labels, so another model. Each
+    label patch is also checked, as it is read, to hold no class beyond classes (split.json
     records the values gen_img_aug.py wrote, not a label patch edited since: Lovasz-softmax
     trained on such a value silently, cross-entropy stopped with a traceback)."""
     import cv2
+    from tqdm import tqdm
     digest = hashlib.sha256()
-    for name in names:
+    for name in tqdm(names, desc="check labels", unit="patch", disable=None, leave=False):
         path = work / "train" / "label" / name
         data = path.read_bytes()
         digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\0".encode())
-        if classes is not None:
-            label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-            if label is None or label.ndim != 2:
-                raise PipelineError(f"label patch {path} is not a readable one-channel image; "
-                                    "rerun gen_img_aug.py")
-            check_label_values(label, len(classes), path, Path(data_dir) / "classes.txt")
+        label = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if label is None or label.ndim != 2:
+            raise PipelineError(f"label patch {path} is not a readable one-channel image; rerun "
+                                "gen_img_aug.py")
+        check_label_values(label, len(classes), path, Path(data_dir) / "classes.txt")
     return digest.hexdigest()
 
 
@@ -966,7 +956,7 @@ def check_inputs(args, work):
             "scale": check_scale(recorded.get("scale", 1.0), where)}
     split = split_patches(work, args.val_split, args.random_state, args.val_split_by,
                           recorded.get("stack_of"), recorded)
-    check_patch_labels(work, split["train"] + split["val"], classes, args.data_dir, recorded)
+    check_patch_labels(work, classes, args.data_dir, recorded)
     first = read_image(work / "train" / "prep" / split["train"][0])
     patch_shape = first.shape[:2]
     if patch_shape[0] % 32 or patch_shape[1] % 32:

@@ -411,10 +411,10 @@ def test_labels_beyond_the_classes_are_refused_before_training(tmp_path):
                     "--weights", "none"])
     # As recorded by gen_img_aug.py: ignored pixels (255) are no class; 2 is one too many.
     record = {"classes": ["background", "bead"], "label_values": [0, 1, IGNORE_LABEL]}
-    train.check_patch_labels(tmp_path, [], record["classes"], tmp_path, record)
+    train.check_patch_labels(tmp_path, record["classes"], tmp_path, record)
     record["label_values"] = [0, 2, IGNORE_LABEL]
     with pytest.raises(train.PipelineError, match="hold class 2 but"):
-        train.check_patch_labels(tmp_path, [], record["classes"], tmp_path, record)
+        train.check_patch_labels(tmp_path, record["classes"], tmp_path, record)
 
 
 def test_resume_drops_log_rows_the_backup_lacks(tmp_path):
@@ -781,7 +781,7 @@ def test_the_fingerprint_sees_labels_and_classes_not_folder_paths(tmp_path):
     def fingerprint(argv, classes=classes):
         args = train.parse_args(["--work-dir", str(work), *argv])
         return train.settings_fingerprint(args, stats, split, None, classes,
-                                          train.labels_digest(work, names))
+                                          train.labels_digest(work, names, classes, work))
 
     before = fingerprint([])
     assert fingerprint(["--model-dir", str(work / "weights")]) == before
