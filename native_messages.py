@@ -10,6 +10,19 @@ import tempfile
 from contextlib import contextmanager
 
 
+_sink = None     # one temporary file per process, emptied for each use: made anew, it cost
+                # a third of a small patch's decoding
+
+
+def _empty_sink():
+    global _sink
+    if _sink is None:
+        _sink = tempfile.TemporaryFile()
+    _sink.seek(0)
+    _sink.truncate()
+    return _sink
+
+
 @contextmanager
 def caught_native_stderr(kept):
     """Within the block, lines written to file descriptor 2 are collected; on leaving it,
@@ -18,31 +31,26 @@ def caught_native_stderr(kept):
     file), nothing is caught."""
     lines = []
     try:
-        sink = tempfile.TemporaryFile()
-    except OSError:
+        sink = _empty_sink()
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
         yield lines
         return
-    with sink:
-        try:
-            sys.stderr.flush()
-            saved = os.dup(2)
-        except (OSError, ValueError):
-            yield lines
-            return
-        try:
-            os.dup2(sink.fileno(), 2)
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            text = sink.read().decode(errors="replace")
-        passed = []
-        for line in text.splitlines(keepends=True):
-            if kept(line):
-                lines.append(line.strip())
-            else:
-                passed.append(line)
-        if passed:
-            sys.stderr.write("".join(passed))
-            sys.stderr.flush()
+    try:
+        os.dup2(sink.fileno(), 2)
+        yield lines
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        sink.seek(0)
+        text = sink.read().decode(errors="replace")
+    passed = []
+    for line in text.splitlines(keepends=True):
+        if kept(line):
+            lines.append(line.strip())
+        else:
+            passed.append(line)
+    if passed:
+        sys.stderr.write("".join(passed))
+        sys.stderr.flush()
