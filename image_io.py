@@ -852,10 +852,15 @@ def _file_bytes(path, kind):
 def _decoded(data, what):
     """A PNG, JPEG or other cv2 image file's bytes as its pixels are shown (EXIF turn), RGB;
     a grey+alpha PNG, which cv2 gives as four channels, grey (as a grey+alpha TIFF is)."""
-    img = _imdecode(data, what)
-    if img.ndim == 3 and (png_header(data) or (None,) * 4)[3] == PNG_GREY_ALPHA:
-        img = img[:, :, 0]
+    img = _grey_of_grey_alpha(_imdecode(data, what), data)
     return as_shown(_channels_as_rgb(img, what), exif_orientation(data))
+
+
+def _grey_of_grey_alpha(img, data):
+    """The grey of a grey+alpha PNG, which cv2 gives as four channels, grey in the first
+    three; any other image as it is."""
+    grey_alpha = (png_header(data) or (None,) * 4)[3] == PNG_GREY_ALPHA
+    return img[:, :, 0] if grey_alpha and img.ndim == 3 else img
 
 
 # OpenCV's own log line for a file it cannot decode (a BMP cut short: '[ERROR:0@0.05] global
@@ -1058,9 +1063,7 @@ def _png_grey(label, data):
     depth, colour = (png_header(data) or (None,) * 4)[2:]
     if colour == PNG_GREY and depth in (2, 4):
         return label // (255 // (2 ** depth - 1))
-    if colour == PNG_GREY_ALPHA and label.ndim == 3:
-        return label[:, :, 0]
-    return label
+    return _grey_of_grey_alpha(label, data)
 
 
 # PIL modes whose values are class indices as PIL reads them, where cv2 would give a palette's
