@@ -572,14 +572,6 @@ def resolve_classes(data_dir, annotations, add_unknown, ignored=()):
 
 # ---------------------------------------------------------------- output
 
-def already_in_src(json_path, data, src_dir, name):
-    """True when imagePath already is <src_dir>/<name>.<any ext>: the pipeline finds it there,
-    and a second copy would give two images of one name."""
-    path = image_file(json_path, data)
-    return path is not None and path.stem == name and \
-        path.resolve().parent == src_dir.resolve()
-
-
 def others_named(folder, name, target, exts):
     """The files of `folder` named name.<one of exts> (as find_label matches names) other
     than target."""
@@ -655,12 +647,15 @@ def write_pair(json_path, data, image, label, data_dir, staging, written, pixel_
     name = json_path.stem
     src_dir = Path(data_dir) / "src"
     named = image_file(json_path, data)
-    if named is not None and named.stem != name and named.resolve().parent == src_dir.resolve():
-        raise PipelineError(f"{json_path}: its image {named.name} is in {src_dir} under another "
-                            f"name: a copy named {name!r} would make two images of one picture, "
-                            f"{named.stem!r} without a label; rename the JSON {named.stem}.json")
-    if already_in_src(json_path, data, src_dir, name):
-        check_src_shows(json_path, image_file(json_path, data), image)
+    # imagePath already in data/src: the pipeline finds it there, and a copy would give two
+    # images of one picture.
+    if named is not None and named.resolve().parent == src_dir.resolve():
+        if named.stem != name:
+            raise PipelineError(f"{json_path}: its image {named.name} is in {src_dir} under "
+                                f"another name: a copy named {name!r} would make two images "
+                                f"of one picture, {named.stem!r} without a label; rename the "
+                                f"JSON {named.stem}.json")
+        check_src_shows(json_path, named, image)
     else:
         keeps_size = pixel_size and image.dtype in (np.uint8, np.uint16, np.float32)
         target = src_dir / f"{name}{'.tif' if keeps_size else lossless_suffix(image)}"
