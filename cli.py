@@ -339,7 +339,6 @@ def run_cli(main, interrupted=UNPUBLISHED):
     """Run a script's main(); report a PipelineError (or running out of memory, or Ctrl-C, or
     SIGTERM) as one line, exit status 2 (130 for Ctrl-C). interrupted: what a Ctrl-C leaves,
     as the script writes its outputs."""
-    import sys
     sys.argv[1:] = _expand_home(sys.argv[1:])
     with _sigterm_as_ctrl_c():
         _run_reporting(main, interrupted)
@@ -363,7 +362,6 @@ def _sigterm_as_ctrl_c():
 
 
 def _run_reporting(main, interrupted):
-    import sys
     # None where the descriptor was closed at start (script >&-): print() then writes nothing
     sys.stdout, sys.stderr = (stream if stream is None or isinstance(stream, ReaderGoneProof)
                               else ReaderGoneProof(stream) for stream in (sys.stdout, sys.stderr))
