@@ -24,12 +24,12 @@ class, object_id (per image and class, from 1, in raster order of first pixels),
 (pixel count), equivalent_diameter_px (of the disc of that area), perimeter_px (length of
 the outer outline through the boundary pixels' centres), circularity (4 pi area /
 perimeter^2, 1 for a disc; unreliable below a few tens of pixels, empty for one pixel),
-centroid_x, centroid_y, bbox_x, bbox_y, bbox_w, bbox_h (pixels, origin top-left). The area, diameter and perimeter
-are also given in micrometres (area_um2, equivalent_diameter_um, perimeter_um) with
---pixel-size, or, by default, for each image whose TIFF records its pixel size (OME
-PhysicalSizeX and Y, or ImageJ's resolution and unit) and whose pixels are square (a note
-names images of other pixels, measured in pixels only); pixel_size_um says which size was
-used.
+centroid_x, centroid_y, bbox_x, bbox_y, bbox_w, bbox_h (pixels, origin top-left). The area,
+diameter and perimeter are also given in micrometres (area_um2, equivalent_diameter_um,
+perimeter_um) with --pixel-size, or, by default, for each image whose TIFF records its pixel
+size (OME PhysicalSizeX and Y, or ImageJ's resolution and unit) and whose pixels are square
+(a note names images of other pixels, measured in pixels only); pixel_size_um says which
+size was used.
 
 --from-probs rebuilds the masks as the original get_contour did, from the per-class
 probability maps of predict_lovasz_loss.py --save-probs: each map is scaled to 0..127 and
@@ -471,8 +471,7 @@ def folders(args, pred, info):
     labels = args.label_dir or in_this_work(info.get("label_dir"), work, is_test_set, "label")
     if args.output:
         out = Path(args.output)
-        if same_or_inside(out, pred) or \
-                Path(os.path.abspath(out)).is_relative_to(os.path.abspath(pred)):
+        if is_or_lies_in(out, pred):
             raise PipelineError(f"--output {out} is or lies inside the prediction folder "
                                 f"{pred}, which a rerun of prediction replaces whole (refused "
                                 "while it holds files it did not write); give a folder beside "
@@ -524,11 +523,17 @@ def in_this_work(recorded, work, is_test_set, sub):
     return recorded
 
 
+def is_or_lies_in(inner, outer):
+    """Whether folder inner is outer or lies in it, by its spelling (a folder not made yet)
+    or by the folders' identity on disk (a link, another letter case)."""
+    return Path(os.path.abspath(inner)).is_relative_to(os.path.abspath(outer)) or \
+        same_or_inside(inner, outer)
+
+
 def check_figures_outside(figures, out):
     """Refuse a figures folder that is the output folder or lies inside it: the output is
     replaced whole after the panels are written, which would lose them."""
-    inside = Path(os.path.abspath(figures)).is_relative_to(os.path.abspath(out))
-    if inside or same_or_inside(figures, out):
+    if is_or_lies_in(figures, out):
         raise PipelineError(f"--figures-dir {figures} is or lies inside the output folder "
                             f"{out}, which is replaced whole and would lose the panels; give "
                             "another --figures-dir or --output")
