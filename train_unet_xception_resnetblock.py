@@ -279,20 +279,21 @@ def patch_sources(work, names, strict=True):
     return sources
 
 
-def split_patches(work, val_split, random_state, by="image", stack_of=None, recorded=None):
+def split_patches(work, val_split, random_state, by="image", recorded=None):
     """{"by", "val_frames", "train", "val", "train_frames"}: which patches train and which
     validate, and the frames of the training patches.
 
     By image (the default), the validation patches are all the patches of round(val_split x
     frames) whole training frames (at least one) that no training patch comes from, so
-    validation never sees pixels training saw; the planes of one TIFF stack (stack_of: frame
-    -> file, as gen_img_aug.py records it) count as one frame, as neighbouring planes look
-    alike. With fewer than MIN_FRAMES_FOR_IMAGE_SPLIT frames, or by patch, the patches are
-    split at random as in the paper (overlapping crops of the same frames then land on both
-    sides).
+    validation never sees pixels training saw; the planes of one TIFF stack (recorded, what
+    gen_img_aug.py wrote into split.json: stack_of, frame -> file) count as one frame, as
+    neighbouring planes look alike. With fewer than MIN_FRAMES_FOR_IMAGE_SPLIT frames, or by
+    patch, the patches are split at random as in the paper (overlapping crops of the same
+    frames then land on both sides).
     """
     names = patch_names(work)
-    cut = (recorded or {}).get("patches", {}).get("num_patches")
+    recorded = recorded or {}
+    cut = recorded.get("patches", {}).get("num_patches")
     if isinstance(cut, int) and len(names) != cut:
         raise PipelineError(f"{work / 'train' / 'prep'} holds {len(names)} preprocessed patches, "
                             f"gen_img_aug.py cut {cut} ({work / 'split.json'}); rerun "
@@ -302,7 +303,8 @@ def split_patches(work, val_split, random_state, by="image", stack_of=None, reco
                             "every patch (without it validation would share frames with "
                             "training); rerun gen_img_aug.py and pre_processing.py")
     frame_of = patch_sources(work, names, strict=by == "image")
-    split = (split_by_image(names, frame_of, val_split, random_state, stack_of or {})
+    split = (split_by_image(names, frame_of, val_split, random_state,
+                            recorded.get("stack_of") or {})
              if by == "image" else None) or split_by_patch(names, val_split, random_state)
     # The frames the model saw, for prediction to tell them from unseen ones (None where no
     # patches.csv says which they are).
@@ -954,8 +956,7 @@ def check_inputs(args, work):
     kept = {"intensity": check_intensity(recorded.get("intensity", DEFAULT_INTENSITY), where),
             "orientations": check_orientations(recorded.get("orientations", "all"), where),
             "scale": check_scale(recorded.get("scale", 1.0), where)}
-    split = split_patches(work, args.val_split, args.random_state, args.val_split_by,
-                          recorded.get("stack_of"), recorded)
+    split = split_patches(work, args.val_split, args.random_state, args.val_split_by, recorded)
     check_patch_labels(work, classes, args.data_dir, recorded)
     first = read_image(work / "train" / "prep" / split["train"][0])
     patch_shape = first.shape[:2]

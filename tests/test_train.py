@@ -518,7 +518,7 @@ def test_planes_of_a_stack_validate_together(tmp_path):
     write_patch_sources(tmp_path, frames)
     stack_of = {f"z_p{k}": "z.tif" for k in range(6)}
     for seed in range(6):
-        split = train.split_patches(tmp_path, 0.4, seed, stack_of=stack_of)
+        split = train.split_patches(tmp_path, 0.4, seed, recorded={"stack_of": stack_of})
         source = {f"{i:06d}.png": frames[i % 10] for i in range(80)}
         sides = {source[n] in stack_of for n in split["val"]}, \
             {source[n] in stack_of for n in split["train"]}
