@@ -50,8 +50,8 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
                       check_label_size, find_label, list_images, parse_intensity, pixel_sizes_um,
                       read_image, read_label, square_side, to_color_mode, write_image)
 from band_objects import objects_of_class
-from outputs import (COLOR_SUFFIX, PROB_INFIX, output_lock, prob_file, same_or_inside,
-                     staged_output, write_json)
+from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, output_lock, prob_file,
+                     same_or_inside, staged_output, write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
 from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
                  read_classes, read_json, run_cli, WORK_DIR)
@@ -530,6 +530,15 @@ def is_or_lies_in(inner, outer):
         same_or_inside(inner, outer)
 
 
+def check_names_fit(names, args):
+    """Refuse, before the first frame, a frame whose contour picture or panel would have a
+    name longer than the file system allows (each adds a few bytes to the mask's name)."""
+    for name in names:
+        check_name_fits(f"{name}_contour.png", f"frame {name}")
+        if args.panels:
+            check_name_fits(f"panel_{name}.png", f"frame {name}")      # as long as .pdf
+
+
 def check_figures_outside(figures, out):
     """Refuse a figures folder that is the output folder or lies inside it: the output is
     replaced whole after the panels are written, which would lose them."""
@@ -651,6 +660,7 @@ def main(argv=None):
     names = mask_names(pred_dir, info)
     if not names and "shard" not in info:     # a shard of fewer images than shards has none
         raise PipelineError(f"no masks in {pred_dir}")
+    check_names_fit(names, args)
     images = list_images(image_dir, info.get("page"), frames=names)
     missing = [n for n in names if n not in images]
     if missing:

@@ -35,8 +35,26 @@ def _user_umask():
 UMASK = _user_umask()
 
 
-def _temp_prefix(name):
-    return f".{name}.tmp-{_HOST}-{os.getpid()}-"
+# The bytes one file name may hold on the file systems users have (ext4, XFS, APFS, NTFS).
+NAME_MAX = 255
+_RANDOM_PART = 8        # what tempfile adds to a prefix
+
+
+def _temp_prefix(name, suffix=""):
+    """The prefix of a temporary entry standing in for `name`. A long name is cut so that the
+    entry's own name (prefix, random part, suffix) still fits: a name that fits must never
+    fail for its temporary's sake."""
+    tag = f".tmp-{_HOST}-{os.getpid()}-"
+    room = NAME_MAX - 1 - len(tag) - _RANDOM_PART - len(os.fsencode(suffix))
+    return f".{os.fsencode(name)[:room].decode(errors='ignore')}{tag}"
+
+
+def check_name_fits(file, source):
+    """Refuse an output file name longer than a file system allows, before any work is done."""
+    size = len(os.fsencode(file))
+    if size > NAME_MAX:
+        raise PipelineError(f"{source} would write {file}, a name of {size} bytes, over the "
+                            f"{NAME_MAX} a file system allows; rename {source} shorter")
 
 
 def temp_target(name):
@@ -115,8 +133,9 @@ def temp_path(path, suffix=None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name),
-                               suffix=path.suffix if suffix is None else suffix)
+    suffix = path.suffix if suffix is None else suffix
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name, suffix),
+                               suffix=suffix)
     os.close(fd)
     return Path(tmp)
 

@@ -74,8 +74,9 @@ bits; from a sample of 16 M pixels for float and 32-bit percentiles), and the ma
 written a row of tiles at a time as <name>.tif, a tiled, compressed BigTIFF (whatever
 --mask-format says), with the pixel size as OME metadata. <name>_color.png is then an
 overview at most 4096 pixels on its longest side. The mask is the one the in-memory path
-gives before the faint-object filter, bit for bit. --save-probs and --to-labelme are for frames that fit in memory. A
-label for such a frame is read whole. Frames that are not TIFF are read whole.
+gives before the faint-object filter, bit for bit. --save-probs and --to-labelme are for
+frames that fit in memory. A label for such a frame is read whole. Frames that are not TIFF
+are read whole.
 
 Colour: a colour image given to a model trained on grey images is converted to grey, as
 the paper read every image as grey. A grey image given to a model trained on colour is an
@@ -102,7 +103,7 @@ from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  #
                           load_model, model_file, read_config, verify_model_file)
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
-from outputs import (atomic_write_text, check_replaceable,  # noqa: E402
+from outputs import (atomic_write_text, check_name_fits, check_replaceable,  # noqa: E402
                      color_file, output_lock, prob_file, same_or_inside, sha256_of,
                      staged_output, write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
@@ -790,12 +791,16 @@ def check_output_files(names, classes, args, streamed):
     """Refuse frames whose outputs would overwrite each other's or the report's: frames x and
     x_color (or x_prob_cell with --save-probs) both write x_color.png; x and X are one file
     on macOS and Windows; a frame named iou would be the chart. All frames, not one shard's:
-    the shards are merged into one folder."""
+    the shards are merged into one folder. A name too long for the file system is refused
+    here too, before the first frame, not at its own."""
     writer = {nfc(f).casefold(): "the report"
               for f in (MARKER, *REPORT_FILES)}
     for name in names:
+        if args.to_labelme:
+            check_name_fits(f"{name}.json", f"frame {name}")
         suffix = mask_file_suffix(name, streamed, args.mask_format)
         for file in output_files(name, classes, suffix, args.save_probs):
+            check_name_fits(file, f"frame {name}")
             other = writer.setdefault(nfc(file).casefold(), name)
             if other != name:
                 who = other if other == "the report" else f"frame {other}"

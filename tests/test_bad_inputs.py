@@ -1099,6 +1099,32 @@ def test_frames_whose_outputs_would_overwrite_each_other_are_refused(names, extr
     assert_unchanged(tmp_path, before)
 
 
+def test_frame_names_near_the_file_systems_limit_are_predicted_or_refused_before_work(
+        model_dir, tmp_path, capsys):
+    """A 240-byte name fits in all its outputs, but the temporary name of its LabelMe file did
+    not, and that error came after the frames were predicted; a name whose <name>_color.png
+    cannot fit is refused before the first frame."""
+    fits, too_long = "f" * 240, "t" * 246
+    inp = input_folder(tmp_path, {f"{fits}.png": noise(40, 40)})
+    out = tmp_path / "out"
+    accepted(*run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
+                                                    inp, "--output", out, "--to-labelme"),
+                  capsys)[::2])
+    assert (out / "labelme" / f"{fits}.json").is_file()
+    accepted(*run(get_contour, ["--pred-dir", out, "--output", tmp_path / "contours",
+                                "--figures-dir", tmp_path / "figures"], capsys)[::2])
+    assert (tmp_path / "contours" / f"{fits}_contour.png").is_file()
+
+    (tmp_path / "long").mkdir()
+    inp = input_folder(tmp_path / "long", {f"{too_long}.png": noise(40, 40)})
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
+                                                         inp, "--output", tmp_path / "o2"),
+                       capsys)
+    refusal_line(code, err, f"{too_long}_color.png", "256 bytes", "rename")
+    assert_unchanged(tmp_path, before)
+
+
 def test_frames_that_clash_across_shards_are_refused_in_each(model_dir, tmp_path, capsys):
     """x in shard 1 and x_color in shard 2 would overwrite each other when merged."""
     inp = input_folder(tmp_path, {"x.png": noise(40, 40), "x_color.png": noise(40, 40, 1)})

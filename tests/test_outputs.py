@@ -95,6 +95,16 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
+def test_a_name_that_fits_gets_a_temporary_that_fits_and_its_run_leaves_none(tmp_path):
+    for name in ("a" * 255, "\u00e9" * 124 + "a.json", "b.keras"):
+        outputs.atomic_write_text(tmp_path / name, "x")
+        assert [p.name for p in tmp_path.iterdir()] == [name]
+        (tmp_path / name).unlink()
+    with outputs.staged_output(tmp_path / ("d" * 255)) as staging:
+        (staging / "f").write_text("x")
+    assert (tmp_path / ("d" * 255) / "f").read_text() == "x"
+
+
 def test_a_held_work_folder_is_refused_to_a_second_run_and_freed_after(tmp_path):
     """Two gen_img_aug.py runs on one folder mixed their test/ and train/; the lock is the
     operating system's, so a killed holder frees it (here: a child process that exits)."""
