@@ -58,7 +58,7 @@ from outputs import (atomic_write_text, exclusive_lock, foreign_entries,  # noqa
                      lock_beside, remove_leftovers, same_or_inside, sha256_of,
                      work_read_lock, write_json)
 from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written,  # noqa: E402
-                 command_line, existing_folder, finite_float, fraction_below_one,
+                 command_line, count_of, existing_folder, finite_float, fraction_below_one,
                  held_out_count, non_negative_float, positive_float, positive_int,
                  read_classes, read_json, refuse_file, run_cli, seed_value, some_names,
                  WORK_DIR)
@@ -1146,6 +1146,7 @@ def train_model(args, held):
     faint = (calibrate_faint_filter(args, model_dir, split["val_frames"], precision)
              if chief else None)
     state = read_json(state_path, "training state")
+    last_epoch = last_log_row(model_dir / "log.csv")
     write_config(args, model_dir, classes, stats, patch_shape, split, recorded,
                  fingerprint, labels, precision, {
         "init_model": init, "distribution": distribution, "faint_filter": faint,
@@ -1154,7 +1155,7 @@ def train_model(args, held):
                    "minutes_this_run": round(minutes, 2),
                    "skipped_steps_this_run": guard.skipped,
                    "rollbacks_this_run": guard.rollbacks,
-                   "last_epoch": last_log_row(model_dir / "log.csv")},
+                   "last_epoch": last_epoch},
     })
     if args.strategy == "multiworker":
         from worker_loop import weights_digest
@@ -1163,8 +1164,19 @@ def train_model(args, held):
         shutil.rmtree(model_dir)
         print(f"done in {minutes:.1f} min as a worker; the chief wrote the model folder")
         return
-    print(f"done in {minutes:.1f} min; best val_loss {state['best_val_loss']:.4f}. Model folder: "
+    print(f"done in {minutes:.1f} min{budget_cut(args, last_epoch, steps * args.epochs)}; "
+          f"best val_loss {state['best_val_loss']:.4f}. Model folder: "
           f"{model_dir} (config.json, {best_path.name}); curves: {model_dir / 'curves.png'}")
+
+
+def budget_cut(args, last_epoch, planned_steps):
+    """How far --time-budget let the run get, where it stopped it short of the epochs asked
+    for: a budget spent on start-up leaves a model of a few steps that looks finished."""
+    done = int(last_epoch.get("steps", planned_steps))
+    if not args.time_budget or done >= planned_steps:
+        return ""
+    return (f", stopped by the {args.time_budget:g}-minute --time-budget after "
+            f"{count_of(done, 'step')} of {planned_steps}")
 
 
 def validation_steps(asked, patches, global_batch, fixed_count):

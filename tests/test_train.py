@@ -1091,3 +1091,12 @@ def test_a_resumed_auto_precision_keeps_the_one_the_run_began_in(tmp_path, capsy
     assert train.resumed_precision(args, tmp_path, "new") == "auto"
     assert train.resumed_precision(train.parse_args(["--precision", "fp32"]), tmp_path,
                                    "resume") == "fp32"
+
+
+def test_a_run_the_time_budget_cut_short_says_how_far_it_got():
+    """A budget spent on start-up left a model of one step that the run reported as done."""
+    from argparse import Namespace
+    cut = train.budget_cut(Namespace(time_budget=0.01), {"steps": 1.0, "loss": 0.8}, 45)
+    assert cut == ", stopped by the 0.01-minute --time-budget after 1 step of 45"
+    assert train.budget_cut(Namespace(time_budget=5), {"steps": 45.0}, 45) == ""
+    assert train.budget_cut(Namespace(time_budget=None), {"steps": 3.0}, 45) == ""
