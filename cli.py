@@ -151,6 +151,22 @@ def command_line():
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
+def refuse_options_beside_merge(parser, args, used=("merge", "output", "data_dir", "work_dir")):
+    """--merge joins shard folders as their runs made them: any other option the user set
+    would be dropped unsaid (an --overlap or --min-area that changes nothing), so it is an
+    error that names it. The folder options every script takes are let through."""
+    given = []
+    for action in parser._actions:
+        if (action.option_strings and action.dest not in used
+                and action.default is not argparse.SUPPRESS
+                and getattr(args, action.dest) != action.default):
+            negated = getattr(args, action.dest) is False and len(action.option_strings) > 1
+            given.append(action.option_strings[1 if negated else 0])
+    if given:
+        parser.error(f"--merge joins the shards as their runs made them; leave out "
+                     f"{', '.join(given)} (options of the --shard I/N runs)")
+
+
 def count_of(count, noun):
     """'1 image', '2 images': a count with its noun, plural where it is not one."""
     return f"{count} {noun}" + ("" if count == 1 else "s")

@@ -54,7 +54,7 @@ from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, output_lock, pro
                      same_or_inside, staged_output, write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
 from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
-                 read_classes, read_json, run_cli, WORK_DIR)
+                 read_classes, read_json, refuse_options_beside_merge, run_cli, WORK_DIR)
 from figures import PALETTE, colorize, save_figure, pyplot
 from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
                          megapixels, open_tiff_rows, plane_shape)
@@ -121,6 +121,8 @@ def parse_args(argv=None):
                    help="write panel_<name>.png per image (default: on)")
     g.add_argument("--pdf", action="store_true", help="also write the panels as PDF")
     args = p.parse_args(argv)
+    if args.merge:
+        refuse_options_beside_merge(p, args)
     if args.min_area < 0:
         p.error("--min-area must not be negative")
     if args.pixel_size is not None and not PIXEL_SIZE_RANGE[0] <= args.pixel_size <= \

@@ -110,7 +110,8 @@ from shards import (copy_shard_files, merged_record, open_shards, shard_folder, 
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, count_of, read_json,  # noqa: E402
                  existing_folder, finite_float, nfc, non_negative_float, non_negative_int,
-                 positive_int, read_classes, refuse_file, run_cli, some_names, WORK_DIR)
+                 positive_int, read_classes, refuse_file, refuse_options_beside_merge,
+                 run_cli, some_names, WORK_DIR)
 from figures import colorize, save_figure, pyplot  # noqa: E402
 from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, invert_intensities,  # noqa: E402
                       inverts, resample_image, resample_probabilities, scaled_size)
@@ -217,9 +218,11 @@ def parse_args(argv=None):
                         "writes (masks, predict.json, IoU report), byte for byte; the output "
                         "is the shards' name without _shardIofN, or --output. No model needed")
     args = p.parse_args(argv)
-    args.weights = args.weights or ["best"]     # --weights given twice adds, as one list does
     if args.merge and args.shard:
         p.error("--merge takes the folders of finished shards; leave out --shard")
+    if args.merge:
+        refuse_options_beside_merge(p, args)
+    args.weights = args.weights or ["best"]     # --weights given twice adds, as one list does
     if args.overlap < 0:
         p.error(f"--overlap is a fraction of the tile from 0 (tiles side by side) to "
                 f"{MAX_OVERLAP}, not {args.overlap:g}")

@@ -681,6 +681,25 @@ def test_nan_option_values_are_refused_by_the_option_parser(module, option, valu
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("module, extra, named", [
+    (predict_lovasz_loss, ["--overlap", "0.5", "--tta"], "--overlap, --tta"),
+    (predict_lovasz_loss, ["--weights", "swa"], "--weights"),
+    (get_contour, ["--min-area", "50"], "--min-area"),
+    (get_contour, ["--no-panels"], "--no-panels"),
+    (get_contour, [], None)], ids=["predict", "weights", "contour", "negated", "control"])
+def test_options_a_merge_would_drop_are_refused(module, extra, named, tmp_path, capsys):
+    """--merge joins what the shards' runs made: an option given with it changed nothing,
+    unsaid. The folder options every script takes stay allowed."""
+    code, _, err = run(module, ["--work-dir", tmp_path / "work", "--data-dir", tmp_path / "data",
+                                "--merge", tmp_path / "a_shard1of2", tmp_path / "a_shard2of2",
+                                *extra], capsys)
+    if named is None:       # reaches the merge, which finds no shard folders
+        assert code == 2 and err.startswith("error: ") and "usage:" not in err, err
+    else:
+        argparse_refusal(code, err, named)
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_negative_overlap_is_told_what_overlap_is(tmp_path, capsys):
     code, _, err = run(predict_lovasz_loss, ["--work-dir", tmp_path / "work", "--overlap=-0.1"],
                        capsys)
