@@ -50,7 +50,8 @@ from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       add_intensity_option, check_label_size, check_label_values, copy_frame,
                       describe_intensity, files_in, find_label, frame_stem,
                       label_fits_stored_pixels, list_images, parse_intensity, read_image,
-                      read_label, read_raw_image, to_uint8, unread_images, write_image)
+                      note_hidden_images, read_label, read_raw_image, to_uint8, unread_images,
+                      write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count,
@@ -143,6 +144,7 @@ def labelled_images(data_dir, classes, intensity):
     objects labelled by a bare outline (label_outlines.bare_outlines), and the groups of
     frames of the same pixels."""
     images = list_images(Path(data_dir) / "src")
+    note_hidden_images(Path(data_dir) / "src")
     if not images:
         raise PipelineError(f"no images found in {Path(data_dir) / 'src'}")
     missing = [n for n in images if find_label(Path(data_dir) / "label", n) is None]

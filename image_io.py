@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 
 from geometry import dihedral
-from outputs import atomic_write_bytes
-from cli import IGNORE_LABEL, PipelineError, control_character, nfc
+from outputs import SYSTEM_FILES, atomic_write_bytes, temp_target
+from cli import IGNORE_LABEL, PipelineError, control_character, nfc, some_names
 from native_messages import caught_native_stderr
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -640,6 +640,18 @@ def unread_images(folder):
     """The names of a folder's files in an image format the pipeline does not read."""
     return [p.name for p in files_in(folder)
             if p.suffix.lower() in UNREAD_IMAGE_EXTS and not p.name.startswith(".")]
+
+
+def note_hidden_images(folder):
+    """Say which image files list_images skips for a name that starts with '.', as a file
+    browser hides them: a frame renamed so by mistake would be left out unsaid. What macOS
+    and this pipeline leave (._x.tif, temporary files) is not the user's and goes unsaid."""
+    hidden = [p.name for p in files_in(folder) if p.name.startswith(".")
+              and p.suffix.lower() in IMAGE_EXTS and not SYSTEM_FILES.fullmatch(p.name)
+              and temp_target(p.name) is None]
+    if hidden:
+        print(f"note: {len(hidden)} hidden image file(s) in {folder} are skipped, as every name "
+              f"that starts with '.' is: {some_names(hidden)}; rename them to include them")
 
 
 def list_images(src, page=None, frames=None):

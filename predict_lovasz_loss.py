@@ -95,9 +95,9 @@ import numpy as np  # noqa: E402
 
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       add_intensity_option, check_label_size, check_label_values,
-                      describe_intensity, find_label, list_images, parse_intensity,
-                      pixel_size_um, read_image, read_label, to_color_mode, unread_images,
-                      write_image, write_tiff)
+                      describe_intensity, find_label, list_images, note_hidden_images,
+                      parse_intensity, pixel_size_um, read_image, read_label, to_color_mode,
+                      unread_images, write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation, moved_image_path  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  # noqa: E402
                           load_model, model_file, read_config, verify_model_file)
@@ -850,6 +850,8 @@ def main(argv=None):
     if not args.input:
         check_split_written(work)
     images = list_images(src, args.page)
+    if src.is_dir():
+        note_hidden_images(src)
     skipped = unread_images(src) if src.is_dir() else []
     if skipped:
         print(f"note: {len(skipped)} file(s) in {src} are of an image format not read and "

@@ -1,5 +1,6 @@
 """gen_img_aug.py and pre_processing.py: split, patches, statistics, preprocessing."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -512,6 +513,18 @@ def test_a_label_whose_image_is_of_a_format_not_read_is_named_in_a_warning(tmp_p
     assert "1 label(s) in" in out and "left out: im00.png; their images im00.gif are of a " \
         "format not read" in out
     assert "4 labelled images" in out
+
+
+def test_a_hidden_image_and_its_label_are_named_in_a_note_not_left_out_unsaid(tmp_path,
+                                                                             capsys):
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 5)
+    for sub in ("src", "label"):
+        (data / sub / "im00.png").rename(data / sub / ".im00.png")
+    shutil.copy(data / "src" / "im01.png", data / "src" / "._im01.png")     # macOS's own
+    run_aug(data, tmp_path / "w")
+    out = capsys.readouterr().out
+    assert "note: 1 hidden image file(s) in" in out and ": .im00.png; rename them" in out
+    assert "._im01" not in out and "4 labelled images" in out
 
 
 def test_names_with_dollar_signs_are_drawn_as_text_not_formulas(tmp_path):

@@ -641,13 +641,16 @@ def test_a_file_changed_after_the_prediction_stops_a_rerun_that_would_lose_it(mo
         "it (labelme/c.json)" in refused.stderr
     assert corrected.read_text() == "{}"
     (work / "mine" / "d.gif").write_bytes(b"GIF89a")      # beside the images, not read
+    shutil.copy(work / "mine" / "c.tif", work / "mine" / ".e.tif")     # hidden, not read
     try:
         shutil.rmtree(out)
         noted = run_predict(*args)
     finally:
         (work / "mine" / "d.gif").unlink()
+        (work / "mine" / ".e.tif").unlink()
     assert noted.returncode == 0 and "note: 1 file(s) in" in noted.stdout and \
         "skipped: d.gif" in noted.stdout
+    assert "note: 1 hidden image file(s) in" in noted.stdout and ": .e.tif;" in noted.stdout
 
 
 def test_a_stack_is_predicted_plane_by_plane(model_dir, work, tmp_path):
