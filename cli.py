@@ -184,8 +184,17 @@ def existing_folder(path, what, hint=""):
     """A folder the script reads from; one line when it is missing or a file."""
     path = refuse_file(path, what)
     if not path.is_dir():
-        raise PipelineError(f"{what} {path} does not exist" + (f": {hint}" if hint else ""))
+        raise PipelineError(f"{what} {path} does not exist"
+                            + (f": {hint}" if hint else unexpanded_pattern(path)))
     return path
+
+
+def unexpanded_pattern(path):
+    """The hint for a missing path that is a file name pattern: quoted, or typed where no
+    shell expands it (Windows, a batch file), it reached the script as it was written."""
+    if not any(c in Path(path).name for c in "*?["):
+        return ""
+    return f": no shell expanded the pattern {Path(path).name} (was it quoted?)"
 
 
 def finite_numbers(values, where, positive=False):

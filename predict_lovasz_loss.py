@@ -111,7 +111,7 @@ from shards import (copy_shard_files, merged_record, open_shards, shard_folder, 
 from cli import (PipelineError, check_split_written, count_of, read_json,  # noqa: E402
                  existing_folder, finite_float, nfc, non_negative_float, non_negative_int,
                  positive_int, read_classes, refuse_file, refuse_options_beside_merge,
-                 run_cli, some_names, WORK_DIR)
+                 run_cli, some_names, unexpanded_pattern, WORK_DIR)
 from figures import colorize, save_figure, pyplot  # noqa: E402
 from geometry import (ORIENTATIONS, dihedral, inverse_dihedral, invert_intensities,  # noqa: E402
                       inverts, resample_image, resample_probabilities, scaled_size)
@@ -579,7 +579,7 @@ def folders(args):
     if args.input:
         src = Path(args.input)
         if not src.exists():
-            raise PipelineError(f"--input {src} does not exist")
+            raise PipelineError(f"--input {src} does not exist{unexpanded_pattern(src)}")
         name = src.stem if src.is_file() else src.resolve().name
         out = Path(args.output) if args.output else work / "predict" / name
         labels = existing_folder(args.labels, "--labels") if args.labels else None

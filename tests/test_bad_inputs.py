@@ -700,6 +700,16 @@ def test_options_a_merge_would_drop_are_refused(module, extra, named, tmp_path, 
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("module, option", [(predict_lovasz_loss, "--input"),
+                                            (predict_lovasz_loss, "--merge"),
+                                            (get_contour, "--merge")])
+def test_a_quoted_file_pattern_is_told_no_shell_expanded_it(module, option, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    pattern = tmp_path / "in" / "*.tif"
+    code, _, err = run(module, ["--work-dir", tmp_path / "work", option, pattern], capsys)
+    refusal_line(code, err, pattern, "no shell expanded the pattern *.tif (was it quoted?)")
+
+
 def test_a_negative_overlap_is_told_what_overlap_is(tmp_path, capsys):
     code, _, err = run(predict_lovasz_loss, ["--work-dir", tmp_path / "work", "--overlap=-0.1"],
                        capsys)
