@@ -54,7 +54,8 @@ from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, output_lock, pro
                      same_or_inside, staged_output, write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
 from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
-                 read_classes, read_json, refuse_options_beside_merge, run_cli, WORK_DIR)
+                 read_classes, read_json, refuse_options_beside_merge, run_cli,
+                 unexpanded_pattern, WORK_DIR)
 from figures import PALETTE, colorize, save_figure, pyplot
 from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
                          megapixels, open_tiff_rows, plane_shape)
@@ -454,8 +455,8 @@ def beside_a_mask(stem, stems):
 def prediction_folder(args):
     pred = Path(args.pred_dir) if args.pred_dir else Path(args.work_dir) / "test" / "predict"
     if not pred.is_dir():
-        raise PipelineError(f"prediction folder {pred} does not exist: run "
-                            "predict_lovasz_loss.py first")
+        raise PipelineError(f"prediction folder {pred} does not exist"
+                            + (unexpanded_pattern(pred) or ": run predict_lovasz_loss.py first"))
     return pred
 
 

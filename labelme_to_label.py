@@ -48,7 +48,7 @@ from label_record import RECORD, drawn_as_recorded, read_record
 from outputs import sha256_of, staged_output
 from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, control_character,
                  finite_numbers, nfc, positive_float, read_classes, read_json, refuse_file,
-                 run_cli, some_names, WORK_DIR)
+                 run_cli, some_names, unexpanded_pattern, WORK_DIR)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -730,7 +730,7 @@ def main(argv=None):
     if not input_dir.is_dir():
         raise PipelineError(f"input folder {input_dir} does not exist"
                             + (" (it is a file; give the folder that holds the .json files)"
-                               if input_dir.exists() else ""))
+                               if input_dir.exists() else unexpanded_pattern(input_dir)))
     data_dir = refuse_file(args.data_dir, "--data-dir")
     try:
         json_paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".json"

@@ -702,7 +702,8 @@ def test_options_a_merge_would_drop_are_refused(module, extra, named, tmp_path, 
 
 @pytest.mark.parametrize("module, option", [(predict_lovasz_loss, "--input"),
                                             (predict_lovasz_loss, "--merge"),
-                                            (get_contour, "--merge")])
+                                            (get_contour, "--merge"), (get_contour, "--pred-dir"),
+                                            (labelme_to_label, "--input")])
 def test_a_quoted_file_pattern_is_told_no_shell_expanded_it(module, option, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     pattern = tmp_path / "in" / "*.tif"
