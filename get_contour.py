@@ -47,8 +47,9 @@ import cv2
 import numpy as np
 
 from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
-                      check_label_size, find_label, list_images, parse_intensity, pixel_sizes_um,
-                      read_image, read_label, square_side, to_color_mode, write_image)
+                      check_label_size, find_frame_label, list_images, parse_intensity,
+                      pixel_sizes_um, read_image, read_label, square_side, to_color_mode,
+                      write_image)
 from band_objects import objects_of_class
 from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, output_lock, prob_file,
                      same_or_inside, staged_output, write_json)
@@ -590,7 +591,8 @@ class Outliner:
         write_image(staging / f"{name}_contour.png",
                     with_legend(draw_outlines(image, outlines), classes), atomic=False)
         if args.panels:
-            label_path = find_label(self.label_dir, name) if self.label_dir else None
+            label_path = (find_frame_label(self.label_dir, name, source) if self.label_dir
+                          else None)
             label = read_label(label_path) if label_path else None
             if label is not None:
                 check_label_size(label, label_path, image.shape, source)

@@ -218,9 +218,12 @@ class StackPlane:
 
 
 def open_tiff(path):
+    """A TIFF's own planes. A file of a multi-file OME-TIFF (Micro-Manager's, Bio-Formats')
+    lists the planes of its companions too, which tifffile would read from them, zeroing those
+    whose file is not beside it: each file then held the whole set, read once per file."""
     import tifffile
     try:
-        return tifffile.TiffFile(path)
+        return tifffile.TiffFile(path, _multifile=False)     # as tifffile's --nomultifile
     except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError) as err:
         raise PipelineError(f"cannot read TIFF {path}: {err}") from None
 
@@ -235,6 +238,7 @@ ALPHA = ((1,), (2,))    # extra samples of one alpha: tifffile's EXTRASAMPLE ASS
 NOT_RGB = {5: "CMYK (separated)", 8: "CIELab", 9: "ICCLab", 10: "ITULab"}
 MINISWHITE = 0
 GREY_PHOTOMETRIC = (MINISWHITE, 1)   # and MINISBLACK
+PALETTE = 3
 
 
 def _series_layout(series, path):
@@ -454,6 +458,9 @@ def _tiff_plane(path, index):
             raise PipelineError(f"{path} holds {count} planes; there is no plane {index}")
         img = series.asarray() if count == 1 else _stack_plane(tif, series, count, index,
                                                                     len(frame_axes))
+        key = _plane_keyframe(series, count, index)
+        if int(key.photometric) == PALETTE:
+            key.colormap        # a tag read when first asked for: ask while the file is open
     except PipelineError:
         raise
     except Exception as err:    # tifffile and its codecs raise many kinds
@@ -472,7 +479,7 @@ def _tiff_plane(path, index):
         img = img[:, :, 0]
     if img.dtype.kind == "c" or img.size == 0:
         raise PipelineError(f"cannot read TIFF {path}: {img.dtype} pixels of shape {img.shape}")
-    return img, count, _plane_keyframe(series, count, index)
+    return img, count, key
 
 
 def _stack_plane(tif, series, count, index, frame_ndim):
@@ -528,6 +535,8 @@ def tiff_pixels_as_shown(img, key):
     be the inverse of the same picture saved as PNG."""
     if img.ndim == 3:
         img = img[:, :, 0] if img.shape[2] == 2 else img[:, :, :3]
+    if int(key.photometric) == PALETTE and img.ndim == 2:
+        return palette_colours(img, key.colormap)
     if int(key.photometric) != MINISWHITE:
         return img
     if img.dtype == np.bool_:
@@ -538,6 +547,24 @@ def tiff_pixels_as_shown(img, key):
     if img.dtype.kind == "i":
         return ~img                 # -1 - v: the type's range onto itself, reversed
     return -img
+
+
+def palette_colours(indices, colormap):
+    """The grey levels a grey palette plane shows, as viewers and cv2 show it (and the same
+    picture saved as PNG gives): such a palette may run inverted, so its indices are not the
+    picture. A palette of colours (an ImageJ LUT such as Fire) is how a microscope's values
+    were displayed, not other values: those planes keep their indices, as ImageJ measures
+    them. 8-bit for 8-bit indices, as cv2 reads them (a colormap of values under 256 is
+    8-bit already, as libtiff takes it)."""
+    colours = np.asarray(colormap, np.float64).reshape(3, -1)
+    if not (colours == colours[0]).all():
+        return indices
+    grey = colours[0]
+    if indices.dtype.itemsize == 1 or indices.dtype == np.bool_:
+        grey = np.rint(grey if grey.max() < 256 else grey * (255 / 65535)).astype(np.uint8)
+    else:
+        grey = grey.astype(np.uint16)
+    return grey[np.minimum(indices.astype(np.intp), len(grey) - 1)]
 
 
 def pixel_size_um(source):
@@ -740,8 +767,31 @@ def frame_stem(file_name):
     return stem[:-4] if suffix in TIFF_EXTS and stem.lower().endswith(".ome") else stem
 
 
+# The first bytes of the formats read. Files are read by their suffix: cv2 decodes a TIFF named
+# .png too, but as its first plane alone and without its tags (MinIsWhite, palette).
+MAGIC = ((b"II*\0", "TIFF"), (b"MM\0*", "TIFF"), (b"II+\0", "TIFF"), (b"MM\0+", "TIFF"),
+         (b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"))
+SUFFIX_OF_FORMAT = {"TIFF": ".tif", "PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp"}
+
+
+def check_format_of_name(path):
+    """Refuse an image file of TIFF data under another suffix, or of other data under a TIFF
+    suffix, naming what it holds and the name to give it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return          # reading its pixels says why
+    kind = next((k for magic, k in MAGIC if head.startswith(magic)), None)
+    if kind is None or (kind == "TIFF") == (path.suffix.lower() in TIFF_EXTS):
+        return
+    raise PipelineError(f"{path} holds {kind} data whatever its name says; rename it "
+                        f"{frame_stem(path.name)}{SUFFIX_OF_FORMAT[kind]}")
+
+
 def _frames_of(path, page):
     """(name, source) of each frame an image file holds; x.ome.tif is named x."""
+    check_format_of_name(path)
     stem = frame_stem(path.name)
     count = tiff_frame_count(path) if path.suffix.lower() in TIFF_EXTS else 1
     # a file of one plane too: else --page 5 would predict its plane 0 as if it were plane 5
@@ -778,6 +828,16 @@ def find_label(label_dir, name):
             raise PipelineError(f"label {path} is not a regular file ({kind}); make it the "
                                 f"label file of {name}, or remove it")
     return None
+
+
+def find_frame_label(label_dir, name, source):
+    """find_label of a frame; a plane that --page named as its file also by its name in the
+    stack, <name>_p<k>, under which every plane is labelled (README)."""
+    found = find_label(label_dir, name)
+    if found is None and isinstance(source, StackPlane) and name == frame_stem(source.path.name):
+        digits = len(str(tiff_frame_count(source.path) - 1))
+        found = find_label(label_dir, f"{name}_p{source.index:0{digits}d}")
+    return found
 
 
 def files_named(folder, name, exts):

@@ -95,9 +95,9 @@ import numpy as np  # noqa: E402
 
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       add_intensity_option, check_label_size, check_label_values,
-                      describe_intensity, find_label, list_images, note_hidden_images,
-                      parse_intensity, pixel_size_um, read_image, read_label, to_color_mode,
-                      unread_images, write_image, write_tiff)
+                      describe_intensity, find_frame_label, list_images,
+                      note_hidden_images, parse_intensity, pixel_size_um, read_image,
+                      read_label, to_color_mode, unread_images, write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation, moved_image_path  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  # noqa: E402
                           load_model, model_file, read_config, verify_model_file)
@@ -870,7 +870,8 @@ def main(argv=None):
         check_same_input(out, src)
     # Every label is looked up now: a bad one (JPEG, two for a frame) stops the run before
     # any frame is predicted, not after.
-    label_paths = {name: find_label(label_dir, name) for name in images} if label_dir else {}
+    label_paths = ({name: find_frame_label(label_dir, name, source)
+                    for name, source in images.items()} if label_dir else {})
     streamed = streamed_frames(images, args.stream_above)
     if streamed and (args.save_probs or args.to_labelme):
         raise PipelineError(f"{sorted(streamed)[0]} is larger than --stream-above "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from image_io import (TIFF_EXTS, StackPlane, check_finite, first_series, frame_page,
+from image_io import (PALETTE, TIFF_EXTS, StackPlane, check_finite, first_series, frame_page,
                       has_histogram, open_tiff, pixel_histogram, range_from_histogram,
                       read_raw_image, refuse_cut_plane, scale_to_uint8, tiff_image,
                       tiff_image_dtype, to_color_mode)
@@ -113,7 +113,7 @@ class TiffRows:
 def open_tiff_rows(source):
     """A TiffRows for an image file or stack plane, or None where the plane cannot be read
     row by row (not a TIFF, samples stored in separate planes, volumes, planes that tifffile
-    assembles from several pages)."""
+    assembles from several pages, palette planes, which read as their colours)."""
     path = source.path if isinstance(source, StackPlane) else Path(source)
     if path.suffix.lower() not in TIFF_EXTS:
         return None
@@ -125,6 +125,7 @@ def open_tiff_rows(source):
         key = page.keyframe if page is not None else None
         if (key is None or key.planarconfig == 2 and key.samplesperpixel > 1
                 or key.imagedepth > 1 or key.samplesperpixel not in (1, 3, 4)
+                or int(key.photometric) == PALETTE
                 or key.dtype is None or key.dtype.kind == "c"
                 or key.compression in (65000, 65001, 65002) or tif.is_ndpi):
             tif.close()

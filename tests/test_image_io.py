@@ -421,6 +421,24 @@ def test_a_label_of_jpeg_data_is_refused_whatever_its_name(tmp_path):
         read_label(tmp_path / "l.png")
 
 
+@pytest.mark.parametrize("name, data, said", [
+    ("stack.png", "tiff", "stack.png holds TIFF data whatever its name says; rename it stack.tif"),
+    ("pic.tif", "png", "pic.tif holds PNG data whatever its name says; rename it pic.png")])
+def test_an_image_whose_suffix_lies_about_its_format_is_refused_naming_its_name(
+        tmp_path, name, data, said):
+    """cv2 decodes a TIFF named .png by its bytes, but only its first plane: a stack would be
+    read as one frame, its other planes dropped without a word."""
+    import tifffile
+    planes = np.stack([ramp(dtype=np.uint8, scale=1)[0]] * 2)
+    if data == "tiff":
+        tifffile.imwrite(tmp_path / name, planes)
+    else:
+        cv2.imwrite(str(tmp_path / "x.png"), planes[0])
+        os.rename(tmp_path / "x.png", tmp_path / name)
+    with pytest.raises(PipelineError, match=re.escape(said)):
+        list_images(tmp_path)
+
+
 def test_a_16_bit_grey_alpha_png_label_reads_as_its_grey(tmp_path):
     # PIL reads this kind as 8-bit RGBA (the high bytes, all 0 here) and cv2 as four 16-bit
     # channels; the label is the grey one.

@@ -691,6 +691,34 @@ def test_a_stack_is_predicted_plane_by_plane(model_dir, work, tmp_path):
     assert cv2.imread(str(tmp_path / "stack_out" / "labelme" / "s_p1.png")).shape[:2] == (50, 70)
 
 
+def test_a_plane_picked_by_page_is_scored_and_drawn_against_its_planes_label(
+        model_dir, work, tmp_path, monkeypatch):
+    """--page 1 names the plane of s.tif 's', while its label is s_p01.png as every plane of a
+    stack is labelled: found, not 'no labels for these images; IoU skipped'."""
+    import tifffile
+    rng = np.random.default_rng(4)
+    for sub in ("stack", "labels"):
+        (tmp_path / sub).mkdir()
+    tifffile.imwrite(tmp_path / "stack" / "s.tif",
+                     rng.integers(0, 255, (11, 50, 70), dtype=np.uint8))
+    cv2.imwrite(str(tmp_path / "labels" / "s_p01.png"),
+                rng.integers(0, 3, (50, 70), dtype=np.uint8))
+    out = tmp_path / "out"
+    result = run_predict("--work-dir", str(work), "--model-dir", str(model_dir), "--input",
+                         str(tmp_path / "stack"), "--labels", str(tmp_path / "labels"),
+                         "--page", "1", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    with open(out / "iou.csv") as f:
+        assert [row["image"] for row in csv.DictReader(f)] == ["s", "dataset"]
+    labels_drawn = {}
+    monkeypatch.setattr(get_contour, "plot_panel",
+                        lambda name, image, label, *rest: labels_drawn.update({name: label}))
+    get_contour.main(["--work-dir", str(work), "--pred-dir", str(out),
+                      "--figures-dir", str(tmp_path / "figures")])
+    assert np.array_equal(labels_drawn["s"], cv2.imread(str(tmp_path / "labels" / "s_p01.png"),
+                                                         cv2.IMREAD_UNCHANGED))
+
+
 def test_a_frame_streamed_band_by_band_gets_the_in_memory_mask(model_dir, work, tmp_path):
     """A 16-bit tiled TIFF above --stream-above: rows decoded as tiles need them, the mask
     written as a tiled BigTIFF; mask, IoU and objects equal the in-memory run's."""

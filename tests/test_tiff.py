@@ -189,6 +189,28 @@ def test_min_is_white_grey_is_read_as_shown_and_labels_as_stored(tmp_path):
     assert np.array_equal(read_label(tmp_path / "label.tif"), eight % 3)
 
 
+def test_a_grey_palette_reads_as_shown_a_colour_one_and_a_label_as_their_indices(tmp_path):
+    """A grey palette TIFF (PIL's mode P, an inverting LUT) shows its colormap's greys, as cv2
+    and a palette PNG give them: its indices, under a palette running inverted, would be the
+    inverse of the picture. A palette of colours (ImageJ's Fire) only displayed the values,
+    which are kept; so are a label's indices, its classes."""
+    eight = ramp(dtype=np.uint8, scale=3)
+    inverted = np.tile(np.arange(256)[::-1].astype(np.uint16) * 257, (3, 1))
+    tifffile.imwrite(tmp_path / "grey.tif", 255 - eight, photometric="palette",
+                     colormap=inverted)
+    assert np.array_equal(read_raw_image(tmp_path / "grey.tif"), eight)
+    assert np.array_equal(read_raw_image(tmp_path / "grey.tif"),
+                          cv2.imread(str(tmp_path / "grey.tif"), cv2.IMREAD_GRAYSCALE))
+    assert open_tiff_rows(tmp_path / "grey.tif") is None      # read whole, as shown
+    colours = np.stack([np.arange(256), np.zeros(256), 255 - np.arange(256)]).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "colour.tif", eight, photometric="palette",
+                     colormap=colours * 257)
+    assert np.array_equal(read_raw_image(tmp_path / "colour.tif"), eight)
+    tifffile.imwrite(tmp_path / "label.tif", eight % 3, photometric="palette",
+                     colormap=inverted)
+    assert np.array_equal(read_label(tmp_path / "label.tif"), eight % 3)
+
+
 def frame_at_a_time(path, frames, how):
     """A file as acquisition loops write it, one series per frame."""
     if how == "append":
@@ -404,6 +426,35 @@ def test_a_tiff_label_that_is_no_class_index_plane_is_refused(tmp_path, kind, me
         frame_at_a_time(path, [values] * 3, "append")
     with pytest.raises(PipelineError, match=f"label .*l.tif {message}"):
         read_label(path)
+
+
+def multi_file_ome(folder, planes):
+    """The files of a multi-file OME-TIFF as Bio-Formats and Micro-Manager write them: a plane
+    each, each file's OME-XML listing the planes of all of them by file name and UUID."""
+    uuid = "urn:uuid:00000000-0000-0000-0000-00000000000{}".format
+    tiff_data = "".join(f'<TiffData FirstC="{c}" IFD="0" PlaneCount="1"><UUID FileName='
+                        f'"c{c}.ome.tif">{uuid(c)}</UUID></TiffData>' for c in range(len(planes)))
+    height, width = planes[0].shape
+    for c, plane in enumerate(planes):
+        xml = (f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" UUID="{uuid(c)}">'
+               f'<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" '
+               f'Type="uint16" SizeX="{width}" SizeY="{height}" SizeC="{len(planes)}" SizeZ="1" '
+               f'SizeT="1">{"<Channel/>" * len(planes)}{tiff_data}</Pixels></Image></OME>')
+        tifffile.imwrite(folder / f"c{c}.ome.tif", plane, description=xml, metadata=None)
+
+
+def test_a_file_of_a_multi_file_ome_tiff_gives_its_own_planes(tmp_path, caplog):
+    """Not its companions' too: read alone, those were zeroed (and refused as 'page is None'
+    once reached), and beside them, each file gave the whole set, every plane twice."""
+    planes = [ramp(), 4000 - ramp()]
+    multi_file_ome(tmp_path, planes)
+    frames = list_images(tmp_path)
+    assert list(frames) == ["c0", "c1"]
+    for frame, plane in zip(frames.values(), planes):
+        assert np.array_equal(read_raw_image(frame), plane)
+    (tmp_path / "c1.ome.tif").unlink()
+    assert np.array_equal(read_raw_image(list_images(tmp_path)["c0"]), planes[0])
+    assert not [r for r in caplog.records if r.name == "tifffile"]
 
 
 def test_pixel_size_from_ome_and_imagej_metadata(tmp_path, capsys):
