@@ -203,8 +203,8 @@ def type_of(shape):
 def shape_mask(shape, height, width, line_width, point_radius):
     shape_type = type_of(shape)
     if shape_type not in POINT_COUNTS:
-        raise PipelineError(f"unsupported shape_type {shape_type!r} (label {shape.get('label')!r}); "
-                            f"known: {', '.join(POINT_COUNTS)}")
+        raise PipelineError(f"unsupported shape_type {shape_type!r} (label "
+                            f"{shape.get('label')!r}); known: {', '.join(POINT_COUNTS)}")
     points = check_points(shape, shape_type)
     if shape_type == "polygon":
         return polygon_mask(points, height, width)

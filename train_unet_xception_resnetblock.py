@@ -111,7 +111,8 @@ def parse_args(argv=None):
                         "starts afresh, every other one from the model")
     g.add_argument("--start-neurons", type=int, default=16,
                    help="decoder width multiplier (default: %(default)s)")
-    g.add_argument("--dropout", type=finite_float, default=0.1, help="dropout rate (default: %(default)s)")
+    g.add_argument("--dropout", type=finite_float, default=0.1,
+                   help="dropout rate (default: %(default)s)")
     g = p.add_argument_group("loss and optimizer")
     g.add_argument("--loss", choices=LOSSES, default="lovasz-softmax",
                    help="training loss; lovasz-hinge needs 2 classes (default: %(default)s)")
@@ -124,7 +125,8 @@ def parse_args(argv=None):
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="nsgd",
                    help="nsgd: SGD on per-variable normalized gradients, as the paper "
                         "(default: %(default)s)")
-    g.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default: %(default)s)")
+    g.add_argument("--lr", type=positive_float, default=1e-3,
+                   help="learning rate (default: %(default)s)")
     g.add_argument("--momentum", type=fraction_below_one, default=0.9,
                    help="momentum of nsgd/sgd, Nesterov (default: %(default)s)")
     g.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
@@ -581,7 +583,8 @@ def prepare_model_folder(model_dir, plan):
     remove_leftovers(model_dir)
     if plan in ("fresh", "restart"):
         for stale in [model_dir / "log.csv", model_dir / "state.json", model_dir / "config.json",
-                      *model_dir.glob(f"{WEIGHTS_STEM}_*.*"), *model_dir.glob("snapshots/epoch_*.*")]:
+                      *model_dir.glob(f"{WEIGHTS_STEM}_*.*"),
+                      *model_dir.glob("snapshots/epoch_*.*")]:
             stale.unlink(missing_ok=True)
 
 
@@ -856,8 +859,9 @@ def build(args, patch_shape, num_classes):
         if args.weights == "imagenet":
             raise PipelineError(f"could not load ImageNet weights for Xception ({err}); without "
                                 "internet use --weights none or a local weights file") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise PipelineError(f"--weights {args.weights}: not usable Xception weights "
-                            f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+                            f"({reason})") from None
 
 
 def check_init_model(args, classes, scale):
