@@ -218,7 +218,7 @@ class StackPlane:
 
 
 def open_tiff(path):
-    """A TIFF's own planes. A file of a multi-file OME-TIFF (Micro-Manager's, Bio-Formats')
+    """A TIFF's own planes. A file of a multi-file OME-TIFF (as Bio-Formats writes them)
     lists the planes of its companions too, which tifffile would read from them, zeroing those
     whose file is not beside it: each file then held the whole set, read once per file."""
     import tifffile
@@ -354,12 +354,47 @@ def _stack_parts(tif, path):
         alike = [s for s in tif.series[1:] if side is not None and _plane_side(s) == side
                  and s.dtype == first.dtype and not s.keyframe.is_reduced]
         if alike:
-            height, width = side
-            raise PipelineError(f"{path} holds {len(alike) + 1} images of {width}x{height} "
-                                "pixels (positions or wells of one acquisition), which are not "
-                                "read as one: save each as a file of its own")
+            raise _positions(path, len(alike) + 1, side)
         return tif.series[:1]
+    if first.kind == "generic" and tif.is_ome:
+        # a file of a multi-file OME-TIFF (open_tiff): its planes come as one generic series,
+        # so the positions it holds are counted in its OME-XML
+        side = _plane_side(first)
+        here = _ome_images_here(tif, side) if side is not None else 0
+        if here > 1:
+            raise _positions(path, here, side)
     return [s for s in tif.series if not s.keyframe.is_reduced] or tif.series[:1]
+
+
+def _positions(path, count, side):
+    height, width = side
+    return PipelineError(f"{path} holds {count} images of {width}x{height} pixels (positions "
+                         "or wells of one acquisition), which are not read as one: save each "
+                         "as a file of its own")
+
+
+def _ome_images_here(tif, side):
+    """How many OME Images of planes of `side` (height, width) have pixels in this file: a
+    TiffData without a UUID, or with this file's, is this file's."""
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.fromstring(tif.ome_metadata)
+    except (ET.ParseError, TypeError, ValueError):
+        return 0
+    tag = lambda e: e.tag.rsplit("}", 1)[-1]        # noqa: E731
+    own = root.attrib.get("UUID")
+    count = 0
+    for pixels in (p for image in root if tag(image) == "Image" for p in image
+                   if tag(p) == "Pixels"):
+        if (pixels.get("SizeY"), pixels.get("SizeX")) != tuple(map(str, side)):
+            continue
+        for data in (d for d in pixels if tag(d) == "TiffData"):
+            uuids = [u for u in data if tag(u) == "UUID"]
+            if not uuids or any(u.text == own or u.get("FileName") == tif.filename
+                                for u in uuids):
+                count += 1
+                break
+    return count
 
 
 def _plane_side(series):
@@ -554,14 +589,15 @@ def palette_colours(indices, colormap):
     picture saved as PNG gives): such a palette may run inverted, so its indices are not the
     picture. A palette of colours (an ImageJ LUT such as Fire) is how a microscope's values
     were displayed, not other values: those planes keep their indices, as ImageJ measures
-    them. 8-bit for 8-bit indices, as cv2 reads them (a colormap of values under 256 is
-    8-bit already, as libtiff takes it)."""
+    them. 8-bit for 8-bit indices, as cv2 reads them: libtiff keeps the high byte of each
+    16-bit entry (PIL writes v * 256, tifffile v * 257), and takes a colormap of values under
+    256 as 8-bit already."""
     colours = np.asarray(colormap, np.float64).reshape(3, -1)
     if not (colours == colours[0]).all():
         return indices
     grey = colours[0]
     if indices.dtype.itemsize == 1 or indices.dtype == np.bool_:
-        grey = np.rint(grey if grey.max() < 256 else grey * (255 / 65535)).astype(np.uint8)
+        grey = (grey if grey.max() < 256 else grey // 256).astype(np.uint8)
     else:
         grey = grey.astype(np.uint16)
     return grey[np.minimum(indices.astype(np.intp), len(grey) - 1)]

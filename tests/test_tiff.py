@@ -211,6 +211,19 @@ def test_a_grey_palette_reads_as_shown_a_colour_one_and_a_label_as_their_indices
     assert np.array_equal(read_label(tmp_path / "label.tif"), eight % 3)
 
 
+
+def test_a_grey_palette_written_by_pil_reads_as_cv2_shows_it(tmp_path):
+    """PIL stores a palette entry v as v * 256 (tifffile as v * 257); libtiff, and so cv2 and
+    viewers, keep its high byte: scaled by 255 / 65535 instead, every grey from 129 up came
+    out one lower."""
+    eight = ramp(dtype=np.uint8, scale=3)
+    image = Image.fromarray(eight, mode="P")
+    image.putpalette([255 - i for i in range(256) for _ in range(3)])
+    image.save(tmp_path / "pil.tif")
+    assert np.array_equal(read_raw_image(tmp_path / "pil.tif"),
+                          cv2.imread(str(tmp_path / "pil.tif"), cv2.IMREAD_GRAYSCALE))
+    assert np.array_equal(read_raw_image(tmp_path / "pil.tif"), 255 - eight)
+
 def frame_at_a_time(path, frames, how):
     """A file as acquisition loops write it, one series per frame."""
     if how == "append":
@@ -429,7 +442,7 @@ def test_a_tiff_label_that_is_no_class_index_plane_is_refused(tmp_path, kind, me
 
 
 def multi_file_ome(folder, planes):
-    """The files of a multi-file OME-TIFF as Bio-Formats and Micro-Manager write them: a plane
+    """The files of a multi-file OME-TIFF as Bio-Formats writes them: a plane
     each, each file's OME-XML listing the planes of all of them by file name and UUID."""
     uuid = "urn:uuid:00000000-0000-0000-0000-00000000000{}".format
     tiff_data = "".join(f'<TiffData FirstC="{c}" IFD="0" PlaneCount="1"><UUID FileName='
@@ -456,6 +469,28 @@ def test_a_file_of_a_multi_file_ome_tiff_gives_its_own_planes(tmp_path, caplog):
     assert np.array_equal(read_raw_image(list_images(tmp_path)["c0"]), planes[0])
     assert not [r for r in caplog.records if r.name == "tifffile"]
 
+
+
+def test_a_file_of_a_multi_file_ome_tiff_of_two_positions_is_refused(tmp_path):
+    """Read on its own (open_tiff), such a file's planes come as one generic series: its two
+    positions were read as a stack of two planes, where the set read whole refused them."""
+    uuid = "urn:uuid:00000000-0000-0000-0000-00000000000{}".format
+    files = {"a.ome.tif": [0, 1], "b.ome.tif": [2]}
+    images = "".join(
+        f'<Image ID="Image:{image}"><Pixels ID="Pixels:{image}" DimensionOrder="XYCZT" '
+        f'Type="uint16" SizeX="50" SizeY="40" SizeC="1" SizeZ="1" SizeT="1"><Channel/>'
+        f'<TiffData IFD="{ifd}" PlaneCount="1"><UUID FileName="{name}">{uuid(f)}</UUID>'
+        f'</TiffData></Pixels></Image>'
+        for f, (name, held) in enumerate(files.items()) for ifd, image in enumerate(held))
+    for f, (name, held) in enumerate(files.items()):
+        xml = (f'<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
+               f'UUID="{uuid(f)}">{images}</OME>')
+        with tifffile.TiffWriter(tmp_path / name) as tif:
+            for k, image in enumerate(held):
+                tif.write(ramp() + image, description=xml if k == 0 else None, metadata=None)
+    with pytest.raises(PipelineError, match="a.ome.tif holds 2 images of 50x40 pixels"):
+        list_images(tmp_path)
+    assert np.array_equal(read_raw_image(list_images(tmp_path / "b.ome.tif")["b"]), ramp() + 2)
 
 def test_pixel_size_from_ome_and_imagej_metadata(tmp_path, capsys):
     img = ramp()
