@@ -190,11 +190,12 @@ def existing_folder(path, what, hint=""):
 
 
 def unexpanded_pattern(path):
-    """The hint for a missing path that is a file name pattern: quoted, or typed where no
-    shell expands it (Windows, a batch file), it reached the script as it was written."""
-    if not any(c in Path(path).name for c in "*?["):
+    """The hint for a missing path that holds a file name pattern: a shell passes one on as
+    written where nothing matches it (bash matches case: *.tif finds no X.TIF), and none is
+    expanded where it was quoted or no shell reads it (Windows, a batch file)."""
+    if not any(c in str(path) for c in "*?["):
         return ""
-    return f": no shell expanded the pattern {Path(path).name} (was it quoted?)"
+    return ": it holds a file name pattern that nothing matched or no shell expanded (quoted?)"
 
 
 def finite_numbers(values, where, positive=False):

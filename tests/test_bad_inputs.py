@@ -704,11 +704,12 @@ def test_options_a_merge_would_drop_are_refused(module, extra, named, tmp_path, 
                                             (predict_lovasz_loss, "--merge"),
                                             (get_contour, "--merge"), (get_contour, "--pred-dir"),
                                             (labelme_to_label, "--input")])
-def test_a_quoted_file_pattern_is_told_no_shell_expanded_it(module, option, tmp_path, capsys):
+def test_a_file_pattern_that_reached_the_script_is_told_so(module, option, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     pattern = tmp_path / "in" / "*.tif"
     code, _, err = run(module, ["--work-dir", tmp_path / "work", option, pattern], capsys)
-    refusal_line(code, err, pattern, "no shell expanded the pattern *.tif (was it quoted?)")
+    refusal_line(code, err, pattern, "a file name pattern that nothing matched or no shell "
+                 "expanded (quoted?)")
 
 
 def test_a_negative_overlap_is_told_what_overlap_is(tmp_path, capsys):
