@@ -838,8 +838,12 @@ def _frames_of(path, page):
         return [(stem, path)]
     if page is not None:
         return [(stem, StackPlane(path, page))]
-    digits = len(str(count - 1))
-    return [(f"{stem}_p{k:0{digits}d}", StackPlane(path, k)) for k in range(count)]
+    return [(plane_name(stem, k, count), StackPlane(path, k)) for k in range(count)]
+
+
+def plane_name(stem, index, count):
+    """The frame name of plane `index` of a stack of `count`: zero-padded, so the names sort."""
+    return f"{stem}_p{index:0{len(str(count - 1))}d}"
 
 
 def find_label(label_dir, name):
@@ -871,8 +875,8 @@ def find_frame_label(label_dir, name, source):
     stack, <name>_p<k>, under which every plane is labelled (README)."""
     found = find_label(label_dir, name)
     if found is None and isinstance(source, StackPlane) and name == frame_stem(source.path.name):
-        digits = len(str(tiff_frame_count(source.path) - 1))
-        found = find_label(label_dir, f"{name}_p{source.index:0{digits}d}")
+        found = find_label(label_dir,
+                           plane_name(name, source.index, tiff_frame_count(source.path)))
     return found
 
 
