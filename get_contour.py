@@ -51,8 +51,8 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
                       pixel_sizes_um, read_image, read_label, square_side, to_color_mode,
                       write_image)
 from band_objects import objects_of_class
-from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, output_lock, prob_file,
-                     same_or_inside, staged_output, write_json)
+from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, contour_file, output_lock,
+                     prob_file, same_or_inside, staged_output, write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
 from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
                  read_classes, read_json, refuse_options_beside_merge, run_cli,
@@ -534,13 +534,11 @@ def is_or_lies_in(inner, outer):
         same_or_inside(inner, outer)
 
 
-def check_names_fit(names, args):
-    """Refuse, before the first frame, a frame whose contour picture or panel would have a
-    name longer than the file system allows (each adds a few bytes to the mask's name)."""
+def check_names_fit(names):
+    """Refuse, before the first frame, a frame whose contour picture would have a name longer
+    than the file system allows (the longest this script writes, its panel's included)."""
     for name in names:
-        check_name_fits(f"{name}_contour.png", f"frame {name}")
-        if args.panels:
-            check_name_fits(f"panel_{name}.png", f"frame {name}")      # as long as .pdf
+        check_name_fits(contour_file(name), f"frame {name}")
 
 
 def check_figures_outside(figures, out):
@@ -588,7 +586,7 @@ class Outliner:
         rows, outlines = find_objects(mask, len(classes), args.min_area)
         for row in rows:
             write_row(row)
-        write_image(staging / f"{name}_contour.png",
+        write_image(staging / contour_file(name),
                     with_legend(draw_outlines(image, outlines), classes), atomic=False)
         if args.panels:
             label_path = (find_frame_label(self.label_dir, name, source) if self.label_dir
@@ -613,7 +611,7 @@ class Outliner:
             write_row(row)
         image = image_overview(source, self.intensity, shape)
         _, outlines = find_objects(mask_overview.image, num_classes)
-        write_image(staging / f"{name}_contour.png",
+        write_image(staging / contour_file(name),
                     with_legend(draw_outlines(image, outlines), self.classes), atomic=False)
         if self.args.panels:
             # A panel shows each view a few hundred pixels wide; matplotlib would hold float
@@ -665,7 +663,7 @@ def main(argv=None):
     names = mask_names(pred_dir, info)
     if not names and "shard" not in info:     # a shard of fewer images than shards has none
         raise PipelineError(f"no masks in {pred_dir}")
-    check_names_fit(names, args)
+    check_names_fit(names)
     images = list_images(image_dir, info.get("page"), frames=names)
     missing = [n for n in names if n not in images]
     if missing:

@@ -45,7 +45,7 @@ def _temp_prefix(name, suffix=""):
     entry's own name (prefix, random part, suffix) still fits: a name that fits must never
     fail for its temporary's sake."""
     tag = f".tmp-{_HOST}-{os.getpid()}-"
-    room = NAME_MAX - 1 - len(tag) - _RANDOM_PART - len(os.fsencode(suffix))
+    room = max(0, NAME_MAX - 1 - len(tag) - _RANDOM_PART - len(os.fsencode(suffix)))
     return f".{os.fsencode(name)[:room].decode(errors='ignore')}{tag}"
 
 
@@ -54,7 +54,8 @@ def check_name_fits(file, source):
     size = len(os.fsencode(file))
     if size > NAME_MAX:
         raise PipelineError(f"{source} would write {file}, a name of {size} bytes, over the "
-                            f"{NAME_MAX} a file system allows; rename {source} shorter")
+                            f"{NAME_MAX} a file system allows; give its image file a shorter "
+                            "name")
 
 
 def temp_target(name):
@@ -361,6 +362,12 @@ def color_file(name):
 
 def prob_file(name, cls):
     return f"{name}{PROB_INFIX}{cls}.png"
+
+
+def contour_file(name):
+    """get_contour.py's picture of frame `name`: the longest name a frame gets, which
+    prediction checks too, so that a name too long is refused before the frames are predicted."""
+    return f"{name}_contour.png"
 
 
 LOCK_NAME = ".work.lock"

@@ -104,8 +104,8 @@ from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  #
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import (atomic_write_text, check_name_fits, check_replaceable,  # noqa: E402
-                     color_file, output_lock, prob_file, same_or_inside, sha256_of,
-                     staged_output, write_json)
+                     color_file, contour_file, output_lock, prob_file, same_or_inside,
+                     sha256_of, staged_output, write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, count_of, read_json,  # noqa: E402
@@ -799,8 +799,7 @@ def check_output_files(names, classes, args, streamed):
     writer = {nfc(f).casefold(): "the report"
               for f in (MARKER, *REPORT_FILES)}
     for name in names:
-        if args.to_labelme:
-            check_name_fits(f"{name}.json", f"frame {name}")
+        check_name_fits(contour_file(name), f"frame {name}")    # the longest (its .json too)
         suffix = mask_file_suffix(name, streamed, args.mask_format)
         for file in output_files(name, classes, suffix, args.save_probs):
             check_name_fits(file, f"frame {name}")

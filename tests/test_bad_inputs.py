@@ -1133,9 +1133,10 @@ def test_frames_whose_outputs_would_overwrite_each_other_are_refused(names, extr
 def test_frame_names_near_the_file_systems_limit_are_predicted_or_refused_before_work(
         model_dir, tmp_path, capsys):
     """A 240-byte name fits in all its outputs, but the temporary name of its LabelMe file did
-    not, and that error came after the frames were predicted; a name whose <name>_color.png
-    cannot fit is refused before the first frame."""
-    fits, too_long = "f" * 240, "t" * 246
+    not, and that error came after the frames were predicted; a name whose
+    <name>_contour.png (get_contour.py's, the longest) cannot fit is refused before the first
+    frame, though its own <name>_color.png would."""
+    fits, too_long = "f" * 240, "t" * 244
     inp = input_folder(tmp_path, {f"{fits}.png": noise(40, 40)})
     out = tmp_path / "out"
     accepted(*run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
@@ -1152,7 +1153,7 @@ def test_frame_names_near_the_file_systems_limit_are_predicted_or_refused_before
     code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
                                                          inp, "--output", tmp_path / "o2"),
                        capsys)
-    refusal_line(code, err, f"{too_long}_color.png", "256 bytes", "rename")
+    refusal_line(code, err, f"{too_long}_contour.png", "256 bytes", "shorter name")
     assert_unchanged(tmp_path, before)
 
 
