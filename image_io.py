@@ -238,7 +238,7 @@ ALPHA = ((1,), (2,))    # extra samples of one alpha: tifffile's EXTRASAMPLE ASS
 NOT_RGB = {5: "CMYK (separated)", 8: "CIELab", 9: "ICCLab", 10: "ITULab"}
 MINISWHITE = 0
 GREY_PHOTOMETRIC = (MINISWHITE, 1)   # and MINISBLACK
-PALETTE = 3
+PHOTOMETRIC_PALETTE = 3
 
 
 def _series_layout(series, path):
@@ -494,7 +494,7 @@ def _tiff_plane(path, index):
         img = series.asarray() if count == 1 else _stack_plane(tif, series, count, index,
                                                                     len(frame_axes))
         key = _plane_keyframe(series, count, index)
-        if int(key.photometric) == PALETTE:
+        if int(key.photometric) == PHOTOMETRIC_PALETTE:
             key.colormap        # a tag read when first asked for: ask while the file is open
     except PipelineError:
         raise
@@ -570,7 +570,7 @@ def tiff_pixels_as_shown(img, key):
     be the inverse of the same picture saved as PNG."""
     if img.ndim == 3:
         img = img[:, :, 0] if img.shape[2] == 2 else img[:, :, :3]
-    if int(key.photometric) == PALETTE and img.ndim == 2:
+    if int(key.photometric) == PHOTOMETRIC_PALETTE and img.ndim == 2:
         return palette_colours(img, key.colormap)
     if int(key.photometric) != MINISWHITE:
         return img
@@ -803,10 +803,12 @@ def frame_stem(file_name):
     return stem[:-4] if suffix in TIFF_EXTS and stem.lower().endswith(".ome") else stem
 
 
+PNG_SIGNATURE, JPEG_START = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"
+
 # The first bytes of the formats read. Files are read by their suffix: cv2 decodes a TIFF named
 # .png too, but as its first plane alone and without its tags (MinIsWhite, palette).
 MAGIC = ((b"II*\0", "TIFF"), (b"MM\0*", "TIFF"), (b"II+\0", "TIFF"), (b"MM\0+", "TIFF"),
-         (b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"))
+         (PNG_SIGNATURE[:4], "PNG"), (JPEG_START, "JPEG"), (b"BM", "BMP"))
 SUFFIX_OF_FORMAT = {"TIFF": ".tif", "PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp"}
 
 
@@ -1152,7 +1154,6 @@ def _load_npy(path):
 
 
 PNG_GREY, PNG_GREY_ALPHA = 0, 4
-JPEG_START = b"\xff\xd8\xff"
 
 
 PNG_HEADER_BYTES = 26
@@ -1162,7 +1163,7 @@ def png_header(data):
     """(height, width, bits per sample, colour type) from the first PNG_HEADER_BYTES of a PNG
     file; None for any other file."""
     head = data[:PNG_HEADER_BYTES]
-    if len(head) < PNG_HEADER_BYTES or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+    if len(head) < PNG_HEADER_BYTES or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
         return None
     return (int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[24],
             head[25])
