@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from image_io import (PALETTE, TIFF_EXTS, StackPlane, check_finite, first_series, frame_page,
-                      has_histogram, open_tiff, pixel_histogram, range_from_histogram,
+from image_io import (PHOTOMETRIC_PALETTE, TIFF_EXTS, StackPlane, check_finite, first_series,
+                      frame_page, has_histogram, open_tiff, pixel_histogram, range_from_histogram,
                       read_raw_image, refuse_cut_plane, scale_to_uint8, tiff_image,
                       tiff_image_dtype, to_color_mode)
 from cli import PipelineError
@@ -125,7 +125,7 @@ def open_tiff_rows(source):
         key = page.keyframe if page is not None else None
         if (key is None or key.planarconfig == 2 and key.samplesperpixel > 1
                 or key.imagedepth > 1 or key.samplesperpixel not in (1, 3, 4)
-                or int(key.photometric) == PALETTE
+                or int(key.photometric) == PHOTOMETRIC_PALETTE
                 or key.dtype is None or key.dtype.kind == "c"
                 or key.compression in (65000, 65001, 65002) or tif.is_ndpi):
             tif.close()
