@@ -39,7 +39,6 @@ it out.
 """
 import argparse
 import csv
-import hashlib
 import math
 from pathlib import Path
 
@@ -49,9 +48,9 @@ import numpy as np
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       add_intensity_option, check_label_size, check_label_values, copy_frame,
                       describe_intensity, files_in, find_label, frame_stem,
-                      label_fits_stored_pixels, list_images, parse_intensity, read_image,
-                      note_hidden_images, read_label, read_raw_image, to_uint8, unread_images,
-                      write_image)
+                      label_fits_stored_pixels, list_images, note_hidden_images,
+                      parse_intensity, pixel_digest, read_image, read_label, read_raw_image,
+                      to_uint8, unread_images, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count,
@@ -141,8 +140,8 @@ def labelled_images(data_dir, classes, intensity):
     (readable, same size, classes within classes.txt and, for a label labelme_to_label.py drew,
     at the indices it drew them; drawn on the image as shown where an EXIF tag turns it);
     also each label's values, each image's edge sums, for the images that have any, the
-    objects labelled by a bare outline (label_outlines.bare_outlines), and the groups of
-    frames of the same pixels."""
+    objects labelled by a bare outline (label_outlines.bare_outlines), the groups of frames
+    of the same pixels, and each frame's digest with its label's (image_io.pixel_digest)."""
     images = list_images(Path(data_dir) / "src")
     note_hidden_images(Path(data_dir) / "src")
     if not images:
@@ -152,7 +151,7 @@ def labelled_images(data_dir, classes, intensity):
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}")
     table, values, edges, outlines, flattened, wide, renamed = {}, {}, {}, {}, {}, 0, set()
-    stored, twins = [], {}
+    stored, twins, digests = [], {}, {}
     classes_path, drawn = Path(data_dir) / "classes.txt", read_record(data_dir)
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
@@ -170,6 +169,7 @@ def labelled_images(data_dir, classes, intensity):
         values[name] = check_label_values(lbl, len(classes), lbl_path, classes_path).tolist()
         renamed |= check_drawn_classes(drawn, lbl_path, values[name], classes, classes_path)
         table[name] = (img_path, lbl_path, img.shape[:2])
+        digests[name] = pixel_digest(raw, lbl)
         edges[name] = edge_sums(img, lbl)
         found, _ = bare_outlines(lbl)
         if found:
@@ -185,11 +185,8 @@ def labelled_images(data_dir, classes, intensity):
               f"train it as {now!r}, the name {classes_path} now gives it (renamed?); if "
               f"{before!r} is another class, rerun labelme_to_label.py")
     check_flattened(flattened, wide, intensity)
-    return table, values, edges, outlines, [names for names in twins.values() if len(names) > 1]
-
-
-def pixel_digest(raw):
-    return hashlib.sha256(bytes(f"{raw.dtype} {raw.shape}", "ascii") + raw.tobytes()).digest()
+    twins = [names for names in twins.values() if len(names) > 1]
+    return table, values, edges, outlines, twins, digests
 
 
 def check_twin_frames(twins, test, table):
@@ -568,15 +565,18 @@ def patch_settings(args):
 
 
 def write_split(work, train, test, how, classes, label_values, intensity, stack_of,
-                orientations, relief, angle, scale, outlines, patches):
-    """The split files, written last: their presence marks a complete run."""
+                orientations, relief, angle, scale, outlines, patches, digests):
+    """The split files, written last: their presence marks a complete run. The training
+    frames' digests let training tell a data folder changed since (or another one) from the
+    one the patches came from, before it reads held-out frames there again."""
     write_json(work / "split.json", {"method": how, "train": train, "test": test,
                                      "classes": classes, "label_values": label_values,
                                      "intensity": intensity, "stack_of": stack_of,
                                      "orientations": orientations,
                                      "edge_relief": round(relief, 4),
                                      "relief_angle": round(angle, 1), "scale": scale,
-                                     "bare_outlines": outlines, "patches": patches})
+                                     "bare_outlines": outlines, "patches": patches,
+                                     "frame_digests": {n: digests[n] for n in train}})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 
@@ -793,8 +793,8 @@ def main(argv=None):
     work = refuse_file(args.work_dir, "--work-dir")
     check_work_dir(work, args.data_dir)
     classes = read_classes(args.data_dir)
-    table, values_of, edges, outlines, twins = labelled_images(args.data_dir, classes,
-                                                               args.intensity)
+    table, values_of, edges, outlines, twins, digests = labelled_images(
+        args.data_dir, classes, args.intensity)
     label_values = sorted({v for values in values_of.values() for v in values})
     check_object_classes(label_values, classes, args.data_dir)
     check_mask_labels(values_of, table, args.data_dir)
@@ -844,8 +844,13 @@ def main(argv=None):
                           args.scale)
             for name in ("split.json", "train.txt", "test.txt"):
                 (work / name).unlink(missing_ok=True)
+        # The earlier samples figure goes with its split: a run stopped while drawing this
+        # one's left a figure of other frames beside the new patches.
+        for suffix in (".png", ".pdf"):
+            (work / "figures" / f"samples{suffix}").unlink(missing_ok=True)
         write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
-                    orientations, relief, angle, args.scale, outlines, patch_settings(args))
+                    orientations, relief, angle, args.scale, outlines, patch_settings(args),
+                    digests)
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
     scale = "" if args.scale == 1 else f" from frames resampled by {args.scale:g}"
@@ -856,4 +861,6 @@ def main(argv=None):
 if __name__ == "__main__":
     run_cli(main, interrupted="the work folder is as it was, or, where the interruption came "
                               "as its folders were being replaced, unfinished (the later steps "
-                              "refuse it) until gen_img_aug.py runs to its end")
+                              "refuse it) until gen_img_aug.py runs to its end, or, where it "
+                              "came after the new split was written, the new split and patches "
+                              "without figures/samples.png (rerun to draw it)")

@@ -51,8 +51,8 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
                       pixel_sizes_um, read_image, read_label, square_side, to_color_mode,
                       write_image)
 from band_objects import objects_of_class
-from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, contour_file, output_lock,
-                     prob_file, same_or_inside, staged_output, write_json)
+from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, contour_file, file_digests,
+                     output_lock, prob_file, same_or_inside, staged_output, write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
 from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
                  read_classes, read_json, refuse_options_beside_merge, run_cli,
@@ -453,6 +453,22 @@ def beside_a_mask(stem, stems):
     return False
 
 
+def check_images_predicted(images, info, image_dir, pred_dir):
+    """Refuse images that are not those predict_lovasz_loss.py segmented, replaced since by
+    others of their names (a test set cut again from another data folder, the microscope's
+    next session in the same folder): outlines, panels and pixel sizes would be of one
+    picture and the objects of another. Records without digests (older versions) pass."""
+    recorded = info.get("image_sha256")
+    if not isinstance(recorded, dict):
+        return
+    digests = file_digests({n: images[n] for n in recorded if n in images})
+    changed = [n for n, digest in digests.items() if digest != recorded[n]]
+    if changed:
+        raise PipelineError(f"{count_of(len(changed), 'image')} in {image_dir} changed since "
+                            f"{pred_dir / 'predict.json'} was written ({changed[0]}, replaced "
+                            "by another of its name?): rerun predict_lovasz_loss.py first")
+
+
 def prediction_folder(args):
     pred = Path(args.pred_dir) if args.pred_dir else Path(args.work_dir) / "test" / "predict"
     if not pred.is_dir():
@@ -669,6 +685,8 @@ def main(argv=None):
     if missing:
         raise PipelineError(f"no original image in {image_dir} for {len(missing)} mask(s), e.g. "
                             f"{missing[0]}; give --image-dir")
+    if not args.image_dir:
+        check_images_predicted(images, info, image_dir, pred_dir)
     intensity = args.intensity or info.get("intensity", DEFAULT_INTENSITY)
     outliner = Outliner(pred_dir, info, classes, intensity, label_dir, args)
 

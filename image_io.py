@@ -2,6 +2,7 @@
 that is not 8-bit, palette labels read as their indices, one clear error for a bad file."""
 import atexit
 import errno
+import hashlib
 import io
 import os
 import re
@@ -1114,6 +1115,18 @@ def read_label(path):
     if label.min() < 0 or label.max() > 255:
         raise PipelineError(f"label {path} holds values outside 0..255")
     return label.astype(np.uint8)
+
+
+def pixel_digest(*arrays):
+    """sha256 (hex) of arrays' pixels, with their types and shapes: frames of the same pixels
+    (a copy, a link) share it, and so does a frame saved again losslessly or moved elsewhere,
+    where a file's digest would differ. gen_img_aug.py records one of each training frame and
+    its label, which training checks the held-out frames it reads again against."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.dtype} {array.shape}\0".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def _tiff_label(path):

@@ -47,8 +47,8 @@ from image_io import (IMAGE_EXTS, JPEG_START, LABEL_EXTS, TIFF_EXTS, decode_imag
 from label_record import RECORD, drawn_as_recorded, read_record
 from outputs import sha256_of, staged_output
 from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, control_character,
-                 finite_numbers, nfc, positive_float, read_classes, read_json, refuse_file,
-                 run_cli, some_names, unexpanded_pattern, WORK_DIR)
+                 count_of, finite_numbers, nfc, positive_float, read_classes, read_json,
+                 refuse_file, run_cli, some_names, unexpanded_pattern, WORK_DIR)
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
@@ -597,6 +597,7 @@ class WrittenLabels:
 
     def __init__(self, data_dir, replace, classes):
         self.replace, self.classes, self.entries = replace, list(classes), read_record(data_dir)
+        self.data_dir = Path(data_dir)
 
     def check(self, json_path, label_path, label):
         if (self.replace or not label_path.exists() or drawn_as_recorded(self.entries, label_path)
@@ -606,9 +607,31 @@ class WrittenLabels:
                             "not write (drawn by hand or made elsewhere), with other pixels; "
                             "move it away to keep it, or add --replace-labels")
 
-    def add(self, staged_label):
-        self.entries[staged_label.name] = {"sha256": sha256_of(staged_label),
-                                           "classes": self.classes}
+    def add(self, staged_label, json_path):
+        # The JSON it came from, relative to the data folder where it lies inside (a project
+        # moved elsewhere keeps it), for a rerun to tell the labels of JSON files removed.
+        source = os.path.abspath(json_path)
+        inside = os.path.relpath(source, os.path.abspath(self.data_dir))
+        self.entries[staged_label.name] = {
+            "sha256": sha256_of(staged_label), "classes": self.classes,
+            "json": source if inside.startswith("..") else inside}
+
+    def orphaned(self, input_dir):
+        """Labels this script drew from JSON files of input_dir removed since, still in
+        data/label as it wrote them: their frames train on, which a user who deleted the
+        annotation to drop a frame does not expect."""
+        folder = os.path.abspath(input_dir)
+        found = []
+        for name, entry in sorted(self.entries.items()):
+            source = entry.get("json")
+            if not isinstance(source, str):
+                continue        # written by an earlier version, which kept no source
+            source = os.path.join(os.path.abspath(self.data_dir), source)
+            label = self.data_dir / "label" / name
+            if (os.path.dirname(source) == folder and not os.path.exists(source)
+                    and drawn_as_recorded(self.entries, label)):
+                found.append(name)
+        return found
 
     def save(self, staging):
         (Path(staging) / RECORD).write_text(
@@ -680,7 +703,7 @@ def write_pair(json_path, data, image, label, data_dir, staging, written, pixel_
                             f"the label of {name!r}; move one of them away")
     written.check(json_path, label_path, label)
     write_image(staging / "label" / label_path.name, label, atomic=False)
-    written.add(staging / "label" / label_path.name)
+    written.add(staging / "label" / label_path.name, json_path)
 
 
 def convert(json_path, data, class_index, data_dir, line_width, point_radius, staging,
@@ -784,6 +807,12 @@ def main(argv=None):
     if added:
         print(f"added {len(added)} class(es) to {data_dir / 'classes.txt'}: {', '.join(added)}")
     print(summary(counts, classes, len(annotations), data_dir / "label"))
+    orphaned = written.orphaned(input_dir)
+    if orphaned:
+        print(f"note: labels drawn by this script from JSON files since removed from "
+              f"{input_dir} stay in {data_dir / 'label'}, and gen_img_aug.py trains on their "
+              f"frames ({count_of(len(orphaned), 'label')}: {some_names(orphaned)}); to leave a "
+              f"frame out, delete its label and its image in {data_dir / 'src'}")
 
 
 if __name__ == "__main__":

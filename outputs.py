@@ -351,6 +351,18 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
+def file_digests(sources):
+    """{frame: sha256_of its image file} for frames given as a path or a stack's plane (its
+    file's `path`, read once for all its planes)."""
+    by_file, digests = {}, {}
+    for name, source in sources.items():
+        path = getattr(source, "path", source)
+        if path not in by_file:
+            by_file[path] = sha256_of(path)
+        digests[name] = by_file[path]
+    return digests
+
+
 # What prediction writes beside each mask <name>.<png|tif>: a colour view and, with
 # --save-probs, a probability map per class. get_contour.py and the benches read them back.
 COLOR_SUFFIX, PROB_INFIX = "_color", "_prob_"

@@ -104,8 +104,8 @@ from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  #
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import (atomic_write_text, check_name_fits, check_replaceable,  # noqa: E402
-                     color_file, contour_file, output_lock, prob_file, same_or_inside,
-                     sha256_of, staged_output, write_json)
+                     color_file, contour_file, file_digests, output_lock, prob_file,
+                     same_or_inside, sha256_of, staged_output, write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
 from cli import (PipelineError, check_split_written, count_of, read_json,  # noqa: E402
@@ -918,6 +918,9 @@ def main(argv=None):
 
     from tqdm import tqdm
     per_image, total_cm = {}, np.zeros((len(classes), len(classes)), np.int64)
+    # For get_contour.py to tell the images predicted from others of their names put there
+    # since (a test set cut again, a folder of the next session's frames).
+    digests = file_digests(images)
     with output_lock(out, Path(__file__).name), staged_output(out, MARKER) as staging:
         for name, img_path in tqdm(images.items(), desc="predict", unit="image",
                                    dynamic_ncols=True, disable=None):
@@ -944,7 +947,7 @@ def main(argv=None):
             "page": args.page, "mask_format": args.mask_format,
             "labelme": {"tolerance": args.labelme_tolerance} if args.to_labelme else None,
             "stream_above_mp": args.stream_above, "streamed": sorted(streamed),
-            "images": list(images)}
+            "images": list(images), "image_sha256": digests}
         if args.shard:
             # merged later; the chart goes to figures/ then, with every image in it
             record.update(shard=list(args.shard), all_images=everything,

@@ -83,7 +83,8 @@ def well_formed(record):
 def run_settings(record):
     """What the shards of one run share: the record without its own images and what it did
     to each (the faint-object filter's threshold is shared, its counts are per image)."""
-    same = {k: v for k, v in record.items() if k not in ("shard", "images", "streamed")}
+    same = {k: v for k, v in record.items()
+            if k not in ("shard", "images", "streamed", "image_sha256")}
     if isinstance(same.get("faint_filter"), dict):
         same["faint_filter"] = {k: v for k, v in same["faint_filter"].items()
                                 if k not in ("objects_dropped", "not_applied_to")}
@@ -131,6 +132,9 @@ def merged_record(records, everything):
             "not_applied_to": sorted(n for r in records
                                      for n in r["faint_filter"]["not_applied_to"])}
     merged["images"] = everything
+    if "image_sha256" in merged:
+        digests = {n: d for r in records for n, d in r["image_sha256"].items()}
+        merged["image_sha256"] = {n: digests[n] for n in everything}
     return merged
 
 

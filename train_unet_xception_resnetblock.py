@@ -767,16 +767,45 @@ def calibrate_faint_filter(args, model_dir, val_frames, precision):
         return None
 
 
-def _calibrate_on_frames(args, model_dir, val_frames, precision):
-    from faint_objects import MARGIN, MIN_GAIN, calibrate
-    from image_io import find_label, list_images
-    import predict_lovasz_loss as predict
-    data = Path(args.data_dir)
+def held_out_sources(data_dir, val_frames, record):
+    """{frame: image source} of the held-out frames in the data folder, refusing any that is
+    not the frame gen_img_aug.py cut the patches from (record: its split.json)."""
+    from image_io import list_images
+    data = Path(data_dir)
     sources = list_images(data / "src") if (data / "src").is_dir() else {}
     # A held-out TIFF stack is named by its file; its planes are frames of their own.
-    stack_of = work_record(Path(args.work_dir)).get("stack_of", {})
-    held_out = set(val_frames)
-    names = [n for n in sources if stack_of.get(n, n) in held_out]
+    stack_of, held_out = record.get("stack_of", {}), set(val_frames)
+    found = {n: sources[n] for n in sources if stack_of.get(n, n) in held_out}
+    check_frames_unchanged(found, data, record.get("frame_digests") or {})
+    return found
+
+
+def check_frames_unchanged(frames, data, digests):
+    """Refuse a frame whose pixels or label differ from those gen_img_aug.py recorded (data
+    edited since, or another --data-dir of frames of the same names): the faint-object filter
+    would be calibrated on frames the patches did not come from. Frames recorded by an earlier
+    version, or without a label (which the calibration names), are let through."""
+    from image_io import find_label, pixel_digest, read_label, read_raw_image
+    for name, source in frames.items():
+        label_path = find_label(data / "label", name)
+        if name not in digests or label_path is None:
+            continue
+        if pixel_digest(read_raw_image(source), read_label(label_path)) != digests[name]:
+            raise PipelineError(f"held-out frame {name} in {data} is not the one gen_img_aug.py "
+                                "cut the patches from (changed since, or another data folder); "
+                                "give the --data-dir it read, rerun gen_img_aug.py and "
+                                "pre_processing.py, or add --faint-filter off")
+
+
+def _calibrate_on_frames(args, model_dir, val_frames, precision):
+    from faint_objects import MARGIN, MIN_GAIN, calibrate
+    from image_io import find_label
+    import predict_lovasz_loss as predict
+    data = Path(args.data_dir)
+    record = work_record(Path(args.work_dir))
+    sources = held_out_sources(data, val_frames, record)
+    stack_of, held_out = record.get("stack_of", {}), set(val_frames)
+    names = list(sources)
     missing = held_out - {stack_of.get(n, n) for n in names}
     if missing:
         raise PipelineError(f"held-out frame {sorted(missing)[0]} is no longer in {data}/src")
@@ -969,6 +998,9 @@ def check_inputs(args, work):
                             "sides that are multiples of 32 (gen_img_aug.py --patch-size)")
     check_statistics_fit(stats, first, work)
     check_patch_sizes(work, split["train"] + split["val"], patch_shape)
+    if args.faint_filter == "calibrate" and split["val_frames"]:
+        # Read again from the data folder after training: refused now, not after it.
+        held_out_sources(args.data_dir, split["val_frames"], recorded)
     resolve_weights(args.weights)
     if args.new_head and not args.init_model:
         raise PipelineError("--new-head needs --init-model")

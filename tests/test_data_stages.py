@@ -840,3 +840,20 @@ def test_a_rerun_that_fails_while_writing_leaves_the_earlier_work_folder_usable(
     after = {p.relative_to(tmp_path / "w"): p.read_bytes()
              for p in (tmp_path / "w").rglob("*") if p.is_file() and "figures" not in p.parts}
     assert after == before
+
+
+def test_a_rerun_stopped_while_drawing_leaves_no_samples_figure_of_the_earlier_frames(
+        tmp_path, monkeypatch):
+    """Ctrl-C while the samples figure was drawn, after the new split and patches were in
+    place, left the earlier data set's figure beside them."""
+    run_aug(make_dataset(tmp_path / "one", [(60, 60)] * 4), tmp_path / "w")
+    figure = tmp_path / "w" / "figures" / "samples.png"
+    assert figure.is_file()
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(gen_img_aug, "plot_samples", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_aug(make_dataset(tmp_path / "two", [(70, 70)] * 4, seed=1), tmp_path / "w")
+    assert json.loads((tmp_path / "w" / "split.json").read_text())["train"]
+    assert not figure.exists()

@@ -722,3 +722,28 @@ def test_a_copy_an_earlier_run_wrote_in_another_format_is_kept(tmp_path):
     cv2.imwrite(str(data / "src" / "t.bmp"), frame)     # as an earlier version might have
     run_main(data, labelme)
     assert sorted(p.name for p in (data / "src").iterdir()) == ["t.bmp"]
+
+
+def test_labels_of_annotations_removed_since_are_noted_as_still_trained_on(tmp_path, capsys):
+    """An annotation deleted to drop its frame left the label and image written from it, and
+    gen_img_aug.py kept training on the frame without a word."""
+    data, labelme = make_project(tmp_path, {
+        name: [shape("bead", [[2, 3], [12, 8]], "rectangle")] for name in ("a", "b", "c")})
+    run_main(data, labelme)
+    assert "note:" not in capsys.readouterr().out
+    (labelme / "b.json").unlink()
+    run_main(data, labelme)
+    out = capsys.readouterr().out
+    assert re.search(r"note: labels drawn by this script from JSON files since removed from "
+                     r".*labelme stay in .*label, and gen_img_aug.py trains on their frames "
+                     r"\(1 label: b\.png\); to leave a frame out, delete its label and its image",
+                     out), out
+    # Another folder's annotations (corrections added beside the first ones) are no removal.
+    more = tmp_path / "more"
+    more.mkdir()
+    (labelme / "a.json").rename(more / "d.json")
+    (labelme / "a.png").rename(more / "d.png")
+    doc = json.loads((more / "d.json").read_text())
+    (more / "d.json").write_text(json.dumps({**doc, "imagePath": "d.png"}))
+    run_main(data, more)
+    assert "b.png" not in capsys.readouterr().out

@@ -835,3 +835,24 @@ def test_weights_given_twice_add_up_as_one_list_does():
     args = P.parse_args(["--weights", "best", "--weights", "swa"])
     assert args.weights == ["best", "swa"]
     assert P.parse_args([]).weights == ["best"]
+
+
+def test_contours_refuse_images_replaced_since_the_prediction(model_dir, work, tmp_path):
+    """A folder whose frames are replaced by others of their names (the microscope's next
+    session, a test set cut again from another data folder) after predicting: get_contour.py
+    drew the earlier masks on the new pictures, and took their pixel size, without a word."""
+    frames, out = tmp_path / "frames", tmp_path / "pred"
+    shutil.copytree(work / "mine", frames)
+    argv = ["--work-dir", str(work), "--model-dir", str(model_dir), "--input", str(frames),
+            "--output", str(out)]
+    P.main(argv)
+    outline = ["--work-dir", str(work), "--pred-dir", str(out), "--output",
+               str(tmp_path / "contours"), "--no-panels"]
+    get_contour.main(outline)
+    image = cv2.imread(str(frames / "c.tif"), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(frames / "c.tif"), 255 - image)
+    changed = r"1 image in .*frames changed since .*predict.json was written \(c, replaced"
+    with pytest.raises(PipelineError, match=changed + r".*rerun predict_lovasz_loss.py first"):
+        get_contour.main(outline)
+    P.main(argv)
+    get_contour.main(outline)

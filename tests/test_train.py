@@ -1100,3 +1100,46 @@ def test_a_run_the_time_budget_cut_short_says_how_far_it_got():
     assert cut == ", stopped by the 0.01-minute --time-budget after 1 step of 45"
     assert train.budget_cut(Namespace(time_budget=5), {"steps": 45.0}, 45) == ""
     assert train.budget_cut(Namespace(time_budget=None), {"steps": 3.0}, 45) == ""
+
+
+def write_frames(data, seed, count=4, side=96):
+    """A data folder of `count` frames whose pixels follow their label (a bead square and a
+    cell bar), plus noise of the seed."""
+    rng = np.random.default_rng(seed)
+    for sub in ("src", "label"):
+        (data / sub).mkdir(parents=True)
+    (data / "classes.txt").write_text("background\nbead\ncell\n")
+    for i in range(count):
+        label = np.zeros((side, side), np.uint8)
+        label[10:30, 10 + 5 * i:30 + 5 * i] = 1
+        label[50:70, 20:80] = 2
+        image = (label * 80 + rng.integers(0, 60, label.shape)).astype(np.uint8)
+        cv2.imwrite(str(data / "src" / f"f{i}.png"), image)
+        cv2.imwrite(str(data / "label" / f"f{i}.png"), label)
+
+
+def test_held_out_frames_unlike_those_the_patches_came_from_are_refused(tmp_path):
+    """The faint-object filter is calibrated on the held-out frames read again from
+    --data-dir after training: frames of the same names of another data set (or edited since
+    gen_img_aug.py) would fit the model's threshold to frames its patches never came from."""
+    import gen_img_aug
+    import pre_processing
+    write_frames(tmp_path / "data", 0)
+    write_frames(tmp_path / "other", 1)
+    work = tmp_path / "work"
+    gen_img_aug.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(work),
+                      "--num-patches", "40", "--patch-size", "64", "--workers", "1"])
+    pre_processing.main(["--work-dir", str(work), "--workers", "1"])
+    argv = ["--work-dir", str(work), "--weights", "none", "--epochs", "1",
+            "--steps-per-epoch", "1", "--val-steps", "1", "--bn-batches", "0",
+            "--swa-epochs", "0", "--precision", "fp32", "--verbose", "0"]
+    with pytest.raises(train.PipelineError, match=r"held-out frame f\d in .*other is not the "
+                                                  r"one gen_img_aug.py cut the patches from"):
+        train.main(["--data-dir", str(tmp_path / "other"), *argv])
+    assert not (work / "weights").exists()
+    # The data folder the patches came from, saved again losslessly, is the same frames.
+    for path in (tmp_path / "data" / "src").glob("*.png"):
+        cv2.imwrite(str(path.with_suffix(".tif")), cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
+        path.unlink()
+    train.main(["--data-dir", str(tmp_path / "data"), *argv])
+    assert json.loads((work / "weights" / "config.json").read_text())["faint_filter"]["frames"]
