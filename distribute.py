@@ -30,11 +30,30 @@ def make_strategy(choice, cpu_devices=1):
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     if choice == "one" or (choice == "auto" and len(devices) < 2):
         return tf.distribute.get_strategy()
+    read_tf_config(f"--strategy {choice} does not use it: unset it, or mend it")
     if gpus:
         return tf.distribute.MirroredStrategy(devices)
     # NCCL is for GPUs; CPU replicas sum their gradients on one device.
     return tf.distribute.MirroredStrategy(
         devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+def read_tf_config(advice):
+    """TF_CONFIG's content, None where it is unset or blank (`export TF_CONFIG=`, a job
+    script's empty variable), which is then taken out of the environment: TensorFlow
+    json-parses it wherever it is set, MirroredStrategy's too (which then ignores it), and
+    a blank or broken one stopped the run there with a traceback. advice: what to do about
+    one that is not JSON."""
+    import json
+    import os
+    text = os.environ.get("TF_CONFIG", "")
+    if not text.strip():
+        os.environ.pop("TF_CONFIG", None)
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise PipelineError(f"TF_CONFIG is not JSON ({err}); {advice}") from None
 
 
 def describe(strategy):

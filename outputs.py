@@ -46,7 +46,12 @@ def _temp_prefix(name, suffix=""):
     fail for its temporary's sake."""
     tag = f".tmp-{_HOST}-{os.getpid()}-"
     room = max(0, NAME_MAX - 1 - len(tag) - _RANDOM_PART - len(os.fsencode(suffix)))
-    return f".{os.fsencode(name)[:room].decode(errors='ignore')}{tag}"
+    # Cut by characters, so the name goes back to the file system as it came: its bytes cut
+    # and decoded as UTF-8 made characters that a locale of another encoding (latin-1, C
+    # without Python's UTF-8 mode) cannot write, and any non-ASCII folder failed there.
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return f".{name}{tag}"
 
 
 def check_name_fits(file, source):

@@ -604,8 +604,11 @@ def record_hashes(model_dir, saved=()):
 def patch_dataset(work, names, channels, batch_size, shuffle_seed=None, with_labels=True):
     """Batches of (image 0..1 with 3 channels, label) decoded from disk in parallel."""
     import tensorflow as tf
-    images = [str(work / "train" / "prep" / n) for n in names]
-    labels = [str(work / "train" / "label" / n) for n in names]
+    # The names' bytes on disk: TensorFlow encodes a str as UTF-8, which in a locale of
+    # another encoding (latin-1; C without Python's UTF-8 mode) named no file where a folder
+    # held a non-ASCII character.
+    images = [os.fsencode(work / "train" / "prep" / n) for n in names]
+    labels = [os.fsencode(work / "train" / "label" / n) for n in names]
 
     def decode(image_path, label_path):
         img = tf.io.decode_png(tf.io.read_file(image_path), channels=channels)

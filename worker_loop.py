@@ -4,8 +4,8 @@ metrics along an axis they lack, tensorflow#72388). This loop runs the model's o
 train_step and test_step through strategy.run (the same loss, metrics and optimizer as
 fit) and calls the same callbacks at the same moments; the metrics' totals are summed over
 every replica of every worker when read."""
-import json
 import os
+import shutil
 import signal
 import threading
 from contextlib import contextmanager
@@ -14,10 +14,12 @@ import numpy as np
 import tensorflow as tf
 
 from cli import PipelineError
+from distribute import read_tf_config
 
 
 # What TensorFlow raises on a cluster it cannot use (a task outside the cluster, a chief-less
-# chief, SLURM ranks beyond its tasks, no nvidia-smi to count a node's GPUs): the user's to mend.
+# chief, SLURM ranks beyond its tasks, an nvidia-smi that fails to count a node's GPUs): the
+# user's to mend.
 CLUSTER_ERRORS = (KeyError, IndexError, TypeError, ValueError, RuntimeError, OSError)
 
 
@@ -26,7 +28,7 @@ def make_multiworker_strategy(cluster, timeout):
     up after timeout seconds (None: no limit) without every worker."""
     if cluster == "slurm":
         try:
-            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(**slurm_gpus())
         except CLUSTER_ERRORS as err:
             raise PipelineError(f"--cluster slurm: not inside a SLURM job step, or one this "
                                 f"node cannot join ({err}); start the training with "
@@ -52,9 +54,32 @@ def make_multiworker_strategy(cluster, timeout):
         raise PipelineError(f"the cluster did not form within {timeout:g} s ({', '.join(tasks)}): "
                             "start the training on every task, check that each can reach the "
                             "others' host and port, or give a longer --cluster-timeout") from None
+    except tf.errors.OpError as err:
+        # Its own server not started (the port held by another process: a run still going,
+        # another job on the node), or a peer's answer that is not TensorFlow's.
+        own = resolver.cluster_spec().task_address(resolver.task_type, resolver.task_id)
+        raise PipelineError(f"the cluster could not start ({err.message.strip()}): check that "
+                            f"this task's port ({own}) is free, that no other run of this "
+                            "task is going, and that each task reaches the others' host and "
+                            "port") from None
     except CLUSTER_ERRORS as err:
         raise PipelineError(f"--cluster {cluster}: TensorFlow cannot use this cluster: "
                             f"{err}") from None
+
+
+def slurm_gpus():
+    """SlurmClusterResolver's GPU options for this node. By default it counts the node's
+    GPUs with nvidia-smi, which a CPU node lacks (no cluster at all), and gives each task
+    GPUs of its own by setting CUDA_VISIBLE_DEVICES (where "" or -1 hid them all, a GPU
+    after all). Without GPUs: a GPU per task for its count, and CUDA_VISIBLE_DEVICES
+    left as it is."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible not in ("", "-1") and (visible is not None or shutil.which("nvidia-smi")):
+        return {}
+    from tensorflow.python.distribute.cluster_resolver.slurm_cluster_resolver import (
+        expand_tasks_per_node)
+    tasks = max(expand_tasks_per_node(os.environ.get("SLURM_STEP_TASKS_PER_NODE", "1")))
+    return {"gpus_per_node": tasks, "gpus_per_task": 1, "auto_set_gpu": False}
 
 
 # The jobs whose tasks TensorFlow's coordination service waits for.
@@ -98,13 +123,9 @@ def ended_by_ctrl_c():
 def check_tf_config():
     """TF_CONFIG as TensorFlow needs it, or one line naming what is wrong: JSON, a cluster of
     task lists, and this process's task (type and index) in it."""
-    text = os.environ.get("TF_CONFIG", "")
-    if not text.strip():
+    config = read_tf_config("mend it (see README, 'Running on several GPUs or a cluster')")
+    if config is None:
         return
-    try:
-        config = json.loads(text)
-    except ValueError as err:
-        raise PipelineError(f"TF_CONFIG is not JSON ({err})") from None
     cluster = config.get("cluster") if isinstance(config, dict) else None
     if not isinstance(cluster, dict) or not all(isinstance(v, list) for v in cluster.values()):
         raise PipelineError('TF_CONFIG needs "cluster": {"worker": ["host:port", ...], ...}')

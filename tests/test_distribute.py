@@ -175,6 +175,63 @@ def test_a_malformed_tf_config_is_one_line(tf_config, said, monkeypatch):
     check_tf_config()
 
 
+def test_a_blank_tf_config_is_no_cluster_for_multiworker(monkeypatch):
+    """`export TF_CONFIG=` or a job script's empty variable: TensorFlow's resolver parsed it
+    as JSON and stopped with a traceback."""
+    from cli import PipelineError
+    from worker_loop import make_multiworker_strategy
+    monkeypatch.setenv("TF_CONFIG", " ")
+    with pytest.raises(PipelineError, match="needs the cluster in TF_CONFIG"):
+        make_multiworker_strategy("tf-config", 10)
+
+
+MIRRORED_UNDER_TF_CONFIG = """
+import os, sys
+sys.path.insert(0, {root!r})
+from cli import PipelineError
+from distribute import make_strategy
+os.environ["TF_CONFIG"] = ""
+print(make_strategy("mirrored", 2).num_replicas_in_sync)
+os.environ["TF_CONFIG"] = "{{bad"
+try:
+    make_strategy("mirrored")
+except PipelineError as err:
+    print(err)
+"""
+
+
+def test_mirrored_takes_a_blank_tf_config_as_none_and_a_broken_one_is_one_line():
+    """MirroredStrategy ignores TF_CONFIG, but parses it first: a blank or broken one (left
+    in a shell from a multiworker run) stopped --strategy mirrored with a traceback."""
+    result = subprocess.run([sys.executable, "-c", MIRRORED_UNDER_TF_CONFIG.format(root=str(ROOT))],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    replicas, said = result.stdout.splitlines()[-2:]
+    assert replicas == "2"
+    assert said.startswith("TF_CONFIG is not JSON (") and "--strategy mirrored" in said
+
+
+@pytest.mark.parametrize("visible", [None, "", "-1"])
+def test_slurm_nodes_without_gpus_form_a_cluster_of_every_task(visible, monkeypatch, tmp_path):
+    """TensorFlow's SLURM resolver counts GPUs with nvidia-smi, which CPU nodes lack, and
+    with CUDA_VISIBLE_DEVICES "" or -1 counted one GPU for two tasks (a step of zero)."""
+    import tensorflow as tf
+    from worker_loop import slurm_gpus
+    monkeypatch.setenv("PATH", str(tmp_path))       # no nvidia-smi
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    for name, value in {"PROCID": "2", "STEP_NUM_TASKS": "3", "STEP_NODELIST": "cpu[1-2]",
+                        "STEP_TASKS_PER_NODE": "2,1"}.items():
+        monkeypatch.setenv(f"SLURM_{name}", value)
+    resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(**slurm_gpus())
+    assert resolver.cluster_spec().as_dict() == {
+        "worker": ["cpu1:8888", "cpu1:8889", "cpu2:8888"]}
+    assert (resolver.task_type, resolver.task_id) == ("worker", 2)
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == visible
+
+
 BATCH_LOSS_UNDER_REPLICAS = """
 import sys
 sys.path.insert(0, {root!r})
@@ -288,6 +345,27 @@ def test_a_worker_whose_peer_never_starts_gives_up_with_one_line(patch_work):
     assert err.rstrip().splitlines()[-1].startswith(
         "error: the cluster did not form within 3 s (worker 0 at 127.0.0.1:")
     assert "Traceback" not in err and not (patch_work / "lone").exists()
+
+
+def test_a_worker_whose_port_is_taken_stops_with_one_line(patch_work):
+    """A run still going or another job on the node holds the port: TensorFlow's 'Could not
+    start gRPC server' came as a traceback."""
+    import socket
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        ports = [held.getsockname()[1], *free_ports(1)]
+        args = [*plain_arithmetic(patch_work, "taken"), "--strategy", "multiworker",
+                "--batch-size", "2", "--cluster-timeout", "30"]
+        result = subprocess.run(
+            [sys.executable, ROOT / "train_unet_xception_resnetblock.py", *map(str, args)],
+            cwd=ROOT, env={**os.environ, "TF_CONFIG": localhost_tf_config(ports, 0)},
+            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.rstrip().splitlines()[-1].startswith(
+        f"error: the cluster could not start (Could not start gRPC server): check that this "
+        f"task's port (127.0.0.1:{ports[0]}) is free")
+    assert "Traceback" not in result.stderr and not (patch_work / "taken").exists()
 
 
 def test_ctrl_c_while_waiting_for_the_cluster_ends_the_run_at_once(patch_work):

@@ -105,6 +105,33 @@ def test_a_name_that_fits_gets_a_temporary_that_fits_and_its_run_leaves_none(tmp
     assert (tmp_path / ("d" * 255) / "f").read_text() == "x"
 
 
+STAGE_IN = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import outputs
+with outputs.staged_output(Path(sys.argv[1])) as staging:
+    (staging / "f").write_text("x")
+outputs.atomic_write_text(Path(sys.argv[1]) / "g", "y")
+"""
+
+
+@pytest.mark.parametrize("name", ["d\u00e4t\u00e4", "Probe\u2013\u03b1"])
+def test_a_non_ascii_folder_is_written_in_a_locale_that_is_not_utf8(name, tmp_path):
+    """LANG=en_US.ISO-8859-1 on an old cluster, or C with Python's UTF-8 mode off: the file
+    system encoding cannot hold every character that the name's UTF-8 bytes decode to."""
+    import subprocess
+    import sys
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    root = str(Path(outputs.__file__).parent)
+    result = subprocess.run([sys.executable, "-c", STAGE_IN.format(root=root), tmp_path / name],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / name / "f").read_text() == "x"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["f", "g"]
+
+
 def test_a_held_work_folder_is_refused_to_a_second_run_and_freed_after(tmp_path):
     """Two gen_img_aug.py runs on one folder mixed their test/ and train/; the lock is the
     operating system's, so a killed holder frees it (here: a child process that exits)."""

@@ -1,8 +1,12 @@
 """train_unet_xception_resnetblock.py on a tiny synthetic patch set (64x64, a few dozen steps)."""
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from contextlib import ExitStack
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -385,6 +389,29 @@ def test_a_trained_model_is_never_destroyed(trained_model, tmp_path, capsys):
     assert set(config["sha256"]) == {config["weights_files"]["best"], "snapshots/epoch_001.h5"}
     for name, digest in config["sha256"].items():
         assert sha256_of(tmp_path / "copy" / "work" / "weights" / name) == digest
+
+
+PATCHES_IN = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import train_unet_xception_resnetblock as train
+images, labels = next(iter(train.patch_dataset(Path(sys.argv[1]), ["000000.png"], 1, 1)))
+print(tuple(images.shape), tuple(labels.shape))
+"""
+
+
+def test_patches_in_a_non_ascii_folder_load_in_a_locale_that_is_not_utf8(tmp_path):
+    """LANG=en_US.ISO-8859-1 on an old cluster, or C with Python's UTF-8 mode off: the path
+    TensorFlow was given as text named no file, and training stopped with a traceback."""
+    work = tmp_path / "w\u00f6rk\u2013\u03b1"
+    make_patch_set(work, 1)
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    root = str(Path(train.__file__).parent)
+    result = subprocess.run([sys.executable, "-c", PATCHES_IN.format(root=root), work],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[-2] == f"(1, {SIZE}, {SIZE}, 3) (1, {SIZE}, {SIZE})"
 
 
 def test_labels_beyond_the_classes_are_refused_before_training(tmp_path):
