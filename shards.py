@@ -20,6 +20,9 @@ def shard_option(text):
         i, n = (int(part) for part in text.split("/"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not I/N, e.g. 2/8") from None
+    if i == 0 and n > 0:        # an array job's task id, which counts from 0
+        raise argparse.ArgumentTypeError(f"{text}: I counts from 1 (SLURM array task ids count "
+                                         "from 0: give $((SLURM_ARRAY_TASK_ID + 1))/N)")
     if not 1 <= i <= n:
         raise argparse.ArgumentTypeError(f"{text}: I must be from 1 to N")
     return i, n

@@ -20,9 +20,12 @@ def test_shards_cover_the_images_once_in_turn():
     assert shards == [["f0", "f3", "f6"], ["f1", "f4"], ["f2", "f5"]]
     assert shard_names(names[:1], (2, 2)) == []
     assert shard_option("2/8") == (2, 8)
-    for bad in ("0/2", "3/2", "2", "a/b"):
+    for bad in ("3/2", "2", "a/b", "1/0"):
         with pytest.raises(Exception, match="I/N|from 1 to N"):
             shard_option(bad)
+    # an array job's 0-based task id is told how to count from 1
+    with pytest.raises(Exception, match=r"counts from 1 .*SLURM_ARRAY_TASK_ID \+ 1"):
+        shard_option("0/2")
 
 
 @pytest.fixture(scope="module")
