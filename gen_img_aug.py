@@ -565,10 +565,11 @@ def patch_settings(args):
 
 
 def write_split(work, train, test, how, classes, label_values, intensity, stack_of,
-                orientations, relief, angle, scale, outlines, patches, digests):
-    """The split files, written last: their presence marks a complete run. The training
-    frames' digests let training tell a data folder changed since (or another one) from the
-    one the patches came from, before it reads held-out frames there again."""
+                orientations, relief, angle, scale, outlines, patches, digests, data_dir):
+    """The split files, written last: their presence marks a complete run. The frames'
+    digests let training tell a data folder changed since (or another one) from the one the
+    patches came from, before it reads held-out frames there again, and prediction tell test
+    frames changed in the data folder since they were copied into test/."""
     write_json(work / "split.json", {"method": how, "train": train, "test": test,
                                      "classes": classes, "label_values": label_values,
                                      "intensity": intensity, "stack_of": stack_of,
@@ -576,7 +577,8 @@ def write_split(work, train, test, how, classes, label_values, intensity, stack_
                                      "edge_relief": round(relief, 4),
                                      "relief_angle": round(angle, 1), "scale": scale,
                                      "bare_outlines": outlines, "patches": patches,
-                                     "frame_digests": {n: digests[n] for n in train}})
+                                     "frame_digests": {n: digests[n] for n in train + test},
+                                     "data_dir": str(Path(data_dir).resolve())})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 
@@ -850,7 +852,7 @@ def main(argv=None):
             (work / "figures" / f"samples{suffix}").unlink(missing_ok=True)
         write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
                     orientations, relief, angle, args.scale, outlines, patch_settings(args),
-                    digests)
+                    digests, args.data_dir)
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
     scale = "" if args.scale == 1 else f" from frames resampled by {args.scale:g}"

@@ -95,9 +95,10 @@ import numpy as np  # noqa: E402
 
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       add_intensity_option, check_label_size, check_label_values,
-                      describe_intensity, find_frame_label, list_images,
-                      note_hidden_images, parse_intensity, pixel_size_um, read_image,
-                      read_label, to_color_mode, unread_images, write_image, write_tiff)
+                      describe_intensity, find_frame_label, find_label, list_images,
+                      note_hidden_images, parse_intensity, pixel_digest, pixel_size_um,
+                      read_image, read_label, read_raw_image, to_color_mode, unread_images,
+                      write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation, moved_image_path  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  # noqa: E402
                           load_model, model_file, read_config, verify_model_file)
@@ -600,6 +601,35 @@ def warn_of_training_frames(names, config, model_dir):
               ": their IoU is no test of it")
 
 
+def note_test_frames_changed(work, frames):
+    """Say which test frames differ in the data folder gen_img_aug.py read (split.json) from
+    the copies it made in <work>/test, which are what is predicted and scored: a label
+    corrected in data/label after the split left the scores on the old one, unsaid. Only a
+    note, and only where the data folder still reads: it is not this script's input."""
+    record = read_json(work / "split.json", "split record")
+    data, digests = record.get("data_dir"), record.get("frame_digests") or {}
+    if not isinstance(data, str) or not (Path(data) / "src").is_dir():
+        return
+    try:
+        sources = list_images(Path(data) / "src", frames=set(frames) & set(digests))
+        changed = [name for name, source in sources.items() if name in frames
+                   and frame_differs(source, find_label(Path(data) / "label", name),
+                                     digests.get(name))]
+    except PipelineError:
+        return
+    if changed:
+        print(f"note: {count_of(len(changed), 'test frame')} changed in {data} since "
+              f"gen_img_aug.py copied them into {work / 'test'} ({some_names(changed)}): the "
+              "scores are of the copies; rerun gen_img_aug.py to score the new ones")
+
+
+def frame_differs(source, label_path, digest):
+    """Whether a frame and its label are not those of pixel digest `digest`."""
+    if digest is None or label_path is None:
+        return False
+    return pixel_digest(read_raw_image(source), read_label(label_path)) != digest
+
+
 def check_label_classes(label_dir, classes):
     """Refuse labels whose data folder's classes.txt lists other classes than the model: the
     class values would be scored as the model's classes of the same numbers."""
@@ -871,6 +901,8 @@ def main(argv=None):
     # any frame is predicted, not after.
     label_paths = ({name: find_frame_label(label_dir, name, source)
                     for name, source in images.items()} if label_dir else {})
+    if not args.input and label_dir:
+        note_test_frames_changed(work, images)
     streamed = streamed_frames(images, args.stream_above)
     if streamed and (args.save_probs or args.to_labelme):
         raise PipelineError(f"{sorted(streamed)[0]} is larger than --stream-above "

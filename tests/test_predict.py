@@ -856,3 +856,36 @@ def test_contours_refuse_images_replaced_since_the_prediction(model_dir, work, t
         get_contour.main(outline)
     P.main(argv)
     get_contour.main(outline)
+
+
+def test_a_test_label_corrected_in_the_data_folder_after_the_split_is_noted(model_dir,
+                                                                             tmp_path, capsys):
+    """Prediction scores the copies gen_img_aug.py made in <work>/test: a test label
+    corrected in data/label afterwards left the scores on the old one without a word."""
+    import gen_img_aug
+    data, work = tmp_path / "data", tmp_path / "work"
+    for sub in ("src", "label"):
+        (data / sub).mkdir(parents=True)
+    (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    rng = np.random.default_rng(3)
+    for name in ("a", "b", "c", "d"):
+        label = np.zeros((80, 80), np.uint8)
+        label[20:50, 20:50] = 2
+        cv2.imwrite(str(data / "src" / f"{name}.png"),
+                    (label * 60 + rng.integers(0, 40, label.shape)).astype(np.uint8))
+        cv2.imwrite(str(data / "label" / f"{name}.png"), label)
+    (data / "test.txt").write_text("d\n")
+    gen_img_aug.main(["--data-dir", str(data), "--work-dir", str(work), "--num-patches", "8",
+                      "--patch-size", "64", "--workers", "1"])
+    argv = ["--work-dir", str(work), "--model-dir", str(model_dir), "--data-dir", str(data)]
+    P.main(argv)
+    assert "changed in" not in capsys.readouterr().out
+    corrected = cv2.imread(str(data / "label" / "d.png"), cv2.IMREAD_UNCHANGED)
+    corrected[50:60, 20:50] = 2
+    cv2.imwrite(str(data / "label" / "d.png"), corrected)
+    cv2.imwrite(str(data / "label" / "a.png"), corrected)       # a training frame: not scored
+    shutil.rmtree(work / "test" / "predict")
+    P.main(argv)
+    out = capsys.readouterr().out
+    assert f"note: 1 test frame changed in {data.resolve()} since gen_img_aug.py copied them " \
+        f"into {work / 'test'} (d): the scores are of the copies" in out
