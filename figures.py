@@ -19,7 +19,19 @@ def colorize(mask):
     """RGB picture of a class-index mask; ignored pixels (IGNORE_LABEL) grey."""
     mask = np.asarray(mask)
     return np.where((mask == IGNORE_LABEL)[..., None], IGNORE_COLOUR,
-                    PALETTE[mask % len(PALETTE)])
+                    PALETTE[palette_index(mask)])
+
+
+def palette_index(classes):
+    """Where class indices take their colour in PALETTE: past its end the object colours come
+    round again, never background's black (class 10 would look like background)."""
+    classes = np.asarray(classes)      # kept in its type: a slide's mask is large
+    return np.where(classes == 0, 0, (classes - 1) % (len(PALETTE) - 1) + 1)
+
+
+def class_colour(c):
+    """Class c's RGB colour as a tuple of ints, for OpenCV's drawing."""
+    return tuple(int(v) for v in PALETTE[palette_index(c)])
 
 
 def pyplot():

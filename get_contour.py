@@ -57,7 +57,7 @@ from shards import copy_shard_files, merge_object_tables, open_shards, run_setti
 from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
                  read_classes, read_json, refuse_options_beside_merge, run_cli,
                  unexpanded_pattern, WORK_DIR)
-from figures import PALETTE, colorize, save_figure, pyplot
+from figures import class_colour, colorize, save_figure, pyplot
 from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
                          megapixels, open_tiff_rows, plane_shape)
 
@@ -337,7 +337,7 @@ def draw_outlines(image, outlines, thickness=None):
     canvas = to_color_mode(image, "rgb").copy()
     thickness = thickness or max(1, round(max(canvas.shape[:2]) / 600))
     for c, contours in outlines.items():
-        cv2.drawContours(canvas, contours, -1, tuple(int(v) for v in PALETTE[c]), thickness)
+        cv2.drawContours(canvas, contours, -1, class_colour(c), thickness)
     return canvas
 
 
@@ -365,7 +365,7 @@ def with_legend(canvas, classes):
         x += item_w
     strip = np.zeros((y + line_h, width, 3), np.uint8)
     for c, cls, x, y in items:
-        colour = tuple(int(v) for v in PALETTE[c])
+        colour = class_colour(c)
         mid = y + line_h // 2
         cv2.line(strip, (x, mid), (x + int(22 * scale), mid), colour, thickness + 1)
         cv2.putText(strip, cls, (x + int(30 * scale), mid + int(7 * scale)),
@@ -402,7 +402,8 @@ def plot_panel(name, image, label, mask, outlines, classes, path, pdf):
         ax.imshow(view, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
-    handles = [Patch(color=PALETTE[c] / 255.0, label=cls) for c, cls in enumerate(classes)]
+    handles = [Patch(color=np.array(class_colour(c)) / 255.0, label=cls)
+               for c, cls in enumerate(classes)]
     fig.legend(handles=handles, loc="lower center", ncol=len(classes), frameon=False,
                fontsize=8)
     fig.suptitle(name, fontsize=9)
@@ -626,7 +627,7 @@ class Outliner:
         for row in find_objects_in_bands(reader.rows, shape, num_classes, self.args.min_area):
             write_row(row)
         image = image_overview(source, self.intensity, shape)
-        _, outlines = find_objects(mask_overview.image, num_classes)
+        outlines = self.overview_outlines(mask_overview.image, mask_overview.step)
         write_image(staging / contour_file(name),
                     with_legend(draw_outlines(image, outlines), self.classes), atomic=False)
         if self.args.panels:
@@ -635,8 +636,14 @@ class Outliner:
             k = math.ceil(max(image.shape[:2]) / PANEL_SIDE)
             small_mask = mask_overview.image[::k, ::k]
             plot_panel(f"{name} (1:{mask_overview.step * k})", image[::k, ::k], None,
-                       small_mask, find_objects(small_mask, num_classes)[1], self.classes,
-                       panels / f"panel_{name}.png", self.args.pdf)
+                       small_mask, self.overview_outlines(small_mask, mask_overview.step * k),
+                       self.classes, panels / f"panel_{name}.png", self.args.pdf)
+
+    def overview_outlines(self, overview, step):
+        """Outlines in a mask's overview (every step-th row and column kept) of the objects
+        --min-area keeps: specks drawn there but left out of objects.csv would look found.
+        An object keeps about one pixel in step^2 in the overview."""
+        return find_objects(overview, len(self.classes), self.args.min_area / step ** 2)[1]
 
 
 def check_same_size(name, mask_shape, source, image_shape):
@@ -700,7 +707,7 @@ def main(argv=None):
     panels_output = staged_output(figures, merge=True) if args.panels else nullcontext()
     with output_lock(out, Path(__file__).name), staged_output(out, MARKER) as staging, \
             panels_output as panels, \
-            open(staging / MARKER, "w", newline="") as table:
+            open(staging / MARKER, "w", newline="", encoding="utf-8") as table:
         writer = csv.DictWriter(table, fieldnames=csv_columns(measured_in_um), restval="")
         writer.writeheader()
         for name in tqdm(names, desc="contours", unit="image", dynamic_ncols=True, disable=None):

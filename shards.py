@@ -146,13 +146,13 @@ def merge_object_tables(tables, order, path):
     micrometre columns leaves them empty, as a single run does for such images."""
     rows, columns = {}, []
     for table in tables:
-        with open(table, newline="") as f:
+        with open(table, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if len(reader.fieldnames or []) > len(columns):
                 columns = reader.fieldnames
             for row in reader:
                 rows.setdefault(row["image"], []).append(row)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         for name in order:

@@ -425,3 +425,60 @@ def test_contours_inside_the_prediction_folder_are_refused(pred, inside):
                 "--output", str(pred / inside), "--no-panels"])
     assert sorted(p.name for p in (pred / "predict").iterdir()) == ["one.png", "predict.json",
                                                                   "two.png"]
+
+
+def test_a_streamed_masks_pictures_leave_out_what_min_area_drops(pred):
+    """A whole slide's contour picture outlined the specks --min-area left out of
+    objects.csv, which the same mask in memory does not draw."""
+    import tifffile
+    for stem in ("one", "two"):
+        (pred / "predict" / f"{stem}.png").unlink()
+        tifffile.imwrite(pred / "predict" / f"{stem}.tif", drawn_mask())
+    info = json.loads((pred / "predict" / "predict.json").read_text())
+    (pred / "predict" / "predict.json").write_text(json.dumps({**info, "mask_format": "tif"}))
+    in_memory = run(pred, "--min-area", "10", "--no-panels")
+    picture = cv2.imread(str(pred / "contours" / "one_contour.png"))
+    assert run(pred, "--min-area", "10", "--no-panels", "--stream-above", "0.01") == in_memory
+    np.testing.assert_array_equal(cv2.imread(str(pred / "contours" / "one_contour.png")),
+                                  picture)
+
+
+def test_classes_past_the_palettes_end_are_drawn_in_its_object_colours(pred):
+    """Eleven object classes: the outlines stopped with an IndexError, and class 10 took
+    background's black in the colour views."""
+    classes = ["background", *(f"c{i}" for i in range(1, 12))]
+    mask = np.zeros((200, 300), np.uint8)
+    for c in range(1, 12):
+        mask[10 + 15 * c:20 + 15 * c, 40:60] = c
+    for name in ("one", "two"):
+        cv2.imwrite(str(pred / "predict" / f"{name}.png"), mask)
+    info = json.loads((pred / "predict" / "predict.json").read_text())
+    (pred / "predict" / "predict.json").write_text(json.dumps({**info, "classes": classes}))
+    rows = run(pred)
+    assert [r["class"] for r in rows if r["image"] == "one"] == classes[1:]
+    picture = cv2.cvtColor(cv2.imread(str(pred / "contours" / "one_contour.png")),
+                           cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(picture[10 + 15 * 10, 40], PALETTE[1])    # class 10
+    np.testing.assert_array_equal(picture[10 + 15 * 11, 40], PALETTE[2])    # class 11
+
+
+def test_the_object_table_is_utf8_in_a_locale_that_is_not(pred):
+    """LANG=en_US.ISO-8859-1 on an old cluster, Windows' cp1252, or C with Python's UTF-8
+    mode off: a class or image name the locale cannot hold stopped the table midway."""
+    import os
+    import subprocess
+    import sys
+    info = json.loads((pred / "predict" / "predict.json").read_text())
+    classes = ["background", "bead", "Zelle \u03b2"]
+    (pred / "predict" / "predict.json").write_text(json.dumps({**info, "classes": classes}))
+    # The terminal's encoding is another matter than the table's: stdout takes UTF-8 here.
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONIOENCODING": "utf-8"}
+    result = subprocess.run(
+        [sys.executable, G.__file__, "--work-dir", pred / "work", "--pred-dir",
+         pred / "predict", "--output", pred / "contours", "--no-panels"],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(pred / "contours" / "objects.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(r["class"] == "Zelle \u03b2" for r in rows) == 2 * len(SQUARES)
