@@ -757,7 +757,7 @@ def write_patches(table, train, staging, num_patches, patch_size, seed, workers,
                          foreground_fraction=foreground_fraction, intensity=intensity,
                          orientations=orientations)
     spans = [(s, min(s + CHUNK, num_patches)) for s in range(0, num_patches, CHUNK)]
-    with open(staging / "patches.csv", "w", newline="") as f:
+    with open(staging / "patches.csv", "w", newline="", encoding="utf-8") as f:
         out = csv.writer(f)
         out.writerow(["patch", "image", "y", "x", "transform"])
         for rows in parallel_map(writer, spans, patch_writers(workers, num_patches), "patches",

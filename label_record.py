@@ -15,7 +15,7 @@ def read_record(data_dir):
     labels labelme_to_label.py wrote into <data_dir>/label; a label written before the classes were
     recorded has its digest alone."""
     try:
-        record = json.loads((Path(data_dir) / RECORD).read_text())
+        record = json.loads((Path(data_dir) / RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(record, dict):

@@ -635,7 +635,7 @@ class WrittenLabels:
 
     def save(self, staging):
         (Path(staging) / RECORD).write_text(
-            json.dumps(self.entries, indent=1, sort_keys=True) + "\n")
+            json.dumps(self.entries, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def check_src_shows(json_path, in_src, image):
@@ -803,7 +803,7 @@ def main(argv=None):
                               args.point_radius, staging, allowed_roots, written)
         written.save(staging)
         if added:
-            (staging / "classes.txt").write_text("\n".join(classes) + "\n")
+            (staging / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
     if added:
         print(f"added {len(added)} class(es) to {data_dir / 'classes.txt'}: {', '.join(added)}")
     print(summary(counts, classes, len(annotations), data_dir / "label"))

@@ -82,7 +82,7 @@ def channel_histograms(paths, color_mode):
 def patch_frame(path):
     """The frame a patch was cut from, as gen_img_aug.py's patches.csv says (None unsaid)."""
     try:
-        with open(path.parent.parent / "patches.csv", newline="") as f:
+        with open(path.parent.parent / "patches.csv", newline="", encoding="utf-8") as f:
             return next((row.get("image") for row in csv.DictReader(f)
                          if row.get("patch") == path.name), None)
     except (OSError, csv.Error, UnicodeDecodeError):

@@ -83,6 +83,8 @@ the paper read every image as grey. A grey image given to a model trained on col
 error.
 """
 import argparse
+import csv
+import io
 import itertools
 import math
 from pathlib import Path
@@ -513,10 +515,12 @@ def iou_rows(per_image, total_cm):
 
 
 def write_iou(out, rows, classes, per_image, total_cm):
-    header = ["image", *(f"iou_{c}" for c in classes), "mean_iou"]
-    lines = [",".join(header)]
-    lines += [",".join([row[0], *(f"{v:.6f}" for v in row[1:])]) for row in rows]
-    atomic_write_text(out / "iou.csv", "\n".join(lines) + "\n")
+    # csv quotes what a name may hold (a comma, a quote), which a plain join left to split
+    table = io.StringIO(newline="")
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["image", *(f"iou_{c}" for c in classes), "mean_iou"])
+    writer.writerows([row[0], *(f"{v:.6f}" for v in row[1:])] for row in rows)
+    atomic_write_text(out / "iou.csv", table.getvalue())
 
     def per_class(row):
         return {c: float(v) for c, v in zip(classes, row[1:-1])}

@@ -264,7 +264,7 @@ def patch_sources(work, names, strict=True):
     path = work / "train" / "patches.csv"
     if not path.is_file():
         return {}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = {"patch", "image"} - set(reader.fieldnames or ())
         if missing:

@@ -333,15 +333,17 @@ def test_iou_files(tmp_path):
     pred = np.array([[0, 1], [2, 0]])
     cm = confusion_matrix(label, pred, 3)
     iou = iou_per_class(cm)
-    rows = P.iou_rows({"x": cm}, cm)
-    P.write_iou(tmp_path, rows, CLASSES, {"x": cm}, cm)
-    with open(tmp_path / "iou.csv") as f:
+    name = 'x, "the second"'     # a frame name a plain join would split into more columns
+    rows = P.iou_rows({name: cm}, cm)
+    P.write_iou(tmp_path, rows, CLASSES, {name: cm}, cm)
+    with open(tmp_path / "iou.csv", newline="", encoding="utf-8") as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == ["image", "iou_background", "iou_bead", "iou_cell", "mean_iou"]
-    assert [r["image"] for r in table] == ["x", "dataset"]
+    assert [r["image"] for r in table] == [name, "dataset"]
+    assert all(None not in r for r in table)
     assert float(table[0]["iou_cell"]) == pytest.approx(iou[2]) == pytest.approx(0.5)
     data = json.loads((tmp_path / "iou.json").read_text())
-    assert data["images"]["x"]["confusion_matrix"] == cm.tolist()
+    assert data["images"][name]["confusion_matrix"] == cm.tolist()
     assert data["dataset"]["iou"]["cell"] == pytest.approx(0.5)
     assert data["confusion_matrix"]["counts"] == cm.tolist()
 
