@@ -318,6 +318,10 @@ class ReaderGoneProof:
 
     def __init__(self, stream):
         self._stream = stream
+        # A locale whose encoding cannot hold a name (a class 'Zelle \u03b2' in LANG=C without
+        # Python's UTF-8 mode, Windows' cp1252) escapes it, where print() raised after the work.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
     def write(self, text):
         try:

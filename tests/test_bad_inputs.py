@@ -1597,6 +1597,23 @@ def test_sigterm_stops_a_script_as_ctrl_c_does_with_one_line(tmp_path):
     assert proc.stderr == "interrupted; nothing was published\n"
 
 
+def test_a_name_the_terminals_encoding_cannot_hold_is_escaped_not_a_traceback():
+    """LANG=C without Python's UTF-8 mode (or Windows' cp1252): printing a class 'Zelle \u03b2'
+    raised UnicodeEncodeError after the work was done, and errors the same way."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import cli\n"
+              "def main():\n"
+              "    print('cells: Zelle \\u03b2')\n"
+              "    raise cli.PipelineError('no class Zelle \\u03b2')\n"
+              "cli.run_cli(main)\n")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONIOENCODING": ""}
+    proc = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == b"cells: Zelle \\u03b2\n"
+    assert proc.stderr == b"error: no class Zelle \\u03b2\n"
+
+
 def test_a_quoted_tilde_names_the_home_folder_not_a_folder_named_tilde(monkeypatch):
     monkeypatch.setenv("HOME", "/home/lab")
     assert cli._expand_home(["--work-dir", "~/w", "--output=~/out", "--x=a~b", "a~"]) == \
