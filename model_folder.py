@@ -187,8 +187,9 @@ def check_same_recipe(path, model_dir, config):
 
 
 def verify_model_file(path, model_dir, config, unchecked=" (--no-verify loads it anyway)"):
-    """Refuse a model file whose sha256 is not the one training recorded in config.json;
-    `unchecked` says how to load it all the same, where the script can."""
+    """Refuse a model file whose sha256 is not the one training recorded in config.json, and
+    return that sha256 (None for a file outside any model folder, not checked); `unchecked`
+    says how to load it all the same, where the script can."""
     try:   # abspath, not resolve: a model file linked into the folder is the folder's file
         name = Path(os.path.abspath(path)).relative_to(os.path.abspath(model_dir)).as_posix()
     except ValueError:
@@ -197,7 +198,7 @@ def verify_model_file(path, model_dir, config, unchecked=" (--no-verify loads it
         folder, own = own_model_folder(path)
         if folder is None:
             print(f"note: {path} lies outside the model folder; its integrity is not checked")
-            return
+            return None
         return verify_model_file(path, folder, own, unchecked)
     expected = config.get("sha256", {}).get(name)
     if expected is None:
@@ -207,6 +208,7 @@ def verify_model_file(path, model_dir, config, unchecked=" (--no-verify loads it
         raise PipelineError(f"{path} is not the file training saved (its sha256 differs from "
                             f"{Path(model_dir) / 'config.json'}'s): it is damaged or was "
                             f"replaced; train again{unchecked}")
+    return expected
 
 
 def load_model(path):

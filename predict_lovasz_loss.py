@@ -767,12 +767,12 @@ def open_model(model_dir, config, choices, precision, verify=True):
              if p.resolve() in {q.resolve() for q in paths[:i]}]
     if twice:   # an ensemble of one model with itself is that model at twice the time
         raise PipelineError(f"--weights names {twice[0]} twice; give each model once")
+    verified = []
     for path in paths:
         check_same_recipe(path, model_dir, config)
-        if verify:
-            verify_model_file(path, model_dir, config)
+        verified.append(verify_model_file(path, model_dir, config) if verify else None)
     if len(paths) > 1:      # two names of one model: best and the snapshot it was saved from
-        digests = [sha256_of(p) for p in paths]
+        digests = [digest or sha256_of(p) for digest, p in zip(verified, paths)]
         same = next(((paths[digests.index(d)], p) for i, (d, p) in enumerate(zip(digests, paths))
                      if d in digests[:i]), None)
         if same:
