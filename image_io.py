@@ -1129,6 +1129,14 @@ def pixel_digest(*arrays):
     return digest.hexdigest()
 
 
+def frame_differs(source, label_path, digest):
+    """Whether a frame (an image source) and its label are not those of pixel_digest
+    `digest`; False where either the digest or the label is missing: nothing to compare."""
+    if digest is None or label_path is None:
+        return False
+    return pixel_digest(read_raw_image(source), read_label(label_path)) != digest
+
+
 def _tiff_label(path):
     """A TIFF label's plane as stored: samples kept (alpha too) and 1-bit pixels as 0 and 1,
     where an image's would read as 0 and 255, the ignore value."""

@@ -97,10 +97,10 @@ import numpy as np  # noqa: E402
 
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       add_intensity_option, check_label_size, check_label_values,
-                      describe_intensity, find_frame_label, find_label, list_images,
-                      note_hidden_images, parse_intensity, pixel_digest, pixel_size_um,
-                      read_image, read_label, read_raw_image, to_color_mode, unread_images,
-                      write_image, write_tiff)
+                      describe_intensity, find_frame_label, find_label, frame_differs,
+                      list_images, note_hidden_images, parse_intensity, pixel_size_um,
+                      read_image, read_label, to_color_mode, unread_images, write_image,
+                      write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation, moved_image_path  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  # noqa: E402
                           load_model, model_file, read_config, verify_model_file)
@@ -625,13 +625,6 @@ def note_test_frames_changed(work, frames):
         print(f"note: {count_of(len(changed), 'test frame')} changed in {data} since "
               f"gen_img_aug.py copied them into {work / 'test'} ({some_names(changed)}): the "
               "scores are of the copies; rerun gen_img_aug.py to score the new ones")
-
-
-def frame_differs(source, label_path, digest):
-    """Whether a frame and its label are not those of pixel digest `digest`."""
-    if digest is None or label_path is None:
-        return False
-    return pixel_digest(read_raw_image(source), read_label(label_path)) != digest
 
 
 def check_label_classes(label_dir, classes):

@@ -788,12 +788,9 @@ def check_frames_unchanged(frames, data, digests):
     edited since, or another --data-dir of frames of the same names): the faint-object filter
     would be calibrated on frames the patches did not come from. Frames recorded by an earlier
     version, or without a label (which the calibration names), are let through."""
-    from image_io import find_label, pixel_digest, read_label, read_raw_image
+    from image_io import find_label, frame_differs
     for name, source in frames.items():
-        label_path = find_label(data / "label", name)
-        if name not in digests or label_path is None:
-            continue
-        if pixel_digest(read_raw_image(source), read_label(label_path)) != digests[name]:
+        if frame_differs(source, find_label(data / "label", name), digests.get(name)):
             raise PipelineError(f"held-out frame {name} in {data} is not the one gen_img_aug.py "
                                 "cut the patches from (changed since, or another data folder); "
                                 "give the --data-dir it read, rerun gen_img_aug.py and "
