@@ -113,7 +113,7 @@ class TiffRows:
 def open_tiff_rows(source):
     """A TiffRows for an image file or stack plane, or None where the plane cannot be read
     row by row (not a TIFF, samples stored in separate planes, volumes, planes that tifffile
-    assembles from several pages, palette planes, which read as their colours)."""
+    assembles from several pages, palette planes, whose grey palette maps each pixel)."""
     path = source.path if isinstance(source, StackPlane) else Path(source)
     if path.suffix.lower() not in TIFF_EXTS:
         return None
