@@ -155,6 +155,13 @@ def refuse_options_beside_merge(parser, args, used=("merge", "output", "data_dir
     """--merge joins shard folders as their runs made them: any other option the user set
     would be dropped unsaid (an --overlap or --min-area that changes nothing), so it is an
     error that names it. The folder options every script takes are let through."""
+    refuse_options_beside(parser, args, "--merge joins the shards as their runs made them",
+                          used, "options of the --shard I/N runs")
+
+
+def refuse_options_beside(parser, args, why, used, what="options it does not use"):
+    """One usage error naming the options the user set beyond `used` (argparse dests), which
+    a mode of a script (`why` says which) would drop unsaid."""
     given = []
     for action in parser._actions:
         if (action.option_strings and action.dest not in used
@@ -163,8 +170,7 @@ def refuse_options_beside_merge(parser, args, used=("merge", "output", "data_dir
             negated = getattr(args, action.dest) is False and len(action.option_strings) > 1
             given.append(action.option_strings[1 if negated else 0])
     if given:
-        parser.error(f"--merge joins the shards as their runs made them; leave out "
-                     f"{', '.join(given)} (options of the --shard I/N runs)")
+        parser.error(f"{why}; leave out {', '.join(given)} ({what})")
 
 
 def count_of(count, noun):

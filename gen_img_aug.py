@@ -282,7 +282,8 @@ def check_object_classes(values, classes, data_dir):
                         f"{', '.join(map(str, values))}, no object class ({objects} in "
                         f"{Path(data_dir) / 'classes.txt'}); {IGNORE_LABEL} marks pixels to "
                         "ignore, so a binary mask must be 0 and 1 (more classes: 1, 2, ... in "
-                        "the order classes.txt lists them)")
+                        "the order classes.txt lists them); labelme_to_label.py --instances "
+                        "FOLDER makes every non-zero pixel of masks moved to FOLDER an object")
 
 
 def check_mask_labels(values_of, table, data_dir):

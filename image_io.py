@@ -1089,6 +1089,42 @@ def read_label(path):
     """A class-index label as uint8: PNG (grey of 1 to 16 bits, its values as stored; palette
     PNGs, as LabelMe exports, give their indices, grey+alpha ones their grey), a TIFF of one
     plane (through tifffile), or a numeric .npy."""
+    label = _label_plane(path)
+    if label.min() < 0 or label.max() > 255:
+        raise PipelineError(f"label {path} holds values outside 0..255 (up to "
+                            f"{label.max():g}){instance_hint(path, np.unique(label))}")
+    return label.astype(np.uint8)
+
+
+def read_instance_mask(path):
+    """An instance mask as stored (any integer depth): 0 background, each other value one
+    object, as StarDist, Cellpose and most crowded-scene data sets ship them."""
+    mask = _label_plane(path)
+    if mask.min() < 0:
+        raise PipelineError(f"instance mask {path} holds negative values; 0 is background and "
+                            "each object a positive number")
+    return mask.astype(np.uint32 if mask.max() > 65535 else np.uint16)
+
+
+# Values beyond the classes that make a label more likely an instance mask (objects numbered
+# one by one) than a semantic label with a class missing from classes.txt.
+INSTANCE_VALUES = 3
+
+
+def instance_hint(path, values, num_classes=0):
+    """What to do with a label whose values go beyond the classes, where they look like
+    objects numbered one by one: empty where they do not."""
+    beyond = values[values >= max(num_classes, 1)]
+    if len(beyond[beyond != IGNORE_LABEL]) < INSTANCE_VALUES:
+        return ""
+    return (f"; if it numbers objects one by one (an instance mask, as StarDist and Cellpose "
+            f"write; {int((values > 0).sum())} numbers here), move the masks out of "
+            f"{Path(path).parent} and convert them to class indices with labelme_to_label.py "
+            "--instances FOLDER")
+
+
+def _label_plane(path):
+    """A label file's one plane of whole numbers, as stored (read_label's formats)."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
         label = _load_npy(path)
@@ -1112,9 +1148,7 @@ def read_label(path):
     if not np.issubdtype(label.dtype, np.integer) and not np.issubdtype(label.dtype, np.bool_):
         if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
             raise PipelineError(f"label {path} holds values that are not whole numbers")
-    if label.min() < 0 or label.max() > 255:
-        raise PipelineError(f"label {path} holds values outside 0..255")
-    return label.astype(np.uint8)
+    return label
 
 
 def pixel_digest(*arrays):
@@ -1266,7 +1300,7 @@ def check_label_values(label, num_classes, path, classes_source):
         raise PipelineError(f"label {path} holds class {int(wrong[0])} but {classes_source} "
                             f"lists only {num_classes} classes (0..{num_classes - 1}; "
                             f"{IGNORE_LABEL} marks pixels to ignore); fix the label or the class "
-                            "list")
+                            f"list{instance_hint(path, values, num_classes)}")
     return values
 
 

@@ -15,6 +15,11 @@ Writes  <data-dir>/src/<name>.png        the image, grey or colour as stored; no
                                          255 = ignored (shapes of an --ignore-labels label)
 where <name> is the JSON file's name without .json.
 
+With --instances FOLDER it reads instance masks instead (0 background, each object a number
+of its own: StarDist's, Cellpose's <image>_masks.png, most crowded-scene data sets) of the
+images already in <data-dir>/src, and writes each as <data-dir>/label/<frame>.png with every
+object pixel of one class (--instance-class, or the one object class of classes.txt).
+
 Regions an annotator is unsure of can be drawn with a label named in --ignore-labels (for
 example "unsure"): their pixels become 255, which training leaves out of the loss and
 metrics and prediction leaves out of its scores. Such a label is not a class.
@@ -48,10 +53,13 @@ from label_record import RECORD, drawn_as_recorded, read_record
 from outputs import sha256_of, staged_output
 from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, control_character,
                  count_of, finite_numbers, nfc, positive_float, read_classes, read_json,
-                 refuse_file, run_cli, some_names, unexpanded_pattern, WORK_DIR)
+                 refuse_file, refuse_options_beside, run_cli, some_names, unexpanded_pattern,
+                 WORK_DIR)
+from instance_masks import class_label, instance_class, masks_of_frames
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
 # radius 5; the same defaults give the same labels from the same annotations.
+DEFAULT_INPUT = "data/labelme"
 DEFAULT_LINE_WIDTH = 10.0
 DEFAULT_POINT_RADIUS = 5.0
 # Points each shape type holds: (fewest, most), None = no limit.
@@ -63,8 +71,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("folders")
-    g.add_argument("--input", default="data/labelme",
-                   help="folder of LabelMe .json files (default: %(default)s)")
+    g.add_argument("--input", default=None,
+                   help=f"folder of LabelMe .json files (default: {DEFAULT_INPUT})")
     g.add_argument("--allow-outside-paths", action="store_true",
                    help="read images whose imagePath leads outside the annotation folder and "
                         "the data folder (refused by default: a shared annotation file could "
@@ -87,6 +95,16 @@ def parse_args(argv=None):
     g.add_argument("--point-radius", type=positive_float, default=DEFAULT_POINT_RADIUS,
                    help="radius in pixels of the disc drawn for a point shape (default: "
                         "%(default)s, as LabelMe's own export)")
+    g = p.add_argument_group("instance masks (instead of LabelMe files)")
+    g.add_argument("--instances", metavar="FOLDER",
+                   help="read instance masks from FOLDER (PNG, TIFF or .npy of any integer "
+                        "depth; 0 background, each object a number of its own) of the images "
+                        "in <data-dir>/src, named as the image or with _masks added (Cellpose), "
+                        "and write their class-index labels; keep the masks out of "
+                        "<data-dir>/label, where the labels go")
+    g.add_argument("--instance-class", metavar="NAME",
+                   help="class of the masks' objects (default: the one object class "
+                        "classes.txt lists)")
     g = p.add_argument_group("classes")
     g.add_argument("--add-unknown-classes", action="store_true",
                    help="append labels missing from classes.txt to it, in order of first "
@@ -96,7 +114,14 @@ def parse_args(argv=None):
                    help=f"LabelMe labels whose shapes mark pixels to ignore (for example "
                         f"'unsure'): drawn as {IGNORE_LABEL}, left out of training and scoring; "
                         "not classes, so not in classes.txt (default: none)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.instances is not None:
+        refuse_options_beside(p, args, "--instances reads instance masks, not LabelMe files",
+                              used=("instances", "instance_class", "data_dir", "work_dir",
+                                    "replace_labels", "add_unknown_classes"))
+    elif args.instance_class is not None:
+        p.error("--instance-class names the class of --instances masks; give --instances too")
+    return args
 
 
 def label_names(text):
@@ -607,23 +632,24 @@ class WrittenLabels:
                             "not write (drawn by hand or made elsewhere), with other pixels; "
                             "move it away to keep it, or add --replace-labels")
 
-    def add(self, staged_label, json_path):
-        # The JSON it came from, relative to the data folder where it lies inside (a project
-        # moved elsewhere keeps it), for a rerun to tell the labels of JSON files removed.
-        source = os.path.abspath(json_path)
+    def add(self, staged_label, origin, kind):
+        # The file it came from (kind "json" or "mask"), relative to the data folder where it
+        # lies inside (a project moved elsewhere keeps it), for a rerun to tell the labels of
+        # files removed.
+        source = os.path.abspath(origin)
         inside = os.path.relpath(source, os.path.abspath(self.data_dir))
         self.entries[staged_label.name] = {
             "sha256": sha256_of(staged_label), "classes": self.classes,
-            "json": source if inside.startswith("..") else inside}
+            kind: source if inside.startswith("..") else inside}
 
-    def orphaned(self, input_dir):
-        """Labels this script drew from JSON files of input_dir removed since, still in
-        data/label as it wrote them: their frames train on, which a user who deleted the
-        annotation to drop a frame does not expect."""
+    def orphaned(self, input_dir, kind):
+        """Labels this script drew from files (of kind "json" or "mask") of input_dir removed
+        since, still in data/label as it wrote them: their frames train on, which a user who
+        deleted the annotation to drop a frame does not expect."""
         folder = os.path.abspath(input_dir)
         found = []
         for name, entry in sorted(self.entries.items()):
-            source = entry.get("json")
+            source = entry.get(kind)
             if not isinstance(source, str):
                 continue        # written by an earlier version, which kept no source
             source = os.path.join(os.path.abspath(self.data_dir), source)
@@ -696,14 +722,21 @@ def write_pair(json_path, data, image, label, data_dir, staging, written, pixel_
             raise PipelineError(f"{json_path}: would replace {target}, whose pixels are not "
                                 "those of the image this annotation holds (imageData); move "
                                 "that file away, or set imagePath to it")
+    write_label(json_path, "json", name, label, data_dir, staging, written)
+
+
+def write_label(origin, kind, name, label, data_dir, staging, written):
+    """The label of frame `name`, drawn from file `origin` (of kind "json" or "mask"), into
+    the staging folder, after checking that data/label holds no other label of that name,
+    nor one that `written` (WrittenLabels) says it may not replace."""
     label_path = Path(data_dir) / "label" / f"{name}.png"
     clash = others_named(label_path.parent, name, label_path, LABEL_EXTS)
     if clash:
-        raise PipelineError(f"{json_path}: would write {label_path} but {clash[0]} already is "
+        raise PipelineError(f"{origin}: would write {label_path} but {clash[0]} already is "
                             f"the label of {name!r}; move one of them away")
-    written.check(json_path, label_path, label)
+    written.check(origin, label_path, label)
     write_image(staging / "label" / label_path.name, label, atomic=False)
-    written.add(staging / "label" / label_path.name, json_path)
+    written.add(staging / "label" / label_path.name, origin, kind)
 
 
 def convert(json_path, data, class_index, data_dir, line_width, point_radius, staging,
@@ -747,14 +780,64 @@ def nested_json(input_dir):
     return found
 
 
+def input_folder(path, holds):
+    """The folder path names, or one line saying why it is none."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise PipelineError(f"input folder {folder} does not exist"
+                            + (f" (it is a file; give the folder that holds the {holds})"
+                               if folder.exists() else unexpanded_pattern(folder)))
+    return folder
+
+
+def note_orphaned(written, folder, kind, data_dir):
+    orphaned = written.orphaned(folder, kind)
+    if orphaned:
+        files = "JSON files" if kind == "json" else "masks"
+        print(f"note: labels drawn by this script from {files} since removed from "
+              f"{folder} stay in {data_dir / 'label'}, and gen_img_aug.py trains on their "
+              f"frames ({count_of(len(orphaned), 'label')}: {some_names(orphaned)}); to leave a "
+              f"frame out, delete its label and its image in {data_dir / 'src'}")
+
+
+def convert_instance_masks(folder, class_name, data_dir, replace, add_unknown):
+    """labelme_to_label.py --instances: each mask in folder as the class-index label of its
+    frame in data_dir/src, staged, so one bad mask leaves data/ as it was."""
+    label_dir = data_dir / "label"
+    if label_dir.is_dir() and folder.resolve() == label_dir.resolve():
+        raise PipelineError(f"--instances {folder} is the label folder, where the labels are "
+                            "written over the masks: move the masks to a folder of their own "
+                            f"(such as {data_dir / 'instances'}) and give that")
+    matched = masks_of_frames(folder, data_dir / "src")
+    classes, index, added = instance_class(data_dir, class_name, add_unknown)
+    written = WrittenLabels(data_dir, replace, classes)
+    counts, objects = np.zeros(IGNORE_LABEL + 1, np.int64), 0
+    with staged_output(data_dir, merge=True) as staging:
+        (staging / "label").mkdir()
+        for frame, (source, mask_path) in tqdm(matched.items(), desc="labels", unit="mask",
+                                               disable=None):
+            label, count = class_label(mask_path, source, index)
+            write_label(mask_path, "mask", frame, label, data_dir, staging, written)
+            counts += np.bincount(label.ravel(), minlength=IGNORE_LABEL + 1)
+            objects += count
+        written.save(staging)
+        if added:
+            (staging / "classes.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
+    if added:
+        print(f"added class {classes[index]!r} to {data_dir / 'classes.txt'}")
+    print(f"{count_of(objects, 'object')} of class {classes[index]!r}; "
+          + summary(counts, classes, len(matched), label_dir))
+    note_orphaned(written, folder, "mask", data_dir)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    input_dir = Path(args.input)
-    if not input_dir.is_dir():
-        raise PipelineError(f"input folder {input_dir} does not exist"
-                            + (" (it is a file; give the folder that holds the .json files)"
-                               if input_dir.exists() else unexpanded_pattern(input_dir)))
     data_dir = refuse_file(args.data_dir, "--data-dir")
+    if args.instances is not None:
+        convert_instance_masks(input_folder(args.instances, "masks"), args.instance_class,
+                               data_dir, args.replace_labels, args.add_unknown_classes)
+        return
+    input_dir = input_folder(args.input or DEFAULT_INPUT, ".json files")
     try:
         json_paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".json"
                             and not p.name.startswith(".") and p.is_file())
@@ -807,12 +890,7 @@ def main(argv=None):
     if added:
         print(f"added {len(added)} class(es) to {data_dir / 'classes.txt'}: {', '.join(added)}")
     print(summary(counts, classes, len(annotations), data_dir / "label"))
-    orphaned = written.orphaned(input_dir)
-    if orphaned:
-        print(f"note: labels drawn by this script from JSON files since removed from "
-              f"{input_dir} stay in {data_dir / 'label'}, and gen_img_aug.py trains on their "
-              f"frames ({count_of(len(orphaned), 'label')}: {some_names(orphaned)}); to leave a "
-              f"frame out, delete its label and its image in {data_dir / 'src'}")
+    note_orphaned(written, input_dir, "json", data_dir)
 
 
 if __name__ == "__main__":

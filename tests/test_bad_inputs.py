@@ -1376,7 +1376,8 @@ def test_labels_without_an_object_class_are_refused(value, shown, tmp_path, caps
     data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)},
                      {"a.png": label, "b.png": label}, classes=["background", "cell"])
     err = refused_before_the_work_folder_changes(tmp_path, capsys, data)
-    refusal_line(2, err, data / "label", shown, "255 marks pixels to ignore", "0 and 1")
+    refusal_line(2, err, data / "label", shown, "255 marks pixels to ignore", "0 and 1",
+                 "labelme_to_label.py --instances")
 
 
 def labels_beside(other):

@@ -1,0 +1,142 @@
+"""labelme_to_label.py --instances: instance masks (objects numbered one by one) as labels."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+import labelme_to_label as l2l
+from cli import PipelineError
+from image_io import check_label_values, read_label
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_data(root, count=2, shape=(60, 80), objects=5, classes=("background", "cell")):
+    """<root>/data with images in src/, classes.txt, and <root>/masks: uint16 instance masks
+    of `objects` discs numbered from 1 (two of them touching)."""
+    data, masks = root / "data", root / "masks"
+    (data / "src").mkdir(parents=True)
+    masks.mkdir()
+    (data / "classes.txt").write_text("\n".join(classes) + "\n")
+    for i in range(count):
+        cv2.imwrite(str(data / "src" / f"f{i}.png"), np.full(shape, 40 + i, np.uint8))
+        mask = np.zeros(shape, np.uint16)
+        for k in range(objects):
+            cv2.circle(mask, (8 + 9 * k, 20 + 5 * (k % 2)), 5, 300 + k, -1)
+        cv2.imwrite(str(masks / f"f{i}.png"), mask)
+    return data, masks
+
+
+def convert(data, masks, *extra):
+    l2l.main(["--instances", str(masks), "--data-dir", str(data), *extra])
+
+
+def test_every_object_becomes_the_one_object_class(tmp_path, capsys):
+    data, masks = make_data(tmp_path)
+    convert(data, masks)
+    mask = cv2.imread(str(masks / "f0.png"), cv2.IMREAD_UNCHANGED)
+    label = read_label(data / "label" / "f0.png")
+    assert label.dtype == np.uint8 and set(np.unique(label)) == {0, 1}
+    assert np.array_equal(label == 1, mask > 0)
+    assert "10 objects of class 'cell'" in capsys.readouterr().out
+    record = json.loads((data / "labelme_to_label.json").read_text())
+    assert record["f0.png"]["classes"] == ["background", "cell"]
+
+
+def test_cellpose_names_and_tiff_masks_find_their_images(tmp_path):
+    data, masks = make_data(tmp_path)
+    (masks / "f0.png").rename(masks / "f0_masks.png")
+    mask = cv2.imread(str(masks / "f1.png"), cv2.IMREAD_UNCHANGED).astype(np.uint32) + 70000
+    mask[mask == 70000] = 0
+    (masks / "f1.png").unlink()
+    tifffile.imwrite(masks / "f1_cp_masks.tif", mask)
+    convert(data, masks)
+    assert sorted(p.name for p in (data / "label").iterdir()) == ["f0.png", "f1.png"]
+    assert np.array_equal(read_label(data / "label" / "f1.png") == 1, mask > 0)
+
+
+def test_named_class_among_several(tmp_path):
+    data, masks = make_data(tmp_path, classes=("background", "bead", "cell"))
+    with pytest.raises(PipelineError, match="2 object classes .*--instance-class"):
+        convert(data, masks)
+    convert(data, masks, "--instance-class", "cell")
+    assert set(np.unique(read_label(data / "label" / "f0.png"))) == {0, 2}
+
+
+def test_a_new_class_only_with_add_unknown_classes(tmp_path):
+    data, masks = make_data(tmp_path)
+    with pytest.raises(PipelineError, match="'nucleus' is not in"):
+        convert(data, masks, "--instance-class", "nucleus")
+    assert not (data / "label").exists()
+    convert(data, masks, "--instance-class", "nucleus", "--add-unknown-classes")
+    assert (data / "classes.txt").read_text().split() == ["background", "cell", "nucleus"]
+    assert set(np.unique(read_label(data / "label" / "f0.png"))) == {0, 2}
+
+
+def test_a_mask_of_no_image_or_of_another_size_leaves_data_as_it_was(tmp_path):
+    data, masks = make_data(tmp_path)
+    cv2.imwrite(str(masks / "stray.png"), np.zeros((60, 80), np.uint8))
+    with pytest.raises(PipelineError, match="belong to no image .*stray.png"):
+        convert(data, masks)
+    (masks / "stray.png").unlink()
+    cv2.imwrite(str(masks / "f1.png"), np.zeros((61, 80), np.uint16))
+    with pytest.raises(PipelineError, match="is 80x61 but its image"):
+        convert(data, masks)
+    assert not (data / "label").exists() and not (data / "labelme_to_label.json").exists()
+
+
+def test_masks_in_the_label_folder_itself_are_refused(tmp_path):
+    data, masks = make_data(tmp_path)
+    masks.rename(data / "label")
+    with pytest.raises(PipelineError, match="is the label folder"):
+        convert(data, data / "label", "--replace-labels")
+    assert cv2.imread(str(data / "label" / "f0.png"), cv2.IMREAD_UNCHANGED).max() == 304
+
+
+def test_a_rerun_replaces_its_own_labels_but_not_a_label_made_elsewhere(tmp_path):
+    data, masks = make_data(tmp_path)
+    convert(data, masks)
+    cv2.imwrite(str(masks / "f0.png"), np.zeros((60, 80), np.uint16))
+    convert(data, masks)
+    assert read_label(data / "label" / "f0.png").max() == 0
+    cv2.imwrite(str(data / "label" / "f1.png"), np.ones((60, 80), np.uint8))
+    with pytest.raises(PipelineError, match="did not write"):
+        convert(data, masks)
+
+
+def test_options_of_labelme_files_are_refused_with_instances(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "labelme_to_label.py"), "--instances",
+                           str(tmp_path), "--line-width", "3"], capture_output=True, text=True)
+    assert done.returncode == 2 and "leave out --line-width" in done.stderr
+    done = subprocess.run([sys.executable, str(ROOT / "labelme_to_label.py"),
+                           "--instance-class", "cell"], capture_output=True, text=True)
+    assert done.returncode == 2 and "give --instances too" in done.stderr
+
+
+def test_an_instance_mask_read_as_a_label_says_how_to_convert_it(tmp_path):
+    _, masks = make_data(tmp_path)
+    with pytest.raises(PipelineError,
+                       match="outside 0..255 .*instance mask.*5 numbers.*--instances"):
+        read_label(masks / "f0.png")
+    small = np.zeros((10, 10), np.uint8)
+    small[2, 2:7] = [1, 2, 3, 4, 5]
+    with pytest.raises(PipelineError, match="lists only 2 classes.*instance mask"):
+        check_label_values(small, 2, "x.png", "classes.txt")
+    small[2, 4:7] = 1       # one class beyond: a class missing from the list, no hint
+    with pytest.raises(PipelineError) as err:
+        check_label_values(small, 2, "x.png", "classes.txt")
+    assert "instance" not in str(err.value)
+
+
+def test_binary_masks_of_0_and_255_become_labels_of_0_and_1(tmp_path):
+    data, masks = make_data(tmp_path, count=1)
+    mask = np.zeros((60, 80), np.uint8)
+    mask[10:30, 20:50] = 255
+    cv2.imwrite(str(masks / "f0.png"), mask)
+    convert(data, masks)
+    assert np.array_equal(read_label(data / "label" / "f0.png"), (mask > 0).astype(np.uint8))
