@@ -1,6 +1,8 @@
 """Connected objects of a mask too large for memory: found band by band, merged where they
-cross a band edge, measured as if the mask had been whole."""
+cross a band edge, measured as if the mask had been whole; and outline_length, the perimeter
+estimate of both this and get_contour's whole-mask path."""
 from dataclasses import dataclass
+import math
 
 import cv2
 import numpy as np
@@ -29,15 +31,45 @@ class Measure:
         self.seed = min(self.seed, other.seed)
 
 
+# Vossepoel & Smeulders' corner-count estimator (1982) of the length of the line a chain of
+# 8-connected steps digitises: per even (axis) step, per odd (diagonal) step, per corner (a
+# step unlike the one before). Fitted to lines of every direction, it errs by 2 % at most (on
+# lines along the grid); plain 1 and sqrt(2) per step read a circle 5 % long.
+EVEN_STEP, ODD_STEP, CORNER = 0.980, 1.406, -0.091
+# The chain runs through the boundary pixels' centres, which lie inside the pixels' outline,
+# on average by half a pixel along the grid axis nearest its normal: 0.5 max(|cos a|, |sin a|)
+# for a normal at angle a. That is the support function of a diamond of half-diagonal 0.5, so
+# the outline is longer by the diamond's perimeter, 2 sqrt(2) (Steiner's formula).
+CENTRES_TO_OUTLINE = 2 * math.sqrt(2)
+
+
+def outline_length(contour):
+    """Estimated length of the outline of the pixels a closed cv2.findContours chain
+    (CHAIN_APPROX_NONE) goes round: unbiased for digitised discs from a radius of about 5
+    (2 pi r), 2 % short along straight edges on the grid; 0 for a lone pixel, whose chain has
+    no steps. Integer counts, so the chain from any start point gives the same float."""
+    points = contour.reshape(-1, 2)
+    if len(points) < 2:
+        return 0.0
+    steps = np.diff(points, axis=0, append=points[:1])      # the last one closes the chain
+    odd = int(np.count_nonzero(steps[:, 0] * steps[:, 1]))
+    codes = 3 * steps[:, 0] + steps[:, 1]                    # one number per direction
+    # The first step follows the last; slices, not np.roll, which takes twice the time (a
+    # slide has hundreds of thousands of objects).
+    corners = int(np.count_nonzero(codes[1:] != codes[:-1])) + int(codes[0] != codes[-1])
+    return (EVEN_STEP * (len(steps) - odd) + ODD_STEP * odd + CORNER * corners
+            + CENTRES_TO_OUTLINE)
+
+
 def outer_perimeters(binary, labels, count):
-    """Length of the outer outline of each component 1..count-1 (cv2.arcLength through the
-    boundary pixels' centres, as get_contour measures a whole mask)."""
+    """outline_length of the outer outline of each component 1..count-1, as get_contour
+    measures a whole mask."""
     perimeters = np.zeros(count)
     contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     for contour, (_, _, _, parent) in zip(contours, hierarchy[0] if contours else ()):
         if parent < 0:
             x, y = contour[0, 0]
-            perimeters[labels[y, x]] = cv2.arcLength(contour, closed=True)
+            perimeters[labels[y, x]] = outline_length(contour)
     return perimeters
 
 

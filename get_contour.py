@@ -21,9 +21,13 @@ are found where predict_lovasz_loss.py read them.
 
 Objects are the 8-connected components of each non-background class. objects.csv: image,
 class, object_id (per image and class, from 1, in raster order of first pixels), area_px
-(pixel count), equivalent_diameter_px (of the disc of that area), perimeter_px (length of
-the outer outline through the boundary pixels' centres), circularity (4 pi area /
-perimeter^2, 1 for a disc; unreliable below a few tens of pixels, empty for one pixel),
+(pixel count), equivalent_diameter_px (of the disc of that area), perimeter_px (estimated
+length of the outer outline of the object's pixels: Vossepoel & Smeulders' corner-count
+weights on the chain through the boundary pixels' centres, plus the half pixel from there
+to the outline, band_objects.outline_length; 2 pi r for a digitised disc, 2 % short along
+edges on the pixel grid; 0 for one pixel), circularity (4 pi area / perimeter^2: 1 for a
+disc, pi/4 for a square; capped at 1, which tiny objects' estimates can pass; unreliable
+below a few tens of pixels, empty for one pixel),
 centroid_x, centroid_y, bbox_x, bbox_y, bbox_w, bbox_h (pixels, origin top-left). The area,
 diameter and perimeter are also given in micrometres (area_um2, equivalent_diameter_um,
 perimeter_um) with --pixel-size, or, by default, for each image whose TIFF records its pixel
@@ -50,7 +54,7 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
                       check_label_size, find_frame_label, list_images, parse_intensity,
                       pixel_sizes_um, read_image, read_label, square_side, to_color_mode,
                       write_image)
-from band_objects import objects_of_class
+from band_objects import objects_of_class, outline_length
 from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, contour_file, file_digests,
                      output_lock, prob_file, same_or_inside, staged_output, write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
@@ -205,7 +209,7 @@ def find_objects(mask, num_classes, min_area=0):
         outlines[c] = [contour for i in kept for contour in by_component[i]["all"]]
         for object_id, i in enumerate(kept, start=1):
             x, y, w, h, area = (int(v) for v in stats[i])
-            perimeter = cv2.arcLength(by_component[i]["outer"], closed=True)
+            perimeter = outline_length(by_component[i]["outer"])
             rows.append(object_row(c, object_id, area, perimeter, *centroids[i], x, y, w, h))
     return rows, outlines
 
@@ -234,8 +238,10 @@ def object_row(class_index, object_id, area, perimeter, centroid_x, centroid_y, 
             "equivalent_diameter_px": math.sqrt(4 * area / math.pi),
             "perimeter_px": perimeter,
             # None, an empty cell: a one-pixel object's outline has no length ("nan" in a
-            # spreadsheet is text)
-            "circularity": 4 * math.pi * area / perimeter ** 2 if perimeter > 0 else None,
+            # spreadsheet is text). Capped at the disc's 1, which no shape exceeds: the
+            # perimeter of a few pixels (a 2x2 block) is estimated short enough to pass it.
+            "circularity": (min(1.0, 4 * math.pi * area / perimeter ** 2) if perimeter > 0
+                            else None),
             "centroid_x": float(centroid_x), "centroid_y": float(centroid_y),
             "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h}
 
