@@ -218,13 +218,25 @@ class StackPlane:
         return f"{self.path} (plane {self.index})"
 
 
+# A Micro-Manager MMStack file is read as neither an MMStack (tifffile reads the index maps of
+# every <prefix>_MMStack*.tif beside it, joining the files of an acquisition into each) nor an
+# ImageJ hyperstack (its ImageJ header counts the planes of the whole acquisition).
+MMSTACK_AS_PAGES = {"is_mmstack": False, "is_imagej": False}
+
+
 def open_tiff(path):
     """A TIFF's own planes. A file of a multi-file OME-TIFF (as Bio-Formats writes them)
     lists the planes of its companions too, which tifffile would read from them, zeroing those
-    whose file is not beside it: each file then held the whole set, read once per file."""
+    whose file is not beside it: each file then held the whole set, read once per file. The
+    files of a Micro-Manager MMStack set (<name>_MMStack_Pos0.ome.tif, then _Pos0_1.ome.tif
+    ...), which tifffile joins by name, each give their own pages so too (MMSTACK_AS_PAGES)."""
     import tifffile
     try:
-        return tifffile.TiffFile(path, _multifile=False)     # as tifffile's --nomultifile
+        tif = tifffile.TiffFile(path, _multifile=False)     # as tifffile's --nomultifile
+        if tif.is_mmstack:
+            tif.close()
+            tif = tifffile.TiffFile(path, _multifile=False, **MMSTACK_AS_PAGES)
+        return tif
     except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError) as err:
         raise PipelineError(f"cannot read TIFF {path}: {err}") from None
 

@@ -1,7 +1,9 @@
 """Microscope TIFF through tifffile: pixel types, stacks as frames, colour layouts, pixel sizes,
 and a stack carried from prediction to the object table in micrometres."""
 import csv
+import itertools
 import json
+import struct
 from types import SimpleNamespace
 
 import cv2
@@ -491,6 +493,104 @@ def test_a_file_of_a_multi_file_ome_tiff_of_two_positions_is_refused(tmp_path):
     with pytest.raises(PipelineError, match="a.ome.tif holds 2 images of 50x40 pixels"):
         list_images(tmp_path)
     assert np.array_equal(read_raw_image(list_images(tmp_path / "b.ome.tif")["b"]), ramp() + 2)
+
+
+def mm_image(plane, start, end, t, notes):
+    """An image of a Micro-Manager MMStack file at byte `start`: its header of 13 tags (and
+    the descriptions `notes`, (offset, text), in the first image's), its pixels right after it,
+    as tifffile finds the images of a set's other files, its resolutions and metadata."""
+    height, width = plane.shape
+    count = 13 + len(notes)
+    pixels = start + 2 + 12 * count + 4
+    after = pixels + plane.nbytes
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 16), (259, 3, 1, 1),
+               (262, 3, 1, 1), *((270, 2, len(text), at) for at, text in notes),
+               (273, 4, 1, pixels), (277, 3, 1, 1), (278, 3, 1, height),
+               (279, 4, 1, plane.nbytes), (282, 5, 1, after), (283, 5, 1, after + 8),
+               (296, 3, 1, 3), (51123, 2, 16, after + 16)]
+    return b"".join([struct.pack("<H", count), *(struct.pack("<HHII", *e) for e in entries),
+                     struct.pack("<I", end), plane.astype("<u2").tobytes(),
+                     struct.pack("<4I", 65000, 1, 65000, 1),
+                     f'{{"Frame": {t:4d}}}'.encode().ljust(16, b"\0")])
+
+
+def mmstack_file(path, planes, first_t, summary, descriptions):
+    """One file of a Micro-Manager MMStack set as its MultipageTiffWriter lays it out: a header
+    naming where the acquisition's summary and the file's index map (each image's time point
+    and offset) lie, its images (mm_image), the first carrying `descriptions` (the set's
+    OME-XML, an ImageJ header of all its planes), then display settings and comments."""
+    u32 = lambda *values: struct.pack(f"<{len(values)}I", *values)     # noqa: E731
+    summary, empty = json.dumps(summary).encode(), b"{}"
+    notes = [text.encode() + b"\0" for text in descriptions]
+    starts = [40 + len(summary) + 8 + 20 * len(planes)]
+    for k, plane in enumerate(planes):
+        tags = 13 + (0 if k else len(notes))
+        starts.append(starts[-1] + 2 + 12 * tags + 4 + plane.nbytes + 32)
+    at = list(itertools.accumulate(map(len, notes), initial=starts.pop()))
+    display, comments = at[-1], at[-1] + 8 + len(empty)
+    header = u32(starts[0], 54773648, 40 + len(summary), 483765892, display, 99384722, comments,
+                 2355492, len(summary))
+    index_map = u32(3453623, len(planes),
+                    *(n for k, s in enumerate(starts) for n in (0, 0, first_t + k, 0, s)))
+    images = [mm_image(plane, start, end, first_t + k, list(zip(at, notes)) if k == 0 else [])
+              for k, (plane, start, end) in enumerate(zip(planes, starts, [*starts[1:], 0]))]
+    path.write_bytes(b"".join([b"II*\0", header, summary, index_map, *images, *notes,
+                               u32(347834724, len(empty)), empty, u32(84720485, len(empty)),
+                               empty]))
+
+
+def mmstack_set(folder, planes, split):
+    """A time-lapse of one position saved by Micro-Manager as files of `split` planes each
+    (cells_MMStack_Pos0.ome.tif, cells_MMStack_Pos0_1.ome.tif ...), each carrying the OME-XML
+    of them all (naming each plane's file) and an ImageJ header of all the planes."""
+    names = [f"cells_MMStack_Pos0{f'_{k}' if k else ''}.ome.tif"
+             for k in range(-(-len(planes) // split))]
+    uuid = "urn:uuid:00000000-0000-0000-0000-00000000000{}".format
+    tiff_data = "".join(f'<TiffData FirstT="{t}" IFD="{t % split}" PlaneCount="1"><UUID '
+                        f'FileName="{names[t // split]}">{uuid(t // split)}</UUID></TiffData>'
+                        for t in range(len(planes)))
+    height, width = planes[0].shape
+    xml = ('<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
+           f'<Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint16" SizeX="{width}" '
+           f'SizeY="{height}" SizeC="1" SizeZ="1" SizeT="{len(planes)}" PhysicalSizeX="0.65" '
+           f'PhysicalSizeY="0.65"><Channel/>{tiff_data}</Pixels></Image></OME>')
+    imagej = f"ImageJ=1.53t\nimages={len(planes)}\nframes={len(planes)}\nhyperstack=true\n"
+    summary = {"MicroManagerVersion": "2.0.1", "Prefix": "cells", "Frames": len(planes),
+               "Slices": 1, "Channels": 1, "Positions": 1}
+    for k, name in enumerate(names):
+        mmstack_file(folder / name, planes[k * split:(k + 1) * split], k * split, summary,
+                     (xml, imagej))
+    return names
+
+
+def test_a_file_of_a_micro_manager_mmstack_set_gives_its_own_planes(tmp_path, caplog):
+    """tifffile joins the files of a set by name: each gave the planes of them all (zeros for
+    a file not beside it, with a warning), and its ImageJ header counts them all too."""
+    planes = stack(3)
+    first, second = mmstack_set(tmp_path, planes, split=2)
+    frames = list_images(tmp_path / first)
+    assert list(frames) == ["cells_MMStack_Pos0_p0", "cells_MMStack_Pos0_p1"]
+    for frame, plane in zip(frames.values(), planes):
+        assert np.array_equal(read_raw_image(frame), plane)
+        with open_tiff_rows(frame) as rows:     # the whole-slide reader too
+            assert np.array_equal(rows.rows(0, 40), plane)
+    assert list(list_images(tmp_path / second)) == ["cells_MMStack_Pos0_1"]
+    assert pixel_size_um(tmp_path / first) == pytest.approx(0.65)     # its OME-XML still read
+    (tmp_path / first).unlink()
+    assert np.array_equal(read_raw_image(tmp_path / second), planes[2])
+    assert not [r for r in caplog.records if r.name == "tifffile"]
+
+
+def test_a_folder_of_a_whole_mmstack_set_gives_each_plane_once(tmp_path):
+    planes = stack(5)
+    mmstack_set(tmp_path, planes, split=2)
+    frames = list_images(tmp_path)
+    held = {"cells_MMStack_Pos0_p0": 0, "cells_MMStack_Pos0_p1": 1,
+            "cells_MMStack_Pos0_1_p0": 2, "cells_MMStack_Pos0_1_p1": 3, "cells_MMStack_Pos0_2": 4}
+    assert sorted(frames) == sorted(held)
+    for name, k in held.items():
+        assert np.array_equal(read_raw_image(frames[name]), planes[k]), name
+
 
 def test_pixel_size_from_ome_and_imagej_metadata(tmp_path, capsys):
     img = ramp()
