@@ -55,6 +55,7 @@ from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
                       pixel_sizes_um, read_image, read_label, square_side, to_color_mode,
                       write_image)
 from band_objects import objects_of_class, outline_length
+from touching import SPLIT_DEPTH, split_touching
 from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, contour_file, file_digests,
                      output_lock, prob_file, same_or_inside, staged_output, write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
@@ -98,6 +99,13 @@ def parse_args(argv=None):
     g.add_argument("--min-area", type=int, default=0, metavar="PIXELS",
                    help="drop objects smaller than this many pixels, e.g. specks of noise; "
                         "they are neither drawn nor listed (default: %(default)s, keep all)")
+    g.add_argument("--split-touching", type=positive_float, nargs="?", const=SPLIT_DEPTH,
+                   metavar="DEPTH",
+                   help="tell touching objects of a class apart: a line of background is "
+                        "carved where the object narrows between two peaks of its distance "
+                        "to the background that stand DEPTH pixels or more above the pass "
+                        f"between them (DEPTH {SPLIT_DEPTH:g} without a value; default: off, "
+                        "touching objects are one, as the mask has them)")
     g.add_argument("--stream-above", type=non_negative_float, default=STREAM_ABOVE_MP,
                    metavar="MEGAPIXELS",
                    help="TIFF masks larger than this are read a band of rows at a time; their "
@@ -185,8 +193,9 @@ def check_mask_values(mask, num_classes, path):
 
 # ---------------------------------------------------------------- objects
 
-def find_objects(mask, num_classes, min_area=0):
-    """Connected objects of every non-background class.
+def find_objects(mask, num_classes, min_area=0, split_depth=None):
+    """Connected objects of every non-background class; with split_depth, touching ones
+    told apart (touching.split_touching).
 
     Returns (rows, outlines): rows are dicts of the objects.csv columns in pixels (without
     image name), outlines maps class -> contours of the kept objects, holes included.
@@ -194,6 +203,8 @@ def find_objects(mask, num_classes, min_area=0):
     rows, outlines = [], {}
     for c in range(1, num_classes):
         binary = (mask == c).astype(np.uint8)
+        if split_depth:
+            binary = split_touching(binary, split_depth)
         count, labels, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
         # RETR_CCOMP: outer boundaries (no parent) and the boundaries of their holes.
         contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
@@ -594,6 +605,12 @@ class Outliner:
             raise PipelineError(f"mask {self.mask_path(name)} not found")
         reader = None if self.args.from_probs else open_tiff_rows(self.mask_path(name))
         if reader is not None and megapixels(reader.shape) > self.args.stream_above:
+            if self.args.split_touching:
+                reader.close()
+                raise PipelineError(f"{self.mask_path(name)} is larger than --stream-above "
+                                    f"{self.args.stream_above:g} megapixels and is read band by "
+                                    "band; --split-touching needs a mask whole: raise "
+                                    "--stream-above, or leave --split-touching out")
             with reader:
                 return self.in_bands(name, source, reader, staging, panels, write_row)
         if reader is not None:
@@ -606,7 +623,7 @@ class Outliner:
         mask = (mask_from_probs(read_prob_maps(self.pred_dir, name, classes), args.thresholds)
                 if args.from_probs else read_mask(self.mask_path(name), len(classes)))
         check_same_size(name, mask.shape, source, image.shape)
-        rows, outlines = find_objects(mask, len(classes), args.min_area)
+        rows, outlines = find_objects(mask, len(classes), args.min_area, args.split_touching)
         for row in rows:
             write_row(row)
         write_image(staging / contour_file(name),
@@ -742,7 +759,8 @@ def main(argv=None):
 def contour_settings(args, intensity):
     """The options that shape objects.csv and the pictures, which a shard's contours record:
     shards outlined with other options would merge into a table no single run writes."""
-    return {"min_area": args.min_area, "pixel_size_um": args.pixel_size,
+    return {"min_area": args.min_area, "split_touching": args.split_touching,
+            "pixel_size_um": args.pixel_size,
             "from_probs": args.from_probs,
             "thresholds": args.thresholds if args.from_probs else None,
             "intensity": intensity, "stream_above_mp": args.stream_above}

@@ -410,6 +410,7 @@ def contour_shards(pred, *options):
 @pytest.mark.parametrize("options, differs", [
     ((["--min-area", "10"], []), "min_area"),
     ((["--pixel-size", "0.5"], []), "pixel_size_um"),
+    ((["--split-touching"], []), "split_touching"),
 ])
 def test_contours_of_shards_outlined_otherwise_are_not_merged(pred, options, differs):
     """A table with specks dropped, or micrometres given, in one shard only is no table a
@@ -544,3 +545,67 @@ def test_the_object_table_is_utf8_in_a_locale_that_is_not(pred):
     with open(pred / "contours" / "objects.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert sum(r["class"] == "Zelle \u03b2" for r in rows) == 2 * len(SQUARES)
+
+
+# ---------------------------------------------------------------- touching objects
+
+def touching_mask():
+    """Two touching discs, a long thin ellipse whose ridge is uneven, a disc at the frame's
+    edge and a disc narrower than the split depth's peaks (class 2, cells)."""
+    mask = np.zeros((200, 300), np.uint8)
+    cv2.circle(mask, (60, 100), 30, 2, -1)
+    cv2.circle(mask, (110, 100), 30, 2, -1)
+    cv2.ellipse(mask, (220, 60), (60, 12), 30, 0, 360, 2, -1)
+    cv2.circle(mask, (0, 190), 20, 2, -1)
+    cv2.circle(mask, (220, 160), 2, 2, -1)
+    return mask
+
+
+def test_touching_discs_are_split_and_other_shapes_left_whole():
+    mask = touching_mask()
+    whole, _ = G.find_objects(mask, 3)
+    split, outlines = G.find_objects(mask, 3, split_depth=G.SPLIT_DEPTH)
+    assert len(whole) == 4 and len(split) == 5 and len(outlines[2]) == 5
+    pair = sorted((r for r in split if 25 <= r["centroid_x"] <= 145 and r["area_px"] > 2000),
+                  key=lambda r: r["centroid_x"])
+    assert len(pair) == 2 and abs(pair[0]["area_px"] - pair[1]["area_px"]) <= 2
+    assert 58 <= pair[0]["centroid_x"] <= 62 and 108 <= pair[1]["centroid_x"] <= 112
+    # Only the line between the two is carved: one pixel wide, as long as their contact.
+    carved = sum(r["area_px"] for r in whole) - sum(r["area_px"] for r in split)
+    contact = 2 * math.sqrt(30 ** 2 - 25 ** 2)
+    assert contact - 2 <= carved <= 1.5 * contact
+    others = lambda rows: sorted((r["area_px"], r["bbox_x"], r["bbox_y"]) for r in rows  # noqa
+                                 if not 25 <= r["centroid_x"] <= 145 or r["centroid_y"] > 150)
+    assert others(split) == others(whole)
+
+
+@pytest.mark.parametrize("degrees", range(0, 180, 15))
+def test_the_split_line_keeps_the_halves_apart_under_8_connectivity(degrees):
+    """A line at an angle is a staircase: halves that touch across one of its corners would
+    be one 8-connected object again."""
+    mask = np.zeros((200, 200), np.uint8)
+    turn = math.radians(degrees)
+    cv2.circle(mask, (100, 100), 30, 1, -1)
+    cv2.circle(mask, (round(100 + 50 * math.cos(turn)), round(100 + 50 * math.sin(turn))), 30,
+               1, -1)
+    rows, _ = G.find_objects(mask, 2, split_depth=G.SPLIT_DEPTH)
+    assert len(rows) == 2
+
+
+def test_split_touching_through_the_command_line(pred):
+    for name in ("one", "two"):
+        cv2.imwrite(str(pred / "predict" / f"{name}.png"), touching_mask())
+    assert len(run(pred)) == 8
+    assert len(run(pred, "--split-touching")) == 10
+
+
+def test_split_touching_refuses_a_mask_read_band_by_band(pred):
+    import tifffile
+    for stem in ("one", "two"):
+        (pred / "predict" / f"{stem}.png").unlink()
+        tifffile.imwrite(pred / "predict" / f"{stem}.tif", touching_mask(), tile=(32, 32))
+    info = json.loads((pred / "predict" / "predict.json").read_text())
+    (pred / "predict" / "predict.json").write_text(json.dumps({**info, "mask_format": "tif"}))
+    with pytest.raises(PipelineError, match="--split-touching needs a mask whole"):
+        run(pred, "--split-touching", "--stream-above", "0.01")
+    assert not (pred / "contours").exists()
