@@ -62,13 +62,14 @@ from shards import copy_shard_files, merge_object_tables, open_shards, run_setti
 from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
                  read_classes, read_json, refuse_options_beside_merge, run_cli,
                  unexpanded_pattern, WORK_DIR)
-from figures import class_colour, colorize, save_figure, pyplot
+from figures import LegendText, class_colour, colorize, save_figure, pyplot
 from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
                          megapixels, open_tiff_rows, plane_shape)
 
 ORIGINAL_THRESHOLDS = (69, 80)   # beads, cells, on 0..127 maps
 PROB_SCALE = 127
 MARKER = "objects.csv"
+LEGEND_TEXT_HEIGHT = 0.8     # of a legend line's height: a class name's letters
 SHARD_RECORD = "shard.json"    # beside objects.csv of a prediction shard's contours
 PANEL_SIDE = 1024              # longest side of the views in a whole slide's panel
 
@@ -372,10 +373,10 @@ def with_legend(canvas, classes):
     scale = max(0.5, width / 1280)
     thickness = max(1, round(scale * 2))
     line_h = int(round(28 * scale))
+    text = LegendText(classes[1:], LEGEND_TEXT_HEIGHT * line_h)
     items, x, y = [], 8, 0
     for c, cls in enumerate(classes[1:], start=1):
-        (text_w, _), _ = cv2.getTextSize(cls, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        item_w = int(30 * scale) + text_w + int(20 * scale)
+        item_w = int(30 * scale) + text.width(cls) + int(20 * scale)
         if x + item_w > width and x > 8:
             x, y = 8, y + line_h
         items.append((c, cls, x, y))
@@ -385,8 +386,7 @@ def with_legend(canvas, classes):
         colour = class_colour(c)
         mid = y + line_h // 2
         cv2.line(strip, (x, mid), (x + int(22 * scale), mid), colour, thickness + 1)
-        cv2.putText(strip, cls, (x + int(30 * scale), mid + int(7 * scale)),
-                    cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+        text.draw(strip, cls, x + int(30 * scale), mid, colour)
     return np.vstack([canvas, strip])
 
 

@@ -609,3 +609,20 @@ def test_split_touching_refuses_a_mask_read_band_by_band(pred):
     with pytest.raises(PipelineError, match="--split-touching needs a mask whole"):
         run(pred, "--split-touching", "--stream-above", "0.01")
     assert not (pred / "contours").exists()
+
+
+def test_legends_draw_class_names_beyond_ascii():
+    """OpenCV's fonts draw every character past ASCII as '?': 'αβγ' looked like '???'."""
+    def legend(name):
+        return G.with_legend(np.zeros((20, 640, 3), np.uint8), ["background", name])[20:]
+    assert not np.array_equal(legend("αβγ"), legend("???"))
+    assert not np.array_equal(legend("α-Zelle"), legend("?-Zelle"))
+
+
+def test_a_name_no_font_here_can_draw_is_noted_once(monkeypatch, capsys):
+    import figures
+    monkeypatch.setattr(figures, "font_for", lambda texts: None)
+    for _ in range(2):
+        G.with_legend(np.zeros((20, 640, 3), np.uint8), ["background", "ε-cell"])
+    out = capsys.readouterr().out
+    assert out.count("no font on this machine has every character of ε-cell") == 1
