@@ -140,8 +140,9 @@ def labelled_images(data_dir, classes, intensity):
     (readable, same size, classes within classes.txt and, for a label labelme_to_label.py drew,
     at the indices it drew them; drawn on the image as shown where an EXIF tag turns it);
     also each label's values, each image's edge sums, for the images that have any, the
-    objects labelled by a bare outline (label_outlines.bare_outlines), the groups of frames
-    of the same pixels, and each frame's digest with its label's (image_io.pixel_digest)."""
+    objects labelled by a bare outline (label_outlines.bare_outlines), the digest of each
+    frame's image alone (image_io.pixel_digest; blank frames, which may well repeat, left
+    out) and each frame's digest with its label's."""
     images = list_images(Path(data_dir) / "src")
     note_hidden_images(Path(data_dir) / "src")
     if not images:
@@ -151,7 +152,7 @@ def labelled_images(data_dir, classes, intensity):
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}")
     table, values, edges, outlines, flattened, wide, renamed = {}, {}, {}, {}, {}, 0, set()
-    stored, twins, digests = [], {}, {}
+    stored, pictures, digests = [], {}, {}
     classes_path, drawn = Path(data_dir) / "classes.txt", read_record(data_dir)
     for name, img_path in images.items():
         lbl_path = find_label(Path(data_dir) / "label", name)
@@ -159,7 +160,7 @@ def labelled_images(data_dir, classes, intensity):
         img = to_uint8(raw, intensity, f"image {img_path}")
         wide += raw.dtype != np.uint8
         if raw.min() != raw.max():      # blank frames may well repeat
-            twins.setdefault(pixel_digest(raw), []).append(name)
+            pictures[name] = pixel_digest(raw)
         if flattened_by_fixed_range(raw, intensity):
             flattened[frame_file(img_path)] = (raw.min(), raw.max())
         check_label_size(lbl, lbl_path, img.shape, img_path)
@@ -185,14 +186,17 @@ def labelled_images(data_dir, classes, intensity):
               f"train it as {now!r}, the name {classes_path} now gives it (renamed?); if "
               f"{before!r} is another class, rerun labelme_to_label.py")
     check_flattened(flattened, wide, intensity)
-    twins = [names for names in twins.values() if len(names) > 1]
-    return table, values, edges, outlines, twins, digests
+    return table, values, edges, outlines, pictures, digests
 
 
-def check_twin_frames(twins, test, table):
-    """Frames of the same pixels (a copy, or a link to the other) on both sides of the split
-    would test the model on a frame it trained on: refused. On one side they are noted: such
-    a frame weighs twice in the patches."""
+def check_twin_frames(pictures, test, table):
+    """Frames of the same pixels (pictures: their image digests; a copy, or a link to the
+    other) on both sides of the split would test the model on a frame it trained on: refused.
+    On one side they are noted: such a frame weighs twice in the patches."""
+    groups = {}
+    for name, digest in pictures.items():
+        groups.setdefault(digest, []).append(name)
+    twins = [names for names in groups.values() if len(names) > 1]
     for names in twins:
         held = [n for n in names if n in test]
         if held and len(held) < len(names):
@@ -566,11 +570,14 @@ def patch_settings(args):
 
 
 def write_split(work, train, test, how, classes, label_values, intensity, stack_of,
-                orientations, relief, angle, scale, outlines, patches, digests, data_dir):
+                orientations, relief, angle, scale, outlines, patches, digests, pictures,
+                data_dir):
     """The split files, written last: their presence marks a complete run. The frames'
     digests let training tell a data folder changed since (or another one) from the one the
     patches came from, before it reads held-out frames there again, and prediction tell test
-    frames changed in the data folder since they were copied into test/."""
+    frames changed in the data folder since they were copied into test/. The training
+    frames' image digests (pictures) go on into the model folder, for prediction to know a
+    frame the model trained on by its pixels, whatever its name."""
     write_json(work / "split.json", {"method": how, "train": train, "test": test,
                                      "classes": classes, "label_values": label_values,
                                      "intensity": intensity, "stack_of": stack_of,
@@ -579,6 +586,8 @@ def write_split(work, train, test, how, classes, label_values, intensity, stack_
                                      "relief_angle": round(angle, 1), "scale": scale,
                                      "bare_outlines": outlines, "patches": patches,
                                      "frame_digests": {n: digests[n] for n in train + test},
+                                     "image_digests": {n: pictures[n] for n in train
+                                                       if n in pictures},
                                      "data_dir": str(Path(data_dir).resolve())})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
@@ -796,7 +805,7 @@ def main(argv=None):
     work = refuse_file(args.work_dir, "--work-dir")
     check_work_dir(work, args.data_dir)
     classes = read_classes(args.data_dir)
-    table, values_of, edges, outlines, twins, digests = labelled_images(
+    table, values_of, edges, outlines, pictures, digests = labelled_images(
         args.data_dir, classes, args.intensity)
     label_values = sorted({v for values in values_of.values() for v in values})
     check_object_classes(label_values, classes, args.data_dir)
@@ -811,7 +820,7 @@ def main(argv=None):
     if not train:
         raise PipelineError("no training images left after the split")
     note_unused_split_options(args)
-    check_twin_frames(twins, test, table)
+    check_twin_frames(pictures, test, table)
     check_training_classes(values_of, train, classes)
     check_test_folders(work, table)
     sizes = {n: scaled_size(table[n][2], args.scale) for n in train}
@@ -853,7 +862,7 @@ def main(argv=None):
             (work / "figures" / f"samples{suffix}").unlink(missing_ok=True)
         write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
                     orientations, relief, angle, args.scale, outlines, patch_settings(args),
-                    digests, args.data_dir)
+                    digests, pictures, args.data_dir)
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
     scale = "" if args.scale == 1 else f" from frames resampled by {args.scale:g}"

@@ -1166,8 +1166,9 @@ def _label_plane(path):
 def pixel_digest(*arrays):
     """sha256 (hex) of arrays' pixels, with their types and shapes: frames of the same pixels
     (a copy, a link) share it, and so does a frame saved again losslessly or moved elsewhere,
-    where a file's digest would differ. gen_img_aug.py records one of each training frame and
-    its label, which training checks the held-out frames it reads again against."""
+    where a file's digest would differ. gen_img_aug.py records one of each frame and its
+    label, which training checks the held-out frames it reads again against, and one of each
+    training frame's image alone, by which prediction knows a frame the model trained on."""
     digest = hashlib.sha256()
     for array in arrays:
         digest.update(f"{array.dtype} {array.shape}\0".encode())

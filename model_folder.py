@@ -66,21 +66,36 @@ def read_config(model_dir, option="--model-dir"):
     config["scale"] = check_scale(config.get("scale", 1.0), path)
     # Models trained before the faint-object filter keep every object.
     config["faint_filter"] = check_faint_filter(config.get("faint_filter"), path)
+    # Models trained before the digests were recorded know their frames by name alone.
+    config["train_image_digests"] = check_train_image_digests(
+        config.get("train_image_digests"), path)
     return config
 
 
 def check_file_names(weights_files, hashes, where):
     """weights_files names the best (and swa) model file, sha256 maps file names to digests:
     both objects of strings, as training writes them."""
-    def strings(value):
-        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
-                                               for k, v in value.items())
-    if not strings(weights_files) or "best" not in weights_files:
+    if not _strings(weights_files) or "best" not in weights_files:
         raise PipelineError(f"{where}: 'weights_files' must map 'best' (and 'swa') to the "
                             f"model files' names; got {weights_files!r}")
-    if not strings(hashes):
+    if not _strings(hashes):
         raise PipelineError(f"{where}: 'sha256' must map model file names to their sha256; "
                             f"got {hashes!r}")
+
+
+def check_train_image_digests(value, where):
+    """The training frames' image digests ({frame: sha256 hex}) training recorded, or None
+    where it recorded none."""
+    if value is not None and not _strings(value):
+        raise PipelineError(f"{where}: 'train_image_digests' must map frame names to their "
+                            f"images' pixel digests, or be null; got {value!r}")
+    return value
+
+
+def _strings(value):
+    """Whether value is an object of strings, as training writes its maps of names."""
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                           for k, v in value.items())
 
 
 def check_faint_filter(value, where):

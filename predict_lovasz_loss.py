@@ -98,9 +98,9 @@ import numpy as np  # noqa: E402
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       add_intensity_option, check_label_size, check_label_values,
                       describe_intensity, find_frame_label, find_label, frame_differs,
-                      list_images, note_hidden_images, parse_intensity, pixel_size_um,
-                      read_image, read_label, to_color_mode, unread_images, write_image,
-                      write_tiff)
+                      list_images, note_hidden_images, parse_intensity, pixel_digest,
+                      pixel_size_um, read_label, read_raw_image, to_color_mode, to_uint8,
+                      unread_images, write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation, moved_image_path  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  # noqa: E402
                           load_model, model_file, read_config, verify_model_file)
@@ -449,7 +449,12 @@ def make_predict_batch(net, decision):
 
 def model_image(path, color_mode, intensity=DEFAULT_INTENSITY):
     """The image in the model's colour mode, or a clear error if that is impossible."""
-    img = read_image(path, intensity)
+    return as_model_image(read_raw_image(path), path, color_mode, intensity)
+
+
+def as_model_image(raw, path, color_mode, intensity):
+    """model_image of the pixels read_raw_image read from path."""
+    img = to_uint8(raw, intensity, f"image {path}")
     check_color_mode(img.ndim, path, color_mode)
     return to_color_mode(img, color_mode)
 
@@ -459,14 +464,19 @@ def check_frames_readable(images, streamed, color_mode, intensity, label_paths=N
     """Read every frame held in memory, and its label, once before the model loads: a
     truncated file, a grey frame for a colour model, or a label of another size or of a
     class the model lacks stops the run before any frame is predicted, not after the frames
-    before it (whose work an error throws away)."""
+    before it (whose work an error throws away). Returns {frame: pixel_digest of its image}
+    of the labelled ones, the frames scored, for warn_of_training_frames without a second
+    read."""
     from tqdm import tqdm
-    label_paths = label_paths or {}
+    label_paths, pictures = label_paths or {}, {}
     for name in tqdm([n for n in images if n not in streamed], desc="reading", unit="image",
                      dynamic_ncols=True, disable=None, leave=False):
-        img = model_image(images[name], color_mode, intensity)
+        raw = read_raw_image(images[name])
+        img = as_model_image(raw, images[name], color_mode, intensity)
         if label_paths.get(name) is not None:
             frame_label(label_paths[name], img.shape[:2], images[name], classes)
+            pictures[name] = pixel_digest(raw)
+    return pictures
 
 
 def check_color_mode(ndim, path, color_mode):
@@ -594,15 +604,32 @@ def folders(args):
             Path(args.output) if args.output else work / "test" / "predict")
 
 
-def warn_of_training_frames(names, config, model_dir):
-    """Say where frames to be scored are frames the model trained on (config.json's
-    train_frames; models trained before it was recorded list none): their IoU tests
-    nothing, as after a new split of the work folder without training again."""
-    seen = sorted(set(names) & set(config.get("train_frames") or ()))
-    if seen:
-        print(f"warning: {len(seen)} of the {len(names)} frames scored are frames the model in "
-              f"{model_dir} trained on ({some_names(seen, 5)})"
-              ": their IoU is no test of it")
+def warn_of_training_frames(names, pictures, config, model_dir):
+    """Say where frames to be scored (names; pictures: check_frames_readable's digests of
+    them) are frames the model trained on: their IoU tests nothing, as after a new split of
+    the work folder without training again, or with a training frame copied into the test
+    folder under another name. See frames_trained_on for how they are told."""
+    seen = frames_trained_on(names, pictures, config)
+    if not seen:
+        return
+    shown = [name if trained == name else f"{name} = training frame {trained}"
+             for name, trained in sorted(seen.items())]
+    print(f"warning: {len(seen)} of the {len(names)} frames scored are frames the model in "
+          f"{model_dir} trained on ({some_names(shown, 5)}): their IoU is no test of it")
+
+
+def frames_trained_on(names, pictures, config):
+    """{frame scored: the training frame of its image's pixels}, by config.json's
+    train_image_digests: of the image alone, as the model saw it, whatever the frame's name
+    or label (one relabelled since is still a picture it learnt). Frames streamed band by
+    band are never read whole, so go unchecked (not in pictures), as do blank ones (which
+    may well repeat: gen_img_aug.py records no digest of them). Models trained before the
+    digests were recorded know their frames by name alone (train_frames)."""
+    trained = config["train_image_digests"]
+    if trained is None:
+        return {name: name for name in set(names) & set(config.get("train_frames") or ())}
+    frame_of = {digest: name for name, digest in trained.items()}
+    return {name: frame_of[digest] for name, digest in pictures.items() if digest in frame_of}
 
 
 def note_test_frames_changed(work, frames):
@@ -917,10 +944,11 @@ def main(argv=None):
     check_output_files(everything, classes, args, streamed)
     if label_dir:
         check_label_classes(label_dir, classes)
-        warn_of_training_frames(images, config, model_dir)
     intensity = args.intensity or config["intensity"]
-    check_frames_readable(images, streamed, config["color_mode"], intensity, label_paths,
-                          classes)
+    pictures = check_frames_readable(images, streamed, config["color_mode"], intensity,
+                                     label_paths, classes)
+    warn_of_training_frames([name for name, path in label_paths.items() if path], pictures,
+                            config, model_dir)
     precision = use_precision(args.precision)
     paths, predict_batch, tile, prepare = open_model(model_dir, config, args.weights, precision,
                                                      verify=not args.no_verify)

@@ -15,7 +15,8 @@ Writes  <model-dir>/ (default <work-dir>/weights/), a self-describing model fold
                                        the curves also in <work-dir>/figures/
           split.json                   which patches trained and which validated, the
                                        validation frames and the training patches' frames
-                                       (config.json: val_frames, train_frames)
+                                       with their images' pixel digests (config.json:
+                                       val_frames, train_frames, train_image_digests)
           backup/                      resume state while training runs (BackupAndRestore)
 
 Defaults follow the paper for batch 8, 25 epochs, Lovasz-softmax loss, SGD lr 1e-3 momentum
@@ -282,8 +283,9 @@ def patch_sources(work, names, strict=True):
 
 
 def split_patches(work, val_split, random_state, by="image", recorded=None):
-    """{"by", "val_frames", "train", "val", "train_frames"}: which patches train and which
-    validate, and the frames of the training patches.
+    """{"by", "val_frames", "train", "val", "train_frames", "train_image_digests"}: which
+    patches train and which validate, and the frames of the training patches (and
+    trained_pictures of them).
 
     By image (the default), the validation patches are all the patches of round(val_split x
     frames) whole training frames (at least one) that no training patch comes from, so
@@ -311,7 +313,19 @@ def split_patches(work, val_split, random_state, by="image", recorded=None):
     # The frames the model saw, for prediction to tell them from unseen ones (None where no
     # patches.csv says which they are).
     split["train_frames"] = sorted({frame_of[n] for n in split["train"]}) if frame_of else None
+    split["train_image_digests"] = trained_pictures(split["train_frames"], recorded)
     return split
+
+
+def trained_pictures(frames, recorded):
+    """{training frame: the digest of its image's pixels} that gen_img_aug.py recorded
+    (split.json: image_digests; blank frames, which may well repeat, have none), for
+    prediction to know these frames by their pixels whatever their names; None where no
+    frame is known or none was recorded (patches cut elsewhere or by an earlier version)."""
+    pictures = recorded.get("image_digests")
+    if frames is None or not isinstance(pictures, dict):
+        return None
+    return {name: pictures[name] for name in frames if name in pictures}
 
 
 def split_by_patch(names, val_split, random_state):
@@ -966,6 +980,7 @@ def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, 
         "num_train_patches": len(split["train"]), "num_val_patches": len(split["val"]),
         "val_split_by": split["by"], "val_frames": split["val_frames"],
         "train_frames": split["train_frames"],
+        "train_image_digests": split["train_image_digests"],
         "precision": precision,
         "settings": {k: v for k, v in vars(args).items()},
         "settings_hash": fingerprint, "labels_sha256": labels,

@@ -11,7 +11,7 @@ import pytest
 
 import gen_img_aug
 import pre_processing
-from image_io import read_image, read_label
+from image_io import pixel_digest, read_image, read_label, read_raw_image
 from geometry import (dihedral, inverse_dihedral, reflect_pad, resample_label,
                       resample_probabilities, scaled_size)
 from patch_preprocessing import dataset_lut, gamma_lut, preprocess_patch
@@ -768,6 +768,19 @@ def test_two_frames_of_the_same_pixels_across_the_split_are_refused(tmp_path, ca
     run_aug(data, tmp_path / "w")
     assert "note: frames of the same pixels, a copy or a link (im01.png = link.png)" in \
         capsys.readouterr().out
+
+
+def test_the_training_frames_are_recorded_by_their_images_pixels(tmp_path):
+    """For prediction to know a frame the model trained on whatever its name: the digest of
+    the image alone, of the training frames but blank ones (which may well repeat)."""
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 4)
+    cv2.imwrite(str(data / "src" / "blank.png"), np.full((60, 60), 7, np.uint8))
+    cv2.imwrite(str(data / "label" / "blank.png"), np.zeros((60, 60), np.uint8))
+    (data / "test.txt").write_text("im03\n")
+    run_aug(data, tmp_path / "w")
+    recorded = json.loads((tmp_path / "w" / "split.json").read_text())["image_digests"]
+    assert recorded == {name: pixel_digest(read_raw_image(data / "src" / f"{name}.png"))
+                        for name in ("im00", "im01", "im02")}
 
 
 @pytest.mark.parametrize("orientation, stored_label, refused", [

@@ -1,6 +1,7 @@
 """All six scripts in order, as a user runs them, on tiny synthetic data (64x64 patches)."""
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -120,3 +121,19 @@ def test_own_images_without_labels(pipeline):
     assert not (out / "iou.csv").exists()
     run("get_contour.py", "--work-dir", work, "--pred-dir", out, cwd=root)
     assert (Path(f"{out}_contours") / "objects.csv").is_file()
+
+
+def test_a_training_frame_is_known_by_its_pixels_not_its_name(pipeline):
+    """A training frame copied under a new name is warned of; the test frame copied under a
+    training frame's name, a frame the model never saw, is not."""
+    root, data, work, _, _ = pipeline
+    first, second = json.loads((work / "weights" / "config.json").read_text())["train_frames"][:2]
+    scored = root / "scored"
+    for sub in ("src", "label"):
+        (scored / sub).mkdir(parents=True)
+        shutil.copy(data / sub / f"{first}.png", scored / sub / "renamed.png")
+        shutil.copy(data / sub / "sample_02.png", scored / sub / f"{second}.png")
+    out = run("predict_lovasz_loss.py", "--work-dir", work, "--input", scored / "src",
+              "--labels", scored / "label", cwd=root)
+    assert (f"1 of the 2 frames scored are frames the model in {work / 'weights'} trained on "
+            f"(renamed = training frame {first}): their IoU is no test of it") in out

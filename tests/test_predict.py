@@ -18,6 +18,7 @@ import whole_slide as W
 from outputs import sha256_of
 from cli import IGNORE_LABEL, PipelineError
 from geometry import dihedral, reflect_pad
+from image_io import pixel_digest, read_raw_image
 from metrics import confusion_matrix, iou_per_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -568,7 +569,8 @@ def test_a_lossy_label_stops_the_run_before_any_frame_is_predicted(model_dir, wo
 
 
 def test_scoring_frames_the_model_trained_on_is_warned_of(model_dir, work, tmp_path, capsys):
-    """After a new split without training again, the test set holds training frames."""
+    """After a new split without training again, the test set holds training frames; a
+    model trained before their pixel digests were recorded knows them by name."""
     folder = tmp_path / "model"
     shutil.copytree(model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
@@ -576,6 +578,37 @@ def test_scoring_frames_the_model_trained_on_is_warned_of(model_dir, work, tmp_p
     P.main(["--work-dir", str(work), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
     assert "1 of the 2 frames scored are frames the model" in capsys.readouterr().out
     (folder / "config.json").write_text(json.dumps({**config, "train_frames": ["x"]}))
+    P.main(["--work-dir", str(work), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
+    assert "frames the model" not in capsys.readouterr().out
+
+
+def with_training_frames(model_dir, folder, pictures):
+    """A copy of the model folder that trained on frames of these image digests."""
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "train_frames": sorted(pictures),
+                                                    "train_image_digests": pictures}))
+    return folder
+
+
+def image_digest(path):
+    return pixel_digest(read_raw_image(path))
+
+
+def test_a_training_frame_under_another_name_is_warned_of(model_dir, work, tmp_path, capsys):
+    """A training frame copied into the test folder as a: its pixels tell it, not its name."""
+    folder = with_training_frames(model_dir, tmp_path / "model", {
+        "orig": image_digest(work / "test/src/a.png"), "other": image_digest(work / "mine/c.tif")})
+    P.main(["--work-dir", str(work), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
+    assert (f"1 of the 2 frames scored are frames the model in {folder} trained on "
+            "(a = training frame orig): their IoU is no test of it") in capsys.readouterr().out
+
+
+def test_another_image_of_a_training_frames_name_is_not_warned_of(model_dir, work, tmp_path,
+                                                                  capsys):
+    """Frames a and b of a data set the model never saw, named as two it trained on."""
+    folder = with_training_frames(model_dir, tmp_path / "model", {
+        "a": image_digest(work / "mine/c.tif"), "b": "the digest of another image"})
     P.main(["--work-dir", str(work), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
     assert "frames the model" not in capsys.readouterr().out
 

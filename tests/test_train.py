@@ -766,21 +766,31 @@ def test_split_names_the_training_frames(tmp_path):
 
 
 def test_config_records_the_frames_trained_and_validated_on(tmp_path):
-    """For prediction to tell frames the model trained on from unseen ones."""
+    """For prediction to tell frames the model trained on from unseen ones, by their images'
+    pixel digests (gen_img_aug.py's; a blank frame has none)."""
     frames = [f"frame_{i}" for i in range(5)]
     make_patch_set(tmp_path / "work", 40)
     write_patch_sources(tmp_path / "work", frames)
-    (tmp_path / "work" / "split.json").write_text("{}")
+    pictures = {name: f"digest of {name}" for name in frames[1:]}
+    (tmp_path / "work" / "split.json").write_text(json.dumps({"image_digests": pictures}))
     config = short_run(tmp_path, "--faint-filter", "off")
     assert config["val_split_by"] == "image" and len(config["val_frames"]) == 1
     assert config["train_frames"] == sorted(set(frames) - set(config["val_frames"]))
+    assert config["train_image_digests"] == {name: f"digest of {name}"
+                                             for name in config["train_frames"]
+                                             if name != "frame_0"}
     model_dir = tmp_path / "work" / "weights"
     split = json.loads((model_dir / "split.json").read_text())
     assert split["train_frames"] == config["train_frames"]
-    # Models trained before the field was recorded still load.
-    del config["train_frames"]
+    config["train_image_digests"] = ["not", "a", "map"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(train.PipelineError, match="'train_image_digests' must map"):
+        train.read_config(model_dir)
+    # Models trained before the fields were recorded still load.
+    del config["train_frames"], config["train_image_digests"]
     (model_dir / "config.json").write_text(json.dumps(config))
     assert "train_frames" not in train.read_config(model_dir)
+    assert train.read_config(model_dir)["train_image_digests"] is None
 
 
 def test_patches_of_an_unfinished_gen_img_aug_run_are_refused(tmp_path):
