@@ -11,12 +11,15 @@ import cv2
 import numpy as np
 
 # The pass a peak must stand above to seed an object of its own, in pixels: on the sample's
-# cells (bench/split_touching.py) 2 recovers as many cells as 1 with fewer split in two.
+# cells (bench/split_touching.py) 2 splits no cell in two, where 1 splits two.
 SPLIT_DEPTH = 2.0
 # Below any difference of two float32 distances that are not equal, far below a pixel.
 PLATEAU_STEP = 1e-3
 # Distance levels the seeds grow down by: a finer step moves the lines by less than a pixel.
+# A region wider than LEVELS steps is grown in LEVELS levels: each level costs a pass over
+# the region, and a line moved by a fraction of the region's width is still at its waist.
 LEVEL_STEP = 0.5
+LEVELS = 64
 KERNEL = np.ones((3, 3), np.uint8)
 
 
@@ -46,7 +49,7 @@ def split_lines(region, depth):
     if seeds.max() < 2:
         return None
     regions = grow_seeds(seeds, distance)
-    return (regions < 0) | corner_contacts(regions)
+    return (regions < 0) | contacts(regions)
 
 
 def seed_labels(region, distance, depth):
@@ -76,8 +79,10 @@ def grow_seeds(seeds, distance):
     not by level, and would let one seed flow round another.)"""
     labels = seeds.astype(np.float32)
     free = (distance > 0) & (labels == 0)
-    for level in np.arange(float(distance.max()), 0, -LEVEL_STEP):
-        open_now = free & (distance >= level - LEVEL_STEP)
+    top = float(distance.max())
+    step = max(LEVEL_STEP, top / LEVELS)
+    for level in np.arange(top, 0, -step):
+        open_now = free & (distance >= level - step)
         while True:
             highest = cv2.dilate(labels, KERNEL)
             reached = open_now & (highest > 0)
@@ -91,12 +96,16 @@ def grow_seeds(seeds, distance):
     return labels.astype(np.int32)
 
 
-def corner_contacts(regions):
-    """Pixels of one region that touch another only across a corner, where the line is a
-    staircase: carving them keeps the two apart under 8-connectivity."""
+def contacts(regions):
+    """Pixels of one region beside a pixel of another: two fronts that reach neighbouring
+    pixels in one step meet without a line pixel between them, and a line at an angle is a
+    staircase whose corners two regions touch across. Carving these keeps every two apart
+    under 8-connectivity."""
     contact = np.zeros(regions.shape, bool)
-    # Each pixel with its neighbour down-right, then with its neighbour down-left.
-    for here, there in (((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None))),
+    # Each pixel with its neighbour right, down, down-right and down-left.
+    for here, there in (((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+                        ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+                        ((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None))),
                         ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1)))):
         a, b = regions[here], regions[there]
         contact[here] |= (a > 0) & (b > 0) & (a != b)

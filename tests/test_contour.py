@@ -592,6 +592,30 @@ def test_the_split_line_keeps_the_halves_apart_under_8_connectivity(degrees):
     assert len(rows) == 2
 
 
+def test_fronts_that_meet_side_by_side_are_kept_apart():
+    """Two seeds' fronts reaching neighbouring pixels in one step met with no line pixel
+    between them: the picture showed a dashed line, objects.csv one object."""
+    yy, xx = np.mgrid[:40, :50]
+    mask = (((yy - 20) ** 2 + (xx - 15) ** 2 <= 49)
+            | ((yy - 20) ** 2 + (xx - 29) ** 2 <= 81)).astype(np.uint8)
+    assert len(G.find_objects(mask, 2, split_depth=G.SPLIT_DEPTH)[0]) == 2
+
+
+@pytest.mark.parametrize("radii", [(6, 6), (6, 10), (8, 14), (12, 12)])
+def test_every_carved_pair_of_discs_is_two_objects(radii):
+    for degrees in range(0, 180, 30):
+        for overlap in (0.6, 0.75, 0.85):
+            turn, apart = math.radians(degrees), sum(radii) * overlap
+            mask = np.zeros((80, 80), np.uint8)
+            cv2.circle(mask, (40, 40), radii[0], 1, -1)
+            cv2.circle(mask, (round(40 + apart * math.cos(turn)),
+                              round(40 + apart * math.sin(turn))), radii[1], 1, -1)
+            rows = G.find_objects(mask, 2, split_depth=G.SPLIT_DEPTH)[0]
+            assert len(rows) in (1, 2)
+            if len(rows) == 1:
+                assert rows[0]["area_px"] == int(mask.sum()), "carved, yet one object"
+
+
 def test_split_touching_through_the_command_line(pred):
     for name in ("one", "two"):
         cv2.imwrite(str(pred / "predict" / f"{name}.png"), touching_mask())
