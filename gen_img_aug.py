@@ -45,6 +45,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from instance_masks import base_name
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       add_intensity_option, check_label_size, check_label_values, copy_frame,
                       describe_intensity, files_in, find_label, frame_stem,
@@ -150,7 +151,8 @@ def labelled_images(data_dir, classes, intensity):
     missing = [n for n in images if find_label(Path(data_dir) / "label", n) is None]
     if missing:
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
-                            f"{some_names(missing, 10)}")
+                            f"{some_names(missing, 10)}"
+                            f"{masks_named_hint(Path(data_dir) / 'label', missing)}")
     table, values, edges, outlines, flattened, wide, renamed = {}, {}, {}, {}, {}, 0, set()
     stored, pictures, digests = [], {}, {}
     classes_path, drawn = Path(data_dir) / "classes.txt", read_record(data_dir)
@@ -252,6 +254,20 @@ def check_flattened(flattened, wide, intensity):
     raise PipelineError(f"{what}, so every patch would be blank or saturated; give --intensity "
                         "fixed the range of the images' values, or use 'percentile 0.1 99.9' "
                         "or 'full'")
+
+
+def masks_named_hint(label_dir, missing):
+    """Where files of the label folder are named as the frames' instance masks (Cellpose's
+    <image>_masks.tif): how to convert them; else empty."""
+    try:
+        named = sorted(p.name for p in Path(label_dir).iterdir()
+                       if base_name(p) in missing and p.suffix.lower() in LABEL_EXTS)
+    except OSError:
+        return ""
+    if not named:
+        return ""
+    return (f" ({some_names(named)} in it look like their instance masks: move the masks to a "
+            "folder of their own and convert them with labelme_to_label.py --instances FOLDER)")
 
 
 def report_unused_labels(data_dir, used):

@@ -1109,13 +1109,14 @@ def read_label(path):
 
 
 def read_instance_mask(path):
-    """An instance mask as stored (any integer depth): 0 background, each other value one
-    object, as StarDist, Cellpose and most crowded-scene data sets ship them."""
+    """An instance mask as stored (whole numbers of any depth, kept in their type: a cast
+    would wrap some objects' numbers to 0): 0 background, each other value one object, as
+    StarDist, Cellpose and most crowded-scene data sets ship them."""
     mask = _label_plane(path)
     if mask.min() < 0:
         raise PipelineError(f"instance mask {path} holds negative values; 0 is background and "
                             "each object a positive number")
-    return mask.astype(np.uint32 if mask.max() > 65535 else np.uint16)
+    return mask
 
 
 # Values beyond the classes that make a label more likely an instance mask (objects numbered

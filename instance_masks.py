@@ -7,24 +7,40 @@ of that class, as the network learns and predicts them.
 """
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from cli import PipelineError, class_name_problem, nfc, read_classes, some_names
-from image_io import (LABEL_EXTS, LOSSY_EXTS, check_label_size, frame_stem, list_images,
-                      read_instance_mask, read_raw_image)
+from cli import (PipelineError, case_clash, class_name_problem, count_of, nfc, read_classes,
+                 some_names)
+from image_io import (IMAGE_EXTS, LABEL_EXTS, LOSSY_EXTS, StackPlane, check_label_size,
+                      frame_stem, list_images, read_instance_mask, read_raw_image)
 
 # Cellpose saves the masks of <image>.png as <image>_masks.png (<image>_cp_masks.png from its
 # GUI); other tools write <image>_mask.png.
 MASK_SUFFIXES = ("_cp_masks", "_masks", "_mask")
+# Cellpose's GUI session file beside an image: outlines, flows and settings, not a mask.
+SESSION_SUFFIX = "_seg.npy"
 
 
 def mask_files(folder):
-    """The mask files directly in folder (hidden ones left out), sorted by name."""
+    """The mask files directly in folder (hidden ones left out), sorted by name. Cellpose
+    keeps each image beside its <image>_masks file, and its GUI a <image>_seg.npy session:
+    both are passed over, with a note."""
     folder = Path(folder)
     try:
         files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
     except OSError as err:
         raise PipelineError(f"cannot list {folder}: {err.strerror or err}") from None
+    sessions = [p for p in files if p.name.lower().endswith(SESSION_SUFFIX)]
+    stems = {base_name(p) for p in files if base_name(p) != nfc(frame_stem(p.name))}
+    images = [p for p in files if p not in sessions and p.suffix.lower() in IMAGE_EXTS
+              and nfc(frame_stem(p.name)) in stems]
+    if sessions or images:
+        print(f"note: {folder} holds " + " and ".join(
+            ([f"{count_of(len(images), 'image')} beside its masks"] if images else [])
+            + ([f"{count_of(len(sessions), 'Cellpose session file')} (_seg.npy)"]
+               if sessions else [])) + ", passed over")
+    files = [p for p in files if p not in sessions and p not in images]
     lossy = [p.name for p in files if p.suffix.lower() in LOSSY_EXTS]
     if lossy:
         raise PipelineError(f"{folder} holds JPEG masks ({some_names(lossy)}): JPEG changes the "
@@ -35,21 +51,27 @@ def mask_files(folder):
     return masks
 
 
+def base_name(mask_path):
+    """A mask file's name less its extension and any MASK_SUFFIXES ending."""
+    stem = nfc(frame_stem(Path(mask_path).name))
+    suffix = next((s for s in MASK_SUFFIXES if stem.lower().endswith(s)), "")
+    return stem[:len(stem) - len(suffix)]
+
+
 def frame_of(mask_path, frames):
     """The frame a mask belongs to: its own name, or its name less a MASK_SUFFIXES ending;
     None where no frame of frames bears either."""
     stem = nfc(frame_stem(Path(mask_path).name))
-    if stem in frames:
-        return stem
-    for suffix in MASK_SUFFIXES:
-        if stem.lower().endswith(suffix) and stem[:-len(suffix)] in frames:
-            return stem[:-len(suffix)]
-    return None
+    return stem if stem in frames else (base_name(mask_path) if base_name(mask_path) in frames
+                                        else None)
 
 
 def masks_of_frames(folder, src_dir):
     """{frame name: (its source in src_dir, its mask file)} for every mask in folder, each
     matched to a frame of src_dir, and no frame given two masks."""
+    if Path(folder).resolve() == Path(src_dir).resolve():
+        raise PipelineError(f"--instances {folder} is the image folder: each image there would "
+                            "be read as a mask; move the masks to a folder of their own")
     frames = list_images(src_dir)
     if not frames:
         raise PipelineError(f"no images found in {src_dir}: put the images the masks belong to "
@@ -64,6 +86,14 @@ def masks_of_frames(folder, src_dir):
                                 f"masks of {frame}; keep one")
         else:
             matched[frame] = (frames[frame], path)
+    stacks = {frame_stem(source.path.name): source.path.name for source in frames.values()
+              if isinstance(source, StackPlane)}
+    of_stack = next((name for name in unmatched if base_name(name) in stacks), None)
+    if of_stack:
+        stack = stacks[base_name(of_stack)]
+        raise PipelineError(f"mask {of_stack} is named as the stack {stack} in {src_dir}, whose "
+                            f"planes are frames {frame_stem(stack)}_p0, _p1, ...: give each "
+                            f"plane a mask of its own, named {frame_stem(stack)}_p<k>")
     if unmatched:
         raise PipelineError(f"{len(unmatched)} mask(s) in {folder} belong to no image in "
                             f"{src_dir} ({some_names(unmatched)}): name each mask as its image "
@@ -75,8 +105,11 @@ def instance_class(data_dir, name, add_unknown):
     """(the class names, the index of the class the objects become, whether that name is
     added to classes.txt). Without a name, the one object class classes.txt lists."""
     classes_path = Path(data_dir) / "classes.txt"
-    classes = read_classes(data_dir) if classes_path.is_file() or not add_unknown \
-        else ["background"]
+    if not classes_path.is_file() and not (name and add_unknown):
+        raise PipelineError(f"{classes_path} not found: name the class of the masks' objects "
+                            "with --instance-class NAME and add --add-unknown-classes to write "
+                            "it (background, NAME), or write it yourself")
+    classes = read_classes(data_dir) if classes_path.is_file() else ["background"]
     if name is None:
         if len(classes) == 2:
             return classes, 1, False
@@ -93,6 +126,11 @@ def instance_class(data_dir, name, add_unknown):
     problem = class_name_problem(name)
     if problem:
         raise PipelineError(f"--instance-class {name!r} {problem}")
+    clash = case_clash(classes + [name])
+    if clash:
+        raise PipelineError(f"--instance-class {name!r} differs from {classes[clash[0]]!r} in "
+                            f"{classes_path} only in case (one file name on macOS and "
+                            f"Windows): did you mean {classes[clash[0]]!r}?")
     if not add_unknown:
         raise PipelineError(f"--instance-class {name!r} is not in {classes_path} (known classes: "
                             f"{', '.join(classes)}); add it there or use --add-unknown-classes")
@@ -104,5 +142,9 @@ def class_label(mask_path, source, class_index):
     number of objects it numbers."""
     mask = read_instance_mask(mask_path)
     check_label_size(mask, mask_path, read_raw_image(source).shape[:2], source)
-    objects = np.unique(mask)
-    return np.where(mask > 0, class_index, 0).astype(np.uint8), int((objects > 0).sum())
+    numbers = np.unique(mask)
+    label = np.where(mask > 0, class_index, 0).astype(np.uint8)
+    if (numbers > 0).sum() > 1:
+        return label, int((numbers > 0).sum())
+    # One number for every object: a binary mask, whose objects are its connected regions.
+    return label, cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)[0] - 1

@@ -97,11 +97,13 @@ def parse_args(argv=None):
                         "%(default)s, as LabelMe's own export)")
     g = p.add_argument_group("instance masks (instead of LabelMe files)")
     g.add_argument("--instances", metavar="FOLDER",
-                   help="read instance masks from FOLDER (PNG, TIFF or .npy of any integer "
-                        "depth; 0 background, each object a number of its own) of the images "
-                        "in <data-dir>/src, named as the image or with _masks added (Cellpose), "
-                        "and write their class-index labels; keep the masks out of "
-                        "<data-dir>/label, where the labels go")
+                   help="read instance masks from FOLDER (PNG, TIFF or .npy of whole "
+                        "numbers of any depth; 0 background, each object a number of its own) "
+                        "of the images in <data-dir>/src, named as the image or with _masks, "
+                        "_cp_masks or _mask added (Cellpose's images beside their masks and "
+                        "its _seg.npy files are passed over), and write their class-index "
+                        "labels; keep the masks out of <data-dir>/label, where the labels go, "
+                        "and out of <data-dir>/src")
     g.add_argument("--instance-class", metavar="NAME",
                    help="class of the masks' objects (default: the one object class "
                         "classes.txt lists)")

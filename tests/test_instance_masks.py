@@ -1,5 +1,6 @@
 """labelme_to_label.py --instances: instance masks (objects numbered one by one) as labels."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,82 @@ def test_binary_masks_of_0_and_255_become_labels_of_0_and_1(tmp_path):
     cv2.imwrite(str(masks / "f0.png"), mask)
     convert(data, masks)
     assert np.array_equal(read_label(data / "label" / "f0.png"), (mask > 0).astype(np.uint8))
+
+
+def test_the_image_folder_is_refused_as_the_masks_folder(tmp_path):
+    data, _ = make_data(tmp_path)
+    with pytest.raises(PipelineError, match="is the image folder"):
+        convert(data, data / "src")
+    assert not (data / "label").exists()
+
+
+def test_cellposes_images_beside_their_masks_and_session_files_are_passed_over(tmp_path, capsys):
+    data, masks = make_data(tmp_path)
+    for i in range(2):
+        (masks / f"f{i}.png").rename(masks / f"f{i}_masks.png")
+        shutil.copy(data / "src" / f"f{i}.png", masks / f"f{i}.png")
+    np.save(masks / "f0_seg.npy", np.array([{"outlines": None}], dtype=object),
+            allow_pickle=True)
+    convert(data, masks)
+    assert "2 images beside its masks and 1 Cellpose session file (_seg.npy), passed over" \
+        in capsys.readouterr().out
+    assert sorted(p.name for p in (data / "label").iterdir()) == ["f0.png", "f1.png"]
+    assert read_label(data / "label" / "f0.png").max() == 1
+
+
+def test_a_class_named_in_another_case_is_asked_about_not_added(tmp_path):
+    data, masks = make_data(tmp_path)
+    with pytest.raises(PipelineError, match="only in case.*did you mean 'cell'"):
+        convert(data, masks, "--instance-class", "Cell", "--add-unknown-classes")
+    assert (data / "classes.txt").read_text().split() == ["background", "cell"]
+
+
+def test_without_a_class_list_the_class_to_write_is_asked_for(tmp_path):
+    data, masks = make_data(tmp_path)
+    (data / "classes.txt").unlink()
+    for extra in ([], ["--add-unknown-classes"], ["--instance-class", "cell"]):
+        with pytest.raises(PipelineError, match="not found: name the class .*--instance-class"):
+            convert(data, masks, *extra)
+    convert(data, masks, "--instance-class", "nucleus", "--add-unknown-classes")
+    assert (data / "classes.txt").read_text().split() == ["background", "nucleus"]
+
+
+def test_a_mask_named_as_a_stack_is_told_to_name_its_planes(tmp_path):
+    data, masks = make_data(tmp_path, count=1)
+    tifffile.imwrite(data / "src" / "st.tif", np.zeros((3, 60, 80), np.uint8),
+                     photometric="minisblack")
+    tifffile.imwrite(masks / "st_masks.tif", np.zeros((3, 60, 80), np.uint16),
+                     photometric="minisblack")
+    with pytest.raises(PipelineError, match="named as the stack st.tif.*named st_p<k>"):
+        convert(data, masks)
+
+
+def test_object_numbers_past_32_bits_stay_objects(tmp_path):
+    data, masks = make_data(tmp_path, count=1)
+    (masks / "f0.png").unlink()
+    mask = np.zeros((60, 80), np.int64)
+    mask[5:15, 5:15] = 2 ** 32
+    mask[30:40, 30:40] = 7
+    np.save(masks / "f0.npy", mask)
+    convert(data, masks)
+    assert np.array_equal(read_label(data / "label" / "f0.png") == 1, mask > 0)
+
+
+def test_a_binary_masks_objects_are_its_connected_regions(tmp_path, capsys):
+    data, masks = make_data(tmp_path, count=1)
+    mask = np.zeros((60, 80), np.uint8)
+    mask[5:15, 5:15] = mask[30:40, 30:40] = mask[50:55, 60:70] = 255
+    cv2.imwrite(str(masks / "f0.png"), mask)
+    convert(data, masks)
+    assert "3 objects of class 'cell'" in capsys.readouterr().out
+
+
+def test_cellpose_masks_in_the_label_folder_are_told_how_to_convert(tmp_path, capsys):
+    import gen_img_aug
+    data, masks = make_data(tmp_path)
+    (data / "label").mkdir()
+    for mask in masks.iterdir():
+        mask.rename(data / "label" / f"{Path(mask).stem}_masks.tif")
+    with pytest.raises(PipelineError, match="f0_masks.tif, f1_masks.tif in it look like their "
+                                            "instance masks.*--instances"):
+        gen_img_aug.main(["--data-dir", str(data), "--work-dir", str(tmp_path / "work")])
