@@ -60,7 +60,7 @@ from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, contour_file, fi
                      output_lock, prob_file, same_or_inside, staged_output, write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
 from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
-                 read_classes, read_json, refuse_options_beside_merge, run_cli,
+                 read_classes, read_json, refuse_options_beside_merge, run_cli, some_names,
                  unexpanded_pattern, WORK_DIR)
 from figures import LegendText, class_colour, colorize, save_figure, pyplot
 from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
@@ -598,6 +598,17 @@ class Outliner:
     def mask_path(self, name):
         return self.pred_dir / f"{name}{'.tif' if name in self.streamed else self.suffix}"
 
+    def read_in_bands(self, name):
+        """Whether the mask of `name` is a TIFF above --stream-above, read a band at a time
+        (its header alone is read here)."""
+        if self.args.from_probs or not self.mask_path(name).is_file():
+            return False
+        reader = open_tiff_rows(self.mask_path(name))
+        if reader is None:
+            return False
+        with reader:
+            return megapixels(reader.shape) > self.args.stream_above
+
     def __call__(self, name, source, staging, panels, write_row):
         """write_row(row) for each object of one mask; its contour picture and panel
         written."""
@@ -605,12 +616,6 @@ class Outliner:
             raise PipelineError(f"mask {self.mask_path(name)} not found")
         reader = None if self.args.from_probs else open_tiff_rows(self.mask_path(name))
         if reader is not None and megapixels(reader.shape) > self.args.stream_above:
-            if self.args.split_touching:
-                reader.close()
-                raise PipelineError(f"{self.mask_path(name)} is larger than --stream-above "
-                                    f"{self.args.stream_above:g} megapixels and is read band by "
-                                    "band; --split-touching needs a mask whole: raise "
-                                    "--stream-above, or leave --split-touching out")
             with reader:
                 return self.in_bands(name, source, reader, staging, panels, write_row)
         if reader is not None:
@@ -719,6 +724,8 @@ def main(argv=None):
         check_images_predicted(images, info, image_dir, pred_dir)
     intensity = args.intensity or info.get("intensity", DEFAULT_INTENSITY)
     outliner = Outliner(pred_dir, info, classes, intensity, label_dir, args)
+    if args.split_touching:
+        check_masks_whole(outliner, names)
 
     owners = panel_owners(figures, pred_dir, names) if args.panels else None
     pixel_sizes = image_pixel_sizes(images, names, args.pixel_size)
@@ -754,6 +761,17 @@ def main(argv=None):
           f"{out / MARKER}, contours in {out}"
           + (f", panels in {figures}" if args.panels else ""))
     tally.print(len(names), measured_in_um)
+
+
+def check_masks_whole(outliner, names):
+    """Refuse --split-touching, before the first mask, where a mask is read band by band:
+    the watershed needs each region whole."""
+    banded = [name for name in names if outliner.read_in_bands(name)]
+    if banded:
+        raise PipelineError(f"the masks of {some_names(banded)} are larger than --stream-above "
+                            f"{outliner.args.stream_above:g} megapixels and are read band by "
+                            "band; --split-touching needs each mask whole: raise "
+                            "--stream-above, or leave --split-touching out")
 
 
 def contour_settings(args, intensity):

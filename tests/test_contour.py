@@ -623,16 +623,18 @@ def test_split_touching_through_the_command_line(pred):
     assert len(run(pred, "--split-touching")) == 10
 
 
-def test_split_touching_refuses_a_mask_read_band_by_band(pred):
+def test_split_touching_refuses_a_mask_read_band_by_band(pred, monkeypatch):
     import tifffile
-    for stem in ("one", "two"):
-        (pred / "predict" / f"{stem}.png").unlink()
-        tifffile.imwrite(pred / "predict" / f"{stem}.tif", touching_mask(), tile=(32, 32))
+    (pred / "predict" / "two.png").unlink()
+    tifffile.imwrite(pred / "predict" / "two.tif", touching_mask(), tile=(32, 32))
     info = json.loads((pred / "predict" / "predict.json").read_text())
-    (pred / "predict" / "predict.json").write_text(json.dumps({**info, "mask_format": "tif"}))
-    with pytest.raises(PipelineError, match="--split-touching needs a mask whole"):
+    (pred / "predict" / "predict.json").write_text(json.dumps({**info, "streamed": ["two"]}))
+    seen = []
+    monkeypatch.setattr(G, "find_objects", lambda *a, **k: seen.append(a) or ([], {}))
+    with pytest.raises(PipelineError, match="masks of two are larger than --stream-above "
+                                            ".*--split-touching needs each mask whole"):
         run(pred, "--split-touching", "--stream-above", "0.01")
-    assert not (pred / "contours").exists()
+    assert not (pred / "contours").exists() and not seen     # before the first mask
 
 
 def test_legends_draw_class_names_beyond_ascii():
