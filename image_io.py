@@ -1142,6 +1142,7 @@ def _label_plane(path):
     if path.suffix.lower() == ".npy":
         label = _load_npy(path)
     elif path.suffix.lower() in TIFF_EXTS:
+        check_format_of_name(path)
         label = _tiff_label(path)
     else:
         data = _file_bytes(path, "label")
@@ -1149,6 +1150,8 @@ def _label_plane(path):
             raise PipelineError(f"label {path} holds JPEG data whatever its name says; labels "
                                 "must be lossless (JPEG changes class values along every "
                                 "edge): save it as PNG from the original")
+        # TIFF data named .png: PIL would read its first page alone, and its tags not at all.
+        check_format_of_name(path)
         label = _indices_by_pil(data)
         if label is None:
             label = _imdecode(data, f"label {path}")

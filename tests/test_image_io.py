@@ -507,3 +507,21 @@ def test_a_grey_alpha_png_image_is_grey_as_a_grey_alpha_tiff_is(tmp_path):
     img = read_raw_image(tmp_path / "ga.png")
     assert img.ndim == 2
     np.testing.assert_array_equal(img, grey)
+
+
+@pytest.mark.parametrize("data_as, named", [("tif", "png"), ("png", "tif")])
+def test_a_label_whose_name_hides_its_format_is_refused(data_as, named, tmp_path):
+    """A two-page TIFF label named .png read as its first page, its other page unsaid."""
+    import tifffile
+    label = np.zeros((2, 20, 30), np.uint8)
+    label[1, 5:10, 5:10] = 1
+    held = tmp_path / f"held.{data_as}"
+    if data_as == "tif":
+        tifffile.imwrite(held, label, photometric="minisblack")
+    else:
+        cv2.imwrite(str(held), label[1])
+    held.rename(tmp_path / f"x.{named}")
+    kind = {"tif": "TIFF", "png": "PNG"}[data_as]
+    with pytest.raises(PipelineError, match=f"holds {kind} data whatever its name says; "
+                                            f"rename it x.{data_as}"):
+        read_label(tmp_path / f"x.{named}")
