@@ -394,6 +394,8 @@ def with_legend(canvas, classes):
 # a metre a pixel, and areas overflow.
 PIXEL_SIZE_RANGE = (1e-6, 1e6)
 MAX_PANEL_ASPECT = 4.0      # height over width of one view of a panel, at the most
+WIDE_FRAME = 2.0            # width over height from which a panel's views go one above another
+MIN_VIEW_ASPECT = 0.05      # height over width of one view, at the least (rows stretched)
 
 
 def plot_panel(name, image, label, mask, outlines, classes, path, pdf):
@@ -411,12 +413,20 @@ def plot_panel(name, image, label, mask, outlines, classes, path, pdf):
     h, w = image.shape[:2]
     views += [("prediction", colorize(mask)),
               ("contours", draw_outlines(shown, outlines, max(1, round(max(h, w) / 250))))]
-    panel_w = 7.0 / len(views)
     # A kymograph or a line scan (5000 x 2 px) would ask for a figure metres tall.
     aspect = min(h / w, MAX_PANEL_ASPECT)
-    fig, axes = plt.subplots(1, len(views), figsize=(7.0, panel_w * aspect + 0.8))
+    shape = "equal"
+    if w > WIDE_FRAME * h:
+        # Side by side, the views of a wide frame would be slivers a page wide: one above
+        # another, each takes the page's width, and a line scan's few rows are stretched
+        # to be seen at all.
+        shape = "equal" if h / w >= MIN_VIEW_ASPECT else "auto"
+        fig, axes = plt.subplots(len(views), 1, figsize=(
+            7.0, len(views) * (7.0 * max(h / w, MIN_VIEW_ASPECT) + 0.35) + 0.8))
+    else:
+        fig, axes = plt.subplots(1, len(views), figsize=(7.0, 7.0 / len(views) * aspect + 0.8))
     for ax, (title, view) in zip(axes, views):
-        ax.imshow(view, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.imshow(view, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect=shape)
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
     handles = [Patch(color=np.array(class_colour(c)) / 255.0, label=cls)

@@ -301,6 +301,18 @@ def test_the_panel_of_a_line_scan_stays_a_page_high(tmp_path):
     assert height < 3000 and width < 1200
 
 
+@pytest.mark.parametrize("shape", [(200, 2000), (2, 5000)], ids=["wide", "line-scan-across"])
+def test_the_views_of_a_wide_frame_go_one_above_another(shape, tmp_path):
+    """Side by side, each view of a frame ten times wider than high was a sliver a few
+    pixels high."""
+    image = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    mask = (image > 128).astype(np.uint8)
+    G.plot_panel("wide", image, mask, mask, {}, ["background", "cell"], tmp_path / "p.png",
+                 False)
+    height, width = cv2.imread(str(tmp_path / "p.png")).shape[:2]
+    assert 400 < height < 3000 and width < 1200
+
+
 def test_panels_of_another_prediction_folder_go_to_a_figures_folder_of_its_name(tmp_path):
     work = tmp_path / "w"
     for pred, figures in ((work / "test" / "predict", work / "figures"),
