@@ -40,6 +40,7 @@ it out.
 import argparse
 import csv
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -613,6 +614,9 @@ def write_split(work, train, test, how, classes, label_values, intensity, stack_
 TRAIN_FOLDER_NAMES = {"src", "label", "patches.csv", "prep"}
 
 
+SPLIT_FILES = ("split.json", "train.txt", "test.txt")
+
+
 def check_work_dir(work, data_dir):
     """Refuse a work folder whose rewrite would lose the user's files: the data folder itself
     (its test.txt would become the fixed list of the next run), one whose train/ or test/ holds
@@ -631,6 +635,10 @@ def check_work_dir(work, data_dir):
         raise PipelineError(f"{figures} is a file, and this script writes its samples figure "
                             "into a folder of that name: move the file, or choose another "
                             "--work-dir")
+    for name in SPLIT_FILES:        # found only after the patches are cut, which takes long
+        if os.path.lexists(work / name) and not (work / name).is_file():
+            raise PipelineError(f"{work / name} is not a file (a folder?), and this script "
+                                "writes the split there: move it, or choose another --work-dir")
     foreign = foreign_entries(work / "train", TRAIN_FOLDER_NAMES.__contains__)
     if foreign:
         raise PipelineError(f"{work / 'train'} holds files the pipeline does not write "
@@ -870,7 +878,7 @@ def main(argv=None):
             write_patches(table, train, patches, args.num_patches, args.patch_size, args.seed,
                           args.workers, args.foreground_fraction, args.intensity, orientations,
                           args.scale)
-            for name in ("split.json", "train.txt", "test.txt"):
+            for name in SPLIT_FILES:
                 (work / name).unlink(missing_ok=True)
         # The earlier samples figure goes with its split: a run stopped while drawing this
         # one's left a figure of other frames beside the new patches.

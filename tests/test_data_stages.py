@@ -870,3 +870,16 @@ def test_a_rerun_stopped_while_drawing_leaves_no_samples_figure_of_the_earlier_f
         run_aug(make_dataset(tmp_path / "two", [(70, 70)] * 4, seed=1), tmp_path / "w")
     assert json.loads((tmp_path / "w" / "split.json").read_text())["train"]
     assert not figure.exists()
+
+
+@pytest.mark.parametrize("name", ["split.json", "train.txt"])
+def test_a_folder_where_the_split_goes_is_refused_before_the_patches(name, dataset, tmp_path,
+                                                                     monkeypatch):
+    """It was found only after every patch had been cut, which takes long."""
+    work = tmp_path / "work"
+    (work / name).mkdir(parents=True)
+    cut = []
+    monkeypatch.setattr(gen_img_aug, "write_patches", lambda *a, **k: cut.append(a))
+    with pytest.raises(PipelineError, match=f"{name} is not a file"):
+        run_aug(dataset, work)
+    assert not cut and sorted(p.name for p in work.iterdir()) == [name]
