@@ -111,6 +111,22 @@ def case_clash(names):
     return None
 
 
+def with_new_classes(classes, new):
+    """classes with the names of `new` ({name: where it came from, for the message})
+    appended, after checking that none differs from another only in case and that the list
+    fits a uint8 label beside IGNORE_LABEL."""
+    grown = classes + list(new)
+    clash = case_clash(grown)
+    if clash:      # classes.txt passed read_classes: the second of the two is a new name
+        first, name = (grown[i] for i in clash)
+        raise PipelineError(f"{new[name]}: label {name!r} differs from {first!r} only in case: "
+                            "one file name on macOS and Windows; use one spelling")
+    if len(grown) > IGNORE_LABEL:
+        raise PipelineError(f"{len(grown)} classes do not fit in a uint8 label with "
+                            f"{IGNORE_LABEL} kept for ignored pixels")
+    return grown
+
+
 def read_classes(data_dir):
     path = Path(data_dir) / "classes.txt"
     if not path.is_file():

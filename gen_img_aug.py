@@ -258,16 +258,18 @@ def check_flattened(flattened, wide, intensity):
 
 
 def masks_named_hint(label_dir, missing):
-    """Where files of the label folder are named as the frames' instance masks (Cellpose's
-    <image>_masks.tif): how to convert them; else empty."""
+    """Where files of the label folder are named as the frames' masks (<image>_masks.tif,
+    as Cellpose writes them): what to do with them; else empty."""
+    wanted = {nfc(name) for name in missing}
     try:
         named = sorted(p.name for p in Path(label_dir).iterdir()
-                       if base_name(p) in missing and p.suffix.lower() in LABEL_EXTS)
+                       if base_name(p) in wanted and p.suffix.lower() in LABEL_EXTS)
     except OSError:
         return ""
     if not named:
         return ""
-    return (f" ({some_names(named)} in it look like their instance masks: move the masks to a "
+    return (f" ({some_names(named)} in it are named as their masks: rename each <frame>.png if "
+            "it holds class indices, or, if it numbers objects one by one, move them to a "
             "folder of their own and convert them with labelme_to_label.py --instances FOLDER)")
 
 

@@ -1103,8 +1103,8 @@ def read_label(path):
     plane (through tifffile), or a numeric .npy."""
     label = _label_plane(path)
     if label.min() < 0 or label.max() > 255:
-        raise PipelineError(f"label {path} holds values outside 0..255 (up to "
-                            f"{label.max():g}){instance_hint(path, np.unique(label))}")
+        raise PipelineError(f"label {path} holds values outside 0..255 ({int(label.min())}.."
+                            f"{int(label.max())}){instance_hint(path, np.unique(label))}")
     return label.astype(np.uint8)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cli import (PipelineError, case_clash, class_name_problem, count_of, nfc, read_classes,
-                 some_names)
+from cli import (PipelineError, class_name_problem, count_of, nfc, read_classes, some_names,
+                 with_new_classes)
 from image_io import (IMAGE_EXTS, LABEL_EXTS, LOSSY_EXTS, StackPlane, check_label_size,
                       frame_stem, list_images, read_instance_mask, read_raw_image)
 
@@ -24,20 +24,21 @@ SESSION_SUFFIX = "_seg.npy"
 
 def mask_files(folder):
     """The mask files directly in folder (hidden ones left out), sorted by name. Cellpose
-    keeps each image beside its <image>_masks file, and its GUI a <image>_seg.npy session:
-    both are passed over, with a note."""
+    keeps its images beside their <image>_masks files, and its GUI a <image>_seg.npy session
+    each: in a folder of masks named so, the images without such an ending (those not
+    segmented yet too) and the sessions are passed over, with a note."""
     folder = Path(folder)
     try:
         files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
     except OSError as err:
         raise PipelineError(f"cannot list {folder}: {err.strerror or err}") from None
     sessions = [p for p in files if p.name.lower().endswith(SESSION_SUFFIX)]
-    stems = {base_name(p) for p in files if base_name(p) != nfc(frame_stem(p.name))}
-    images = [p for p in files if p not in sessions and p.suffix.lower() in IMAGE_EXTS
-              and nfc(frame_stem(p.name)) in stems]
+    suffixed = any(base_name(p) != nfc(frame_stem(p.name)) for p in files)
+    images = [p for p in files if suffixed and p not in sessions
+              and p.suffix.lower() in IMAGE_EXTS and base_name(p) == nfc(frame_stem(p.name))]
     if sessions or images:
         print(f"note: {folder} holds " + " and ".join(
-            ([f"{count_of(len(images), 'image')} beside its masks"] if images else [])
+            ([f"{count_of(len(images), 'image')} beside the masks"] if images else [])
             + ([f"{count_of(len(sessions), 'Cellpose session file')} (_seg.npy)"]
                if sessions else [])) + ", passed over")
     files = [p for p in files if p not in sessions and p not in images]
@@ -60,10 +61,12 @@ def base_name(mask_path):
 
 def frame_of(mask_path, frames):
     """The frame a mask belongs to: its own name, or its name less a MASK_SUFFIXES ending;
-    None where no frame of frames bears either."""
-    stem = nfc(frame_stem(Path(mask_path).name))
-    return stem if stem in frames else (base_name(mask_path) if base_name(mask_path) in frames
-                                        else None)
+    None where no frame bears either. frames maps names in NFC to the frames' names as
+    stored: macOS stores accents decomposed, most tools composed."""
+    for name in (nfc(frame_stem(Path(mask_path).name)), base_name(mask_path)):
+        if name in frames:
+            return frames[name]
+    return None
 
 
 def masks_of_frames(folder, src_dir):
@@ -77,8 +80,9 @@ def masks_of_frames(folder, src_dir):
         raise PipelineError(f"no images found in {src_dir}: put the images the masks belong to "
                             "there first")
     matched, unmatched = {}, []
+    by_nfc = {nfc(name): name for name in frames}
     for path in mask_files(folder):
-        frame = frame_of(path, frames)
+        frame = frame_of(path, by_nfc)
         if frame is None:
             unmatched.append(path.name)
         elif frame in matched:
@@ -86,14 +90,16 @@ def masks_of_frames(folder, src_dir):
                                 f"masks of {frame}; keep one")
         else:
             matched[frame] = (frames[frame], path)
-    stacks = {frame_stem(source.path.name): source.path.name for source in frames.values()
-              if isinstance(source, StackPlane)}
-    of_stack = next((name for name in unmatched if base_name(name) in stacks), None)
+    planes = {}
+    for name, source in frames.items():
+        if isinstance(source, StackPlane):
+            planes.setdefault(nfc(frame_stem(source.path.name)), []).append(name)
+    of_stack = next((name for name in unmatched if base_name(name) in planes), None)
     if of_stack:
-        stack = stacks[base_name(of_stack)]
-        raise PipelineError(f"mask {of_stack} is named as the stack {stack} in {src_dir}, whose "
-                            f"planes are frames {frame_stem(stack)}_p0, _p1, ...: give each "
-                            f"plane a mask of its own, named {frame_stem(stack)}_p<k>")
+        names = planes[base_name(of_stack)]
+        raise PipelineError(f"mask {of_stack} is named as a stack in {src_dir}, whose planes are "
+                            f"frames of their own ({names[0]} ... {names[-1]}): give each plane "
+                            f"a mask of its own, named as its frame")
     if unmatched:
         raise PipelineError(f"{len(unmatched)} mask(s) in {folder} belong to no image in "
                             f"{src_dir} ({some_names(unmatched)}): name each mask as its image "
@@ -113,11 +119,11 @@ def instance_class(data_dir, name, add_unknown):
     if name is None:
         if len(classes) == 2:
             return classes, 1, False
-        listed = (f"{len(classes) - 1} object classes ({', '.join(classes[1:])})"
-                  if classes_path.is_file() else "no classes")
-        raise PipelineError(f"{classes_path} lists {listed}; name the class of the masks' "
+        raise PipelineError(f"{classes_path} lists {len(classes) - 1} object classes "
+                            f"({', '.join(classes[1:])}); name the class of the masks' "
                             "objects with --instance-class")
-    name = nfc(name)
+    # As classes.txt spells it: accents stored decomposed (macOS) or composed look alike.
+    name = {nfc(c): c for c in classes}.get(nfc(name), nfc(name))
     if name == classes[0]:
         raise PipelineError(f"--instance-class {name!r} is class 0, the background, in "
                             f"{classes_path}; name the class of the objects")
@@ -126,22 +132,22 @@ def instance_class(data_dir, name, add_unknown):
     problem = class_name_problem(name)
     if problem:
         raise PipelineError(f"--instance-class {name!r} {problem}")
-    clash = case_clash(classes + [name])
-    if clash:
-        raise PipelineError(f"--instance-class {name!r} differs from {classes[clash[0]]!r} in "
-                            f"{classes_path} only in case (one file name on macOS and "
-                            f"Windows): did you mean {classes[clash[0]]!r}?")
     if not add_unknown:
+        meant = [c for c in classes if c.casefold() == name.casefold()]
         raise PipelineError(f"--instance-class {name!r} is not in {classes_path} (known classes: "
-                            f"{', '.join(classes)}); add it there or use --add-unknown-classes")
-    return classes + [name], len(classes), True
+                            f"{', '.join(classes)}); " + (f"did you mean {meant[0]!r}?" if meant
+                            else "add it there or use --add-unknown-classes"))
+    return with_new_classes(classes, {name: "--instance-class"}), len(classes), True
 
 
 def class_label(mask_path, source, class_index):
     """The class-index label of an instance mask: every object pixel class_index. Also the
     number of objects it numbers."""
-    mask = read_instance_mask(mask_path)
-    check_label_size(mask, mask_path, read_raw_image(source).shape[:2], source)
+    mask, image = read_instance_mask(mask_path), read_raw_image(source)
+    check_label_size(mask, mask_path, image.shape[:2], source)
+    if np.array_equal(mask, image):
+        raise PipelineError(f"{mask_path} holds the pixels of its image {source}, not its "
+                            "objects' numbers: give --instances the folder of the masks")
     numbers = np.unique(mask)
     label = np.where(mask > 0, class_index, 0).astype(np.uint8)
     if (numbers > 0).sum() > 1:

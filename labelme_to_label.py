@@ -51,10 +51,10 @@ from image_io import (IMAGE_EXTS, JPEG_START, LABEL_EXTS, TIFF_EXTS, decode_imag
                       tiff_frame_count, write_image, write_tiff)
 from label_record import RECORD, drawn_as_recorded, read_record
 from outputs import sha256_of, staged_output
-from cli import (IGNORE_LABEL, PipelineError, case_clash, class_name_problem, control_character,
-                 count_of, finite_numbers, nfc, positive_float, read_classes, read_json,
-                 refuse_file, refuse_options_beside, run_cli, some_names, unexpanded_pattern,
-                 WORK_DIR)
+from cli import (IGNORE_LABEL, PipelineError, class_name_problem, control_character, count_of,
+                 finite_numbers, nfc, positive_float, read_classes, read_json, refuse_file,
+                 refuse_options_beside, run_cli, some_names, unexpanded_pattern,
+                 with_new_classes, WORK_DIR)
 from instance_masks import class_label, instance_class, masks_of_frames
 
 # LabelMe's own export (labelme_json_to_dataset) draws lines 10 px wide and points with
@@ -585,16 +585,7 @@ def resolve_classes(data_dir, annotations, add_unknown, ignored=()):
                "add it there or use --add-unknown-classes")
         raise PipelineError(f"{json_path}: label {name!r} is not in {classes_path} (known classes: "
                             f"{', '.join(classes)}); {fix}")
-    classes = classes + list(missing)
-    clash = case_clash(classes)
-    if clash:      # classes.txt passed read_classes: the second of the two is a new label
-        first, label = (classes[i] for i in clash)
-        raise PipelineError(f"{missing[label]}: label {label!r} differs from {first!r} only in "
-                            "case: one file name on macOS and Windows; use one spelling")
-    if len(classes) > IGNORE_LABEL:
-        raise PipelineError(f"{len(classes)} classes do not fit in a uint8 label with "
-                            f"{IGNORE_LABEL} kept for ignored pixels")
-    return classes, list(missing)
+    return with_new_classes(classes, missing), list(missing)
 
 
 # ---------------------------------------------------------------- output
@@ -626,11 +617,11 @@ class WrittenLabels:
         self.replace, self.classes, self.entries = replace, list(classes), read_record(data_dir)
         self.data_dir = Path(data_dir)
 
-    def check(self, json_path, label_path, label):
+    def check(self, origin, label_path, label):
         if (self.replace or not label_path.exists() or drawn_as_recorded(self.entries, label_path)
                 or holds_pixels(label_path, label)):
             return
-        raise PipelineError(f"{json_path}: would replace {label_path}, a label this script did "
+        raise PipelineError(f"{origin}: would replace {label_path}, a label this script did "
                             "not write (drawn by hand or made elsewhere), with other pixels; "
                             "move it away to keep it, or add --replace-labels")
 
@@ -839,7 +830,7 @@ def main(argv=None):
         convert_instance_masks(input_folder(args.instances, "masks"), args.instance_class,
                                data_dir, args.replace_labels, args.add_unknown_classes)
         return
-    input_dir = input_folder(args.input or DEFAULT_INPUT, ".json files")
+    input_dir = input_folder(DEFAULT_INPUT if args.input is None else args.input, ".json files")
     try:
         json_paths = sorted(p for p in input_dir.iterdir() if p.suffix.lower() == ".json"
                             and not p.name.startswith(".") and p.is_file())
