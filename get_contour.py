@@ -26,8 +26,8 @@ length of the outer outline of the object's pixels: Vossepoel & Smeulders' corne
 weights on the chain through the boundary pixels' centres, plus the half pixel from there
 to the outline, band_objects.outline_length; 2 pi r for a digitised disc, 2 % short along
 edges on the pixel grid; 0 for one pixel), circularity (4 pi area / perimeter^2: 1 for a
-disc, pi/4 for a square; capped at 1, which tiny objects' estimates can pass; unreliable
-below a few tens of pixels, empty for one pixel),
+disc, pi/4 for a square; capped at 1; unreliable below a few tens of pixels, empty under
+20),
 centroid_x, centroid_y, bbox_x, bbox_y, bbox_w, bbox_h (pixels, origin top-left). The area,
 diameter and perimeter are also given in micrometres (area_um2, equivalent_diameter_um,
 perimeter_um) with --pixel-size, or, by default, for each image whose TIFF records its pixel
@@ -245,15 +245,24 @@ def first_pixel(labels, stats, i):
     return top, int(np.argmax(labels[top] == i))
 
 
+# Below this many pixels an outline is too coarse for its shape: a 2x2 block or a 4x4 square
+# reads as round as a disc (1.0, 0.99), and a 3-pixel L above it.
+MIN_CIRCULARITY_AREA = 20
+
+
+def circularity(area, perimeter):
+    """4 pi area / perimeter^2, capped at the disc's 1, which no shape exceeds; None, an empty
+    cell ("nan" in a spreadsheet is text), for objects under MIN_CIRCULARITY_AREA pixels."""
+    if area < MIN_CIRCULARITY_AREA:
+        return None
+    return min(1.0, 4 * math.pi * area / perimeter ** 2)
+
+
 def object_row(class_index, object_id, area, perimeter, centroid_x, centroid_y, x, y, w, h):
     return {"class_index": class_index, "object_id": object_id, "area_px": area,
             "equivalent_diameter_px": math.sqrt(4 * area / math.pi),
             "perimeter_px": perimeter,
-            # None, an empty cell: a one-pixel object's outline has no length ("nan" in a
-            # spreadsheet is text). Capped at the disc's 1, which no shape exceeds: the
-            # perimeter of a few pixels (a 2x2 block) is estimated short enough to pass it.
-            "circularity": (min(1.0, 4 * math.pi * area / perimeter ** 2) if perimeter > 0
-                            else None),
+            "circularity": circularity(area, perimeter),
             "centroid_x": float(centroid_x), "centroid_y": float(centroid_y),
             "bbox_x": x, "bbox_y": y, "bbox_w": w, "bbox_h": h}
 
@@ -394,7 +403,6 @@ def with_legend(canvas, classes):
 # a metre a pixel, and areas overflow.
 PIXEL_SIZE_RANGE = (1e-6, 1e6)
 MAX_PANEL_ASPECT = 4.0      # height over width of one view of a panel, at the most
-WIDE_FRAME = 2.0            # width over height from which a panel's views go one above another
 MIN_VIEW_ASPECT = 0.05      # height over width of one view, at the least (rows stretched)
 
 
@@ -413,17 +421,17 @@ def plot_panel(name, image, label, mask, outlines, classes, path, pdf):
     h, w = image.shape[:2]
     views += [("prediction", colorize(mask)),
               ("contours", draw_outlines(shown, outlines, max(1, round(max(h, w) / 250))))]
-    # A kymograph or a line scan (5000 x 2 px) would ask for a figure metres tall.
-    aspect = min(h / w, MAX_PANEL_ASPECT)
     shape = "equal"
-    if w > WIDE_FRAME * h:
-        # Side by side, the views of a wide frame would be slivers a page wide: one above
-        # another, each takes the page's width, and a line scan's few rows are stretched
-        # to be seen at all.
+    if w > len(views) * h:
+        # Side by side, the views of a frame wider than that would be slivers: one above
+        # another, each takes the page's width (the panel stays under a page high), and a
+        # line scan's few rows are stretched to be seen at all.
         shape = "equal" if h / w >= MIN_VIEW_ASPECT else "auto"
         fig, axes = plt.subplots(len(views), 1, figsize=(
             7.0, len(views) * (7.0 * max(h / w, MIN_VIEW_ASPECT) + 0.35) + 0.8))
     else:
+        # A kymograph or a line scan (5000 x 2 px) would ask for a figure metres tall.
+        aspect = min(h / w, MAX_PANEL_ASPECT)
         fig, axes = plt.subplots(1, len(views), figsize=(7.0, 7.0 / len(views) * aspect + 0.8))
     for ax, (title, view) in zip(axes, views):
         ax.imshow(view, cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect=shape)
@@ -624,12 +632,9 @@ class Outliner:
         written."""
         if not (self.args.from_probs or self.mask_path(name).is_file()):
             raise PipelineError(f"mask {self.mask_path(name)} not found")
-        reader = None if self.args.from_probs else open_tiff_rows(self.mask_path(name))
-        if reader is not None and megapixels(reader.shape) > self.args.stream_above:
-            with reader:
+        if self.read_in_bands(name):
+            with open_tiff_rows(self.mask_path(name)) as reader:
                 return self.in_bands(name, source, reader, staging, panels, write_row)
-        if reader is not None:
-            reader.close()
         return self.in_memory(name, source, staging, panels, write_row)
 
     def in_memory(self, name, source, staging, panels, write_row):

@@ -142,9 +142,11 @@ def test_squares_have_a_circularity_near_a_quarter_pi(degrees):
 
 
 @pytest.mark.parametrize("pixels", [[[1, 1]], [[1, 0], [0, 1]], [[1, 1, 1]], [[1, 1], [1, 0]],
-                                    [[1, 1], [1, 1]], [[1, 1, 1]] * 3])
-def test_tiny_objects_have_a_circularity_of_at_most_one(pixels):
-    assert 0.5 < circularity(np.pad(np.array(pixels, np.uint8), 1)) <= 1
+                                    [[1, 1], [1, 1]], [[1, 1, 1]] * 3, [[1] * 4] * 4])
+def test_tiny_objects_have_no_circularity(pixels):
+    """Their outlines are too coarse for a shape: a 4x4 square read 0.99, as round as a
+    disc."""
+    assert circularity(np.pad(np.array(pixels, np.uint8), 1)) is None
 
 
 def test_the_outline_length_is_the_same_from_any_start_and_either_way_round():
@@ -653,6 +655,8 @@ def test_legends_draw_class_names_beyond_ascii():
     """OpenCV's fonts draw every character past ASCII as '?': 'αβγ' looked like '???'."""
     def legend(name):
         return G.with_legend(np.zeros((20, 640, 3), np.uint8), ["background", name])[20:]
+    import figures
+    assert figures.font_for(("αβγ", "α-Zelle")) is not None       # letters, not boxes
     assert not np.array_equal(legend("αβγ"), legend("???"))
     assert not np.array_equal(legend("α-Zelle"), legend("?-Zelle"))
 
