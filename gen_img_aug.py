@@ -49,13 +49,13 @@ import numpy as np
 from instance_masks import base_name
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       add_intensity_option, check_label_size, check_label_values, copy_frame,
-                      describe_intensity, files_in, find_label, frame_stem,
+                      describe_intensity, files_in, find_frame_label, frame_stem,
                       label_fits_stored_pixels, list_images, note_hidden_images,
                       parse_intensity, pixel_digest, read_image, read_label, read_raw_image,
                       to_uint8, unread_images, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
-from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count,
+from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, non_negative_int,
                  positive_int, nfc, read_classes, refuse_file, read_name_list, run_cli,
                  seed_value, some_names, WORK_DIR)
 from figures import colorize, save_figure, pyplot
@@ -117,6 +117,12 @@ def parse_args(argv=None):
                    help="processes writing patches; the output does not depend on it "
                         "(default: all cores, %(default)s)")
     g = p.add_argument_group("images")
+    g.add_argument("--page", type=non_negative_int, metavar="K",
+                   help="TIFF stacks: take only plane K (from 0) of each, named like its file "
+                        "and labelled <name>.png (or <name>_p<k>.png), such as the nuclear "
+                        "channel of a two-channel file; K above 0 is refused for a file of one "
+                        "plane; recorded for training and prediction (default: every plane, "
+                        "each a frame named <name>_p<k>)")
     add_intensity_option(g, "default: percentile 0.1 99.9; recorded for training and "
                             "prediction")
     p.add_argument("--pdf", action="store_true",
@@ -137,19 +143,22 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------- split
 
-def labelled_images(data_dir, classes, intensity):
+def labelled_images(data_dir, classes, intensity, page=None):
     """name -> (image path, label path, (h, w)) for every image, checking every image and label
     (readable, same size, classes within classes.txt and, for a label labelme_to_label.py drew,
     at the indices it drew them; drawn on the image as shown where an EXIF tag turns it);
     also each label's values, each image's edge sums, for the images that have any, the
     objects labelled by a bare outline (label_outlines.bare_outlines), the digest of each
     frame's image alone (image_io.pixel_digest; blank frames, which may well repeat, left
-    out) and each frame's digest with its label's."""
-    images = list_images(Path(data_dir) / "src")
+    out) and each frame's digest with its label's. With page, plane `page` of each stack
+    alone (list_images)."""
+    images = list_images(Path(data_dir) / "src", page)
     note_hidden_images(Path(data_dir) / "src")
     if not images:
         raise PipelineError(f"no images found in {Path(data_dir) / 'src'}")
-    missing = [n for n in images if find_label(Path(data_dir) / "label", n) is None]
+    label_of = {name: find_frame_label(Path(data_dir) / "label", name, source)
+                for name, source in images.items()}
+    missing = [n for n in images if label_of[n] is None]
     if missing:
         raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}"
@@ -158,7 +167,7 @@ def labelled_images(data_dir, classes, intensity):
     stored, pictures, digests = [], {}, {}
     classes_path, drawn = Path(data_dir) / "classes.txt", read_record(data_dir)
     for name, img_path in images.items():
-        lbl_path = find_label(Path(data_dir) / "label", name)
+        lbl_path = label_of[name]
         raw, lbl = read_raw_image(img_path), read_label(lbl_path)
         img = to_uint8(raw, intensity, f"image {img_path}")
         wide += raw.dtype != np.uint8
@@ -274,7 +283,7 @@ def masks_named_hint(label_dir, missing):
 
 
 def report_unused_labels(data_dir, used):
-    """Warn of label files that find_label found for no image (used: the label paths it
+    """Warn of label files that find_frame_label found for no image (used: the label paths it
     found): left out of the data set, most often because their image is of a format not read
     (GIF, WebP) or was removed."""
     used = {folder_identity(p) for p in used}
@@ -590,7 +599,7 @@ def patch_settings(args):
 
 def write_split(work, train, test, how, classes, label_values, intensity, stack_of,
                 orientations, relief, angle, scale, outlines, patches, digests, pictures,
-                data_dir):
+                data_dir, page):
     """The split files, written last: their presence marks a complete run. The frames'
     digests let training tell a data folder changed since (or another one) from the one the
     patches came from, before it reads held-out frames there again, and prediction tell test
@@ -607,7 +616,8 @@ def write_split(work, train, test, how, classes, label_values, intensity, stack_
                                      "frame_digests": {n: digests[n] for n in train + test},
                                      "image_digests": {n: pictures[n] for n in train
                                                        if n in pictures},
-                                     "data_dir": str(Path(data_dir).resolve())})
+                                     "data_dir": str(Path(data_dir).resolve()),
+                                     "page": page})
     atomic_write_text(work / "train.txt", "".join(f"{n}\n" for n in train))
     atomic_write_text(work / "test.txt", "".join(f"{n}\n" for n in test))
 
@@ -832,7 +842,7 @@ def main(argv=None):
     check_work_dir(work, args.data_dir)
     classes = read_classes(args.data_dir)
     table, values_of, edges, outlines, pictures, digests = labelled_images(
-        args.data_dir, classes, args.intensity)
+        args.data_dir, classes, args.intensity, args.page)
     label_values = sorted({v for values in values_of.values() for v in values})
     check_object_classes(label_values, classes, args.data_dir)
     check_mask_labels(values_of, table, args.data_dir)
@@ -888,7 +898,7 @@ def main(argv=None):
             (work / "figures" / f"samples{suffix}").unlink(missing_ok=True)
         write_split(work, train, test, how, classes, label_values, args.intensity, stack_of,
                     orientations, relief, angle, args.scale, outlines, patch_settings(args),
-                    digests, pictures, args.data_dir)
+                    digests, pictures, args.data_dir, args.page)
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
     scale = "" if args.scale == 1 else f" from frames resampled by {args.scale:g}"

@@ -64,6 +64,7 @@ def read_config(model_dir, option="--model-dir"):
     config["orientations"] = check_orientations(config.get("orientations", "all"), path)
     # Models trained before --scale worked at the frames' own resolution.
     config["scale"] = check_scale(config.get("scale", 1.0), path)
+    config["page"] = check_page(config.get("page"), path)
     # Models trained before the faint-object filter keep every object.
     config["faint_filter"] = check_faint_filter(config.get("faint_filter"), path)
     # Models trained before the digests were recorded know their frames by name alone.
@@ -127,6 +128,16 @@ def check_orientations(value, where):
     if not isinstance(value, str) or value not in ORIENTATIONS:
         raise PipelineError(f"{where}: 'orientations' must be one of {', '.join(ORIENTATIONS)}, "
                             f"not {value!r}")
+    return value
+
+
+def check_page(value, where):
+    """A recorded --page of gen_img_aug.py (the plane of each stack trained on), validated;
+    None where every plane was a frame, as before the option."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 0):
+        raise PipelineError(f"{where}: 'page' must be a plane number from 0, or null; "
+                            f"got {value!r}")
     return value
 
 

@@ -97,13 +97,14 @@ import numpy as np  # noqa: E402
 
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       add_intensity_option, check_label_size, check_label_values,
-                      describe_intensity, find_frame_label, find_label, frame_differs,
+                      describe_intensity, find_frame_label, frame_differs,
                       list_images, note_hidden_images, parse_intensity, pixel_digest,
                       pixel_size_um, read_label, read_raw_image, to_color_mode, to_uint8,
                       unread_images, write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation, moved_image_path  # noqa: E402
-from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_same_recipe,  # noqa: E402
-                          load_model, model_file, read_config, verify_model_file)
+from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_page,  # noqa: E402
+                          check_same_recipe, load_model, model_file, read_config,
+                          verify_model_file)
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import (atomic_write_text, check_name_fits, check_replaceable,  # noqa: E402
@@ -642,9 +643,10 @@ def note_test_frames_changed(work, frames):
     if not isinstance(data, str) or not (Path(data) / "src").is_dir():
         return
     try:
-        sources = list_images(Path(data) / "src", frames=set(frames) & set(digests))
+        page = check_page(record.get("page"), work / "split.json")
+        sources = list_images(Path(data) / "src", page, frames=set(frames) & set(digests))
         changed = [name for name, source in sources.items() if name in frames
-                   and frame_differs(source, find_label(Path(data) / "label", name),
+                   and frame_differs(source, find_frame_label(Path(data) / "label", name, source),
                                      digests.get(name))]
     except PipelineError:
         return
@@ -652,6 +654,19 @@ def note_test_frames_changed(work, frames):
         print(f"note: {count_of(len(changed), 'test frame')} changed in {data} since "
               f"gen_img_aug.py copied them into {work / 'test'} ({some_names(changed)}): the "
               "scores are of the copies; rerun gen_img_aug.py to score the new ones")
+
+
+def note_page_trained(config, page, images, model_dir):
+    """Say where stacks are predicted plane by plane for a model trained on one plane of each
+    (gen_img_aug.py --page K, such as one channel): the other planes may show what it never
+    saw. The page is not taken over: a folder of files of one plane has no plane K > 0."""
+    stacks = sorted({source.path.name for source in images.values()
+                     if isinstance(source, StackPlane)})
+    if config["page"] is None or page is not None or not stacks:
+        return
+    print(f"note: {model_dir} was trained on plane {config['page']} of each stack "
+          f"(gen_img_aug.py --page {config['page']}); every plane of {some_names(stacks)} is "
+          f"predicted here: add --page {config['page']} for that plane alone")
 
 
 def check_label_classes(label_dir, classes):
@@ -933,6 +948,7 @@ def main(argv=None):
                             f"{args.stream_above:g} megapixels and is predicted band by band; "
                             "--save-probs and --to-labelme need frames that fit in memory")
     config = read_config(model_dir)
+    note_page_trained(config, args.page, images, model_dir)
     transforms = tta_transforms(args.tta, config["orientations"], model_dir)
     if streamed and config["scale"] != 1:
         raise PipelineError(f"{sorted(streamed)[0]} is larger than --stream-above "

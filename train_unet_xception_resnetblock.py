@@ -63,9 +63,9 @@ from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written, 
                  held_out_count, non_negative_float, positive_float, positive_int,
                  read_classes, read_json, refuse_file, run_cli, seed_value, some_names,
                  WORK_DIR)
-from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, load_model,  # noqa: E402
-                          model_file, own_model_folder, read_config, snapshot_files,
-                          verify_model_file)
+from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, check_page,  # noqa: E402
+                          load_model, model_file, own_model_folder, read_config,
+                          snapshot_files, verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
 from geometry import check_scale  # noqa: E402
 
@@ -789,7 +789,7 @@ def held_out_sources(data_dir, val_frames, record):
     not the frame gen_img_aug.py cut the patches from (record: its split.json)."""
     from image_io import list_images
     data = Path(data_dir)
-    sources = list_images(data / "src") if (data / "src").is_dir() else {}
+    sources = list_images(data / "src", record.get("page")) if (data / "src").is_dir() else {}
     # A held-out TIFF stack is named by its file; its planes are frames of their own.
     stack_of, held_out = record.get("stack_of", {}), set(val_frames)
     found = {n: sources[n] for n in sources if stack_of.get(n, n) in held_out}
@@ -802,9 +802,10 @@ def check_frames_unchanged(frames, data, digests):
     edited since, or another --data-dir of frames of the same names): the faint-object filter
     would be calibrated on frames the patches did not come from. Frames recorded by an earlier
     version, or without a label (which the calibration names), are let through."""
-    from image_io import find_label, frame_differs
+    from image_io import find_frame_label, frame_differs
     for name, source in frames.items():
-        if frame_differs(source, find_label(data / "label", name), digests.get(name)):
+        if frame_differs(source, find_frame_label(data / "label", name, source),
+                         digests.get(name)):
             raise PipelineError(f"held-out frame {name} in {data} is not the one gen_img_aug.py "
                                 "cut the patches from (changed since, or another data folder); "
                                 "give the --data-dir it read, rerun gen_img_aug.py and "
@@ -813,7 +814,7 @@ def check_frames_unchanged(frames, data, digests):
 
 def _calibrate_on_frames(args, model_dir, val_frames, precision):
     from faint_objects import MARGIN, MIN_GAIN, calibrate
-    from image_io import find_label
+    from image_io import find_frame_label
     import predict_lovasz_loss as predict
     data = Path(args.data_dir)
     record = work_record(Path(args.work_dir))
@@ -829,7 +830,7 @@ def _calibrate_on_frames(args, model_dir, val_frames, precision):
     _, predict_batch, tile, prepare = predict.open_model(model_dir, config, ["best"], precision)
     frames = []
     for name in names:
-        label_path = find_label(data / "label", name)
+        label_path = find_frame_label(data / "label", name, sources[name])
         if label_path is None:
             raise PipelineError(f"held-out frame {name} has no label in {data}/label")
         img = predict.model_image(sources[name], config["color_mode"], config["intensity"])
@@ -961,7 +962,7 @@ def init_from_model(model, path, new_head):
 def write_config(args, model_dir, classes, stats, patch_shape, split, recorded, fingerprint,
                  labels, precision, extra=None):
     """config.json; `recorded` is what gen_img_aug.py wrote into split.json and prediction
-    must repeat: {"intensity", "orientations", "scale"}."""
+    must repeat: {"intensity", "orientations", "scale", "page"}."""
     old = model_dir / "config.json"
     hashes = read_json(old, "model config").get("sha256", {}) if old.is_file() else {}
     config = {
@@ -1003,7 +1004,8 @@ def check_inputs(args, work):
     where = work / "split.json"
     kept = {"intensity": check_intensity(recorded.get("intensity", DEFAULT_INTENSITY), where),
             "orientations": check_orientations(recorded.get("orientations", "all"), where),
-            "scale": check_scale(recorded.get("scale", 1.0), where)}
+            "scale": check_scale(recorded.get("scale", 1.0), where),
+            "page": check_page(recorded.get("page"), where)}
     split = split_patches(work, args.val_split, args.random_state, args.val_split_by, recorded)
     check_patch_labels(work, classes, args.data_dir, recorded)
     first = read_image(work / "train" / "prep" / split["train"][0])

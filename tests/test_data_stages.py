@@ -883,3 +883,55 @@ def test_a_folder_where_the_split_goes_is_refused_before_the_patches(name, datas
     with pytest.raises(PipelineError, match=f"{name} is not a file"):
         run_aug(dataset, work)
     assert not cut and sorted(p.name for p in work.iterdir()) == [name]
+
+
+def two_channel_data(root, count=4):
+    """Two-channel 16-bit stacks: channel 0 shows the objects, channel 1 noise; labels drawn
+    for channel 0 as <name>.png."""
+    import tifffile
+    (root / "src").mkdir(parents=True)
+    (root / "label").mkdir()
+    (root / "classes.txt").write_text("background\nbead\ncell\n")
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        label = asymmetric_label(60, 60)
+        planes = np.stack([label.astype(np.uint16) * 900 + 300 + 7 * i,
+                           rng.integers(0, 4000, (60, 60)).astype(np.uint16)])
+        tifffile.imwrite(root / "src" / f"st{i}.tif", planes, photometric="minisblack")
+        cv2.imwrite(str(root / "label" / f"st{i}.png"), label)
+    return root
+
+
+def test_one_plane_of_each_stack_trains_with_page(tmp_path):
+    """A two-channel file gave two frames, each to be labelled; --page 0 takes the channel
+    the labels are drawn on, named like the file, and split.json records it."""
+    import tifffile
+    data = two_channel_data(tmp_path / "data")
+    (data / "test.txt").write_text("st3\n")
+    with pytest.raises(PipelineError, match="have no label"):
+        run_aug(data, tmp_path / "w")
+    run_aug(data, tmp_path / "w", "--page", "0")
+    split = json.loads((tmp_path / "w" / "split.json").read_text())
+    assert split["page"] == 0 and split["test"] == ["st3"]
+    assert split["train"] == ["st0", "st1", "st2"]
+    assert np.array_equal(tifffile.imread(tmp_path / "w" / "test" / "src" / "st3.tif"),
+                          tifffile.imread(data / "src" / "st3.tif")[0])
+
+
+def test_the_planes_own_label_serves_with_page(tmp_path):
+    data = two_channel_data(tmp_path / "data")
+    for i in range(4):
+        (data / "label" / f"st{i}.png").rename(data / "label" / f"st{i}_p1.png")
+    run_aug(data, tmp_path / "w", "--page", "1")
+    assert json.loads((tmp_path / "w" / "split.json").read_text())["page"] == 1
+
+
+def test_held_out_frames_are_read_again_at_the_recorded_page(tmp_path):
+    import train_unet_xception_resnetblock as train
+    data = two_channel_data(tmp_path / "data")
+    run_aug(data, tmp_path / "w", "--page", "0")
+    record = json.loads((tmp_path / "w" / "split.json").read_text())
+    held_out = [record["stack_of"][name] for name in record["train"][:2]]   # by file
+    found = train.held_out_sources(data, held_out, record)
+    assert sorted(found) == record["train"][:2]
+    assert all(source.index == 0 for source in found.values())

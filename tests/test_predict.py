@@ -924,3 +924,22 @@ def test_a_test_label_corrected_in_the_data_folder_after_the_split_is_noted(mode
     out = capsys.readouterr().out
     assert f"note: 1 test frame changed in {data.resolve()} since gen_img_aug.py copied them " \
         f"into {work / 'test'} (d): the scores are of the copies" in out
+
+
+def test_stacks_predicted_plane_by_plane_for_a_model_of_one_plane_are_noted(tmp_path, capsys):
+    from image_io import StackPlane
+    stack = {f"s_p{k}": StackPlane(tmp_path / "s.tif", k) for k in range(2)}
+    P.note_page_trained({"page": 1}, None, stack, "M")
+    assert "M was trained on plane 1 of each stack (gen_img_aug.py --page 1); every plane of " \
+        "s.tif is predicted here: add --page 1" in capsys.readouterr().out
+    for config, page, images in (({"page": None}, None, stack), ({"page": 1}, 1, stack),
+                                 ({"page": 1}, None, {"a": tmp_path / "a.png"})):
+        P.note_page_trained(config, page, images, "M")
+        assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("page", [-1, 1.5, True, "0"])
+def test_a_recorded_page_that_is_no_plane_number_is_refused(page):
+    from model_folder import check_page
+    with pytest.raises(PipelineError, match="'page' must be a plane number"):
+        check_page(page, "config.json")
