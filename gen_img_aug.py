@@ -51,8 +51,8 @@ from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       add_intensity_option, check_label_size, check_label_values, copy_frame,
                       describe_intensity, files_in, find_frame_label, frame_stem,
                       label_fits_stored_pixels, list_images, note_hidden_images,
-                      parse_intensity, pixel_digest, read_image, read_label, read_raw_image,
-                      to_uint8, unread_images, write_image)
+                      parse_intensity, picture_digest, pixel_digest, read_image, read_label,
+                      read_raw_image, to_uint8, unread_images, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, non_negative_int,
@@ -149,7 +149,7 @@ def labelled_images(data_dir, classes, intensity, page=None):
     at the indices it drew them; drawn on the image as shown where an EXIF tag turns it);
     also each label's values, each image's edge sums, for the images that have any, the
     objects labelled by a bare outline (label_outlines.bare_outlines), the digest of each
-    frame's image alone (image_io.pixel_digest; blank frames, which may well repeat, left
+    frame's image alone (image_io.picture_digest; blank frames, which may well repeat, left
     out) and each frame's digest with its label's. With page, plane `page` of each stack
     alone (list_images)."""
     images = list_images(Path(data_dir) / "src", page)
@@ -172,7 +172,7 @@ def labelled_images(data_dir, classes, intensity, page=None):
         img = to_uint8(raw, intensity, f"image {img_path}")
         wide += raw.dtype != np.uint8
         if raw.min() != raw.max():      # blank frames may well repeat
-            pictures[name] = pixel_digest(raw)
+            pictures[name] = picture_digest(raw)
         if flattened_by_fixed_range(raw, intensity):
             flattened[frame_file(img_path)] = (raw.min(), raw.max())
         check_label_size(lbl, lbl_path, img.shape, img_path)
@@ -202,9 +202,10 @@ def labelled_images(data_dir, classes, intensity, page=None):
 
 
 def check_twin_frames(pictures, test, table):
-    """Frames of the same pixels (pictures: their image digests; a copy, or a link to the
-    other) on both sides of the split would test the model on a frame it trained on: refused.
-    On one side they are noted: such a frame weighs twice in the patches."""
+    """Frames of one picture (pictures: their image_io.picture_digest; a copy, a link, or
+    one saved again in another bit depth or as RGB) on both sides of the split would test
+    the model on a frame it trained on: refused. On one side they are noted: such a frame
+    weighs twice in the patches."""
     groups = {}
     for name, digest in pictures.items():
         groups.setdefault(digest, []).append(name)
@@ -214,13 +215,14 @@ def check_twin_frames(pictures, test, table):
         if held and len(held) < len(names):
             kept = next(n for n in names if n not in test)
             raise PipelineError(f"{frame_file(table[held[0]][0])} (test) and "
-                                f"{frame_file(table[kept][0])} (train) hold the same pixels (a "
-                                "copy, or a link to the other): the test would score a frame "
-                                "the model trained on; remove one")
+                                f"{frame_file(table[kept][0])} (train) hold the same picture "
+                                "(a copy, a link, or one saved again in another bit depth or "
+                                "as RGB): the test would score a frame the model trained on; "
+                                "remove one")
     if twins:
         shown = "; ".join(" = ".join(frame_file(table[n][0]) for n in names)
                           for names in twins[:3])
-        print(f"note: frames of the same pixels, a copy or a link ({shown}"
+        print(f"note: frames of the same picture, a copy, a link or one saved again ({shown}"
               + (f"; {len(twins) - 3} more" if len(twins) > 3 else "")
               + "): each weighs as that many frames in the patches")
 

@@ -1171,13 +1171,35 @@ def pixel_digest(*arrays):
     """sha256 (hex) of arrays' pixels, with their types and shapes: frames of the same pixels
     (a copy, a link) share it, and so does a frame saved again losslessly or moved elsewhere,
     where a file's digest would differ. gen_img_aug.py records one of each frame and its
-    label, which training checks the held-out frames it reads again against, and one of each
-    training frame's image alone, by which prediction knows a frame the model trained on."""
+    label, which training checks the frames it reads again against (picture_digest tells
+    one picture stored otherwise)."""
     digest = hashlib.sha256()
     for array in arrays:
         digest.update(f"{array.dtype} {array.shape}\0".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+# Steps a picture's values are told apart in, over its own range: far finer than any eye or
+# network tells, and the same for an 8-bit frame saved as 16-bit, as it is or scaled up.
+PICTURE_STEPS = 4095
+
+
+def picture_digest(raw):
+    """sha256 (hex) of the picture an image shows, however it is stored: grey where all its
+    channels are alike (an RGB copy of a grey frame), its values stretched over its own
+    range in PICTURE_STEPS steps (an 8-bit frame saved again as 16-bit, its values as they
+    are or scaled up), with its shape. Frames of one picture share it: it tells a frame the
+    model trained on, and twin frames, where pixel_digest tells a frame changed."""
+    img = np.asarray(raw)
+    if img.ndim == 3 and (img == img[..., :1]).all():
+        img = img[..., 0]
+    img = img.astype(np.float64)
+    low, high = float(img.min()), float(img.max())
+    # Integer values give exact quotients, so a frame and its scaled copy round alike.
+    steps = (np.round((img - low) / (high - low) * PICTURE_STEPS) if high > low
+             else np.zeros_like(img))
+    return pixel_digest(steps.astype(np.uint16))
 
 
 def frame_differs(source, label_path, digest):

@@ -98,7 +98,7 @@ import numpy as np  # noqa: E402
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       add_intensity_option, check_label_size, check_label_values,
                       describe_intensity, find_frame_label, frame_differs,
-                      list_images, note_hidden_images, parse_intensity, pixel_digest,
+                      list_images, note_hidden_images, parse_intensity, picture_digest,
                       pixel_size_um, read_label, read_raw_image, to_color_mode, to_uint8,
                       unread_images, write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation, moved_image_path  # noqa: E402
@@ -465,7 +465,7 @@ def check_frames_readable(images, streamed, color_mode, intensity, label_paths=N
     """Read every frame held in memory, and its label, once before the model loads: a
     truncated file, a grey frame for a colour model, or a label of another size or of a
     class the model lacks stops the run before any frame is predicted, not after the frames
-    before it (whose work an error throws away). Returns {frame: pixel_digest of its image}
+    before it (whose work an error throws away). Returns {frame: picture_digest of its image}
     of the labelled ones, the frames scored, for warn_of_training_frames without a second
     read."""
     from tqdm import tqdm
@@ -476,7 +476,7 @@ def check_frames_readable(images, streamed, color_mode, intensity, label_paths=N
         img = as_model_image(raw, images[name], color_mode, intensity)
         if label_paths.get(name) is not None:
             frame_label(label_paths[name], img.shape[:2], images[name], classes)
-            pictures[name] = pixel_digest(raw)
+            pictures[name] = picture_digest(raw)
     return pictures
 
 
@@ -620,9 +620,10 @@ def warn_of_training_frames(names, pictures, config, model_dir):
 
 
 def frames_trained_on(names, pictures, config):
-    """{frame scored: the training frame of its image's pixels}, by config.json's
-    train_image_digests: of the image alone, as the model saw it, whatever the frame's name
-    or label (one relabelled since is still a picture it learnt). Frames streamed band by
+    """{frame scored: the training frame of its picture}, by config.json's
+    train_image_digests (image_io.picture_digest): of the image alone, whatever the frame's
+    name, label (one relabelled since is still a picture it learnt), bit depth or grey
+    stored as RGB. Frames streamed band by
     band are never read whole, so go unchecked (not in pictures), as do blank ones (which
     may well repeat: gen_img_aug.py records no digest of them). Models trained before the
     digests were recorded know their frames by name alone (train_frames)."""

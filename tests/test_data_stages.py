@@ -11,7 +11,7 @@ import pytest
 
 import gen_img_aug
 import pre_processing
-from image_io import pixel_digest, read_image, read_label, read_raw_image
+from image_io import picture_digest, read_image, read_label, read_raw_image
 from geometry import (dihedral, inverse_dihedral, reflect_pad, resample_label,
                       resample_probabilities, scaled_size)
 from patch_preprocessing import dataset_lut, gamma_lut, preprocess_patch
@@ -758,7 +758,7 @@ def test_two_frames_of_the_same_pixels_across_the_split_are_refused(tmp_path, ca
     (data / "label" / "link.png").symlink_to("im01.png")
     (data / "test.txt").write_text("link\n")
     with pytest.raises(PipelineError, match=r"link.png \(test\) and im01.png \(train\) hold the "
-                                            r"same pixels"):
+                                            r"same picture"):
         run_aug(data, tmp_path / "w")
     assert not (tmp_path / "w").exists()
     (data / "test.txt").write_text("im00\n")          # both train: noted
@@ -766,7 +766,8 @@ def test_two_frames_of_the_same_pixels_across_the_split_are_refused(tmp_path, ca
         cv2.imwrite(str(data / "src" / f"{name}.png"), np.full((60, 60), 7, np.uint8))
         cv2.imwrite(str(data / "label" / f"{name}.png"), np.zeros((60, 60), np.uint8))
     run_aug(data, tmp_path / "w")
-    assert "note: frames of the same pixels, a copy or a link (im01.png = link.png)" in \
+    assert "note: frames of the same picture, a copy, a link or one saved again (im01.png = " \
+        "link.png)" in \
         capsys.readouterr().out
 
 
@@ -779,8 +780,20 @@ def test_the_training_frames_are_recorded_by_their_images_pixels(tmp_path):
     (data / "test.txt").write_text("im03\n")
     run_aug(data, tmp_path / "w")
     recorded = json.loads((tmp_path / "w" / "split.json").read_text())["image_digests"]
-    assert recorded == {name: pixel_digest(read_raw_image(data / "src" / f"{name}.png"))
+    assert recorded == {name: picture_digest(read_raw_image(data / "src" / f"{name}.png"))
                         for name in ("im00", "im01", "im02")}
+
+
+def test_a_training_frame_saved_again_as_rgb_is_refused_as_a_test_frame(tmp_path):
+    """Grey saved as three equal channels is the same picture: its stored pixels differed."""
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 4)
+    frame = cv2.imread(str(data / "src" / "im01.png"), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(data / "src" / "copy.png"), np.dstack([frame] * 3))
+    shutil.copy(data / "label" / "im01.png", data / "label" / "copy.png")
+    (data / "test.txt").write_text("copy\n")
+    with pytest.raises(PipelineError, match=r"copy.png \(test\) and im01.png \(train\) hold the "
+                                            r"same picture"):
+        run_aug(data, tmp_path / "w")
 
 
 @pytest.mark.parametrize("orientation, stored_label, refused", [

@@ -525,3 +525,14 @@ def test_a_label_whose_name_hides_its_format_is_refused(data_as, named, tmp_path
     with pytest.raises(PipelineError, match=f"holds {kind} data whatever its name says; "
                                             f"rename it x.{data_as}"):
         read_label(tmp_path / f"x.{named}")
+
+
+def test_one_picture_stored_otherwise_has_one_picture_digest():
+    from image_io import picture_digest
+    frame = np.random.default_rng(0).integers(3, 250, (30, 40), dtype=np.uint8)
+    same = [frame.astype(np.uint16), frame.astype(np.uint16) * 257, np.dstack([frame] * 3)]
+    assert all(picture_digest(copy) == picture_digest(frame) for copy in same)
+    other = frame.copy()
+    other[0, 0] += 1
+    assert picture_digest(other) != picture_digest(frame)
+    assert picture_digest(frame.T) != picture_digest(frame)

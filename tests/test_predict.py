@@ -18,7 +18,7 @@ import whole_slide as W
 from outputs import sha256_of
 from cli import IGNORE_LABEL, PipelineError
 from geometry import dihedral, reflect_pad
-from image_io import pixel_digest, read_raw_image
+from image_io import picture_digest, read_raw_image
 from metrics import confusion_matrix, iou_per_class
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -592,7 +592,7 @@ def with_training_frames(model_dir, folder, pictures):
 
 
 def image_digest(path):
-    return pixel_digest(read_raw_image(path))
+    return picture_digest(read_raw_image(path))
 
 
 def test_a_training_frame_under_another_name_is_warned_of(model_dir, work, tmp_path, capsys):
@@ -602,6 +602,26 @@ def test_a_training_frame_under_another_name_is_warned_of(model_dir, work, tmp_p
     P.main(["--work-dir", str(work), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
     assert (f"1 of the 2 frames scored are frames the model in {folder} trained on "
             "(a = training frame orig): their IoU is no test of it") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("saved_as", ["16-bit", "16-bit scaled", "rgb"])
+def test_a_training_frame_saved_otherwise_is_warned_of(saved_as, model_dir, work, tmp_path,
+                                                       capsys):
+    """The same picture saved again at another depth or as RGB: its stored pixels differ, the
+    picture the model learnt does not."""
+    import tifffile
+    copy = tmp_path / "work"
+    copy_test_set(work, copy)
+    frame = cv2.imread(str(copy / "test/src/a.png"), cv2.IMREAD_UNCHANGED)
+    (copy / "test/src/a.png").unlink()
+    if saved_as == "rgb":
+        cv2.imwrite(str(copy / "test/src/a.png"), np.dstack([frame] * 3))
+    else:
+        tifffile.imwrite(copy / "test/src/a.tif", frame.astype(np.uint16)
+                         * (257 if saved_as == "16-bit scaled" else 1))
+    folder = with_training_frames(model_dir, tmp_path / "model", {"orig": picture_digest(frame)})
+    P.main(["--work-dir", str(copy), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
+    assert "(a = training frame orig)" in capsys.readouterr().out
 
 
 def test_another_image_of_a_training_frames_name_is_not_warned_of(model_dir, work, tmp_path,
