@@ -282,7 +282,7 @@ def patch_sources(work, names, strict=True):
     return sources
 
 
-def split_patches(work, val_split, random_state, by="image", recorded=None):
+def split_patches(work, val_split, random_state, by="image", recorded=None, learnt=()):
     """{"by", "val_frames", "train", "val", "train_frames", "train_image_digests"}: which
     patches train and which validate, and the frames of the training patches (and
     trained_pictures of them).
@@ -293,7 +293,8 @@ def split_patches(work, val_split, random_state, by="image", recorded=None):
     gen_img_aug.py wrote into split.json: stack_of, frame -> file) count as one frame, as
     neighbouring planes look alike. With fewer than MIN_FRAMES_FOR_IMAGE_SPLIT frames, or by
     patch, the patches are split at random as in the paper (overlapping crops of the same
-    frames then land on both sides).
+    frames then land on both sides). Frames in `learnt` (those the --init-model model trained
+    on) are held out only where too few others are left.
     """
     names = patch_names(work)
     recorded = recorded or {}
@@ -308,7 +309,7 @@ def split_patches(work, val_split, random_state, by="image", recorded=None):
                             "training); rerun gen_img_aug.py and pre_processing.py")
     frame_of = patch_sources(work, names, strict=by == "image")
     split = (split_by_image(names, frame_of, val_split, random_state,
-                            recorded.get("stack_of") or {})
+                            recorded.get("stack_of") or {}, learnt)
              if by == "image" else None) or split_by_patch(names, val_split, random_state)
     # The frames the model saw, for prediction to tell them from unseen ones (None where no
     # patches.csv says which they are).
@@ -328,6 +329,42 @@ def trained_pictures(frames, recorded):
     return {name: pictures[name] for name in frames if name in pictures}
 
 
+def with_earlier_frames(pictures, earlier):
+    """The training frames' picture digests ({frame: digest}, or None) with those of the
+    frames the --init-model model trained on (earlier; its config carries on its own
+    starting model's too): fine-tuned, this model has learnt them all. A name of theirs
+    that ours bears for another picture is kept as '<name> (--init-model)'."""
+    if not earlier:
+        return pictures
+    merged = dict(pictures or {})
+    for name, digest in earlier.items():
+        if merged.get(name, digest) != digest:
+            name = f"{name} (--init-model)"
+        merged.setdefault(name, digest)
+    return merged
+
+
+def frames_learnt(recorded, earlier):
+    """The frames (a stack by its file, as the validation split counts them) whose pictures
+    the --init-model model trained on (earlier: its train_image_digests, or None)."""
+    learnt = set((earlier or {}).values())
+    stack_of = recorded.get("stack_of") or {}
+    return {stack_of.get(name, name) for name, digest in
+            (recorded.get("image_digests") or {}).items() if digest in learnt}
+
+
+def warn_of_held_out_frames_trained_on(val_frames, learnt, init_model):
+    """Say where frames held out for validation are frames the --init-model model trained
+    on, too few others being left: they choose the best checkpoint, and calibrate the
+    faint-object filter, on pictures the model has learnt."""
+    seen = sorted(set(val_frames or ()) & learnt)
+    if seen:
+        print(f"warning: {count_of(len(seen), 'frame')} held out for validation "
+              f"({some_names(seen)}) are frames --init-model {init_model} trained on, too few "
+              "others being left: the best checkpoint is chosen on pictures the model has "
+              "learnt; add new frames, or lower --val-split")
+
+
 def split_by_patch(names, val_split, random_state):
     """The paper's random patch split, refused where a side would be empty."""
     from sklearn.model_selection import train_test_split
@@ -341,8 +378,9 @@ def split_by_patch(names, val_split, random_state):
     return {"by": "patch", "val_frames": [], "train": sorted(train), "val": sorted(val)}
 
 
-def split_by_image(names, frame_of, val_split, random_state, stack_of):
-    """split_patches() by whole frames, or None (with a note) where there are too few."""
+def split_by_image(names, frame_of, val_split, random_state, stack_of, learnt=()):
+    """split_patches() by whole frames, or None (with a note) where there are too few; the
+    frames of `learnt` go last in the draw of the held-out ones."""
     sources = {n: stack_of.get(frame, frame) for n, frame in frame_of.items()}
     frames = sorted({sources[n] for n in names}) if sources else []
     if len(frames) < MIN_FRAMES_FOR_IMAGE_SPLIT:
@@ -350,7 +388,9 @@ def split_by_image(names, frame_of, val_split, random_state, stack_of):
               "patch split (--val-split-by patch)")
         return None
     count = min(len(frames) - 1, max(1, round(val_split * len(frames))))
-    val_frames = sorted(np.random.RandomState(random_state).permutation(frames)[:count].tolist())
+    drawn = np.random.RandomState(random_state).permutation(frames).tolist()
+    drawn = [f for f in drawn if f not in learnt] + [f for f in drawn if f in learnt]
+    val_frames = sorted(drawn[:count])
     held_out = set(val_frames)
     val = [n for n in names if sources[n] in held_out]
     if not val or len(val) == len(names):
@@ -797,6 +837,29 @@ def held_out_sources(data_dir, val_frames, record):
     return found
 
 
+def note_training_frames_changed(data_dir, train_frames, recorded, work):
+    """Say which training frames differ in the data folder from those gen_img_aug.py cut the
+    patches from (split.json's frame_digests): a label corrected since trains as it was. A
+    note, not a refusal: the patches are whole without the data folder."""
+    from image_io import find_frame_label, frame_differs, list_images
+    digests, data = recorded.get("frame_digests") or {}, Path(data_dir)
+    frames = set(train_frames or ()) & set(digests)
+    if not frames or not (data / "src").is_dir():
+        return
+    try:
+        sources = list_images(data / "src", recorded.get("page"), frames=frames)
+        changed = [name for name, source in sources.items() if name in frames
+                   and frame_differs(source, find_frame_label(data / "label", name, source),
+                                     digests[name])]
+    except PipelineError:       # an unreadable data folder is not this run's input
+        return
+    if changed:
+        print(f"note: {count_of(len(changed), 'training frame')} changed in {data} since "
+              f"gen_img_aug.py cut the patches of {work} ({some_names(changed)}): the model "
+              "trains on them as they were; rerun gen_img_aug.py and pre_processing.py to "
+              "train on them as they are")
+
+
 def check_frames_unchanged(frames, data, digests):
     """Refuse a frame whose pixels or label differ from those gen_img_aug.py recorded (data
     edited since, or another --data-dir of frames of the same names): the faint-object filter
@@ -1006,8 +1069,15 @@ def check_inputs(args, work):
             "orientations": check_orientations(recorded.get("orientations", "all"), where),
             "scale": check_scale(recorded.get("scale", 1.0), where),
             "page": check_page(recorded.get("page"), where)}
-    split = split_patches(work, args.val_split, args.random_state, args.val_split_by, recorded)
+    # Fine-tuning: the frames the first model learnt are held out for validation only where
+    # too few others are left; it would choose the best checkpoint on pictures it has learnt.
+    earlier = (read_config(Path(args.init_model), "--init-model")["train_image_digests"]
+               if args.init_model and Path(args.init_model).is_dir() else None)
+    learnt = frames_learnt(recorded, earlier)
+    split = split_patches(work, args.val_split, args.random_state, args.val_split_by, recorded,
+                          learnt)
     check_patch_labels(work, classes, args.data_dir, recorded)
+    note_training_frames_changed(args.data_dir, split["train_frames"], recorded, work)
     first = read_image(work / "train" / "prep" / split["train"][0])
     patch_shape = first.shape[:2]
     if patch_shape[0] % 32 or patch_shape[1] % 32:
@@ -1022,6 +1092,9 @@ def check_inputs(args, work):
     if args.new_head and not args.init_model:
         raise PipelineError("--new-head needs --init-model")
     init = check_init_model(args, classes, kept["scale"]) if args.init_model else None
+    if init:
+        warn_of_held_out_frames_trained_on(split["val_frames"], learnt, args.init_model)
+        split["train_image_digests"] = with_earlier_frames(split["train_image_digests"], earlier)
     if args.loss == "lovasz-hinge" and len(classes) != 2:
         raise PipelineError(f"--loss lovasz-hinge needs 2 classes, classes.txt has {len(classes)}")
     return classes, stats, split, patch_shape, kept, init

@@ -948,3 +948,21 @@ def test_held_out_frames_are_read_again_at_the_recorded_page(tmp_path):
     found = train.held_out_sources(data, held_out, record)
     assert sorted(found) == record["train"][:2]
     assert all(source.index == 0 for source in found.values())
+
+
+def test_a_training_frame_relabelled_after_the_patches_is_noted(tmp_path, capsys):
+    """Its patches train as they were: said at the start of training, where only a held-out
+    frame changed was refused."""
+    import train_unet_xception_resnetblock as train
+    data = make_dataset(tmp_path / "data", [(60, 60)] * 4)
+    (data / "test.txt").write_text("im03\n")
+    run_aug(data, tmp_path / "w")
+    record = json.loads((tmp_path / "w" / "split.json").read_text())
+    capsys.readouterr()
+    train.note_training_frames_changed(data, record["train"], record, tmp_path / "w")
+    assert capsys.readouterr().out == ""
+    label = cv2.imread(str(data / "label" / "im01.png"), 0)
+    label[:5, :5] = 1
+    cv2.imwrite(str(data / "label" / "im01.png"), label)
+    train.note_training_frames_changed(data, record["train"], record, tmp_path / "w")
+    assert "note: 1 training frame changed in" in capsys.readouterr().out

@@ -538,6 +538,32 @@ def test_validation_frames_give_no_training_patch(tmp_path):
     assert by_patch["by"] == "patch" and len(by_patch["val"]) == 12
 
 
+def test_frames_the_first_model_learnt_are_held_out_last(tmp_path, capsys):
+    """Fine-tuning on a new split of the data folder: frames the --init-model model trained
+    on would choose the best checkpoint on pictures it learnt."""
+    make_patch_set(tmp_path, 60)
+    frames = [f"frame_{i}" for i in range(10)]
+    write_patch_sources(tmp_path, frames)
+    learnt = set(frames[:8])
+    for seed in range(5):
+        split = train.split_patches(tmp_path, 0.2, seed, learnt=learnt)
+        assert set(split["val_frames"]) == {"frame_8", "frame_9"}
+    split = train.split_patches(tmp_path, 0.3, 0, learnt=learnt)       # 3 held out, 2 new
+    train.warn_of_held_out_frames_trained_on(split["val_frames"], learnt, "M")
+    assert "1 frame held out for validation" in capsys.readouterr().out
+
+
+def test_the_first_models_frames_are_carried_on_by_their_pictures():
+    recorded = {"image_digests": {"a": "d1", "b": "d2", "z_p0": "d3"},
+                "stack_of": {"z_p0": "z.tif"}}
+    assert train.frames_learnt(recorded, {"old_a": "d1", "z": "d3"}) == {"a", "z.tif"}
+    assert train.frames_learnt(recorded, None) == set()
+    merged = train.with_earlier_frames({"a": "d1", "b": "d2"}, {"a": "d9", "c": "d1", "e": "d5"})
+    assert merged == {"a": "d1", "b": "d2", "a (--init-model)": "d9", "c": "d1", "e": "d5"}
+    assert train.with_earlier_frames(None, {"e": "d5"}) == {"e": "d5"}
+    assert train.with_earlier_frames({"a": "d1"}, None) == {"a": "d1"}
+
+
 def test_planes_of_a_stack_validate_together(tmp_path):
     """Neighbouring planes of a stack look alike: they are held out as one frame."""
     make_patch_set(tmp_path, 80)
