@@ -238,7 +238,16 @@ def open_tiff(path):
             tif = tifffile.TiffFile(path, _multifile=False, **MMSTACK_AS_PAGES)
         return tif
     except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError) as err:
-        raise PipelineError(f"cannot read TIFF {path}: {err}") from None
+        # tifffile calls an empty file one of a bad header (header=b''); say what it is.
+        why = f"{NOT_AN_IMAGE} (0 bytes)" if _is_empty(path) else err
+        raise PipelineError(f"cannot read TIFF {path}: {why}") from None
+
+
+def _is_empty(path):
+    try:
+        return os.path.getsize(path) == 0
+    except (OSError, TypeError):    # gone since, or not a path
+        return False
 
 
 # tifffile's kinds of files that record no format of their own: 'shaped' (a series per write
@@ -1000,6 +1009,10 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 DAMAGE_MESSAGES = ("libpng error", "Corrupt JPEG data", "Premature end of JPEG file")
 
 
+# Why an image file gave no pixels, where its bytes say no more (none at all, or no format).
+NOT_AN_IMAGE = "empty, truncated or not an image file"
+
+
 def _reports_damage(line):
     return line.startswith(DAMAGE_MESSAGES)
 
@@ -1012,7 +1025,7 @@ def _imdecode(data, what):
         if data:
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or damage:
-        why = ("empty, truncated or not an image file" if img is None else
+        why = (NOT_AN_IMAGE if img is None else
                "the file is damaged and its decoder made up some of its pixels")
         said = f" ({'; '.join(damage)})" if damage else ""
         raise PipelineError(f"cannot read {what}: {why}{said}")

@@ -713,9 +713,18 @@ def write_pair(json_path, data, image, label, data_dir, staging, written, pixel_
             write_image(staging / "src" / target.name, image, atomic=False)
         elif not holds_pixels(target, image):
             raise PipelineError(f"{json_path}: would replace {target}, whose pixels are not "
-                                "those of the image this annotation holds (imageData); move "
-                                "that file away, or set imagePath to it")
+                                f"those of {image_origin(named, data, image)}; move that file "
+                                "away, or set imagePath to it")
     write_label(json_path, "json", name, label, data_dir, staging, written)
+
+
+def image_origin(named, data, image):
+    """Where an annotation's image came from, for messages: the imagePath file `named`
+    (without imageData, or where load_image took it over a lossy embedded copy) or the
+    embedded imageData."""
+    if named is not None and (not data.get("imageData") or holds_pixels(named, image)):
+        return f"its imagePath file {named}"
+    return "the image this annotation holds (imageData)"
 
 
 def write_label(origin, kind, name, label, data_dir, staging, written):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from image_io import COLOR_MODES, DEFAULT_INTENSITY, check_intensity
 from outputs import sha256_of
-from cli import PipelineError, case_clash, class_name_problem, read_json
+from cli import PipelineError, case_clash, class_name_problem, count_of, read_json
 from geometry import ORIENTATIONS, check_scale
 from patch_preprocessing import check_preprocessing
 
@@ -145,7 +145,7 @@ def model_file(model_dir, config, choice):
     """Path of the model file that --weights names."""
     model_dir = Path(model_dir)
     if choice in ("best", "swa"):
-        hint = " (trained with --swa-epochs 0?)" if choice == "swa" else ""
+        hint = missing_model_hint(model_dir, config, choice)
         if choice not in config["weights_files"]:
             raise PipelineError(f"--weights {choice}: {model_dir / 'config.json'} names no "
                                 f"{choice} model{hint}")
@@ -156,13 +156,54 @@ def model_file(model_dir, config, choice):
     if choice == "last":
         snapshots = snapshot_files(model_dir / "snapshots")
         if not snapshots:
-            raise PipelineError(f"--weights last: no snapshots in {model_dir / 'snapshots'}")
+            raise PipelineError(f"--weights last: no snapshots in {model_dir / 'snapshots'}"
+                                f"{missing_model_hint(model_dir, config, choice)}")
         return snapshots[-1]
     for path in (model_dir / choice, Path(choice)):
         if path.is_file():
             return path
     raise PipelineError(f"--weights {choice}: not best, swa, last or an existing model file "
                         f"(looked in {model_dir} and the current folder)")
+
+
+def missing_model_hint(model_dir, config, choice):
+    """Why a model file --weights names is missing, as far as the model folder tells: an
+    unfinished training has not written it yet (the SWA model comes last), a finished one
+    with --swa-epochs 0 never writes the SWA model."""
+    progress = unfinished_training(model_dir, config)
+    if progress is not None:
+        return (f" (its training has not finished: {progress}; rerun the training command "
+                "to finish it)")
+    if choice != "swa":
+        return ""
+    settings = config.get("settings")
+    if not isinstance(settings, dict) or "swa_epochs" not in settings:
+        return " (trained with --swa-epochs 0?)"     # a config.json that does not say
+    if settings["swa_epochs"] == 0:
+        return " (trained with --swa-epochs 0, as config.json's settings record)"
+    return " (training wrote it: moved or deleted since?)"
+
+
+def unfinished_training(model_dir, config):
+    """How far a model folder's training got where it has not finished (interrupted), such
+    as '1 of 3 epochs done'; None where it finished (config.json records its result, which
+    training writes last) or config.json was not written by training."""
+    settings = config.get("settings")
+    if not isinstance(settings, dict) or "result" in config:
+        return None
+    path = Path(model_dir) / "state.json"
+    try:    # written at each epoch's end: none before the first
+        state = read_json(path, "training state") if path.is_file() else {}
+    except PipelineError:
+        state = {}
+    done = state.get("epochs_done") if isinstance(state, dict) else None
+    if not isinstance(done, int) or done < 1:
+        return "no epoch done yet"
+    if state.get("finished"):     # the epochs ran; the SWA model and calibration did not
+        return f"{count_of(done, 'epoch')} done, not the steps after them"
+    planned = settings.get("epochs")
+    return (f"{done} of {planned} epochs done" if isinstance(planned, int)
+            else f"{count_of(done, 'epoch')} done")
 
 
 def snapshot_files(folder):

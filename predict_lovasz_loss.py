@@ -60,6 +60,12 @@ predict.json counts them per frame. --faint-filter off keeps every object. Proba
 are never filtered, and frames predicted band by band keep every object (the texture needs
 the whole frame).
 
+Unfinished training: a model folder whose training was interrupted (config.json records no
+result yet) predicts with the models of the epochs done so far, with a note saying how many
+of the planned epochs were done and whether the faint-object filter is still to be
+calibrated, and "model_finished": false in predict.json. Rerunning the training command
+resumes it; the SWA model is written at its end.
+
 IoU: per image and class, IoU = TP / (TP + FP + FN). A class absent from both the label
 and the prediction of an image scores 1; absent from the label but predicted, 0. The
 dataset IoU of a class comes from the confusion matrix summed over all images (not the
@@ -87,6 +93,7 @@ import csv
 import io
 import itertools
 import math
+import os
 from pathlib import Path
 
 from hardware import add_precision_option, prepare_tensorflow, use_precision
@@ -103,8 +110,8 @@ from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       unread_images, write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation, moved_image_path  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_page,  # noqa: E402
-                          check_same_recipe, load_model, model_file, read_config,
-                          verify_model_file)
+                          check_same_recipe, load_model, model_file, own_model_folder,
+                          read_config, unfinished_training, verify_model_file)
 from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  # noqa: E402
                          megapixels, mirrored_rows, open_tiff_rows, write_tiled_mask)
 from outputs import (atomic_write_text, check_name_fits, check_replaceable,  # noqa: E402
@@ -793,16 +800,54 @@ def frame_probabilities(predict_batch, img, tile, scale, overlap, blend, batch_s
     return resample_probabilities(probs, img.shape[:2])
 
 
-def open_model(model_dir, config, choices, precision, verify=True):
-    """(model files, batch -> probabilities function, tile shape, tile preparer) of a model
-    folder whose config.json has been read; several --weights choices give the mean of their
-    models' probabilities."""
-    from model import with_precision
+def model_files(model_dir, config, choices):
+    """The model files the --weights choices name, each once."""
     paths = [model_file(model_dir, config, choice) for choice in choices]
     twice = [str(p) for i, p in enumerate(paths)
              if p.resolve() in {q.resolve() for q in paths[:i]}]
     if twice:   # an ensemble of one model with itself is that model at twice the time
         raise PipelineError(f"--weights names {twice[0]} twice; give each model once")
+    return paths
+
+
+def note_unfinished_training(model_dir, config, paths, faint_choice):
+    """Note each model folder predicting here (--model-dir, an ensemble's other ones) whose
+    training was interrupted: its models are those of the epochs done so far. Returns whether
+    every one has finished; None where --model-dir's config.json was not written by training
+    and tells nothing."""
+    folders = {Path(os.path.abspath(model_dir)): config}
+    for path in paths:
+        folder, own = own_model_folder(path)
+        if folder is not None:
+            folders.setdefault(folder, own)
+    # None: --model-dir's config.json was not written by training and cannot tell.
+    finished = True if isinstance(config.get("settings"), dict) else None
+    for folder, own in folders.items():
+        progress = unfinished_training(folder, own)
+        if progress is None:
+            continue
+        finished = False
+        # Only --model-dir's calibration is applied; training calibrates once its epochs ran.
+        faint = ("; the faint-object filter is not calibrated yet (every object is kept)"
+                 if own is config and faint_choice == "model" and faint_pending(own) else "")
+        print(f"note: the training of {folder} has not finished ({progress}): its models are "
+              f"those of the epochs so far{faint}; rerunning its training command (config.json's "
+              "'command') resumes it")
+    return finished
+
+
+def faint_pending(config):
+    """Whether training will calibrate a faint-object filter once its epochs have run."""
+    return (config["settings"].get("faint_filter", "calibrate") == "calibrate"
+            and bool(config.get("val_frames")))
+
+
+def open_model(model_dir, config, choices, precision, verify=True):
+    """(model files, batch -> probabilities function, tile shape, tile preparer) of a model
+    folder whose config.json has been read; several --weights choices give the mean of their
+    models' probabilities."""
+    from model import with_precision
+    paths = model_files(model_dir, config, choices)
     verified = []
     for path in paths:
         check_same_recipe(path, model_dir, config)
@@ -957,6 +1002,10 @@ def main(argv=None):
                             f"which works at the frames' own scale; {model_dir} was trained at "
                             f"scale {config['scale']:g} (gen_img_aug.py --scale): raise "
                             "--stream-above to predict it in memory")
+    # Before TensorFlow loads (and times bf16): a missing model file is refused in a moment.
+    finished = note_unfinished_training(model_dir, config,
+                                        model_files(model_dir, config, args.weights),
+                                        args.faint_filter)
     classes, decision = config["classes"], config["decision"]
     check_output_files(everything, classes, args, streamed)
     if label_dir:
@@ -1016,7 +1065,7 @@ def main(argv=None):
             "faint_filter": {"choice": args.faint_filter, "threshold": threshold,
                              "objects_dropped": run.dropped,
                              "not_applied_to": sorted(streamed) if threshold is not None else []},
-            "precision": precision,
+            "precision": precision, "model_finished": finished,
             "batch_size": args.batch_size, "probability_maps": args.save_probs,
             "page": args.page, "mask_format": args.mask_format,
             "labelme": {"tolerance": args.labelme_tolerance} if args.to_labelme else None,

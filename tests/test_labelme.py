@@ -227,10 +227,27 @@ def test_another_picture_of_the_name_in_src_is_never_replaced_by_the_embedded_im
     original = np.random.default_rng(1).integers(0, 4096, (20, 30)).astype(np.uint16)
     cv2.imwrite(str(data / "src" / "e.png"), original)      # the user's 16-bit original
     (data / "label" / "e.png").unlink()
-    with pytest.raises(PipelineError, match=r"would replace .*e\.png, whose pixels are not"):
+    with pytest.raises(PipelineError, match=r"would replace .*e\.png, whose pixels are not "
+                                            r"those of the image this annotation holds "
+                                            r"\(imageData\)"):
         run_main(data, labelme)
     assert np.array_equal(cv2.imread(str(data / "src" / "e.png"), cv2.IMREAD_UNCHANGED), original)
     assert not (data / "label" / "e.png").exists()
+
+
+def test_another_picture_of_the_name_in_src_is_named_beside_the_imagepath_file(tmp_path):
+    """Without imageData the image comes from the imagePath file: the refusal names it."""
+    data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]},
+                                 image_shape=(20, 30))
+    (data / "src").mkdir()
+    other = np.random.default_rng(1).integers(0, 256, (20, 30), dtype=np.uint8)
+    cv2.imwrite(str(data / "src" / "e.png"), other)
+    with pytest.raises(PipelineError) as refusal:
+        run_main(data, labelme)
+    assert f"would replace {data / 'src' / 'e.png'}, whose pixels are not those of its " \
+        f"imagePath file {labelme / 'e.png'}; move" in str(refusal.value)
+    assert "imageData" not in str(refusal.value)
+    assert np.array_equal(cv2.imread(str(data / "src" / "e.png"), cv2.IMREAD_UNCHANGED), other)
 
 
 @pytest.mark.parametrize("height, width, error", [

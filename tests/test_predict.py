@@ -376,6 +376,77 @@ def test_weights_choice(tmp_path):
         P.model_file(tmp_path, config, "nothing.h5")
 
 
+def training_settings(*argv):
+    """config.json's 'settings' as training records them (every option of its command)."""
+    import train_unet_xception_resnetblock as train
+    return vars(train.parse_args(["--epochs", "3", "--swa-epochs", "2", *argv]))
+
+
+def write_state(folder, epochs_done, **extra):
+    """state.json as training_callbacks.Checkpoints writes it at an epoch's end (Finished
+    adds "finished": true once the epochs have run)."""
+    (folder / "state.json").write_text(json.dumps({"best_val_loss": 0.5,
+                                                   "epochs_done": epochs_done,
+                                                   "minutes": 0.3, **extra}))
+
+
+def test_a_missing_model_file_is_explained_by_what_the_model_folder_records(tmp_path):
+    """An interrupted training has no SWA model yet (written at its end); a finished one
+    with --swa-epochs 0 never writes it. Training records no 'result' until it finishes."""
+    (tmp_path / "m_best.h5").write_text("")
+    config = {"weights_files": {"best": "m_best.h5", "swa": "m_swa.h5"},
+              "settings": training_settings(), "val_frames": ["v1"]}
+    write_state(tmp_path, 1)
+    unfinished = r"\(its training has not finished: {}; rerun the training command to finish it\)$"
+    with pytest.raises(PipelineError, match=r"m_swa\.h5 not found " +
+                       unfinished.format("1 of 3 epochs done")):
+        P.model_file(tmp_path, config, "swa")
+    with pytest.raises(PipelineError, match=r"no snapshots in .* " +
+                       unfinished.format("1 of 3 epochs done")):
+        P.model_file(tmp_path, config, "last")
+    write_state(tmp_path, 3, finished=True)     # killed during SWA or the calibration
+    with pytest.raises(PipelineError, match=unfinished.format(
+            "3 epochs done, not the steps after them")):
+        P.model_file(tmp_path, config, "swa")
+    (tmp_path / "state.json").unlink()          # killed before the first epoch's end
+    with pytest.raises(PipelineError, match=unfinished.format("no epoch done yet")):
+        P.model_file(tmp_path, {**config, "weights_files": {"best": "m_gone.h5"}}, "best")
+    config["result"] = {"epochs_done": 3}
+    with pytest.raises(PipelineError, match=r"not found \(training wrote it: moved or deleted "
+                                            r"since\?\)$"):
+        P.model_file(tmp_path, config, "swa")
+    config["settings"]["swa_epochs"] = 0
+    with pytest.raises(PipelineError, match=r"not found \(trained with --swa-epochs 0, as "
+                                            r"config\.json's settings record\)$"):
+        P.model_file(tmp_path, config, "swa")
+    del config["settings"]      # not written by training: it cannot tell
+    with pytest.raises(PipelineError, match=r"not found \(trained with --swa-epochs 0\?\)$"):
+        P.model_file(tmp_path, config, "swa")
+
+
+def test_an_unfinished_training_is_noted_as_far_as_it_got(tmp_path, capsys):
+    config = {"settings": training_settings(), "val_frames": ["v1"]}
+    write_state(tmp_path, 1)
+    paths = [tmp_path / "m_best.h5"]
+    assert P.note_unfinished_training(tmp_path, config, paths, "model") is False
+    assert capsys.readouterr().out == (
+        f"note: the training of {tmp_path} has not finished (1 of 3 epochs done): its models "
+        "are those of the epochs so far; the faint-object filter is not calibrated yet (every "
+        "object is kept); rerunning its training command (config.json's 'command') resumes "
+        "it\n")
+    # The filter left out: turned off here, or by training, or no held-out frames to set it.
+    for choice, settings, frames in (("off", training_settings(), ["v1"]),
+                                     ("model", training_settings("--faint-filter", "off"), ["v1"]),
+                                     ("model", training_settings(), [])):
+        unfiltered = {"settings": settings, "val_frames": frames}
+        assert P.note_unfinished_training(tmp_path, unfiltered, paths, choice) is False
+        assert "(1 of 3 epochs done): its models are those of the epochs so far; rerunning" \
+            in capsys.readouterr().out
+    assert P.note_unfinished_training(tmp_path, {**config, "result": {}}, paths, "model") is True
+    assert P.note_unfinished_training(tmp_path, {}, paths, "model") is None
+    assert capsys.readouterr().out == ""
+
+
 # ---------------------------------------------------------------- a real model
 
 @pytest.fixture(scope="module")
@@ -884,6 +955,46 @@ def test_the_recorded_faint_filter_drops_objects_unless_turned_off(model_dir, wo
         P.main(["--work-dir", str(work), "--model-dir", str(strict),
                 "--output", str(tmp_path / "never")])
     assert not (tmp_path / "never").exists()
+
+
+def unfinished_model_folder(model_dir, folder):
+    """A model folder as training leaves it when interrupted after epoch 1 of 3: config.json
+    as written at the start (no result, no faint_filter), the best model, state.json."""
+    folder.mkdir()
+    os.symlink(model_dir / "m_best.h5", folder / "m_best.h5")
+    write_config(folder, "grey", "argmax", settings=training_settings(), val_frames=["v1"])
+    write_state(folder, 1)
+    return folder
+
+
+def test_predicting_with_an_unfinished_training_is_noted_and_recorded(model_dir, work, tmp_path,
+                                                                      capsys):
+    folder = unfinished_model_folder(model_dir, tmp_path / "model")
+    out = tmp_path / "out"
+    P.main(["--work-dir", str(work), "--model-dir", str(folder), "--input", str(work / "mine"),
+            "--output", str(out)])
+    said = capsys.readouterr().out
+    assert f"note: the training of {folder} has not finished (1 of 3 epochs done)" in said
+    assert json.loads((out / "predict.json").read_text())["model_finished"] is False
+    P.main(["--work-dir", str(work), "--model-dir", str(model_dir), "--input",
+            str(work / "mine"), "--output", str(tmp_path / "hand_made")])
+    assert "has not finished" not in capsys.readouterr().out
+    record = json.loads((tmp_path / "hand_made" / "predict.json").read_text())
+    assert record["model_finished"] is None     # a config.json training did not write
+
+
+def test_a_missing_model_file_is_refused_before_tensorflow_times_the_precision(
+        model_dir, work, tmp_path, monkeypatch):
+    folder = unfinished_model_folder(model_dir, tmp_path / "model")
+
+    def times_the_precision(choice):
+        raise AssertionError("--precision resolved before the model file was found")
+    monkeypatch.setattr(P, "use_precision", times_the_precision)
+    with pytest.raises(PipelineError, match=r"m_swa\.h5 not found \(its training has not "
+                                            r"finished: 1 of 3 epochs done; rerun"):
+        P.main(["--work-dir", str(work), "--model-dir", str(folder), "--weights", "swa",
+                "--input", str(work / "mine"), "--output", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
 def test_weights_given_twice_add_up_as_one_list_does():

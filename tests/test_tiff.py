@@ -650,6 +650,17 @@ def test_a_damaged_tiff_is_one_clear_error(tmp_path, damage):
         read_raw_image(list_images(bad).popitem()[1])
 
 
+def test_an_empty_tiff_is_called_empty_as_an_empty_png_is(tmp_path):
+    """tifffile calls a file of 0 bytes one of a bad header (header=b'')."""
+    for name, kind in (("x.png", "image"), ("x.tif", "TIFF")):
+        (tmp_path / name).write_bytes(b"")
+        with pytest.raises(PipelineError, match=rf"^cannot read {kind} \S*{name}: empty, "
+                                                "truncated or not an image file"):
+            read_raw_image(tmp_path / name)
+    with pytest.raises(PipelineError, match=r"x\.tif: empty, truncated .*\(0 bytes\)$"):
+        list_images(tmp_path / "x.tif")
+
+
 @pytest.mark.parametrize("how", [dict(imagej=True, metadata={"axes": "ZYX"}),
                                  dict(imagej=True, truncate=True, metadata={"axes": "ZYX"}),
                                  dict(ome=True, metadata={"axes": "ZYX"})])
