@@ -52,7 +52,7 @@ from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       describe_intensity, files_in, find_frame_label, frame_stem,
                       label_fits_stored_pixels, list_images, note_hidden_images,
                       parse_intensity, picture_digest, pixel_digest, read_image, read_label,
-                      read_raw_image, to_uint8, unread_images, write_image)
+                      read_raw_image, to_uint8, unmatched_labels, unread_images, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, non_negative_int,
@@ -288,9 +288,7 @@ def report_unused_labels(data_dir, used):
     """Warn of label files that find_frame_label found for no image (used: the label paths it
     found): left out of the data set, most often because their image is of a format not read
     (GIF, WebP) or was removed."""
-    used = {folder_identity(p) for p in used}
-    unused = [p for p in files_in(data_dir / "label") if not p.name.startswith(".")
-              and p.suffix.lower() in LABEL_EXTS and folder_identity(p) not in used]
+    unused = unmatched_labels(data_dir / "label", used)
     if not unused:
         return
     stems = {nfc(p.stem) for p in unused}

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from geometry import dihedral
-from outputs import SYSTEM_FILES, atomic_write_bytes, temp_target
+from outputs import SYSTEM_FILES, atomic_write_bytes, folder_identity, temp_target
 from cli import IGNORE_LABEL, PipelineError, control_character, nfc, some_names
 from native_messages import caught_native_stderr
 
@@ -902,6 +902,16 @@ def find_frame_label(label_dir, name, source):
         found = find_label(label_dir,
                            plane_name(name, source.index, tiff_frame_count(source.path)))
     return found
+
+
+def unmatched_labels(label_dir, used):
+    """The label files in label_dir that find_frame_label found for no frame (used: the label
+    paths it found, None for a frame without one), sorted: a name mistyped, or an image gone
+    or of a format not read. Hidden files and files of other kinds are passed over. By file,
+    not by name, as find_label matches names in either Unicode form and in any case."""
+    used = {folder_identity(p) for p in used if p is not None}
+    return [p for p in files_in(label_dir) if not p.name.startswith(".")
+            and p.suffix.lower() in LABEL_EXTS and folder_identity(p) not in used]
 
 
 def files_named(folder, name, exts):

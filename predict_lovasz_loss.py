@@ -104,10 +104,10 @@ import numpy as np  # noqa: E402
 
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       add_intensity_option, check_label_size, check_label_values,
-                      describe_intensity, find_frame_label, frame_differs,
-                      list_images, note_hidden_images, parse_intensity, picture_digest,
-                      pixel_size_um, read_label, read_raw_image, to_color_mode, to_uint8,
-                      unread_images, write_image, write_tiff)
+                      PLANE_SUFFIX, describe_intensity, find_frame_label, frame_differs,
+                      frame_stem, list_images, note_hidden_images, parse_intensity,
+                      picture_digest, pixel_size_um, read_label, read_raw_image, to_color_mode,
+                      to_uint8, unmatched_labels, unread_images, write_image, write_tiff)
 from labelme_export import DEFAULT_TOLERANCE, annotation, moved_image_path  # noqa: E402
 from model_folder import (ARGMAX, DECISIONS, SIGMOID_RULE, check_page,  # noqa: E402
                           check_same_recipe, load_model, model_file, own_model_folder,
@@ -677,6 +677,36 @@ def note_page_trained(config, page, images, model_dir):
           f"predicted here: add --page {config['page']} for that plane alone")
 
 
+def note_unscored(label_dir, label_paths, frames, src):
+    """Say which labels in label_dir match no frame of a folder predicted, and how many frames
+    have no label where others have one: a label named amiss (b_16 for frame b16) left its
+    frame unscored and the IoU of fewer frames than meant, unsaid. label_paths: this run's
+    frames' labels; frames: every frame of src (name -> source), other shards' too."""
+    if src.is_dir():
+        others = labels_of_other_frames(frames)
+        unused = [p for p in unmatched_labels(label_dir, label_paths.values())
+                  if not others(nfc(p.stem))]
+        if unused:
+            print(f"note: {len(unused)} label(s) in {label_dir} match no frame in {src} and "
+                  f"are not used: {some_names(p.name for p in unused)}; a label bears its "
+                  "frame's name (x.png for x.tif, x_p<k>.png for plane k of stack x)")
+    unlabelled = [name for name, path in label_paths.items() if path is None]
+    if unlabelled and len(unlabelled) < len(label_paths):
+        print(f"note: {len(unlabelled)} of the {count_of(len(label_paths), 'frame')} have no "
+              f"label in {label_dir} and are predicted but not scored: "
+              f"{some_names(unlabelled)}")
+
+
+def labels_of_other_frames(frames):
+    """Whether a label's name (NFC) is that of a frame that another shard predicts, or of a
+    plane that --page did not pick (x_p<k>, where stack x is predicted as its plane K): such
+    a label matches no frame of this run, yet is not amiss."""
+    names = {nfc(name) for name in frames}
+    picked = {nfc(name) for name, source in frames.items() if isinstance(source, StackPlane)
+              and name == frame_stem(source.path.name)}
+    return lambda stem: stem in names or PLANE_SUFFIX.sub("", stem) in picked
+
+
 def check_label_classes(label_dir, classes):
     """Refuse labels whose data folder's classes.txt lists other classes than the model: the
     class values would be scored as the model's classes of the same numbers."""
@@ -973,7 +1003,7 @@ def main(argv=None):
               "them as PNG or TIFF)")
     if not images:
         raise PipelineError(f"no images in {src}")
-    everything = list(images)
+    frames, everything = images, list(images)
     if args.shard:
         images = {name: images[name] for name in shard_names(everything, args.shard)}
         # also after --output: N array jobs given one command line write N folders
@@ -986,6 +1016,8 @@ def main(argv=None):
     # any frame is predicted, not after.
     label_paths = ({name: find_frame_label(label_dir, name, source)
                     for name, source in images.items()} if label_dir else {})
+    if label_dir:
+        note_unscored(label_dir, label_paths, frames, src)
     if not args.input and label_dir:
         note_test_frames_changed(work, images)
     streamed = streamed_frames(images, args.stream_above)

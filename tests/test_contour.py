@@ -1,8 +1,10 @@
 """get_contour.py: object outlines, measurements, the object table, thresholds and figures."""
+import contextlib
 import csv
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import cv2
@@ -664,7 +666,60 @@ def test_legends_draw_class_names_beyond_ascii():
 def test_a_name_no_font_here_can_draw_is_noted_once(monkeypatch, capsys):
     import figures
     monkeypatch.setattr(figures, "font_for", lambda texts: None)
+    monkeypatch.setattr(figures, "_glyphs_noted", False)       # once a run: as if it began
     for _ in range(2):
         G.with_legend(np.zeros((20, 640, 3), np.uint8), ["background", "ε-cell"])
     out = capsys.readouterr().out
     assert out.count("no font on this machine has every character of ε-cell") == 1
+
+
+@contextlib.contextmanager
+def glyph_warnings():
+    """The messages of matplotlib's missing-glyph warnings given in the block."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        found = []
+        yield found
+    found += [str(w.message) for w in caught if "missing from font" in str(w.message)]
+
+
+def test_names_in_figures_are_drawn_in_a_font_that_has_their_characters(tmp_path, capsys):
+    """A name with a character matplotlib's DejaVu Sans lacks (U+1D81, which matplotlib's
+    STIX fonts have) drawn in a font that has it, not as a box with a raw glyph warning: in
+    a title, and as a class along a bar chart (a tick label, which has its text only once
+    the figure is laid out)."""
+    import figures
+    with glyph_warnings() as warned:
+        plt = figures.pyplot()
+        fig, ax = plt.subplots()
+        ax.set_title("\u1d81-Zelle")
+        ax.bar(["background", "\u1d81-Zelle"], [0.9, 0.7])
+        figures.save_figure(fig, tmp_path / "f.png", pdf=True)
+    for text in (ax.title, ax.get_xticklabels()[1]):
+        font = text.get_fontproperties().get_file()
+        assert font and 0x1D81 in figures.characters_of(str(font))
+    assert not warned and "no font" not in capsys.readouterr().out
+
+
+def test_frame_names_no_font_has_are_noted_once_not_warned_of_glyph_by_glyph(pred, capsys,
+                                                                           monkeypatch):
+    """get_contour.py's panel titles of frames named in Chinese printed matplotlib's
+    'UserWarning: Glyph 32454 ... missing from font(s) DejaVu Sans' with source paths."""
+    import figures
+    monkeypatch.setattr(figures, "_glyphs_noted", False)
+    names = ["zellkörper_ß_细胞", "zweites_细胞"]
+    for old, new in zip(("one", "two"), names):
+        for sub in ("src", "predict"):
+            (pred / sub / f"{old}.png").rename(pred / sub / f"{new}.png")
+    (pred / "label" / "one.png").rename(pred / "label" / f"{names[0]}.png")
+    record = json.loads((pred / "predict" / "predict.json").read_text())
+    (pred / "predict" / "predict.json").write_text(json.dumps({**record, "images": names}))
+    with glyph_warnings() as warned:
+        run(pred)
+    assert (pred / "figures" / f"panel_{names[1]}.png").is_file() and not warned
+    out = capsys.readouterr().out
+    if figures.font_for(tuple(names)) is None:         # no CJK font on this machine
+        assert out.count("note: no font on this machine has every character of") == 1
+        assert "every character of zellkörper_ß_细胞; names in figures" in out
+    else:
+        assert "no font" not in out

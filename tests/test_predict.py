@@ -1074,3 +1074,60 @@ def test_a_recorded_page_that_is_no_plane_number_is_refused(page):
     from model_folder import check_page
     with pytest.raises(PipelineError, match="'page' must be a plane number"):
         check_page(page, "config.json")
+
+
+def test_labels_matching_no_frame_and_frames_without_one_are_noted(model_dir, work, tmp_path,
+                                                                   capsys):
+    """b_16.png, a typo for frame b16, left b16 unscored and the IoU of one frame, unsaid."""
+    rng = np.random.default_rng(5)
+    for sub in ("mine", "labels"):
+        (tmp_path / sub).mkdir()
+    for name in ("a8", "b16", "c"):
+        cv2.imwrite(str(tmp_path / "mine" / f"{name}.png"),
+                    rng.integers(0, 255, (40, 50), dtype=np.uint8))
+    for name in ("a8", "b_16"):
+        cv2.imwrite(str(tmp_path / "labels" / f"{name}.png"),
+                    rng.integers(0, 3, (40, 50), dtype=np.uint8))
+    P.main(["--work-dir", str(work), "--model-dir", str(model_dir), "--input",
+            str(tmp_path / "mine"), "--labels", str(tmp_path / "labels"),
+            "--output", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert f"note: 1 label(s) in {tmp_path / 'labels'} match no frame in {tmp_path / 'mine'} " \
+        "and are not used: b_16.png; a label bears its frame's name" in out
+    assert f"note: 2 of the 3 frames have no label in {tmp_path / 'labels'} and are predicted " \
+        "but not scored: b16, c" in out
+    assert "IoU of 1 labelled images" in out
+    P.main(["--work-dir", str(work), "--model-dir", str(model_dir),
+            "--output", str(tmp_path / "test_out")])
+    out = capsys.readouterr().out
+    assert "IoU of 2 labelled images" in out and "not used" not in out and "not scored" not in out
+
+
+def test_labels_of_planes_not_picked_other_shards_and_nfd_names_are_not_noted(tmp_path, capsys):
+    """Labels no frame of this run took, yet not amiss: the other planes' beside --page, the
+    frames' of other shards (named in NFD by a Mac); a stack's own name is amiss."""
+    import unicodedata
+    from image_io import StackPlane, find_frame_label
+    for sub in ("src", "labels"):
+        (tmp_path / sub).mkdir()
+    nfd = unicodedata.normalize("NFD", "zellkörper")
+    for name in ("s_p0", "s_p1", "s_p2", "a", nfd, "größe"):
+        (tmp_path / "labels" / f"{name}.png").write_bytes(b"")
+    stack = tmp_path / "src" / "s.tif"
+    # frames of another shard, one's label in NFD and one's name
+    others = {"zellkörper": None, unicodedata.normalize("NFD", "größe"): None}
+    # --page 1, in a shard of s and a: find_frame_label took s_p1.png for s
+    paths = {"s": tmp_path / "labels" / "s_p1.png", "a": tmp_path / "labels" / "a.png"}
+    P.note_unscored(tmp_path / "labels", paths,
+                    {"s": StackPlane(stack, 1), "a": tmp_path / "src" / "a.png", **others},
+                    tmp_path / "src")
+    assert capsys.readouterr().out == ""
+    planes = {f"s_p{k}": StackPlane(stack, k) for k in range(3)}    # without --page
+    (tmp_path / "labels" / "s.png").write_bytes(b"")
+    paths = {name: find_frame_label(tmp_path / "labels", name, source)
+             for name, source in planes.items()}
+    P.note_unscored(tmp_path / "labels", paths, {**planes, "a": None, **others},
+                    tmp_path / "src")
+    assert f"note: 1 label(s) in {tmp_path / 'labels'} match no frame in {tmp_path / 'src'} " \
+        "and are not used: s.png; a label bears its frame's name (x.png for x.tif, " \
+        "x_p<k>.png for plane k of stack x)" in capsys.readouterr().out
