@@ -1203,26 +1203,20 @@ def pixel_digest(*arrays):
     return digest.hexdigest()
 
 
-# Steps a picture's values are told apart in, over its own range: far finer than any eye or
-# network tells, and the same for an 8-bit frame saved as 16-bit, as it is or scaled up.
-PICTURE_STEPS = 4095
-
-
 def picture_digest(raw):
     """sha256 (hex) of the picture an image shows, however it is stored: grey where all its
-    channels are alike (an RGB copy of a grey frame), its values stretched over its own
-    range in PICTURE_STEPS steps (an 8-bit frame saved again as 16-bit, its values as they
-    are or scaled up), with its shape. Frames of one picture share it: it tells a frame the
-    model trained on, and twin frames, where pixel_digest tells a frame changed."""
+    channels are alike (an RGB copy of a grey frame), its values over its largest one (an
+    8-bit frame saved again as 16-bit, its values as they are or scaled up), with its shape.
+    Frames of one picture share it; frames that differ by an offset (planes of a stack as
+    the light fades) do not. It tells a frame the model trained on, and twin frames, where
+    pixel_digest tells a frame changed."""
     img = np.asarray(raw)
     if img.ndim == 3 and (img == img[..., :1]).all():
         img = img[..., 0]
     img = img.astype(np.float64)
-    low, high = float(img.min()), float(img.max())
-    # Integer values give exact quotients, so a frame and its scaled copy round alike.
-    steps = (np.round((img - low) / (high - low) * PICTURE_STEPS) if high > low
-             else np.zeros_like(img))
-    return pixel_digest(steps.astype(np.uint16))
+    # Integers over integers: a frame and its copy scaled by a whole factor divide to the
+    # same correctly rounded quotients.
+    return pixel_digest(img / (float(np.abs(img).max()) or 1.0))
 
 
 def frame_differs(source, label_path, digest):

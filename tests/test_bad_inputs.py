@@ -232,7 +232,7 @@ def test_16bit_image_with_one_hot_pixel_keeps_its_grey_levels(tmp_path, capsys):
 
 def test_float_tiff_with_negative_values_maps_monotonically(tmp_path, capsys):
     ramp = np.linspace(-100, 100, 64 * 64, dtype=np.float32).reshape(64, 64)
-    data = make_data(tmp_path, {"a.tif": ramp, "b.tif": ramp / 2}, test=["b"])
+    data = make_data(tmp_path, {"a.tif": ramp, "b.tif": ramp / 2 + 10}, test=["b"])
     work = tmp_path / "work"
     code, _, err = run(gen_img_aug, aug_args(data, work, patch=64, count=1), capsys)
     accepted(code, err)

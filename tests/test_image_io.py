@@ -536,3 +536,4 @@ def test_one_picture_stored_otherwise_has_one_picture_digest():
     other[0, 0] += 1
     assert picture_digest(other) != picture_digest(frame)
     assert picture_digest(frame.T) != picture_digest(frame)
+    assert picture_digest(frame + 2) != picture_digest(frame)      # planes as the light fades
