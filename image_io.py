@@ -1227,6 +1227,17 @@ def frame_differs(source, label_path, digest):
     return pixel_digest(read_raw_image(source), read_label(label_path)) != digest
 
 
+def frames_changed(sources, data_dir, digests):
+    """The names of the frames of sources ({name: source in data_dir/src}) whose image or
+    label (in data_dir/label) differ from their pixel_digest in digests, as gen_img_aug.py
+    recorded them (split.json: frame_digests); frames without a digest or a label are taken
+    as they are."""
+    label_dir = Path(data_dir) / "label"
+    return [name for name, source in sources.items()
+            if frame_differs(source, find_frame_label(label_dir, name, source),
+                             digests.get(name))]
+
+
 def _tiff_label(path):
     """A TIFF label's plane as stored: samples kept (alpha too) and 1-bit pixels as 0 and 1,
     where an image's would read as 0 and 255, the ignore value."""

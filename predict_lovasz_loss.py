@@ -104,7 +104,7 @@ import numpy as np  # noqa: E402
 
 from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, StackPlane,  # noqa: E402
                       add_intensity_option, check_label_size, check_label_values,
-                      PLANE_SUFFIX, describe_intensity, find_frame_label, frame_differs,
+                      PLANE_SUFFIX, describe_intensity, find_frame_label, frames_changed,
                       frame_stem, list_images, note_hidden_images, parse_intensity,
                       picture_digest, pixel_size_um, read_label, read_raw_image, to_color_mode,
                       to_uint8, unmatched_labels, unread_images, write_image, write_tiff)
@@ -630,10 +630,10 @@ def frames_trained_on(names, pictures, config):
     """{frame scored: the training frame of its picture}, by config.json's
     train_image_digests (image_io.picture_digest): of the image alone, whatever the frame's
     name, label (one relabelled since is still a picture it learnt), bit depth or grey
-    stored as RGB. Frames streamed band by
-    band are never read whole, so go unchecked (not in pictures), as do blank ones (which
-    may well repeat: gen_img_aug.py records no digest of them). Models trained before the
-    digests were recorded know their frames by name alone (train_frames)."""
+    stored as RGB. Frames streamed band by band are never read whole, so go unchecked (not
+    in pictures), as do blank ones (which may well repeat: gen_img_aug.py records no digest
+    of them). Models trained before the digests were recorded know their frames by name
+    alone (train_frames)."""
     trained = config["train_image_digests"]
     if trained is None:
         return {name: name for name in set(names) & set(config.get("train_frames") or ())}
@@ -653,9 +653,8 @@ def note_test_frames_changed(work, frames):
     try:
         page = check_page(record.get("page"), work / "split.json")
         sources = list_images(Path(data) / "src", page, frames=set(frames) & set(digests))
-        changed = [name for name, source in sources.items() if name in frames
-                   and frame_differs(source, find_frame_label(Path(data) / "label", name, source),
-                                     digests.get(name))]
+        changed = frames_changed({n: s for n, s in sources.items() if n in frames}, data,
+                                 digests)
     except PipelineError:
         return
     if changed:

@@ -841,16 +841,15 @@ def note_training_frames_changed(data_dir, train_frames, recorded, work):
     """Say which training frames differ in the data folder from those gen_img_aug.py cut the
     patches from (split.json's frame_digests): a label corrected since trains as it was. A
     note, not a refusal: the patches are whole without the data folder."""
-    from image_io import find_frame_label, frame_differs, list_images
+    from image_io import frames_changed, list_images
     digests, data = recorded.get("frame_digests") or {}, Path(data_dir)
     frames = set(train_frames or ()) & set(digests)
     if not frames or not (data / "src").is_dir():
         return
     try:
         sources = list_images(data / "src", recorded.get("page"), frames=frames)
-        changed = [name for name, source in sources.items() if name in frames
-                   and frame_differs(source, find_frame_label(data / "label", name, source),
-                                     digests[name])]
+        changed = frames_changed({n: s for n, s in sources.items() if n in frames}, data,
+                                 digests)
     except PipelineError:       # an unreadable data folder is not this run's input
         return
     if changed:
@@ -865,14 +864,13 @@ def check_frames_unchanged(frames, data, digests):
     edited since, or another --data-dir of frames of the same names): the faint-object filter
     would be calibrated on frames the patches did not come from. Frames recorded by an earlier
     version, or without a label (which the calibration names), are let through."""
-    from image_io import find_frame_label, frame_differs
-    for name, source in frames.items():
-        if frame_differs(source, find_frame_label(data / "label", name, source),
-                         digests.get(name)):
-            raise PipelineError(f"held-out frame {name} in {data} is not the one gen_img_aug.py "
-                                "cut the patches from (changed since, or another data folder); "
-                                "give the --data-dir it read, rerun gen_img_aug.py and "
-                                "pre_processing.py, or add --faint-filter off")
+    from image_io import frames_changed
+    changed = frames_changed(frames, data, digests)
+    if changed:
+        raise PipelineError(f"held-out frame {changed[0]} in {data} is not the one "
+                            "gen_img_aug.py cut the patches from (changed since, or another "
+                            "data folder); give the --data-dir it read, rerun gen_img_aug.py "
+                            "and pre_processing.py, or add --faint-filter off")
 
 
 def _calibrate_on_frames(args, model_dir, val_frames, precision):
