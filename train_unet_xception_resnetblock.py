@@ -28,11 +28,12 @@ cosine learning-rate schedule (--schedule constant), precise BN and SWA (--bn-ba
 filter calibrated on the held-out frames after training (--faint-filter off).
 Before every validation and every saved model, BatchNorm statistics are re-estimated on
 training batches ("precise BN"; see README), because validation and prediction run in
-inference mode. Rerunning the same command after an interruption resumes training. A step
-whose loss is not finite costs that step alone where its update was skipped (the default
-nsgd skips a non-finite gradient); otherwise, and for an epoch whose weights are not
-finite, training is rolled back to the last epoch's end; the fourth rollback in a row
-stops the run with an error, to be resumed from there.
+inference mode. Rerunning the same command after an interruption resumes training (Ctrl-C
+while an epoch saves stops once its resume backup is written). A step whose loss is not
+finite costs that step alone where its update was skipped (the default nsgd skips a
+non-finite gradient); otherwise, and for an epoch whose weights are not finite, training is
+rolled back to the last epoch's end; the fourth rollback in a row stops the run with an
+error, to be resumed from there.
 """
 import argparse
 import csv
@@ -729,11 +730,11 @@ def make_metrics(classes):
 # ---------------------------------------------------------------- callbacks
 
 def make_callbacks(args, model_dir, bn_images, val_ds, val_steps, total_steps, schedule,
-                   resuming, guard, chief=True, evaluate=None):
+                   resuming, guard, saves, chief=True, evaluate=None):
     """The callbacks of a training run (training_callbacks.py), set from the options and,
     when resuming, from what the interrupted run had done by its last finished epoch; the
-    DivergenceGuard `guard` first. evaluate replaces model.evaluate where it cannot run
-    (several workers)."""
+    DivergenceGuard `guard` first; SavesUninterrupted `saves` around the epoch's saves.
+    evaluate replaces model.evaluate where it cannot run (several workers)."""
     import keras
     import training_callbacks as tc
     state_path = model_dir / "state.json"
@@ -749,6 +750,7 @@ def make_callbacks(args, model_dir, bn_images, val_ds, val_steps, total_steps, s
         tc.RunClock(total_steps, args.time_budget, schedule, state.get("minutes", 0.0),
                     steps_before),
         tc.PreciseBNValidation(bn_images, args.bn_batches, val_ds, val_steps, evaluate),
+        saves.hold,
         tc.Checkpoints(model_dir, model_dir / weights_name("best", args.save_format),
                        args.save_format, keep, lambda saved: record_hashes(model_dir, saved),
                        state.get("best_val_loss", math.inf), aside_folder(model_dir)),
@@ -757,6 +759,7 @@ def make_callbacks(args, model_dir, bn_images, val_ds, val_steps, total_steps, s
         *curves,
         tc.Finished(state_path),
         tc.AtomicBackupAndRestore(str(model_dir / "backup")),
+        saves.release,
     ]
 
 
@@ -1223,7 +1226,7 @@ def train_model(args, held):
     bn_images = iter(patch_dataset(work, train_names, channels, args.batch_size,
                                    shuffle_seed=args.seed + 1, with_labels=False))
 
-    from training_callbacks import DivergenceGuard, ProgressCosine
+    from training_callbacks import DivergenceGuard, ProgressCosine, SavesUninterrupted
     with strategy.scope():
         cosine = ProgressCosine(args.lr) if args.schedule == "cosine" else None
         model.compile(optimizer=make_optimizer(args, cosine or args.lr),
@@ -1243,19 +1246,21 @@ def train_model(args, held):
         print("training had finished; writing the final models")
     else:
         val_steps = validation_steps(args.val_steps, len(val_names), global_batch, bool(loop))
-        callbacks = make_callbacks(args, model_dir, bn_images, val_ds, val_steps,
-                                   steps * args.epochs, cosine, resuming, guard, chief,
-                                   loop.evaluate if loop else None)
         print(f"training on {len(train_names)} patches, validating on {len(val_names)}; "
               f"{args.epochs} epochs x {steps} steps of {global_batch}"
               + (f" ({distribution['strategy']}, {args.batch_size} each)" if replicas > 1 else "")
               + (f", budget {args.time_budget} min" if args.time_budget else "")
               + (" (resuming)" if resuming else ""))
-        if loop:
-            loop.fit(train_ds, args.epochs, steps, callbacks)
-        else:
-            model.fit(train_ds, epochs=args.epochs, steps_per_epoch=steps, callbacks=callbacks,
-                      verbose=0 if verbosity(args) == 1 else verbosity(args), shuffle=False)
+        with SavesUninterrupted() as saves:
+            callbacks = make_callbacks(args, model_dir, bn_images, val_ds, val_steps,
+                                       steps * args.epochs, cosine, resuming, guard, saves,
+                                       chief, loop.evaluate if loop else None)
+            if loop:
+                loop.fit(train_ds, args.epochs, steps, callbacks)
+            else:
+                model.fit(train_ds, epochs=args.epochs, steps_per_epoch=steps,
+                          callbacks=callbacks, shuffle=False,
+                          verbose=0 if verbosity(args) == 1 else verbosity(args))
     minutes = (time.monotonic() - start) / 60
 
     best_path = model_dir / weights_name("best", args.save_format)

@@ -357,3 +357,56 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             self.model.save_weights(str(tmp), overwrite=True)
         write_json(Path(self._training_metadata_path),
                    {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+
+class SavesUninterrupted:
+    """Holds Ctrl-C and SIGTERM from an epoch's first save to its resume backup, then stops.
+    Stopped in between, the folder had the epoch's model files and log row but a backup an
+    epoch behind, or none after the first epoch: the rerun started over while saying it
+    resumed. A second signal stops at once. Used as a context manager around fit, which puts
+    the handlers back whatever ends it; `hold` goes before the first saving callback and
+    `release` after the backup."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self):
+        self.hold = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: self._hold())
+        self.release = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: self._release())
+        self._before, self._stop = {}, False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._put_back()
+
+    def _hold(self):
+        import signal
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            return      # signals reach the main thread only, and only it may set handlers
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                self._before[number] = signal.signal(number, self._deferred)
+
+    def _deferred(self, signum, frame):
+        if self._stop:
+            self._stop = False
+            self._put_back()
+            raise KeyboardInterrupt
+        self._stop = True
+        say("stopping once this epoch's models and resume backup are saved "
+            "(again to stop now)")
+
+    def _release(self):
+        self._put_back()
+        if self._stop:
+            self._stop = False
+            raise KeyboardInterrupt
+
+    def _put_back(self):
+        import signal
+        for number, handler in self._before.items():
+            signal.signal(number, handler)
+        self._before = {}

@@ -260,6 +260,46 @@ def test_interrupted_training_resumes(tmp_path, monkeypatch):
         "epoch_001.h5", "epoch_002.h5"]
 
 
+def test_ctrl_c_while_an_epoch_saves_waits_for_its_resume_backup(tmp_path, monkeypatch, capsys):
+    """Ctrl-C as the first epoch's model is saved stops once the resume backup is written, so
+    the rerun resumes at epoch 2 as the message says; it started over before."""
+    import signal
+    save, pressed = training_callbacks.save_model, []
+
+    def save_then_ctrl_c(model, path):
+        save(model, path)
+        if not pressed:
+            pressed.append(path)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(training_callbacks, "save_model", save_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        short_run(tmp_path, "--epochs", "2", "--keep-snapshots")
+    monkeypatch.undo()
+    assert "stopping once this epoch's models and resume backup are saved" in \
+        capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    model_dir = tmp_path / "work" / "weights"
+    assert json.loads((model_dir / "backup" / "training_metadata.json").read_text())[
+        "epoch"] == 1
+    first = read_log(model_dir)
+    short_run(tmp_path, "--epochs", "2", "--keep-snapshots")
+    rows = read_log(model_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1] and rows[0] == first[0]
+
+
+def test_a_second_ctrl_c_while_an_epoch_saves_stops_at_once():
+    import signal
+    with training_callbacks.SavesUninterrupted() as saves:
+        saves.hold.on_epoch_end(0)
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        saves.hold.on_epoch_end(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 class PoisonWeights(keras.callbacks.Callback):
     """Turns a kernel to NaN after the given (epoch, step)s, as one bad bf16 step did."""
 
