@@ -69,12 +69,18 @@ def frame_of(mask_path, frames):
     return None
 
 
-def masks_of_frames(folder, src_dir):
-    """{frame name: (its source in src_dir, its mask file)} for every mask in folder, each
-    matched to a frame of src_dir, and no frame given two masks."""
-    if Path(folder).resolve() == Path(src_dir).resolve():
+def masks_of_frames(folder, data_dir):
+    """{frame name: (its source in data_dir/src, its mask file)} for every mask in folder,
+    each matched to a frame, and no frame given two masks. folder is neither the image
+    folder nor the label folder the labels are written to."""
+    src_dir, label_dir = Path(data_dir) / "src", Path(data_dir) / "label"
+    if Path(folder).resolve() == src_dir.resolve():
         raise PipelineError(f"--instances {folder} is the image folder: each image there would "
                             "be read as a mask; move the masks to a folder of their own")
+    if label_dir.is_dir() and Path(folder).resolve() == label_dir.resolve():
+        raise PipelineError(f"--instances {folder} is the label folder, where the labels are "
+                            "written over the masks: move the masks to a folder of their own "
+                            f"(such as {Path(data_dir) / 'instances'}) and give that")
     frames = list_images(src_dir)
     if not frames:
         raise PipelineError(f"no images found in {src_dir}: put the images the masks belong to "
@@ -99,7 +105,8 @@ def masks_of_frames(folder, src_dir):
         names = planes[base_name(of_stack)]
         raise PipelineError(f"mask {of_stack} is named as a stack in {src_dir}, whose planes are "
                             f"frames of their own ({names[0]} ... {names[-1]}): give each plane "
-                            f"a mask of its own, named as its frame")
+                            f"a mask of its own, named as its frame; to train on one plane of "
+                            f"each stack (gen_img_aug.py --page K), name the mask as that plane")
     if unmatched:
         raise PipelineError(f"{len(unmatched)} mask(s) in {folder} belong to no image in "
                             f"{src_dir} ({some_names(unmatched)}): name each mask as its image "

@@ -805,12 +805,7 @@ def note_orphaned(written, folder, kind, data_dir):
 def convert_instance_masks(folder, class_name, data_dir, replace, add_unknown):
     """labelme_to_label.py --instances: each mask in folder as the class-index label of its
     frame in data_dir/src, staged, so one bad mask leaves data/ as it was."""
-    label_dir = data_dir / "label"
-    if label_dir.is_dir() and folder.resolve() == label_dir.resolve():
-        raise PipelineError(f"--instances {folder} is the label folder, where the labels are "
-                            "written over the masks: move the masks to a folder of their own "
-                            f"(such as {data_dir / 'instances'}) and give that")
-    matched = masks_of_frames(folder, data_dir / "src")
+    matched = masks_of_frames(folder, data_dir)
     classes, index, added = instance_class(data_dir, class_name, add_unknown)
     written = WrittenLabels(data_dir, replace, classes)
     counts, objects = np.zeros(IGNORE_LABEL + 1, np.int64), 0
@@ -828,7 +823,7 @@ def convert_instance_masks(folder, class_name, data_dir, replace, add_unknown):
     if added:
         print(f"added class {classes[index]!r} to {data_dir / 'classes.txt'}")
     print(f"{count_of(objects, 'object')} of class {classes[index]!r}; "
-          + summary(counts, classes, len(matched), label_dir))
+          + summary(counts, classes, len(matched), data_dir / "label"))
     note_orphaned(written, folder, "mask", data_dir)
 
 

@@ -187,8 +187,15 @@ def test_a_mask_named_as_a_stack_is_told_to_name_its_planes(tmp_path):
                      photometric="minisblack")
     tifffile.imwrite(masks / "st_masks.tif", np.zeros((3, 60, 80), np.uint16),
                      photometric="minisblack")
-    with pytest.raises(PipelineError, match=r"named as a stack .*\(st_p0 ... st_p2\)"):
+    with pytest.raises(PipelineError, match=r"named as a stack .*\(st_p0 ... st_p2\).*"
+                                            r"--page K\), name the mask as that plane"):
         convert(data, masks)
+    (masks / "st_masks.tif").unlink()       # as the message says: the plane gen_img_aug takes
+    mask = np.zeros((60, 80), np.uint16)
+    mask[10:20, 10:20] = 3
+    tifffile.imwrite(masks / "st_p1_masks.tif", mask, photometric="minisblack")
+    convert(data, masks)
+    assert np.array_equal(read_label(data / "label" / "st_p1.png"), (mask > 0).astype(np.uint8))
 
 
 def test_object_numbers_past_32_bits_stay_objects(tmp_path):
