@@ -616,26 +616,33 @@ class Outliner:
     def mask_path(self, name):
         return self.pred_dir / f"{name}{'.tif' if name in self.streamed else self.suffix}"
 
-    def read_in_bands(self, name):
-        """Whether the mask of `name` is a TIFF above --stream-above, read a band at a time
-        (its header alone is read here)."""
+    def band_reader(self, name):
+        """The mask of `name` opened to be read a band at a time (its header alone read yet),
+        where it is a TIFF above --stream-above; else None."""
         if self.args.from_probs or not self.mask_path(name).is_file():
-            return False
+            return None
         reader = open_tiff_rows(self.mask_path(name))
-        if reader is None:
-            return False
-        with reader:
-            return megapixels(reader.shape) > self.args.stream_above
+        if reader is not None and megapixels(reader.shape) <= self.args.stream_above:
+            reader.close()
+            return None
+        return reader
+
+    def read_in_bands(self, name):
+        reader = self.band_reader(name)
+        if reader is not None:
+            reader.close()
+        return reader is not None
 
     def __call__(self, name, source, staging, panels, write_row):
         """write_row(row) for each object of one mask; its contour picture and panel
         written."""
         if not (self.args.from_probs or self.mask_path(name).is_file()):
             raise PipelineError(f"mask {self.mask_path(name)} not found")
-        if self.read_in_bands(name):
-            with open_tiff_rows(self.mask_path(name)) as reader:
-                return self.in_bands(name, source, reader, staging, panels, write_row)
-        return self.in_memory(name, source, staging, panels, write_row)
+        reader = self.band_reader(name)
+        if reader is None:
+            return self.in_memory(name, source, staging, panels, write_row)
+        with reader:
+            return self.in_bands(name, source, reader, staging, panels, write_row)
 
     def in_memory(self, name, source, staging, panels, write_row):
         args, classes = self.args, self.classes

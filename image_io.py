@@ -842,6 +842,11 @@ def check_format_of_name(path):
             head = f.read(4)
     except OSError:
         return          # reading its pixels says why
+    check_format_of_bytes(path, head)
+
+
+def check_format_of_bytes(path, head):
+    """check_format_of_name for a file whose first bytes (head, 4 or more) are read."""
     kind = next((k for magic, k in MAGIC if head.startswith(magic)), None)
     if kind is None or (kind == "TIFF") == (path.suffix.lower() in TIFF_EXTS):
         return
@@ -1174,7 +1179,7 @@ def _label_plane(path):
                                 "must be lossless (JPEG changes class values along every "
                                 "edge): save it as PNG from the original")
         # TIFF data named .png: PIL would read its first page alone, and its tags not at all.
-        check_format_of_name(path)
+        check_format_of_bytes(path, data)
         label = _indices_by_pil(data)
         if label is None:
             label = _imdecode(data, f"label {path}")

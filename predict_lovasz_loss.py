@@ -871,12 +871,11 @@ def faint_pending(config):
             and bool(config.get("val_frames")))
 
 
-def open_model(model_dir, config, choices, precision, verify=True):
-    """(model files, batch -> probabilities function, tile shape, tile preparer) of a model
-    folder whose config.json has been read; several --weights choices give the mean of their
-    models' probabilities."""
+def open_model(model_dir, config, paths, precision, verify=True):
+    """(batch -> probabilities function, tile shape, tile preparer) of the model files `paths`
+    (model_files) of a model folder whose config.json has been read; several give the mean
+    of their models' probabilities."""
     from model import with_precision
-    paths = model_files(model_dir, config, choices)
     verified = []
     for path in paths:
         check_same_recipe(path, model_dir, config)
@@ -899,7 +898,7 @@ def open_model(model_dir, config, choices, precision, verify=True):
             raise PipelineError(f"{path} predicts {net.output_shape[-1]} classes but "
                                 f"config.json lists {len(config['classes'])}")
         functions.append(make_predict_batch(net, config["decision"]))
-    return paths, mean_probabilities(functions), tile, TilePreparer(config["preprocessing"])
+    return mean_probabilities(functions), tile, TilePreparer(config["preprocessing"])
 
 
 def mean_probabilities(functions):
@@ -1034,9 +1033,8 @@ def main(argv=None):
                             f"scale {config['scale']:g} (gen_img_aug.py --scale): raise "
                             "--stream-above to predict it in memory")
     # Before TensorFlow loads (and times bf16): a missing model file is refused in a moment.
-    finished = note_unfinished_training(model_dir, config,
-                                        model_files(model_dir, config, args.weights),
-                                        args.faint_filter)
+    paths = model_files(model_dir, config, args.weights)
+    finished = note_unfinished_training(model_dir, config, paths, args.faint_filter)
     classes, decision = config["classes"], config["decision"]
     check_output_files(everything, classes, args, streamed)
     if label_dir:
@@ -1047,8 +1045,8 @@ def main(argv=None):
     warn_of_training_frames([name for name, path in label_paths.items() if path], pictures,
                             config, model_dir)
     precision = use_precision(args.precision)
-    paths, predict_batch, tile, prepare = open_model(model_dir, config, args.weights, precision,
-                                                     verify=not args.no_verify)
+    predict_batch, tile, prepare = open_model(model_dir, config, paths, precision,
+                                              verify=not args.no_verify)
     threshold = faint_threshold(config, args.faint_filter)
     shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
     resampled = "" if config["scale"] == 1 else f", frames resampled by {config['scale']:g}"

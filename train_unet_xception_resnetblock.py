@@ -891,7 +891,8 @@ def _calibrate_on_frames(args, model_dir, val_frames, precision):
     start = time.monotonic()
     config = read_config(model_dir)
     classes = config["classes"]
-    _, predict_batch, tile, prepare = predict.open_model(model_dir, config, ["best"], precision)
+    predict_batch, tile, prepare = predict.open_model(
+        model_dir, config, predict.model_files(model_dir, config, ["best"]), precision)
     frames = []
     for name in names:
         label_path = find_frame_label(data / "label", name, sources[name])
@@ -973,7 +974,8 @@ def build(args, patch_shape, num_classes):
 
 
 def check_init_model(args, classes, scale):
-    """(best model file, its sha256) of --init-model, after checking that it fits this run."""
+    """({best model file, its sha256}, the digests of the frames it trained on) of
+    --init-model, after checking that it fits this run."""
     refuse_model_file(Path(args.init_model))
     folder = existing_folder(args.init_model, "--init-model")
     config = read_config(folder, "--init-model")
@@ -991,7 +993,8 @@ def check_init_model(args, classes, scale):
         raise PipelineError(f"--init-model {folder} was trained for the classes "
                             f"{config['classes']}, {args.data_dir}/classes.txt lists {classes}; "
                             "add --new-head to train a new last layer for these classes")
-    return {"file": str(path.resolve()), "sha256": config["sha256"][path.name]}
+    return ({"file": str(path.resolve()), "sha256": config["sha256"][path.name]},
+            config["train_image_digests"])
 
 
 def refuse_model_file(path):
@@ -1070,10 +1073,13 @@ def check_inputs(args, work):
             "orientations": check_orientations(recorded.get("orientations", "all"), where),
             "scale": check_scale(recorded.get("scale", 1.0), where),
             "page": check_page(recorded.get("page"), where)}
+    resolve_weights(args.weights)
+    if args.new_head and not args.init_model:
+        raise PipelineError("--new-head needs --init-model")
+    init, earlier = (check_init_model(args, classes, kept["scale"]) if args.init_model
+                     else (None, None))
     # Fine-tuning: the frames the first model learnt are held out for validation only where
     # too few others are left; it would choose the best checkpoint on pictures it has learnt.
-    earlier = (read_config(Path(args.init_model), "--init-model")["train_image_digests"]
-               if args.init_model and Path(args.init_model).is_dir() else None)
     learnt = frames_learnt(recorded, earlier)
     split = split_patches(work, args.val_split, args.random_state, args.val_split_by, recorded,
                           learnt)
@@ -1089,10 +1095,6 @@ def check_inputs(args, work):
     if args.faint_filter == "calibrate" and split["val_frames"]:
         # Read again from the data folder after training: refused now, not after it.
         held_out_sources(args.data_dir, split["val_frames"], recorded)
-    resolve_weights(args.weights)
-    if args.new_head and not args.init_model:
-        raise PipelineError("--new-head needs --init-model")
-    init = check_init_model(args, classes, kept["scale"]) if args.init_model else None
     if init:
         warn_of_held_out_frames_trained_on(split["val_frames"], learnt, args.init_model)
         split["train_image_digests"] = with_earlier_frames(split["train_image_digests"], earlier)

@@ -548,10 +548,11 @@ def test_several_weights_predict_the_mean_of_their_probabilities(model_dir, work
     (folder / "config.json").write_text(json.dumps(config))
     config = P.read_config(folder)
     batch = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
-    best, other = (P.open_model(folder, config, [c], "fp32")[1](batch)
-                   for c in ("best", "m_other.h5"))
-    paths, ensemble, _, _ = P.open_model(folder, config, ["best", "m_other.h5"], "fp32")
+    best, other = (P.open_model(folder, config, P.model_files(folder, config, [c]), "fp32")[0](
+        batch) for c in ("best", "m_other.h5"))
+    paths = P.model_files(folder, config, ["best", "m_other.h5"])
     assert [p.name for p in paths] == ["m_best.h5", "m_other.h5"]
+    ensemble = P.open_model(folder, config, paths, "fp32")[0]
     assert np.abs(best - other).max() > 1e-3          # two different models
     np.testing.assert_allclose(ensemble(batch), (best + other) / 2, atol=1e-7)
 
@@ -564,7 +565,8 @@ def test_several_weights_predict_the_mean_of_their_probabilities(model_dir, work
                             include_optimizer=False)    # a model of other classes
     with pytest.raises(PipelineError, match="m_two.h5 predicts 2 classes but config.json "
                                             "lists 3"):
-        P.open_model(folder, config, ["best", "m_two.h5"], "fp32", verify=False)
+        P.open_model(folder, config, P.model_files(folder, config, ["best", "m_two.h5"]),
+                     "fp32", verify=False)
     (folder / "m_other.h5").write_bytes(b"replaced")     # each file is verified
     with pytest.raises(PipelineError, match="m_other.h5 is not the file training saved"):
         P.main(["--work-dir", str(work), "--model-dir", str(folder), "--weights", "best",
