@@ -56,13 +56,13 @@ from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
 from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, non_negative_int,
-                 positive_int, nfc, read_classes, refuse_file, read_name_list, run_cli,
-                 seed_value, some_names, WORK_DIR)
+                 positive_int, nfc, read_classes, read_json, refuse_file, read_name_list,
+                 run_cli, seed_value, some_names, WORK_DIR)
 from figures import colorize, save_figure, pyplot
 from geometry import (INPUT_MULTIPLE, MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad,
                       resample_image, resample_label, scaled_size, transform_image)
 from label_outlines import bare_outlines, describe_bare_outlines
-from label_record import check_drawn_classes, drawn_as_recorded, read_record
+from label_record import check_drawn_classes, drawn_as_recorded, read_record, redraw_command
 from parallel import default_workers, parallel_map
 
 TEST_SIZE, RANDOM_STATE = 0.1, 2018     # the paper's split
@@ -164,6 +164,7 @@ def labelled_images(data_dir, classes, intensity, page=None):
                             f"{some_names(missing, 10)}"
                             f"{masks_named_hint(Path(data_dir) / 'label', missing)}")
     table, values, edges, outlines, flattened, wide, renamed = {}, {}, {}, {}, {}, 0, set()
+    drawn_before = {}   # class appended to classes.txt -> labels drawn before it was
     stored, pictures, digests = [], {}, {}
     classes_path, drawn = Path(data_dir) / "classes.txt", read_record(data_dir)
     for name, img_path in images.items():
@@ -179,8 +180,14 @@ def labelled_images(data_dir, classes, intensity, page=None):
         orientation = label_fits_stored_pixels(lbl, img, img_path)
         if orientation:
             stored.append(f"{lbl_path.name} (EXIF Orientation {orientation})")
+        # First: a class removed from classes.txt since labelme_to_label.py drew the label is
+        # named, where check_label_values would only call its value one too many.
+        found, appended = check_drawn_classes(drawn, lbl_path, lbl, classes, classes_path,
+                                              data_dir)
+        renamed |= found
+        for added in appended:
+            drawn_before.setdefault(added, []).append(lbl_path.name)
         values[name] = check_label_values(lbl, len(classes), lbl_path, classes_path).tolist()
-        renamed |= check_drawn_classes(drawn, lbl_path, values[name], classes, classes_path)
         table[name] = (img_path, lbl_path, img.shape[:2])
         digests[name] = pixel_digest(raw, lbl)
         edges[name] = edge_sums(img, lbl)
@@ -193,10 +200,16 @@ def labelled_images(data_dir, classes, intensity, page=None):
                             f"{some_names(stored)}; draw or turn the labels on the image as "
                             "viewers and LabelMe show it")
     report_unused_labels(Path(data_dir), [lbl for _, lbl, _ in table.values()])
-    for value, before, now in sorted(renamed):
-        print(f"note: labels drawn by labelme_to_label.py with class {value} as {before!r} "
+    redraw = redraw_command(drawn, data_dir, classes) if renamed or drawn_before else None
+    for value, was, now in sorted(renamed):
+        print(f"note: labels drawn by labelme_to_label.py with class {value} as {was!r} "
               f"train it as {now!r}, the name {classes_path} now gives it (renamed?); if "
-              f"{before!r} is another class, rerun labelme_to_label.py")
+              f"{was!r} is another class, rerun {redraw}")
+    for added, labels in drawn_before.items():
+        # Where the frames show the new class, its objects there train as background.
+        print(f"note: {len(labels)} label(s) were drawn by labelme_to_label.py before "
+              f"{classes_path} listed {added!r} ({some_names(sorted(labels))}): any {added} in "
+              f"their frames trains as background; label it there and rerun {redraw}")
     check_flattened(flattened, wide, intensity)
     return table, values, edges, outlines, pictures, digests
 
@@ -340,6 +353,33 @@ def check_mask_labels(values_of, table, data_dir):
                         f"values 0 and {IGNORE_LABEL} ({some_names(masks)}) while other labels "
                         f"hold object classes: as 0/{IGNORE_LABEL} masks, their objects would "
                         f"train as ignored pixels and the rest as background; {advice}")
+
+
+def check_classes_since_split(work, digests, values_of, table, classes, data_dir):
+    """Refuse labels unchanged (same image and label pixels) since the work folder's last
+    split cut them for a class list in which a value they hold named a class now listed at
+    another index: classes.txt reordered under labels made elsewhere (check_drawn_classes
+    reads labelme_to_label.py's record of its own) would train them as other classes, unsaid."""
+    try:
+        record = read_json(work / "split.json", "split record")
+    except PipelineError:
+        return                      # no earlier split, or one this run replaces anyway
+    before = record.get("classes") if isinstance(record, dict) else None
+    earlier = record.get("frame_digests") if isinstance(record, dict) else None
+    if not isinstance(before, list) or not isinstance(earlier, dict) or before == classes:
+        return
+    for name in sorted(n for n, digest in digests.items() if earlier.get(n) == digest):
+        moved = [v for v in values_of[name] if v < len(before) and before[v] in classes
+                 and classes.index(before[v]) != v]
+        if moved:
+            value, was = moved[0], before[moved[0]]
+            now = f", and class {value} as {classes[value]!r}" if value < len(classes) else ""
+            raise PipelineError(f"label {table[name][1]} is unchanged since {work / 'split.json'} "
+                                f"cut it for the classes {before}, with {was!r} as class {value}, "
+                                f"but {Path(data_dir) / 'classes.txt'} now lists {was!r} as class "
+                                f"{classes.index(was)}{now}: its pixels would be learnt as "
+                                "another class; renumber the labels for the classes as listed "
+                                "now, or restore the order of the classes")
 
 
 def check_training_classes(values_of, train, classes):
@@ -844,6 +884,7 @@ def main(argv=None):
     table, values_of, edges, outlines, pictures, digests = labelled_images(
         args.data_dir, classes, args.intensity, args.page)
     label_values = sorted({v for values in values_of.values() for v in values})
+    check_classes_since_split(work, digests, values_of, table, classes, args.data_dir)
     check_object_classes(label_values, classes, args.data_dir)
     check_mask_labels(values_of, table, args.data_dir)
     check_scaled_frames(table, args.scale)

@@ -2,7 +2,10 @@
 label file's sha256 and the classes it was drawn with, so that a rerun replaces its own labels
 only and gen_img_aug.py can tell a label whose classes moved in classes.txt since."""
 import json
+import shlex
 from pathlib import Path
+
+import numpy as np
 
 from cli import PipelineError
 from outputs import sha256_of
@@ -30,28 +33,65 @@ def drawn_as_recorded(record, label_path):
     return digest is not None and digest == sha256_of(label_path)
 
 
-def check_drawn_classes(record, label_path, values, classes, classes_path):
+# The labelme_to_label.py option that reads each kind of file a label is drawn from.
+SOURCE_OPTIONS = {"json": "--input", "mask": "--instances"}
+
+
+def redraw_command(record, data_dir, classes):
+    """labelme_to_label.py on every folder whose files drew a label still in <data_dir>/label
+    with other classes than these (read_record), with the options that drew it: a plain rerun
+    reads data/labelme alone, so corrections converted from another folder (README, "Correct
+    and retrain") kept their old class numbers."""
+    runs = []
+    for name, entry in sorted(record.items()):
+        if entry.get("classes") == classes or not (Path(data_dir) / "label" / name).exists():
+            continue
+        options = entry.get("options")
+        for kind, option in SOURCE_OPTIONS.items():
+            if isinstance(entry.get(kind), str):       # relative to the data folder, or absolute
+                folder = Path(data_dir) / Path(entry[kind]).parent
+                runs.append(shlex.join([option, str(folder), *(
+                    options if isinstance(options, list) else [])]))
+    runs = list(dict.fromkeys(runs))
+    command = f"labelme_to_label.py --data-dir {shlex.quote(str(data_dir))}"
+    return " ".join([command, *runs[:1]]) + "".join(f", then with {run}" for run in runs[1:])
+
+
+def check_drawn_classes(record, label_path, label, classes, classes_path, data_dir):
     """Refuse a label labelme_to_label.py drew, its file as written (read_record), whose values
-    meant classes that classes_path now lists at other indices: a class moved in classes.txt
-    after the conversion (the list reordered, a class put before it) would be learnt as
-    another. A class no longer listed was renamed or removed, which cannot be told apart: the
-    (value, name drawn, name now) of each are returned, for a note."""
+    meant classes that classes_path now lists at other indices, or no longer lists beyond its
+    end: a class moved in classes.txt after the conversion (the list reordered, a class put
+    before it) would be learnt as another, and a class removed would be called a value the
+    label should not hold. A class no longer listed at a value still listed was renamed or
+    removed, which cannot be told apart: the (value, name drawn, name now) of each are
+    returned, for a note, with the classes appended since, which the label cannot hold."""
     entry = record.get(label_path.name, {})
     drawn = entry.get("classes")
-    if not isinstance(drawn, list):
-        return set()
+    if not isinstance(drawn, list) or drawn == classes:
+        return set(), []
+    values = np.unique(label)
     moved = [(int(v), drawn[v]) for v in values if v < len(drawn) and drawn[v] in classes
              and classes.index(drawn[v]) != v]
     renamed = {(int(v), drawn[v], classes[v]) for v in values
                if v < min(len(drawn), len(classes)) and drawn[v] not in classes}
-    if not (moved or renamed) or not drawn_as_recorded(record, label_path):
-        return set()
-    if not moved:
-        return renamed
-    value, name = moved[0]
-    now = f", and class {value} as {classes[value]!r}" if value < len(classes) else ""
-    raise PipelineError(f"label {label_path} was drawn by labelme_to_label.py with {name!r} as "
-                        f"class {value}, but {classes_path} now lists {name!r} as class "
-                        f"{classes.index(name)}{now}: its pixels would be learnt as another "
-                        "class; run labelme_to_label.py again to redraw the labels with the "
-                        "classes as listed now, or restore the order of the classes")
+    removed = [(int(v), drawn[v]) for v in values if len(classes) <= v < len(drawn)]
+    added = [name for name in classes[len(drawn):] if name not in drawn]
+    if not (moved or renamed or removed or added) or not drawn_as_recorded(record, label_path):
+        return set(), []
+    redraw = redraw_command(record, data_dir, classes)
+    if moved:
+        value, name = moved[0]
+        now = f", and class {value} as {classes[value]!r}" if value < len(classes) else ""
+        raise PipelineError(f"label {label_path} was drawn by labelme_to_label.py with {name!r} "
+                            f"as class {value}, but {classes_path} now lists {name!r} as class "
+                            f"{classes.index(name)}{now}: its pixels would be learnt as another "
+                            f"class; rerun {redraw}, to redraw the labels with the classes as "
+                            "listed now, or restore the order of the classes")
+    if removed:
+        value, name = removed[0]
+        raise PipelineError(f"label {label_path} was drawn by labelme_to_label.py with {name!r} "
+                            f"as class {value}, which {classes_path} no longer lists (it lists "
+                            f"{len(classes)} classes): list it again, or delete its shapes and "
+                            f"rerun {redraw} (with {name} among its --ignore-labels, its shapes "
+                            "are left out of training instead)")
+    return renamed, added

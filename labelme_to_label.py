@@ -126,6 +126,20 @@ def parse_args(argv=None):
     return args
 
 
+def redraw_options(args):
+    """The options that drew these labels, recorded for advice to redraw them (label_record.
+    redraw_command): a rerun without them refuses the imagePath files or the --ignore-labels
+    shapes, or draws lines and points at another size."""
+    options = ["--allow-outside-paths"] if args.allow_outside_paths else []
+    if args.ignore_labels:
+        options += ["--ignore-labels", ",".join(args.ignore_labels)]
+    for option, value, default in (("--line-width", args.line_width, DEFAULT_LINE_WIDTH),
+                                   ("--point-radius", args.point_radius, DEFAULT_POINT_RADIUS)):
+        if value != default:
+            options += [option, f"{value:g}"]
+    return options
+
+
 def label_names(text):
     names = [n.strip() for n in text.split(",")]
     if not all(names):
@@ -564,6 +578,21 @@ def spell_like(annotations, names):
                 shape["label"] = spelled.get(nfc(shape["label"]), nfc(shape["label"]))
 
 
+def dropped_class(data_dir, name, classes):
+    """What to do with a label that was a class when this script drew labels now in
+    data/label (read_record) and is no longer listed: renamed or removed from classes.txt, where
+    --add-unknown-classes would list it again, as another class. None for another label."""
+    for label, entry in sorted(read_record(data_dir).items()):
+        drawn, path = entry.get("classes"), Path(data_dir) / "label" / label
+        if isinstance(drawn, list) and name in drawn and path.exists():
+            return (f"it was class {drawn.index(name)} when this script drew {path}: where "
+                    "it was renamed, give its shapes the new name in LabelMe; where it was "
+                    f"removed, delete them, or add --ignore-labels {name} to leave them out of "
+                    f"training (--add-unknown-classes would list it again, as class "
+                    f"{len(classes)})")
+    return None
+
+
 def resolve_classes(data_dir, annotations, add_unknown, ignored=()):
     """(class names after checking every label, whether unknown ones were appended).
 
@@ -582,6 +611,7 @@ def resolve_classes(data_dir, annotations, add_unknown, ignored=()):
         name, json_path = next(iter(missing.items()))
         meant = [c for c in classes if c.casefold() == name.casefold()]
         fix = (f"did you mean {meant[0]!r}? rename the label in LabelMe" if meant else
+               dropped_class(data_dir, name, classes) or
                "add it there or use --add-unknown-classes")
         raise PipelineError(f"{json_path}: label {name!r} is not in {classes_path} (known classes: "
                             f"{', '.join(classes)}); {fix}")
@@ -613,9 +643,9 @@ class WrittenLabels:
     replaces its own label, but a label drawn by hand or made elsewhere only with
     --replace-labels; gen_img_aug.py refuses a label whose classes moved since."""
 
-    def __init__(self, data_dir, replace, classes):
+    def __init__(self, data_dir, replace, classes, options=()):
         self.replace, self.classes, self.entries = replace, list(classes), read_record(data_dir)
-        self.data_dir = Path(data_dir)
+        self.data_dir, self.options = Path(data_dir), list(options)
 
     def check(self, origin, label_path, label):
         if (self.replace or not label_path.exists() or drawn_as_recorded(self.entries, label_path)
@@ -633,7 +663,7 @@ class WrittenLabels:
         inside = os.path.relpath(source, os.path.abspath(self.data_dir))
         self.entries[staged_label.name] = {
             "sha256": sha256_of(staged_label), "classes": self.classes,
-            kind: source if inside.startswith("..") else inside}
+            kind: source if inside.startswith("..") else inside, "options": self.options}
 
     def orphaned(self, input_dir, kind):
         """Labels this script drew from files (of kind "json" or "mask") of input_dir removed
@@ -807,7 +837,8 @@ def convert_instance_masks(folder, class_name, data_dir, replace, add_unknown):
     frame in data_dir/src, staged, so one bad mask leaves data/ as it was."""
     matched = masks_of_frames(folder, data_dir)
     classes, index, added = instance_class(data_dir, class_name, add_unknown)
-    written = WrittenLabels(data_dir, replace, classes)
+    # A rerun without --instance-class may not find the class (another object class listed).
+    written = WrittenLabels(data_dir, replace, classes, ["--instance-class", classes[index]])
     counts, objects = np.zeros(IGNORE_LABEL + 1, np.int64), 0
     with staged_output(data_dir, merge=True) as staging:
         (staging / "label").mkdir()
@@ -872,7 +903,7 @@ def main(argv=None):
     class_index = {name: i for i, name in enumerate(classes)}
     class_index.update((name, IGNORE_LABEL) for name in args.ignore_labels)
     counts = np.zeros(IGNORE_LABEL + 1, np.int64)
-    written = WrittenLabels(data_dir, args.replace_labels, classes)
+    written = WrittenLabels(data_dir, args.replace_labels, classes, redraw_options(args))
     # Every file is converted into a staging folder first: one bad file leaves data/ as it was.
     with staged_output(data_dir, merge=True) as staging:
         (staging / "src").mkdir()

@@ -706,16 +706,40 @@ def labels_of_other_frames(frames):
     return lambda stem: stem in names or PLANE_SUFFIX.sub("", stem) in picked
 
 
-def check_label_classes(label_dir, classes):
-    """Refuse labels whose data folder's classes.txt lists other classes than the model: the
-    class values would be scored as the model's classes of the same numbers."""
-    listed = Path(label_dir).parent / "classes.txt"
+def label_classes(label_dir):
+    """(the classes a label folder's values index, the file listing them): its data folder's
+    classes.txt, or for a work folder's test/label the classes gen_img_aug.py cut it for
+    (split.json; the data folder's list may have changed since); (None, None) where neither
+    is there."""
+    label_dir = Path(label_dir)
+    listed, split = label_dir.parent / "classes.txt", label_dir.parent.parent / "split.json"
     if listed.is_file():
-        theirs = read_classes(listed.parent)
-        if theirs != classes:
-            raise PipelineError(f"the labels in {label_dir} are of the classes {theirs} "
-                                f"({listed}), the model's are {classes}: their values would "
-                                "be scored as other classes")
+        return read_classes(listed.parent), listed
+    if label_dir.parent.name == "test" and split.is_file():
+        record = read_json(split, "split record")
+        if isinstance(record, dict) and isinstance(record.get("classes"), list):
+            return record["classes"], split
+    return None, None
+
+
+def check_label_classes(label_dir, classes, model_dir):
+    """Refuse labels of other classes than the model: the class values would be scored as
+    the model's classes of the same numbers. Classes appended since the model was trained
+    keep the numbers of the others, but the model never predicts them."""
+    theirs, listed = label_classes(label_dir)
+    if theirs is None or theirs == classes:
+        return
+    if theirs[:len(classes)] == classes:
+        added = theirs[len(classes):]
+        raise PipelineError(f"the labels in {label_dir} are of the classes {theirs} ({listed}); "
+                            f"{model_dir} was trained for {classes}, before "
+                            f"{', '.join(map(repr, added))} {'was' if len(added) == 1 else 'were'} "
+                            f"added, and never predicts {'it' if len(added) == 1 else 'them'}: "
+                            "score the labels with a model trained for their classes "
+                            f"(train_unet_xception_resnetblock.py --init-model {model_dir} "
+                            "--new-head)")
+    raise PipelineError(f"the labels in {label_dir} are of the classes {theirs} ({listed}), the "
+                        f"model's are {classes}: their values would be scored as other classes")
 
 
 def check_not_in_output(out, src, label_dir):
@@ -1038,7 +1062,7 @@ def main(argv=None):
     classes, decision = config["classes"], config["decision"]
     check_output_files(everything, classes, args, streamed)
     if label_dir:
-        check_label_classes(label_dir, classes)
+        check_label_classes(label_dir, classes, model_dir)
     intensity = args.intensity or config["intensity"]
     pictures = check_frames_readable(images, streamed, config["color_mode"], intensity,
                                      label_paths, classes)

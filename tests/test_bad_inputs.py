@@ -380,6 +380,31 @@ def class_blocks(h, w, shift=0):
     return lbl
 
 
+def test_labels_unchanged_since_the_last_split_under_reordered_classes_are_refused(tmp_path,
+                                                                                    capsys):
+    """Labels made elsewhere (no labelme_to_label.py record) and classes.txt reordered: a rerun
+    into the same work folder cut bead pixels as cells, unsaid, though split.json held the
+    classes those same labels were cut for."""
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)},
+                     labels={"a.png": class_blocks(40, 40), "b.png": class_blocks(40, 40, 3)},
+                     test=["b"])
+    work = tmp_path / "work"
+    accepted(*run(gen_img_aug, aug_args(data, work), capsys)[::2])
+    (data / "classes.txt").write_text("background\ncell\nbead\n")
+    before = snapshot(tmp_path)
+    code, _, err = run(gen_img_aug, aug_args(data, work), capsys)
+    line = refusal_line(code, err, data / "label" / "a.png", work / "split.json",
+                        data / "classes.txt")
+    assert "with 'bead' as class 1, but" in line and "now lists 'bead' as class 2" in line
+    assert_unchanged(tmp_path, before)
+    (data / "classes.txt").write_text("\n".join([*CLASSES, "nucleus"]) + "\n")   # appended
+    accepted(*run(gen_img_aug, aug_args(data, work), capsys)[::2])
+    (data / "classes.txt").write_text("background\ncell\nbead\n")
+    for name, shift in (("a", 0), ("b", 3)):                 # renumbered for the new order
+        write(data / "label" / f"{name}.png", (3 - class_blocks(40, 40, shift)) % 3)
+    accepted(*run(gen_img_aug, aug_args(data, work), capsys)[::2])
+
+
 @pytest.mark.parametrize("kind", ["palette", "uint16"])
 def test_palette_and_16bit_labels_are_read_as_class_indices(kind, tmp_path, capsys):
     labels = {"a": class_blocks(40, 40), "b": class_blocks(40, 40, shift=3)}
@@ -1108,6 +1133,46 @@ def test_labels_of_a_data_set_with_other_classes_are_refused(model_dir, tmp_path
                                                     inp, "--labels", other / "label"),
                   capsys)[::2])
     assert (tmp_path / "work" / "predict" / "inp" / "iou.csv").is_file()
+
+
+def test_labels_of_a_class_appended_since_the_model_was_trained_are_refused_as_such(
+        model_dir, tmp_path, capsys):
+    """A class appended to classes.txt after training: the refusal said the labels' values
+    would be scored as other classes, which they keep; what is amiss is a class the model
+    never predicts."""
+    inp = input_folder(tmp_path, {"a.png": noise(40, 40)})
+    write(tmp_path / "data" / "label" / "a.png", class_blocks(40, 40))
+    (tmp_path / "data" / "classes.txt").write_text("\n".join([*CLASSES, "nucleus"]) + "\n")
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, tmp_path / "work", "--input",
+                                                         inp, "--labels",
+                                                         tmp_path / "data" / "label"), capsys)
+    line = refusal_line(code, err, tmp_path / "data" / "classes.txt", model_dir,
+                        "before 'nucleus' was added, and never predicts it",
+                        f"--init-model {model_dir} --new-head")
+    assert "scored as other classes" not in line
+
+
+def test_test_labels_cut_for_other_classes_than_the_models_are_refused(model_dir, tmp_path,
+                                                                        capsys):
+    """A work folder's test labels carry no classes.txt beside them: cut after classes.txt was
+    reordered, they were scored as the model's classes of the same numbers, unsaid, though
+    split.json records the classes they were cut for."""
+    data = make_data(tmp_path, {"a.png": noise(40, 40), "b.png": noise(40, 40, 1)},
+                     labels={"a.png": class_blocks(40, 40), "b.png": class_blocks(40, 40, 3)},
+                     classes=["background", "cell", "bead"], test=["b"])
+    work = tmp_path / "work"
+    accepted(*run(gen_img_aug, aug_args(data, work), capsys)[::2])
+    before = snapshot(tmp_path)
+    code, _, err = run(predict_lovasz_loss, predict_args(model_dir, work), capsys)
+    refusal_line(code, err, work / "test" / "label", work / "split.json",
+                 "scored as other classes")
+    assert_unchanged(tmp_path, before)
+    (data / "classes.txt").write_text("\n".join(CLASSES) + "\n")      # the model's order
+    for name, shift in (("a", 0), ("b", 3)):
+        write(data / "label" / f"{name}.png", (3 - class_blocks(40, 40, shift)) % 3)
+    accepted(*run(gen_img_aug, aug_args(data, work), capsys)[::2])
+    accepted(*run(predict_lovasz_loss, predict_args(model_dir, work), capsys)[::2])
+    assert (work / "test" / "predict" / "iou.csv").is_file()
 
 
 @pytest.mark.parametrize("names, extra, clash", [

@@ -318,6 +318,105 @@ def test_a_json_name_with_a_control_character_is_refused_before_anything_is_writ
     assert sorted(p.name for p in data.iterdir()) == ["classes.txt"]
 
 
+def corrections(root, name, shapes):
+    """A second folder of LabelMe files, as README's "Correct and retrain" converts beside the
+    first: <root>/corrections/<name>.json and its image."""
+    folder = root / "corrections"
+    folder.mkdir(exist_ok=True)
+    cv2.imwrite(str(folder / f"{name}.png"), np.random.default_rng(7).integers(
+        0, 256, (40, 60), dtype=np.uint8))
+    (folder / f"{name}.json").write_text(json.dumps({
+        "version": "5.5.0", "flags": {}, "shapes": shapes, "imagePath": f"{name}.png",
+        "imageData": None, "imageHeight": 40, "imageWidth": 60}))
+    return folder
+
+
+def aug_args(data, work):
+    return ["--data-dir", str(data), "--work-dir", str(work), "--num-patches", "4",
+            "--patch-size", "32", "--workers", "1"]
+
+
+def test_advice_to_redraw_labels_names_every_folder_they_were_drawn_from(tmp_path):
+    """Labels converted from two folders (the first annotations, then corrections with an
+    unsure region) and a reordered classes.txt: the advice was 'run labelme_to_label.py
+    again', whose default --input redraws the first folder's alone, and the next run refused
+    the corrections; a rerun without --ignore-labels refused the unsure region."""
+    import gen_img_aug
+    bead_and_cell = [shape("bead", [[2, 3], [12, 8]], "rectangle"),
+                     shape("cell", [[30, 20], [50, 35]], "rectangle")]
+    data, labelme = make_project(tmp_path, {"a": bead_and_cell, "b": bead_and_cell})
+    run_main(data, labelme)
+    more = corrections(tmp_path, "c", [*bead_and_cell,
+                                       shape("unsure", [[40, 2], [50, 8]], "rectangle")])
+    run_main(data, more, "--ignore-labels", "unsure")
+    (data / "classes.txt").write_text("background\ncell\nbead\n")
+    with pytest.raises(PipelineError) as refusal:
+        gen_img_aug.main(aug_args(data, tmp_path / "work"))
+    advice = f"rerun labelme_to_label.py --data-dir {data} --input {labelme}, then with " \
+             f"--input {more} --ignore-labels unsure, to redraw"
+    assert advice in str(refusal.value)
+    run_main(data, labelme)                                 # the advice, followed as it reads
+    run_main(data, more, "--ignore-labels", "unsure")
+    gen_img_aug.main(aug_args(data, tmp_path / "work"))
+
+
+def test_labels_drawn_before_a_class_was_appended_are_noted_with_the_folder_to_redraw(
+        tmp_path, capsys):
+    """A class appended to classes.txt keeps every index, so the earlier labels pass; but they
+    cannot hold it, and any object of it in their frames trained as background, unsaid."""
+    import gen_img_aug
+    data, labelme = make_project(tmp_path, {
+        name: [shape("bead", [[2, 3], [12, 8]], "rectangle")] for name in ("a", "b")})
+    run_main(data, labelme)
+    (data / "classes.txt").write_text("\n".join([*CLASSES, "nucleus"]) + "\n")
+    run_main(data, corrections(tmp_path, "c", [shape("nucleus", [[2, 3], [12, 8]], "rectangle")]))
+    capsys.readouterr()
+    gen_img_aug.main(aug_args(data, tmp_path / "work"))
+    assert f"note: 2 label(s) were drawn by labelme_to_label.py before {data / 'classes.txt'} " \
+           "listed 'nucleus' (a.png, b.png): any nucleus in their frames trains as background; " \
+           f"label it there and rerun labelme_to_label.py --data-dir {data} --input {labelme}\n" \
+        in capsys.readouterr().out
+    run_main(data, labelme)                                 # redrawn: nothing to say
+    gen_img_aug.main(aug_args(data, tmp_path / "work"))
+    assert "note:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("listed, dropped, value", [
+    (["background", "bead"], "cell", 2),                     # the last class removed
+    (["background", "cell"], "bead", 1),                     # one before another removed
+    (["background", "beads", "cell"], "bead", 1)],           # renamed
+    ids=["removed-last", "removed", "renamed"])
+def test_a_class_removed_or_renamed_in_classes_txt_is_named_with_how_to_drop_it(
+        tmp_path, capsys, listed, dropped, value):
+    """A class removed from classes.txt: gen_img_aug.py called the last one's value one too
+    many ('fix the label or the class list'), and labelme_to_label.py, rerun as advised,
+    refused its shapes with 'add it there or use --add-unknown-classes', which lists it
+    again: no advice said how to drop a class."""
+    import gen_img_aug
+    data, labelme = make_project(tmp_path, {
+        name: [shape("bead", [[2, 3], [12, 8]], "rectangle"),
+               shape("cell", [[30, 20], [50, 35]], "rectangle")] for name in ("a", "b")})
+    run_main(data, labelme)
+    (data / "classes.txt").write_text("\n".join(listed) + "\n")
+    if dropped == "cell":
+        with pytest.raises(PipelineError, match=rf"label .*a\.png was drawn by labelme_to_label"
+                                                rf"\.py with 'cell' as class 2, which .* no "
+                                                rf"longer lists \(it lists 2 classes\): list it "
+                                                rf"again, or delete its shapes and rerun "
+                                                rf"labelme_to_label\.py --data-dir {data} "
+                                                rf"--input {labelme} \(with cell among its "
+                                                rf"--ignore-labels"):
+            gen_img_aug.main(aug_args(data, tmp_path / "work"))
+    with pytest.raises(PipelineError, match=rf"label '{dropped}' is not in .*; it was class "
+                                            rf"{value} when this script drew .*a\.png: where it "
+                                            rf"was renamed, give its shapes the new name in "
+                                            rf"LabelMe; where it was removed, delete them, or add "
+                                            rf"--ignore-labels {dropped} to leave them out"):
+        run_main(data, labelme)
+    run_main(data, labelme, "--ignore-labels", dropped)     # the advice, followed
+    gen_img_aug.main(aug_args(data, tmp_path / "work"))
+
+
 def test_a_label_written_before_classes_were_recorded_is_still_replaced(tmp_path):
     """The record of an earlier version (a digest alone per label) still says whose it is."""
     data, labelme = make_project(tmp_path, {"e": [shape("bead", [[2, 3], [12, 8]], "rectangle")]})
@@ -360,7 +459,8 @@ def test_labels_whose_classes_moved_in_classes_txt_since_they_were_drawn_are_ref
         assert (renamed in capsys.readouterr().out) is ("beads" in listed)
         return
     with pytest.raises(PipelineError, match=r"label .*a\.png was drawn by labelme_to_label\.py "
-                                            rf"with {refused}: .*run labelme_to_label\.py again"):
+                                            rf"with {refused}: .*rerun labelme_to_label\.py "
+                                            rf"--data-dir {data} --input {labelme}, to redraw"):
         gen_img_aug.main(args)
     assert not work.exists()
     run_main(data, labelme)                                     # redrawn with the new order
