@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import pytest
 
 from band_objects import outline_length
 import get_contour as G
+import touching
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from split_touching_speed import full_window_grow, full_window_reconstruct  # noqa: E402
 from cli import PipelineError
 from figures import PALETTE
 
@@ -630,6 +635,46 @@ def test_every_carved_pair_of_discs_is_two_objects(radii):
             assert len(rows) in (1, 2)
             if len(rows) == 1:
                 assert rows[0]["area_px"] == int(mask.sum()), "carved, yet one object"
+
+
+def winding_filament():
+    """A sine-shaped filament 9 px wide and some 900 px long with four bulges."""
+    x = np.arange(20, 300)
+    points = np.stack([x, 130 + 90 * np.sin(x / 20)], axis=1).round().astype(np.int32)
+    mask = np.zeros((260, 320), np.uint8)
+    cv2.polylines(mask, [points], False, 1, 9)
+    for i in (0, 90, 170, 279):
+        cv2.circle(mask, tuple(int(v) for v in points[i]), 10 + i % 4, 1, -1)
+    return mask
+
+
+def random_discs(seed):
+    """14 discs of radius 6-25 at random, some touching."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((200, 200), np.uint8)
+    for _ in range(14):
+        cv2.circle(mask, tuple(int(v) for v in rng.integers(0, 200, 2)),
+                   int(rng.integers(6, 26)), 1, -1)
+    return mask
+
+
+@pytest.mark.parametrize("share", [None, 0])
+def test_split_touching_by_the_moving_front_carves_as_steps_over_the_window(monkeypatch,
+                                                                           share):
+    """touching.py computes again only the pixels beside those the step before changed,
+    where they are few (with share 0, at every step but a reconstruction's first): the lines
+    carved are those of the same steps over the whole window, bit for bit."""
+    if share is not None:
+        monkeypatch.setattr(touching, "RECONSTRUCT_SHARE", share)
+        monkeypatch.setattr(touching, "GROW_SHARE", share)
+    masks = [random_discs(seed) for seed in range(1, 5)] + [winding_filament()]
+    carved = [touching.split_touching(mask, G.SPLIT_DEPTH) for mask in masks]
+    monkeypatch.setattr(touching, "reconstruct_by_dilation", full_window_reconstruct)
+    monkeypatch.setattr(touching, "grow_seeds", full_window_grow)
+    for mask, ours in zip(masks, carved):
+        reference = touching.split_touching(mask, G.SPLIT_DEPTH)
+        assert (reference != mask).any()
+        assert np.array_equal(ours, reference)
 
 
 def test_split_touching_through_the_command_line(pred):
