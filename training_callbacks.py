@@ -204,7 +204,11 @@ def save_model(model, path):
         if path.suffix == ".h5":
             keras.saving.save_model(model, tmp, include_optimizer=False, overwrite=True)
         else:
-            keras.saving.save_model(model, tmp, overwrite=True)
+            # .keras has no include_optimizer: a compiled model's file held its optimizer's
+            # variables too, twice the size (SGD's momentum). A model of the same layers that
+            # was never compiled saves the weights alone.
+            layers_only = keras.Model(model.inputs, model.outputs, name=model.name)
+            keras.saving.save_model(layers_only, tmp, overwrite=True)
 
 
 def say(line):

@@ -25,6 +25,18 @@ from synthetic_patches import (SIZE, held_out, make_patch_set, mean_iou,  # noqa
 pytestmark = pytest.mark.trains
 
 
+def keras_file_entries(path):
+    """The names of the groups and datasets of a .keras file's weights."""
+    import io
+    import zipfile
+    import h5py
+    names = []
+    with zipfile.ZipFile(path) as archive, h5py.File(
+            io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
+        weights.visit(names.append)
+    return names
+
+
 def read_log(model_dir):
     with open(model_dir / "log.csv") as f:
         return list(csv.DictReader(f))
@@ -186,6 +198,8 @@ def test_every_loss_and_optimizer_trains_and_is_recorded(tmp_path, run):
     if run == "cross-entropy-adam":
         assert all(name.endswith(".keras") for name in config["weights_files"].values())
         assert [p.suffix for p in (model_dir / "snapshots").iterdir()] == [".keras"]
+        assert not any("optimizer" in name for name in keras_file_entries(
+            model_dir / config["weights_files"]["best"]))      # for inference: no Adam moments
         assert [float(r["lr"]) for r in read_log(model_dir)] == [pytest.approx(0.002)]
         predicts_colour_images_only(model_dir, config, tmp_path)
     if run == "bce-dice-sgd":
