@@ -157,11 +157,15 @@ def streamed_intensity_range(reader, intensity, what):
     """(low, high) of the intensity rule for a whole plane read band by band, or None for
     8-bit planes (used as stored). Integer planes of up to 16 bits get the exact range of
     the in-memory path from a histogram; float and 32-bit planes get exact minimum and
-    maximum, and percentiles from SAMPLE_PIXELS pixels spread over the plane."""
+    maximum, and percentiles from SAMPLE_PIXELS pixels spread over the plane. A float plane
+    is refused here for a NaN or infinite pixel, before any band is predicted."""
     dtype = reader.image_dtype
     if dtype == np.uint8:       # 1-bit planes too, as 0 and 255
         return None
     if intensity["rule"] == "fixed":
+        if dtype.kind == "f":   # else found at its band, maybe hours into a slide
+            for y0, y1 in bands(reader.height):
+                check_finite(reader.image_rows(y0, y1), what)
         return intensity["low"], intensity["high"]
     if has_histogram(dtype):
         # whole rows of strips or tiles, so each is decoded once
@@ -190,7 +194,7 @@ class StreamedFrame:
     the border are mirrored as geometry.reflect_pad mirrors them."""
 
     def __init__(self, reader, intensity, color_mode, what):
-        self.reader, self.color_mode, self.what = reader, color_mode, what
+        self.reader, self.color_mode = reader, color_mode
         self.shape = reader.shape[:2]
         self.range = streamed_intensity_range(reader, intensity, what)
 
@@ -198,8 +202,7 @@ class StreamedFrame:
         """Rows y0..y1-1 within the plane (every step-th row and column from y0), as uint8
         in the model's colour mode."""
         raw = self.reader.image_rows(y0, y1, step)
-        if self.range is not None:
-            check_finite(raw, self.what)
+        if self.range is not None:      # every float pixel checked finite by then
             raw = scale_to_uint8(raw, *self.range)
         return to_color_mode(raw, self.color_mode)
 

@@ -105,8 +105,9 @@ def test_streamed_range_of_float_planes(tmp_path, monkeypatch):
     img[399, 299] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", img, rowsperstrip=25)
     with W.open_tiff_rows(tmp_path / "nan.tif") as rows:
-        with pytest.raises(PipelineError, match="1 NaN or infinite"):
-            W.streamed_intensity_range(rows, DEFAULT_INTENSITY, "image nan.tif")
+        for intensity in (DEFAULT_INTENSITY, {"rule": "fixed", "low": 0.0, "high": 1.0}):
+            with pytest.raises(PipelineError, match="1 NaN or infinite"):
+                W.streamed_intensity_range(rows, intensity, "image nan.tif")
 
 
 @pytest.mark.parametrize("color_mode", ["grey", "rgb"])
