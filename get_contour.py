@@ -442,7 +442,8 @@ def plot_panel(name, image, label, mask, outlines, classes, path, pdf):
     fig.legend(handles=handles, loc="lower center", ncol=len(classes), frameon=False,
                fontsize=8)
     fig.suptitle(name, fontsize=9)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    # Laid out as saved, in the fonts save_figure sets for names they lack.
+    fig.set_layout_engine("tight", rect=(0, 0.08, 1, 1))
     save_figure(fig, path, pdf)
 
 

@@ -590,7 +590,7 @@ def plot_iou(dataset_row, classes, num_images, paths, pdf):
     ax.set_title(f"IoU per class, {count_of(num_images, 'image')} (mean {dataset_row[-1]:.3f})",
                  fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    fig.set_layout_engine("tight")      # laid out as saved, in the fonts save_figure sets
     save_figure(fig, paths, pdf)
 
 

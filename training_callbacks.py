@@ -291,7 +291,7 @@ def plot_curves(log_path, paths, pdf):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
-    fig.tight_layout()
+    fig.set_layout_engine("tight")      # laid out as saved, in the fonts save_figure sets
     save_figure(fig, paths, pdf)
 
 
