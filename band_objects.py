@@ -46,8 +46,9 @@ CENTRES_TO_OUTLINE = 2 * math.sqrt(2)
 def outline_length(contour):
     """Estimated length of the outline of the pixels a closed cv2.findContours chain
     (CHAIN_APPROX_NONE) goes round: unbiased for digitised discs from a radius of about 5
-    (2 pi r), 2 % short along straight edges on the grid; 0 for a lone pixel, whose chain has
-    no steps. Integer counts, so the chain from any start point gives the same float."""
+    (2 pi r), 2 % short along straight edges on the grid and 1.5 pixels more round a rectangle
+    on it (whose corners the diamond cuts); 0 for a lone pixel, whose chain has no steps.
+    Integer counts, so the chain from any start point gives the same float."""
     points = contour.reshape(-1, 2)
     if len(points) < 2:
         return 0.0

@@ -25,15 +25,19 @@ class, object_id (per image and class, from 1, in raster order of first pixels),
 length of the outer outline of the object's pixels: Vossepoel & Smeulders' corner-count
 weights on the chain through the boundary pixels' centres, plus the half pixel from there
 to the outline, band_objects.outline_length; 2 pi r for a digitised disc, 2 % short along
-edges on the pixel grid; 0 for one pixel), circularity (4 pi area / perimeter^2: 1 for a
-disc, pi/4 for a square; capped at 1; unreliable below a few tens of pixels, empty under
-20),
-centroid_x, centroid_y, bbox_x, bbox_y, bbox_w, bbox_h (pixels, origin top-left). The area,
+edges on the pixel grid and 1.5 px more round a rectangle on it, 76.9 for a 20 x 20 square;
+0 for one pixel), circularity (4 pi area / perimeter^2: 1 for a disc, pi/4 for a square;
+capped at 1; unreliable below a few tens of pixels, empty under 20),
+centroid_x, centroid_y (the mean column and row of the object's pixels: the top-left pixel's
+centre is 0, 0, where ImageJ, measuring from its corner, has 0.5, 0.5), bbox_x, bbox_y (the
+object's first column and row), bbox_w, bbox_h (pixels). An object the frame's edge cuts is
+measured as far as the frame shows it, the cut in its perimeter. The area,
 diameter and perimeter are also given in micrometres (area_um2, equivalent_diameter_um,
 perimeter_um) with --pixel-size, or, by default, for each image whose TIFF records its pixel
 size (OME PhysicalSizeX and Y, or ImageJ's resolution and unit) and whose pixels are square
-(a note names images of other pixels, measured in pixels only); pixel_size_um says which
-size was used.
+and not an image program's dots per inch (a note names images of other pixels, measured in
+pixels only, and those whose plain TIFF resolution, which is not read, gives a size);
+pixel_size_um says which size was used.
 
 --from-probs rebuilds the masks as the original get_contour did, from the per-class
 probability maps of predict_lovasz_loss.py --save-probs: each map is scaled to 0..127 and
@@ -52,8 +56,8 @@ import numpy as np
 
 from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
                       check_label_size, find_frame_label, list_images, parse_intensity,
-                      pixel_sizes_um, read_image, read_label, square_side, to_color_mode,
-                      write_image)
+                      pixel_sizes_um, plain_resolution_um, read_image, read_label, square_side,
+                      to_color_mode, write_image)
 from band_objects import objects_of_class, outline_length
 from touching import SPLIT_DEPTH, split_touching
 from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, contour_file, file_digests,
@@ -286,22 +290,59 @@ def image_pixel_sizes(images, names, given):
     uneven = [name for name, size in sizes.items() if size and square_side(size) is None]
     if uneven:
         width, height = sizes[uneven[0]]
-        print(f"note: {len(uneven)} image(s) record pixels that are not square ({uneven[0]}: "
-              f"{width:.6g} x {height:.6g} \u00b5m): their objects are measured in pixels "
-              f"only; --pixel-size gives one size for every image")
+        note_in_pixels(uneven, f"record pixels that are not square ({uneven[0]}: "
+                               f"{width:.6g} x {height:.6g} \u00b5m)")
+    note_plain_resolutions(images, [name for name, size in sizes.items() if size is None])
     return without_absurd_sizes({name: square_side(size) for name, size in sizes.items()})
+
+
+def note_plain_resolutions(images, names):
+    """A note for the images among `names` whose TIFF gives a resolution in pixels per inch or
+    centimetre alone, which is not read (image_io.plain_resolution_um): their table has no
+    micrometres and would say nothing of why, while Fiji shows the image to that scale."""
+    plain = {name: plain_resolution_um(images[name]) for name in names}
+    plain = {name: size for name, size in plain.items()
+             if size and not written_by_image_programs(size[0])}
+    if plain:
+        name, (width, height) = next(iter(plain.items()))
+        note_in_pixels(list(plain), "give their scale only as a TIFF resolution in pixels per "
+                       f"inch or centimetre ({name}: {width:.6g} x {height:.6g} \u00b5m), which "
+                       "is not read (image programs write one to any picture)")
+
+
+def note_in_pixels(names, what):
+    print(f"note: {len(names)} image(s) {what}: their objects are measured in pixels only; "
+          "--pixel-size gives one size for every image")
+
+
+# Dots per inch that image programs write to pictures of no scale (1, the screen's 72 or 96,
+# print's 300). A converter that takes dots per inch for a pixel size (Bio-Formats does)
+# records them in OME or ImageJ metadata as sides of 25,400 / dpi um: 352.778 um for 72 dpi.
+PROGRAM_DPI = (1, 72, 96, 300)
+
+
+def written_by_image_programs(side):
+    """Whether a pixel side in micrometres is that of one of PROGRAM_DPI."""
+    return any(math.isclose(side, 25400 / dpi, rel_tol=1e-3) for dpi in PROGRAM_DPI)
 
 
 def without_absurd_sizes(sides):
     """The recorded sides, less those outside PIXEL_SIZE_RANGE (broken metadata: a side of
-    1e300 um overflows the areas, one of 1e-300 um rounds them to 0), with a note."""
+    1e300 um overflows the areas, one of 1e-300 um rounds them to 0) and those of PROGRAM_DPI,
+    with a note."""
     lo, hi = PIXEL_SIZE_RANGE
     absurd = [name for name, side in sides.items() if side is not None and not lo <= side <= hi]
     if absurd:
-        print(f"note: {len(absurd)} image(s) record a pixel size outside {lo:g}..{hi:g} \u00b5m "
-              f"({absurd[0]}: {sides[absurd[0]]:.6g} \u00b5m), which is no microscope's: their "
-              "objects are measured in pixels only; --pixel-size gives one size for every image")
-    return {name: None if name in absurd else side for name, side in sides.items()}
+        note_in_pixels(absurd, f"record a pixel size outside {lo:g}..{hi:g} \u00b5m "
+                               f"({absurd[0]}: {sides[absurd[0]]:.6g} \u00b5m), which is no "
+                               "microscope's")
+    dpi = [name for name, side in sides.items()
+           if side is not None and name not in absurd and written_by_image_programs(side)]
+    if dpi:
+        note_in_pixels(dpi, f"record a pixel size of {sides[dpi[0]]:.6g} \u00b5m ({dpi[0]}), "
+                            f"{25400 / sides[dpi[0]]:.0f} dots per inch, as image programs "
+                            "write to pictures of no scale")
+    return {name: None if name in absurd + dpi else side for name, side in sides.items()}
 
 
 def csv_record(image, classes, row, pixel_size):

@@ -642,15 +642,43 @@ def pixel_sizes_um(source):
     """(width, height) of a pixel in micrometres as a TIFF records them (OME PhysicalSizeX and
     Y, or ImageJ's X and Y resolution and unit; the height as the width where only that is
     given); None where none is recorded or the unit is not a length."""
+    return _tiff_sizes(source, _recorded_sizes)
+
+
+def plain_resolution_um(source):
+    """(width, height) of a pixel in micrometres as the resolution of a TIFF without OME or
+    ImageJ metadata gives them, in pixels per inch or centimetre; None for other files. Not
+    taken for a pixel size: image programs write a resolution (72 dpi, 300 dpi) to any
+    picture, while a microscope's software records its scale in OME or ImageJ metadata."""
+    return _tiff_sizes(source, _plain_sizes)
+
+
+def _tiff_sizes(source, sizes_of):
     path = source.path if isinstance(source, StackPlane) else Path(source)
     if path.suffix.lower() not in TIFF_EXTS:
         return None
     with open_tiff(path) as tif:
-        if tif.is_ome:
-            return _ome_pixel_sizes(tif.ome_metadata)
-        if tif.is_imagej:
-            return _imagej_pixel_sizes(tif.imagej_metadata or {}, tif.pages[0])
+        return sizes_of(tif)
+
+
+def _recorded_sizes(tif):
+    if tif.is_ome:
+        return _ome_pixel_sizes(tif.ome_metadata)
+    if tif.is_imagej:
+        return _imagej_pixel_sizes(tif.imagej_metadata or {}, tif.pages[0])
     return None
+
+
+# Micrometres per unit of TIFF's ResolutionUnit: 2 inch (also where the tag is missing), 3
+# centimetre; 1 is no unit.
+RESOLUTION_UNITS = {2: 25400.0, 3: 1e4}
+
+
+def _plain_sizes(tif):
+    page = tif.pages[0]
+    if tif.is_ome or tif.is_imagej:
+        return None
+    return _resolution_sizes(page, RESOLUTION_UNITS.get(int(page.resolutionunit)))
 
 
 def _ome_pixel_sizes(xml):
@@ -675,7 +703,12 @@ def _ome_pixel_sizes(xml):
 
 
 def _imagej_pixel_sizes(metadata, page):
-    scale = _micrometres(metadata.get("unit", ""))
+    return _resolution_sizes(page, _micrometres(metadata.get("unit", "")))
+
+
+def _resolution_sizes(page, scale):
+    """A page's XResolution and YResolution, in pixels per unit, as sizes in micrometres for
+    `scale` micrometres per unit; None without a unit or XResolution."""
     if "XResolution" not in page.tags or scale is None:
         return None
 

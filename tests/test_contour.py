@@ -148,6 +148,19 @@ def test_squares_have_a_circularity_near_a_quarter_pi(degrees):
     assert low < circularity(mask) < high
 
 
+@pytest.mark.parametrize("side, perimeter, roundness", [(40, 155.3, 0.83), (20, 76.9, 0.85)])
+def test_squares_on_the_grid_read_as_the_readme_says(side, perimeter, roundness):
+    """README's figures: 2 % and 1.5 px short of 4 x side; the centroid the mean pixel index
+    (the top-left pixel's centre at 0, 0), the box from the first column and row."""
+    mask = np.zeros((side + 20, side + 30), np.uint8)
+    mask[10:10 + side, 5:5 + side] = 1
+    (row,), _ = G.find_objects(mask, 2)
+    assert row["perimeter_px"] == pytest.approx(perimeter, abs=0.05)
+    assert row["circularity"] == pytest.approx(roundness, abs=0.005)
+    assert (row["centroid_x"], row["centroid_y"]) == (5 + (side - 1) / 2, 10 + (side - 1) / 2)
+    assert (row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"]) == (5, 10, side, side)
+
+
 @pytest.mark.parametrize("pixels", [[[1, 1]], [[1, 0], [0, 1]], [[1, 1, 1]], [[1, 1], [1, 0]],
                                     [[1, 1], [1, 1]], [[1, 1, 1]] * 3, [[1] * 4] * 4])
 def test_tiny_objects_have_no_circularity(pixels):
@@ -409,6 +422,40 @@ def test_a_pixel_size_no_microscope_has_is_measured_in_pixels(pred, capsys):
     rows = run(pred, "--no-panels")
     assert "area_um2" not in rows[0]
     assert "2 image(s) record a pixel size outside" in capsys.readouterr().out
+
+
+def test_a_pixel_size_of_an_image_programs_dots_per_inch_is_measured_in_pixels(pred, capsys):
+    """72 dpi taken for a pixel size (as OME by a converter, or as ImageJ's calibration in cm)
+    gave 352.778 um pixels, cells of square millimetres, without a word."""
+    import tifffile
+    image = cv2.imread(str(pred / "src" / "one.png"), cv2.IMREAD_GRAYSCALE)
+    for name in ("one", "two"):
+        (pred / "src" / f"{name}.png").unlink()
+    tifffile.imwrite(pred / "src" / "one.ome.tif", image,
+                     metadata={"PhysicalSizeX": 352.7778, "PhysicalSizeY": 352.7778})
+    tifffile.imwrite(pred / "src" / "two.tif", image, imagej=True,
+                     resolution=(72 / 2.54, 72 / 2.54), metadata={"unit": "cm"})
+    rows = run(pred, "--no-panels")
+    assert "area_um2" not in rows[0]
+    assert "2 image(s) record a pixel size of 352.778 \u00b5m (one), 72 dots per inch" in \
+        capsys.readouterr().out
+
+
+def test_a_plain_tiffs_resolution_is_named_not_taken_for_a_pixel_size(pred, capsys):
+    """A TIFF without OME or ImageJ metadata whose resolution is 10,000 pixels per centimetre
+    (1 um pixels, as Fiji shows it) was measured in pixels without a word of why."""
+    import tifffile
+    image = cv2.imread(str(pred / "src" / "one.png"), cv2.IMREAD_GRAYSCALE)
+    for name, resolution, unit in (("one", 1e4, "CENTIMETER"), ("two", 72, "INCH")):
+        (pred / "src" / f"{name}.png").unlink()
+        tifffile.imwrite(pred / "src" / f"{name}.tif", image, resolution=(resolution, resolution),
+                         resolutionunit=unit, metadata=None)
+    rows = run(pred, "--no-panels")
+    assert "area_um2" not in rows[0]
+    out = capsys.readouterr().out
+    assert "note: 1 image(s) give their scale only as a TIFF resolution in pixels per inch or " \
+        "centimetre (one: 1 x 1 \u00b5m), which is not read" in out       # 72 dpi is no scale
+    assert "dots per inch" not in out
 
 
 def contour_shards(pred, *options):
