@@ -379,7 +379,8 @@ def check_classes_since_split(work, digests, values_of, table, classes, data_dir
                                 f"but {Path(data_dir) / 'classes.txt'} now lists {was!r} as class "
                                 f"{classes.index(was)}{now}: its pixels would be learnt as "
                                 "another class; renumber the labels for the classes as listed "
-                                "now, or restore the order of the classes")
+                                "now, or restore the order of the classes (where the earlier "
+                                "list was the wrong one, cut the patches into a new --work-dir)")
 
 
 def check_training_classes(values_of, train, classes):

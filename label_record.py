@@ -41,20 +41,37 @@ def redraw_command(record, data_dir, classes):
     """labelme_to_label.py on every folder whose files drew a label still in <data_dir>/label
     with other classes than these (read_record), with the options that drew it: a plain rerun
     reads data/labelme alone, so corrections converted from another folder (README, "Correct
-    and retrain") kept their old class numbers."""
-    runs = []
+    and retrain") kept their old class numbers. A folder that also holds a file of the name
+    another folder's label was drawn from (a frame corrected in a second folder) runs before
+    that folder, which is run too: the other way round, a correction was drawn over."""
+    runs = {}   # the run's options -> [its folder, names of the files it drew, any label stale]
     for name, entry in sorted(record.items()):
-        if entry.get("classes") == classes or not (Path(data_dir) / "label" / name).exists():
+        if not (Path(data_dir) / "label" / name).exists():
             continue
         options = entry.get("options")
         for kind, option in SOURCE_OPTIONS.items():
             if isinstance(entry.get(kind), str):       # relative to the data folder, or absolute
-                folder = Path(data_dir) / Path(entry[kind]).parent
-                runs.append(shlex.join([option, str(folder), *(
-                    options if isinstance(options, list) else [])]))
-    runs = list(dict.fromkeys(runs))
+                source = Path(data_dir) / entry[kind]
+                drew = runs.setdefault(shlex.join([option, str(source.parent), *(
+                    options if isinstance(options, list) else [])]), [source.parent, set(), False])
+                drew[1].add(source.name)
+                drew[2] = drew[2] or entry.get("classes") != classes
+
+    def draws_over(first, then):    # whether run `first` redraws a label `then` drew last
+        folder = runs[first][0]
+        return folder != runs[then][0] and any((folder / n).exists() for n in runs[then][1])
+
+    chosen = [run for run, (_, _, stale) in runs.items() if stale]
+    for run in chosen:              # the list grows as it is read
+        chosen += [other for other in runs if other not in chosen and draws_over(run, other)]
+    ordered = []
+    while chosen:                   # in a cycle, no order keeps every label: the first
+        run = next((r for r in chosen if not any(draws_over(o, r) for o in chosen if o != r)),
+                   chosen[0])
+        ordered.append(run)
+        chosen.remove(run)
     command = f"labelme_to_label.py --data-dir {shlex.quote(str(data_dir))}"
-    return " ".join([command, *runs[:1]]) + "".join(f", then with {run}" for run in runs[1:])
+    return " ".join([command, *ordered[:1]]) + "".join(f", then with {r}" for r in ordered[1:])
 
 
 def check_drawn_classes(record, label_path, label, classes, classes_path, data_dir):

@@ -136,7 +136,7 @@ def redraw_options(args):
     for option, value, default in (("--line-width", args.line_width, DEFAULT_LINE_WIDTH),
                                    ("--point-radius", args.point_radius, DEFAULT_POINT_RADIUS)):
         if value != default:
-            options += [option, f"{value:g}"]
+            options += [option, str(value)]     # exactly as given: :g keeps 6 digits
     return options
 
 

@@ -737,7 +737,7 @@ def check_label_classes(label_dir, classes, model_dir):
                             f"added, and never predicts {'it' if len(added) == 1 else 'them'}: "
                             "score the labels with a model trained for their classes "
                             f"(train_unet_xception_resnetblock.py --init-model {model_dir} "
-                            "--new-head)")
+                            "--new-head, with a --model-dir of its own)")
     raise PipelineError(f"the labels in {label_dir} are of the classes {theirs} ({listed}), the "
                         f"model's are {classes}: their values would be scored as other classes")
 

@@ -206,8 +206,9 @@ def save_model(model, path):
         else:
             # .keras has no include_optimizer: a compiled model's file held its optimizer's
             # variables too, twice the size (SGD's momentum). A model of the same layers that
-            # was never compiled saves the weights alone.
-            layers_only = keras.Model(model.inputs, model.outputs, name=model.name)
+            # was never compiled saves the weights alone. input and output, not inputs and
+            # outputs: lists of one would be saved as its structure, warned of at each call.
+            layers_only = keras.Model(model.input, model.output, name=model.name)
             keras.saving.save_model(layers_only, tmp, overwrite=True)
 
 
@@ -391,7 +392,8 @@ class SavesUninterrupted:
             return      # signals reach the main thread only, and only it may set handlers
         for name in self.SIGNALS:
             number = getattr(signal, name, None)
-            if number is not None:
+            # An ignored signal (SIGINT of a job a script started with &) stays ignored.
+            if number is not None and signal.getsignal(number) is not signal.SIG_IGN:
                 self._before[number] = signal.signal(number, self._deferred)
 
     def _deferred(self, signum, frame):

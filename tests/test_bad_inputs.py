@@ -1148,7 +1148,7 @@ def test_labels_of_a_class_appended_since_the_model_was_trained_are_refused_as_s
                                                          tmp_path / "data" / "label"), capsys)
     line = refusal_line(code, err, tmp_path / "data" / "classes.txt", model_dir,
                         "before 'nucleus' was added, and never predicts it",
-                        f"--init-model {model_dir} --new-head")
+                        f"--init-model {model_dir} --new-head, with a --model-dir of its own")
     assert "scored as other classes" not in line
 
 

@@ -360,6 +360,36 @@ def test_advice_to_redraw_labels_names_every_folder_they_were_drawn_from(tmp_pat
     gen_img_aug.main(aug_args(data, tmp_path / "work"))
 
 
+def test_advice_to_redraw_labels_runs_a_folder_of_corrections_after_the_first(tmp_path):
+    """Frame a corrected in a second folder: the advice ran the folders in the order of their
+    labels' names, corrections first, and the first folder's a.json drew over the correction,
+    unsaid; with the corrections already redrawn, it left them out and did the same."""
+    import gen_img_aug
+    bead = shape("bead", [[2, 3], [12, 8]], "rectangle")
+    data, labelme = make_project(tmp_path, {"a": [bead], "b": [bead]})
+    run_main(data, labelme)
+    fixed = tmp_path / "corrections"
+    fixed.mkdir()
+    (fixed / "a.png").write_bytes((labelme / "a.png").read_bytes())
+    (fixed / "a.json").write_text(json.dumps({
+        **json.loads((labelme / "a.json").read_text()),
+        "shapes": [bead, shape("cell", [[30, 20], [50, 35]], "rectangle")]}))
+    run_main(data, fixed)
+    (data / "classes.txt").write_text("background\ncell\nbead\n")
+    for first in (True, False):
+        with pytest.raises(PipelineError) as refusal:
+            gen_img_aug.main(aug_args(data, tmp_path / "work"))
+        assert f"rerun labelme_to_label.py --data-dir {data} --input {labelme}, then with " \
+               f"--input {fixed}, to redraw" in str(refusal.value)
+        if first:
+            run_main(data, fixed)                           # the corrections alone redrawn
+    run_main(data, labelme)                                 # the advice, followed as it reads
+    run_main(data, fixed)
+    corrected = cv2.imread(str(data / "label" / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert (corrected == 1).sum() == 300                    # the cell of the correction
+    gen_img_aug.main(aug_args(data, tmp_path / "work"))
+
+
 def test_labels_drawn_before_a_class_was_appended_are_noted_with_the_folder_to_redraw(
         tmp_path, capsys):
     """A class appended to classes.txt keeps every index, so the earlier labels pass; but they

@@ -314,6 +314,35 @@ def test_a_second_ctrl_c_while_an_epoch_saves_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_an_ignored_ctrl_c_while_an_epoch_saves_stays_ignored():
+    """SIGINT ignored (a job a shell script started with &): a Ctrl-C at the terminal left its
+    training running, but one while an epoch saved stopped it once the backup was written."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with training_callbacks.SavesUninterrupted() as saves:
+            saves.hold.on_epoch_end(0)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            saves.release.on_epoch_end(0)               # no KeyboardInterrupt
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_a_keras_file_keeps_the_models_single_input_and_output(tmp_path, recwarn):
+    """The .keras file without the optimizer was of a model of inputs and outputs: lists of
+    one, which Keras warned of at every call with a single tensor."""
+    inputs = keras.Input((8, 8, 3), name="image")
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="logits")(inputs), name="net")
+    model.compile(optimizer="sgd", loss="mse")
+    training_callbacks.save_model(model, tmp_path / "m.keras")
+    saved = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    assert saved.get_config()["input_layers"] == model.get_config()["input_layers"]
+    assert saved.get_config()["output_layers"] == model.get_config()["output_layers"]
+    saved(np.zeros((1, 8, 8, 3), np.float32))
+    assert not [w for w in recwarn if "structure of `inputs`" in str(w.message)]
+
+
 class PoisonWeights(keras.callbacks.Callback):
     """Turns a kernel to NaN after the given (epoch, step)s, as one bad bf16 step did."""
 
