@@ -266,3 +266,19 @@ def test_names_with_accents_stored_decomposed_match(tmp_path):
     convert(data, masks, "--instance-class", "Zellkörper")
     assert [unicodedata.normalize("NFC", p.name) for p in (data / "label").iterdir()] == \
         ["zelle_ä.png"]
+
+
+def test_a_class_removed_since_masks_were_converted_is_told_how_to_convert_them_again(
+        tmp_path):
+    """Labels drawn from instance masks have no shapes to delete and --instances takes no
+    --ignore-labels: the advice for LabelMe labels could not be followed."""
+    import gen_img_aug
+    data, masks = make_data(tmp_path, classes=("background", "cell", "nucleus"))
+    convert(data, masks, "--instance-class", "nucleus")
+    (data / "classes.txt").write_text("background\ncell\n")
+    with pytest.raises(PipelineError, match=r"'nucleus' as class 2, which .* no longer lists .*: "
+                                            r"list it again, or convert its masks again with "
+                                            r"--instance-class naming a class listed now"):
+        gen_img_aug.main(["--data-dir", str(data), "--work-dir", str(tmp_path / "work")])
+    convert(data, masks, "--instance-class", "cell")            # the advice, followed
+    assert read_label(data / "label" / "f0.png").max() == 1
