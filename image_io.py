@@ -199,9 +199,11 @@ def describe_intensity(intensity):
 TIFF_EXTS = (".tif", ".tiff")
 
 # Length units of OME (PhysicalSizeXUnit) and ImageJ ('unit'), in micrometres.
+# Inches too: a flatbed scanner's plates and gels are scaled in dots per inch (2400 dpi,
+# 10.6 um), and OME's unit of inches is "in".
 MICROMETRES = {"um": 1.0, "\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
                "micrometre": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
-               "\u00e5": 1e-4, "angstrom": 1e-4, "pm": 1e-6}
+               "\u00e5": 1e-4, "angstrom": 1e-4, "pm": 1e-6, "in": 25400.0, "inch": 25400.0}
 
 
 @dataclass(frozen=True)

@@ -608,6 +608,10 @@ def test_pixel_size_from_ome_and_imagej_metadata(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "angstrom.ome.tif", img, ome=True,
                      metadata={"PhysicalSizeX": 2500, "PhysicalSizeXUnit": "\u00c5",
                                "PhysicalSizeY": 2500, "PhysicalSizeYUnit": "\u00c5"})
+    tifffile.imwrite(tmp_path / "scanned.ome.tif", img, ome=True,        # 2400 dpi
+                     metadata={"PhysicalSizeX": 1 / 2400, "PhysicalSizeXUnit": "in"})
+    tifffile.imwrite(tmp_path / "scanned_ij.tif", img, imagej=True, resolution=(2400, 2400),
+                     metadata={"unit": "inch"})
     # pixels twice as tall as wide: no one size measures them
     tifffile.imwrite(tmp_path / "tall.ome.tif", img, ome=True,
                      metadata={"PhysicalSizeX": 0.2, "PhysicalSizeY": 0.4})
@@ -615,7 +619,8 @@ def test_pixel_size_from_ome_and_imagej_metadata(tmp_path, capsys):
                      metadata={"unit": "um"})
     expected = {"um.ome.tif": 0.65, "nm.ome.tif": 0.325, "ij.tif": 0.1625,
                 "ij_escaped.tif": 0.5, "ij_pixels.tif": None, "plain.tif": None,
-                "angstrom.ome.tif": 0.25, "tall.ome.tif": None, "tall_ij.tif": None}
+                "angstrom.ome.tif": 0.25, "tall.ome.tif": None, "tall_ij.tif": None,
+                "scanned.ome.tif": 25400 / 2400, "scanned_ij.tif": 25400 / 2400}
     for name, size in expected.items():
         assert pixel_size_um(tmp_path / name) == pytest.approx(size), name
     for name in ("tall.ome.tif", "tall_ij.tif"):
