@@ -107,8 +107,8 @@ def check_drawn_classes(record, label_path, label, classes, classes_path, data_d
     if removed:
         value, name = removed[0]
         # An instance mask has no shapes to delete, and --instances takes no --ignore-labels.
-        fix = (f"convert its masks again with --instance-class naming a class listed now, or "
-               f"move the label away" if isinstance(entry.get("mask"), str) else
+        fix = ("convert its masks again with --instance-class naming a class listed now, or "
+               "move the label away" if isinstance(entry.get("mask"), str) else
                f"delete its shapes and rerun {redraw} (with {name} among its --ignore-labels, "
                "its shapes are left out of training instead)")
         raise PipelineError(f"label {label_path} was drawn by labelme_to_label.py with {name!r} "
