@@ -9,8 +9,9 @@ Reads   <input>/*.json                   LabelMe files (not those of its subfold
                                          8-bit JPEG)
         <data-dir>/classes.txt           class names, background first; a shape's label
                                          is its class's line number (0-based)
-Writes  <data-dir>/src/<name>.png        the image, grey or colour as stored; not rewritten
-                                         when imagePath already is <data-dir>/src/<name>.*
+Writes  <data-dir>/src/<name>.png        the image, grey or colour as stored (.tif for float
+                                         pixels or a TIFF that records its pixel size); not
+                                         rewritten when imagePath is <data-dir>/src/<name>.*
         <data-dir>/label/<name>.png      uint8 class index per pixel, 0 = background,
                                          255 = ignored (shapes of an --ignore-labels label)
 where <name> is the JSON file's name without .json.
