@@ -55,9 +55,9 @@ from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       read_raw_image, to_uint8, unmatched_labels, unread_images, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
-from cli import (IGNORE_LABEL, PipelineError, finite_float, held_out_count, non_negative_int,
-                 positive_int, nfc, read_classes, read_json, refuse_file, read_name_list,
-                 run_cli, seed_value, some_names, WORK_DIR)
+from cli import (IGNORE_LABEL, PipelineError, count_of, finite_float, held_out_count,
+                 non_negative_int, positive_int, nfc, read_classes, read_json, refuse_file,
+                 read_name_list, run_cli, seed_value, some_names, WORK_DIR)
 from figures import colorize, save_figure, pyplot
 from geometry import (INPUT_MULTIPLE, MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad,
                       resample_image, resample_label, scaled_size, transform_image)
@@ -945,7 +945,7 @@ def main(argv=None):
                  intensity=args.intensity)
     scale = "" if args.scale == 1 else f" from frames resampled by {args.scale:g}"
     print(f"wrote {args.num_patches} patches of {args.patch_size}x{args.patch_size}{scale} to "
-          f"{work / 'train'} and {len(test)} test images to {work / 'test'}")
+          f"{work / 'train'} and {count_of(len(test), 'test image')} to {work / 'test'}")
 
 
 if __name__ == "__main__":

@@ -908,12 +908,12 @@ def _calibrate_on_frames(args, model_dir, val_frames, precision):
     result["seconds"] = round(time.monotonic() - start, 1)
     if result["threshold"] is None:
         print(f"faint-object filter: no texture threshold {MARGIN}x below the faintest object "
-              f"it keeps raises the mean IoU of the {len(frames)} held-out frames "
+              f"it keeps raises the mean IoU of the {count_of(len(frames), 'held-out frame')} "
               f"({result['mean_iou_kept']:.4f}) by {MIN_GAIN}; none recorded")
     else:
         print(f"faint-object filter: objects of texture under {result['threshold']:.2f} "
-              f"dropped ({result['dropped']} of {result['objects']} on the {len(frames)} "
-              f"held-out frames: mean IoU {result['mean_iou_kept']:.4f} -> "
+              f"dropped ({result['dropped']} of {result['objects']} on the "
+              f"{count_of(len(frames), 'held-out frame')}: mean IoU {result['mean_iou_kept']:.4f} -> "
               f"{result['mean_iou_filtered']:.4f}), {result['seconds']:.0f} s")
     return result
 
@@ -1249,7 +1249,7 @@ def train_model(args, held):
     else:
         val_steps = validation_steps(args.val_steps, len(val_names), global_batch, bool(loop))
         print(f"training on {len(train_names)} patches, validating on {len(val_names)}; "
-              f"{args.epochs} epochs x {steps} steps of {global_batch}"
+              f"{count_of(args.epochs, 'epoch')} x {count_of(steps, 'step')} of {global_batch}"
               + (f" ({distribution['strategy']}, {args.batch_size} each)" if replicas > 1 else "")
               + (f", budget {args.time_budget} min" if args.time_budget else "")
               + (" (resuming)" if resuming else ""))
