@@ -189,9 +189,10 @@ def refuse_options_beside(parser, args, why, used, what="options it does not use
         parser.error(f"{why}; leave out {', '.join(given)} ({what})")
 
 
-def count_of(count, noun):
-    """'1 image', '2 images': a count with its noun, plural where it is not one."""
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+def count_of(count, noun, plural=None):
+    """'1 image', '2 images': a count with its noun, plural where it is not one (plural for
+    nouns that take more than an s: count_of(n, "patch", "patches"))."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def refuse_file(path, what):

@@ -270,9 +270,10 @@ def check_flattened(flattened, wide, intensity):
     low = min(float(lo) for lo, _ in flattened.values())
     high = max(float(hi) for _, hi in flattened.values())
     what = (f"--intensity {describe_intensity(intensity)} flattens {len(flattened)} of the "
-            f"{wide} images that are not 8-bit ({some_names(sorted(flattened))}, values within "
-            f"{low:g}..{high:g}): nearly all of their pixels lie outside "
-            f"{intensity['low']:g}..{intensity['high']:g}, or all within one grey level of it")
+            f"{count_of(wide, 'image')} that {'is' if wide == 1 else 'are'} not 8-bit "
+            f"({some_names(sorted(flattened))}, values within {low:g}..{high:g}): nearly all of "
+            f"their pixels lie outside {intensity['low']:g}..{intensity['high']:g}, or all "
+            "within one grey level of it")
     if len(flattened) < wide:
         print(f"warning: {what}; they train as blank or saturated frames")
         return
@@ -388,8 +389,8 @@ def check_training_classes(values_of, train, classes):
     and warn of each class no training image holds: the network can never learn it."""
     seen = {v for name in train for v in values_of[name]}
     if not has_object(seen):
-        raise PipelineError(f"none of the {len(train)} training images holds an object; the "
-                            "labelled objects are all in test images: split otherwise "
+        raise PipelineError(f"none of the {count_of(len(train), 'training image')} holds an "
+                            "object; the labelled objects are all in test images: split otherwise "
                             "(test.txt in the data folder, or --random-state, --test-size), "
                             "or label objects in the training images")
     absent = [f"{classes[i]} ({i})" for i in range(1, len(classes)) if i not in seen]
@@ -427,8 +428,9 @@ def report_outlines(outlines, most=5):
     for name in sorted(outlines)[:most]:
         print(describe_bare_outlines(name, outlines[name]))
     if len(outlines) > most:
-        print(f"warning: {len(outlines) - most} more labels hold bare outlines (split.json lists "
-              f"them all)")
+        more = len(outlines) - most
+        print(f"warning: {count_of(more, 'more label')} {'holds' if more == 1 else 'hold'} bare "
+              "outlines (split.json lists them all)")
 
 
 def edge_sums(img, lbl, max_pixels=4_000_000):
@@ -514,9 +516,10 @@ def note_small_frames(sizes, patch_size):
     small = {name: (h, w) for name, (h, w) in sizes.items() if h < patch_size or w < patch_size}
     if small:
         shown = some_names([f"{name} {w}x{h}" for name, (h, w) in sorted(small.items())])
-        print(f"note: {len(small)} of {len(sizes)} training frames are smaller than the "
-              f"{patch_size} px patches ({shown}): their patches are filled with the frame "
-              "mirrored; use a smaller --patch-size, or leave them out")
+        print(f"note: {len(small)} of {count_of(len(sizes), 'training frame')} "
+              f"{'is' if len(sizes) == 1 else 'are'} smaller than the {patch_size} px patches "
+              f"({shown}): their patches are filled with the frame mirrored; use a smaller "
+              "--patch-size, or leave them out")
 
 
 def check_memory(shapes, patch_size, workers):
@@ -553,7 +556,8 @@ def split_names(names, data_dir, test_size, random_state, stack_of=None, file_of
     if fixed.is_file():
         listed = read_name_list(fixed)
         if not listed:      # a list emptied by mistake, or meant: usable either way
-            print(f"note: {fixed} lists no image, so all {len(names)} images train and none is "
+            print(f"note: {fixed} lists no image, so all {count_of(len(names), 'image')} "
+                  f"{'trains' if len(names) == 1 else 'train'} and none is "
                   "held out for testing (prediction finds no test image to score); list test "
                   "images there, or remove it for the paper's random split")
         test_set = listed_frames(listed, names, file_of or {}, fixed)
@@ -619,7 +623,8 @@ def warn_of_split_stacks(test, stack_of, fixed):
         held_out = [p for p in planes if p in test]
         if 0 < len(held_out) < len(planes):
             print(f"warning: {fixed} lists {some_names(held_out)} but not the other "
-                  f"{len(planes) - len(held_out)} planes of the stack {stack}, which train; "
+                  f"{count_of(len(planes) - len(held_out), 'plane')} of the stack {stack}, "
+                  f"which {'trains' if len(planes) - len(held_out) == 1 else 'train'}; "
                   "neighbouring planes look alike, so their test scores will flatter the "
                   "model (list the stack's name to hold out all its planes)")
 
@@ -908,8 +913,8 @@ def main(argv=None):
     sums = [edges[n] for n in train]
     relief, angle = edge_relief(sums), relief_angle(sums)
     orientations = choose_orientations(args.orientations, relief)
-    print(f"{len(table)} labelled images: {len(train)} train, {len(test)} test ({how}); "
-          f"intensity of non-8-bit images: {describe_intensity(args.intensity)}")
+    print(f"{count_of(len(table), 'labelled image')}: {len(train)} train, {len(test)} test "
+          f"({how}); intensity of non-8-bit images: {describe_intensity(args.intensity)}")
     print(f"edge relief of the training images {relief:.2f} along {angle:.0f} degrees: "
           f"patches {describe_orientations(orientations)}"
           + ("" if args.orientations == "auto" else f" (--orientations {orientations})"))
@@ -944,7 +949,8 @@ def main(argv=None):
     plot_samples(table, train, classes, work / "figures" / "samples.png", args.pdf,
                  intensity=args.intensity)
     scale = "" if args.scale == 1 else f" from frames resampled by {args.scale:g}"
-    print(f"wrote {args.num_patches} patches of {args.patch_size}x{args.patch_size}{scale} to "
+    print(f"wrote {count_of(args.num_patches, 'patch', 'patches')} of "
+          f"{args.patch_size}x{args.patch_size}{scale} to "
           f"{work / 'train'} and {count_of(len(test), 'test image')} to {work / 'test'}")
 
 

@@ -580,6 +580,8 @@ def folders(args, pred, info):
         # Spelled out first: --pred-dir . (run inside the folder) has no name to add to.
         whole = Path(os.path.abspath(pred))
         out = whole.parent / f"{whole.name}_contours"
+        if not pred.is_absolute():      # printed relative, as --pred-dir was given
+            out = Path(os.path.relpath(out))
     # Another folder's panels apart from the test set's: frames of one name (img001) in two
     # folders would replace each other's panels.
     figures = Path(args.figures_dir) if args.figures_dir else \
@@ -870,7 +872,7 @@ def merge(args):
     with output_lock(out, Path(__file__).name), staged_output(out, MARKER) as staging:
         copy_shard_files(folders, staging, skip={MARKER, SHARD_RECORD})
         count = merge_object_tables([f / MARKER for f in folders], everything, staging / MARKER)
-    print(f"merged {len(folders)} shards: {count_of(count, 'object')} in "
+    print(f"merged {count_of(len(folders), 'shard')}: {count_of(count, 'object')} in "
           f"{count_of(len(everything), 'image')} -> "
           f"{out / MARKER}")
 

@@ -25,6 +25,8 @@ import platform
 import time
 from pathlib import Path
 
+from cli import count_of
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -194,7 +196,7 @@ def machine_summary():
 def cpu_line(summary):
     """The CPU, its cores and vector flags, in one line."""
     flags = ", ".join(f"{f} {'yes' if v else 'no'}" for f, v in summary["cpu_flags"].items())
-    return f"{summary['cpu']}, {summary['cpu_cores']} cores; {flags}"
+    return f"{summary['cpu']}, {count_of(summary['cpu_cores'], 'core')}; {flags}"
 
 
 def machine_line(summary):

@@ -202,7 +202,7 @@ def unfinished_training(model_dir, config):
     if state.get("finished"):     # the epochs ran; the SWA model and calibration did not
         return f"{count_of(done, 'epoch')} done, not the steps after them"
     planned = settings.get("epochs")
-    return (f"{done} of {planned} epochs done" if isinstance(planned, int)
+    return (f"{done} of {count_of(planned, 'epoch')} done" if isinstance(planned, int)
             else f"{count_of(done, 'epoch')} done")
 
 

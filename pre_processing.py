@@ -31,7 +31,7 @@ import numpy as np
 from image_io import (COLOR_MODES, list_images, read_image, read_raw_image, to_color_mode,
                       write_image)
 from outputs import atomic_write_bytes, staged_output, work_lock, write_json
-from cli import (PipelineError, check_split_written, existing_folder, positive_float,
+from cli import (PipelineError, check_split_written, count_of, existing_folder, positive_float,
                  positive_int, run_cli, WORK_DIR)
 from parallel import default_workers, parallel_map
 from patch_preprocessing import (DEFAULT_GAMMA, EQUALIZE_MODES, MEAN_STD_NAME, dataset_lut_for,
@@ -189,7 +189,7 @@ def preprocess_patches(work, paths, args):
     if equalize == "dataset":
         stats["histogram"] = hist.tolist()
     print(f"mean {np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()} over "
-          f"{len(paths)} patches")
+          f"{count_of(len(paths), 'patch', 'patches')}")
 
     chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
     with staged_output(work / "train" / "prep") as staging:
@@ -198,8 +198,8 @@ def preprocess_patches(work, paths, args):
                               total=len(paths), unit="patch"):
             pass
     save_stats(work, stats)
-    print(f"wrote {len(paths)} preprocessed patches to {work / 'train' / 'prep'} and the "
-          f"statistics to {work / (MEAN_STD_NAME + '.json')}")
+    print(f"wrote {count_of(len(paths), 'preprocessed patch', 'preprocessed patches')} to "
+          f"{work / 'train' / 'prep'} and the statistics to {work / (MEAN_STD_NAME + '.json')}")
 
 
 if __name__ == "__main__":

@@ -622,7 +622,8 @@ def warn_of_training_frames(names, pictures, config, model_dir):
         return
     shown = [name if trained == name else f"{name} = training frame {trained}"
              for name, trained in sorted(seen.items())]
-    print(f"warning: {len(seen)} of the {len(names)} frames scored are frames the model in "
+    print(f"warning: {len(seen)} of the {count_of(len(names), 'frame')} scored "
+          f"{'is a frame' if len(names) == 1 else 'are frames'} the model in "
           f"{model_dir} trained on ({some_names(shown, 5)}): their IoU is no test of it")
 
 
@@ -1159,7 +1160,7 @@ def merge(args):
         rows = publish_report(staging, Path(chart_copy) if chart_copy else None, per_image,
                               total_cm, classes, any((f / "iou.pdf").is_file() for f in folders))
         write_json(staging / MARKER, merged_record(records, everything))
-    print(f"merged {len(folders)} shards: {count_of(len(everything), 'mask')} in {out}")
+    print(f"merged {count_of(len(folders), 'shard')}: {count_of(len(everything), 'mask')} in {out}")
     report(rows, per_image, classes, out, records[0]["label_dir"])
 
 
@@ -1224,7 +1225,8 @@ def publish_report(staging, chart_copy, per_image, total_cm, classes, pdf):
 def report(rows, per_image, classes, out, label_dir):
     if rows:
         print_iou_table(rows, classes)
-        print(f"IoU of {len(per_image)} labelled images: {out / 'iou.csv'}, {out / 'iou.png'}")
+        print(f"IoU of {count_of(len(per_image), 'labelled image')}: {out / 'iou.csv'}, "
+              f"{out / 'iou.png'}")
         labelled = sum(np.asarray(cm)[1:].sum() for cm in per_image.values())
         if labelled == 0:
             # Most often a 0/255 binary mask: 255 is the ignore label, so its objects vanish.

@@ -254,7 +254,9 @@ def patch_names(work):
         raise PipelineError(f"no preprocessed patches in {prep}: run pre_processing.py first")
     missing = [n for n in names if not (label / n).is_file()]
     if missing:
-        raise PipelineError(f"{len(missing)} patches have no label in {label}, e.g. {missing[0]}")
+        raise PipelineError(f"{count_of(len(missing), 'patch', 'patches')} "
+                            f"{'has' if len(missing) == 1 else 'have'} no label in {label}, e.g. "
+                            f"{missing[0]}")
     if len(names) < 2:
         raise PipelineError("at least two patches are needed for a train/val split")
     return names
@@ -385,8 +387,9 @@ def split_by_image(names, frame_of, val_split, random_state, stack_of, learnt=()
     sources = {n: stack_of.get(frame, frame) for n, frame in frame_of.items()}
     frames = sorted({sources[n] for n in names}) if sources else []
     if len(frames) < MIN_FRAMES_FOR_IMAGE_SPLIT:
-        print(f"note: {len(frames) or 'no record of the'} training frames; validating on a random "
-              "patch split (--val-split-by patch)")
+        told = count_of(len(frames), "training frame") if frames else \
+            "no record of the training frames"
+        print(f"note: {told}; validating on a random patch split (--val-split-by patch)")
         return None
     count = min(len(frames) - 1, max(1, round(val_split * len(frames))))
     drawn = np.random.RandomState(random_state).permutation(frames).tolist()
@@ -395,7 +398,8 @@ def split_by_image(names, frame_of, val_split, random_state, stack_of, learnt=()
     held_out = set(val_frames)
     val = [n for n in names if sources[n] in held_out]
     if not val or len(val) == len(names):
-        raise PipelineError(f"the {count} validation frames hold {len(val)} of {len(names)} "
+        raise PipelineError(f"the {count_of(count, 'validation frame')} "
+                            f"{'holds' if count == 1 else 'hold'} {len(val)} of {len(names)} "
                             "patches; cut more patches or use --val-split-by patch")
     return {"by": "image", "val_frames": val_frames,
             "train": [n for n in names if sources[n] not in held_out], "val": val}
@@ -447,7 +451,8 @@ def check_statistics_fit(stats, patch, work):
                             "pre_processing.py")
     if declared != len(np.atleast_1d(stats["mean"])):
         raise PipelineError(f"{where} is of {stats['color_mode']} patches ({declared} "
-                            f"channel(s)) but holds {len(np.atleast_1d(stats['mean']))} means; "
+                            f"channel(s)) but holds "
+                            f"{count_of(len(np.atleast_1d(stats['mean'])), 'mean')}; "
                             "the file is damaged: rerun pre_processing.py")
     if stats["channels"] != channels:
         raise PipelineError(f"{where} is of {stats['channels']}-channel ({stats['color_mode']}) "
@@ -1248,7 +1253,8 @@ def train_model(args, held):
         print("training had finished; writing the final models")
     else:
         val_steps = validation_steps(args.val_steps, len(val_names), global_batch, bool(loop))
-        print(f"training on {len(train_names)} patches, validating on {len(val_names)}; "
+        print(f"training on {count_of(len(train_names), 'patch', 'patches')}, validating on "
+              f"{len(val_names)}; "
               f"{count_of(args.epochs, 'epoch')} x {count_of(steps, 'step')} of {global_batch}"
               + (f" ({distribution['strategy']}, {args.batch_size} each)" if replicas > 1 else "")
               + (f", budget {args.time_budget} min" if args.time_budget else "")
@@ -1317,8 +1323,9 @@ def validation_steps(asked, patches, global_batch, fixed_count):
     batches it is given, each a whole global batch)."""
     batches = max(1, patches // global_batch) if fixed_count else math.ceil(patches / global_batch)
     if asked and asked > batches:
-        print(f"note: --val-steps {asked} is more than the {batches} batches of the {patches} "
-              f"validation patches; each validation runs those {batches}")
+        print(f"note: --val-steps {asked} is more than the {count_of(batches, 'batch', 'batches')} "
+              f"of the {count_of(patches, 'validation patch', 'validation patches')}; each "
+              f"validation runs {'that one' if batches == 1 else f'those {batches}'}")
         return batches
     return asked or (batches if fixed_count else None)
 
@@ -1327,7 +1334,8 @@ def note_large_batch(patches, global_batch):
     """Training batches come from the patches repeated and shuffled, so a batch larger than
     the training set works, but holds some patches twice or more: say so."""
     if global_batch > patches:
-        print(f"note: a batch of {global_batch} is more than the {patches} training patches, "
+        print(f"note: a batch of {global_batch} is more than the "
+              f"{count_of(patches, 'training patch', 'training patches')}, "
               "so each batch holds some of them twice or more; a smaller --batch-size or more "
               "patches avoids it")
 

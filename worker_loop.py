@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import tensorflow as tf
 
-from cli import PipelineError
+from cli import PipelineError, count_of
 from distribute import read_tf_config
 
 
@@ -46,7 +46,7 @@ def make_multiworker_strategy(cluster, timeout):
                  for index, address in enumerate(addresses)]
         if timeout and resolver.task_type in COORDINATED_JOBS:
             register_within(resolver.cluster_spec(), timeout)
-        print(f"waiting for the {len(tasks)} tasks of the cluster to join"
+        print(f"waiting for the {count_of(len(tasks), 'task')} of the cluster to join"
               + (f" (at most {timeout:g} s)" if timeout else ""), flush=True)
         with ended_by_ctrl_c():
             return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)

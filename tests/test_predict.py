@@ -1098,7 +1098,7 @@ def test_labels_matching_no_frame_and_frames_without_one_are_noted(model_dir, wo
         "and are not used: b_16.png; a label bears its frame's name" in out
     assert f"note: 2 of the 3 frames have no label in {tmp_path / 'labels'} and are predicted " \
         "but not scored: b16, c" in out
-    assert "IoU of 1 labelled images" in out
+    assert "IoU of 1 labelled image:" in out
     P.main(["--work-dir", str(work), "--model-dir", str(model_dir),
             "--output", str(tmp_path / "test_out")])
     out = capsys.readouterr().out
