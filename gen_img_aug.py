@@ -207,7 +207,8 @@ def labelled_images(data_dir, classes, intensity, page=None):
               f"{was!r} is another class, rerun {redraw}")
     for added, labels in drawn_before.items():
         # Where the frames show the new class, its objects there train as background.
-        print(f"note: {len(labels)} label(s) were drawn by labelme_to_label.py before "
+        were = "was" if len(labels) == 1 else "were"
+        print(f"note: {count_of(len(labels), 'label')} {were} drawn by labelme_to_label.py before "
               f"{classes_path} listed {added!r} ({some_names(sorted(labels))}): any {added} in "
               f"their frames trains as background; label it there and rerun {redraw}")
     check_flattened(flattened, wide, intensity)

@@ -402,7 +402,7 @@ def test_labels_drawn_before_a_class_was_appended_are_noted_with_the_folder_to_r
     run_main(data, corrections(tmp_path, "c", [shape("nucleus", [[2, 3], [12, 8]], "rectangle")]))
     capsys.readouterr()
     gen_img_aug.main(aug_args(data, tmp_path / "work"))
-    assert f"note: 2 label(s) were drawn by labelme_to_label.py before {data / 'classes.txt'} " \
+    assert f"note: 2 labels were drawn by labelme_to_label.py before {data / 'classes.txt'} " \
            "listed 'nucleus' (a.png, b.png): any nucleus in their frames trains as background; " \
            f"label it there and rerun labelme_to_label.py --data-dir {data} --input {labelme}\n" \
         in capsys.readouterr().out
