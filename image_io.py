@@ -4,6 +4,7 @@ import atexit
 import errno
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import struct
 import time
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
@@ -234,15 +236,62 @@ def open_tiff(path):
     ...), which tifffile joins by name, each give their own pages so too (MMSTACK_AS_PAGES)."""
     import tifffile
     try:
-        tif = tifffile.TiffFile(path, _multifile=False)     # as tifffile's --nomultifile
-        if tif.is_mmstack:
-            tif.close()
-            tif = tifffile.TiffFile(path, _multifile=False, **MMSTACK_AS_PAGES)
+        with tags_past_end(path):
+            tif = tifffile.TiffFile(path, _multifile=False)     # as tifffile's --nomultifile
+            if tif.is_mmstack:
+                tif.close()
+                tif = tifffile.TiffFile(path, _multifile=False, **MMSTACK_AS_PAGES)
         return tif
+    except PipelineError:
+        tif.close()     # whole, but its tags run past its end
+        raise
+    except struct.error:
+        # too short for the offset of its first image, which tifffile unpacks unchecked
+        raise _cut_short(path, "its header runs past its end") from None
     except (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError) as err:
         # tifffile calls an empty file one of a bad header (header=b''); say what it is.
         why = f"{NOT_AN_IMAGE} (0 bytes)" if _is_empty(path) else err
         raise PipelineError(f"cannot read TIFF {path}: {why}") from None
+
+
+# tifffile's line for a tag whose value would run past the end of the file: it logs it and
+# reads on without the tag. tifffile and Bio-Formats write an OME file's OME-XML last, so a copy
+# cut there read as a plain stack, its pixel size gone, with that bare line before each read.
+TAG_PAST_END = re.compile(r"<tifffile\.TiffTag (\d+) @\d+> invalid value offset (\d+)")
+# Its line for a next image past the end, which _refuse_cut says in words: else bare before it.
+PAGE_PAST_END = re.compile(r"<tifffile\.TiffPages @\d+> invalid page offset \d+")
+
+
+class _TagsPastEnd(logging.Filter):
+    """Takes tifffile's TAG_PAST_END lines (an offset from 8 up: below 8 it is damage, not a
+    cut), counting them, and its PAGE_PAST_END lines out of its log."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags = []
+
+    def filter(self, record):
+        found = TAG_PAST_END.search(record.getMessage())
+        if found and int(found[2]) >= 8:
+            self.tags.append(int(found[1]))
+            return False
+        return not PAGE_PAST_END.search(record.getMessage())
+
+
+@contextmanager
+def tags_past_end(path):
+    """Refuse, as a file cut short, a TIFF whose tags read within the block (tifffile reads a
+    page's tags when it first reaches the page) have values past its end."""
+    past_end = _TagsPastEnd()
+    logging.getLogger("tifffile").addFilter(past_end)
+    try:
+        yield
+    finally:
+        logging.getLogger("tifffile").removeFilter(past_end)
+    if past_end.tags:
+        from tifffile import TIFF
+        tag = TIFF.TAGS.get(past_end.tags[0], f"tag {past_end.tags[0]}")
+        raise _cut_short(path, f"the value of its {tag} lies past its end")
 
 
 def _is_empty(path):
@@ -297,7 +346,10 @@ def first_series(tif, path):
     """(the series of the file's frames, their number, the axes of one frame): the first
     series, or the series of a file written a frame at a time joined into one."""
     try:
-        found = tif.series
+        with tags_past_end(path):
+            found = tif.series
+    except PipelineError:
+        raise
     except Exception as err:    # tifffile raises many kinds on a damaged file
         raise PipelineError(f"cannot read TIFF {path}: {type(err).__name__}: {err}") from None
     if not found:

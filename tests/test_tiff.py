@@ -655,6 +655,38 @@ def test_a_damaged_tiff_is_one_clear_error(tmp_path, damage):
         read_raw_image(list_images(bad).popitem()[1])
 
 
+def test_a_tiff_cut_within_its_first_bytes_is_one_clear_error(tmp_path):
+    """tifffile unpacks the offset of the first image unchecked: a traceback (struct.error)."""
+    tifffile.imwrite(tmp_path / "good.tif", ramp())
+    (tmp_path / "cut.tif").write_bytes((tmp_path / "good.tif").read_bytes()[:6])
+    with pytest.raises(PipelineError, match="TIFF .*cut.tif is cut short .*header runs past"):
+        list_images(tmp_path / "cut.tif")
+
+
+def test_an_ome_tiff_cut_within_its_ome_xml_is_refused_with_one_line(tmp_path, capfd):
+    """tifffile writes the OME-XML last and reads a file cut there without it, logging a bare
+    line: the planes came as a plain stack, their pixel size gone."""
+    tifffile.imwrite(tmp_path / "good.ome.tif", stack(2), ome=True,
+                     metadata={"axes": "CYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    data = (tmp_path / "good.ome.tif").read_bytes()
+    description = tifffile.TiffFile(tmp_path / "good.ome.tif").pages.first.tags[270]
+    assert description.valueoffset + description.count == len(data)    # the XML comes last
+    (tmp_path / "cut.ome.tif").write_bytes(data[:description.valueoffset + 20])
+    with pytest.raises(PipelineError, match="TIFF .*cut.ome.tif is cut short .*"
+                                            "ImageDescription lies past its end"):
+        list_images(tmp_path / "cut.ome.tif")
+    # a stack cut in a later image's header: the pipeline's line alone, not tifffile's too
+    tifffile.imwrite(tmp_path / "pages.tif", stack(3), photometric="minisblack")
+    data = (tmp_path / "pages.tif").read_bytes()
+    (tmp_path / "pages.tif").write_bytes(data[:int(len(data) * 0.6)])
+    capfd.readouterr()
+    with pytest.raises(PipelineError, match="pages.tif is cut short"):
+        list_images(tmp_path / "pages.tif")
+    assert capfd.readouterr().err == ""
+    assert list(list_images(tmp_path / "good.ome.tif")) == ["good_p0", "good_p1"]
+    assert pixel_size_um(tmp_path / "good.ome.tif") == pytest.approx(0.5)
+
+
 def test_an_empty_tiff_is_called_empty_as_an_empty_png_is(tmp_path):
     """tifffile calls a file of 0 bytes one of a bad header (header=b'')."""
     for name, kind in (("x.png", "image"), ("x.tif", "TIFF")):
