@@ -154,6 +154,12 @@ def parse_args(argv=None):
                 "(the masks <name>.png are already decided)")
     if args.thresholds is None:
         args.thresholds = list(ORIGINAL_THRESHOLDS)
+    # Outside 0..127 a class is marked nowhere or on every pixel: thresholds on the maps'
+    # 0..255 PNG scale (138 160 for the original's) would silently find no objects.
+    outside = [t for t in args.thresholds if not 0 <= t <= PROB_SCALE]
+    if outside:
+        p.error(f"--thresholds are on 0..{PROB_SCALE} (the maps' 0..255 halved); {outside[0]:g} "
+                "is outside")
     args.intensity = parse_intensity(p, args.intensity, None)
     return args
 
@@ -191,6 +197,11 @@ def read_mask(path, num_classes):
 
 
 def check_mask_values(mask, num_classes, path):
+    # A band of a streamed TIFF comes as stored, past read_label's checks: a negative or
+    # fractional value would silently drop its pixels from every class.
+    if mask.min() < 0 or mask.dtype.kind == "f" and not np.all(mask == np.round(mask)):
+        raise PipelineError(f"mask {path} holds values that are not class indices (whole "
+                            "numbers from 0)")
     if mask.max() >= num_classes:
         raise PipelineError(f"mask {path} holds class {mask.max()} but there are only "
                             f"{num_classes} classes")
@@ -503,6 +514,14 @@ def prediction_info(pred_dir):
             and isinstance(images, list) and all(isinstance(n, str) for n in images)):
         raise PipelineError(f"{path}: 'classes' and 'images' must be lists of names")
     info["intensity"] = check_intensity(info.get("intensity", DEFAULT_INTENSITY), path)
+    # Edited by hand, these would end in a traceback far from the record.
+    folders = [info.get(k) for k in ("input_dir", "input_file", "label_dir")]
+    streamed = info.get("streamed", [])
+    if not (all(f is None or isinstance(f, str) for f in folders)
+            and isinstance(streamed, list) and all(isinstance(n, str) for n in streamed)
+            and ("shard" not in info or isinstance(info.get("all_images"), list))):
+        raise PipelineError(f"{path} is not a record written by predict_lovasz_loss.py "
+                            "(changed by hand?): predict again")
     page, mask_format = info.get("page"), info.setdefault("mask_format", "png")
     if not (page is None or (type(page) is int and page >= 0)) or mask_format not in ("png", "tif"):
         raise PipelineError(f"{path}: 'page' must be empty or a plane number and 'mask_format' "
@@ -588,6 +607,11 @@ def folders(args, pred, info):
         work / "figures" if is_test_set else work / "figures" / pred.resolve().name
     if args.panels:
         check_figures_outside(figures, out)
+        # Panels there would block the next prediction into it and, without predict.json,
+        # be taken for masks by the next run.
+        if is_or_lies_in(figures, pred):
+            raise PipelineError(f"--figures-dir {figures} is or lies inside the prediction "
+                                f"folder {pred}; give a folder beside it")
     return images, Path(labels) if labels else None, out, figures
 
 
@@ -712,6 +736,9 @@ class Outliner:
         """A whole-slide mask: objects found band by band; the contour picture and the panel
         are overviews at most OVERVIEW_SIDE pixels on a side, without the ground truth."""
         num_classes, shape = len(self.classes), reader.shape[:2]
+        if len(reader.shape) > 2:       # RGB: read_label's refusal, not a traceback later
+            raise PipelineError(f"mask {reader.path} has {reader.shape[2]} channels; a mask "
+                                "must hold one class index per pixel")
         check_same_size(name, shape, source, plane_shape(source))
         mask_overview = Overview(shape)
         for y0, y1 in bands(shape[0]):

@@ -251,6 +251,16 @@ def test_thresholds_without_from_probs_are_refused_not_ignored(capsys):
     assert G.parse_args(["--from-probs"]).thresholds == list(G.ORIGINAL_THRESHOLDS)
 
 
+@pytest.mark.parametrize("thresholds", [["138", "160"], ["-1", "80"]])
+def test_thresholds_off_the_0_to_127_scale_are_refused(thresholds, capsys):
+    """On the PNG maps' 0..255 scale a class was marked nowhere (or, below 0, everywhere)
+    and no objects were found, without a word."""
+    with pytest.raises(SystemExit):
+        G.parse_args(["--from-probs", "--thresholds", *thresholds])
+    assert "are on 0..127" in capsys.readouterr().err.splitlines()[-1]
+    assert G.parse_args(["--from-probs", "--thresholds", "0", "127"]).thresholds == [0, 127]
+
+
 def test_masks_without_predict_json_use_classes_txt(pred):
     (pred / "predict" / "predict.json").unlink()
     (pred / "data").mkdir()
@@ -275,6 +285,16 @@ def test_bad_masks_are_reported(pred):
     with pytest.raises(PipelineError, match="30x20"):
         run(pred)
     assert not (pred / "contours").exists()
+
+
+@pytest.mark.parametrize("edit", [{"streamed": 5}, {"input_dir": 5}, {"label_dir": ["x"]},
+                                  {"shard": [1, 2]}])
+def test_a_prediction_record_edited_by_hand_is_refused_in_one_line(pred, edit):
+    """Each ended in a traceback (a shard's record without all_images: a KeyError)."""
+    record = pred / "predict" / "predict.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), **edit}))
+    with pytest.raises(PipelineError, match="not a record written by predict_lovasz_loss.py"):
+        run(pred)
 
 
 # ---------------------------------------------------------------- masks read band by band
@@ -373,6 +393,24 @@ def test_a_large_tiff_mask_is_outlined_band_by_band(pred, monkeypatch):
     assert run(pred, "--stream-above", "0.01") == in_memory
     contour = cv2.imread(str(pred / "contours" / "big_contour.png"))
     assert contour.shape[1] == 300 and (pred / "figures" / "panel_big.png").is_file()
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda m: np.dstack([m] * 3), "has 3 channels"),
+    (lambda m: np.where(m == 1, 1.5, m).astype(np.float32), "not class indices"),
+    (lambda m: np.where(m == 1, -1, m.astype(np.int16)), "not class indices"),
+])
+def test_a_streamed_mask_of_no_class_indices_is_refused_as_in_memory(pred, spoil, message):
+    """Read band by band, an RGB mask ended in a traceback, and negative or fractional values
+    dropped their pixels from every class without a word."""
+    import tifffile
+    (pred / "predict" / "two.png").unlink()
+    tifffile.imwrite(pred / "predict" / "two.tif", spoil(drawn_mask()), tile=(32, 32))
+    info = json.loads((pred / "predict" / "predict.json").read_text())
+    (pred / "predict" / "predict.json").write_text(json.dumps({**info, "streamed": ["two"]}))
+    with pytest.raises(PipelineError, match=message):
+        run(pred, "--stream-above", "0")
+    assert not (pred / "contours").exists()
 
 
 def test_image_overview_keeps_every_step_th_pixel_of_the_mapped_image(tmp_path, monkeypatch):
@@ -554,6 +592,16 @@ def test_contours_inside_the_prediction_folder_are_refused(pred, inside):
     with pytest.raises(PipelineError, match=r"is or lies inside the prediction folder"):
         G.main(["--work-dir", str(pred / "work"), "--pred-dir", str(pred / "predict"),
                 "--output", str(pred / inside), "--no-panels"])
+    assert sorted(p.name for p in (pred / "predict").iterdir()) == ["one.png", "predict.json",
+                                                                  "two.png"]
+
+
+@pytest.mark.parametrize("inside", ["", "figures"])
+def test_panels_inside_the_prediction_folder_are_refused(pred, inside):
+    """Panels there blocked the next prediction into it, and without predict.json the next
+    run took them for masks and asked for an --image-dir already given."""
+    with pytest.raises(PipelineError, match=r"--figures-dir .* inside the prediction folder"):
+        run(pred, "--figures-dir", str(pred / "predict" / inside))
     assert sorted(p.name for p in (pred / "predict").iterdir()) == ["one.png", "predict.json",
                                                                   "two.png"]
 
