@@ -586,6 +586,13 @@ def folders(args, pred, info):
                             "does not exist (moved or renamed since?): give --image-dir")
     images = Path(args.image_dir or recorded or work / "test" / "src")
     labels = args.label_dir or in_this_work(info.get("label_dir"), work, is_test_set, "label")
+    # Else every ground-truth panel would be left out without a word.
+    if args.label_dir and not Path(labels).is_dir():
+        raise PipelineError(f"--label-dir {labels} is not a folder")
+    if labels and not Path(labels).is_dir():
+        print(f"note: label folder {labels}, which {pred / 'predict.json'} records, is gone "
+              "(moved or renamed since?): panels without the ground truth; give --label-dir")
+        labels = None
     if args.output:
         out = Path(args.output)
         if is_or_lies_in(out, pred):

@@ -863,3 +863,14 @@ def test_frame_names_no_font_has_are_noted_once_not_warned_of_glyph_by_glyph(pre
         assert "every character of zellkörper_ß_细胞; names in figures" in out
     else:
         assert "no font" not in out
+
+
+def test_a_label_folder_that_is_not_there_is_said(pred, capsys):
+    """Every ground-truth panel was left out without a word, for a --label-dir mistyped or a
+    recorded label folder moved since."""
+    with pytest.raises(PipelineError, match="--label-dir .*labels_typo is not a folder"):
+        run(pred, "--label-dir", str(pred / "labels_typo"))
+    (pred / "label").rename(pred / "label_moved")
+    run(pred)
+    assert f"note: label folder {pred / 'label'}, which " in capsys.readouterr().out
+    run(pred, "--label-dir", str(pred / "label_moved"))
