@@ -799,11 +799,12 @@ def weights_name(kind, save_format):
 
 def stochastic_weight_average(model, snapshot_paths, bn_images, bn_batches, out_path):
     """Average the given weight snapshots, re-estimate BatchNorm, save; restore the model."""
-    from training_callbacks import refresh_batchnorm, save_model
+    from training_callbacks import layers_only, refresh_batchnorm, save_model
     current = model.get_weights()
     total = None
+    plain = layers_only(model)      # as save_model saved the snapshots
     for path in snapshot_paths:
-        model.load_weights(path)
+        plain.load_weights(path)
         weights = [w.astype(np.float64) for w in model.get_weights()]
         total = weights if total is None else [t + w for t, w in zip(total, weights)]
     model.set_weights([t / len(snapshot_paths) for t in total])

@@ -198,18 +198,22 @@ def h5_write_errors(path):
         raise OSError(code, os.strerror(code), str(path)) from None
 
 
+def layers_only(model):
+    """A never-compiled model of the same layers (and variables): saved as .keras, which has no
+    include_optimizer, it holds the weights alone, where a compiled model's file held its
+    optimizer's variables too, twice the size (SGD's momentum); it loads such a file without
+    Keras' warning of optimizer variables skipped. input and output, not inputs and outputs:
+    lists of one would be saved as its structure, warned of at each call."""
+    return keras.Model(model.input, model.output, name=model.name)
+
+
 def save_model(model, path):
     """Save architecture and weights (not the optimizer) for inference, atomically."""
     with atomic_file(path) as tmp, h5_write_errors(path):
         if path.suffix == ".h5":
             keras.saving.save_model(model, tmp, include_optimizer=False, overwrite=True)
         else:
-            # .keras has no include_optimizer: a compiled model's file held its optimizer's
-            # variables too, twice the size (SGD's momentum). A model of the same layers that
-            # was never compiled saves the weights alone. input and output, not inputs and
-            # outputs: lists of one would be saved as its structure, warned of at each call.
-            layers_only = keras.Model(model.input, model.output, name=model.name)
-            keras.saving.save_model(layers_only, tmp, overwrite=True)
+            keras.saving.save_model(layers_only(model), tmp, overwrite=True)
 
 
 def say(line):

@@ -343,6 +343,25 @@ def test_a_keras_file_keeps_the_models_single_input_and_output(tmp_path, recwarn
     assert not [w for w in recwarn if "structure of `inputs`" in str(w.message)]
 
 
+def test_averaging_keras_snapshots_warns_of_no_optimizer(tmp_path, recwarn):
+    """A .keras snapshot holds no optimizer: the compiled model loading it for the SWA model
+    warned at each snapshot that it skipped its optimizer's variables."""
+    inputs = keras.Input((8, 8, 3), name="image")
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1, name="logits")(inputs), name="net")
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    kernel = model.get_layer("logits").kernel
+    for value in (1.0, 3.0):
+        kernel.assign(np.full(kernel.shape, value, np.float32))
+        training_callbacks.save_model(model, tmp_path / f"{value}.keras")
+    train.stochastic_weight_average(model, [tmp_path / "1.0.keras", tmp_path / "3.0.keras"],
+                                    None, 0, tmp_path / "swa.keras")
+    assert not [w for w in recwarn if "Skipping variable loading" in str(w.message)]
+    swa = keras.saving.load_model(tmp_path / "swa.keras", compile=False)
+    assert np.allclose(swa.get_layer("logits").kernel.numpy(), 2.0)
+    assert np.allclose(kernel.numpy(), 3.0)         # the model itself is put back
+
+
 class PoisonWeights(keras.callbacks.Callback):
     """Turns a kernel to NaN after the given (epoch, step)s, as one bad bf16 step did."""
 
