@@ -746,14 +746,15 @@ def make_callbacks(args, model_dir, bn_images, val_ds, val_steps, total_steps, s
     state = read_json(state_path, "training state") if resuming and state_path.is_file() else {}
     steps_before = state.get("epochs_done", 0) * total_steps // args.epochs
     keep = None if args.keep_snapshots else max(1, args.swa_epochs)
-    bar = ([tc.ProgressBar(total_steps, steps_before, args.epochs)]
+    clock = tc.RunClock(total_steps, args.time_budget, schedule, state.get("minutes", 0.0),
+                        steps_before)
+    bar = ([tc.ProgressBar(total_steps, steps_before, args.epochs, args.time_budget, clock)]
            if chief and verbosity(args) == 1 else [])
     figures = [model_dir / "curves.png", Path(args.work_dir) / "figures" / "training_curves.png"]
     curves = [tc.Curves(model_dir / "log.csv", figures, args.pdf)] if chief else []
     return [
         guard,
-        tc.RunClock(total_steps, args.time_budget, schedule, state.get("minutes", 0.0),
-                    steps_before),
+        clock,
         tc.PreciseBNValidation(bn_images, args.bn_batches, val_ds, val_steps, evaluate),
         saves.hold,
         tc.Checkpoints(model_dir, model_dir / weights_name("best", args.save_format),

@@ -312,13 +312,16 @@ class Curves(keras.callbacks.Callback):
 
 
 class ProgressBar(keras.callbacks.Callback):
-    """One bar over the whole run's steps, with the time left, and a line per epoch."""
+    """One bar over the whole run's steps, with the time left, and a line per epoch. With a
+    time budget (minutes, `clock` a RunClock), also the budget left: the steps' estimate
+    alone promised hours to a run that the budget ends in minutes."""
 
     SHOWN = ("loss", "mean_iou", "val_loss", "val_mean_iou")
 
-    def __init__(self, total_steps, steps_before, epochs):
+    def __init__(self, total_steps, steps_before, epochs, time_budget=None, clock=None):
         super().__init__()
         self.total_steps, self.steps_before, self.epochs = total_steps, steps_before, epochs
+        self.time_budget, self.clock = time_budget, clock
 
     def on_train_begin(self, logs=None):
         from tqdm import tqdm
@@ -326,6 +329,9 @@ class ProgressBar(keras.callbacks.Callback):
                         unit="step", dynamic_ncols=True)
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.time_budget:
+            left = max(0.0, self.time_budget - self.clock.minutes())
+            self.bar.set_postfix_str(f"budget {left:.1f} min left", refresh=False)
         self.bar.update(1)
 
     def on_epoch_end(self, epoch, logs=None):

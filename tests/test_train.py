@@ -362,6 +362,20 @@ def test_averaging_keras_snapshots_warns_of_no_optimizer(tmp_path, recwarn):
     assert np.allclose(kernel.numpy(), 3.0)         # the model itself is put back
 
 
+def test_the_progress_bar_shows_the_time_budget_left():
+    """The bar's estimate counts the planned steps: with --time-budget it promised hours to a
+    run the budget ends in minutes, unsaid."""
+    class Clock:
+        def minutes(self):
+            return 2.0
+
+    bar = training_callbacks.ProgressBar(1000, 10, 5, time_budget=5, clock=Clock())
+    bar.on_train_begin()
+    bar.on_train_batch_end(0)
+    assert bar.bar.postfix == "budget 3.0 min left" and bar.bar.n == 11
+    bar.on_train_end()
+
+
 class PoisonWeights(keras.callbacks.Callback):
     """Turns a kernel to NaN after the given (epoch, step)s, as one bad bf16 step did."""
 
