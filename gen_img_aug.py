@@ -62,7 +62,8 @@ from figures import colorize, save_figure, pyplot
 from geometry import (INPUT_MULTIPLE, MIRROR_AXES, ORIENTATIONS, dihedral, reflect_pad,
                       resample_image, resample_label, scaled_size, transform_image)
 from label_outlines import bare_outlines, describe_bare_outlines
-from label_record import check_drawn_classes, drawn_as_recorded, read_record, redraw_command
+from label_record import (check_drawn_classes, drawn_as_recorded, moved_class, moved_classes,
+                          read_record, redraw_command)
 from parallel import default_workers, parallel_map
 
 TEST_SIZE, RANDOM_STATE = 0.1, 2018     # the paper's split
@@ -371,18 +372,15 @@ def check_classes_since_split(work, digests, values_of, table, classes, data_dir
     if not isinstance(before, list) or not isinstance(earlier, dict) or before == classes:
         return
     for name in sorted(n for n, digest in digests.items() if earlier.get(n) == digest):
-        moved = [v for v in values_of[name] if v < len(before) and before[v] in classes
-                 and classes.index(before[v]) != v]
+        moved = moved_classes(values_of[name], before, classes)
         if moved:
-            value, was = moved[0], before[moved[0]]
-            now = f", and class {value} as {classes[value]!r}" if value < len(classes) else ""
+            value, was = moved[0]
+            how = moved_class(value, was, classes, Path(data_dir) / "classes.txt")
             raise PipelineError(f"label {table[name][1]} is unchanged since {work / 'split.json'} "
                                 f"cut it for the classes {before}, with {was!r} as class {value}, "
-                                f"but {Path(data_dir) / 'classes.txt'} now lists {was!r} as class "
-                                f"{classes.index(was)}{now}: its pixels would be learnt as "
-                                "another class; renumber the labels for the classes as listed "
-                                "now, or restore the order of the classes (where the earlier "
-                                "list was the wrong one, cut the patches into a new --work-dir)")
+                                f"but {how}; renumber the labels for the classes as listed now, "
+                                "or restore the order of the classes (where the earlier list was "
+                                "the wrong one, cut the patches into a new --work-dir)")
 
 
 def check_training_classes(values_of, train, classes):

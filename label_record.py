@@ -74,6 +74,20 @@ def redraw_command(record, data_dir, classes):
     return " ".join([command, *ordered[:1]]) + "".join(f", then with {r}" for r in ordered[1:])
 
 
+def moved_classes(values, before, classes):
+    """(value, name) of each of the values that meant a class of the list `before` which
+    `classes` lists at another index: pixels that would be learnt as another class."""
+    return [(int(v), before[v]) for v in values if v < len(before) and before[v] in classes
+            and classes.index(before[v]) != v]
+
+
+def moved_class(value, name, classes, classes_path):
+    """How a class moved (moved_classes) reads in a refusal."""
+    now = f", and class {value} as {classes[value]!r}" if value < len(classes) else ""
+    return (f"{classes_path} now lists {name!r} as class {classes.index(name)}{now}: its pixels "
+            "would be learnt as another class")
+
+
 def check_drawn_classes(record, label_path, label, classes, classes_path, data_dir):
     """Refuse a label labelme_to_label.py drew, its file as written (read_record), whose values
     meant classes that classes_path now lists at other indices, or no longer lists beyond its
@@ -87,30 +101,27 @@ def check_drawn_classes(record, label_path, label, classes, classes_path, data_d
     if not isinstance(drawn, list) or drawn == classes:
         return set(), []
     values = np.unique(label)
-    moved = [(int(v), drawn[v]) for v in values if v < len(drawn) and drawn[v] in classes
-             and classes.index(drawn[v]) != v]
+    moved = moved_classes(values, drawn, classes)
     renamed = {(int(v), drawn[v], classes[v]) for v in values
                if v < min(len(drawn), len(classes)) and drawn[v] not in classes}
     removed = [(int(v), drawn[v]) for v in values if len(classes) <= v < len(drawn)]
     added = [name for name in classes[len(drawn):] if name not in drawn]
     if not (moved or renamed or removed or added) or not drawn_as_recorded(record, label_path):
         return set(), []
-    redraw = redraw_command(record, data_dir, classes)
     if moved:
         value, name = moved[0]
-        now = f", and class {value} as {classes[value]!r}" if value < len(classes) else ""
         raise PipelineError(f"label {label_path} was drawn by labelme_to_label.py with {name!r} "
-                            f"as class {value}, but {classes_path} now lists {name!r} as class "
-                            f"{classes.index(name)}{now}: its pixels would be learnt as another "
-                            f"class; rerun {redraw}, to redraw the labels with the classes as "
-                            "listed now, or restore the order of the classes")
+                            f"as class {value}, but "
+                            f"{moved_class(value, name, classes, classes_path)}; rerun "
+                            f"{redraw_command(record, data_dir, classes)}, to redraw the labels "
+                            "with the classes as listed now, or restore the order of the classes")
     if removed:
         value, name = removed[0]
         # An instance mask has no shapes to delete, and --instances takes no --ignore-labels.
         fix = ("convert its masks again with --instance-class naming a class listed now, or "
                "move the label away" if isinstance(entry.get("mask"), str) else
-               f"delete its shapes and rerun {redraw} (with {name} among its --ignore-labels, "
-               "its shapes are left out of training instead)")
+               f"delete its shapes and rerun {redraw_command(record, data_dir, classes)} (with "
+               f"{name} among its --ignore-labels, its shapes are left out of training instead)")
         raise PipelineError(f"label {label_path} was drawn by labelme_to_label.py with {name!r} "
                             f"as class {value}, which {classes_path} no longer lists (it lists "
                             f"{len(classes)} classes): list it again, or {fix}")

@@ -920,8 +920,9 @@ def _calibrate_on_frames(args, model_dir, val_frames, precision):
     else:
         print(f"faint-object filter: objects of texture under {result['threshold']:.2f} "
               f"dropped ({result['dropped']} of {result['objects']} on the "
-              f"{count_of(len(frames), 'held-out frame')}: mean IoU {result['mean_iou_kept']:.4f} -> "
-              f"{result['mean_iou_filtered']:.4f}), {result['seconds']:.0f} s")
+              f"{count_of(len(frames), 'held-out frame')}: mean IoU "
+              f"{result['mean_iou_kept']:.4f} -> {result['mean_iou_filtered']:.4f}), "
+              f"{result['seconds']:.0f} s")
     return result
 
 
