@@ -195,6 +195,11 @@ def count_of(count, noun, plural=None):
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
+def agreeing(count, one, many):
+    """The word that agrees with a count: agreeing(n, "has", "have") after count_of(n, ...)."""
+    return one if count == 1 else many
+
+
 def refuse_file(path, what):
     """One line when a path meant for a folder names a file."""
     path = Path(path)

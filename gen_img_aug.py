@@ -55,7 +55,7 @@ from image_io import (DEFAULT_INTENSITY, IMAGE_EXTS, LABEL_EXTS, StackPlane,
                       read_raw_image, to_uint8, unmatched_labels, unread_images, write_image)
 from outputs import (atomic_write_text, folder_identity, foreign_entries, remove_leftovers,
                      same_or_inside, staged_output, work_lock, write_json)
-from cli import (IGNORE_LABEL, PipelineError, count_of, finite_float, held_out_count,
+from cli import (IGNORE_LABEL, PipelineError, agreeing, count_of, finite_float, held_out_count,
                  non_negative_int, positive_int, nfc, read_classes, read_json, refuse_file,
                  read_name_list, run_cli, seed_value, some_names, WORK_DIR)
 from figures import colorize, save_figure, pyplot
@@ -161,7 +161,9 @@ def labelled_images(data_dir, classes, intensity, page=None):
                 for name, source in images.items()}
     missing = [n for n in images if label_of[n] is None]
     if missing:
-        raise PipelineError(f"{len(missing)} image(s) have no label in {Path(data_dir) / 'label'}: "
+        raise PipelineError(f"{count_of(len(missing), 'image')} "
+                            f"{agreeing(len(missing), 'has', 'have')} no label in "
+                            f"{Path(data_dir) / 'label'}: "
                             f"{some_names(missing, 10)}"
                             f"{masks_named_hint(Path(data_dir) / 'label', missing)}")
     table, values, edges, outlines, flattened, wide, renamed = {}, {}, {}, {}, {}, 0, set()
@@ -196,8 +198,10 @@ def labelled_images(data_dir, classes, intensity, page=None):
         if found:
             outlines[name] = found
     if stored:
-        raise PipelineError(f"{len(stored)} label(s) line up with their image's stored pixels, "
-                            f"not with the image as its EXIF Orientation tag shows it: "
+        raise PipelineError(f"{count_of(len(stored), 'label')} "
+                            f"{agreeing(len(stored), 'lines', 'line')} up with their image's "
+                            "stored pixels, not with the image as its EXIF Orientation tag shows "
+                            "it: "
                             f"{some_names(stored)}; draw or turn the labels on the image as "
                             "viewers and LabelMe show it")
     report_unused_labels(Path(data_dir), [lbl for _, lbl, _ in table.values()])
@@ -272,7 +276,7 @@ def check_flattened(flattened, wide, intensity):
     low = min(float(lo) for lo, _ in flattened.values())
     high = max(float(hi) for _, hi in flattened.values())
     what = (f"--intensity {describe_intensity(intensity)} flattens {len(flattened)} of the "
-            f"{count_of(wide, 'image')} that {'is' if wide == 1 else 'are'} not 8-bit "
+            f"{count_of(wide, 'image')} that {agreeing(wide, 'is', 'are')} not 8-bit "
             f"({some_names(sorted(flattened))}, values within {low:g}..{high:g}): nearly all of "
             f"their pixels lie outside {intensity['low']:g}..{intensity['high']:g}, or all "
             "within one grey level of it")
@@ -309,8 +313,9 @@ def report_unused_labels(data_dir, used):
         return
     stems = {nfc(p.stem) for p in unused}
     unread = [n for n in unread_images(data_dir / "src") if nfc(frame_stem(n)) in stems]
-    print(f"warning: {len(unused)} label(s) in {data_dir / 'label'} match no image in "
-          f"{data_dir / 'src'} and are left out: {some_names(p.name for p in unused)}"
+    print(f"warning: {count_of(len(unused), 'label')} in {data_dir / 'label'} "
+          f"{agreeing(len(unused), 'matches', 'match')} no image in {data_dir / 'src'} and "
+          f"{agreeing(len(unused), 'is', 'are')} left out: {some_names(p.name for p in unused)}"
           + (f"; their images {some_names(unread)} are of a format not read (images are "
              f"{', '.join(IMAGE_EXTS)})" if unread else ""))
 
@@ -326,7 +331,8 @@ def check_object_classes(values, classes, data_dir):
     if has_object(values):
         return
     objects = "1" if len(classes) == 2 else f"1..{len(classes) - 1}"
-    raise PipelineError(f"the labels in {Path(data_dir) / 'label'} hold only the value(s) "
+    raise PipelineError(f"the labels in {Path(data_dir) / 'label'} hold only the "
+                        f"{agreeing(len(values), 'value', 'values')} "
                         f"{', '.join(map(str, values))}, no object class ({objects} in "
                         f"{Path(data_dir) / 'classes.txt'}); {IGNORE_LABEL} marks pixels to "
                         "ignore, so a binary mask must be 0 and 1 (more classes: 1, 2, ... in "
@@ -348,11 +354,13 @@ def check_mask_labels(values_of, table, data_dir):
     advice = (f"save labels as class indices: 0 background, 1, 2, ... in the order of "
               f"{Path(data_dir) / 'classes.txt'} ({IGNORE_LABEL} only for pixels to ignore)")
     if any(IGNORE_LABEL in values and has_object(values) for values in values_of.values()):
-        print(f"note: {len(masks)} label(s) in {Path(data_dir) / 'label'} hold only background "
+        print(f"note: {count_of(len(masks), 'label')} in {Path(data_dir) / 'label'} "
+              f"{agreeing(len(masks), 'holds', 'hold')} only background "
               f"and ignored pixels ({some_names(masks)}); if they are 0/{IGNORE_LABEL} masks, "
               f"their objects train as ignored pixels: {advice}")
         return
-    raise PipelineError(f"{len(masks)} label(s) in {Path(data_dir) / 'label'} hold only the "
+    raise PipelineError(f"{count_of(len(masks), 'label')} in {Path(data_dir) / 'label'} "
+                        f"{agreeing(len(masks), 'holds', 'hold')} only the "
                         f"values 0 and {IGNORE_LABEL} ({some_names(masks)}) while other labels "
                         f"hold object classes: as 0/{IGNORE_LABEL} masks, their objects would "
                         f"train as ignored pixels and the rest as background; {advice}")
@@ -428,7 +436,7 @@ def report_outlines(outlines, most=5):
         print(describe_bare_outlines(name, outlines[name]))
     if len(outlines) > most:
         more = len(outlines) - most
-        print(f"warning: {count_of(more, 'more label')} {'holds' if more == 1 else 'hold'} bare "
+        print(f"warning: {count_of(more, 'more label')} {agreeing(more, 'holds', 'hold')} bare "
               "outlines (split.json lists them all)")
 
 
@@ -516,7 +524,7 @@ def note_small_frames(sizes, patch_size):
     if small:
         shown = some_names([f"{name} {w}x{h}" for name, (h, w) in sorted(small.items())])
         print(f"note: {len(small)} of {count_of(len(sizes), 'training frame')} "
-              f"{'is' if len(sizes) == 1 else 'are'} smaller than the {patch_size} px patches "
+              f"{agreeing(len(sizes), 'is', 'are')} smaller than the {patch_size} px patches "
               f"({shown}): their patches are filled with the frame mirrored; use a smaller "
               "--patch-size, or leave them out")
 
@@ -531,7 +539,7 @@ def check_memory(shapes, patch_size, workers):
     available = available_memory()
     if available is not None and needed > 0.8 * available:
         raise PipelineError(f"--patch-size {patch_size} needs about {needed / 2 ** 30:.1f} GiB "
-                            f"({workers} worker(s), each holding a {max(w, patch_size)}x"
+                            f"({count_of(workers, 'worker')}, each holding a {max(w, patch_size)}x"
                             f"{max(h, patch_size)} padded image) but {available / 2 ** 30:.1f} "
                             f"GiB is free; use a patch size near the image size (largest "
                             f"image {w}x{h}) or fewer --workers")

@@ -54,18 +54,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from image_io import (DEFAULT_INTENSITY, add_intensity_option, check_intensity,
+from image_io import (DEFAULT_INTENSITY, MICROMETRES, add_intensity_option, check_intensity,
                       check_label_size, find_frame_label, list_images, parse_intensity,
-                      pixel_sizes_um, plain_resolution_um, read_image, read_label, square_side,
-                      to_color_mode, write_image)
+                      read_image, read_label, square_side, tiff_scale, to_color_mode,
+                      write_image)
 from band_objects import objects_of_class, outline_length
 from touching import SPLIT_DEPTH, split_touching
 from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, contour_file, file_digests,
                      output_lock, prob_file, same_or_inside, staged_output, write_json)
 from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
-from cli import (PipelineError, count_of, finite_float, non_negative_float, positive_float,
-                 read_classes, read_json, refuse_options_beside_merge, run_cli, some_names,
-                 unexpanded_pattern, WORK_DIR)
+from cli import (PipelineError, agreeing, count_of, finite_float, non_negative_float,
+                 positive_float, read_classes, read_json, refuse_options_beside_merge, run_cli,
+                 some_names, unexpanded_pattern, WORK_DIR)
 from figures import LegendText, class_colour, colorize, save_figure, pyplot
 from whole_slide import (BAND_ROWS, STREAM_ABOVE_MP, Overview, StreamedFrame, bands,
                          megapixels, open_tiff_rows, plane_shape)
@@ -297,32 +297,42 @@ def image_pixel_sizes(images, names, given):
     areas and lengths wrong."""
     if given is not None:
         return dict.fromkeys(names, given)
-    sizes = {name: pixel_sizes_um(images[name]) for name in names}
+    scales = {name: tiff_scale(images[name]) for name in names}
+    sizes = {name: scale.sizes for name, scale in scales.items()}
     uneven = [name for name, size in sizes.items() if size and square_side(size) is None]
     if uneven:
         width, height = sizes[uneven[0]]
-        note_in_pixels(uneven, f"record pixels that are not square ({uneven[0]}: "
-                               f"{width:.6g} x {height:.6g} \u00b5m)")
-    note_plain_resolutions(images, [name for name, size in sizes.items() if size is None])
+        note_in_pixels(uneven, f"{agreeing(len(uneven), 'records', 'record')} pixels that are "
+                               f"not square ({uneven[0]}: {width:.6g} x {height:.6g} \u00b5m)")
+    note_scales_not_read(scales)
     return without_absurd_sizes({name: square_side(size) for name, size in sizes.items()})
 
 
-def note_plain_resolutions(images, names):
-    """A note for the images among `names` whose TIFF gives a resolution in pixels per inch or
-    centimetre alone, which is not read (image_io.plain_resolution_um): their table has no
-    micrometres and would say nothing of why, while Fiji shows the image to that scale."""
-    plain = {name: plain_resolution_um(images[name]) for name in names}
-    plain = {name: size for name, size in plain.items()
-             if size and not written_by_image_programs(size[0])}
+def note_scales_not_read(scales):
+    """Notes for the images whose TIFF gives a scale that is not read (image_io.TiffScale):
+    a resolution in pixels per inch or centimetre alone, or a pixel size in a unit not known.
+    Their table has no micrometres and would say nothing of why, while Fiji shows the image
+    to that scale."""
+    plain = {name: scale.plain for name, scale in scales.items()
+             if scale.plain and not written_by_image_programs(scale.plain[0])}
     if plain:
         name, (width, height) = next(iter(plain.items()))
-        note_in_pixels(list(plain), "give their scale only as a TIFF resolution in pixels per "
+        note_in_pixels(list(plain), f"{agreeing(len(plain), 'gives its', 'give their')} scale "
+                       "only as a TIFF resolution in pixels per "
                        f"inch or centimetre ({name}: {width:.6g} x {height:.6g} \u00b5m), which "
                        "is not read (image programs write one to any picture)")
+    unknown = {name: scale.unknown_unit for name, scale in scales.items() if scale.unknown_unit}
+    if unknown:
+        name, unit = next(iter(unknown.items()))
+        note_in_pixels(list(unknown), f"{agreeing(len(unknown), 'records its', 'record their')} "
+                       f"pixel size in a unit not read ({name}: {unit!r}; read are "
+                       f"{', '.join(MICROMETRES)})")
 
 
 def note_in_pixels(names, what):
-    print(f"note: {len(names)} image(s) {what}: their objects are measured in pixels only; "
+    """what: the verb and the rest, agreeing with the number of names."""
+    print(f"note: {count_of(len(names), 'image')} {what}: "
+          f"{agreeing(len(names), 'its', 'their')} objects are measured in pixels only; "
           "--pixel-size gives one size for every image")
 
 
@@ -344,13 +354,15 @@ def without_absurd_sizes(sides):
     lo, hi = PIXEL_SIZE_RANGE
     absurd = [name for name, side in sides.items() if side is not None and not lo <= side <= hi]
     if absurd:
-        note_in_pixels(absurd, f"record a pixel size outside {lo:g}..{hi:g} \u00b5m "
+        note_in_pixels(absurd, f"{agreeing(len(absurd), 'records', 'record')} a pixel size "
+                               f"outside {lo:g}..{hi:g} \u00b5m "
                                f"({absurd[0]}: {sides[absurd[0]]:.6g} \u00b5m), which is no "
                                "microscope's")
     dpi = [name for name, side in sides.items()
            if side is not None and name not in absurd and written_by_image_programs(side)]
     if dpi:
-        note_in_pixels(dpi, f"record a pixel size of {sides[dpi[0]]:.6g} \u00b5m ({dpi[0]}), "
+        note_in_pixels(dpi, f"{agreeing(len(dpi), 'records', 'record')} a pixel size of "
+                            f"{sides[dpi[0]]:.6g} \u00b5m ({dpi[0]}), "
                             f"{25400 / sides[dpi[0]]:.0f} dots per inch, as image programs "
                             "write to pictures of no scale")
     return {name: None if name in absurd + dpi else side for name, side in sides.items()}
@@ -401,8 +413,9 @@ class ObjectTally:
               + (f"{'mean area um2':>15}" if um else ""))
         for cls in self.classes[1:]:
             n = self.count[cls]
+            # No objects, no mean: "-", as for a class never measured in micrometres.
             line = (f"{cls:<14}{n:>9}{n / num_images:>11.1f}"
-                    f"{self.area_px[cls] / n if n else 0.0:>14.1f}")
+                    + (f"{self.area_px[cls] / n:>14.1f}" if n else f"{'-':>14}"))
             if um:
                 total, measured = self.area_um2[cls]
                 line += f"{total / measured:>15.2f}" if measured else f"{'-':>15}"
@@ -513,6 +526,11 @@ def prediction_info(pred_dir):
     if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
             and isinstance(images, list) and all(isinstance(n, str) for n in images)):
         raise PipelineError(f"{path}: 'classes' and 'images' must be lists of names")
+    twice = sorted({n for n in images if images.count(n) > 1})
+    if twice:
+        # Their objects would be counted and written to objects.csv once for each listing.
+        raise PipelineError(f"{path} lists {some_names(twice)} more than once (changed by "
+                            "hand?): list each image once, or predict again")
     info["intensity"] = check_intensity(info.get("intensity", DEFAULT_INTENSITY), path)
     # Edited by hand, these would end in a traceback far from the record.
     folders = [info.get(k) for k in ("input_dir", "input_file", "label_dir")]
@@ -643,6 +661,20 @@ def panel_owners(figures, pred_dir, names):
                             f"({count_of(len(taken), 'panel')} in all); give --figures-dir to "
                             "keep both, or --no-panels")
     return record
+
+
+def remove_earlier_pdfs(figures, names):
+    """Remove the PDFs an earlier --pdf run drew of panels just redrawn as PNG alone: they
+    would show the earlier prediction beside the new PNG as if they were the same panel."""
+    earlier = [Path(figures) / f"panel_{name}.pdf" for name in names]
+    earlier = [path for path in earlier if path.is_file()]
+    for path in earlier:
+        path.unlink()
+    if earlier:
+        print(f"note: removed {count_of(len(earlier), 'panel PDF')} of an earlier run from "
+              f"{figures} ({some_names(p.name for p in earlier)}), as "
+              f"{agreeing(len(earlier), 'its PNG was', 'their PNGs were')} redrawn; add --pdf "
+              f"to draw {agreeing(len(earlier), 'it', 'them')} again")
 
 
 def in_this_work(recorded, work, is_test_set, sub):
@@ -818,7 +850,8 @@ def main(argv=None):
     images = list_images(image_dir, info.get("page"), frames=names)
     missing = [n for n in names if n not in images]
     if missing:
-        raise PipelineError(f"no original image in {image_dir} for {len(missing)} mask(s), e.g. "
+        raise PipelineError(f"no original image in {image_dir} for "
+                            f"{count_of(len(missing), 'mask')}, e.g. "
                             f"{missing[0]}; give --image-dir")
     if not args.image_dir:
         check_images_predicted(images, info, image_dir, pred_dir)
@@ -857,6 +890,8 @@ def main(argv=None):
                 "shard": info["shard"], "images": names, "all_images": info["all_images"],
                 "prediction": run_settings(info), **contour_settings(args, intensity)})
 
+    if args.panels and not args.pdf:
+        remove_earlier_pdfs(figures, names)
     print(f"{count_of(tally.total, 'object')} in {count_of(len(names), 'image')} -> "
           f"{out / MARKER}, contours in {out}"
           + (f", panels in {figures}" if args.panels else ""))

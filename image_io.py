@@ -22,7 +22,8 @@ import numpy as np
 
 from geometry import dihedral
 from outputs import SYSTEM_FILES, atomic_write_bytes, folder_identity, temp_target
-from cli import IGNORE_LABEL, PipelineError, control_character, nfc, some_names
+from cli import (IGNORE_LABEL, PipelineError, agreeing, control_character, count_of, nfc,
+                 some_names)
 from native_messages import caught_native_stderr
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -112,7 +113,8 @@ def check_finite(img, what):
     if img.dtype.kind == "f":
         bad = int(np.count_nonzero(~np.isfinite(img)))
         if bad:
-            raise PipelineError(f"{what} has {bad} NaN or infinite pixel(s); replace them with a "
+            raise PipelineError(f"{what} has {count_of(bad, 'NaN or infinite pixel')}; replace "
+                                "them with a "
                                 "number (e.g. 0 or the background level) and run again")
 
 
@@ -200,12 +202,15 @@ def describe_intensity(intensity):
 
 TIFF_EXTS = (".tif", ".tiff")
 
-# Length units of OME (PhysicalSizeXUnit) and ImageJ ('unit'), in micrometres.
+# Length units of OME (PhysicalSizeXUnit) and ImageJ ('unit'), in micrometres: those of
+# OME's that a scale of an image can be in (OME's list runs from yoctometres to parsecs).
 # Inches too: a flatbed scanner's plates and gels are scaled in dots per inch (2400 dpi,
-# 10.6 um), and OME's unit of inches is "in".
+# 10.6 um), and OME's unit of inches is "in"; a thousandth of one is a "thou" or "mil".
 MICROMETRES = {"um": 1.0, "\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-               "micrometre": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
-               "\u00e5": 1e-4, "angstrom": 1e-4, "pm": 1e-6, "in": 25400.0, "inch": 25400.0}
+               "micrometre": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "dm": 1e5, "m": 1e6,
+               "km": 1e9, "\u00e5": 1e-4, "angstrom": 1e-4, "pm": 1e-6, "fm": 1e-9,
+               "in": 25400.0, "inch": 25400.0, "thou": 25.4, "mil": 25.4, "ft": 304800.0,
+               "yd": 914400.0}
 
 
 @dataclass(frozen=True)
@@ -696,68 +701,77 @@ def pixel_sizes_um(source):
     """(width, height) of a pixel in micrometres as a TIFF records them (OME PhysicalSizeX and
     Y, or ImageJ's X and Y resolution and unit; the height as the width where only that is
     given); None where none is recorded or the unit is not a length."""
-    return _tiff_sizes(source, _recorded_sizes)
+    return tiff_scale(source).sizes
 
 
-def plain_resolution_um(source):
-    """(width, height) of a pixel in micrometres as the resolution of a TIFF without OME or
-    ImageJ metadata gives them, in pixels per inch or centimetre; None for other files. Not
-    taken for a pixel size: image programs write a resolution (72 dpi, 300 dpi) to any
-    picture, while a microscope's software records its scale in OME or ImageJ metadata."""
-    return _tiff_sizes(source, _plain_sizes)
+@dataclass(frozen=True)
+class TiffScale:
+    """What a TIFF says of its scale, read in one opening. sizes: pixel_sizes_um. plain: the
+    (width, height) in micrometres that the resolution of a TIFF without OME or ImageJ
+    metadata gives, in pixels per inch or centimetre; not taken for a pixel size, as image
+    programs write a resolution (72 dpi, 300 dpi) to any picture, while a microscope's
+    software records its scale in OME or ImageJ metadata. unknown_unit: the unit of a pixel
+    size recorded in a unit not read (the size is then not read either)."""
+    sizes: tuple = None
+    plain: tuple = None
+    unknown_unit: str = None
 
 
-def _tiff_sizes(source, sizes_of):
+def tiff_scale(source):
+    """The TiffScale of an image file: empty for files other than TIFF."""
     path = source.path if isinstance(source, StackPlane) else Path(source)
     if path.suffix.lower() not in TIFF_EXTS:
-        return None
+        return TiffScale()
     with open_tiff(path) as tif:
-        return sizes_of(tif)
-
-
-def _recorded_sizes(tif):
-    if tif.is_ome:
-        return _ome_pixel_sizes(tif.ome_metadata)
-    if tif.is_imagej:
-        return _imagej_pixel_sizes(tif.imagej_metadata or {}, tif.pages[0])
-    return None
+        if tif.is_ome:
+            return _ome_scale(tif.ome_metadata)
+        page = tif.pages[0]
+        if tif.is_imagej:
+            unit = str((tif.imagej_metadata or {}).get("unit", ""))
+            scale = _micrometres(unit)
+            return TiffScale(sizes=_resolution_sizes(page, scale),
+                             unknown_unit=_unknown(unit, scale, "XResolution" in page.tags))
+        return TiffScale(plain=_resolution_sizes(page,
+                                                 RESOLUTION_UNITS.get(int(page.resolutionunit))))
 
 
 # Micrometres per unit of TIFF's ResolutionUnit: 2 inch (also where the tag is missing), 3
 # centimetre; 1 is no unit.
 RESOLUTION_UNITS = {2: 25400.0, 3: 1e4}
 
-
-def _plain_sizes(tif):
-    page = tif.pages[0]
-    if tif.is_ome or tif.is_imagej:
-        return None
-    return _resolution_sizes(page, RESOLUTION_UNITS.get(int(page.resolutionunit)))
+# Units that say a size is not one of length (ImageJ writes "pixel" for an image of no scale;
+# OME allows "pixel" and "reference frame").
+NO_LENGTH = ("", "pixel", "pixels", "reference frame")
 
 
-def _ome_pixel_sizes(xml):
+def _unknown(unit, scale, recorded):
+    """The unit of a size recorded (recorded) in a unit of length not read, else None."""
+    known = scale is not None or str(unit).strip().lower() in NO_LENGTH
+    return None if known or not recorded else str(unit)
+
+
+def _ome_scale(xml):
     import xml.etree.ElementTree as ET
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return None
+        return TiffScale()
     pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
     if pixels is None or "PhysicalSizeX" not in pixels.attrib:
-        return None
+        return TiffScale()
+    units = {axis: pixels.attrib.get(f"PhysicalSize{axis}Unit", "µm") for axis in "XY"}
+    unknown = [_unknown(units[axis], _micrometres(units[axis]),
+                        f"PhysicalSize{axis}" in pixels.attrib) for axis in "XY"]
 
     def side(axis, default):
         if f"PhysicalSize{axis}" not in pixels.attrib:
             return default
-        scale = _micrometres(pixels.attrib.get(f"PhysicalSize{axis}Unit", "µm"))
-        return _positive(pixels.attrib[f"PhysicalSize{axis}"], scale)
+        return _positive(pixels.attrib[f"PhysicalSize{axis}"], _micrometres(units[axis]))
 
     width = side("X", None)
     height = side("Y", width)
-    return None if width is None or height is None else (width, height)
-
-
-def _imagej_pixel_sizes(metadata, page):
-    return _resolution_sizes(page, _micrometres(metadata.get("unit", "")))
+    sizes = None if width is None or height is None else (width, height)
+    return TiffScale(sizes=sizes, unknown_unit=next((u for u in unknown if u), None))
 
 
 def _resolution_sizes(page, scale):
@@ -822,7 +836,8 @@ def note_hidden_images(folder):
               and p.suffix.lower() in IMAGE_EXTS and not SYSTEM_FILES.fullmatch(p.name)
               and temp_target(p.name) is None]
     if hidden:
-        print(f"note: {len(hidden)} hidden image file(s) in {folder} are skipped, as every name "
+        print(f"note: {count_of(len(hidden), 'hidden image file')} in {folder} "
+              f"{agreeing(len(hidden), 'is', 'are')} skipped, as every name "
               f"that starts with '.' is: {some_names(hidden)}; rename them to include them")
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cli import (PipelineError, class_name_problem, count_of, nfc, read_classes, some_names,
-                 with_new_classes)
+from cli import (PipelineError, agreeing, class_name_problem, count_of, nfc, read_classes,
+                 some_names, with_new_classes)
 from image_io import (IMAGE_EXTS, LABEL_EXTS, LOSSY_EXTS, StackPlane, check_label_size,
                       frame_stem, list_images, read_instance_mask, read_raw_image)
 
@@ -108,7 +108,8 @@ def masks_of_frames(folder, data_dir):
                             f"a mask of its own, named as its frame; to train on one plane of "
                             f"each stack (gen_img_aug.py --page K), name the mask as that plane")
     if unmatched:
-        raise PipelineError(f"{len(unmatched)} mask(s) in {folder} belong to no image in "
+        raise PipelineError(f"{count_of(len(unmatched), 'mask')} in {folder} "
+                            f"{agreeing(len(unmatched), 'belongs', 'belong')} to no image in "
                             f"{src_dir} ({some_names(unmatched)}): name each mask as its image "
                             f"(or with {' or '.join(MASK_SUFFIXES)} added to the image's name)")
     return matched

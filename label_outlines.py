@@ -17,7 +17,7 @@ into pieces is several components: neither is found.
 import cv2
 import numpy as np
 
-from cli import IGNORE_LABEL
+from cli import IGNORE_LABEL, count_of
 
 MIN_AREA = 400          # pixels of hull: far below a cell in any data set measured
 MAX_FILLED = 0.4        # share of its hull an outline covers (0.066 and 0.081 on bbbc030's)
@@ -144,6 +144,7 @@ def describe_bare_outlines(name, found):
     """One warning line about an image's bare outlines."""
     where = ", ".join("{2}x{3} px at ({0}, {1})".format(*o["box"]) for o in found[:3])
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return (f"warning: the label of {name} holds {len(found)} object(s) drawn as a bare outline "
+    return (f"warning: the label of {name} holds {count_of(len(found), 'object')} drawn as a "
+            "bare outline "
             f"({where}{more}): the inside counts as background; fill them, or paint each "
             f"outline and its inside {IGNORE_LABEL} (ignore)")

@@ -52,9 +52,9 @@ from image_io import (IMAGE_EXTS, JPEG_START, LABEL_EXTS, TIFF_EXTS, decode_imag
                       tiff_frame_count, write_image, write_tiff)
 from label_record import RECORD, drawn_as_recorded, read_record
 from outputs import sha256_of, staged_output
-from cli import (IGNORE_LABEL, PipelineError, class_name_problem, control_character, count_of,
-                 finite_numbers, nfc, positive_float, read_classes, read_json, refuse_file,
-                 refuse_options_beside, run_cli, some_names, unexpanded_pattern,
+from cli import (IGNORE_LABEL, PipelineError, agreeing, class_name_problem, control_character,
+                 count_of, finite_numbers, nfc, positive_float, read_classes, read_json,
+                 refuse_file, refuse_options_beside, run_cli, some_names, unexpanded_pattern,
                  with_new_classes, WORK_DIR)
 from instance_masks import class_label, instance_class, masks_of_frames
 
@@ -278,7 +278,8 @@ def check_points(shape, shape_type):
     if not (points.ndim == 2 and points.shape[1] == 2
             and fewest <= len(points) <= (most or len(points))):
         wanted = f"exactly {fewest}" if fewest == most else f"at least {fewest}"
-        raise PipelineError(f"{what} needs {wanted} [x, y] point(s), got {shape.get('points')!r}")
+        raise PipelineError(f"{what} needs {wanted} [x, y] {agreeing(fewest, 'point', 'points')}, "
+                            f"got {shape.get('points')!r}")
     finite_numbers(points.ravel().tolist(), f"the point coordinates of the {what}")
     if np.abs(points).max() > MAX_COORDINATE:
         raise PipelineError(f"the {what} has a point {np.abs(points).max():.3g} pixels from the "
@@ -310,7 +311,8 @@ def rasterize_shapes(shapes, height, width, class_index, line_width=DEFAULT_LINE
         label[mask] = class_index[name]
         owner[mask] = number
     if empty:
-        raise PipelineError(f"shape(s) {', '.join(empty)} cover no pixel of the {height} x "
+        raise PipelineError(f"{agreeing(len(empty), 'shape', 'shapes')} {', '.join(empty)} "
+                            f"{agreeing(len(empty), 'covers', 'cover')} no pixel of the {height} x "
                             f"{width} image: outside it, of zero area, or between pixel "
                             "centres; redraw or delete them in LabelMe")
     if hidden is not None:
@@ -782,7 +784,8 @@ def convert(json_path, data, class_index, data_dir, line_width, point_radius, st
     except PipelineError as err:
         raise PipelineError(f"{json_path}: {err}") from None
     if hidden:
-        print(f"note: {json_path}: shape(s) {some_names(hidden)} are wholly covered by later "
+        print(f"note: {json_path}: {agreeing(len(hidden), 'shape', 'shapes')} {some_names(hidden)} "
+              f"{agreeing(len(hidden), 'is', 'are')} wholly covered by later "
               "shapes, which are drawn over earlier ones (as LabelMe's export does): move them "
               "up in LabelMe's list if they should show")
     write_pair(json_path, data, image, label, data_dir, staging, written,
@@ -797,7 +800,7 @@ def summary(counts, classes, n_images, label_dir):
     ignored = int(counts[IGNORE_LABEL])
     if ignored:
         parts += f"; ignored {ignored} ({ignored / total:.1%})"
-    return f"{n_images} image(s) -> {label_dir}; pixels per class: {parts}"
+    return f"{count_of(n_images, 'image')} -> {label_dir}; pixels per class: {parts}"
 
 
 def nested_json(input_dir):
@@ -878,7 +881,8 @@ def main(argv=None):
             f" ({len(nested)} in its subfolders: {some_names(nested)}; give --input the "
             "folder that holds them)" if nested else ""))
     if nested:
-        print(f"note: {len(nested)} .json file(s) in subfolders of {input_dir} are not read "
+        print(f"note: {count_of(len(nested), '.json file')} in subfolders of {input_dir} "
+              f"{agreeing(len(nested), 'is', 'are')} not read "
               f"({some_names(nested)}): only the files directly in it are; move them there, "
               "or run this script with --input on each subfolder")
     # <name> becomes a frame name, a line of train.txt and test.txt: gen_img_aug.py would

@@ -5,7 +5,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cli import PipelineError, finite_numbers, read_json
+from cli import PipelineError, agreeing, finite_numbers, read_json
 
 DEFAULT_GAMMA = 1.2
 MEAN_STD_NAME = "train_mean_std"
@@ -118,5 +118,7 @@ def check_histogram(histogram, channels, where):
     if (hist is None or hist.shape != (channels, 256) or not np.isfinite(hist).all()
             or (hist < 0).any() or (hist != np.rint(hist)).any() or (hist.sum(axis=1) == 0).any()):
         raise PipelineError(f"{where}: equalize 'dataset' needs a histogram of 256 whole, "
-                            f"non-negative counts for each of the {channels} channel(s); "
+                            "non-negative counts for "
+                            + agreeing(channels, "its channel", f"each of the {channels} channels")
+                            + "; "
                             "write it anew (pre_processing.py)")

@@ -119,7 +119,7 @@ from outputs import (atomic_write_text, check_name_fits, check_replaceable,  # n
                      same_or_inside, sha256_of, staged_output, write_json)
 from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
                     shard_names, shard_option)
-from cli import (PipelineError, check_split_written, count_of, read_json,  # noqa: E402
+from cli import (PipelineError, agreeing, check_split_written, count_of, read_json,  # noqa: E402
                  existing_folder, finite_float, nfc, non_negative_float, non_negative_int,
                  positive_int, read_classes, refuse_file, refuse_options_beside_merge,
                  run_cli, some_names, unexpanded_pattern, WORK_DIR)
@@ -623,7 +623,7 @@ def warn_of_training_frames(names, pictures, config, model_dir):
     shown = [name if trained == name else f"{name} = training frame {trained}"
              for name, trained in sorted(seen.items())]
     print(f"warning: {len(seen)} of the {count_of(len(names), 'frame')} scored "
-          f"{'is a frame' if len(names) == 1 else 'are frames'} the model in "
+          f"{agreeing(len(seen), 'is a frame', 'are frames')} the model in "
           f"{model_dir} trained on ({some_names(shown, 5)}): their IoU is no test of it")
 
 
@@ -687,13 +687,16 @@ def note_unscored(label_dir, label_paths, frames, src):
         unused = [p for p in unmatched_labels(label_dir, label_paths.values())
                   if not others(nfc(p.stem))]
         if unused:
-            print(f"note: {len(unused)} label(s) in {label_dir} match no frame in {src} and "
-                  f"are not used: {some_names(p.name for p in unused)}; a label bears its "
+            print(f"note: {count_of(len(unused), 'label')} in {label_dir} "
+                  f"{agreeing(len(unused), 'matches', 'match')} no frame in {src} and "
+                  f"{agreeing(len(unused), 'is', 'are')} not used: "
+                  f"{some_names(p.name for p in unused)}; a label bears its "
                   "frame's name (x.png for x.tif, x_p<k>.png for plane k of stack x)")
     unlabelled = [name for name, path in label_paths.items() if path is None]
     if unlabelled and len(unlabelled) < len(label_paths):
-        print(f"note: {len(unlabelled)} of the {count_of(len(label_paths), 'frame')} have no "
-              f"label in {label_dir} and are predicted but not scored: "
+        print(f"note: {len(unlabelled)} of the {count_of(len(label_paths), 'frame')} "
+              f"{agreeing(len(unlabelled), 'has', 'have')} no label in {label_dir} and "
+              f"{agreeing(len(unlabelled), 'is', 'are')} predicted but not scored: "
               f"{some_names(unlabelled)}")
 
 
@@ -734,7 +737,7 @@ def check_label_classes(label_dir, classes, model_dir):
         added = theirs[len(classes):]
         raise PipelineError(f"the labels in {label_dir} are of the classes {theirs} ({listed}); "
                             f"{model_dir} was trained for {classes}, before "
-                            f"{', '.join(map(repr, added))} {'was' if len(added) == 1 else 'were'} "
+                            f"{', '.join(map(repr, added))} {agreeing(len(added), 'was', 'were')} "
                             f"added, and never predicts {'it' if len(added) == 1 else 'them'}: "
                             "score the labels with a model trained for their classes "
                             f"(train_unet_xception_resnetblock.py --init-model {model_dir} "
@@ -1021,8 +1024,10 @@ def main(argv=None):
         note_hidden_images(src)
     skipped = unread_images(src) if src.is_dir() else []
     if skipped:
-        print(f"note: {len(skipped)} file(s) in {src} are of an image format not read and "
-              f"are skipped: {some_names(skipped)} (images are {', '.join(IMAGE_EXTS)}; save "
+        print(f"note: {count_of(len(skipped), 'file')} in {src} "
+              f"{agreeing(len(skipped), 'is', 'are')} of an image format not read and "
+              f"{agreeing(len(skipped), 'is', 'are')} skipped: {some_names(skipped)} (images are "
+              f"{', '.join(IMAGE_EXTS)}; save "
               "them as PNG or TIFF)")
     if not images:
         raise PipelineError(f"no images in {src}")
@@ -1086,8 +1091,10 @@ def main(argv=None):
           f"{shard}; intensity of non-8-bit images: {describe_intensity(intensity)}")
 
     if threshold is not None and streamed:
-        print(f"note: the faint-object filter needs a frame whole; {len(streamed)} frame(s) "
-              f"predicted band by band keep every object ({some_names(sorted(streamed))})")
+        print(f"note: the faint-object filter needs a frame whole; "
+              f"{count_of(len(streamed), 'frame')} predicted band by band "
+              f"{agreeing(len(streamed), 'keeps', 'keep')} every object "
+              f"({some_names(sorted(streamed))})")
     run = FrameRun(predict_batch, tile, transforms, prepare, classes, decision,
                    config["color_mode"], intensity, config["scale"], threshold, args)
     # The paper figure is the test set's; a user's folder keeps its chart to itself.

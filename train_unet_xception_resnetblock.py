@@ -59,9 +59,10 @@ from image_io import (DEFAULT_INTENSITY, PNG_HEADER_BYTES, check_intensity,  # n
 from outputs import (atomic_write_text, exclusive_lock, foreign_entries,  # noqa: E402
                      lock_beside, remove_leftovers, same_or_inside, sha256_of,
                      work_read_lock, write_json)
-from cli import (IGNORE_LABEL, Interrupted, PipelineError, check_split_written,  # noqa: E402
-                 command_line, count_of, existing_folder, finite_float, fraction_below_one,
-                 held_out_count, non_negative_float, positive_float, positive_int,
+from cli import (IGNORE_LABEL, Interrupted, PipelineError, agreeing,  # noqa: E402
+                 check_split_written, command_line, count_of, existing_folder, finite_float,
+                 fraction_below_one, held_out_count, non_negative_float, positive_float,
+                 positive_int,
                  read_classes, read_json, refuse_file, run_cli, seed_value, some_names,
                  WORK_DIR)
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, check_page,  # noqa: E402
@@ -255,7 +256,7 @@ def patch_names(work):
     missing = [n for n in names if not (label / n).is_file()]
     if missing:
         raise PipelineError(f"{count_of(len(missing), 'patch', 'patches')} "
-                            f"{'has' if len(missing) == 1 else 'have'} no label in {label}, e.g. "
+                            f"{agreeing(len(missing), 'has', 'have')} no label in {label}, e.g. "
                             f"{missing[0]}")
     if len(names) < 2:
         raise PipelineError("at least two patches are needed for a train/val split")
@@ -399,7 +400,7 @@ def split_by_image(names, frame_of, val_split, random_state, stack_of, learnt=()
     val = [n for n in names if sources[n] in held_out]
     if not val or len(val) == len(names):
         raise PipelineError(f"the {count_of(count, 'validation frame')} "
-                            f"{'holds' if count == 1 else 'hold'} {len(val)} of {len(names)} "
+                            f"{agreeing(count, 'holds', 'hold')} {len(val)} of {len(names)} "
                             "patches; cut more patches or use --val-split-by patch")
     return {"by": "image", "val_frames": val_frames,
             "train": [n for n in names if sources[n] not in held_out], "val": val}
@@ -450,8 +451,8 @@ def check_statistics_fit(stats, patch, work):
         raise PipelineError(f"{where} does not say its colour mode and channels; rerun "
                             "pre_processing.py")
     if declared != len(np.atleast_1d(stats["mean"])):
-        raise PipelineError(f"{where} is of {stats['color_mode']} patches ({declared} "
-                            f"channel(s)) but holds "
+        raise PipelineError(f"{where} is of {stats['color_mode']} patches ("
+                            f"{count_of(declared, 'channel')}) but holds "
                             f"{count_of(len(np.atleast_1d(stats['mean'])), 'mean')}; "
                             "the file is damaged: rerun pre_processing.py")
     if stats["channels"] != channels:

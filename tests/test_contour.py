@@ -14,6 +14,7 @@ import pytest
 
 from band_objects import outline_length
 import get_contour as G
+import image_io
 import touching
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -297,6 +298,16 @@ def test_a_prediction_record_edited_by_hand_is_refused_in_one_line(pred, edit):
         run(pred)
 
 
+def test_a_prediction_record_listing_an_image_twice_is_refused(pred):
+    """Its objects were written to objects.csv, and counted, once for each listing."""
+    record = pred / "predict" / "predict.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()),
+                                  "images": ["one", "two", "one"]}))
+    with pytest.raises(PipelineError, match=r"predict\.json lists one more than once"):
+        run(pred)
+    assert not (pred / "contours").exists()
+
+
 # ---------------------------------------------------------------- masks read band by band
 
 def blob_mask(seed, h, w):
@@ -459,7 +470,7 @@ def test_a_pixel_size_no_microscope_has_is_measured_in_pixels(pred, capsys):
                          metadata={"PhysicalSizeX": size, "PhysicalSizeY": size})
     rows = run(pred, "--no-panels")
     assert "area_um2" not in rows[0]
-    assert "2 image(s) record a pixel size outside" in capsys.readouterr().out
+    assert "2 images record a pixel size outside" in capsys.readouterr().out
 
 
 def test_a_pixel_size_of_an_image_programs_dots_per_inch_is_measured_in_pixels(pred, capsys):
@@ -475,7 +486,7 @@ def test_a_pixel_size_of_an_image_programs_dots_per_inch_is_measured_in_pixels(p
                      resolution=(72 / 2.54, 72 / 2.54), metadata={"unit": "cm"})
     rows = run(pred, "--no-panels")
     assert "area_um2" not in rows[0]
-    assert "2 image(s) record a pixel size of 352.778 \u00b5m (one), 72 dots per inch" in \
+    assert "2 images record a pixel size of 352.778 \u00b5m (one), 72 dots per inch" in \
         capsys.readouterr().out
 
 
@@ -491,9 +502,31 @@ def test_a_plain_tiffs_resolution_is_named_not_taken_for_a_pixel_size(pred, caps
     rows = run(pred, "--no-panels")
     assert "area_um2" not in rows[0]
     out = capsys.readouterr().out
-    assert "note: 1 image(s) give their scale only as a TIFF resolution in pixels per inch or " \
+    assert "note: 1 image gives its scale only as a TIFF resolution in pixels per inch or " \
         "centimetre (one: 1 x 1 \u00b5m), which is not read" in out       # 72 dpi is no scale
     assert "dots per inch" not in out
+
+
+def test_a_pixel_size_in_a_unit_not_read_is_named(pred, capsys):
+    """OME allows units of length beyond those read (furlongs, light years): such a size was
+    measured in pixels without a word; a unit of no length ("pixel") is no scale, and feet
+    and thousandths of an inch are read."""
+    import tifffile
+    image = cv2.imread(str(pred / "src" / "one.png"), cv2.IMREAD_GRAYSCALE)
+    for name, metadata in (("one", {"PhysicalSizeX": 1e-9, "PhysicalSizeXUnit": "ly"}),
+                           ("two", {"PhysicalSizeX": 1, "PhysicalSizeXUnit": "pixel"})):
+        (pred / "src" / f"{name}.png").unlink()
+        tifffile.imwrite(pred / "src" / f"{name}.ome.tif", image, ome=True, metadata=metadata)
+    rows = run(pred, "--no-panels")
+    assert "area_um2" not in rows[0]
+    out = capsys.readouterr().out
+    assert "note: 1 image records its pixel size in a unit not read (one: 'ly'; read are um," \
+        in out and "its objects are measured in pixels only" in out and "two" not in out
+    for unit, micrometres in (("ft", 304800.0), ("thou", 25.4), ("mil", 25.4)):
+        path = pred / f"{unit}.ome.tif"
+        tifffile.imwrite(path, image, ome=True, metadata={
+            "PhysicalSizeX": 0.5 / micrometres, "PhysicalSizeXUnit": unit})
+        assert image_io.tiff_scale(path).sizes == pytest.approx((0.5, 0.5)), unit
 
 
 def contour_shards(pred, *options):
@@ -565,6 +598,33 @@ def test_panels_of_two_prediction_folders_of_one_name_do_not_replace_each_other(
     assert (pred / "figures" / "panel_one.png").read_bytes() == before
     G.main(["--work-dir", str(pred / "work"), "--pred-dir", str(pred / "predict"),
             "--output", str(pred / "c1"), "--figures-dir", str(pred / "figures")])  # a rerun
+
+
+def test_the_printed_table_gives_no_mean_area_for_a_class_without_objects(capsys):
+    """A class found nowhere has no mean area: it read 0.0 px, an area no object has."""
+    tally = G.ObjectTally(["background", "bead", "cell"])
+    for area in (10.0, 30.0):
+        tally.add({"class": "bead", "area_px": area})
+    tally.print(2, um=False)
+    bead, cell = capsys.readouterr().out.splitlines()[1:]
+    assert bead.split() == ["bead", "2", "1.0", "20.0"]
+    assert cell.split() == ["cell", "0", "0.0", "-"]
+
+
+def test_a_rerun_without_pdf_removes_the_earlier_pdfs_of_the_panels_it_redraws(pred, capsys):
+    """A panel's PDF from a --pdf run showed the earlier prediction beside the PNG drawn anew,
+    as if they were one panel; without panels redrawn (--no-panels) it stays."""
+    run(pred, "--pdf")
+    figures = pred / "figures"
+    assert (figures / "panel_one.pdf").is_file() and (figures / "panel_two.pdf").is_file()
+    run(pred, "--no-panels")
+    assert (figures / "panel_one.pdf").is_file() and (figures / "panel_two.pdf").is_file()
+    capsys.readouterr()
+    run(pred)
+    assert not list(figures.glob("*.pdf")) and (figures / "panel_one.png").is_file()
+    assert (f"note: removed 2 panel PDFs of an earlier run from {figures} (panel_one.pdf, "
+            "panel_two.pdf), as their PNGs were redrawn; add --pdf to draw them again"
+            in capsys.readouterr().out)
 
 
 def test_a_work_folder_moved_elsewhere_outlines_its_own_test_set(tmp_path):

@@ -510,7 +510,7 @@ def test_a_label_whose_image_is_of_a_format_not_read_is_named_in_a_warning(tmp_p
     (data / "src" / "im00.png").unlink()
     run_aug(data, tmp_path / "w")
     out = capsys.readouterr().out
-    assert "1 label(s) in" in out and "left out: im00.png; their images im00.gif are of a " \
+    assert "1 label in" in out and "matches no image" in out and "is left out: im00.png; their images im00.gif are of a " \
         "format not read" in out
     assert "4 labelled images" in out
 
@@ -523,7 +523,7 @@ def test_a_hidden_image_and_its_label_are_named_in_a_note_not_left_out_unsaid(tm
     shutil.copy(data / "src" / "im01.png", data / "src" / "._im01.png")     # macOS's own
     run_aug(data, tmp_path / "w")
     out = capsys.readouterr().out
-    assert "note: 1 hidden image file(s) in" in out and ": .im00.png; rename them" in out
+    assert "note: 1 hidden image file in" in out and "is skipped" in out and ": .im00.png; rename them" in out
     assert "._im01" not in out and "4 labelled images" in out
 
 

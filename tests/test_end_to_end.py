@@ -135,5 +135,5 @@ def test_a_training_frame_is_known_by_its_pixels_not_its_name(pipeline):
         shutil.copy(data / sub / "sample_02.png", scored / sub / f"{second}.png")
     out = run("predict_lovasz_loss.py", "--work-dir", work, "--input", scored / "src",
               "--labels", scored / "label", cwd=root)
-    assert (f"1 of the 2 frames scored are frames the model in {work / 'weights'} trained on "
+    assert (f"1 of the 2 frames scored is a frame the model in {work / 'weights'} trained on "
             f"(renamed = training frame {first}): their IoU is no test of it") in out

@@ -128,7 +128,7 @@ def test_line_width_sets_thickness():
 
 
 def test_bad_points_are_reported():
-    with pytest.raises(PipelineError, match="circle.*exactly 2"):
+    with pytest.raises(PipelineError, match=r"circle.*exactly 2 \[x, y\] points, got"):
         l2l.rasterize_shapes([shape("bead", [[1, 1]], "circle")], 10, 10, INDEX)
     with pytest.raises(PipelineError, match="unsupported shape_type 'blob'"):
         l2l.rasterize_shapes([shape("bead", [[1, 1]], "blob")], 10, 10, INDEX)
@@ -612,7 +612,7 @@ def test_command_line_end_to_end(tmp_path):
     data, labelme = make_project(tmp_path, shapes)
     done = run_script("--input", str(labelme), "--data-dir", str(data), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "1 image(s)" in done.stdout
+    assert "1 image ->" in done.stdout
     label = cv2.imread(str(data / "label" / "x.png"), cv2.IMREAD_UNCHANGED)
     assert label.dtype == np.uint8 and set(np.unique(label)) == {0, 1, 2}
     src = cv2.imread(str(data / "src" / "x.png"), cv2.IMREAD_UNCHANGED)
@@ -721,7 +721,7 @@ def test_shapes_that_cover_no_pixel_are_refused_naming_each(tmp_path):
     with pytest.raises(PipelineError) as err:
         run_main(data, labelme)
     assert str(err.value).startswith(str(labelme / "b.json")) and \
-        "2 (rectangle 'bead'), 3 (polygon 'cell'), 4 (circle 'bead') cover no pixel" in \
+        "shapes 2 (rectangle 'bead'), 3 (polygon 'cell'), 4 (circle 'bead') cover no pixel" in \
         str(err.value)
     assert not (data / "label").exists()
 
@@ -826,7 +826,7 @@ def test_a_shape_wholly_drawn_over_is_noted(tmp_path, capsys):
         shape("cell", [[2, 2], [30, 30]], "rectangle")]})
     run_main(data, labelme)
     out = capsys.readouterr().out
-    assert re.search(r"note: .*h\.json: shape\(s\) 1 \(rectangle 'bead'\) are wholly covered", out)
+    assert re.search(r"note: .*h\.json: shape 1 \(rectangle 'bead'\) is wholly covered", out)
 
 
 @pytest.mark.parametrize("embed", [False, True])

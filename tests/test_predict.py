@@ -649,7 +649,7 @@ def test_scoring_frames_the_model_trained_on_is_warned_of(model_dir, work, tmp_p
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "train_frames": ["x", "b"]}))
     P.main(["--work-dir", str(work), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
-    assert "1 of the 2 frames scored are frames the model" in capsys.readouterr().out
+    assert "1 of the 2 frames scored is a frame the model" in capsys.readouterr().out
     (folder / "config.json").write_text(json.dumps({**config, "train_frames": ["x"]}))
     P.main(["--work-dir", str(work), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
     assert "frames the model" not in capsys.readouterr().out
@@ -673,7 +673,7 @@ def test_a_training_frame_under_another_name_is_warned_of(model_dir, work, tmp_p
     folder = with_training_frames(model_dir, tmp_path / "model", {
         "orig": image_digest(work / "test/src/a.png"), "other": image_digest(work / "mine/c.tif")})
     P.main(["--work-dir", str(work), "--model-dir", str(folder), "--output", str(tmp_path / "o")])
-    assert (f"1 of the 2 frames scored are frames the model in {folder} trained on "
+    assert (f"1 of the 2 frames scored is a frame the model in {folder} trained on "
             "(a = training frame orig): their IoU is no test of it") in capsys.readouterr().out
 
 
@@ -759,7 +759,7 @@ def test_a_file_changed_after_the_prediction_stops_a_rerun_that_would_lose_it(mo
     for _ in range(2):                          # a rerun of an unchanged folder goes ahead
         result = run_predict(*args)
         assert result.returncode == 0, result.stderr
-    assert "note: 1 file(s) in" not in result.stdout
+    assert "note: 1 file in" not in result.stdout
     corrected = out / "labelme" / "c.json"      # polygons fixed by hand for retraining
     corrected.write_text("{}")
     later = (out / "predict.json").stat().st_mtime + 10
@@ -776,9 +776,9 @@ def test_a_file_changed_after_the_prediction_stops_a_rerun_that_would_lose_it(mo
     finally:
         (work / "mine" / "d.gif").unlink()
         (work / "mine" / ".e.tif").unlink()
-    assert noted.returncode == 0 and "note: 1 file(s) in" in noted.stdout and \
+    assert noted.returncode == 0 and "note: 1 file in" in noted.stdout and \
         "skipped: d.gif" in noted.stdout
-    assert "note: 1 hidden image file(s) in" in noted.stdout and ": .e.tif;" in noted.stdout
+    assert "note: 1 hidden image file in" in noted.stdout and ": .e.tif;" in noted.stdout
 
 
 def test_a_stack_is_predicted_plane_by_plane(model_dir, work, tmp_path):
@@ -1094,8 +1094,8 @@ def test_labels_matching_no_frame_and_frames_without_one_are_noted(model_dir, wo
             str(tmp_path / "mine"), "--labels", str(tmp_path / "labels"),
             "--output", str(tmp_path / "out")])
     out = capsys.readouterr().out
-    assert f"note: 1 label(s) in {tmp_path / 'labels'} match no frame in {tmp_path / 'mine'} " \
-        "and are not used: b_16.png; a label bears its frame's name" in out
+    assert f"note: 1 label in {tmp_path / 'labels'} matches no frame in {tmp_path / 'mine'} " \
+        "and is not used: b_16.png; a label bears its frame's name" in out
     assert f"note: 2 of the 3 frames have no label in {tmp_path / 'labels'} and are predicted " \
         "but not scored: b16, c" in out
     assert "IoU of 1 labelled image:" in out
@@ -1130,6 +1130,6 @@ def test_labels_of_planes_not_picked_other_shards_and_nfd_names_are_not_noted(tm
              for name, source in planes.items()}
     P.note_unscored(tmp_path / "labels", paths, {**planes, "a": None, **others},
                     tmp_path / "src")
-    assert f"note: 1 label(s) in {tmp_path / 'labels'} match no frame in {tmp_path / 'src'} " \
-        "and are not used: s.png; a label bears its frame's name (x.png for x.tif, " \
+    assert f"note: 1 label in {tmp_path / 'labels'} matches no frame in {tmp_path / 'src'} " \
+        "and is not used: s.png; a label bears its frame's name (x.png for x.tif, " \
         "x_p<k>.png for plane k of stack x)" in capsys.readouterr().out

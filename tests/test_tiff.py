@@ -628,7 +628,7 @@ def test_pixel_size_from_ome_and_imagej_metadata(tmp_path, capsys):
     images = {name: tmp_path / name for name in ("um.ome.tif", "tall.ome.tif")}
     sizes = get_contour.image_pixel_sizes(images, list(images), None)
     assert sizes == {"um.ome.tif": pytest.approx(0.65), "tall.ome.tif": None}
-    assert "1 image(s) record pixels that are not square (tall.ome.tif: 0.2 x 0.4" in \
+    assert "1 image records pixels that are not square (tall.ome.tif: 0.2 x 0.4" in \
         capsys.readouterr().out
     assert get_contour.image_pixel_sizes(images, list(images), 0.3) == dict.fromkeys(images, 0.3)
 
