@@ -342,7 +342,8 @@ def background_only(prob):
 def _model_inputs(read_rows, positions, tile, transforms, prepare):
     """((y, x, k, flat), input) for every tile and transform, preparing each tile once (once
     more with its intensities inverted where a transform inverts them: preprocessing is not
-    symmetric in intensity) and reading the image one row of tiles at a time."""
+    symmetric in intensity) and reading the image one row of tiles at a time. A flat tile's
+    input is its raw pixels, unprepared: it is background whatever the network says."""
     th, tw = tile
     inversions = sorted({inverts(k) for k in transforms})
     strip_y, strip = None, None
@@ -350,11 +351,14 @@ def _model_inputs(read_rows, positions, tile, transforms, prepare):
         if y != strip_y:
             strip_y, strip = y, read_rows(y, y + th)
         raw = strip[:, x:x + tw]
-        flat = is_flat(raw)
+        if is_flat(raw):
+            for k in transforms:
+                yield (y, x, k, True), raw
+            continue
         ready = {inverted: prepare(invert_intensities(raw) if inverted else raw)
                  for inverted in inversions}
         for k in transforms:
-            yield (y, x, k, flat), dihedral(ready[inverts(k)], k)
+            yield (y, x, k, False), dihedral(ready[inverts(k)], k)
 
 
 def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="gaussian",
@@ -371,7 +375,8 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
     its tile. Every tile goes through each of the `transforms` (geometry's transform
     indices: a rotation/flip, its intensities inverted from INVERTED up; (0,) none) and
     their back-transformed outputs are averaged. A tile of one value counts for a trace
-    (FLAT_TILE_WEIGHT), as background.
+    (FLAT_TILE_WEIGHT), as background, and goes through the network only where no tile
+    before it has shown the number of classes.
     """
     th, tw = tile = tile_shape(tile)
     if any(k % 2 for k in transforms) and th != tw:
@@ -381,15 +386,20 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
     window = blend_window(tile, blend)
     inputs = _model_inputs(read_rows, positions, tile, transforms, prepare)
     rows = RowAccumulator(pw)
-    done = 0
+    done, background = 0, None
     while batch := list(itertools.islice(inputs, batch_size)):
         where, tiles = zip(*batch)
-        probs = np.asarray(predict_batch_fn(np.stack(tiles)), np.float64)
-        for (y, x, k, flat), prob in zip(where, probs):
+        shown = [n for n, (*_, flat) in enumerate(where) if not flat]
+        probs = dict(zip(shown, np.asarray(predict_batch_fn(np.stack([tiles[n] for n in shown])),
+                                           np.float64))) if shown else {}
+        if background is None and len(shown) < len(where):
+            background = background_only(next(iter(probs.values())) if probs else np.asarray(
+                predict_batch_fn(prepare(tiles[0])[np.newaxis]), np.float64)[0])
+        for n, (y, x, k, flat) in enumerate(where):
             if flat:
-                rows.add(y, x, background_only(prob), window * FLAT_TILE_WEIGHT)
+                rows.add(y, x, background, window * FLAT_TILE_WEIGHT)
             else:
-                rows.add(y, x, inverse_dihedral(prob, k), window)
+                rows.add(y, x, inverse_dihedral(probs[n], k), window)
         done += len(batch)
         # Tiles come row by row: rows above the top of the next (or unfinished) tile are final.
         next_tile = done // len(transforms)

@@ -108,6 +108,35 @@ def test_tiles_of_one_value_show_nothing_and_leave_pixels_to_the_others(overlap)
     assert np.all(blank[..., 0] == 1)
 
 
+@pytest.mark.parametrize("transforms", [(0,), (0, 5)])
+def test_tiles_of_one_value_skip_the_network(transforms):
+    """A flat tile is background whatever the network says of it: it went through the
+    network all the same (a slide's blank margins, as long as its tissue). Once, to learn the
+    number of classes, where the first batch holds flat tiles alone."""
+    image = np.full((96, 160), 7, np.uint8)
+    image[:, 100:] = np.random.default_rng(2).integers(0, 255, (96, 60))
+    seen = []
+
+    def counting(batch):
+        seen.extend(batch)
+        return everything_is_a_cell(batch)
+
+    probs = P.predict_frame(counting, image, 32, 0.5, "gaussian", batch_size=3,
+                            transforms=transforms, prepare=as_float_tile)
+    positions = P.tile_positions(96, 160, 32, 0.5)
+    shown = sum(not P.is_flat(image[y:y + 32, x:x + 32]) for y, x in positions)
+    assert 0 < shown < len(positions)
+    assert len(seen) == shown * len(transforms) + 1
+    assert sum(float(np.ptp(tile)) == 0 for tile in seen) == 1
+    expected = P.predict_frame(everything_is_a_cell, image, 32, 0.5, "gaussian", batch_size=1,
+                               transforms=transforms, prepare=as_float_tile)
+    np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-12)
+    seen.clear()
+    P.predict_frame(counting, np.zeros((50, 70, 3), np.uint16), 32, 0.25, "gaussian",
+                    prepare=as_float_tile)
+    assert len(seen) == 1
+
+
 @pytest.mark.parametrize("overlap", [0, 0.25])
 def test_continuous_input_survives_blending(overlap):
     image = np.random.default_rng(1).random((130, 75, 2)).astype(np.float32)
