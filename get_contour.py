@@ -933,11 +933,22 @@ def check_object_table(folder):
                             "again")
 
 
+def check_contour_pictures(folder, record):
+    """Refuse a shard's folder that lacks a contour picture its run drew (deleted or moved
+    since): the merged folder would lack it unsaid, beside the frame's rows in objects.csv."""
+    missing = [name for name in record["images"] if not (folder / contour_file(name)).is_file()]
+    if missing:
+        raise PipelineError(f"{folder} lacks {contour_file(missing[0])}, which its run drew for "
+                            f"frame {missing[0]}: put it back, or run get_contour.py on that "
+                            "shard again")
+
+
 def merge(args):
     """--merge: the contour folders of prediction shards as the folder one run writes."""
-    folders, _, everything, out = open_shards(args.merge, args.output, SHARD_RECORD)
-    for folder in folders:
+    folders, records, everything, out = open_shards(args.merge, args.output, SHARD_RECORD)
+    for folder, record in zip(folders, records):
         check_object_table(folder)
+        check_contour_pictures(folder, record)
     with output_lock(out, Path(__file__).name), staged_output(out, MARKER) as staging:
         copy_shard_files(folders, staging, skip={MARKER, SHARD_RECORD})
         count = merge_object_tables([f / MARKER for f in folders], everything, staging / MARKER)

@@ -910,16 +910,16 @@ def faint_pending(config):
 
 
 def open_model(model_dir, config, paths, precision, verify=True):
-    """(batch -> probabilities function, tile shape, tile preparer) of the model files `paths`
-    (model_files) of a model folder whose config.json has been read; several give the mean
-    of their models' probabilities."""
+    """(batch -> probabilities function, tile shape, tile preparer, the files' sha256) of the
+    model files `paths` (model_files) of a model folder whose config.json has been read;
+    several give the mean of their models' probabilities."""
     from model import with_precision
     verified = []
     for path in paths:
         check_same_recipe(path, model_dir, config)
         verified.append(verify_model_file(path, model_dir, config) if verify else None)
+    digests = [digest or sha256_of(p) for digest, p in zip(verified, paths)]
     if len(paths) > 1:      # two names of one model: best and the snapshot it was saved from
-        digests = [digest or sha256_of(p) for digest, p in zip(verified, paths)]
         same = next(((paths[digests.index(d)], p) for i, (d, p) in enumerate(zip(digests, paths))
                      if d in digests[:i]), None)
         if same:
@@ -936,7 +936,7 @@ def open_model(model_dir, config, paths, precision, verify=True):
             raise PipelineError(f"{path} predicts {net.output_shape[-1]} classes but "
                                 f"config.json lists {len(config['classes'])}")
         functions.append(make_predict_batch(net, config["decision"]))
-    return mean_probabilities(functions), tile, TilePreparer(config["preprocessing"])
+    return mean_probabilities(functions), tile, TilePreparer(config["preprocessing"]), digests
 
 
 def mean_probabilities(functions):
@@ -1085,8 +1085,8 @@ def main(argv=None):
     warn_of_training_frames([name for name, path in label_paths.items() if path], pictures,
                             config, model_dir)
     precision = use_precision(args.precision)
-    predict_batch, tile, prepare = open_model(model_dir, config, paths, precision,
-                                              verify=not args.no_verify)
+    predict_batch, tile, prepare, model_digests = open_model(model_dir, config, paths,
+                                                             precision, verify=not args.no_verify)
     threshold = faint_threshold(config, args.faint_filter)
     shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
     resampled = "" if config["scale"] == 1 else f", frames resampled by {config['scale']:g}"
@@ -1124,8 +1124,13 @@ def main(argv=None):
                 total_cm += cm
                 per_image[name] = cm
         record = {
-            "classes": classes, "decision": decision, "model_file": str(paths[0]),
-            "model_files": [str(p) for p in paths],
+            # Whole paths, as input_dir: shards run from other folders (or the merge, which
+            # writes the chart) would read a relative one against another folder.
+            "classes": classes, "decision": decision, "model_file": str(paths[0].resolve()),
+            "model_files": [str(p.resolve()) for p in paths],
+            # What the files held: shards of one path are of one model only if these agree
+            # (a model folder trained again, or resumed, between two shards' runs).
+            "model_sha256": model_digests,
             "input_dir": str((src.parent if src.is_file() else src).resolve()),
             "input_file": str(src.resolve()) if src.is_file() else None,
             "label_dir": str(label_dir.resolve()) if label_dir else None,
@@ -1145,7 +1150,7 @@ def main(argv=None):
         if args.shard:
             # merged later; the chart goes to figures/ then, with every image in it
             record.update(shard=list(args.shard), all_images=everything,
-                          chart_copy=str(chart_copy) if chart_copy else None)
+                          chart_copy=str(chart_copy.resolve()) if chart_copy else None)
         if args.input and not args.output:
             # Again: another input of the name may have been predicted there while this ran.
             check_same_input(out, src)
@@ -1164,6 +1169,11 @@ def merge(args):
     for folder, record in zip(folders, records):
         check_shard_files(folder, record)
     check_replaceable(out, MARKER)
+    if not args.output:
+        # Named after the input as a single run's folder is, it may hold the predictions of
+        # another input of that name (day1/images, day2/images), which a single run keeps.
+        first = records[0]
+        check_same_input(out, Path(first["input_file"] or first["input_dir"]))
     classes = records[0]["classes"]
     per_image = {}
     for folder in folders:

@@ -899,7 +899,7 @@ def _calibrate_on_frames(args, model_dir, val_frames, precision):
     start = time.monotonic()
     config = read_config(model_dir)
     classes = config["classes"]
-    predict_batch, tile, prepare = predict.open_model(
+    predict_batch, tile, prepare, _ = predict.open_model(
         model_dir, config, predict.model_files(model_dir, config, ["best"]), precision)
     frames = []
     for name in names:

@@ -160,3 +160,85 @@ def test_a_merge_elsewhere_keeps_labelme_files_on_their_images_and_refuses_a_los
     with pytest.raises(PipelineError, match=f"lacks {first}"):
         P.main(["--work-dir", str(work), "--merge", *shards, "--output", str(tmp_path / "m")])
     assert not (tmp_path / "m").exists()
+
+
+def test_a_merge_keeps_the_predictions_of_another_input_of_the_same_name(model_dir, work,
+                                                                       tmp_path):
+    """day2/images merged into predict/images, where day1/images was predicted: a single run
+    refuses to replace another input's predictions, and the merge replaced them unsaid."""
+    frames = sorted((work / "test" / "src").iterdir())
+    for day, share in (("day1", frames[:1]), ("day2", frames[1:])):
+        (tmp_path / day / "images").mkdir(parents=True)
+        for frame in share:
+            (tmp_path / day / "images" / frame.name).write_bytes(frame.read_bytes())
+    base = ["--work-dir", str(work), "--model-dir", str(model_dir)]
+    P.main([*base, "--input", str(tmp_path / "day1" / "images")])
+    day1 = work / "predict" / "images"
+    before = files_of(day1)
+    for i in (1, 2):
+        P.main([*base, "--input", str(tmp_path / "day2" / "images"), "--shard", f"{i}/2"])
+    shards = [str(work / "predict" / f"images_shard{i}of2") for i in (1, 2)]
+    with pytest.raises(PipelineError, match="another input of the same name"):
+        P.main(["--work-dir", str(work), "--merge", *shards])
+    assert files_of(day1) == before
+    # an --output of its own keeps both
+    P.main(["--work-dir", str(work), "--merge", *shards, "--output", str(tmp_path / "day2_out")])
+    assert (tmp_path / "day2_out" / f"{frames[1].stem}.png").is_file()
+
+
+def test_shards_run_from_other_folders_merge_anywhere(model_dir, work, tmp_path, monkeypatch):
+    """Paths given relative to where each job ran: the shards were refused as of other
+    settings (model_file, chart_copy), and a merge run elsewhere wrote the IoU chart into a
+    figures/ made under its own folder."""
+    import os
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(work.parent)
+    P.main(["--work-dir", work.name, "--model-dir",
+            os.path.relpath(model_dir, work.parent), "--shard", "1/2"])
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    P.main(["--work-dir", str(work), "--model-dir", str(model_dir), "--shard", "2/2"])
+    P.main(["--work-dir", str(work), "--merge",
+            *(str(work / "test" / f"predict_shard{i}of2") for i in (1, 2))])
+    assert (work / "figures" / "iou_per_class.png").is_file()
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_contour_merge_refuses_a_shard_that_lost_a_picture(model_dir, work, tmp_path):
+    """A contour picture deleted from a shard's folder: the prediction merge refuses such a
+    shard, the contour merge published a folder without that picture."""
+    base = ["--work-dir", str(work), "--model-dir", str(model_dir)]
+    shards = [work / "test" / f"predict_shard{i}of2" for i in (1, 2)]
+    for i, shard in enumerate(shards, 1):
+        P.main([*base, "--shard", f"{i}/2"])
+        get_contour.main(["--work-dir", str(work), "--pred-dir", str(shard), "--no-panels"])
+    lost = sorted(Path(f"{shards[0]}_contours").glob("*_contour.png"))[0]
+    lost.unlink()
+    with pytest.raises(PipelineError, match=f"lacks {lost.name}"):
+        get_contour.main(["--merge", *(f"{s}_contours" for s in shards)])
+    assert not (work / "test" / "predict_contours").exists()
+
+
+def test_shards_of_two_models_in_one_model_folder_are_not_merged(model_dir, work, tmp_path):
+    """The model folder trained again (or its training resumed) between two shards' runs:
+    the merge joined the masks of two models into one run's folder and IoU table."""
+    import json
+    import shutil
+
+    import keras
+    from model import build_model
+    from outputs import sha256_of
+    folder = tmp_path / "weights"
+    shutil.copytree(model_dir, folder)
+    base = ["--work-dir", str(work), "--model-dir", str(folder)]
+    P.main([*base, "--shard", "1/2"])
+    keras.utils.set_random_seed(2)
+    keras.saving.save_model(build_model((64, 64, 3), 3, weights=None), folder / "m_best.h5",
+                            include_optimizer=False)
+    config = json.loads((folder / "config.json").read_text())
+    config["sha256"] = {"m_best.h5": sha256_of(folder / "m_best.h5")}
+    (folder / "config.json").write_text(json.dumps(config))
+    P.main([*base, "--shard", "2/2"])
+    with pytest.raises(PipelineError, match="other settings.*model_sha256"):
+        P.main(["--work-dir", str(work), "--merge",
+                *(str(work / "test" / f"predict_shard{i}of2") for i in (1, 2))])
+    assert not (work / "test" / "predict").exists()
