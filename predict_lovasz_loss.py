@@ -34,7 +34,8 @@ models by default; pre_processing.py --equalize), the tiles run through the mode
 class probabilities of overlapping tiles are averaged, weighted by a window that is
 largest at the tile centre (--blend gaussian) or flat (uniform); a tile of one value (a
 blank or saturated area) shows nothing, so the others decide the pixels it shares with them
-and a pixel only such tiles cover is background. The padding is then cropped off. --tta
+and a pixel only such tiles cover is background (such tiles skip the network: a slide's
+blank margins cost next to nothing). The padding is then cropped off. --tta
 also averages the rotations/flips of every tile that the model's training
 patches came in: all 8 for turned patches (gen_img_aug.py's default for most images), the
 mirror across the relief's axis for DIC patches kept in the microscope's view and mirrored,
@@ -91,7 +92,6 @@ error.
 import argparse
 import csv
 import io
-import itertools
 import math
 import os
 from pathlib import Path
@@ -340,10 +340,11 @@ def background_only(prob):
 
 
 def _model_inputs(read_rows, positions, tile, transforms, prepare):
-    """((y, x, k, flat), input) for every tile and transform, preparing each tile once (once
-    more with its intensities inverted where a transform inverts them: preprocessing is not
-    symmetric in intensity) and reading the image one row of tiles at a time. A flat tile's
-    input is its raw pixels, unprepared: it is background whatever the network says."""
+    """(y, x, flat, inputs) for every tile: inputs are [(k, input)] for the transforms,
+    preparing the tile once (once more with its intensities inverted where a transform
+    inverts them: preprocessing is not symmetric in intensity); a flat tile's are its raw
+    pixels alone, unprepared: it is background whatever the network says. The image is
+    read one row of tiles at a time."""
     th, tw = tile
     inversions = sorted({inverts(k) for k in transforms})
     strip_y, strip = None, None
@@ -352,13 +353,11 @@ def _model_inputs(read_rows, positions, tile, transforms, prepare):
             strip_y, strip = y, read_rows(y, y + th)
         raw = strip[:, x:x + tw]
         if is_flat(raw):
-            for k in transforms:
-                yield (y, x, k, True), raw
+            yield y, x, True, raw
             continue
         ready = {inverted: prepare(invert_intensities(raw) if inverted else raw)
                  for inverted in inversions}
-        for k in transforms:
-            yield (y, x, k, False), dihedral(ready[inverts(k)], k)
+        yield y, x, False, [(k, dihedral(ready[inverts(k)], k)) for k in transforms]
 
 
 def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="gaussian",
@@ -370,13 +369,14 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
     columns (whole_slide.mirrored_rows), so only a row of tiles and the rows they overlap
     need be in memory.
     predict_batch_fn maps a float batch [N, th, tw, channels] to probabilities
-    [N, th, tw, C]; it is called once per batch of up to batch_size tiles. prepare turns
-    one raw tile into the model input, so per-tile preprocessing sees exactly the pixels of
-    its tile. Every tile goes through each of the `transforms` (geometry's transform
-    indices: a rotation/flip, its intensities inverted from INVERTED up; (0,) none) and
-    their back-transformed outputs are averaged. A tile of one value counts for a trace
-    (FLAT_TILE_WEIGHT), as background, and goes through the network only where no tile
-    before it has shown the number of classes.
+    [N, th, tw, C]; it is called once per batch of batch_size tile inputs (fewer for the
+    last). prepare turns one raw tile into the model input, so per-tile preprocessing sees
+    exactly the pixels of its tile. Every tile goes through each of the `transforms`
+    (geometry's transform indices: a rotation/flip, its intensities inverted from INVERTED
+    up; (0,) none) and their back-transformed outputs are averaged. A tile of one value
+    counts for a trace (FLAT_TILE_WEIGHT), as background, and is left out of the batches:
+    through the network it goes only where no batch before it has shown the number of
+    classes.
     """
     th, tw = tile = tile_shape(tile)
     if any(k % 2 for k in transforms) and th != tw:
@@ -384,28 +384,37 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
     positions = tile_positions(h, w, tile, overlap)
     pw = tiles_width(h, w, tile, overlap)
     window = blend_window(tile, blend)
-    inputs = _model_inputs(read_rows, positions, tile, transforms, prepare)
     rows = RowAccumulator(pw)
-    done, background = 0, None
-    while batch := list(itertools.islice(inputs, batch_size)):
-        where, tiles = zip(*batch)
-        shown = [n for n, (*_, flat) in enumerate(where) if not flat]
-        probs = dict(zip(shown, np.asarray(predict_batch_fn(np.stack([tiles[n] for n in shown])),
-                                           np.float64))) if shown else {}
-        if background is None and len(shown) < len(where):
-            background = background_only(next(iter(probs.values())) if probs else np.asarray(
-                predict_batch_fn(prepare(tiles[0])[np.newaxis]), np.float64)[0])
-        for n, (y, x, k, flat) in enumerate(where):
-            if flat:
-                rows.add(y, x, background, window * FLAT_TILE_WEIGHT)
-            else:
-                rows.add(y, x, inverse_dihedral(probs[n], k), window)
-        done += len(batch)
-        # Tiles come row by row: rows above the top of the next (or unfinished) tile are final.
-        next_tile = done // len(transforms)
-        final = min(h, positions[next_tile][0]) if next_tile < len(positions) else h
-        if final > rows.top:
-            yield rows.top, rows.pop(final)[:, :w]
+    pending, background = [], None      # pending: (y, x, k, input) awaiting a full batch
+
+    def run_pending():
+        """Add the pending inputs' outputs; a background tile of their shape back."""
+        outputs = np.asarray(predict_batch_fn(np.stack([inp for *_, inp in pending])),
+                             np.float64)
+        for (y, x, k, _), prob in zip(pending, outputs):
+            rows.add(y, x, inverse_dihedral(prob, k), window)
+        pending.clear()
+        return background_only(outputs[0])
+
+    tiles = _model_inputs(read_rows, positions, tile, transforms, prepare)
+    for t, (y, x, flat, inputs) in enumerate(tiles):
+        if flat:
+            if background is None:
+                background = background_only(np.asarray(
+                    predict_batch_fn(prepare(inputs)[np.newaxis]), np.float64)[0])
+            rows.add(y, x, background, window * FLAT_TILE_WEIGHT)
+        for k, inp in [] if flat else inputs:
+            pending.append((y, x, k, inp))
+            if len(pending) == batch_size:
+                background = run_pending()
+        # Tiles come row by row: rows above the first tile not yet added in full are final.
+        first_open = pending[0][0] if pending else (
+            positions[t + 1][0] if t + 1 < len(positions) else h)
+        if min(h, first_open) > rows.top:
+            yield rows.top, rows.pop(min(h, first_open))[:, :w]
+    if pending:
+        run_pending()
+        yield rows.top, rows.pop(h)[:, :w]
 
 
 def tiles_width(h, w, tile, overlap):

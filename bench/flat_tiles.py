@@ -5,10 +5,10 @@ jittered by one grey level, which makes every tile go through the network as all
 
 The network is the paper's at 128x128 (the harness's tile) with random weights, 3 classes,
 the default overlap 0.25 and batch 8; the frame is 1376x1032 (bbbc030's size) with its left
-`--blank` share at grey 0. Both timings come from this one run, with the machine's CPU
-flags and matmul rates.
+`--blank` share at grey 0. Both timings come from this one run (medians, the two frames
+predicted in turn), with the machine's CPU flags and matmul rates.
 
-    python bench/flat_tiles.py [--blank 0.5] [--frames 2]
+    python bench/flat_tiles.py [--blank 0.5] [--frames 3]
 """
 import argparse
 import sys
@@ -30,12 +30,18 @@ TILE = 128
 PREPROCESSING = {"mean": [128.0], "std": [40.0], "gamma": 1.2}
 
 
-def seconds_per_frame(run, frame, frames):
-    run(frame)                # warm-up: tracing and first-call allocations
-    start = time.perf_counter()
-    for _ in range(frames):
-        run(frame)
-    return (time.perf_counter() - start) / frames
+def seconds_per_frame(run, frames, repeats):
+    """Median seconds of run on each of frames, the frames taken in turn (so a machine slowed
+    for a while slows both alike), after one warm-up run of each."""
+    for frame in frames:
+        run(frame)            # tracing and first-call allocations
+    times = [[] for _ in frames]
+    for _ in range(repeats):
+        for frame, seconds in zip(frames, times):
+            start = time.perf_counter()
+            run(frame)
+            seconds.append(time.perf_counter() - start)
+    return [float(np.median(seconds)) for seconds in times]
 
 
 def main():
@@ -43,7 +49,8 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--blank", type=float, default=0.5,
                    help="share of the frame's width left blank (default: 0.5)")
-    p.add_argument("--frames", type=int, default=2, help="timed frames per case (default: 2)")
+    p.add_argument("--frames", type=int, default=3,
+                   help="timed frames per case, the cases in turn (default: 3; the median)")
     args = p.parse_args()
     if not 0 <= args.blank < 1 or args.frames < 1:
         p.error("--blank must be within 0..1 (below 1) and --frames at least 1")
@@ -68,8 +75,7 @@ def main():
     def run(frame):
         return P.predict_frame(predict_batch, frame, TILE, 0.25, "gaussian", 8, prepare=prepare)
 
-    skipped = seconds_per_frame(run, blank, args.frames)
-    every = seconds_per_frame(run, jittered, args.frames)
+    skipped, every = seconds_per_frame(run, [blank, jittered], args.frames)
     print(f"frame {FRAME[1]}x{FRAME[0]}, left {args.blank:.0%} blank: {flat} of "
           f"{len(positions)} tiles flat")
     print(f"every tile through the network (margin jittered): {every:.2f} s/frame")

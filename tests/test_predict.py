@@ -115,10 +115,11 @@ def test_tiles_of_one_value_skip_the_network(transforms):
     number of classes, where the first batch holds flat tiles alone."""
     image = np.full((96, 160), 7, np.uint8)
     image[:, 100:] = np.random.default_rng(2).integers(0, 255, (96, 60))
-    seen = []
+    seen, sizes = [], []
 
     def counting(batch):
         seen.extend(batch)
+        sizes.append(len(batch))
         return everything_is_a_cell(batch)
 
     probs = P.predict_frame(counting, image, 32, 0.5, "gaussian", batch_size=3,
@@ -128,6 +129,8 @@ def test_tiles_of_one_value_skip_the_network(transforms):
     assert 0 < shown < len(positions)
     assert len(seen) == shown * len(transforms) + 1
     assert sum(float(np.ptp(tile)) == 0 for tile in seen) == 1
+    # the flat tile alone, then full batches of tiles that show something
+    assert sizes[0] == 1 and set(sizes[1:-1]) == {3}
     expected = P.predict_frame(everything_is_a_cell, image, 32, 0.5, "gaussian", batch_size=1,
                                transforms=transforms, prepare=as_float_tile)
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-12)
