@@ -120,6 +120,18 @@ def ended_by_ctrl_c():
         signal.signal(signal.SIGINT, earlier)
 
 
+@contextmanager
+def cluster_kept(what):
+    """A task that stops mid-run (killed, its node lost, preempted) fails the others' next
+    all-reduce with a TensorFlow traceback: one line instead, with the way back."""
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.AbortedError):
+        raise PipelineError(f"a task of the cluster stopped or cannot be reached any more "
+                            f"during {what}: start the same command on every task again (the "
+                            "training resumes from the last epoch backed up)") from None
+
+
 def check_tf_config():
     """TF_CONFIG as TensorFlow needs it, or one line naming what is wrong: JSON, a cluster of
     task lists, and this process's task (type and index) in it."""
@@ -246,6 +258,11 @@ class WorkerLoop:
         self.model._initial_epoch = None
         callbacks.on_train_begin()
         first = self.model._initial_epoch or 0      # set by BackupAndRestore on a resume
+        with cluster_kept("training"):
+            self._epochs(iterator, first, epochs, steps_per_epoch, callbacks)
+        callbacks.on_train_end()
+
+    def _epochs(self, iterator, first, epochs, steps_per_epoch, callbacks):
         for epoch in range(first, epochs):
             self.model.reset_metrics()
             callbacks.on_epoch_begin(epoch)
@@ -261,12 +278,12 @@ class WorkerLoop:
             callbacks.on_epoch_end(epoch, logs)
             if self.model.stop_training:
                 break
-        callbacks.on_train_end()
 
     def evaluate(self, dataset, steps):
         """model.evaluate(dataset, steps=steps, return_dict=True) on every worker."""
         self.model.reset_metrics()
         iterator = iter(worker_slices(self.strategy, dataset, self.global_batch))
-        for _ in range(steps):
-            self._test(iterator)
-        return self.results()
+        with cluster_kept("validation"):
+            for _ in range(steps):
+                self._test(iterator)
+            return self.results()

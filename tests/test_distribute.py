@@ -380,6 +380,25 @@ def test_ctrl_c_while_waiting_for_the_cluster_ends_the_run_at_once(patch_work):
     assert "Traceback" not in err and not (patch_work / "lone").exists()
 
 
+def test_a_worker_whose_chief_dies_mid_training_stops_with_one_line(patch_work):
+    """kill -9 of the chief (a node lost, a preemption): the other worker's next all-reduce
+    failed with a TensorFlow traceback of a page, the way back nowhere in it."""
+    import time
+    procs = start_workers(patch_work, "orphan", "--epochs", "4", "--steps-per-epoch", "3")
+    meta = patch_work / ".orphan.worker1" / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 600
+    while not meta.is_file():
+        assert time.monotonic() < deadline and procs[1].poll() is None
+        time.sleep(0.5)
+    procs[0].kill()
+    procs[0].communicate()
+    out = procs[1].communicate(timeout=300)[0]
+    assert procs[1].returncode == 2, out[-3000:]
+    assert out.rstrip().splitlines()[-1].startswith(
+        "error: a task of the cluster stopped or cannot be reached any more during "), out[-3000:]
+    assert "Traceback" not in out
+
+
 def finish(procs, timeout=600):
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outputs):
