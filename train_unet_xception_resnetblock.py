@@ -1193,6 +1193,9 @@ def train_model(args, held):
     # Keras warns at every .h5 save that the format is legacy; h5 is the original's format.
     absl.logging.set_verbosity(absl.logging.ERROR)
     strategy, chief = open_strategy(args)                  # before TensorFlow runs anything
+    if args.strategy == "multiworker":
+        from worker_loop import check_same_settings
+        check_same_settings(strategy, fingerprint)
     if not chief:
         if plan == "finish":    # what is left (SWA, config.json) is the chief's alone
             print("training had finished; the chief writes the final models")

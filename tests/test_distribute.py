@@ -399,6 +399,26 @@ def test_a_worker_whose_chief_dies_mid_training_stops_with_one_line(patch_work):
     assert "Traceback" not in out
 
 
+def test_workers_started_with_other_options_are_refused_on_every_task(patch_work):
+    """Worker 0 with --lr 0.01, worker 1 with --lr 0.05: the chief wrote a model of mixed
+    steps and said done, the other worker ended in a traceback."""
+    args = [*plain_arithmetic(patch_work, "mixed"), "--strategy", "multiworker",
+            "--batch-size", "2"]
+    command = [sys.executable, ROOT / "train_unet_xception_resnetblock.py", *map(str, args)]
+    ports = free_ports(2)
+    procs = [subprocess.Popen([*command, "--lr", lr], cwd=ROOT, text=True,
+                              env={**os.environ, "TF_CONFIG": localhost_tf_config(ports, i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i, lr in enumerate(("0.01", "0.05"))]
+    for proc in procs:
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 2, out[-3000:]
+        assert out.rstrip().splitlines()[-1].startswith(
+            "error: the tasks of the cluster were started with other options"), out[-3000:]
+        assert "Traceback" not in out
+    assert not (patch_work / "mixed" / "config.json").exists()
+
+
 def finish(procs, timeout=600):
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outputs):
