@@ -67,7 +67,7 @@ from cli import (IGNORE_LABEL, Interrupted, PipelineError, agreeing,  # noqa: E4
                  WORK_DIR)
 from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, check_page,  # noqa: E402
                           load_model, model_file, own_model_folder, read_config,
-                          snapshot_files, verify_model_file)
+                          snapshot_files, unfinished_training, verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
 from geometry import check_scale  # noqa: E402
 
@@ -598,12 +598,20 @@ def plan_model_folder(model_dir, fingerprint, args, earlier=None):
                             "--work-dir or --model-dir")
     if "result" in old:
         return "done"
+    if epochs_finished(model_dir):
+        return "finish"
     if (model_dir / "backup").is_dir():
         return "resume"
-    state = model_dir / "state.json"
-    if state.is_file() and read_json(state, "training state").get("finished"):
-        return "finish"
     return "fresh"
+
+
+def epochs_finished(model_dir):
+    """Whether state.json marks the epochs all run and saved. Checked before the backup: the
+    mark comes before Keras deletes the backup, and a stop within that deletion left a
+    backup torn in half (the rerun refused it as damaged, telling to --restart a trained
+    model, or resumed from its weights alone at epoch 1)."""
+    state = model_dir / "state.json"
+    return state.is_file() and bool(read_json(state, "training state").get("finished"))
 
 
 def how_it_differs(old, args):
@@ -642,6 +650,8 @@ def prepare_model_folder(model_dir, plan):
                   "saved its first checkpoint")
     model_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(model_dir)
+    if plan == "finish":     # what a deletion cut short left of a backup no longer needed
+        shutil.rmtree(model_dir / "backup", ignore_errors=True)
     if plan in ("fresh", "restart"):
         for stale in [model_dir / "log.csv", model_dir / "state.json", model_dir / "config.json",
                       *model_dir.glob(f"{WEIGHTS_STEM}_*.*"),
@@ -990,6 +1000,7 @@ def check_init_model(args, classes, scale):
     config = read_config(folder, "--init-model")
     path = model_file(folder, config, "best")
     verify_model_file(path, folder, config, unchecked="")
+    note_unfinished_init_model(folder, config)
     theirs = config.get("settings", {}).get("start_neurons", args.start_neurons)
     if theirs != args.start_neurons:
         raise PipelineError(f"--init-model {folder} was built with --start-neurons {theirs}; "
@@ -1004,6 +1015,16 @@ def check_init_model(args, classes, scale):
                             "add --new-head to train a new last layer for these classes")
     return ({"file": str(path.resolve()), "sha256": config["sha256"][path.name]},
             config["train_image_digests"])
+
+
+def note_unfinished_init_model(folder, config):
+    """Say so where --init-model's training was interrupted: its best model so far (of one
+    epoch of 25, say) was taken without a word for the trained model the option names."""
+    progress = unfinished_training(folder, config)
+    if progress is not None:
+        print(f"note: the training of --init-model {folder} has not finished ({progress}): "
+              "fine-tuning starts from its best model so far; rerun its training command "
+              "first to start from the trained model")
 
 
 def refuse_model_file(path):

@@ -479,6 +479,34 @@ def test_a_run_that_keeps_diverging_stops_and_resumes(tmp_path, monkeypatch):
     assert config["result"]["epochs_done"] == 4 and config["result"]["rollbacks_this_run"] == 0
 
 
+@pytest.mark.parametrize("left", ["training_metadata.json", "latest.weights.h5"])
+def test_a_stop_while_a_finished_runs_backup_is_deleted_is_finished_by_the_rerun(
+        tmp_path, monkeypatch, left):
+    """Ctrl-C or SIGTERM while Keras deleted the backup of a run whose epochs had all run
+    left half of it: the rerun refused the record alone as a damaged backup, telling to
+    --restart (train anew), and took the weights alone for a run to start over."""
+    def torn_deletion(self, logs=None):
+        for entry in Path(self.backup_dir).iterdir():
+            if entry.name != left:
+                entry.unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_callbacks.AtomicBackupAndRestore, "on_train_end",
+                        torn_deletion)
+    with pytest.raises(KeyboardInterrupt):
+        short_run(tmp_path, "--epochs", "2")
+    monkeypatch.undo()
+    model_dir = tmp_path / "work" / "weights"
+    assert json.loads((model_dir / "state.json").read_text())["finished"]
+    log, best = (model_dir / "log.csv").read_text(), file_digests(model_dir / "snapshots")
+    config = short_run(tmp_path, "--epochs", "2")
+    assert config["result"]["epochs_done"] == 2
+    # Finished, not trained again: the epochs' log and snapshots are those of the first run.
+    assert (model_dir / "log.csv").read_text() == log
+    assert file_digests(model_dir / "snapshots") == best
+    assert not (model_dir / "backup").exists()
+
+
 def file_digests(folder):
     return {p.relative_to(folder): sha256_of(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -1199,6 +1227,25 @@ def test_a_finished_model_of_other_settings_is_not_told_to_resume(tmp_path):
            f"--init-model {model_dir} and another --model-dir), add --restart" in message
     assert "deleted at the new run's first checkpoint" in message
     assert "resume" not in message
+
+
+def test_fine_tuning_from_an_unfinished_training_says_so(trained_model, tmp_path, capsys):
+    """--init-model of a folder whose training was interrupted took its best model so far
+    (here of 1 epoch of 3) for the trained model, without a word."""
+    root, _ = trained_model
+    folder = tmp_path / "interrupted"
+    shutil.copytree(root / "work" / "weights", folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["result"]
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "state.json").write_text('{"epochs_done": 1, "best_val_loss": 0.5}')
+    args = train.parse_args(["--init-model", str(folder)])
+    train.check_init_model(args, config["classes"], 1.0)
+    assert (f"note: the training of --init-model {folder} has not finished (1 of 3 epochs "
+            "done): fine-tuning starts from its best model so far") in capsys.readouterr().out
+    shutil.copy(root / "work" / "weights" / "config.json", folder / "config.json")
+    train.check_init_model(args, config["classes"], 1.0)      # finished: nothing to say
+    assert "has not finished" not in capsys.readouterr().out
 
 
 def test_a_model_file_given_as_init_model_is_told_to_give_its_folder(tmp_path):
