@@ -1216,7 +1216,7 @@ def train_model(args, held):
     strategy, chief = open_strategy(args)                  # before TensorFlow runs anything
     if args.strategy == "multiworker":
         from worker_loop import check_same_settings
-        check_same_settings(strategy, fingerprint)
+        check_same_settings(strategy, fingerprint, args.restart)
     if not chief:
         if plan == "finish":    # what is left (SWA, config.json) is the chief's alone
             print("training had finished; the chief writes the final models")

@@ -162,16 +162,19 @@ def is_chief(strategy):
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def check_same_settings(strategy, fingerprint):
+def check_same_settings(strategy, fingerprint, restart):
     """Refuse, on every task, a cluster whose tasks were started with other settings or on
-    other patches (the training's settings_fingerprint, 16 hex digits): the chief wrote one
-    run's model from steps that mixed them, unsaid. Every task calls this at the same point."""
-    local = tf.constant([int(fingerprint[i:i + 4], 16) for i in range(0, 16, 4)], tf.float32)
+    other patches (the training's settings_fingerprint, 16 hex digits), or with --restart on
+    some alone (the others resume): the chief wrote one run's model from steps that mixed
+    them, unsaid. Every task calls this at the same point."""
+    local = tf.constant([int(fingerprint[i:i + 4], 16) for i in range(0, 16, 4)]
+                        + [float(restart)], tf.float32)
     every = strategy.gather(strategy.run(lambda: tf.identity(local)[None]), axis=0).numpy()
     if not (every == every[0]).all():
         raise PipelineError("the tasks of the cluster were started with other options or on "
                             "other patches: start every task with the same command on the "
-                            "same work folder's patches (only the folders' paths may differ)")
+                            "same work folder's patches (only the folders' paths may differ; "
+                            "--restart on every task or on none)")
 
 
 def worker_name(strategy):

@@ -399,17 +399,20 @@ def test_a_worker_whose_chief_dies_mid_training_stops_with_one_line(patch_work):
     assert "Traceback" not in out
 
 
-def test_workers_started_with_other_options_are_refused_on_every_task(patch_work):
+@pytest.mark.parametrize("options", [(["--lr", "0.01"], ["--lr", "0.05"]), ([], ["--restart"])],
+                         ids=["lr", "restart-on-one"])
+def test_workers_started_with_other_options_are_refused_on_every_task(patch_work, options):
     """Worker 0 with --lr 0.01, worker 1 with --lr 0.05: the chief wrote a model of mixed
-    steps and said done, the other worker ended in a traceback."""
+    steps and said done, the other worker ended in a traceback. --restart on one task alone
+    trains anew there while the others resume."""
     args = [*plain_arithmetic(patch_work, "mixed"), "--strategy", "multiworker",
             "--batch-size", "2"]
     command = [sys.executable, ROOT / "train_unet_xception_resnetblock.py", *map(str, args)]
     ports = free_ports(2)
-    procs = [subprocess.Popen([*command, "--lr", lr], cwd=ROOT, text=True,
+    procs = [subprocess.Popen([*command, *extra], cwd=ROOT, text=True,
                               env={**os.environ, "TF_CONFIG": localhost_tf_config(ports, i)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for i, lr in enumerate(("0.01", "0.05"))]
+             for i, extra in enumerate(options)]
     for proc in procs:
         out = proc.communicate(timeout=300)[0]
         assert proc.returncode == 2, out[-3000:]
