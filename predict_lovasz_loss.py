@@ -402,7 +402,8 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
             if background is None:
                 background = background_only(np.asarray(
                     predict_batch_fn(prepare(inputs)[np.newaxis]), np.float64)[0])
-            rows.add(y, x, background, window * FLAT_TILE_WEIGHT)
+            # as once for each transform, as the other tiles are added
+            rows.add(y, x, background, window * (FLAT_TILE_WEIGHT * len(transforms)))
         for k, inp in [] if flat else inputs:
             pending.append((y, x, k, inp))
             if len(pending) == batch_size:
@@ -1047,7 +1048,7 @@ def main(argv=None):
               f"{agreeing(len(skipped), 'is', 'are')} of an image format not read and "
               f"{agreeing(len(skipped), 'is', 'are')} skipped: {some_names(skipped)} (images are "
               f"{', '.join(IMAGE_EXTS)}; save "
-              "them as PNG or TIFF)")
+              f"{agreeing(len(skipped), 'it', 'them')} as PNG or TIFF)")
     if not images:
         raise PipelineError(f"no images in {src}")
     frames, everything = images, list(images)
@@ -1159,7 +1160,8 @@ def main(argv=None):
         if args.shard:
             # merged later; the chart goes to figures/ then, with every image in it
             record.update(shard=list(args.shard), all_images=everything,
-                          chart_copy=str(chart_copy.resolve()) if chart_copy else None)
+                          chart_copy=str(chart_copy.resolve()) if chart_copy else None,
+                          named_after_input=bool(args.input and not args.output))
         if args.input and not args.output:
             # Again: another input of the name may have been predicted there while this ran.
             check_same_input(out, src)
@@ -1178,10 +1180,10 @@ def merge(args):
     for folder, record in zip(folders, records):
         check_shard_files(folder, record)
     check_replaceable(out, MARKER)
-    if not args.output:
+    first = records[0]
+    if not args.output and first.get("named_after_input"):
         # Named after the input as a single run's folder is, it may hold the predictions of
         # another input of that name (day1/images, day2/images), which a single run keeps.
-        first = records[0]
         check_same_input(out, Path(first["input_file"] or first["input_dir"]))
     classes = records[0]["classes"]
     per_image = {}

@@ -134,6 +134,10 @@ def test_tiles_of_one_value_skip_the_network(transforms):
     expected = P.predict_frame(everything_is_a_cell, image, 32, 0.5, "gaussian", batch_size=1,
                                transforms=transforms, prepare=as_float_tile)
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-12)
+    # A flat tile weighs as one per transform, as the tiles beside it: with a model that
+    # turning does not change, the transforms change nothing.
+    plain = P.predict_frame(everything_is_a_cell, image, 32, 0.5, "gaussian", prepare=as_float_tile)
+    np.testing.assert_allclose(probs, plain, rtol=0, atol=1e-12)
     seen.clear()
     P.predict_frame(counting, np.zeros((50, 70, 3), np.uint16), 32, 0.25, "gaussian",
                     prepare=as_float_tile)

@@ -242,3 +242,20 @@ def test_shards_of_two_models_in_one_model_folder_are_not_merged(model_dir, work
         P.main(["--work-dir", str(work), "--merge",
                 *(str(work / "test" / f"predict_shard{i}of2") for i in (1, 2))])
     assert not (work / "test" / "predict").exists()
+
+
+def test_test_set_shards_replace_the_test_sets_predictions_as_one_run_does(model_dir, work):
+    """A work folder moved (to a cluster's scratch disk): its test/predict records the test
+    set where it was. A single run replaces it; the merge refused it as another input's."""
+    import json
+    base = ["--work-dir", str(work), "--model-dir", str(model_dir)]
+    P.main(base)
+    record = work / "test" / "predict" / "predict.json"
+    moved = {**json.loads(record.read_text()), "input_dir": "/elsewhere/work/test/src"}
+    record.write_text(json.dumps(moved))
+    for i in (1, 2):
+        P.main([*base, "--shard", f"{i}/2"])
+    P.main(["--work-dir", str(work), "--merge",
+            *(str(work / "test" / f"predict_shard{i}of2") for i in (1, 2))])
+    merged = json.loads(record.read_text())
+    assert merged["input_dir"] == str((work / "test" / "src").resolve())
