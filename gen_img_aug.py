@@ -199,9 +199,9 @@ def labelled_images(data_dir, classes, intensity, page=None):
             outlines[name] = found
     if stored:
         raise PipelineError(f"{count_of(len(stored), 'label')} "
-                            f"{agreeing(len(stored), 'lines', 'line')} up with their image's "
-                            "stored pixels, not with the image as its EXIF Orientation tag shows "
-                            "it: "
+                            f"{agreeing(len(stored), 'lines up with its', 'line up with their')} "
+                            "image's stored pixels, not with the image as its EXIF Orientation "
+                            "tag shows it: "
                             f"{some_names(stored)}; draw or turn the labels on the image as "
                             "viewers and LabelMe show it")
     report_unused_labels(Path(data_dir), [lbl for _, lbl, _ in table.values()])
@@ -356,8 +356,10 @@ def check_mask_labels(values_of, table, data_dir):
     if any(IGNORE_LABEL in values and has_object(values) for values in values_of.values()):
         print(f"note: {count_of(len(masks), 'label')} in {Path(data_dir) / 'label'} "
               f"{agreeing(len(masks), 'holds', 'hold')} only background "
-              f"and ignored pixels ({some_names(masks)}); if they are 0/{IGNORE_LABEL} masks, "
-              f"their objects train as ignored pixels: {advice}")
+              f"and ignored pixels ({some_names(masks)}); if "
+              f"{agreeing(len(masks), 'it is a', 'they are')} 0/{IGNORE_LABEL} "
+              f"{agreeing(len(masks), 'mask', 'masks')}, {agreeing(len(masks), 'its', 'their')} "
+              f"objects train as ignored pixels: {advice}")
         return
     raise PipelineError(f"{count_of(len(masks), 'label')} in {Path(data_dir) / 'label'} "
                         f"{agreeing(len(masks), 'holds', 'hold')} only the "
@@ -524,7 +526,7 @@ def note_small_frames(sizes, patch_size):
     if small:
         shown = some_names([f"{name} {w}x{h}" for name, (h, w) in sorted(small.items())])
         print(f"note: {len(small)} of {count_of(len(sizes), 'training frame')} "
-              f"{agreeing(len(sizes), 'is', 'are')} smaller than the {patch_size} px patches "
+              f"{agreeing(len(small), 'is', 'are')} smaller than the {patch_size} px patches "
               f"({shown}): their patches are filled with the frame mirrored; use a smaller "
               "--patch-size, or leave them out")
 
@@ -539,10 +541,11 @@ def check_memory(shapes, patch_size, workers):
     available = available_memory()
     if available is not None and needed > 0.8 * available:
         raise PipelineError(f"--patch-size {patch_size} needs about {needed / 2 ** 30:.1f} GiB "
-                            f"({count_of(workers, 'worker')}, each holding a {max(w, patch_size)}x"
-                            f"{max(h, patch_size)} padded image) but {available / 2 ** 30:.1f} "
-                            f"GiB is free; use a patch size near the image size (largest "
-                            f"image {w}x{h}) or fewer --workers")
+                            f"({count_of(workers, 'worker')}, "
+                            f"{agreeing(workers, 'holding', 'each holding')} a "
+                            f"{max(w, patch_size)}x{max(h, patch_size)} padded image) but "
+                            f"{available / 2 ** 30:.1f} GiB is free; use a patch size near the "
+                            f"image size (largest image {w}x{h}) or fewer --workers")
 
 
 def available_memory():

@@ -114,7 +114,7 @@ def check_finite(img, what):
         bad = int(np.count_nonzero(~np.isfinite(img)))
         if bad:
             raise PipelineError(f"{what} has {count_of(bad, 'NaN or infinite pixel')}; replace "
-                                "them with a "
+                                f"{agreeing(bad, 'it', 'them')} with a "
                                 "number (e.g. 0 or the background level) and run again")
 
 

@@ -17,7 +17,7 @@ into pieces is several components: neither is found.
 import cv2
 import numpy as np
 
-from cli import IGNORE_LABEL, count_of
+from cli import IGNORE_LABEL, agreeing, count_of
 
 MIN_AREA = 400          # pixels of hull: far below a cell in any data set measured
 MAX_FILLED = 0.4        # share of its hull an outline covers (0.066 and 0.081 on bbbc030's)
@@ -146,5 +146,6 @@ def describe_bare_outlines(name, found):
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
     return (f"warning: the label of {name} holds {count_of(len(found), 'object')} drawn as a "
             "bare outline "
-            f"({where}{more}): the inside counts as background; fill them, or paint each "
+            f"({where}{more}): the inside counts as background; fill "
+            f"{agreeing(len(found), 'it', 'them')}, or paint each "
             f"outline and its inside {IGNORE_LABEL} (ignore)")

@@ -314,7 +314,8 @@ def rasterize_shapes(shapes, height, width, class_index, line_width=DEFAULT_LINE
         raise PipelineError(f"{agreeing(len(empty), 'shape', 'shapes')} {', '.join(empty)} "
                             f"{agreeing(len(empty), 'covers', 'cover')} no pixel of the {height} x "
                             f"{width} image: outside it, of zero area, or between pixel "
-                            "centres; redraw or delete them in LabelMe")
+                            f"centres; redraw or delete {agreeing(len(empty), 'it', 'them')} "
+                            "in LabelMe")
     if hidden is not None:
         shown = set(np.unique(owner).tolist())
         hidden += [f"{n} ({type_of(s)} {s.get('label')!r})" for n, s in enumerate(shapes, 1)
@@ -786,8 +787,9 @@ def convert(json_path, data, class_index, data_dir, line_width, point_radius, st
     if hidden:
         print(f"note: {json_path}: {agreeing(len(hidden), 'shape', 'shapes')} {some_names(hidden)} "
               f"{agreeing(len(hidden), 'is', 'are')} wholly covered by later "
-              "shapes, which are drawn over earlier ones (as LabelMe's export does): move them "
-              "up in LabelMe's list if they should show")
+              "shapes, which are drawn over earlier ones (as LabelMe's export does): move "
+              f"{agreeing(len(hidden), 'it', 'them')} up in LabelMe's list if "
+              f"{agreeing(len(hidden), 'it', 'they')} should show")
     write_pair(json_path, data, image, label, data_dir, staging, written,
                source_pixel_size(json_path, data, image, allowed_roots))
     return np.bincount(label.ravel(), minlength=IGNORE_LABEL + 1)
