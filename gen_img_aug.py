@@ -527,8 +527,9 @@ def note_small_frames(sizes, patch_size):
         shown = some_names([f"{name} {w}x{h}" for name, (h, w) in sorted(small.items())])
         print(f"note: {len(small)} of {count_of(len(sizes), 'training frame')} "
               f"{agreeing(len(small), 'is', 'are')} smaller than the {patch_size} px patches "
-              f"({shown}): their patches are filled with the frame mirrored; use a smaller "
-              "--patch-size, or leave them out")
+              f"({shown}): {agreeing(len(small), 'its', 'their')} patches are filled with the "
+              "frame mirrored; use a smaller --patch-size, or leave "
+              f"{agreeing(len(small), 'it', 'them')} out")
 
 
 def check_memory(shapes, patch_size, workers):

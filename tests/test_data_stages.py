@@ -845,8 +845,9 @@ def test_training_frames_smaller_than_a_patch_are_noted(tmp_path, capsys):
     data = make_dataset(tmp_path / "data", [(40, 60), (100, 100), (100, 90), (70, 70)])
     (data / "test.txt").write_text("im03\n")
     run_aug(data, tmp_path / "w", "--patch-size", "64")
-    assert "note: 1 of 3 training frames are smaller than the 64 px patches (im00 60x40)" in \
-        capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "note: 1 of 3 training frames is smaller than the 64 px patches (im00 60x40): " \
+        "its patches are filled" in out and "or leave it out" in out
 
 
 def test_a_rerun_that_fails_while_writing_leaves_the_earlier_work_folder_usable(
