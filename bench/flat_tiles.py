@@ -24,10 +24,10 @@ import hardware  # noqa: E402
 hardware.prepare_tensorflow()
 
 import predict_lovasz_loss as P  # noqa: E402
+# speed.py's frame, tile and preprocessing: the same prediction that speed.py times
+from speed import FRAMES, PREDICT_TILE as TILE, PREPROCESSING  # noqa: E402
 
-FRAME = (1032, 1376)
-TILE = 128
-PREPROCESSING = {"mean": [128.0], "std": [40.0], "gamma": 1.2}
+FRAME = FRAMES["1376x1032"]
 
 
 def seconds_per_frame(run, frames, repeats):
