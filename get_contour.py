@@ -46,6 +46,7 @@ classes overwrite earlier ones; other pixels are background.
 """
 import argparse
 import csv
+from collections import Counter
 from contextlib import nullcontext
 import math
 import os
@@ -526,7 +527,7 @@ def prediction_info(pred_dir):
     if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)
             and isinstance(images, list) and all(isinstance(n, str) for n in images)):
         raise PipelineError(f"{path}: 'classes' and 'images' must be lists of names")
-    twice = sorted({n for n in images if images.count(n) > 1})
+    twice = sorted(n for n, count in Counter(images).items() if count > 1)
     if twice:
         # Their objects would be counted and written to objects.csv once for each listing.
         raise PipelineError(f"{path} lists {some_names(twice)} more than once (changed by "
