@@ -10,7 +10,7 @@ from cli import PipelineError, existing_folder, read_json
 from outputs import same_or_inside
 
 # Keys a shard adds to the record of its run; the merged record is the single run's.
-SHARD_KEYS = ("shard", "all_images", "chart_copy")
+SHARD_KEYS = ("shard", "all_images", "chart_copy", "named_after_input")
 SHARD_SUFFIX = re.compile(r"_shard\d+of\d+")
 
 
