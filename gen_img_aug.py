@@ -568,7 +568,7 @@ def split_names(names, data_dir, test_size, random_state, stack_of=None, file_of
         listed = read_name_list(fixed)
         if not listed:      # a list emptied by mistake, or meant: usable either way
             print(f"note: {fixed} lists no image, so all {count_of(len(names), 'image')} "
-                  f"{'trains' if len(names) == 1 else 'train'} and none is "
+                  f"{agreeing(len(names), 'trains', 'train')} and none is "
                   "held out for testing (prediction finds no test image to score); list test "
                   "images there, or remove it for the paper's random split")
         test_set = listed_frames(listed, names, file_of or {}, fixed)
@@ -635,7 +635,7 @@ def warn_of_split_stacks(test, stack_of, fixed):
         if 0 < len(held_out) < len(planes):
             print(f"warning: {fixed} lists {some_names(held_out)} but not the other "
                   f"{count_of(len(planes) - len(held_out), 'plane')} of the stack {stack}, "
-                  f"which {'trains' if len(planes) - len(held_out) == 1 else 'train'}; "
+                  f"which {agreeing(len(planes) - len(held_out), 'trains', 'train')}; "
                   "neighbouring planes look alike, so their test scores will flatter the "
                   "model (list the stack's name to hold out all its planes)")
 

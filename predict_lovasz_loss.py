@@ -409,10 +409,10 @@ def predict_bands(predict_batch_fn, read_rows, h, w, tile, overlap=0.25, blend="
             if len(pending) == batch_size:
                 background = run_pending()
         # Tiles come row by row: rows above the first tile not yet added in full are final.
-        first_open = pending[0][0] if pending else (
-            positions[t + 1][0] if t + 1 < len(positions) else h)
-        if min(h, first_open) > rows.top:
-            yield rows.top, rows.pop(min(h, first_open))[:, :w]
+        final = min(h, pending[0][0] if pending else (
+            positions[t + 1][0] if t + 1 < len(positions) else h))
+        if final > rows.top:
+            yield rows.top, rows.pop(final)[:, :w]
     if pending:
         run_pending()
         yield rows.top, rows.pop(h)[:, :w]
@@ -758,7 +758,7 @@ def check_label_classes(label_dir, classes, model_dir):
         raise PipelineError(f"the labels in {label_dir} are of the classes {theirs} ({listed}); "
                             f"{model_dir} was trained for {classes}, before "
                             f"{', '.join(map(repr, added))} {agreeing(len(added), 'was', 'were')} "
-                            f"added, and never predicts {'it' if len(added) == 1 else 'them'}: "
+                            f"added, and never predicts {agreeing(len(added), 'it', 'them')}: "
                             "score the labels with a model trained for their classes "
                             f"(train_unet_xception_resnetblock.py --init-model {model_dir} "
                             "--new-head, with a --model-dir of its own)")

@@ -169,12 +169,17 @@ def check_same_settings(strategy, fingerprint, restart):
     them, unsaid. Every task calls this at the same point."""
     local = tf.constant([int(fingerprint[i:i + 4], 16) for i in range(0, 16, 4)]
                         + [float(restart)], tf.float32)
-    every = strategy.gather(strategy.run(lambda: tf.identity(local)[None]), axis=0).numpy()
+    every = every_replicas(strategy, local).numpy()
     if not (every == every[0]).all():
         raise PipelineError("the tasks of the cluster were started with other options or on "
                             "other patches: start every task with the same command on the "
                             "same work folder's patches (only the folders' paths may differ; "
                             "--restart on every task or on none)")
+
+
+def every_replicas(strategy, values):
+    """values as every replica of every worker holds them, one row each."""
+    return strategy.gather(strategy.run(lambda: tf.identity(values)[None]), axis=0)
 
 
 def worker_name(strategy):
@@ -231,8 +236,7 @@ class WorkerLoop:
 
     def _agree_replicas(self, values):
         # tf.distribute reduces only by SUM and MEAN: the largest comes from a gather.
-        per_replica = self.strategy.run(lambda: tf.identity(values)[None])
-        return tf.reduce_max(self.strategy.gather(per_replica, axis=0), axis=0)
+        return tf.reduce_max(every_replicas(self.strategy, values), axis=0)
 
     def _agree(self):
         """Every worker takes the largest of the workers' schedule progress and stop flags,
