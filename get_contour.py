@@ -63,7 +63,8 @@ from band_objects import objects_of_class, outline_length
 from touching import SPLIT_DEPTH, split_touching
 from outputs import (COLOR_SUFFIX, PROB_INFIX, check_name_fits, contour_file, file_digests,
                      output_lock, prob_file, same_or_inside, staged_output, write_json)
-from shards import copy_shard_files, merge_object_tables, open_shards, run_settings
+from shards import (check_shard_holds, copy_shard_files, merge_object_tables, open_shards,
+                    run_settings)
 from cli import (PipelineError, agreeing, count_of, finite_float, non_negative_float,
                  positive_float, read_classes, read_json, refuse_options_beside_merge, run_cli,
                  some_names, unexpanded_pattern, WORK_DIR)
@@ -934,22 +935,14 @@ def check_object_table(folder):
                             "again")
 
 
-def check_contour_pictures(folder, record):
-    """Refuse a shard's folder that lacks a contour picture its run drew (deleted or moved
-    since): the merged folder would lack it unsaid, beside the frame's rows in objects.csv."""
-    missing = [name for name in record["images"] if not (folder / contour_file(name)).is_file()]
-    if missing:
-        raise PipelineError(f"{folder} lacks {contour_file(missing[0])}, which its run drew for "
-                            f"frame {missing[0]}: put it back, or run get_contour.py on that "
-                            "shard again")
-
-
 def merge(args):
     """--merge: the contour folders of prediction shards as the folder one run writes."""
     folders, records, everything, out = open_shards(args.merge, args.output, SHARD_RECORD)
     for folder, record in zip(folders, records):
         check_object_table(folder)
-        check_contour_pictures(folder, record)
+        # its contour pictures: the merged folder would lack one unsaid, beside its rows
+        check_shard_holds(folder, ((name, [contour_file(name)]) for name in record["images"]),
+                          "run get_contour.py on that shard again")
     with output_lock(out, Path(__file__).name), staged_output(out, MARKER) as staging:
         copy_shard_files(folders, staging, skip={MARKER, SHARD_RECORD})
         count = merge_object_tables([f / MARKER for f in folders], everything, staging / MARKER)

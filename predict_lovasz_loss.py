@@ -117,8 +117,8 @@ from whole_slide import (STREAM_ABOVE_MP, ArrayRows, Overview, StreamedFrame,  #
 from outputs import (atomic_write_text, check_name_fits, check_replaceable,  # noqa: E402
                      color_file, contour_file, file_digests, output_lock, prob_file,
                      same_or_inside, sha256_of, staged_output, write_json)
-from shards import (copy_shard_files, merged_record, open_shards, shard_folder,  # noqa: E402
-                    shard_names, shard_option)
+from shards import (check_shard_holds, copy_shard_files, merged_record,  # noqa: E402
+                    open_shards, shard_folder, shard_names, shard_option)
 from cli import (PipelineError, agreeing, check_split_written, count_of, read_json,  # noqa: E402
                  existing_folder, finite_float, nfc, non_negative_float, non_negative_int,
                  positive_int, read_classes, refuse_file, refuse_options_beside_merge,
@@ -1206,19 +1206,18 @@ REPORT_FILES = ("iou.csv", "iou.json", "iou.png", "iou.pdf")
 
 
 def check_shard_files(folder, record):
-    """Refuse a shard folder that lacks a file its run wrote (deleted or moved since): the
-    merged folder would list a frame whose mask is not there."""
+    """shards.check_shard_holds for a prediction shard: its masks, probability maps and
+    LabelMe files."""
     streamed = set(record.get("streamed") or ())
-    for name in record["images"]:
-        files = output_files(name, record["classes"],
-                             mask_file_suffix(name, streamed, record.get("mask_format")),
-                             record.get("probability_maps"))
-        if record.get("labelme"):
-            files.append(f"labelme/{name}.json")
-        missing = [file for file in files if not (folder / file).is_file()]
-        if missing:
-            raise PipelineError(f"{folder} lacks {missing[0]}, which its run wrote for frame "
-                                f"{name}: put it back, or predict that shard again")
+
+    def files(name):
+        written = output_files(name, record["classes"],
+                               mask_file_suffix(name, streamed, record.get("mask_format")),
+                               record.get("probability_maps"))
+        return written + ([f"labelme/{name}.json"] if record.get("labelme") else [])
+
+    check_shard_holds(folder, ((name, files(name)) for name in record["images"]),
+                      "predict that shard again")
 
 
 def relocate_labelme(folders, staging, final):

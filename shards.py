@@ -122,6 +122,17 @@ def copy_shard_files(folders, staging, skip):
                 shutil.copy2(entry, staging / entry.name)
 
 
+def check_shard_holds(folder, files_of_frames, redo):
+    """Refuse a shard folder that lacks a file its run wrote (deleted or moved since): the
+    merged folder would list a frame without it. files_of_frames: (frame, its files);
+    redo: how to make the shard again."""
+    for name, files in files_of_frames:
+        missing = next((file for file in files if not (Path(folder) / file).is_file()), None)
+        if missing:
+            raise PipelineError(f"{folder} lacks {missing}, which its run wrote for frame "
+                                f"{name}: put it back, or {redo}")
+
+
 def merged_record(records, everything):
     """The record a single run over all images writes."""
     merged = {k: v for k, v in records[0].items() if k not in SHARD_KEYS}
