@@ -15,6 +15,24 @@ from patch_preprocessing import check_preprocessing
 ARGMAX, SIGMOID_RULE = DECISIONS = ("argmax", "sigmoid>0.51")
 
 
+def aside_folder(model_dir):
+    """Where training's --restart moves the earlier model folder until the new run's first
+    checkpoint."""
+    model_dir = Path(model_dir)
+    return model_dir.with_name(f"{model_dir.name}.previous")
+
+
+def aside_hint(model_dir):
+    """Where the model a --restart replaces still lies, if one does: a prediction between a
+    --restart and its first checkpoint (or after a restart stopped before one) finds no
+    model in the folder, and the one it ran with until then is in <model-dir>.previous."""
+    aside = aside_folder(model_dir)
+    if not (aside / "config.json").is_file():
+        return ""
+    return (f"; the model trained there before a --restart is in {aside} until the new "
+            f"run's first checkpoint (--model-dir {aside} predicts with it)")
+
+
 def read_config(model_dir, option="--model-dir"):
     """The model folder's config.json, checked field by field; `option` names where the
     folder came from."""
@@ -26,7 +44,7 @@ def read_config(model_dir, option="--model-dir"):
         inside = Path(model_dir) / "weights" / "config.json"
         hint = f" ({inside.parent} holds one)" if inside.is_file() else ""
         raise PipelineError(f"{path} not found: train a model first, or point {option} at "
-                            f"a model folder{hint}")
+                            f"a model folder{hint}{aside_hint(model_dir)}")
     config = read_json(path, "model config")
     if not isinstance(config, dict):
         raise PipelineError(f"{path} is not a model config written by training")
@@ -173,7 +191,7 @@ def missing_model_hint(model_dir, config, choice):
     progress = unfinished_training(model_dir, config)
     if progress is not None:
         return (f" (its training has not finished: {progress}; rerun the training command "
-                "to finish it)")
+                f"to finish it{aside_hint(model_dir)})")
     if choice != "swa":
         return ""
     settings = config.get("settings")

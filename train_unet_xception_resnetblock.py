@@ -65,8 +65,8 @@ from cli import (IGNORE_LABEL, Interrupted, PipelineError, agreeing,  # noqa: E4
                  positive_int,
                  read_classes, read_json, refuse_file, run_cli, seed_value, some_names,
                  WORK_DIR)
-from model_folder import (ARGMAX, SIGMOID_RULE, check_orientations, check_page,  # noqa: E402
-                          load_model, model_file, own_model_folder, read_config,
+from model_folder import (ARGMAX, SIGMOID_RULE, aside_folder, check_orientations,  # noqa: E402
+                          check_page, load_model, model_file, own_model_folder, read_config,
                           snapshot_files, unfinished_training, verify_model_file)
 from patch_preprocessing import MEAN_STD_NAME, load_mean_std  # noqa: E402
 from geometry import check_scale  # noqa: E402
@@ -534,10 +534,6 @@ def holds_checkpoint(model_dir):
 def holds_training(model_dir):
     return model_dir.is_dir() and (holds_checkpoint(model_dir) or (model_dir / "backup").is_dir()
                                    or (model_dir / "state.json").is_file())
-
-
-def aside_folder(model_dir):
-    return model_dir.with_name(f"{model_dir.name}.previous")
 
 
 def written_by_training(name):

@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -458,6 +459,28 @@ def test_a_missing_model_file_is_explained_by_what_the_model_folder_records(tmp_
     del config["settings"]      # not written by training: it cannot tell
     with pytest.raises(PipelineError, match=r"not found \(trained with --swa-epochs 0\?\)$"):
         P.model_file(tmp_path, config, "swa")
+
+
+def test_a_model_folder_mid_restart_names_the_folder_holding_its_earlier_model(tmp_path):
+    """--restart moves the model folder to <model-dir>.previous until the new run's first
+    checkpoint: a prediction meanwhile (or after the restart stopped before one) finds no
+    model, and the one it predicted with until then is still there to be used."""
+    folder, aside = tmp_path / "weights", tmp_path / "weights.previous"
+    folder.mkdir()
+    with pytest.raises(PipelineError, match=r"train a model first, or point --model-dir at "
+                                            r"a model folder$"):
+        P.read_config(folder)
+    aside.mkdir()
+    (aside / "config.json").write_text("{}")
+    hint = (f"; the model trained there before a --restart is in {aside} until the new run's "
+            f"first checkpoint (--model-dir {aside} predicts with it)")
+    with pytest.raises(PipelineError, match=re.escape(f"a model folder{hint}") + "$"):
+        P.read_config(folder)
+    config = {"weights_files": {"best": "m_best.h5"}, "settings": training_settings()}
+    with pytest.raises(PipelineError, match=re.escape(
+            f"(its training has not finished: no epoch done yet; rerun the training command "
+            f"to finish it{hint})") + "$"):
+        P.model_file(folder, config, "best")
 
 
 def test_an_unfinished_training_is_noted_as_far_as_it_got(tmp_path, capsys):
