@@ -44,7 +44,7 @@ import os
 import shutil
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from hardware import add_precision_option, keep_nan_visible, prepare_tensorflow, use_precision
@@ -941,24 +941,19 @@ def faint_filter_outdated(args, config, val_frames):
     return args.faint_filter == "calibrate" and bool(val_frames) and not config.get("faint_filter")
 
 
-def refilter_finished(args, model_dir, val_frames):
-    """Record the --faint-filter asked for in a finished model folder where it is outdated;
-    whether there was anything to do. Under --strategy multiworker every worker reruns the
-    command and the chief alone records it."""
+def finish_done(args, model_dir, val_frames):
+    """A rerun of a finished training: record the --faint-filter asked for where the folder's
+    is outdated, else nothing to do. Under --strategy multiworker the chief alone."""
     config = read_json(model_dir / "config.json", "model config")
     if not faint_filter_outdated(args, config, val_frames):
-        return False
-    if args.strategy == "multiworker":
-        _, chief = open_strategy(args)
-        if not chief:
-            print("the chief records the faint-object filter")
-            return True
+        print(f"{model_dir} already holds the model this command trains; nothing to do "
+              "(add --restart to train it again)")
+        return
     precision = use_precision(args.precision)
     config["faint_filter"] = calibrate_faint_filter(args, model_dir, val_frames, precision)
     config["settings"]["faint_filter"] = args.faint_filter
     write_json(model_dir / "config.json", config)
     print(f"{model_dir}: the trained model now has --faint-filter {args.faint_filter}")
-    return True
 
 
 # ---------------------------------------------------------------- main
@@ -1175,34 +1170,33 @@ def hold_model_folder(held, model_dir, plan, *fingerprints):
 def train_model(args, held):
     """Train as args say, the locks on the work and model folders entered into the
     ExitStack held."""
-    work = existing_folder(args.work_dir, "--work-dir",
-                           "run gen_img_aug.py and pre_processing.py first")
-    held.enter_context(work_read_lock(work))
-    model_dir = model_folder(args)
-    refuse_file(model_dir, "--model-dir")
-    check_model_dir(model_dir, work, args.data_dir, args.init_model)
-    classes, stats, split, patch_shape, recorded, init = check_inputs(args, work)
-    train_names, val_names = split["train"], split["val"]
-    labels = labels_digest(work, train_names + val_names, classes, args.data_dir)
-    fingerprint = settings_fingerprint(args, stats, split, init, classes, labels)
-    earlier = earlier_fingerprint(args, stats, split, init)
-    plan = plan_model_folder(model_dir, fingerprint, args, earlier)
-    if plan == "fresh" and not args.restart and holds_training(aside_folder(model_dir)):
-        # Left by a --restart stopped before its first checkpoint: the model it replaces.
-        raise PipelineError(f"{aside_folder(model_dir)} holds the model folder a --restart "
-                            "moved aside, which this run would delete once it has a "
-                            "checkpoint: add --restart to train anew and let it go, or "
-                            f"remove {model_dir} (it holds no model) and move the earlier "
-                            "folder back in its place (or elsewhere) to keep it")
+    with refusal_told_to_cluster(args):
+        work = existing_folder(args.work_dir, "--work-dir",
+                               "run gen_img_aug.py and pre_processing.py first")
+        held.enter_context(work_read_lock(work))
+        model_dir = model_folder(args)
+        refuse_file(model_dir, "--model-dir")
+        check_model_dir(model_dir, work, args.data_dir, args.init_model)
+        classes, stats, split, patch_shape, recorded, init = check_inputs(args, work)
+        train_names, val_names = split["train"], split["val"]
+        labels = labels_digest(work, train_names + val_names, classes, args.data_dir)
+        fingerprint = settings_fingerprint(args, stats, split, init, classes, labels)
+        earlier = earlier_fingerprint(args, stats, split, init)
+        plan = plan_model_folder(model_dir, fingerprint, args, earlier)
+        if plan == "fresh" and not args.restart and holds_training(aside_folder(model_dir)):
+            # Left by a --restart stopped before its first checkpoint: the model it replaces.
+            raise PipelineError(f"{aside_folder(model_dir)} holds the model folder a "
+                                "--restart moved aside, which this run would delete once it "
+                                "has a checkpoint: add --restart to train anew and let it go, "
+                                f"or remove {model_dir} (it holds no model) and move the "
+                                "earlier folder back in its place (or elsewhere) to keep it")
     # A multiworker process knows the folder it writes (the chief's, or a scratch one) only
     # once the cluster has formed.
     if args.strategy != "multiworker":
         hold_model_folder(held, model_dir, plan, fingerprint, args, earlier)
-    if plan == "done":
-        if not refilter_finished(args, model_dir, split["val_frames"]):
-            print(f"{model_dir} already holds the model this command trains; nothing to do "
-                  "(add --restart to train it again)")
-        return
+        if plan == "done":
+            finish_done(args, model_dir, split["val_frames"])
+            return
 
     import absl.logging
     import keras
@@ -1211,8 +1205,15 @@ def train_model(args, held):
     absl.logging.set_verbosity(absl.logging.ERROR)
     strategy, chief = open_strategy(args)                  # before TensorFlow runs anything
     if args.strategy == "multiworker":
-        from worker_loop import check_same_settings
-        check_same_settings(strategy, fingerprint, args.restart)
+        from worker_loop import agree_to_start
+        if agree_to_start(strategy, fingerprint, args.restart, done=chief and plan == "done"):
+            if chief:
+                hold_model_folder(held, model_dir, plan, fingerprint, args, earlier)
+                finish_done(args, model_dir, split["val_frames"])
+            else:
+                print("the chief's model folder holds the model this command trains "
+                      "already; nothing to do here")
+            return
     if not chief:
         if plan == "finish":    # what is left (SWA, config.json) is the chief's alone
             print("training had finished; the chief writes the final models")
@@ -1388,6 +1389,29 @@ def open_strategy(args):
         return strategy, is_chief(strategy)
     from distribute import make_strategy
     return make_strategy(args.strategy, args.cpu_devices), True
+
+
+@contextmanager
+def refusal_told_to_cluster(args):
+    """A task of a --strategy multiworker run that refuses to train (its work or model
+    folder) tells the others, which waited for it until --cluster-timeout (for ever with 0)
+    and then said only that the cluster did not form: its refusal is printed at once, the
+    cluster forms, and every task stops with one line."""
+    try:
+        yield
+    except PipelineError as refusal:
+        if args.strategy != "multiworker":
+            raise
+        print(f"error: {refusal}", file=sys.stderr, flush=True)
+        print("telling the other tasks of the cluster, which wait for this one", flush=True)
+        try:
+            strategy, _ = open_strategy(args)
+        except PipelineError as err:
+            raise PipelineError(f"the other tasks could not be told: {err}") from None
+        from worker_loop import agree_to_start
+        agree_to_start(strategy, None, args.restart, refused=True)
+        raise PipelineError("this task refused to train (the error above); the other tasks "
+                            "of the cluster were told and stop too") from None
 
 
 def worker_scratch(held, model_dir, strategy, fingerprint, args, earlier):

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import numpy as np
 import tensorflow as tf
 
-from cli import PipelineError, count_of
+from cli import PipelineError, agreeing, count_of
 from distribute import read_tf_config
 
 
@@ -162,19 +162,45 @@ def is_chief(strategy):
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def check_same_settings(strategy, fingerprint, restart):
-    """Refuse, on every task, a cluster whose tasks were started with other settings or on
-    other patches (the training's settings_fingerprint, 16 hex digits), or with --restart on
-    some alone (the others resume): the chief wrote one run's model from steps that mixed
-    them, unsaid. Every task calls this at the same point."""
-    local = tf.constant([int(fingerprint[i:i + 4], 16) for i in range(0, 16, 4)]
-                        + [float(restart)], tf.float32)
+def agree_to_start(strategy, fingerprint, restart, refused=False, done=False):
+    """Whether the chief's model folder holds the model the command trains already (done:
+    every task then stops, as one process does), agreed by every task at the same point.
+    Refused on every task first: a cluster one of whose tasks refused to train (its work or
+    model folder; refused, its fingerprint None), where the others waited for it until
+    --cluster-timeout; and one whose tasks were started with other settings or on other
+    patches (the training's settings_fingerprint, 16 hex digits), or with --restart on some
+    alone (the others resume): the chief wrote one run's model from steps that mixed them,
+    unsaid. A refusing task learns nothing here: it raises its own refusal after."""
+    digits = fingerprint or "0" * 16
+    local = tf.constant([int(digits[i:i + 4], 16) for i in range(0, 16, 4)]
+                        + [float(restart), float(refused), float(done), task_number(strategy)],
+                        tf.float32)
     every = every_replicas(strategy, local).numpy()
-    if not (every == every[0]).all():
+    refusing = sorted(set(every[every[:, 5] == 1, 7].tolist()))
+    if refused:
+        return False
+    if refusing:
+        tasks = [task_named(number) for number in refusing]
+        raise PipelineError(f"{' and '.join(tasks)} of the cluster refused to train "
+                            f"({agreeing(len(tasks), 'its', 'their')} output says why): mend "
+                            "that and start every task again")
+    if not (every[:, :5] == every[0, :5]).all():
         raise PipelineError("the tasks of the cluster were started with other options or on "
                             "other patches: start every task with the same command on the "
                             "same work folder's patches (only the folders' paths may differ; "
                             "--restart on every task or on none)")
+    return bool(every[:, 6].any())
+
+
+def task_number(strategy):
+    """-1 for the chief task, a worker's index for a worker: a number every_replicas can
+    gather."""
+    resolver = strategy.cluster_resolver
+    return -1 if resolver.task_type == "chief" else resolver.task_id
+
+
+def task_named(number):
+    return "the chief" if number < 0 else f"worker {int(number)}"
 
 
 def every_replicas(strategy, values):

@@ -422,6 +422,37 @@ def test_workers_started_with_other_options_are_refused_on_every_task(patch_work
     assert not (patch_work / "mixed" / "config.json").exists()
 
 
+def test_a_task_that_refuses_to_train_tells_the_others(patch_work):
+    """Worker 1's model folder holds a file of the user's: it refused before the cluster
+    formed, and the chief waited for it until --cluster-timeout, then said only that the
+    cluster did not form. Each task's model folder may be its own (a disk per node)."""
+    foreign = patch_work / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("the user's")
+    ports = free_ports(2)
+    procs = []
+    for index, name in enumerate(["told", "foreign"]):
+        args = [*plain_arithmetic(patch_work, name), "--strategy", "multiworker",
+                "--batch-size", "2", "--cluster-timeout", "300"]
+        procs.append(subprocess.Popen(
+            [sys.executable, ROOT / "train_unet_xception_resnetblock.py", *map(str, args)],
+            cwd=ROOT, env={**os.environ, "TF_CONFIG": localhost_tf_config(ports, index)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    errors = []
+    for proc in procs:
+        err = proc.communicate(timeout=280)[1]
+        assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+        errors.append(err.rstrip().splitlines())
+    assert errors[0][-1] == ("error: worker 1 of the cluster refused to train (its output says "
+                             "why): mend that and start every task again"), errors[0][-5:]
+    assert any(line.startswith(f"error: {foreign} holds files that training does not write "
+                               "(notes.txt)") for line in errors[1]), errors[1]
+    assert errors[1][-1] == ("error: this task refused to train (the error above); the other "
+                             "tasks of the cluster were told and stop too"), errors[1][-5:]
+    assert not (patch_work / "told").exists()
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
 def finish(procs, timeout=600):
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outputs):
@@ -479,3 +510,7 @@ def test_two_workers_train_as_one_process_and_resume_after_a_kill(patch_work, on
     assert sorted(p.name for p in patch_work.glob(".workers.*")) == [".workers.lock",
                                                                     ".workers.worker1.lock"]
     assert all(p.read_text() == "" for p in patch_work.glob(".workers.*"))
+    # The same commands once more: the chief's folder decides for the cluster.
+    outputs = finish(start_workers(patch_work, "workers", *extra))
+    assert "already holds the model this command trains; nothing to do" in outputs[0]
+    assert "the chief's model folder holds the model this command trains already" in outputs[1]
