@@ -274,6 +274,18 @@ def test_interrupted_training_resumes(tmp_path, monkeypatch):
         "epoch_001.h5", "epoch_002.h5"]
 
 
+@pytest.fixture
+def ctrl_c_heard():
+    """Python's own SIGINT handler for the test, whatever the test run inherited: a shell
+    script's job started with & ignores SIGINT (Python then installs no handler), where a
+    Ctrl-C sent to the test's process was never heard."""
+    import signal
+    earlier = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, earlier)
+
+
+@pytest.mark.usefixtures("ctrl_c_heard")
 def test_ctrl_c_while_an_epoch_saves_waits_for_its_resume_backup(tmp_path, monkeypatch, capsys):
     """Ctrl-C as the first epoch's model is saved stops once the resume backup is written, so
     the rerun resumes at epoch 2 as the message says; it started over before."""
@@ -302,6 +314,7 @@ def test_ctrl_c_while_an_epoch_saves_waits_for_its_resume_backup(tmp_path, monke
     assert [int(r["epoch"]) for r in rows] == [0, 1] and rows[0] == first[0]
 
 
+@pytest.mark.usefixtures("ctrl_c_heard")
 def test_a_second_ctrl_c_while_an_epoch_saves_stops_at_once():
     import signal
     with training_callbacks.SavesUninterrupted() as saves:
@@ -314,19 +327,17 @@ def test_a_second_ctrl_c_while_an_epoch_saves_stops_at_once():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.usefixtures("ctrl_c_heard")
 def test_an_ignored_ctrl_c_while_an_epoch_saves_stays_ignored():
     """SIGINT ignored (a job a shell script started with &): a Ctrl-C at the terminal left its
     training running, but one while an epoch saved stopped it once the backup was written."""
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        with training_callbacks.SavesUninterrupted() as saves:
-            saves.hold.on_epoch_end(0)
-            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            os.kill(os.getpid(), signal.SIGINT)
-            saves.release.on_epoch_end(0)               # no KeyboardInterrupt
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with training_callbacks.SavesUninterrupted() as saves:
+        saves.hold.on_epoch_end(0)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGINT)
+        saves.release.on_epoch_end(0)               # no KeyboardInterrupt
 
 
 def test_a_keras_file_keeps_the_models_single_input_and_output(tmp_path, recwarn):
