@@ -1206,9 +1206,11 @@ def train_model(args, held):
     strategy, chief = open_strategy(args)                  # before TensorFlow runs anything
     if args.strategy == "multiworker":
         from worker_loop import agree_to_start
-        if agree_to_start(strategy, fingerprint, args.restart, done=chief and plan == "done"):
+        done = agree_to_start(strategy, fingerprint, args.restart, done=chief and plan == "done")
+        if chief:
+            hold_model_folder(held, model_dir, plan, fingerprint, args, earlier)
+        if done:
             if chief:
-                hold_model_folder(held, model_dir, plan, fingerprint, args, earlier)
                 finish_done(args, model_dir, split["val_frames"])
             else:
                 print("the chief's model folder holds the model this command trains "
@@ -1220,8 +1222,6 @@ def train_model(args, held):
             return
         # Every worker computes and saves alike; only the chief's folder stays.
         model_dir, plan = worker_scratch(held, model_dir, strategy, fingerprint, args, earlier)
-    elif args.strategy == "multiworker":
-        hold_model_folder(held, model_dir, plan, fingerprint, args, earlier)
     replicas = strategy.num_replicas_in_sync
     global_batch = args.batch_size * replicas
     note_large_batch(len(train_names), global_batch)

@@ -172,24 +172,27 @@ def agree_to_start(strategy, fingerprint, restart, refused=False, done=False):
     alone (the others resume): the chief wrote one run's model from steps that mixed them,
     unsaid. A refusing task learns nothing here: it raises its own refusal after."""
     digits = fingerprint or "0" * 16
+    # Columns: the fingerprint in 4 parts and --restart (which must agree), then
+    # refused, done and the task's number.
     local = tf.constant([int(digits[i:i + 4], 16) for i in range(0, 16, 4)]
                         + [float(restart), float(refused), float(done), task_number(strategy)],
                         tf.float32)
     every = every_replicas(strategy, local).numpy()
-    refusing = sorted(set(every[every[:, 5] == 1, 7].tolist()))
+    must_agree, refused_by, done_by, task = every[:, :5], every[:, 5], every[:, 6], every[:, 7]
     if refused:
         return False
+    refusing = sorted(set(task[refused_by == 1].tolist()))
     if refusing:
         tasks = [task_named(number) for number in refusing]
         raise PipelineError(f"{' and '.join(tasks)} of the cluster refused to train "
                             f"({agreeing(len(tasks), 'its', 'their')} output says why): mend "
                             "that and start every task again")
-    if not (every[:, :5] == every[0, :5]).all():
+    if not (must_agree == must_agree[0]).all():
         raise PipelineError("the tasks of the cluster were started with other options or on "
                             "other patches: start every task with the same command on the "
                             "same work folder's patches (only the folders' paths may differ; "
                             "--restart on every task or on none)")
-    return bool(every[:, 6].any())
+    return bool(done_by.any())
 
 
 def task_number(strategy):
